@@ -1,0 +1,13 @@
+#pragma once
+#include <string>
+#include <vector>
+
+#include "comm/communicator.hpp"
+
+namespace moesim::cli {
+
+// Each returns the process exit code; ConfigError escapes for the caller to report.
+int run_moe(const Communicator& comm, const std::vector<std::string>& args);
+int run_info(const Communicator& comm, const std::vector<std::string>& args);
+
+}  // namespace moesim::cli

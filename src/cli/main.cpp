@@ -1,0 +1,51 @@
+// moesim: subcommand dispatch and the one place errors become exit codes.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+
+namespace {
+
+const char* kUsage =
+    "usage: [mpirun -np P] moesim <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  moe    train an expert-parallel mixture of experts and log it to HDF5\n"
+    "  info   print version, revision, compiler and libraries\n"
+    "\n"
+    "Run 'moesim <command> --help' for the options of a command.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moesim::MpiEnvironment env(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const std::string command = argc > 1 ? argv[1] : "";
+  const std::vector<std::string> args(argv + (argc > 1 ? 2 : 1), argv + argc);
+  try {
+    moesim::Communicator comm(MPI_COMM_WORLD);
+    if (command == "moe") return moesim::cli::run_moe(comm, args);
+    if (command == "info") return moesim::cli::run_info(comm, args);
+    if (command == "--help" || command == "-h" || command == "help") {
+      if (rank == 0) std::fputs(kUsage, stdout);
+      return 0;
+    }
+    throw moesim::ConfigError(command.empty() ? "no command given" : "unknown command '" + command + "'");
+  } catch (const moesim::ConfigError& e) {
+    // Every rank reached the same verdict; one line from rank 0, clean exit everywhere.
+    if (rank == 0) {
+      std::fprintf(stderr, "moesim%s%s: error: %s\n", command.empty() ? "" : " ",
+                   command.c_str(), e.what());
+      if (std::string(e.what()).find("command") != std::string::npos) std::fputs(kUsage, stderr);
+    }
+    return 2;
+  } catch (const std::exception& e) {
+    // Possibly local to this rank while others wait in a collective: abort them all.
+    std::fprintf(stderr, "moesim %s: error on rank %d: %s\n", command.c_str(), rank, e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}

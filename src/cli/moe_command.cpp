@@ -1,0 +1,207 @@
+// `moesim moe`: one expert-parallel MoE training run, logged to one HDF5 file.
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.hpp"
+#include "cli/options.hpp"
+#include "core/blas.hpp"
+#include "train/trainer.hpp"
+
+namespace moesim::cli {
+
+namespace {
+
+using I = std::int64_t;
+
+po::options_description moe_options() {
+  po::options_description d("MoE run (letters as in README: E experts, K top-k, D, F, L, B tokens)");
+  d.add_options()
+      ("experts", po::value<I>()->default_value(8), "E: experts per MoE layer (divisible by the rank count)")
+      ("top-k", po::value<I>()->default_value(2), "K: experts per token, 1 <= K <= E")
+      ("d-model", po::value<I>()->default_value(32), "D: model width")
+      ("d-ff", po::value<I>()->default_value(64), "F: hidden width of each expert (and dense FFN)")
+      ("layers", po::value<I>()->default_value(2), "L: residual blocks")
+      ("moe-every", po::value<I>()->default_value(1), "every n-th block is an MoE block (1 = all, 0 = none)")
+      ("steps", po::value<I>()->default_value(200), "S: optimizer steps")
+      ("batch-tokens", po::value<I>()->default_value(1024), "B: tokens per step over all ranks")
+      ("lr", po::value<double>()->default_value(3e-3), "Adam learning rate")
+      ("weight-decay", po::value<double>()->default_value(0.0), "decoupled weight decay (AdamW)")
+      ("grad-clip", po::value<double>()->default_value(1.0), "clip the global gradient norm to this (0 = off)")
+      ("seed", po::value<I>()->default_value(1), "seed for data and initialisation")
+      ("capacity-factor", po::value<double>()->default_value(1.25),
+       "C: expert capacity = ceil(C * B * K / E) slots over the global batch (0 = dropless)")
+      ("aux-loss-weight", po::value<double>()->default_value(0.01), "weight of the Switch load-balancing loss per MoE layer")
+      ("router-init-scale", po::value<double>()->default_value(0.1), "router weights ~ N(0, scale / D)")
+      ("precision", po::value<std::string>()->default_value("fp32"), "fp32 | fp64 for the whole model")
+      ("task", po::value<std::string>()->default_value("regimes"), "task: regimes")
+      ("problem", po::value<std::string>()->default_value("regression"), "regression (MSE) | classification (cross-entropy)")
+      ("classes", po::value<I>()->default_value(4), "classes for --problem classification")
+      ("input-dim", po::value<I>()->default_value(16), "input features of the regimes task")
+      ("clusters", po::value<I>()->default_value(8), "regimes: clusters, each with its own function and noise")
+      ("noise-min", po::value<double>()->default_value(0.01), "regimes: noise of the cleanest cluster")
+      ("noise-max", po::value<double>()->default_value(0.5), "regimes: noise of the noisiest cluster")
+      ("val-tokens", po::value<I>()->default_value(4096), "validation tokens (a separate stream)")
+      ("eval-every", po::value<I>()->default_value(0), "validate every n steps as well as at the end (0 = end only)")
+      ("out", po::value<std::string>()->default_value("moe_run.h5"), "run file (HDF5) to write")
+      ("flush-every", po::value<I>()->default_value(50), "steps between run-file flushes")
+      ("progress-interval", po::value<double>()->default_value(2.0), "seconds between progress lines on rank 0")
+      ("quiet", po::bool_switch()->default_value(false), "no progress lines or summary")
+      ("blas-threads", po::value<I>()->default_value(1), "OpenBLAS threads per rank");
+  return d;
+}
+
+struct MoeSettings {
+  ModelConfig model;
+  RegimesConfig task;
+  TrainConfig train;
+  std::string precision, out;
+};
+
+MoeSettings validate(const po::variables_map& vm, int P) {
+  auto i = [&](const char* k) { return vm[k].as<I>(); };
+  auto d = [&](const char* k) { return vm[k].as<double>(); };
+  auto s = [&](const char* k) { return vm[k].as<std::string>(); };
+  for (const char* k : {"experts", "top-k", "d-model", "d-ff", "layers", "steps", "batch-tokens",
+                        "input-dim", "clusters", "val-tokens", "blas-threads"})
+    MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
+  for (const char* k : {"moe-every", "eval-every", "flush-every"})
+    MOESIM_CONFIG_CHECK(i(k) >= 0, "--" << k << " must be >= 0 (got " << i(k) << ")");
+  for (const char* k : {"capacity-factor", "aux-loss-weight", "weight-decay", "grad-clip",
+                        "progress-interval"})
+    MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
+  for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
+    MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
+  const I E = i("experts"), K = i("top-k");
+  MOESIM_CONFIG_CHECK(K <= E, "--top-k (" << K << ") must not exceed --experts (" << E << ")");
+  MOESIM_CONFIG_CHECK(E % P == 0, "--experts (" << E << ") must be divisible by the number of ranks ("
+                                                << P << ") for expert parallelism");
+  MOESIM_CONFIG_CHECK(s("task") == "regimes", "--task '" << s("task") << "' is not known (known: regimes)");
+  MOESIM_CONFIG_CHECK(s("problem") == "regression" || s("problem") == "classification",
+                      "--problem must be regression or classification (got '" << s("problem") << "')");
+  MOESIM_CONFIG_CHECK(s("precision") == "fp32" || s("precision") == "fp64",
+                      "--precision must be fp32 or fp64 (got '" << s("precision") << "')");
+  MOESIM_CONFIG_CHECK(d("noise-max") >= d("noise-min"), "--noise-max must be >= --noise-min");
+  const bool cls = s("problem") == "classification";
+  if (cls) MOESIM_CONFIG_CHECK(i("classes") >= 2, "--classes must be >= 2 (got " << i("classes") << ")");
+  MOESIM_CONFIG_CHECK(!s("out").empty(), "--out must name a file");
+
+  MoeSettings m;
+  m.task.d_in = i("input-dim");
+  m.task.clusters = static_cast<int>(i("clusters"));
+  m.task.classes = cls ? static_cast<int>(i("classes")) : 0;
+  m.task.noise_min = d("noise-min");
+  m.task.noise_max = d("noise-max");
+  m.task.seed = static_cast<std::uint64_t>(i("seed"));
+  m.model.d_in = m.task.d_in;
+  m.model.d_out = cls ? i("classes") : 1;
+  m.model.d_model = i("d-model");
+  m.model.d_ff = i("d-ff");
+  m.model.layers = static_cast<int>(i("layers"));
+  m.model.moe_every = static_cast<int>(i("moe-every"));
+  m.model.seed = static_cast<std::uint64_t>(i("seed"));
+  m.model.moe.experts = static_cast<int>(E);
+  m.model.moe.top_k = static_cast<int>(K);
+  m.model.moe.capacity_factor = d("capacity-factor");
+  m.model.moe.aux_loss_weight = d("aux-loss-weight");
+  m.model.moe.router_init_scale = d("router-init-scale");
+  m.train.steps = i("steps");
+  m.train.batch_tokens = i("batch-tokens");
+  m.train.val_tokens = i("val-tokens");
+  m.train.eval_every = i("eval-every");
+  m.train.adam.lr = d("lr");
+  m.train.adam.weight_decay = d("weight-decay");
+  m.train.grad_clip = d("grad-clip");
+  m.train.progress_interval = d("progress-interval");
+  m.train.quiet = vm["quiet"].as<bool>();
+  m.train.flush_every = i("flush-every");
+  m.precision = s("precision");
+  m.out = s("out");
+  return m;
+}
+
+std::string human(double v) {
+  char buf[32];
+  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
+  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+  else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", v);
+  return buf;
+}
+
+template <class T>
+int train_and_log(const Communicator& comm, const MoeSettings& m, RunFile& rf) {
+  Model<T> model(comm, m.model);
+  RegimesTask task(m.task);
+  const ParamCounts pc = count_params(m.model);
+  install_stop_handlers();
+  const TrainSummary s = train(comm, model, task, m.train, rf);
+  AttrList fin{{"steps_done", s.steps_done},
+               {"train_loss", s.final_train_loss},
+               {"params_total", pc.total},
+               {"params_active", pc.active},
+               {"flops_per_token", pc.flops_per_token},
+               {"param_utilization", pc.param_utilization()},
+               {"tokens_per_s", s.tokens_per_s},
+               {"wall_seconds", s.wall_seconds},
+               {"a2a_seconds", s.a2a_seconds},
+               {"compute_seconds", s.compute_seconds},
+               {"a2a_bytes", s.a2a_bytes},
+               {"dropped_fraction", s.dropped_fraction}};
+  if (!s.interrupted) fin.emplace_back("val_loss", s.val_loss);
+  if (s.val_accuracy >= 0) fin.emplace_back("val_accuracy", s.val_accuracy);
+  rf.group_attrs("final", fin);
+  if (s.interrupted) {
+    rf.root_attrs({{"stopped_at_step", s.steps_done}});
+    rf.flush();
+    if (comm.rank() == 0)
+      std::fprintf(stderr, "moesim moe: stopped by signal after step %lld; %s is left incomplete\n",
+                   static_cast<long long>(s.steps_done), m.out.c_str());
+    return 143;
+  }
+  rf.mark_complete();
+  if (comm.rank() == 0 && !m.train.quiet) {
+    const double step_time = s.a2a_seconds + s.compute_seconds;
+    std::printf(
+        "moesim moe: %lld steps on %d ranks in %.1f s\n"
+        "  train loss %.5f | val loss %.5f%s\n"
+        "  params %s total, %s active per token | %s FLOPs/token | utilization %.3f params/FLOP\n"
+        "  %s tokens/s | all-to-all %.1f%% of step time, %s B/step between ranks | dropped %.2f%%\n"
+        "  run file: %s\n",
+        static_cast<long long>(s.steps_done), comm.size(), s.wall_seconds, s.final_train_loss,
+        s.val_loss,
+        s.val_accuracy >= 0 ? (" | val accuracy " + std::to_string(s.val_accuracy)).c_str() : "",
+        human(static_cast<double>(pc.total)).c_str(), human(static_cast<double>(pc.active)).c_str(),
+        human(static_cast<double>(pc.flops_per_token)).c_str(), pc.param_utilization(),
+        human(s.tokens_per_s).c_str(), step_time > 0 ? 100.0 * s.a2a_seconds / step_time : 0.0,
+        human(s.a2a_bytes / static_cast<double>(std::max<I>(1, s.steps_done))).c_str(),
+        100.0 * s.dropped_fraction, m.out.c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_moe(const Communicator& comm, const std::vector<std::string>& args) {
+  const po::options_description desc = moe_options();
+  const Parsed p = parse("moe", args, desc);
+  if (p.help) {
+    if (comm.rank() == 0)
+      print_help("moe", "Train an expert-parallel top-k MoE on P MPI ranks and log it to HDF5.", desc);
+    return 0;
+  }
+  const MoeSettings m = validate(p.vm, comm.size());
+  set_blas_threads(static_cast<int>(p.vm["blas-threads"].as<I>()));
+
+  auto rf = RunFile::create(comm, m.out, "moe");
+  AttrList attrs = options_as_attrs(p.vm);
+  const AttrList prov = provenance_attrs(comm);
+  attrs.insert(attrs.end(), prov.begin(), prov.end());
+  rf->root_attrs(attrs);
+  rf->flush();
+  return m.precision == "fp64" ? train_and_log<double>(comm, m, *rf)
+                               : train_and_log<float>(comm, m, *rf);
+}
+
+}  // namespace moesim::cli

@@ -1,0 +1,69 @@
+#include "cli/options.hpp"
+
+#include <cstdint>
+#include <fstream>
+#include <iostream>
+
+namespace moesim::cli {
+
+namespace {
+po::options_description common_options() {
+  po::options_description d("General");
+  d.add_options()("help,h", "print this help and exit")(
+      "config", po::value<std::string>(),
+      "read options from an INI-style file (key = value, keys as the long option names); "
+      "options on the command line win");
+  return d;
+}
+}  // namespace
+
+Parsed parse(const std::string& command, const std::vector<std::string>& args,
+             const po::options_description& desc) {
+  po::options_description all;
+  all.add(common_options()).add(desc);
+  Parsed p;
+  try {
+    po::store(po::command_line_parser(args).options(all).run(), p.vm);
+    if (p.vm.count("help")) {
+      p.help = true;
+      return p;
+    }
+    if (p.vm.count("config")) {
+      const std::string path = p.vm["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) throw ConfigError("cannot open config file '" + path + "'");
+      po::store(po::parse_config_file(in, desc, false), p.vm);
+    }
+    po::notify(p.vm);
+  } catch (const po::error& e) {
+    throw ConfigError(std::string(e.what()) + " (see moesim " + command + " --help)");
+  }
+  return p;
+}
+
+AttrList options_as_attrs(const po::variables_map& vm) {
+  AttrList out;
+  for (const auto& [name, value] : vm) {
+    if (name == "help") continue;
+    std::string key = name;
+    for (char& c : key)
+      if (c == '-') c = '_';
+    const boost::any& v = value.value();
+    if (const auto* i = boost::any_cast<std::int64_t>(&v)) out.emplace_back(key, *i);
+    else if (const auto* d = boost::any_cast<double>(&v)) out.emplace_back(key, *d);
+    else if (const auto* s = boost::any_cast<std::string>(&v)) out.emplace_back(key, *s);
+    else if (const auto* b = boost::any_cast<bool>(&v)) out.emplace_back(key, std::int64_t{*b ? 1 : 0});
+    else throw RuntimeError("option '" + name + "' has a type the run file cannot store");
+  }
+  return out;
+}
+
+void print_help(const std::string& command, const std::string& summary,
+                const po::options_description& desc) {
+  po::options_description all;
+  all.add(common_options()).add(desc);
+  std::cout << "usage: [mpirun -np P] moesim " << command << " [options]\n\n"
+            << summary << "\n\n" << all << std::flush;
+}
+
+}  // namespace moesim::cli

@@ -1,0 +1,30 @@
+#pragma once
+// Command-line and config-file options (Boost.Program_options). A config file
+// given by --config supplies defaults; the command line wins.
+#include <boost/program_options.hpp>
+#include <string>
+#include <vector>
+
+#include "io/run_file.hpp"
+
+namespace moesim::cli {
+
+namespace po = boost::program_options;
+
+struct Parsed {
+  po::variables_map vm;
+  bool help = false;
+};
+
+// Parses `args` (after the subcommand) against `desc`, which must not declare
+// --help or --config (they are added here). Errors become ConfigError.
+Parsed parse(const std::string& command, const std::vector<std::string>& args,
+             const po::options_description& desc);
+
+// Every resolved option as an attribute, dashes turned into underscores.
+AttrList options_as_attrs(const po::variables_map& vm);
+
+void print_help(const std::string& command, const std::string& summary,
+                const po::options_description& desc);
+
+}  // namespace moesim::cli

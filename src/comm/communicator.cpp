@@ -1,0 +1,113 @@
+#include "comm/communicator.hpp"
+
+#include <limits>
+
+namespace moesim {
+
+std::string mpi_error_string(int code) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(code, buf, &len) != MPI_SUCCESS) return "unknown MPI error";
+  return std::string(buf, static_cast<std::size_t>(len));
+}
+
+MpiEnvironment::MpiEnvironment(int* argc, char*** argv) {
+  int initialized = 0;
+  MOESIM_MPI_CHECK(MPI_Initialized(&initialized));
+  if (!initialized) MOESIM_MPI_CHECK(MPI_Init(argc, argv));
+  // Errors come back as codes so they can carry context instead of aborting inside MPI.
+  MOESIM_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+}
+
+MpiEnvironment::~MpiEnvironment() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+Communicator::Communicator(MPI_Comm parent) {
+  MOESIM_MPI_CHECK(MPI_Comm_dup(parent, &comm_));
+  MOESIM_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  MOESIM_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  MOESIM_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+}
+
+Communicator::~Communicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+}
+
+template <class T>
+void Communicator::allreduce_sum(T* data, int n) const {
+  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type<T>(), MPI_SUM, comm_));
+}
+
+template <class T>
+void Communicator::allreduce_max(T* data, int n) const {
+  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type<T>(), MPI_MAX, comm_));
+}
+
+void Communicator::exscan_sum(const std::int64_t* in, std::int64_t* out, int n) const {
+  MOESIM_MPI_CHECK(MPI_Exscan(in, out, n, MPI_INT64_T, MPI_SUM, comm_));
+  // MPI leaves rank 0's output undefined.
+  if (rank_ == 0)
+    for (int i = 0; i < n; ++i) out[i] = 0;
+}
+
+void Communicator::alltoall(const int* send, int* recv, int per_rank) const {
+  MOESIM_MPI_CHECK(MPI_Alltoall(send, per_rank, MPI_INT, recv, per_rank, MPI_INT, comm_));
+}
+
+template <class T>
+void Communicator::alltoallv(const T* send, const std::vector<int>& send_counts,
+                             const std::vector<int>& send_displs, T* recv,
+                             const std::vector<int>& recv_counts,
+                             const std::vector<int>& recv_displs) const {
+  MOESIM_REQUIRE(static_cast<int>(send_counts.size()) == size_ &&
+                     static_cast<int>(recv_counts.size()) == size_,
+                 "alltoallv needs one count per rank");
+  MOESIM_MPI_CHECK(MPI_Alltoallv(send, send_counts.data(), send_displs.data(), mpi_type<T>(),
+                                 recv, recv_counts.data(), recv_displs.data(), mpi_type<T>(),
+                                 comm_));
+}
+
+template <class T>
+void Communicator::gather(const T* send, int n, T* recv, int root) const {
+  MOESIM_MPI_CHECK(MPI_Gather(send, n, mpi_type<T>(), recv, n, mpi_type<T>(), root, comm_));
+}
+
+void Communicator::broadcast(std::string& s, int root) const {
+  std::int64_t len = static_cast<std::int64_t>(s.size());
+  MOESIM_MPI_CHECK(MPI_Bcast(&len, 1, MPI_INT64_T, root, comm_));
+  MOESIM_REQUIRE(len < std::numeric_limits<int>::max(), "broadcast string too long");
+  s.resize(static_cast<std::size_t>(len));
+  MOESIM_MPI_CHECK(MPI_Bcast(s.data(), static_cast<int>(len), MPI_CHAR, root, comm_));
+}
+
+void Communicator::barrier() const { MOESIM_MPI_CHECK(MPI_Barrier(comm_)); }
+
+void Communicator::agree_or_throw(bool ok, const std::string& message) const {
+  int first_bad = ok ? size_ : rank_;
+  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first_bad, 1, MPI_INT, MPI_MIN, comm_));
+  if (first_bad == size_) return;
+  std::string msg = (rank_ == first_bad) ? message : std::string();
+  broadcast(msg, first_bad);
+  throw ConfigError(msg);
+}
+
+#define MOESIM_INSTANTIATE(T)                                                              \
+  template void Communicator::allreduce_sum<T>(T*, int) const;                             \
+  template void Communicator::allreduce_max<T>(T*, int) const;                             \
+  template void Communicator::alltoallv<T>(const T*, const std::vector<int>&,              \
+                                           const std::vector<int>&, T*,                    \
+                                           const std::vector<int>&, const std::vector<int>&) \
+      const;                                                                               \
+  template void Communicator::gather<T>(const T*, int, T*, int) const;
+MOESIM_INSTANTIATE(float)
+MOESIM_INSTANTIATE(double)
+MOESIM_INSTANTIATE(int)
+MOESIM_INSTANTIATE(std::int64_t)
+#undef MOESIM_INSTANTIATE
+
+}  // namespace moesim

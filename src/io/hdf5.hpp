@@ -1,0 +1,97 @@
+#pragma once
+// Thin RAII layer over the HDF5 C API. Every call is checked; failures carry the
+// expression, file, line and HDF5's own description of the innermost error.
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "core/error.hpp"
+
+namespace moesim::h5 {
+
+std::string last_error();
+void silence_default_error_printing();
+
+}  // namespace moesim::h5
+
+#define MOESIM_H5_CHECK(expr)                                                               \
+  ([&]() {                                                                                  \
+    auto moesim_h5_rc_ = (expr);                                                            \
+    if (moesim_h5_rc_ < 0)                                                                  \
+      ::moesim::throw_runtime("HDF5 call failed", #expr, __FILE__, __LINE__,                \
+                              ::moesim::h5::last_error());                                  \
+    return moesim_h5_rc_;                                                                   \
+  }())
+
+namespace moesim::h5 {
+
+// Owns one hid_t and closes it with the matching H5*close.
+class Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Handle() = default;
+  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
+  ~Handle() { reset(); }
+  Handle(Handle&& o) noexcept : id_(o.id_), closer_(o.closer_) { o.id_ = H5I_INVALID_HID; }
+  Handle& operator=(Handle&& o) noexcept {
+    if (this != &o) {
+      reset();
+      id_ = o.id_;
+      closer_ = o.closer_;
+      o.id_ = H5I_INVALID_HID;
+    }
+    return *this;
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  hid_t id() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  void reset() {
+    if (id_ >= 0 && closer_) closer_(id_);
+    id_ = H5I_INVALID_HID;
+  }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+  Closer closer_ = nullptr;
+};
+
+using AttrValue = std::variant<std::int64_t, double, std::string>;
+
+Handle create_file(const std::string& path);  // truncates
+Handle open_file(const std::string& path, bool writable);
+Handle create_group(hid_t loc, const std::string& name);
+Handle open_group(hid_t loc, const std::string& name);
+bool exists(hid_t loc, const std::string& name);
+void flush(hid_t file);
+
+void write_attr(hid_t obj, const std::string& name, const AttrValue& v);
+std::int64_t read_attr_int(hid_t obj, const std::string& name);
+double read_attr_double(hid_t obj, const std::string& name);
+std::string read_attr_string(hid_t obj, const std::string& name);
+
+// A dataset of shape (rows, inner...) that grows along its first axis.
+class Series {
+ public:
+  Series() = default;
+  Series(hid_t loc, const std::string& name, std::vector<hsize_t> inner, bool integer);
+  void append(const void* rows, hsize_t n);
+  hsize_t rows() const { return rows_; }
+
+ private:
+  Handle dset_;
+  std::vector<hsize_t> inner_;
+  bool integer_ = false;
+  hsize_t rows_ = 0;
+};
+
+void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
+                 const double* data);
+void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
+                 const std::int64_t* data);
+std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<hsize_t>* dims);
+
+}  // namespace moesim::h5

@@ -1,0 +1,161 @@
+#include "io/run_file.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <numeric>
+
+#include "core/build_info.hpp"
+
+namespace moesim {
+
+std::string iso_time_now() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+AttrList provenance_attrs(const Communicator& comm) {
+  char host[256] = {0};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  AttrList a{{"moesim_version", std::string(build::kVersion)},
+             {"git_revision", std::string(build::kGitRevision)},
+             {"compiler", std::string(build::compiler())},
+             {"ranks", static_cast<std::int64_t>(comm.size())},
+             {"host", std::string(host)},
+             {"start_time", iso_time_now()}};
+  for (const char* var : {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                          "SLURM_JOB_NODELIST"}) {
+    if (const char* v = std::getenv(var)) {
+      std::string key(var);
+      for (char& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      a.emplace_back(key, std::string(v));
+    }
+  }
+  return a;
+}
+
+std::unique_ptr<RunFile> RunFile::create(const Communicator& comm, const std::string& path,
+                                         const std::string& kind) {
+  std::unique_ptr<RunFile> rf(new RunFile());
+  rf->path_ = path;
+  std::string error;
+  if (comm.rank() == 0) {
+    try {
+      const std::filesystem::path p(path);
+      std::error_code ec;
+      if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
+      if (ec) throw RuntimeError("cannot create directory '" + p.parent_path().string() + "': " + ec.message());
+      h5::silence_default_error_printing();
+      rf->file_ = h5::create_file(path);
+      h5::write_attr(rf->file_.id(), "schema_version", kSchemaVersion);
+      h5::write_attr(rf->file_.id(), "complete", std::int64_t{0});
+      h5::write_attr(rf->file_.id(), "kind", kind);
+      h5::flush(rf->file_.id());
+    } catch (const std::exception& e) {
+      error = e.what();
+      rf->file_.reset();
+    }
+  }
+  comm.agree_or_throw(error.empty(), "cannot create output file '" + path + "': " + error);
+  return rf;
+}
+
+RunFile::~RunFile() {
+  groups_.clear();
+  series_.clear();
+}
+
+hid_t RunFile::group(const std::string& name) {
+  auto it = groups_.find(name);
+  if (it != groups_.end()) return it->second.id();
+  h5::Handle g = h5::exists(file_.id(), name) ? h5::open_group(file_.id(), name)
+                                              : h5::create_group(file_.id(), name);
+  return groups_.emplace(name, std::move(g)).first->second.id();
+}
+
+void RunFile::root_attrs(const AttrList& attrs) {
+  if (!writer()) return;
+  for (const auto& [k, v] : attrs) h5::write_attr(file_.id(), k, v);
+}
+
+void RunFile::group_attrs(const std::string& name, const AttrList& attrs) {
+  if (!writer()) return;
+  const hid_t g = group(name);
+  for (const auto& [k, v] : attrs) h5::write_attr(g, k, v);
+}
+
+RunFile::Pending& RunFile::pending(const std::string& name, const std::vector<hsize_t>& inner,
+                                   bool integer, std::size_t row_len) {
+  auto it = series_.find(name);
+  if (it == series_.end()) {
+    Pending p;
+    p.inner = inner;
+    p.integer = integer;
+    p.row_size = std::accumulate(inner.begin(), inner.end(), hsize_t{1}, std::multiplies<>());
+    it = series_.emplace(name, std::move(p)).first;
+  }
+  MOESIM_REQUIRE(it->second.integer == integer && it->second.row_size == row_len,
+                 "metric '" << name << "' appended with a different shape or type");
+  return it->second;
+}
+
+void RunFile::append(const std::string& name, const std::vector<double>& row,
+                     const std::vector<hsize_t>& inner) {
+  if (!writer()) return;
+  Pending& p = pending(name, inner, false, row.size());
+  p.dbuf.insert(p.dbuf.end(), row.begin(), row.end());
+}
+
+void RunFile::append(const std::string& name, const std::vector<std::int64_t>& row,
+                     const std::vector<hsize_t>& inner) {
+  if (!writer()) return;
+  Pending& p = pending(name, inner, true, row.size());
+  p.ibuf.insert(p.ibuf.end(), row.begin(), row.end());
+}
+
+void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& dims,
+                          const double* data) {
+  if (!writer()) return;
+  const auto slash = path.rfind('/');
+  const hid_t loc = slash == std::string::npos ? file_.id() : group(path.substr(0, slash));
+  h5::write_array(loc, path.substr(slash == std::string::npos ? 0 : slash + 1), dims, data);
+}
+
+void RunFile::flush() {
+  if (!writer()) return;
+  const hid_t metrics = group("metrics");
+  for (auto& [name, p] : series_) {
+    if (!p.created) {
+      p.series = h5::Series(metrics, name, p.inner, p.integer);
+      p.created = true;
+    }
+    if (p.integer) {
+      p.series.append(p.ibuf.data(), p.ibuf.size() / p.row_size);
+      p.ibuf.clear();
+    } else {
+      p.series.append(p.dbuf.data(), p.dbuf.size() / p.row_size);
+      p.dbuf.clear();
+    }
+  }
+  h5::flush(file_.id());
+}
+
+void RunFile::mark_complete() {
+  if (!writer()) return;
+  flush();
+  h5::write_attr(file_.id(), "end_time", iso_time_now());
+  h5::write_attr(file_.id(), "complete", std::int64_t{1});
+  series_.clear();
+  groups_.clear();
+  h5::flush(file_.id());
+  file_.reset();
+}
+
+}  // namespace moesim

@@ -1,0 +1,72 @@
+#pragma once
+// One HDF5 file per run. Layout (schema_version 1):
+//   /            attributes: schema_version, complete, kind, every resolved option,
+//                provenance (version, git_revision, ranks, host, start/end time, slurm_*)
+//   /metrics/*   per-step datasets, first axis = step, appended as the run goes
+//   /final       attributes with the end-of-run results
+// `complete` is 0 from creation and set to 1 only after everything else is written
+// and flushed, so a killed run never looks finished.
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "io/hdf5.hpp"
+
+namespace moesim {
+
+constexpr std::int64_t kSchemaVersion = 1;
+
+using AttrList = std::vector<std::pair<std::string, h5::AttrValue>>;
+
+// Build and run facts for run files and `moesim info`.
+AttrList provenance_attrs(const Communicator& comm);
+std::string iso_time_now();
+
+class RunFile {
+ public:
+  // COLLECTIVE. Rank 0 creates the file (and its directory); any failure becomes a
+  // ConfigError on every rank. Other ranks get an inert object.
+  static std::unique_ptr<RunFile> create(const Communicator& comm, const std::string& path,
+                                         const std::string& kind);
+  ~RunFile();
+
+  bool writer() const { return file_.valid(); }
+  void root_attrs(const AttrList& attrs);
+  void group_attrs(const std::string& group, const AttrList& attrs);
+  // Buffers one step's row of a per-step dataset metrics/<name> with shape `inner`.
+  void append(const std::string& name, const std::vector<double>& row,
+              const std::vector<hsize_t>& inner = {});
+  void append(const std::string& name, const std::vector<std::int64_t>& row,
+              const std::vector<hsize_t>& inner = {});
+  void write_array(const std::string& path, const std::vector<hsize_t>& dims, const double* data);
+  // Writes buffered rows and flushes the file to disk.
+  void flush();
+  // Flushes, then sets complete = 1 and closes.
+  void mark_complete();
+  const std::string& path() const { return path_; }
+
+ private:
+  RunFile() = default;
+  struct Pending {
+    h5::Series series;
+    std::vector<hsize_t> inner;
+    bool integer = false;
+    std::vector<double> dbuf;
+    std::vector<std::int64_t> ibuf;
+    hsize_t row_size = 1;
+    bool created = false;
+  };
+  Pending& pending(const std::string& name, const std::vector<hsize_t>& inner, bool integer,
+                   std::size_t row_len);
+  hid_t group(const std::string& name);
+
+  std::string path_;
+  h5::Handle file_;
+  std::map<std::string, h5::Handle> groups_;
+  std::map<std::string, Pending> series_;
+};
+
+}  // namespace moesim

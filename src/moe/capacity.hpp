@@ -1,0 +1,30 @@
+#pragma once
+// Capacity and token dropping, decided over the global batch.
+//
+// NOTES: assignments (token t, choice j) compete for an expert's C slots in the global
+// order (j, t): every first choice before any second choice (GShard), tokens by global
+// index. Tokens are sharded in contiguous blocks by rank, so a rank finds the global
+// position of its assignments from an exclusive prefix sum over ranks; the same
+// assignments are kept whatever the rank count.
+#include <cstdint>
+#include <vector>
+
+#include "comm/communicator.hpp"
+
+namespace moesim {
+
+// Slots per expert for a global batch of B tokens; 0 means unlimited (dropless).
+std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int E);
+
+struct CapacityDecision {
+  std::vector<char> kept;                 // n*K, per local assignment
+  std::vector<std::int64_t> assigned;     // E, global assignments per expert before dropping
+  std::vector<std::int64_t> processed;    // E, global assignments kept per expert
+  std::int64_t dropped = 0;               // global dropped assignments
+};
+
+// COLLECTIVE. `expert` holds n*K local assignments (token-major).
+CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int>& expert,
+                                 std::int64_t n, int K, int E, std::int64_t capacity);
+
+}  // namespace moesim

@@ -1,0 +1,62 @@
+#pragma once
+// The MoE network: input adapter -> L pre-norm residual blocks (dense FFN or MoE
+// FFN) -> final norm -> task head.
+#include <memory>
+#include <variant>
+
+#include "moe/moe_layer.hpp"
+#include "nn/layers.hpp"
+
+namespace moesim {
+
+struct ModelConfig {
+  Index d_in = 16;     // task input width
+  Index d_out = 1;     // task output width (1 for regression, classes otherwise)
+  Index d_model = 16;  // D
+  Index d_ff = 32;     // F
+  int layers = 2;      // L
+  int moe_every = 1;   // block l is MoE when (l + 1) % moe_every == 0
+  MoeLayerConfig moe;  // E, K, capacity, aux weight, router init
+  std::uint64_t seed = 1;
+  bool is_moe_block(int l) const { return moe_every > 0 && (l + 1) % moe_every == 0; }
+};
+
+struct ParamCounts {
+  std::int64_t total = 0;   // every parameter of the model, all experts
+  std::int64_t active = 0;  // parameters used by one token (K experts per MoE layer)
+  std::int64_t flops_per_token = 0;  // forward multiply-adds x 2 in the matrix products
+  // Clark et al. (2022): parameters per forward FLOP per token.
+  double param_utilization() const {
+    return flops_per_token > 0 ? static_cast<double>(total) / static_cast<double>(flops_per_token) : 0.0;
+  }
+};
+ParamCounts count_params(const ModelConfig& cfg);
+
+template <class T>
+class Model {
+ public:
+  Model(const Communicator& comm, const ModelConfig& cfg);
+  // COLLECTIVE (MoE layers exchange tokens).
+  void forward(const Mat<T>& x, Mat<T>& out);
+  void backward(const Mat<T>& dout);
+
+  ParamList<T> replicated_params();
+  ParamList<T> expert_params();
+  std::vector<MoeLayer<T>*> moe_layers();
+  const ModelConfig& config() const { return cfg_; }
+
+ private:
+  struct Block {
+    RmsNorm<T> norm;
+    std::unique_ptr<Ffn<T>> dense;
+    std::unique_ptr<MoeLayer<T>> moe;
+    Mat<T> normed;
+  };
+  ModelConfig cfg_;
+  Linear<T> adapter_;
+  std::vector<Block> blocks_;
+  RmsNorm<T> final_norm_;
+  Linear<T> head_;
+};
+
+}  // namespace moesim

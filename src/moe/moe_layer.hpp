@@ -1,0 +1,79 @@
+#pragma once
+// Expert-parallel MoE FFN layer: top-k router, capacity, dispatch to the experts'
+// ranks, contiguous per-expert GEMMs, combine with gate weights. Dropped
+// assignments contribute nothing (the block's residual carries the token).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moe/capacity.hpp"
+#include "moe/dispatcher.hpp"
+#include "moe/router.hpp"
+#include "nn/layers.hpp"
+
+namespace moesim {
+
+struct MoeLayerConfig {
+  Index d_model = 16;
+  Index d_ff = 32;
+  int experts = 4;            // E
+  int top_k = 2;              // K
+  double capacity_factor = 1.25;  // 0 = dropless
+  double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
+  double router_init_scale = 0.1;
+};
+
+// What one forward pass of one layer measured; identical on every rank.
+struct MoeLayerStats {
+  double aux_loss = 0;                  // E * sum_e f_e P_e, 1 when perfectly balanced
+  std::int64_t tokens = 0;              // global B
+  std::int64_t assignments = 0;         // B*K
+  std::int64_t dropped = 0;             // assignments over capacity
+  std::vector<std::int64_t> expert_tokens;  // E, kept assignments per expert
+};
+
+template <class T>
+class MoeLayer {
+ public:
+  // Expert e is initialised from (seed, layer_id, e) wherever it lives.
+  MoeLayer(const Communicator& comm, const std::string& name, const MoeLayerConfig& cfg,
+           std::uint64_t seed, int layer_id);
+
+  // COLLECTIVE. x: local tokens (n x D).
+  void forward(const Mat<T>& x, Mat<T>& y);
+  // COLLECTIVE. dy: gradient of the loss w.r.t. y; returns dx.
+  void backward(const Mat<T>& dy, Mat<T>& dx);
+
+  const MoeLayerStats& stats() const { return stats_; }
+  CommStats& comm_stats() { return comm_stats_; }
+  const Routing<T>& routing() const { return routing_; }
+  const DispatchLayout& layout() const { return layout_; }
+
+  void replicated_params(ParamList<T>& out) { router_.params(out); }
+  void expert_params(ParamList<T>& out) {
+    for (auto& e : experts_) e.params(out);
+  }
+  TopKRouter<T>& router() { return router_; }
+  // Local expert le holds global expert first_local_expert() + le.
+  Ffn<T>& local_expert(int le) { return experts_[static_cast<std::size_t>(le)]; }
+  int first_local_expert() const { return dispatcher_.first_local_expert(); }
+  int local_experts() const { return static_cast<int>(experts_.size()); }
+  const MoeLayerConfig& config() const { return cfg_; }
+
+ private:
+  const Communicator& comm_;
+  MoeLayerConfig cfg_;
+  Dispatcher dispatcher_;
+  TopKRouter<T> router_;
+  std::vector<Ffn<T>> experts_;
+
+  // Saved by forward for backward.
+  Routing<T> routing_;
+  DispatchLayout layout_;
+  Mat<T> combined_;  // expert outputs in send order (for gate gradients)
+  std::vector<double> f_;  // global fraction of assignments per expert
+  MoeLayerStats stats_;
+  CommStats comm_stats_;
+};
+
+}  // namespace moesim

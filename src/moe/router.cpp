@@ -1,0 +1,77 @@
+#include "moe/router.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace moesim {
+
+template <class T>
+TopKRouter<T>::TopKRouter(const std::string& name, Index d_model, int experts, int top_k)
+    : K_(top_k) {
+  w_.name = name + ".w";
+  w_.placement = Placement::kReplicated;
+  w_.resize(d_model, experts);
+}
+
+template <class T>
+void TopKRouter<T>::init(Rng& rng, double init_scale) {
+  w_.fill_normal(rng, std::sqrt(init_scale / static_cast<double>(w_.value.rows())));
+}
+
+template <class T>
+void TopKRouter<T>::forward(const Mat<T>& x, Routing<T>& r) {
+  x_ = x;
+  const Index n = x.rows();
+  const int E = static_cast<int>(w_.value.cols());
+  Mat<T> logits = x * w_.value;
+  r.n = n;
+  r.K = K_;
+  r.E = E;
+  r.expert.assign(static_cast<std::size_t>(n * K_), 0);
+  r.gate.resize(n, K_);
+  r.probs.resize(n, E);
+  std::vector<int> order(static_cast<std::size_t>(E));
+  for (Index t = 0; t < n; ++t) {
+    const auto row = logits.row(t);
+    const T mx = row.maxCoeff();
+    T z = 0;
+    for (int e = 0; e < E; ++e) z += (r.probs(t, e) = std::exp(row(e) - mx));
+    r.probs.row(t) /= z;
+    // Ties go to the lower expert index, so routing is a pure function of the logits.
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + K_, order.end(), [&](int a, int b) {
+      return row(a) > row(b) || (row(a) == row(b) && a < b);
+    });
+    const T top = row(order[0]);
+    T zk = 0;
+    for (int j = 0; j < K_; ++j) {
+      r.expert[static_cast<std::size_t>(t * K_ + j)] = order[static_cast<std::size_t>(j)];
+      zk += (r.gate(t, j) = std::exp(row(order[static_cast<std::size_t>(j)]) - top));
+    }
+    r.gate.row(t) /= zk;
+  }
+}
+
+template <class T>
+void TopKRouter<T>::backward(const Routing<T>& r, const Mat<T>& dgate, const Mat<T>& dprobs,
+                             Mat<T>& dx) {
+  const Index n = r.n;
+  Mat<T> dlogits = Mat<T>::Zero(n, r.E);
+  for (Index t = 0; t < n; ++t) {
+    const T dot = r.gate.row(t).dot(dgate.row(t));
+    for (int j = 0; j < r.K; ++j)
+      dlogits(t, r.expert_of(t, j)) += r.gate(t, j) * (dgate(t, j) - dot);
+    if (dprobs.size() > 0) {
+      const T pdot = r.probs.row(t).dot(dprobs.row(t));
+      dlogits.row(t) += (r.probs.row(t).array() * (dprobs.row(t).array() - pdot)).matrix();
+    }
+  }
+  w_.grad.noalias() += x_.transpose() * dlogits;
+  dx.noalias() = dlogits * w_.value.transpose();
+}
+
+template class TopKRouter<float>;
+template class TopKRouter<double>;
+
+}  // namespace moesim

@@ -1,0 +1,41 @@
+#pragma once
+// Top-k softmax router (Shazeer et al. 2017): g(x) = softmax(top_k(x W_g)).
+#include <string>
+#include <vector>
+
+#include "core/rng.hpp"
+#include "nn/param.hpp"
+
+namespace moesim {
+
+// Routing decisions for the n local tokens of one MoE layer.
+template <class T>
+struct Routing {
+  Index n = 0;
+  int K = 0, E = 0;
+  std::vector<int> expert;  // n*K, per token the chosen experts by descending logit
+  Mat<T> gate;              // n x K, softmax over the chosen logits
+  Mat<T> probs;             // n x E, softmax over all logits (load-balancing loss)
+  int expert_of(Index t, int j) const { return expert[static_cast<std::size_t>(t * K + j)]; }
+};
+
+template <class T>
+class TopKRouter {
+ public:
+  TopKRouter() = default;
+  TopKRouter(const std::string& name, Index d_model, int experts, int top_k);
+  // Small-variance init (Switch Transformer): N(0, scale / D).
+  void init(Rng& rng, double init_scale);
+  void forward(const Mat<T>& x, Routing<T>& r);
+  // dgate: n x K; dprobs: n x E (may be empty). Returns dX, accumulates dW.
+  void backward(const Routing<T>& r, const Mat<T>& dgate, const Mat<T>& dprobs, Mat<T>& dx);
+  void params(ParamList<T>& out) { out.push_back(&w_); }
+  Param<T>& weight() { return w_; }
+
+ private:
+  Param<T> w_;
+  int K_ = 1;
+  Mat<T> x_;
+};
+
+}  // namespace moesim

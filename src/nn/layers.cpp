@@ -1,0 +1,121 @@
+#include "nn/layers.hpp"
+
+#include <cmath>
+
+#include "nn/activations.hpp"
+
+namespace moesim {
+
+template <class T>
+Linear<T>::Linear(const std::string& name, Index in, Index out, Placement where) {
+  w_.name = name + ".w";
+  b_.name = name + ".b";
+  w_.placement = b_.placement = where;
+  w_.resize(in, out);
+  b_.resize(1, out);
+}
+
+template <class T>
+void Linear<T>::init(Rng& rng, double stddev) {
+  w_.fill_normal(rng, stddev);
+  b_.value.setZero();
+}
+
+template <class T>
+void Linear<T>::forward(const Mat<T>& x, Mat<T>& y) {
+  x_ = x;
+  y.noalias() = x * w_.value;
+  y.rowwise() += b_.value.row(0);
+}
+
+template <class T>
+void Linear<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
+  w_.grad.noalias() += x_.transpose() * dy;
+  b_.grad.row(0) += dy.colwise().sum();
+  dx.noalias() = dy * w_.value.transpose();
+}
+
+template <class T>
+Ffn<T>::Ffn(const std::string& name, Index d_model, Index d_ff, Placement where) {
+  w1_.name = name + ".w1";
+  b1_.name = name + ".b1";
+  w2_.name = name + ".w2";
+  b2_.name = name + ".b2";
+  for (auto* p : {&w1_, &b1_, &w2_, &b2_}) p->placement = where;
+  w1_.resize(d_model, d_ff);
+  b1_.resize(1, d_ff);
+  w2_.resize(d_ff, d_model);
+  b2_.resize(1, d_model);
+}
+
+template <class T>
+void Ffn<T>::init(Rng& rng) {
+  w1_.fill_normal(rng, 1.0 / std::sqrt(static_cast<double>(w1_.value.rows())));
+  // Output projection starts small so that deep residual stacks start near identity.
+  w2_.fill_normal(rng, 0.5 / std::sqrt(static_cast<double>(w2_.value.rows())));
+  b1_.value.setZero();
+  b2_.value.setZero();
+}
+
+template <class T>
+void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y) {
+  x_ = x;
+  pre_.noalias() = x * w1_.value;
+  pre_.rowwise() += b1_.value.row(0);
+  h_ = pre_.unaryExpr([](T v) { return gelu(v); });
+  y.noalias() = h_ * w2_.value;
+  y.rowwise() += b2_.value.row(0);
+}
+
+template <class T>
+void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx) {
+  w2_.grad.noalias() += h_.transpose() * dy;
+  b2_.grad.row(0) += dy.colwise().sum();
+  Mat<T> dpre = (dy * w2_.value.transpose()).cwiseProduct(
+      pre_.unaryExpr([](T v) { return gelu_grad(v); }));
+  w1_.grad.noalias() += x_.transpose() * dpre;
+  b1_.grad.row(0) += dpre.colwise().sum();
+  dx.noalias() = dpre * w1_.value.transpose();
+}
+
+template <class T>
+RmsNorm<T>::RmsNorm(const std::string& name, Index d, Placement where) {
+  g_.name = name + ".g";
+  g_.placement = where;
+  g_.resize(1, d);
+  g_.value.setOnes();
+}
+
+template <class T>
+void RmsNorm<T>::forward(const Mat<T>& x, Mat<T>& y) {
+  const Index n = x.rows(), d = x.cols();
+  inv_rms_.resize(n);
+  xhat_.resize(n, d);
+  for (Index i = 0; i < n; ++i) {
+    const T ms = x.row(i).squaredNorm() / static_cast<T>(d);
+    inv_rms_(i) = T(1) / std::sqrt(ms + static_cast<T>(kEps));
+    xhat_.row(i) = x.row(i) * inv_rms_(i);
+  }
+  y = xhat_.array().rowwise() * g_.value.row(0).array();
+}
+
+template <class T>
+void RmsNorm<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
+  const Index n = dy.rows(), d = dy.cols();
+  g_.grad.row(0) += dy.cwiseProduct(xhat_).colwise().sum();
+  Mat<T> dxhat = dy.array().rowwise() * g_.value.row(0).array();
+  dx.resize(n, d);
+  for (Index i = 0; i < n; ++i) {
+    const T proj = dxhat.row(i).dot(xhat_.row(i)) / static_cast<T>(d);
+    dx.row(i) = (dxhat.row(i) - xhat_.row(i) * proj) * inv_rms_(i);
+  }
+}
+
+template class Linear<float>;
+template class Linear<double>;
+template class Ffn<float>;
+template class Ffn<double>;
+template class RmsNorm<float>;
+template class RmsNorm<double>;
+
+}  // namespace moesim

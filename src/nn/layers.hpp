@@ -1,0 +1,72 @@
+#pragma once
+// Dense building blocks with hand-written backward passes. Each layer caches
+// what its backward needs from the last forward; gradients accumulate (+=).
+#include <string>
+
+#include "core/rng.hpp"
+#include "nn/param.hpp"
+
+namespace moesim {
+
+// Y = X W + b, W: in x out.
+template <class T>
+class Linear {
+ public:
+  Linear() = default;
+  Linear(const std::string& name, Index in, Index out, Placement where);
+  void init(Rng& rng, double stddev);
+  void forward(const Mat<T>& x, Mat<T>& y);
+  // Returns dX; accumulates dW, db.
+  void backward(const Mat<T>& dy, Mat<T>& dx);
+  void params(ParamList<T>& out) { out.push_back(&w_); out.push_back(&b_); }
+  Param<T>& weight() { return w_; }
+  Param<T>& bias() { return b_; }
+
+ private:
+  Param<T> w_, b_;
+  Mat<T> x_;
+};
+
+// Two-layer MLP D -> F -> D with GELU: the expert (and dense FFN) of a block.
+// Works on a contiguous block of token rows, never token by token.
+template <class T>
+class Ffn {
+ public:
+  Ffn() = default;
+  Ffn(const std::string& name, Index d_model, Index d_ff, Placement where);
+  void init(Rng& rng);
+  void forward(const ConstMatMap<T>& x, MatMap<T> y);
+  void backward(const ConstMatMap<T>& dy, MatMap<T> dx);
+  void params(ParamList<T>& out) {
+    out.push_back(&w1_); out.push_back(&b1_); out.push_back(&w2_); out.push_back(&b2_);
+  }
+  Param<T>& w1() { return w1_; }
+  Param<T>& b1() { return b1_; }
+  Param<T>& w2() { return w2_; }
+  Param<T>& b2() { return b2_; }
+  static Index param_count(Index d_model, Index d_ff) { return 2 * d_model * d_ff + d_ff + d_model; }
+
+ private:
+  Param<T> w1_, b1_, w2_, b2_;
+  Mat<T> x_, pre_, h_;
+};
+
+// RMSNorm with a learnable gain: y = x / sqrt(mean(x^2) + eps) * g.
+template <class T>
+class RmsNorm {
+ public:
+  RmsNorm() = default;
+  RmsNorm(const std::string& name, Index d, Placement where);
+  void forward(const Mat<T>& x, Mat<T>& y);
+  void backward(const Mat<T>& dy, Mat<T>& dx);
+  void params(ParamList<T>& out) { out.push_back(&g_); }
+  Param<T>& gain() { return g_; }
+
+ private:
+  Param<T> g_;
+  Mat<T> xhat_;
+  Eigen::Matrix<T, Eigen::Dynamic, 1> inv_rms_;
+  static constexpr double kEps = 1e-6;
+};
+
+}  // namespace moesim

@@ -1,0 +1,238 @@
+#include "train/trainer.hpp"
+
+#include <csignal>
+#include <cmath>
+#include <cstdio>
+
+#include "core/timer.hpp"
+#include "moe/loss.hpp"
+
+namespace moesim {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_requested = 0;
+extern "C" void on_stop_signal(int) { g_stop_requested = 1; }
+
+std::string clock_str(double s) {
+  if (!std::isfinite(s) || s < 0) s = 0;
+  const long t = static_cast<long>(s + 0.5);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
+template <class T>
+void zero_grads(const ParamList<T>& ps) {
+  for (Param<T>* p : ps) p->grad.setZero();
+}
+
+template <class T>
+double sum_squares(const ParamList<T>& ps) {
+  double s = 0;
+  for (Param<T>* p : ps) s += static_cast<double>(p->grad.squaredNorm());
+  return s;
+}
+
+// One all-reduce for every replicated gradient.
+template <class T>
+void allreduce_grads(const Communicator& comm, const ParamList<T>& ps, std::vector<T>& buf) {
+  std::size_t total = 0;
+  for (Param<T>* p : ps) total += static_cast<std::size_t>(p->size());
+  buf.resize(total);
+  std::size_t off = 0;
+  for (Param<T>* p : ps) {
+    std::copy(p->grad.data(), p->grad.data() + p->size(), buf.data() + off);
+    off += static_cast<std::size_t>(p->size());
+  }
+  comm.allreduce_sum(buf.data(), static_cast<int>(total));
+  off = 0;
+  for (Param<T>* p : ps) {
+    std::copy(buf.data() + off, buf.data() + off + p->size(), p->grad.data());
+    off += static_cast<std::size_t>(p->size());
+  }
+}
+
+}  // namespace
+
+Shard shard_of(std::int64_t n, int rank, int P) {
+  const std::int64_t base = n / P, extra = n % P;
+  return {rank * base + std::min<std::int64_t>(rank, extra), base + (rank < extra ? 1 : 0)};
+}
+
+void install_stop_handlers() {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+}
+
+template <class T>
+std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
+                                   const RegimesTask& task, std::int64_t tokens,
+                                   std::int64_t chunk) {
+  double sums[2] = {0, 0};  // loss, correct
+  std::int64_t chunk_index = 0;
+  for (std::int64_t start = 0; start < tokens; start += chunk, ++chunk_index) {
+    const std::int64_t n = std::min(chunk, tokens - start);
+    const Shard sh = shard_of(n, comm.rank(), comm.size());
+    Batch b = task.batch(Stream::kValidation, static_cast<std::uint64_t>(chunk_index),
+                         sh.first, sh.count);
+    Mat<T> x = b.x.cast<T>(), out;
+    model.forward(x, out);
+    const LossResult lr = task_loss<T>(out, b, task.classification(), n, nullptr);
+    sums[0] += lr.sum;
+    sums[1] += static_cast<double>(lr.correct);
+  }
+  comm.allreduce_sum(sums, 2);
+  const double denom = tokens > 0 ? static_cast<double>(tokens) : 1.0;
+  return {sums[0] / denom, task.classification() ? sums[1] / denom : -1.0};
+}
+
+template <class T>
+TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask& task,
+                   const TrainConfig& cfg, RunFile& out) {
+  const int P = comm.size();
+  const int E = model.config().moe.experts;
+  const bool talk = comm.rank() == 0 && !cfg.quiet;
+  ParamList<T> replicated = model.replicated_params();
+  ParamList<T> experts = model.expert_params();
+  ParamList<T> all = replicated;
+  all.insert(all.end(), experts.begin(), experts.end());
+  std::vector<MoeLayer<T>*> moe = model.moe_layers();
+  const int Lm = static_cast<int>(moe.size());
+  Adam<T> adam(cfg.adam);
+  std::vector<T> grad_buf;
+  TrainSummary sum;
+  Stopwatch wall;
+  double last_print = -1e9, tok_s_acc = 0, drop_acc = 0;
+  std::int64_t tok_s_n = 0;
+  const Shard sh = shard_of(cfg.batch_tokens, comm.rank(), P);
+
+  for (std::int64_t step = 1; step <= cfg.steps; ++step) {
+    Stopwatch step_clock;
+    for (MoeLayer<T>* l : moe) l->comm_stats().reset(P);
+    Batch b = task.batch(Stream::kTrain, static_cast<std::uint64_t>(step), sh.first, sh.count);
+    Mat<T> x = b.x.cast<T>(), y, dy;
+    zero_grads(all);
+    model.forward(x, y);
+    const LossResult lr = task_loss<T>(y, b, task.classification(), cfg.batch_tokens, &dy);
+    model.backward(dy);
+    double reduce_seconds = 0;
+    {
+      ScopedTimer t(reduce_seconds);
+      allreduce_grads(comm, replicated, grad_buf);
+    }
+    double scale = 1.0;
+    if (cfg.grad_clip > 0) {
+      const double norm = std::sqrt(sum_squares(replicated) + comm.allreduce_sum(sum_squares(experts)));
+      if (norm > cfg.grad_clip) scale = cfg.grad_clip / norm;
+    }
+    adam.step(all, scale);
+    const double step_seconds = step_clock.seconds();
+
+    // Per-step metrics: one sum-reduce and one max-reduce.
+    double a2a_seconds = 0;
+    std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
+    double aux = 0;
+    std::int64_t dropped = 0, assignments = 0;
+    std::vector<std::int64_t> expert_tokens(static_cast<std::size_t>(E), 0), per_layer;
+    for (MoeLayer<T>* l : moe) {
+      a2a_seconds += l->comm_stats().seconds;
+      for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
+      aux += l->stats().aux_loss;
+      dropped += l->stats().dropped;
+      assignments += l->stats().assignments;
+      for (int e = 0; e < E; ++e) expert_tokens[e] += l->stats().expert_tokens[e];
+      per_layer.insert(per_layer.end(), l->stats().expert_tokens.begin(), l->stats().expert_tokens.end());
+    }
+    double sums[2] = {lr.sum, g_stop_requested ? 1.0 : 0.0};
+    comm.allreduce_sum(sums, 2);
+    double maxes[3] = {step_seconds, a2a_seconds, step_seconds - a2a_seconds - reduce_seconds};
+    comm.allreduce_max(maxes, 3);
+    std::vector<std::int64_t> row_bytes(to_rank.begin(), to_rank.end());
+    std::vector<std::int64_t> traffic(static_cast<std::size_t>(P * P), 0);
+    comm.gather(row_bytes.data(), P, traffic.data(), 0);
+
+    const double loss = sums[0] / static_cast<double>(cfg.batch_tokens);
+    if (!std::isfinite(loss))
+      throw ConfigError("training diverged at step " + std::to_string(step) +
+                        " (loss is not finite); lower --lr or set --grad-clip");
+    double off_diag = 0;
+    for (int i = 0; i < P; ++i)
+      for (int j = 0; j < P; ++j)
+        if (i != j) off_diag += static_cast<double>(traffic[static_cast<std::size_t>(i * P + j)]);
+    const double tok_s = static_cast<double>(cfg.batch_tokens) / maxes[0];
+    const double drop_frac = assignments > 0 ? static_cast<double>(dropped) / assignments : 0.0;
+    if (step > 1 || cfg.steps == 1) {
+      tok_s_acc += tok_s;
+      ++tok_s_n;
+    }
+    drop_acc += drop_frac;
+    sum.a2a_seconds += maxes[1];
+    sum.compute_seconds += maxes[2];
+    sum.a2a_bytes += off_diag;
+    sum.final_train_loss = loss;
+    sum.steps_done = step;
+
+    out.append("step", std::vector<std::int64_t>{step});
+    out.append("train_loss", std::vector<double>{loss});
+    out.append("aux_loss", std::vector<double>{Lm > 0 ? aux / Lm : 0.0});
+    out.append("dropped_fraction", std::vector<double>{drop_frac});
+    out.append("tokens_per_s", std::vector<double>{tok_s});
+    out.append("a2a_bytes", std::vector<double>{off_diag});
+    out.append("a2a_seconds", std::vector<double>{maxes[1]});
+    out.append("compute_seconds", std::vector<double>{maxes[2]});
+    out.append("step_seconds", std::vector<double>{maxes[0]});
+    out.append("expert_tokens", expert_tokens, {static_cast<hsize_t>(E)});
+    if (Lm > 0)
+      out.append("expert_tokens_per_layer", per_layer,
+                 {static_cast<hsize_t>(Lm), static_cast<hsize_t>(E)});
+    out.append("traffic", traffic, {static_cast<hsize_t>(P), static_cast<hsize_t>(P)});
+
+    if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps) {
+      const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens);
+      out.append("val_step", std::vector<std::int64_t>{step});
+      out.append("val_loss", std::vector<double>{vl});
+      (void)va;
+    }
+    if (cfg.flush_every > 0 && step % cfg.flush_every == 0) out.flush();
+
+    const double elapsed = wall.seconds();
+    const bool stop = sums[1] > 0;
+    if (talk && (elapsed - last_print >= cfg.progress_interval || step == 1 ||
+                 step == cfg.steps || stop)) {
+      last_print = elapsed;
+      const double left = elapsed / static_cast<double>(step) * static_cast<double>(cfg.steps - step);
+      std::printf("step %lld/%lld | loss %.5f | aux %.4f | dropped %.2f%% | %.1fk tok/s | %s elapsed | %s left\n",
+                  static_cast<long long>(step), static_cast<long long>(cfg.steps), loss,
+                  Lm > 0 ? aux / Lm : 0.0, 100.0 * drop_frac, tok_s / 1e3,
+                  clock_str(elapsed).c_str(), clock_str(left).c_str());
+      std::fflush(stdout);
+    }
+    if (stop && step < cfg.steps) {
+      sum.interrupted = true;
+      break;
+    }
+  }
+  out.flush();
+  if (!sum.interrupted) {
+    const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens);
+    sum.val_loss = vl;
+    sum.val_accuracy = va;
+    if (cfg.eval_every > 0) {
+      out.append("val_step", std::vector<std::int64_t>{cfg.steps});
+      out.append("val_loss", std::vector<double>{vl});
+    }
+  }
+  sum.tokens_per_s = tok_s_n > 0 ? tok_s_acc / static_cast<double>(tok_s_n) : 0.0;
+  sum.dropped_fraction = sum.steps_done > 0 ? drop_acc / static_cast<double>(sum.steps_done) : 0.0;
+  sum.wall_seconds = wall.seconds();
+  return sum;
+}
+
+template TrainSummary train<float>(const Communicator&, Model<float>&, const RegimesTask&, const TrainConfig&, RunFile&);
+template TrainSummary train<double>(const Communicator&, Model<double>&, const RegimesTask&, const TrainConfig&, RunFile&);
+template std::pair<double, double> evaluate<float>(const Communicator&, Model<float>&, const RegimesTask&, std::int64_t, std::int64_t);
+template std::pair<double, double> evaluate<double>(const Communicator&, Model<double>&, const RegimesTask&, std::int64_t, std::int64_t);
+
+}  // namespace moesim

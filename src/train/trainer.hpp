@@ -1,0 +1,61 @@
+#pragma once
+// The MoE training loop: data shard per rank, forward/backward through the
+// expert-parallel model, all-reduce of replicated gradients, Adam, metrics to
+// the run file, progress on rank 0.
+#include <cstdint>
+#include <string>
+
+#include "comm/communicator.hpp"
+#include "data/regimes.hpp"
+#include "io/run_file.hpp"
+#include "moe/model.hpp"
+#include "nn/adam.hpp"
+
+namespace moesim {
+
+struct TrainConfig {
+  std::int64_t steps = 200;
+  std::int64_t batch_tokens = 1024;  // B, global
+  std::int64_t val_tokens = 4096;
+  std::int64_t eval_every = 0;       // 0: validate at the end only
+  AdamConfig adam;
+  double grad_clip = 1.0;            // global gradient-norm clip; 0 = off
+  double progress_interval = 2.0;    // seconds between progress lines
+  bool quiet = false;
+  std::int64_t flush_every = 50;     // steps between run-file flushes
+};
+
+struct TrainSummary {
+  std::int64_t steps_done = 0;
+  bool interrupted = false;          // stopped by SIGTERM/SIGINT before the last step
+  double final_train_loss = 0;
+  double val_loss = 0;
+  double val_accuracy = -1;          // classification only
+  double tokens_per_s = 0;           // mean over steps after the first
+  double wall_seconds = 0;
+  double a2a_seconds = 0;            // sum over steps (max over ranks each step)
+  double compute_seconds = 0;
+  double a2a_bytes = 0;
+  double dropped_fraction = 0;       // mean over steps
+};
+
+// Local shard [first, first + count) of n items on rank r of P (contiguous blocks).
+struct Shard {
+  std::int64_t first = 0, count = 0;
+};
+Shard shard_of(std::int64_t n, int rank, int P);
+
+// Set by SIGTERM/SIGINT; the loop stops at the next step boundary on every rank.
+void install_stop_handlers();
+
+template <class T>
+TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask& task,
+                   const TrainConfig& cfg, RunFile& out);
+
+// COLLECTIVE. Mean loss (and accuracy) over the validation stream.
+template <class T>
+std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
+                                   const RegimesTask& task, std::int64_t tokens,
+                                   std::int64_t chunk);
+
+}  // namespace moesim
