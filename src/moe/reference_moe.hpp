@@ -1,0 +1,41 @@
+#pragma once
+// A plain, serial, token-by-token MoE layer over the whole global batch, in double.
+// It is the reference the expert-parallel MoeLayer is tested against: no MPI, no
+// dispatch layout, no GEMMs, every formula written out once.
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace moesim {
+
+struct ReferenceExpert {
+  Mat<double> w1, b1, w2, b2;  // D x F, 1 x F, F x D, 1 x D
+};
+
+struct ReferenceMoe {
+  Mat<double> router;                 // D x E
+  std::vector<ReferenceExpert> experts;
+  int K = 1;
+  double capacity_factor = 0;         // 0 = dropless
+  double aux_loss_weight = 0;
+
+  struct Forward {
+    Mat<double> y;                    // B x D
+    double aux_loss = 0;              // E * sum f_e P_e (unweighted)
+    std::vector<std::vector<int>> chosen;   // per token: experts by descending logit
+    std::vector<std::vector<double>> gate;  // per token: softmax over chosen logits
+    std::vector<std::vector<char>> kept;    // per token and choice
+    std::vector<long> expert_tokens;        // kept assignments per expert
+    long dropped = 0;
+  };
+  struct Grads {
+    Mat<double> dx, drouter;
+    std::vector<ReferenceExpert> dexperts;
+  };
+
+  Forward forward(const Mat<double>& x) const;
+  // Gradient of sum(dy .* y) + aux_loss_weight * aux_loss (f treated as constant).
+  Grads backward(const Mat<double>& x, const Forward& fw, const Mat<double>& dy) const;
+};
+
+}  // namespace moesim

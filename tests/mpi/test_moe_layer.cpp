@@ -1,0 +1,184 @@
+// The expert-parallel MoE layer on P ranks against the serial token-by-token
+// reference, and finite differences of the distributed layer's gradients.
+#include <gtest/gtest.h>
+
+#include "moe/moe_layer.hpp"
+#include "moe/reference_moe.hpp"
+#include "support/gradcheck.hpp"
+#include "support/test_support.hpp"
+#include "train/trainer.hpp"
+
+namespace moesim {
+namespace {
+
+using test::world;
+
+struct LayerCase {
+  int E, K;
+  double capacity_factor, aux_weight;
+  std::int64_t B;
+};
+
+MoeLayerConfig make_cfg(const LayerCase& c) {
+  MoeLayerConfig cfg;
+  cfg.d_model = 6;
+  cfg.d_ff = 5;
+  cfg.experts = c.E;
+  cfg.top_k = c.K;
+  cfg.capacity_factor = c.capacity_factor;
+  cfg.aux_loss_weight = c.aux_weight;
+  cfg.router_init_scale = 4.0;  // decisive routing so capacity matters
+  return cfg;
+}
+
+// Every expert built the way MoeLayer builds it: from (seed, layer, e) alone.
+ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg,
+                            std::uint64_t seed, int layer_id) {
+  ReferenceMoe ref;
+  ref.router = layer.router().weight().value;
+  ref.K = cfg.top_k;
+  ref.capacity_factor = cfg.capacity_factor;
+  ref.aux_loss_weight = cfg.aux_loss_weight;
+  for (int e = 0; e < cfg.experts; ++e) {
+    Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
+    Rng rng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id), static_cast<std::uint64_t>(e));
+    f.init(rng);
+    // Non-zero biases so their gradients are exercised.
+    f.b1().value = test::random_matrix(1, cfg.d_ff, 900 + e, 0.2);
+    f.b2().value = test::random_matrix(1, cfg.d_model, 950 + e, 0.2);
+    ref.experts.push_back({f.w1().value, f.b1().value, f.w2().value, f.b2().value});
+  }
+  for (int le = 0; le < layer.local_experts(); ++le) {
+    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    EXPECT_EQ(layer.local_expert(le).w1().value, re.w1) << "expert init depends on its placement";
+    EXPECT_EQ(layer.local_expert(le).w2().value, re.w2);
+    layer.local_expert(le).b1().value = re.b1;
+    layer.local_expert(le).b2().value = re.b2;
+  }
+  return ref;
+}
+
+class MoeLayerVsReference : public ::testing::TestWithParam<LayerCase> {};
+
+TEST_P(MoeLayerVsReference, ForwardBackwardAndStats) {
+  const LayerCase c = GetParam();
+  const Communicator& comm = world();
+  if (c.E % comm.size() != 0) GTEST_SKIP() << "E not divisible by P";
+  const MoeLayerConfig cfg = make_cfg(c);
+  MoeLayer<double> layer(comm, "moe", cfg, 5, 1);
+  ReferenceMoe ref = make_reference(layer, cfg, 5, 1);
+
+  const Mat<double> xg = test::random_matrix(c.B, cfg.d_model, 101);
+  const Mat<double> dyg = test::random_matrix(c.B, cfg.d_model, 102);
+  const Shard sh = shard_of(c.B, comm.rank(), comm.size());
+  const Mat<double> x = xg.middleRows(sh.first, sh.count), dy = dyg.middleRows(sh.first, sh.count);
+
+  Mat<double> y, dx;
+  layer.forward(x, y);
+  const ReferenceMoe::Forward fw = ref.forward(xg);
+  constexpr double abs_tol = 1e-12, rel_tol = 1e-10;
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(y, fw.y.middleRows(sh.first, sh.count), abs_tol, rel_tol, "Y");
+  EXPECT_NEAR(layer.stats().aux_loss, fw.aux_loss, 1e-12);
+  EXPECT_EQ(layer.stats().dropped, fw.dropped);
+  for (int e = 0; e < c.E; ++e) EXPECT_EQ(layer.stats().expert_tokens[e], fw.expert_tokens[e]) << "expert " << e;
+  if (c.capacity_factor > 0 && c.capacity_factor < 1) {
+    EXPECT_GT(fw.dropped, 0) << "case meant to drop tokens";
+  }
+
+  layer.router().weight().grad.setZero();
+  layer.backward(dy, dx);
+  const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), abs_tol, rel_tol, "dX");
+  Mat<double> drouter = layer.router().weight().grad;
+  comm.allreduce_sum(drouter.data(), static_cast<int>(drouter.size()));
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(drouter, g.drouter, abs_tol, rel_tol, "dW_router");
+  for (int le = 0; le < layer.local_experts(); ++le) {
+    const ReferenceExpert& de = g.dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    Ffn<double>& ex = layer.local_expert(le);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "dW1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b1().grad, de.b1, abs_tol, rel_tol, "db1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w2().grad, de.w2, abs_tol, rel_tol, "dW2");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "db2");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerVsReference,
+                         ::testing::Values(LayerCase{4, 1, 1.0, 0.01, 40},
+                                           LayerCase{4, 2, 0.5, 0.1, 37},
+                                           LayerCase{8, 2, 0.0, 0.0, 50},
+                                           LayerCase{8, 3, 1.25, 0.05, 64},
+                                           LayerCase{4, 4, 0.75, 0.01, 16}));
+
+// Finite differences through the whole distributed layer: the loss is global,
+// replicated parameters are perturbed on every rank, an expert's only on its owner.
+TEST(MoeLayerGradients, FiniteDifferencesAcrossRanks) {
+  const Communicator& comm = world();
+  const LayerCase c{4, 2, 0.75, 0.1, 24};
+  if (c.E % comm.size() != 0) GTEST_SKIP();
+  MoeLayerConfig cfg = make_cfg(c);
+  cfg.d_model = 4;
+  cfg.d_ff = 3;
+  MoeLayer<double> layer(comm, "moe", cfg, 9, 2);
+  const Mat<double> xg = test::random_matrix(c.B, cfg.d_model, 201);
+  const Mat<double> rg = test::random_matrix(c.B, cfg.d_model, 202);
+  const Shard sh = shard_of(c.B, comm.rank(), comm.size());
+  Mat<double> x = xg.middleRows(sh.first, sh.count);
+  const Mat<double> r = rg.middleRows(sh.first, sh.count);
+  Mat<double> y, dx;
+  auto loss = [&] {
+    layer.forward(x, y);
+    return comm.allreduce_sum(y.cwiseProduct(r).sum()) + cfg.aux_loss_weight * layer.stats().aux_loss;
+  };
+  loss();
+  ParamList<double> experts;
+  layer.expert_params(experts);
+  for (auto* p : experts) p->grad.setZero();
+  layer.router().weight().grad.setZero();
+  layer.backward(r, dx);
+
+  Mat<double>& w = layer.router().weight().value;
+  Mat<double> num = test::numerical_grad(w, loss);
+  Mat<double> ana = layer.router().weight().grad;
+  comm.allreduce_sum(ana.data(), static_cast<int>(ana.size()));
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(ana, num, test::kFdAbs, test::kFdRel, "router dW");
+
+  // Input gradient: perturb one rank's tokens at a time.
+  Mat<double> dx_num = Mat<double>::Zero(x.rows(), x.cols());
+  for (int owner = 0; owner < comm.size(); ++owner) {
+    const Index rows = comm.allreduce_max(owner == comm.rank() ? x.rows() : Index{0});
+    for (Index i = 0; i < rows * x.cols(); ++i) {
+      const bool mine = owner == comm.rank();
+      double keep = 0;
+      if (mine) { keep = x.data()[i]; x.data()[i] = keep + 1e-6; }
+      const double up = loss();
+      if (mine) x.data()[i] = keep - 1e-6;
+      const double down = loss();
+      if (mine) { x.data()[i] = keep; dx_num.data()[i] = (up - down) / 2e-6; }
+    }
+  }
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, dx_num, test::kFdAbs, test::kFdRel, "dX");
+
+  // Expert parameters: ranks take turns so that one expert changes at a time.
+  for (int owner = 0; owner < comm.size(); ++owner)
+    for (Param<double>* p : experts) {
+      Mat<double> g(p->value.rows(), p->value.cols());
+      for (Index i = 0; i < p->size(); ++i) {
+        const bool mine = owner == comm.rank();
+        const double keep = p->value.data()[i];
+        if (mine) p->value.data()[i] = keep + 1e-6;
+        const double up = loss();
+        if (mine) p->value.data()[i] = keep - 1e-6;
+        const double down = loss();
+        p->value.data()[i] = keep;
+        g.data()[i] = (up - down) / 2e-6;
+      }
+      if (owner == comm.rank()) {
+        std::string worst;
+        EXPECT_EQ(test::count_mismatches(p->grad, g, test::kFdAbs, test::kFdRel, &worst), 0)
+            << p->name << ": " << worst;
+      }
+    }
+}
+
+}  // namespace
+}  // namespace moesim

@@ -1,0 +1,40 @@
+#pragma once
+// Central finite differences against hand-written backward passes (double only).
+#include <functional>
+#include <string>
+
+#include "core/rng.hpp"
+#include "core/tensor.hpp"
+#include "nn/param.hpp"
+
+namespace moesim::test {
+
+inline Mat<double> random_matrix(Index r, Index c, std::uint64_t key, double scale = 1.0) {
+  Rng rng(key);
+  Mat<double> m(r, c);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = scale * rng.normal();
+  return m;
+}
+
+// Numerical gradient of loss() w.r.t. every element of `m` (m is perturbed in place
+// and restored).
+inline Mat<double> numerical_grad(Mat<double>& m, const std::function<double()>& loss,
+                                  double eps = 1e-6) {
+  Mat<double> g(m.rows(), m.cols());
+  for (Index i = 0; i < m.size(); ++i) {
+    const double keep = m.data()[i];
+    m.data()[i] = keep + eps;
+    const double up = loss();
+    m.data()[i] = keep - eps;
+    const double down = loss();
+    m.data()[i] = keep;
+    g.data()[i] = (up - down) / (2 * eps);
+  }
+  return g;
+}
+
+// Tolerance for double-precision central differences with eps = 1e-6.
+constexpr double kFdAbs = 1e-6;
+constexpr double kFdRel = 1e-5;
+
+}  // namespace moesim::test
