@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "nn/activations.hpp"
 
 namespace moesim {
 
@@ -57,22 +56,29 @@ void Ffn<T>::init(Rng& rng) {
   b2_.value.setZero();
 }
 
+// GELU on whole blocks with Eigen's vectorised tanh; the tanh is kept for backward.
 template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y) {
+  constexpr T k = T(0.7978845608028654), c = T(0.044715);
   x_ = x;
   pre_.noalias() = x * w1_.value;
   pre_.rowwise() += b1_.value.row(0);
-  h_ = pre_.unaryExpr([](T v) { return gelu(v); });
+  tanh_ = (k * (pre_.array() + c * pre_.array().cube())).tanh();
+  h_ = (T(0.5) * pre_.array() * (T(1) + tanh_.array())).matrix();
   y.noalias() = h_ * w2_.value;
   y.rowwise() += b2_.value.row(0);
 }
 
 template <class T>
 void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx) {
+  constexpr T k = T(0.7978845608028654), c = T(0.044715);
   w2_.grad.noalias() += h_.transpose() * dy;
   b2_.grad.row(0) += dy.colwise().sum();
-  Mat<T> dpre = (dy * w2_.value.transpose()).cwiseProduct(
-      pre_.unaryExpr([](T v) { return gelu_grad(v); }));
+  Mat<T> dpre = dy * w2_.value.transpose();
+  const auto a = pre_.array();
+  const auto th = tanh_.array();
+  dpre.array() *= T(0.5) * (T(1) + th) +
+                  T(0.5) * a * (T(1) - th.square()) * k * (T(1) + T(3) * c * a.square());
   w1_.grad.noalias() += x_.transpose() * dpre;
   b1_.grad.row(0) += dpre.colwise().sum();
   dx.noalias() = dpre * w1_.value.transpose();

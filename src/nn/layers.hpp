@@ -48,7 +48,7 @@ class Ffn {
 
  private:
   Param<T> w1_, b1_, w2_, b2_;
-  Mat<T> x_, pre_, h_;
+  Mat<T> x_, pre_, tanh_, h_;
 };
 
 // RMSNorm with a learnable gain: y = x / sqrt(mean(x^2) + eps) * g.

@@ -1,0 +1,119 @@
+// Micro-benchmarks of the MoE compute path on one process. Each fast path runs next
+// to its baseline in the same binary, so bench/compare.py can report ratios.
+#include <benchmark/benchmark.h>
+
+#include "comm/communicator.hpp"
+#include "core/blas.hpp"
+#include "moe/moe_layer.hpp"
+#include "moe/reference_moe.hpp"
+
+namespace moesim {
+namespace {
+
+Mat<float> random_tokens(Index n, Index d, std::uint64_t key) {
+  Rng rng(key);
+  Mat<float> m(n, d);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.normal());
+  return m;
+}
+
+// One expert over a contiguous block of T tokens: two GEMMs.
+void BM_ExpertBlockGemm(benchmark::State& state) {
+  const Index T = state.range(0), D = state.range(1), F = state.range(2);
+  Ffn<float> ffn("e", D, F, Placement::kExpertLocal);
+  Rng rng(1);
+  ffn.init(rng);
+  Mat<float> x = random_tokens(T, D, 2), y(T, D);
+  for (auto _ : state) {
+    ffn.forward(ConstMatMap<float>(x.data(), T, D), MatMap<float>(y.data(), T, D));
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetItemsProcessed(state.iterations() * T);
+  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(4 * T * D * F) * state.iterations(),
+                                                 benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+}
+
+// Baseline: the same expert applied token by token (matrix-vector products).
+void BM_ExpertTokenByToken(benchmark::State& state) {
+  const Index T = state.range(0), D = state.range(1), F = state.range(2);
+  Ffn<float> ffn("e", D, F, Placement::kExpertLocal);
+  Rng rng(1);
+  ffn.init(rng);
+  Mat<float> x = random_tokens(T, D, 2), y(T, D);
+  for (auto _ : state) {
+    for (Index t = 0; t < T; ++t)
+      ffn.forward(ConstMatMap<float>(x.data() + t * D, 1, D), MatMap<float>(y.data() + t * D, 1, D));
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetItemsProcessed(state.iterations() * T);
+  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(4 * T * D * F) * state.iterations(),
+                                                 benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+}
+
+// A whole MoE layer, forward + backward, on one rank (dispatch is local copies).
+void BM_MoeLayerFwdBwd(benchmark::State& state) {
+  Communicator self(MPI_COMM_SELF);
+  MoeLayerConfig cfg;
+  cfg.d_model = state.range(1);
+  cfg.d_ff = state.range(2);
+  cfg.experts = static_cast<int>(state.range(3));
+  cfg.top_k = static_cast<int>(state.range(4));
+  const Index T = state.range(0);
+  MoeLayer<float> layer(self, "moe", cfg, 1, 1);
+  Mat<float> x = random_tokens(T, cfg.d_model, 3), dy = random_tokens(T, cfg.d_model, 4), y, dx;
+  for (auto _ : state) {
+    layer.forward(x, y);
+    layer.backward(dy, dx);
+    benchmark::DoNotOptimize(dx.data());
+  }
+  state.SetItemsProcessed(state.iterations() * T);
+}
+
+// Baseline: the serial token-by-token reference layer (double), forward + backward.
+void BM_ReferenceMoeFwdBwd(benchmark::State& state) {
+  Communicator self(MPI_COMM_SELF);
+  MoeLayerConfig cfg;
+  cfg.d_model = state.range(1);
+  cfg.d_ff = state.range(2);
+  cfg.experts = static_cast<int>(state.range(3));
+  cfg.top_k = static_cast<int>(state.range(4));
+  const Index T = state.range(0);
+  MoeLayer<double> layer(self, "moe", cfg, 1, 1);
+  ReferenceMoe ref;
+  ref.router = layer.router().weight().value;
+  ref.K = cfg.top_k;
+  ref.capacity_factor = cfg.capacity_factor;
+  ref.aux_loss_weight = cfg.aux_loss_weight;
+  for (int e = 0; e < cfg.experts; ++e) {
+    auto& ex = layer.local_expert(e);
+    ref.experts.push_back({ex.w1().value, ex.b1().value, ex.w2().value, ex.b2().value});
+  }
+  Mat<double> x = random_tokens(T, cfg.d_model, 3).cast<double>();
+  Mat<double> dy = random_tokens(T, cfg.d_model, 4).cast<double>();
+  for (auto _ : state) {
+    auto fw = ref.forward(x);
+    auto g = ref.backward(x, fw, dy);
+    benchmark::DoNotOptimize(g.dx.data());
+  }
+  state.SetItemsProcessed(state.iterations() * T);
+}
+
+// T, D, F
+BENCHMARK(BM_ExpertBlockGemm)->Args({256, 64, 256})->Args({1024, 128, 512});
+BENCHMARK(BM_ExpertTokenByToken)->Args({256, 64, 256})->Args({1024, 128, 512});
+// T, D, F, E, K
+BENCHMARK(BM_MoeLayerFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
+BENCHMARK(BM_ReferenceMoeFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
+
+}  // namespace
+}  // namespace moesim
+
+int main(int argc, char** argv) {
+  moesim::MpiEnvironment env(&argc, &argv);
+  moesim::set_blas_threads(1);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
