@@ -1,0 +1,52 @@
+"""Measures how much a run's per-step losses depend on the rank count: runs one config on
+1, 2 and 4 local ranks and prints the max relative difference of metrics/train_loss (and of
+the validation loss) against 1 rank, with identical-or-not for token counts.
+
+usage: python3 bench/rank_invariance.py [--config experiments/default.ini] [--precision fp32]
+"""
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import h5py
+import numpy as np
+
+
+def main():
+    root = pathlib.Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(root / "experiments/default.ini"))
+    ap.add_argument("--moesim", default=str(root / "build/default/src/moesim"))
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp64"])
+    ap.add_argument("--ranks", default="1,2,4")
+    args = ap.parse_args()
+    mpirun = ["mpirun", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in [int(x) for x in args.ranks.split(",")]:
+            out = os.path.join(tmp, f"p{p}.h5")
+            subprocess.run(mpirun + ["-np", str(p), args.moesim, "moe", "--config", args.config,
+                                     "--precision", args.precision, "--quiet", "--out", out],
+                           check=True, timeout=1800)
+            with h5py.File(out, "r") as f:
+                runs[p] = dict(loss=f["metrics/train_loss"][:], tokens=f["metrics/expert_tokens"][:],
+                               drop=f["metrics/dropped_fraction"][:], val=f["final"].attrs["val_loss"])
+    base_p = min(runs)
+    base = runs[base_p]
+    print(f"precision {args.precision}, {len(base['loss'])} steps, reference {base_p} rank(s)")
+    for p, r in sorted(runs.items()):
+        if p == base_p:
+            continue
+        rel = np.max(np.abs(r["loss"] - base["loss"]) / np.abs(base["loss"]))
+        vrel = abs(r["val"] - base["val"]) / abs(base["val"])
+        same = np.array_equal(r["tokens"], base["tokens"]) and np.array_equal(r["drop"], base["drop"])
+        print(f"P={p}: max rel diff train_loss {rel:.3e}, val_loss {vrel:.3e}, "
+              f"expert tokens and drops {'identical' if same else 'DIFFERENT'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
