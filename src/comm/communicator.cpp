@@ -48,6 +48,42 @@ void Communicator::allreduce_max(T* data, int n) const {
   MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type<T>(), MPI_MAX, comm_));
 }
 
+template <class T>
+void Communicator::allreduce_min(T* data, int n) const {
+  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type<T>(), MPI_MIN, comm_));
+}
+
+template <class T>
+void Communicator::allgather(const T* send, int n, T* recv) const {
+  MOESIM_MPI_CHECK(MPI_Allgather(send, n, mpi_type<T>(), recv, n, mpi_type<T>(), comm_));
+}
+
+template <class T>
+std::vector<T> Communicator::allgatherv(const std::vector<T>& local) const {
+  MOESIM_REQUIRE(local.size() < static_cast<std::size_t>(std::numeric_limits<int>::max()),
+                 "allgatherv: local block too large");
+  const int n = static_cast<int>(local.size());
+  std::vector<int> counts(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_), 0);
+  MOESIM_MPI_CHECK(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_));
+  for (int q = 1; q < size_; ++q) displs[q] = displs[q - 1] + counts[q - 1];
+  std::vector<T> out(static_cast<std::size_t>(displs[size_ - 1] + counts[size_ - 1]));
+  MOESIM_MPI_CHECK(MPI_Allgatherv(local.data(), n, mpi_type<T>(), out.data(), counts.data(),
+                                  displs.data(), mpi_type<T>(), comm_));
+  return out;
+}
+
+template <class T>
+void Communicator::broadcast(T* data, int n, int root) const {
+  MOESIM_MPI_CHECK(MPI_Bcast(data, n, mpi_type<T>(), root, comm_));
+}
+
+template <class T>
+void Communicator::sendrecv(const T* send, int send_n, int dest, T* recv, int recv_n, int source,
+                            int tag) const {
+  MOESIM_MPI_CHECK(MPI_Sendrecv(send, send_n, mpi_type<T>(), dest, tag, recv, recv_n, mpi_type<T>(),
+                                source, tag, comm_, MPI_STATUS_IGNORE));
+}
+
 void Communicator::exscan_sum(const std::int64_t* in, std::int64_t* out, int n) const {
   MOESIM_MPI_CHECK(MPI_Exscan(in, out, n, MPI_INT64_T, MPI_SUM, comm_));
   // MPI leaves rank 0's output undefined.
@@ -103,11 +139,19 @@ void Communicator::agree_or_throw(bool ok, const std::string& message) const {
                                            const std::vector<int>&, T*,                    \
                                            const std::vector<int>&, const std::vector<int>&) \
       const;                                                                               \
-  template void Communicator::gather<T>(const T*, int, T*, int) const;
+  template void Communicator::gather<T>(const T*, int, T*, int) const;                      \
+  template void Communicator::allreduce_min<T>(T*, int) const;                             \
+  template void Communicator::allgather<T>(const T*, int, T*) const;                       \
+  template std::vector<T> Communicator::allgatherv<T>(const std::vector<T>&) const;        \
+  template void Communicator::broadcast<T>(T*, int, int) const;                            \
+  template void Communicator::sendrecv<T>(const T*, int, int, T*, int, int, int) const;
 MOESIM_INSTANTIATE(float)
 MOESIM_INSTANTIATE(double)
 MOESIM_INSTANTIATE(int)
 MOESIM_INSTANTIATE(std::int64_t)
+// Characters move, they are never summed.
+template std::vector<char> Communicator::allgatherv<char>(const std::vector<char>&) const;
+template void Communicator::broadcast<char>(char*, int, int) const;
 #undef MOESIM_INSTANTIATE
 
 }  // namespace moesim

@@ -71,6 +71,17 @@ class Communicator {
                  const std::vector<int>& recv_counts, const std::vector<int>& recv_displs) const;
   // COLLECTIVE. Gathers `n` values from every rank onto `root` (recv needs n * size there).
   template <class T> void gather(const T* send, int n, T* recv, int root) const;
+  template <class T> void allreduce_min(T* data, int n) const;
+  // COLLECTIVE. Every rank gets every rank's `n` values, in rank order.
+  template <class T> void allgather(const T* send, int n, T* recv) const;
+  // COLLECTIVE. Concatenation of every rank's vector, in rank order.
+  template <class T> std::vector<T> allgatherv(const std::vector<T>& local) const;
+  // COLLECTIVE. Broadcast of n values from root.
+  template <class T> void broadcast(T* data, int n, int root) const;
+  // Point-to-point exchange (e.g. a ring pass); sizes known to both sides.
+  template <class T>
+  void sendrecv(const T* send, int send_n, int dest, T* recv, int recv_n, int source,
+                int tag) const;
   // COLLECTIVE. Broadcast of a string from root.
   void broadcast(std::string& s, int root) const;
   void barrier() const;
