@@ -12,6 +12,9 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  moe    train an expert-parallel mixture of experts and log it to HDF5\n"
+    "  stack  K-fold stacking of base learners over sharded rows, logged to HDF5\n"
+    "  blend  blending (train / validation / hold-out / test splits), logged to HDF5\n"
+    "  synth  write a synthetic classification or regression table (HDF5 or CSV)\n"
     "  info   print version, revision, compiler and libraries\n"
     "\n"
     "Run 'moesim <command> --help' for the options of a command.\n";
@@ -27,6 +30,9 @@ int main(int argc, char** argv) {
   try {
     moesim::Communicator comm(MPI_COMM_WORLD);
     if (command == "moe") return moesim::cli::run_moe(comm, args);
+    if (command == "stack") return moesim::cli::run_stack(comm, args, false);
+    if (command == "blend") return moesim::cli::run_stack(comm, args, true);
+    if (command == "synth") return moesim::cli::run_synth(comm, args);
     if (command == "info") return moesim::cli::run_info(comm, args);
     if (command == "--help" || command == "-h" || command == "help") {
       if (rank == 0) std::fputs(kUsage, stdout);

@@ -2,7 +2,27 @@
 
 #include <limits>
 
+#include "core/timer.hpp"
+
 namespace moesim {
+
+// Adds one MPI call's bytes and duration to the communicator's tally.
+class TallyScope {
+ public:
+  TallyScope(CommTally& t, double bytes) : t_(t) {
+    t_.bytes_sent += bytes;
+    ++t_.calls;
+  }
+  ~TallyScope() { t_.seconds += sw_.seconds(); }
+  TallyScope(const TallyScope&) = delete;
+  TallyScope& operator=(const TallyScope&) = delete;
+
+ private:
+  CommTally& t_;
+  Stopwatch sw_;
+};
+
+#define MOESIM_TALLY(bytes) TallyScope moesim_tally_(tally_, static_cast<double>(bytes))
 
 std::string mpi_error_string(int code) {
   char buf[MPI_MAX_ERROR_STRING];
@@ -40,21 +60,25 @@ Communicator::~Communicator() {
 
 template <class T>
 void Communicator::allreduce_sum(T* data, int n) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(n));
   MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type<T>(), MPI_SUM, comm_));
 }
 
 template <class T>
 void Communicator::allreduce_max(T* data, int n) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(n));
   MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type<T>(), MPI_MAX, comm_));
 }
 
 template <class T>
 void Communicator::allreduce_min(T* data, int n) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(n));
   MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type<T>(), MPI_MIN, comm_));
 }
 
 template <class T>
 void Communicator::allgather(const T* send, int n, T* recv) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(n));
   MOESIM_MPI_CHECK(MPI_Allgather(send, n, mpi_type<T>(), recv, n, mpi_type<T>(), comm_));
 }
 
@@ -63,6 +87,7 @@ std::vector<T> Communicator::allgatherv(const std::vector<T>& local) const {
   MOESIM_REQUIRE(local.size() < static_cast<std::size_t>(std::numeric_limits<int>::max()),
                  "allgatherv: local block too large");
   const int n = static_cast<int>(local.size());
+  MOESIM_TALLY(sizeof(T) * local.size());
   std::vector<int> counts(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_), 0);
   MOESIM_MPI_CHECK(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_));
   for (int q = 1; q < size_; ++q) displs[q] = displs[q - 1] + counts[q - 1];
@@ -74,17 +99,20 @@ std::vector<T> Communicator::allgatherv(const std::vector<T>& local) const {
 
 template <class T>
 void Communicator::broadcast(T* data, int n, int root) const {
+  MOESIM_TALLY(rank_ == root ? sizeof(T) * static_cast<std::size_t>(n) : 0);
   MOESIM_MPI_CHECK(MPI_Bcast(data, n, mpi_type<T>(), root, comm_));
 }
 
 template <class T>
 void Communicator::sendrecv(const T* send, int send_n, int dest, T* recv, int recv_n, int source,
                             int tag) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(send_n));
   MOESIM_MPI_CHECK(MPI_Sendrecv(send, send_n, mpi_type<T>(), dest, tag, recv, recv_n, mpi_type<T>(),
                                 source, tag, comm_, MPI_STATUS_IGNORE));
 }
 
 void Communicator::exscan_sum(const std::int64_t* in, std::int64_t* out, int n) const {
+  MOESIM_TALLY(sizeof(std::int64_t) * static_cast<std::size_t>(n));
   MOESIM_MPI_CHECK(MPI_Exscan(in, out, n, MPI_INT64_T, MPI_SUM, comm_));
   // MPI leaves rank 0's output undefined.
   if (rank_ == 0)
@@ -92,6 +120,7 @@ void Communicator::exscan_sum(const std::int64_t* in, std::int64_t* out, int n) 
 }
 
 void Communicator::alltoall(const int* send, int* recv, int per_rank) const {
+  MOESIM_TALLY(sizeof(int) * static_cast<std::size_t>(per_rank) * static_cast<std::size_t>(size_));
   MOESIM_MPI_CHECK(MPI_Alltoall(send, per_rank, MPI_INT, recv, per_rank, MPI_INT, comm_));
 }
 
@@ -103,6 +132,9 @@ void Communicator::alltoallv(const T* send, const std::vector<int>& send_counts,
   MOESIM_REQUIRE(static_cast<int>(send_counts.size()) == size_ &&
                      static_cast<int>(recv_counts.size()) == size_,
                  "alltoallv needs one count per rank");
+  std::size_t sent = 0;
+  for (int c : send_counts) sent += static_cast<std::size_t>(c);
+  MOESIM_TALLY(sizeof(T) * sent);
   MOESIM_MPI_CHECK(MPI_Alltoallv(send, send_counts.data(), send_displs.data(), mpi_type<T>(),
                                  recv, recv_counts.data(), recv_displs.data(), mpi_type<T>(),
                                  comm_));
@@ -110,6 +142,7 @@ void Communicator::alltoallv(const T* send, const std::vector<int>& send_counts,
 
 template <class T>
 void Communicator::gather(const T* send, int n, T* recv, int root) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(n));
   MOESIM_MPI_CHECK(MPI_Gather(send, n, mpi_type<T>(), recv, n, mpi_type<T>(), root, comm_));
 }
 

@@ -42,6 +42,14 @@ class MpiEnvironment {
   MpiEnvironment& operator=(const MpiEnvironment&) = delete;
 };
 
+// What this rank moved through the communicator: payload bytes it sent (its own
+// contribution to each collective) and seconds spent inside MPI calls.
+struct CommTally {
+  double bytes_sent = 0;
+  double seconds = 0;
+  long calls = 0;
+};
+
 class Communicator {
  public:
   // COLLECTIVE over `parent`. The library never works on the caller's communicator
@@ -90,10 +98,15 @@ class Communicator {
   // throws ConfigError with the message of the lowest failing rank.
   void agree_or_throw(bool ok, const std::string& message) const;
 
+  const CommTally& tally() const { return tally_; }
+  void reset_tally() const { tally_ = CommTally{}; }
+
  private:
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
+  mutable CommTally tally_;
+  friend class TallyScope;
 };
 
 }  // namespace moesim

@@ -15,6 +15,7 @@ enum class Stream : std::uint64_t {
   kReplicatedInit = 4,
   kExpertInit = 5,
   kTest = 6,
+  kLearner = 7,
 };
 
 constexpr std::uint64_t splitmix64(std::uint64_t x) {

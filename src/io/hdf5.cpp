@@ -175,4 +175,72 @@ std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<h
   return out;
 }
 
+std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name) {
+  Handle d(MOESIM_H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)), H5Dclose);
+  Handle space(MOESIM_H5_CHECK(H5Dget_space(d.id())), H5Sclose);
+  const int rank = MOESIM_H5_CHECK(H5Sget_simple_extent_ndims(space.id()));
+  std::vector<hsize_t> shape(static_cast<std::size_t>(rank));
+  MOESIM_H5_CHECK(H5Sget_simple_extent_dims(space.id(), shape.data(), nullptr));
+  return shape;
+}
+
+Handle open_file_mpi(MPI_Comm comm, const std::string& path, bool writable) {
+  Handle fapl(MOESIM_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)), H5Pclose);
+  MOESIM_H5_CHECK(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL));
+  return Handle(MOESIM_H5_CHECK(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY,
+                                        fapl.id())),
+                H5Fclose);
+}
+
+Handle create_dataset(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
+                      bool integer) {
+  Handle space(MOESIM_H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)),
+               H5Sclose);
+  return Handle(MOESIM_H5_CHECK(H5Dcreate2(loc, name.c_str(), integer ? H5T_STD_I64LE : H5T_IEEE_F64LE,
+                                           space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
+                H5Dclose);
+}
+
+namespace {
+// File and memory selections for rows [first, first + count) of `dset`.
+std::pair<Handle, Handle> row_selection(hid_t dset, hsize_t first, hsize_t count) {
+  Handle fspace(MOESIM_H5_CHECK(H5Dget_space(dset)), H5Sclose);
+  const int rank = MOESIM_H5_CHECK(H5Sget_simple_extent_ndims(fspace.id()));
+  std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+  MOESIM_H5_CHECK(H5Sget_simple_extent_dims(fspace.id(), dims.data(), nullptr));
+  std::vector<hsize_t> start(dims.size(), 0), cnt = dims;
+  start[0] = first;
+  cnt[0] = count;
+  if (count == 0) {
+    MOESIM_H5_CHECK(H5Sselect_none(fspace.id()));
+  } else {
+    MOESIM_H5_CHECK(H5Sselect_hyperslab(fspace.id(), H5S_SELECT_SET, start.data(), nullptr,
+                                        cnt.data(), nullptr));
+  }
+  Handle mspace(MOESIM_H5_CHECK(H5Screate_simple(static_cast<int>(cnt.size()), cnt.data(), nullptr)),
+                H5Sclose);
+  if (count == 0) MOESIM_H5_CHECK(H5Sselect_none(mspace.id()));
+  return {std::move(fspace), std::move(mspace)};
+}
+
+Handle collective_transfer() {
+  Handle dxpl(MOESIM_H5_CHECK(H5Pcreate(H5P_DATASET_XFER)), H5Pclose);
+  MOESIM_H5_CHECK(H5Pset_dxpl_mpio(dxpl.id(), H5FD_MPIO_COLLECTIVE));
+  return dxpl;
+}
+}  // namespace
+
+void write_rows(hid_t dset, hsize_t first, hsize_t count, const void* data, bool integer) {
+  auto [fspace, mspace] = row_selection(dset, first, count);
+  Handle dxpl = collective_transfer();
+  MOESIM_H5_CHECK(H5Dwrite(dset, integer ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, mspace.id(),
+                           fspace.id(), dxpl.id(), data));
+}
+
+void read_rows(hid_t dset, hsize_t first, hsize_t count, double* out) {
+  auto [fspace, mspace] = row_selection(dset, first, count);
+  Handle dxpl = collective_transfer();
+  MOESIM_H5_CHECK(H5Dread(dset, H5T_NATIVE_DOUBLE, mspace.id(), fspace.id(), dxpl.id(), out));
+}
+
 }  // namespace moesim::h5

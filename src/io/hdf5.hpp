@@ -2,6 +2,7 @@
 // Thin RAII layer over the HDF5 C API. Every call is checked; failures carry the
 // expression, file, line and HDF5's own description of the innermost error.
 #include <hdf5.h>
+#include <mpi.h>
 
 #include <cstdint>
 #include <string>
@@ -93,5 +94,16 @@ void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>&
 void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
                  const std::int64_t* data);
 std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<hsize_t>* dims);
+std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name);
+
+// Parallel HDF5 (MPI-IO). COLLECTIVE over `comm`: every rank opens or creates the file
+// and every metadata call (dataset creation) must be made by all ranks with equal
+// arguments; data transfers below are collective too.
+Handle open_file_mpi(MPI_Comm comm, const std::string& path, bool writable);
+Handle create_dataset(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
+                      bool integer);
+// Rows [first, first + count) of a dataset whose first axis is rows (count may be 0).
+void write_rows(hid_t dset, hsize_t first, hsize_t count, const void* data, bool integer);
+void read_rows(hid_t dset, hsize_t first, hsize_t count, double* out);
 
 }  // namespace moesim::h5

@@ -128,9 +128,47 @@ void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& d
   h5::write_array(loc, path.substr(slash == std::string::npos ? 0 : slash + 1), dims, data);
 }
 
+void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& dims,
+                          const std::int64_t* data) {
+  if (!writer()) return;
+  const auto slash = path.rfind('/');
+  const hid_t loc = slash == std::string::npos ? file_.id() : group(path.substr(0, slash));
+  h5::write_array(loc, path.substr(slash == std::string::npos ? 0 : slash + 1), dims, data);
+}
+
+void RunFile::write_row_blocks(const Communicator& comm, const std::vector<RowBlock>& blocks) {
+  // Everything rank 0 holds must be on disk before the file changes hands.
+  std::string error;
+  if (writer()) {
+    try {
+      flush();
+      series_.clear();
+      groups_.clear();
+      file_.reset();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  comm.agree_or_throw(error.empty(), "cannot write " + path_ + ": " + error);
+  {
+    h5::Handle f = h5::open_file_mpi(comm.raw(), path_, true);
+    for (const RowBlock& b : blocks) {
+      std::int64_t local = b.rows, before = 0;
+      comm.exscan_sum(&local, &before, 1);
+      const std::int64_t total = comm.allreduce_sum(local);
+      std::vector<hsize_t> dims{static_cast<hsize_t>(total)};
+      dims.insert(dims.end(), b.inner.begin(), b.inner.end());
+      h5::Handle d = h5::create_dataset(f.id(), b.path, dims, b.integer);
+      h5::write_rows(d.id(), static_cast<hsize_t>(before), static_cast<hsize_t>(local), b.data, b.integer);
+    }
+  }
+  if (comm.rank() == 0) file_ = h5::open_file(path_, true);
+  comm.barrier();
+}
+
 void RunFile::flush() {
   if (!writer()) return;
-  const hid_t metrics = group("metrics");
+  const hid_t metrics = series_.empty() ? file_.id() : group("metrics");
   for (auto& [name, p] : series_) {
     if (!p.created) {
       p.series = h5::Series(metrics, name, p.inner, p.integer);

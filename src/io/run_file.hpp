@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "core/tensor.hpp"
 #include "io/hdf5.hpp"
 
 namespace moesim {
@@ -42,6 +43,23 @@ class RunFile {
   void append(const std::string& name, const std::vector<std::int64_t>& row,
               const std::vector<hsize_t>& inner = {});
   void write_array(const std::string& path, const std::vector<hsize_t>& dims, const double* data);
+  // COLLECTIVE. Datasets whose rows are spread over ranks (local rows in rank order),
+  // written with parallel HDF5: rank 0 closes its handle, every rank opens the file
+  // with MPI-IO and writes its rows, then rank 0 reopens it.
+  struct RowBlock {
+    std::string path;                 // e.g. "oof/predictions"; its group must exist
+    const void* data = nullptr;       // local rows x cols, row-major
+    Index rows = 0;
+    std::vector<hsize_t> inner;       // shape after the row axis
+    bool integer = false;
+  };
+  void write_row_blocks(const Communicator& comm, const std::vector<RowBlock>& blocks);
+  void write_array(const std::string& path, const std::vector<hsize_t>& dims,
+                   const std::int64_t* data);
+  // Creates group `name` (rank 0) so that collective writes can place datasets in it.
+  void ensure_group(const std::string& name) {
+    if (writer()) group(name);
+  }
   // Writes buffered rows and flushes the file to disk.
   void flush();
   // Flushes, then sets complete = 1 and closes.

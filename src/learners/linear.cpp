@@ -166,6 +166,23 @@ Mat<double> LogisticLearner::predict(const LearnerContext&, const Mat<double>& X
   return S;
 }
 
+namespace {
+// For z = (x - m) / s: z B + b = x (B / s) + (b - (m / s) B).
+Mat<double> unstandardise(const Standardizer& sc, const Mat<double>& B, const RowVec<double>& b) {
+  Mat<double> out(B.rows() + 1, B.cols());
+  out.topRows(B.rows()) = B.array().colwise() / sc.scale.transpose().array();
+  out.row(B.rows()) = b - (sc.mean.array() / sc.scale.array()).matrix() * B;
+  return out;
+}
+}  // namespace
+
+Mat<double> RidgeLearner::raw_coefficients() const { return unstandardise(scaler_, coef_, intercept_); }
+
+Mat<double> LogisticLearner::raw_coefficients() const {
+  const Index p = W_.rows() - 1;
+  return unstandardise(scaler_, W_.topRows(p), W_.row(p));
+}
+
 std::unique_ptr<Learner> make_ridge_learner(const LearnerOptions& opt) {
   return std::make_unique<RidgeLearner>(opt.ridge_alpha);
 }

@@ -14,8 +14,8 @@ class RidgeLearner : public Learner {
   void fit(const LearnerContext& ctx, const TrainRows& rows) override;
   Mat<double> predict(const LearnerContext& ctx, const Mat<double>& X) override;
   std::unique_ptr<Learner> clone() const override { return std::make_unique<RidgeLearner>(alpha_); }
-  const Mat<double>& coef() const { return coef_; }
-  const RowVec<double>& intercept() const { return intercept_; }
+  // Coefficients on the raw (unstandardised) features: p x outputs, then the intercept row.
+  Mat<double> raw_coefficients() const;
 
  private:
   double alpha_;
@@ -37,6 +37,8 @@ class LogisticLearner : public Learner {
     return std::make_unique<LogisticLearner>(c_, max_iter_);
   }
   int iterations() const { return iterations_; }
+  // Coefficients on the raw (unstandardised) features: p x C, then the intercept row.
+  Mat<double> raw_coefficients() const;
 
  private:
   double c_;

@@ -1,0 +1,423 @@
+// Level-wise growth of a batch of histogram trees (rules in tree_grow.hpp).
+//
+// Per level: the nodes to split are laid out in one buffer, each rank accumulates the
+// histograms of its own rows, one all-reduce sums them (more only when the level's
+// histograms exceed kChunkDoubles), and every rank evaluates the same global
+// histograms. When every feature is a candidate, only the smaller of two siblings is
+// accumulated and sent; the larger is its parent's histogram minus the smaller one.
+#include "learners/tree_grow.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.hpp"
+
+namespace moesim {
+
+std::vector<int> sample_features(std::uint64_t seed, std::uint64_t tree, std::uint64_t heap,
+                                 int p, int m) {
+  std::vector<int> out;
+  if (m >= p) {
+    out.resize(static_cast<std::size_t>(std::max(p, 0)));
+    std::iota(out.begin(), out.end(), 0);
+    return out;
+  }
+  Rng rng(seed, Stream::kLearner, 2 * tree + 1, heap);
+  out.reserve(static_cast<std::size_t>(m));
+  for (int j = p - m; j < p; ++j) {
+    const int t = static_cast<int>(rng.below(static_cast<std::uint64_t>(j) + 1));
+    const auto it = std::lower_bound(out.begin(), out.end(), t);
+    if (it != out.end() && *it == t) out.push_back(j);  // j exceeds every member
+    else out.insert(it, t);
+  }
+  return out;
+}
+
+int forest_features_per_split(double fraction, int p, bool classification) {
+  if (p <= 1) return std::max(p, 1);
+  if (fraction <= 0)
+    return classification ? std::max(1, static_cast<int>(std::sqrt(static_cast<double>(p)))) : p;
+  return std::clamp(static_cast<int>(fraction * p), 1, p);
+}
+
+namespace {
+
+constexpr std::size_t kChunkDoubles = std::size_t{1} << 21;   // per all-reduce: 16 MiB
+constexpr std::size_t kRetainDoubles = std::size_t{1} << 23;  // parents kept for subtraction: 64 MiB
+
+template <class BinT>
+void hist_gini(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
+               const std::int32_t* lab, const double* wt, double* h, std::size_t C) {
+  for (std::size_t j = 0; j < cnt; ++j)
+    h[static_cast<std::size_t>(col[rows[j]]) * C + static_cast<std::size_t>(lab[j])] += wt[j];
+}
+
+template <int S, class BinT>
+void hist_moments(const BinT* col, const std::uint32_t* rows, std::size_t cnt, const double* st,
+                  double* h) {
+  for (std::size_t j = 0; j < cnt; ++j) {
+    double* hb = h + static_cast<std::size_t>(col[rows[j]]) * S;
+    const double* s = st + j * S;
+    for (int k = 0; k < S; ++k) hb[k] += s[k];
+  }
+}
+
+template <class BinT>
+void hist_moments_any(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
+                      const double* st, double* h, std::size_t S) {
+  for (std::size_t j = 0; j < cnt; ++j) {
+    double* hb = h + static_cast<std::size_t>(col[rows[j]]) * S;
+    for (std::size_t k = 0; k < S; ++k) hb[k] += st[j * S + k];
+  }
+}
+
+template <class BinT>
+class Grower {
+ public:
+  Grower(const Communicator& comm, const BinnedMatrix& X, const BinT* bins, const GrowParams& prm,
+         std::vector<GrowTree>& trees)
+      : comm_(comm), X_(X), bins_(bins), prm_(prm), trees_(trees), S_(prm.stats), p_(X.p),
+        n_(static_cast<std::size_t>(X.n)) {
+    const int m = prm.features_per_split;
+    sampled_ = m > 0 && m < p_;
+    all_.resize(static_cast<std::size_t>(p_));
+    std::iota(all_.begin(), all_.end(), 0);
+    const std::size_t S = static_cast<std::size_t>(S_);
+    left_.resize(S);
+    right_.resize(S);
+    best_left_.resize(S);
+    best_right_.resize(S);
+    feat_total_.resize(S);
+  }
+
+  void run(double* extra, int n_extra);
+
+ private:
+  struct Work {
+    int tree = 0, node = 0, depth = 0;
+    std::uint64_t heap = 1;     // 1 for a root, children 2h and 2h + 1
+    std::vector<int> feats;     // sampled candidates; empty: every feature
+    std::size_t size = 0;       // doubles in its histogram
+    int parent_hist = -1;       // retained_ index of the parent's histogram
+    bool pair_head = false;     // this and the next work are siblings sharing parent_hist
+    bool derive = false;        // histogram = parent - sibling
+    std::size_t sibling = 0;
+    std::size_t offset = 0;     // in arena_ when accumulated
+  };
+
+  const std::vector<int>& features(const Work& w) const { return sampled_ ? w.feats : all_; }
+  double weight(const double* s) const { return stats_weight(prm_.score, s, S_); }
+
+  Work make_work(int tree, int node, int depth, std::uint64_t heap) const {
+    Work w;
+    w.tree = tree;
+    w.node = node;
+    w.depth = depth;
+    w.heap = heap;
+    if (sampled_)
+      w.feats = sample_features(prm_.seed, trees_[static_cast<std::size_t>(tree)].key, heap, p_,
+                                prm_.features_per_split);
+    for (int f : features(w)) w.size += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(f)]) * static_cast<std::size_t>(S_);
+    return w;
+  }
+
+  bool splittable(const double* T) const {
+    const double W = weight(T);
+    if (!(W > 0) || W < 2 * prm_.min_leaf) return false;
+    if (prm_.score == SplitScore::kGini) {
+      const double mx = *std::max_element(T, T + S_);
+      if (mx >= (1 - kPureRel) * W) return false;
+    }
+    return true;
+  }
+
+  void build(const Work& w, double* h);
+  void finish(const Work& w, const double* h, std::vector<Work>& next,
+              std::vector<std::vector<double>>& retained_next, std::size_t& retained_used);
+  template <SplitScore K>
+  bool evaluate(const Work& w, const double* h, const double* T, int& best_f, int& best_b);
+  template <SplitScore K>
+  double term(const double* s) const {
+    if constexpr (K == SplitScore::kGini) {
+      double sq = 0, n = 0;
+      for (int c = 0; c < S_; ++c) {
+        sq += s[c] * s[c];
+        n += s[c];
+      }
+      return sq / n;
+    } else if constexpr (K == SplitScore::kVariance) {
+      return s[1] * s[1] / s[0];
+    } else {
+      return s[0] * s[0] / (s[1] + prm_.lambda);
+    }
+  }
+
+  const Communicator& comm_;
+  const BinnedMatrix& X_;
+  const BinT* bins_;
+  const GrowParams& prm_;
+  std::vector<GrowTree>& trees_;
+  const int S_, p_;
+  const std::size_t n_;
+  bool sampled_ = false;
+  std::vector<int> all_;
+  std::vector<double> arena_, derived_;
+  std::vector<std::vector<double>> retained_;
+  // Scratch.
+  std::vector<std::int32_t> lab_;
+  std::vector<double> wt_, st_, left_, right_, best_left_, best_right_, feat_total_;
+  std::vector<std::uint32_t> spill_;
+};
+
+template <class BinT>
+void Grower<BinT>::build(const Work& w, double* h) {
+  const GrowTree& t = trees_[static_cast<std::size_t>(w.tree)];
+  const GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
+  const std::uint32_t* rows = t.rows.data() + node.begin;
+  const std::size_t cnt = node.end - node.begin;
+  if (cnt == 0) return;
+  const std::size_t S = static_cast<std::size_t>(S_);
+  // Gather the node's statistics once so the per-feature loops read them contiguously.
+  if (prm_.score == SplitScore::kGini) {
+    lab_.resize(cnt);
+    wt_.resize(cnt);
+    for (std::size_t j = 0; j < cnt; ++j) {
+      lab_[j] = t.label[rows[j]];
+      wt_[j] = t.weight[rows[j]];
+    }
+  } else {
+    st_.resize(cnt * S);
+    for (std::size_t j = 0; j < cnt; ++j)
+      std::copy_n(t.stat + static_cast<std::size_t>(rows[j]) * S, S, st_.data() + j * S);
+  }
+  std::size_t off = 0;
+  for (int f : features(w)) {
+    const BinT* col = bins_ + static_cast<std::size_t>(f) * n_;
+    double* hf = h + off;
+    if (prm_.score == SplitScore::kGini) hist_gini(col, rows, cnt, lab_.data(), wt_.data(), hf, S);
+    else if (S == 2) hist_moments<2>(col, rows, cnt, st_.data(), hf);
+    else if (S == 3) hist_moments<3>(col, rows, cnt, st_.data(), hf);
+    else hist_moments_any(col, rows, cnt, st_.data(), hf, S);
+    off += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(f)]) * S;
+  }
+}
+
+template <class BinT>
+template <SplitScore K>
+bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int& best_f,
+                            int& best_b) {
+  const std::size_t S = static_cast<std::size_t>(S_);
+  const double W = weight(T);
+  const double minw = std::max(prm_.min_leaf, kSplitMinChildRel * W);
+  bool have = false;
+  double best = 0;
+  std::size_t off = 0;
+  for (int f : features(w)) {
+    const int nb = X_.nbins[static_cast<std::size_t>(f)];
+    const double* hf = h + off;
+    off += static_cast<std::size_t>(nb) * S;
+    std::fill(feat_total_.begin(), feat_total_.end(), 0.0);
+    for (int b = 0; b < nb; ++b)
+      for (std::size_t s = 0; s < S; ++s) feat_total_[s] += hf[static_cast<std::size_t>(b) * S + s];
+    std::fill(left_.begin(), left_.end(), 0.0);
+    for (int b = 0; b + 1 < nb; ++b) {
+      for (std::size_t s = 0; s < S; ++s) left_[s] += hf[static_cast<std::size_t>(b) * S + s];
+      if (weight(left_.data()) < minw) continue;
+      for (std::size_t s = 0; s < S; ++s) right_[s] = feat_total_[s] - left_[s];
+      if (weight(right_.data()) < minw) break;
+      const double score = term<K>(left_.data()) + term<K>(right_.data());
+      if (!have || score > best + kSplitTieRel * std::abs(best)) {
+        have = true;
+        best = score;
+        best_f = f;
+        best_b = b;
+        best_left_ = left_;
+        best_right_ = right_;
+      }
+    }
+  }
+  return have && best - term<K>(T) > kSplitMinGainRel * std::abs(best);
+}
+
+template <class BinT>
+void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& next,
+                          std::vector<std::vector<double>>& retained_next,
+                          std::size_t& retained_used) {
+  GrowTree& t = trees_[static_cast<std::size_t>(w.tree)];
+  const std::size_t S = static_cast<std::size_t>(S_);
+  double* T = t.totals.data() + static_cast<std::size_t>(w.node) * S;
+  if (w.depth == 0) {
+    // A root's totals come from its own histogram (any one feature's bins sum to them).
+    const int f0 = features(w).empty() ? -1 : features(w)[0];
+    std::fill(T, T + S, 0.0);
+    if (f0 >= 0)
+      for (int b = 0; b < X_.nbins[static_cast<std::size_t>(f0)]; ++b)
+        for (std::size_t s = 0; s < S; ++s) T[s] += h[static_cast<std::size_t>(b) * S + s];
+    if (!splittable(T)) return;
+  }
+  int f = -1, b = -1;
+  bool ok = false;
+  switch (prm_.score) {
+    case SplitScore::kGini: ok = evaluate<SplitScore::kGini>(w, h, T, f, b); break;
+    case SplitScore::kVariance: ok = evaluate<SplitScore::kVariance>(w, h, T, f, b); break;
+    case SplitScore::kNewton: ok = evaluate<SplitScore::kNewton>(w, h, T, f, b); break;
+  }
+  if (!ok) return;
+
+  // Stable partition of the node's rows: "bin <= b" first.
+  const std::uint32_t begin = t.nodes[static_cast<std::size_t>(w.node)].begin;
+  const std::uint32_t end = t.nodes[static_cast<std::size_t>(w.node)].end;
+  const BinT* col = bins_ + static_cast<std::size_t>(f) * n_;
+  std::uint32_t* rows = t.rows.data();
+  std::uint32_t mid = begin;
+  spill_.clear();
+  for (std::uint32_t j = begin; j < end; ++j) {
+    const std::uint32_t r = rows[j];
+    if (static_cast<int>(col[r]) <= b) rows[mid++] = r;
+    else spill_.push_back(r);
+  }
+  std::copy(spill_.begin(), spill_.end(), rows + mid);
+
+  const int left = static_cast<int>(t.nodes.size());
+  GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
+  node.feature = f;
+  node.bin = b;
+  node.left = left;
+  t.nodes.push_back({-1, -1, -1, begin, mid});
+  t.nodes.push_back({-1, -1, -1, mid, end});
+  t.totals.insert(t.totals.end(), best_left_.begin(), best_left_.end());
+  t.totals.insert(t.totals.end(), best_right_.begin(), best_right_.end());
+
+  const bool deeper = w.depth + 1 < prm_.max_depth;
+  const bool split_l = deeper && splittable(best_left_.data());
+  const bool split_r = deeper && splittable(best_right_.data());
+  int parent_hist = -1;
+  if (!sampled_ && split_l && split_r && retained_used + w.size <= kRetainDoubles) {
+    parent_hist = static_cast<int>(retained_next.size());
+    retained_next.emplace_back(h, h + w.size);
+    retained_used += w.size;
+  }
+  for (int side = 0; side < 2; ++side) {
+    if (!(side == 0 ? split_l : split_r)) continue;
+    Work c = make_work(w.tree, left + side, w.depth + 1, 2 * w.heap + static_cast<std::uint64_t>(side));
+    c.parent_hist = parent_hist;
+    c.pair_head = side == 0 && parent_hist >= 0;
+    next.push_back(std::move(c));
+  }
+}
+
+template <class BinT>
+void Grower<BinT>::run(double* extra, int n_extra) {
+  const std::size_t S = static_cast<std::size_t>(S_);
+  for (GrowTree& t : trees_) {
+    t.nodes.assign(1, GrowTree::Node{-1, -1, -1, 0, static_cast<std::uint32_t>(t.rows.size())});
+    t.totals.assign(S, 0.0);
+  }
+  const std::size_t ne = static_cast<std::size_t>(std::max(n_extra, 0));
+  if (prm_.max_depth <= 0 || trees_.empty()) {
+    // Leaves only: their totals (and the extras) in one all-reduce.
+    std::vector<double> buf(trees_.size() * S + ne, 0.0);
+    for (std::size_t k = 0; k < trees_.size(); ++k) {
+      const GrowTree& t = trees_[k];
+      double* T = buf.data() + k * S;
+      for (std::uint32_t r : t.rows) {
+        if (prm_.score == SplitScore::kGini) T[t.label[r]] += t.weight[r];
+        else
+          for (std::size_t s = 0; s < S; ++s) T[s] += t.stat[static_cast<std::size_t>(r) * S + s];
+      }
+    }
+    std::copy_n(extra, ne, buf.data() + trees_.size() * S);
+    comm_.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
+    for (std::size_t k = 0; k < trees_.size(); ++k)
+      std::copy_n(buf.data() + k * S, S, trees_[k].totals.data());
+    std::copy_n(buf.data() + trees_.size() * S, ne, extra);
+    return;
+  }
+
+  std::vector<Work> level;
+  for (std::size_t k = 0; k < trees_.size(); ++k) level.push_back(make_work(static_cast<int>(k), 0, 0, 1));
+  bool first = true;
+  while (!level.empty()) {
+    // Siblings that both split: accumulate the lighter one (by global weight, so every
+    // rank agrees; the left one on a tie), derive the other.
+    for (std::size_t i = 0; i < level.size(); ++i) {
+      if (!level[i].pair_head) continue;
+      Work& a = level[i];
+      Work& b = level[i + 1];
+      const double* ta = trees_[static_cast<std::size_t>(a.tree)].totals.data() + static_cast<std::size_t>(a.node) * S;
+      const double* tb = trees_[static_cast<std::size_t>(b.tree)].totals.data() + static_cast<std::size_t>(b.node) * S;
+      if (weight(tb) < weight(ta)) {
+        a.derive = true;
+        a.sibling = i + 1;
+      } else {
+        b.derive = true;
+        b.sibling = i;
+      }
+      ++i;
+    }
+    std::vector<Work> next;
+    std::vector<std::vector<double>> retained_next;
+    std::size_t retained_used = 0;
+    for (std::size_t i = 0; i < level.size();) {
+      // A chunk of whole sibling pairs whose accumulated histograms fit one all-reduce.
+      std::size_t j = i, used = 0;
+      while (j < level.size()) {
+        const std::size_t unit = level[j].pair_head ? 2 : 1;
+        std::size_t need = 0;
+        for (std::size_t u = j; u < j + unit; ++u)
+          if (!level[u].derive) need += level[u].size;
+        if (j > i && used + need > kChunkDoubles) break;
+        for (std::size_t u = j; u < j + unit; ++u)
+          if (!level[u].derive) {
+            level[u].offset = used;
+            used += level[u].size;
+          }
+        j += unit;
+      }
+      const std::size_t extras = first ? ne : 0;
+      MOESIM_REQUIRE(used + extras <= static_cast<std::size_t>(INT_MAX), "histogram too large for one all-reduce");
+      arena_.assign(used + extras, 0.0);
+      for (std::size_t k = i; k < j; ++k)
+        if (!level[k].derive) build(level[k], arena_.data() + level[k].offset);
+      std::copy_n(extra, extras, arena_.data() + used);
+      comm_.allreduce_sum(arena_.data(), static_cast<int>(used + extras));
+      std::copy_n(arena_.data() + used, extras, extra);
+      first = false;
+      for (std::size_t k = i; k < j; ++k) {
+        const Work& w = level[k];
+        if (w.derive) {
+          const std::vector<double>& parent = retained_[static_cast<std::size_t>(w.parent_hist)];
+          const double* sib = arena_.data() + level[w.sibling].offset;
+          derived_.resize(w.size);
+          for (std::size_t q = 0; q < w.size; ++q) derived_[q] = parent[q] - sib[q];
+          finish(w, derived_.data(), next, retained_next, retained_used);
+        } else {
+          finish(w, arena_.data() + w.offset, next, retained_next, retained_used);
+        }
+      }
+      i = j;
+    }
+    retained_ = std::move(retained_next);
+    level = std::move(next);
+  }
+}
+
+}  // namespace
+
+void grow_trees(const Communicator& comm, const BinnedMatrix& X, const GrowParams& prm,
+                std::vector<GrowTree>& trees, double* extra, int n_extra) {
+  MOESIM_REQUIRE(prm.stats >= 1, "need at least one statistic per bin");
+  MOESIM_REQUIRE(prm.score != SplitScore::kVariance || prm.stats == 2, "variance needs S = 2");
+  MOESIM_REQUIRE(prm.score != SplitScore::kNewton || prm.stats == 3, "Newton needs S = 3");
+  if (X.use_wide) {
+    Grower<std::uint16_t> g(comm, X, X.wide.data(), prm, trees);
+    g.run(extra, n_extra);
+  } else {
+    Grower<std::uint8_t> g(comm, X, X.narrow.data(), prm, trees);
+    g.run(extra, n_extra);
+  }
+}
+
+}  // namespace moesim

@@ -1,0 +1,201 @@
+#include "stacking/meta.hpp"
+
+#include <Eigen/Eigenvalues>
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "learners/linear.hpp"
+#include "stacking/metrics.hpp"
+
+namespace moesim {
+
+namespace {
+
+std::vector<std::int64_t> no_ids(Index n) { return std::vector<std::int64_t>(static_cast<std::size_t>(n), 0); }
+
+Mat<double> targets(const std::vector<double>& y, int classes) {
+  Mat<double> Y = Mat<double>::Zero(static_cast<Index>(y.size()), classes >= 2 ? classes : 1);
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    if (classes >= 2) Y(static_cast<Index>(i), static_cast<Index>(y[i])) = 1.0;
+    else Y(static_cast<Index>(i), 0) = y[i];
+  }
+  return Y;
+}
+
+// Convex combination of the prediction blocks.
+Mat<double> blend_blocks(const Mat<double>& Z, const std::vector<double>& a, int width) {
+  Mat<double> out = Mat<double>::Zero(Z.rows(), width);
+  for (std::size_t l = 0; l < a.size(); ++l)
+    if (a[l] != 0) out += a[l] * Z.middleCols(static_cast<Index>(l) * width, width);
+  return out;
+}
+
+class LinearMeta : public MetaLearner {
+ public:
+  explicit LinearMeta(std::unique_ptr<Learner> l) : learner_(std::move(l)) {}
+  void fit(const LearnerContext& ctx, const Mat<double>& Z, const std::vector<double>& y,
+           const std::vector<double>& w, int, int) override {
+    const auto ids = no_ids(Z.rows());
+    learner_->fit(ctx, TrainRows{Z, y, w, ids});
+  }
+  Mat<double> predict(const LearnerContext& ctx, const Mat<double>& Z) override {
+    return learner_->predict(ctx, Z);
+  }
+  Mat<double> coefficients(std::vector<std::string>* rows) const override {
+    Mat<double> c;
+    if (auto* r = dynamic_cast<RidgeLearner*>(learner_.get())) c = r->raw_coefficients();
+    else c = dynamic_cast<LogisticLearner*>(learner_.get())->raw_coefficients();
+    if (rows) {
+      rows->clear();
+      for (Index i = 0; i + 1 < c.rows(); ++i) rows->push_back("z" + std::to_string(i));
+      rows->push_back("intercept");
+    }
+    return c;
+  }
+
+ private:
+  std::unique_ptr<Learner> learner_;
+};
+
+class SimplexMeta : public MetaLearner {
+ public:
+  void fit(const LearnerContext& ctx, const Mat<double>& Z, const std::vector<double>& y,
+           const std::vector<double>& w, int blocks, int width) override {
+    width_ = width;
+    const Mat<double> Y = targets(y, ctx.classes);
+    const Index L = blocks;
+    std::vector<double> buf(static_cast<std::size_t>(L * L + L), 0.0);
+    for (Index a = 0; a < L; ++a) {
+      const auto Pa = Z.middleCols(a * width, width);
+      for (Index b = a; b < L; ++b) {
+        const auto Pb = Z.middleCols(b * width, width);
+        double s = 0;
+        for (Index i = 0; i < Z.rows(); ++i) s += w[static_cast<std::size_t>(i)] * Pa.row(i).dot(Pb.row(i));
+        buf[static_cast<std::size_t>(a * L + b)] = s;
+      }
+      double r = 0;
+      for (Index i = 0; i < Z.rows(); ++i) r += w[static_cast<std::size_t>(i)] * Pa.row(i).dot(Y.row(i));
+      buf[static_cast<std::size_t>(L * L + a)] = r;
+    }
+    ctx.comm.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
+    Mat<double> G(L, L);
+    for (Index a = 0; a < L; ++a)
+      for (Index b = a; b < L; ++b) G(a, b) = G(b, a) = buf[static_cast<std::size_t>(a * L + b)];
+    weights_ = simplex_least_squares(G, std::vector<double>(buf.begin() + L * L, buf.end()));
+  }
+  Mat<double> predict(const LearnerContext&, const Mat<double>& Z) override {
+    return blend_blocks(Z, weights_, width_);
+  }
+  Mat<double> coefficients(std::vector<std::string>* rows) const override {
+    Mat<double> c(static_cast<Index>(weights_.size()), 1);
+    for (std::size_t l = 0; l < weights_.size(); ++l) c(static_cast<Index>(l), 0) = weights_[l];
+    if (rows) {
+      rows->clear();
+      for (std::size_t l = 0; l < weights_.size(); ++l) rows->push_back("z" + std::to_string(l));
+    }
+    return c;
+  }
+
+ protected:
+  std::vector<double> weights_;
+  int width_ = 1;
+};
+
+// Caruana et al. (2004): repeatedly add (with replacement) the learner whose inclusion
+// gives the best ensemble score; weights are the selection counts.
+class GreedyMeta : public SimplexMeta {
+ public:
+  explicit GreedyMeta(int iterations) : iterations_(iterations) {}
+  void fit(const LearnerContext& ctx, const Mat<double>& Z, const std::vector<double>& y,
+           const std::vector<double>& w, int blocks, int width) override {
+    width_ = width;
+    const bool cls = ctx.classes >= 2;
+    std::vector<int> counts(static_cast<std::size_t>(blocks), 0);
+    Mat<double> sum = Mat<double>::Zero(Z.rows(), width);
+    for (int it = 0; it < iterations_; ++it) {
+      // Candidate scores for every block in one pass; the loss is log loss
+      // (classification) or squared error (regression), summed then all-reduced.
+      std::vector<double> loss(static_cast<std::size_t>(blocks), 0.0);
+      for (int l = 0; l < blocks; ++l) {
+        const Mat<double> cand = (sum + Z.middleCols(static_cast<Index>(l) * width, width)) / static_cast<double>(it + 1);
+        double s = 0;
+        for (Index i = 0; i < Z.rows(); ++i) {
+          const double wi = w[static_cast<std::size_t>(i)];
+          if (cls) {
+            const double p = cand(i, static_cast<Index>(y[static_cast<std::size_t>(i)])) / std::max(cand.row(i).sum(), 1e-300);
+            s -= wi * std::log(std::clamp(p, 1e-15, 1.0));
+          } else {
+            const double e = cand(i, 0) - y[static_cast<std::size_t>(i)];
+            s += wi * e * e;
+          }
+        }
+        loss[static_cast<std::size_t>(l)] = s;
+      }
+      ctx.comm.allreduce_sum(loss.data(), blocks);
+      const int best = static_cast<int>(std::min_element(loss.begin(), loss.end()) - loss.begin());
+      ++counts[static_cast<std::size_t>(best)];
+      sum += Z.middleCols(static_cast<Index>(best) * width, width);
+    }
+    weights_.assign(static_cast<std::size_t>(blocks), 0.0);
+    for (int l = 0; l < blocks; ++l)
+      weights_[static_cast<std::size_t>(l)] = static_cast<double>(counts[static_cast<std::size_t>(l)]) / iterations_;
+  }
+
+ private:
+  int iterations_;
+};
+
+}  // namespace
+
+std::vector<double> simplex_least_squares(const Mat<double>& G, const std::vector<double>& rhs) {
+  const Index L = G.rows();
+  Eigen::VectorXd a = Eigen::VectorXd::Constant(L, 1.0 / static_cast<double>(L));
+  const Eigen::Map<const Eigen::VectorXd> b(rhs.data(), L);
+  const double lmax = Eigen::SelfAdjointEigenSolver<Mat<double>>(G, Eigen::EigenvaluesOnly).eigenvalues().maxCoeff();
+  const double step = lmax > 0 ? 1.0 / lmax : 1.0;
+  auto project = [&](Eigen::VectorXd v) {
+    // Euclidean projection onto the probability simplex (sort-based).
+    std::vector<double> u(v.data(), v.data() + L);
+    std::sort(u.begin(), u.end(), std::greater<>());
+    double cum = 0, theta = 0;
+    for (Index k = 0; k < L; ++k) {
+      cum += u[static_cast<std::size_t>(k)];
+      const double t = (cum - 1.0) / static_cast<double>(k + 1);
+      if (u[static_cast<std::size_t>(k)] - t > 0) theta = t;
+    }
+    return Eigen::VectorXd((v.array() - theta).cwiseMax(0.0));
+  };
+  // Accelerated projected gradient (FISTA); L is small, so iterate to convergence.
+  Eigen::VectorXd yk = a, prev = a;
+  double tk = 1.0;
+  for (int it = 0; it < 20000; ++it) {
+    const Eigen::VectorXd next = project(yk - step * (G * yk - b));
+    const double tn = 0.5 * (1.0 + std::sqrt(1.0 + 4.0 * tk * tk));
+    yk = next + ((tk - 1.0) / tn) * (next - prev);
+    const double change = (next - prev).lpNorm<Eigen::Infinity>();
+    prev = next;
+    tk = tn;
+    if (change < 1e-13) break;
+  }
+  return std::vector<double>(prev.data(), prev.data() + L);
+}
+
+std::unique_ptr<MetaLearner> make_meta(const MetaOptions& opt, bool classification, bool passthrough) {
+  if (opt.kind == "logistic") {
+    MOESIM_CONFIG_CHECK(classification, "--meta logistic needs --problem classification (use ridge or nnls)");
+    return std::make_unique<LinearMeta>(std::make_unique<LogisticLearner>(opt.c, 200));
+  }
+  if (opt.kind == "ridge") return std::make_unique<LinearMeta>(std::make_unique<RidgeLearner>(opt.alpha));
+  MOESIM_CONFIG_CHECK(!passthrough, "--passthrough needs a linear meta-learner (logistic or ridge), not "
+                                        << opt.kind);
+  if (opt.kind == "nnls") return std::make_unique<SimplexMeta>();
+  if (opt.kind == "greedy") {
+    MOESIM_CONFIG_CHECK(opt.greedy_iterations >= 1, "--greedy-iterations must be >= 1");
+    return std::make_unique<GreedyMeta>(opt.greedy_iterations);
+  }
+  throw ConfigError("--meta must be logistic, ridge, nnls or greedy (got '" + opt.kind + "')");
+}
+
+}  // namespace moesim
