@@ -7,9 +7,13 @@
 namespace moesim::cli {
 
 // Each returns the process exit code; ConfigError escapes for the caller to report.
-int run_moe(const Communicator& comm, const std::vector<std::string>& args);
+// `preset`: INI text of option values below the command line (sweep points).
+int run_moe(const Communicator& comm, const std::vector<std::string>& args,
+            const std::string& preset = "");
 // stack (blend = false) or blend (blend = true).
-int run_stack(const Communicator& comm, const std::vector<std::string>& args, bool blend);
+int run_stack(const Communicator& comm, const std::vector<std::string>& args, bool blend,
+              const std::string& preset = "");
+int run_sweep(const Communicator& comm, const std::vector<std::string>& args);
 int run_synth(const Communicator& comm, const std::vector<std::string>& args);
 int run_info(const Communicator& comm, const std::vector<std::string>& args);
 

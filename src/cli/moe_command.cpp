@@ -147,7 +147,8 @@ int train_and_log(const Communicator& comm, const MoeSettings& m, RunFile& rf) {
                {"a2a_seconds", s.a2a_seconds},
                {"compute_seconds", s.compute_seconds},
                {"a2a_bytes", s.a2a_bytes},
-               {"dropped_fraction", s.dropped_fraction}};
+               {"dropped_fraction", s.dropped_fraction},
+               {"token_bytes", static_cast<std::int64_t>(m.model.d_model * static_cast<Index>(sizeof(T)))}};
   if (!s.interrupted) fin.emplace_back("val_loss", s.val_loss);
   if (s.val_accuracy >= 0) fin.emplace_back("val_accuracy", s.val_accuracy);
   rf.group_attrs("final", fin);
@@ -183,9 +184,9 @@ int train_and_log(const Communicator& comm, const MoeSettings& m, RunFile& rf) {
 
 }  // namespace
 
-int run_moe(const Communicator& comm, const std::vector<std::string>& args) {
+int run_moe(const Communicator& comm, const std::vector<std::string>& args, const std::string& preset) {
   const po::options_description desc = moe_options();
-  const Parsed p = parse("moe", args, desc);
+  const Parsed p = parse("moe", args, desc, preset);
   if (p.help) {
     if (comm.rank() == 0)
       print_help("moe", "Train an expert-parallel top-k MoE on P MPI ranks and log it to HDF5.", desc);

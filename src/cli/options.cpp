@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 namespace moesim::cli {
 
@@ -18,7 +19,7 @@ po::options_description common_options() {
 }  // namespace
 
 Parsed parse(const std::string& command, const std::vector<std::string>& args,
-             const po::options_description& desc) {
+             const po::options_description& desc, const std::string& preset) {
   po::options_description all;
   all.add(common_options()).add(desc);
   Parsed p;
@@ -27,6 +28,10 @@ Parsed parse(const std::string& command, const std::vector<std::string>& args,
     if (p.vm.count("help")) {
       p.help = true;
       return p;
+    }
+    if (!preset.empty()) {
+      std::istringstream in(preset);
+      po::store(po::parse_config_file(in, desc, false), p.vm);
     }
     if (p.vm.count("config")) {
       const std::string path = p.vm["config"].as<std::string>();

@@ -17,9 +17,11 @@ struct Parsed {
 };
 
 // Parses `args` (after the subcommand) against `desc`, which must not declare
-// --help or --config (they are added here). Errors become ConfigError.
+// --help or --config (they are added here). `preset` is INI text (a sweep point's
+// values) that ranks between the command line and the --config file. Errors become
+// ConfigError.
 Parsed parse(const std::string& command, const std::vector<std::string>& args,
-             const po::options_description& desc);
+             const po::options_description& desc, const std::string& preset = "");
 
 // Every resolved option as an attribute, dashes turned into underscores.
 AttrList options_as_attrs(const po::variables_map& vm);

@@ -317,11 +317,12 @@ void check_common(const po::variables_map& vm) {
 
 }  // namespace
 
-int run_stack(const Communicator& comm, const std::vector<std::string>& args, bool blend) {
+int run_stack(const Communicator& comm, const std::vector<std::string>& args, bool blend,
+              const std::string& preset) {
   po::options_description desc;
   desc.add(data_options()).add(learner_options()).add(blend ? blend_only_options() : stack_only_options());
   const std::string cmd = blend ? "blend" : "stack";
-  const Parsed p = parse(cmd, args, desc);
+  const Parsed p = parse(cmd, args, desc, preset);
   if (p.help) {
     if (comm.rank() == 0)
       print_help(cmd, blend ? "Blending: base learners on a train split, a meta-learner on their validation "

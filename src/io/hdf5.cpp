@@ -161,6 +161,20 @@ void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>&
   write_array_typed(loc, name, dims, H5T_STD_I64LE, H5T_NATIVE_INT64, data);
 }
 
+void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values) {
+  Handle type(MOESIM_H5_CHECK(H5Tcopy(H5T_C_S1)), H5Tclose);
+  MOESIM_H5_CHECK(H5Tset_size(type.id(), H5T_VARIABLE));
+  MOESIM_H5_CHECK(H5Tset_cset(type.id(), H5T_CSET_UTF8));
+  const hsize_t n = values.size();
+  Handle space(MOESIM_H5_CHECK(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+  Handle d(MOESIM_H5_CHECK(H5Dcreate2(loc, name.c_str(), type.id(), space.id(), H5P_DEFAULT,
+                                      H5P_DEFAULT, H5P_DEFAULT)),
+           H5Dclose);
+  std::vector<const char*> ptrs;
+  for (const std::string& v : values) ptrs.push_back(v.c_str());
+  if (n > 0) MOESIM_H5_CHECK(H5Dwrite(d.id(), type.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()));
+}
+
 std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<hsize_t>* dims) {
   Handle d(MOESIM_H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)), H5Dclose);
   Handle space(MOESIM_H5_CHECK(H5Dget_space(d.id())), H5Sclose);

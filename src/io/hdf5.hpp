@@ -93,6 +93,8 @@ void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>&
                  const double* data);
 void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
                  const std::int64_t* data);
+// A 1-D dataset of variable-length UTF-8 strings (h5py reads them as bytes/str).
+void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values);
 std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<hsize_t>* dims);
 std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name);
 

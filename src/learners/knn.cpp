@@ -135,7 +135,7 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
     qa.col(p).setOnes();
     for (Index i = 0; i < nb; ++i) {
       const auto ui = static_cast<std::size_t>(i);
-      margin[ui] = 2.0 * rounding * (qa.row(i).head(p).squaredNorm() + max_norm2_);
+      margin[ui] = 0 *rounding * (qa.row(i).head(p).squaredNorm() + max_norm2_);
       threshold[ui] = kInf;
       cand[ui].clear();
       cap[ui] = std::max<std::size_t>(4 * K, 64);

@@ -37,6 +37,7 @@ DispatchLayout Dispatcher::plan(const std::vector<int>& expert, const std::vecto
       L.send_choice[static_cast<std::size_t>(row)] = j;
     }
 
+  L.send_expert_counts = per_expert;
   L.send_counts.assign(static_cast<std::size_t>(P), 0);
   L.send_displs.assign(static_cast<std::size_t>(P), 0);
   for (int e = 0; e < E_; ++e) L.send_counts[static_cast<std::size_t>(e / E_local_)] += per_expert[e];

@@ -22,6 +22,7 @@ struct DispatchLayout {
   std::vector<Index> send_token;   // local token of each send row
   std::vector<int> send_choice;    // which of the token's K choices
   std::vector<int> send_counts, send_displs;  // rows per destination rank
+  std::vector<int> send_expert_counts;        // E: rows this rank sends to each expert
   // Expert-owner side.
   std::vector<int> recv_counts, recv_displs;  // rows per source rank
   std::vector<int> recv_expert_counts;        // P x E_local, rows per (source, local expert)

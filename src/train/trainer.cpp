@@ -136,6 +136,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
     double aux = 0;
     std::int64_t dropped = 0, assignments = 0;
     std::vector<std::int64_t> expert_tokens(static_cast<std::size_t>(E), 0), per_layer;
+    std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
     for (MoeLayer<T>* l : moe) {
       a2a_seconds += l->comm_stats().seconds;
       for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
@@ -143,6 +144,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
       dropped += l->stats().dropped;
       assignments += l->stats().assignments;
       for (int e = 0; e < E; ++e) expert_tokens[e] += l->stats().expert_tokens[e];
+      for (int e = 0; e < E; ++e) mine_to_expert[e] += l->layout().send_expert_counts[e];
       per_layer.insert(per_layer.end(), l->stats().expert_tokens.begin(), l->stats().expert_tokens.end());
     }
     double sums[2] = {lr.sum, g_stop_requested ? 1.0 : 0.0};
@@ -152,6 +154,8 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
     std::vector<std::int64_t> row_bytes(to_rank.begin(), to_rank.end());
     std::vector<std::int64_t> traffic(static_cast<std::size_t>(P * P), 0);
     comm.gather(row_bytes.data(), P, traffic.data(), 0);
+    std::vector<std::int64_t> rank_expert(static_cast<std::size_t>(P * E), 0);
+    comm.gather(mine_to_expert.data(), E, rank_expert.data(), 0);
 
     const double loss = sums[0] / static_cast<double>(cfg.batch_tokens);
     if (!std::isfinite(loss))
@@ -188,6 +192,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
       out.append("expert_tokens_per_layer", per_layer,
                  {static_cast<hsize_t>(Lm), static_cast<hsize_t>(E)});
     out.append("traffic", traffic, {static_cast<hsize_t>(P), static_cast<hsize_t>(P)});
+    out.append("rank_expert_tokens", rank_expert, {static_cast<hsize_t>(P), static_cast<hsize_t>(E)});
 
     if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps) {
       const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens);
