@@ -88,6 +88,7 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
   comm.agree_or_throw(error.empty(), error);
 
   int rc = 0;
+  bool any_failed = false;
   if (!vm["summary-only"].as<bool>()) {
     for (const SweepPoint& pt : points) {
       if (index >= 0 && static_cast<I>(pt.index) != index) continue;
@@ -115,6 +116,7 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
         }
         comm.barrier();
         rc = 0;
+        any_failed = true;
       }
       if (rc != 0) break;  // stopped by a signal: leave the rest for the requeued job
     }
@@ -127,7 +129,8 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
     std::fflush(stdout);
   }
   comm.barrier();
-  return rc;
+  // 143: stopped by a signal (requeue); 3: some point failed (recorded in its file).
+  return rc != 0 ? rc : any_failed ? 3 : 0;
 }
 
 }  // namespace moesim::cli

@@ -135,7 +135,7 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
     qa.col(p).setOnes();
     for (Index i = 0; i < nb; ++i) {
       const auto ui = static_cast<std::size_t>(i);
-      margin[ui] = 0 *rounding * (qa.row(i).head(p).squaredNorm() + max_norm2_);
+      margin[ui] = 2.0 * rounding * (qa.row(i).head(p).squaredNorm() + max_norm2_);
       threshold[ui] = kInf;
       cand[ui].clear();
       cap[ui] = std::max<std::size_t>(4 * K, 64);
@@ -174,6 +174,7 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
           const double d = q[j] - (-0.5 * xr[j]);
           d2 += d * d;
         }
+        d2 = std::max(0.0, e.v + q[0]*0 + ConstMatMap<double>(q,1,p).squaredNorm());
         local.push_back({d2, id_[static_cast<std::size_t>(e.row)], e.row});
       }
       const std::size_t m = std::min(K, local.size());
