@@ -19,6 +19,8 @@ po::options_description moe_options() {
   d.add_options()
       ("experts", po::value<I>()->default_value(8), "E: experts per MoE layer (divisible by the rank count)")
       ("top-k", po::value<I>()->default_value(2), "K: experts per token, 1 <= K <= E")
+      ("gate", po::value<std::string>()->default_value("topk"),
+       "topk (softmax over the K chosen logits; with K = 1 the gate is constant) | switch (K = 1, gate = softmax probability)")
       ("d-model", po::value<I>()->default_value(32), "D: model width")
       ("d-ff", po::value<I>()->default_value(64), "F: hidden width of each expert (and dense FFN)")
       ("layers", po::value<I>()->default_value(2), "L: residual blocks")
@@ -76,6 +78,9 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(K <= E, "--top-k (" << K << ") must not exceed --experts (" << E << ")");
   MOESIM_CONFIG_CHECK(E % P == 0, "--experts (" << E << ") must be divisible by the number of ranks ("
                                                 << P << ") for expert parallelism");
+  MOESIM_CONFIG_CHECK(s("gate") == "topk" || s("gate") == "switch",
+                      "--gate must be topk or switch (got '" << s("gate") << "')");
+  MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1");
   MOESIM_CONFIG_CHECK(s("task") == "regimes", "--task '" << s("task") << "' is not known (known: regimes)");
   MOESIM_CONFIG_CHECK(s("problem") == "regression" || s("problem") == "classification",
                       "--problem must be regression or classification (got '" << s("problem") << "')");
@@ -105,6 +110,7 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   m.model.moe.capacity_factor = d("capacity-factor");
   m.model.moe.aux_loss_weight = d("aux-loss-weight");
   m.model.moe.router_init_scale = d("router-init-scale");
+  m.model.moe.gate = s("gate") == "switch" ? GateKind::kSwitch : GateKind::kTopK;
   m.train.steps = i("steps");
   m.train.batch_tokens = i("batch-tokens");
   m.train.val_tokens = i("val-tokens");

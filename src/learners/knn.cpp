@@ -149,14 +149,24 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
         std::vector<Entry>& cd = cand[ui];
         const double* row = D.data() + i * nc;
         double t = threshold[ui];
-        for (Index j = 0; j < nc; ++j) {
-          if (row[j] > t) continue;
+        auto offer = [&](Index j) {
+          if (row[j] > t) return;
           cd.push_back({row[j], c0 + j});
           if (cd.size() > cap[ui]) {
             prune(cd, K, margin[ui], t);
             cap[ui] = std::max(cap[ui], 2 * cd.size());
           }
+        };
+        // Almost every value misses the threshold: test 8 at once, branch-free.
+        Index j = 0;
+        for (; j + 8 <= nc; j += 8) {
+          const double* r = row + j;
+          const double m = std::min(std::min(std::min(r[0], r[1]), std::min(r[2], r[3])),
+                                    std::min(std::min(r[4], r[5]), std::min(r[6], r[7])));
+          if (m > t) continue;
+          for (Index u = j; u < j + 8; ++u) offer(u);
         }
+        for (; j < nc; ++j) offer(j);
         threshold[ui] = t;
       }
     }
@@ -174,7 +184,6 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
           const double d = q[j] - (-0.5 * xr[j]);
           d2 += d * d;
         }
-        d2 = std::max(0.0, e.v + q[0]*0 + ConstMatMap<double>(q,1,p).squaredNorm());
         local.push_back({d2, id_[static_cast<std::size_t>(e.row)], e.row});
       }
       const std::size_t m = std::min(K, local.size());

@@ -8,7 +8,7 @@ MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
     : comm_(comm),
       cfg_(cfg),
       dispatcher_(comm, cfg.experts),
-      router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k) {
+      router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, cfg.gate) {
   MOESIM_REQUIRE(cfg.top_k >= 1 && cfg.top_k <= cfg.experts, "top-k must be in [1, E]");
   Rng rrng(seed, Stream::kReplicatedInit, static_cast<std::uint64_t>(layer_id), 1000);
   router_.init(rrng, cfg.router_init_scale);

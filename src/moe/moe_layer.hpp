@@ -21,6 +21,7 @@ struct MoeLayerConfig {
   double capacity_factor = 1.25;  // 0 = dropless
   double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
   double router_init_scale = 0.1;
+  GateKind gate = GateKind::kTopK;
 };
 
 // What one forward pass of one layer measured; identical on every rank.

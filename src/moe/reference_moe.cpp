@@ -45,7 +45,8 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
     order.resize(static_cast<std::size_t>(K));
     RowVec<double> sel(K);
     for (int j = 0; j < K; ++j) sel(j) = logits(order[j]);
-    const RowVec<double> g = softmax(sel);
+    RowVec<double> g = softmax(sel);
+    if (switch_gate) g(0) = p(order[0]);
     fw.chosen[t] = order;
     fw.gate[t].assign(g.data(), g.data() + K);
     fw.kept[t].assign(static_cast<std::size_t>(K), 1);
@@ -115,11 +116,18 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
       dex.b1 += dpre;
       g.dx.row(t) += dpre * ex.w1.transpose();
     }
-    // Softmax over the chosen logits.
     RowVec<double> dlogits = RowVec<double>::Zero(E);
-    double dot = 0;
-    for (int j = 0; j < K; ++j) dot += fw.gate[t][j] * dgate(j);
-    for (int j = 0; j < K; ++j) dlogits(fw.chosen[t][j]) += fw.gate[t][j] * (dgate(j) - dot);
+    if (switch_gate) {
+      // d p_e / d logits = p_e (onehot_e - p).
+      const RowVec<double> p = softmax(xt * router);
+      const int e = fw.chosen[t][0];
+      dlogits += dgate(0) * p(e) * (RowVec<double>::Unit(E, e) - p);
+    } else {
+      // Softmax over the chosen logits.
+      double dot = 0;
+      for (int j = 0; j < K; ++j) dot += fw.gate[t][j] * dgate(j);
+      for (int j = 0; j < K; ++j) dlogits(fw.chosen[t][j]) += fw.gate[t][j] * (dgate(j) - dot);
+    }
     // Load-balancing loss through the full softmax.
     if (aux_loss_weight != 0) {
       const RowVec<double> p = softmax(xt * router);

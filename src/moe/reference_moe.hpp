@@ -18,6 +18,7 @@ struct ReferenceMoe {
   int K = 1;
   double capacity_factor = 0;         // 0 = dropless
   double aux_loss_weight = 0;
+  bool switch_gate = false;           // K = 1, gate = full-softmax probability
 
   struct Forward {
     Mat<double> y;                    // B x D

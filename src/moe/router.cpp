@@ -4,11 +4,15 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/error.hpp"
+
 namespace moesim {
 
 template <class T>
-TopKRouter<T>::TopKRouter(const std::string& name, Index d_model, int experts, int top_k)
-    : K_(top_k) {
+TopKRouter<T>::TopKRouter(const std::string& name, Index d_model, int experts, int top_k,
+                          GateKind kind)
+    : K_(top_k), kind_(kind) {
+  MOESIM_REQUIRE(kind != GateKind::kSwitch || top_k == 1, "the switch gate routes each token to one expert");
   w_.name = name + ".w";
   w_.placement = Placement::kReplicated;
   w_.resize(d_model, experts);
@@ -50,6 +54,7 @@ void TopKRouter<T>::forward(const Mat<T>& x, Routing<T>& r) {
       zk += (r.gate(t, j) = std::exp(row(order[static_cast<std::size_t>(j)]) - top));
     }
     r.gate.row(t) /= zk;
+    if (kind_ == GateKind::kSwitch) r.gate(t, 0) = r.probs(t, order[0]);
   }
 }
 
@@ -58,14 +63,19 @@ void TopKRouter<T>::backward(const Routing<T>& r, const Mat<T>& dgate, const Mat
                              Mat<T>& dx) {
   const Index n = r.n;
   Mat<T> dlogits = Mat<T>::Zero(n, r.E);
+  RowVec<T> dp(r.E);
   for (Index t = 0; t < n; ++t) {
-    const T dot = r.gate.row(t).dot(dgate.row(t));
-    for (int j = 0; j < r.K; ++j)
-      dlogits(t, r.expert_of(t, j)) += r.gate(t, j) * (dgate(t, j) - dot);
-    if (dprobs.size() > 0) {
-      const T pdot = r.probs.row(t).dot(dprobs.row(t));
-      dlogits.row(t) += (r.probs.row(t).array() * (dprobs.row(t).array() - pdot)).matrix();
+    if (dprobs.size() > 0) dp = dprobs.row(t);
+    else dp.setZero();
+    if (kind_ == GateKind::kSwitch) {
+      dp(r.expert_of(t, 0)) += dgate(t, 0);  // gate = p_e of the chosen expert
+    } else {
+      const T dot = r.gate.row(t).dot(dgate.row(t));
+      for (int j = 0; j < r.K; ++j)
+        dlogits(t, r.expert_of(t, j)) += r.gate(t, j) * (dgate(t, j) - dot);
     }
+    const T pdot = r.probs.row(t).dot(dp);
+    dlogits.row(t) += (r.probs.row(t).array() * (dp.array() - pdot)).matrix();
   }
   w_.grad.noalias() += x_.transpose() * dlogits;
   dx.noalias() = dlogits * w_.value.transpose();

@@ -1,5 +1,8 @@
 #pragma once
 // Top-k softmax router (Shazeer et al. 2017): g(x) = softmax(top_k(x W_g)).
+// Gate kinds: kTopK renormalises over the chosen logits (for K = 1 the gate is the
+// constant 1, so only the load-balancing loss trains the router); kSwitch (Fedus et
+// al. 2021, K = 1) weights the chosen expert by its full-softmax probability.
 #include <string>
 #include <vector>
 
@@ -19,11 +22,14 @@ struct Routing {
   int expert_of(Index t, int j) const { return expert[static_cast<std::size_t>(t * K + j)]; }
 };
 
+enum class GateKind { kTopK, kSwitch };
+
 template <class T>
 class TopKRouter {
  public:
   TopKRouter() = default;
-  TopKRouter(const std::string& name, Index d_model, int experts, int top_k);
+  TopKRouter(const std::string& name, Index d_model, int experts, int top_k,
+             GateKind kind = GateKind::kTopK);
   // Small-variance init (Switch Transformer): N(0, scale / D).
   void init(Rng& rng, double init_scale);
   void forward(const Mat<T>& x, Routing<T>& r);
@@ -35,6 +41,7 @@ class TopKRouter {
  private:
   Param<T> w_;
   int K_ = 1;
+  GateKind kind_ = GateKind::kTopK;
   Mat<T> x_;
 };
 

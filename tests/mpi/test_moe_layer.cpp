@@ -17,6 +17,7 @@ struct LayerCase {
   int E, K;
   double capacity_factor, aux_weight;
   std::int64_t B;
+  bool switch_gate = false;
 };
 
 MoeLayerConfig make_cfg(const LayerCase& c) {
@@ -28,6 +29,7 @@ MoeLayerConfig make_cfg(const LayerCase& c) {
   cfg.capacity_factor = c.capacity_factor;
   cfg.aux_loss_weight = c.aux_weight;
   cfg.router_init_scale = 4.0;  // decisive routing so capacity matters
+  cfg.gate = c.switch_gate ? GateKind::kSwitch : GateKind::kTopK;
   return cfg;
 }
 
@@ -39,6 +41,7 @@ ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg,
   ref.K = cfg.top_k;
   ref.capacity_factor = cfg.capacity_factor;
   ref.aux_loss_weight = cfg.aux_loss_weight;
+  ref.switch_gate = cfg.gate == GateKind::kSwitch;
   for (int e = 0; e < cfg.experts; ++e) {
     Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
     Rng rng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id), static_cast<std::uint64_t>(e));
@@ -107,7 +110,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerVsReference,
                                            LayerCase{4, 2, 0.5, 0.1, 37},
                                            LayerCase{8, 2, 0.0, 0.0, 50},
                                            LayerCase{8, 3, 1.25, 0.05, 64},
-                                           LayerCase{4, 4, 0.75, 0.01, 16}));
+                                           LayerCase{4, 4, 0.75, 0.01, 16},
+                                           LayerCase{8, 1, 1.0, 0.01, 48, true}));
 
 // Finite differences through the whole distributed layer: the loss is global,
 // replicated parameters are perturbed on every rank, an expert's only on its owner.

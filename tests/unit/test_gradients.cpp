@@ -91,6 +91,25 @@ TEST_P(RouterGradients, GatesAndProbabilities) {
 
 INSTANTIATE_TEST_SUITE_P(TopK, RouterGradients, ::testing::Values(1, 2, 5));
 
+TEST(Gradients, SwitchGate) {
+  const int E = 5;
+  TopKRouter<double> router("r", 4, E, 1, GateKind::kSwitch);
+  Rng rng(61);
+  router.init(rng, 3.0);
+  Mat<double> x = random_matrix(7, 4, 62), rg = random_matrix(7, 1, 63), rp = random_matrix(7, E, 64);
+  Routing<double> routing;
+  auto loss = [&] {
+    router.forward(x, routing);
+    return routing.gate.cwiseProduct(rg).sum() + routing.probs.cwiseProduct(rp).sum();
+  };
+  loss();
+  for (Index t = 0; t < 7; ++t) EXPECT_LT(routing.gate(t, 0), 1.0) << "switch gate is the probability, not 1";
+  Mat<double> dx;
+  router.backward(routing, rg, rp, dx);
+  EXPECT_GRAD_CLOSE(dx, numerical_grad(x, loss), "dX");
+  EXPECT_GRAD_CLOSE(router.weight().grad, numerical_grad(router.weight().value, loss), "dW");
+}
+
 TEST(Gradients, TaskLosses) {
   for (int classes : {0, 3}) {
     RegimesConfig rc;
