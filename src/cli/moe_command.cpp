@@ -36,6 +36,9 @@ po::options_description moe_options() {
       ("aux-loss-weight", po::value<double>()->default_value(0.01), "weight of the Switch load-balancing loss per MoE layer")
       ("router-init-scale", po::value<double>()->default_value(0.1), "router weights ~ N(0, scale / D)")
       ("precision", po::value<std::string>()->default_value("fp32"), "fp32 | fp64 for the whole model")
+      ("dispatch", po::value<std::string>()->default_value("alltoallv"),
+       "token exchange: alltoallv (counts by all-to-all, then Alltoallv) | allgather (count matrix by all-gather, "
+       "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall)")
       ("task", po::value<std::string>()->default_value("regimes"), "task: regimes")
       ("problem", po::value<std::string>()->default_value("regression"), "regression (MSE) | classification (cross-entropy)")
       ("classes", po::value<I>()->default_value(4), "classes for --problem classification")
@@ -111,6 +114,7 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   m.model.moe.aux_loss_weight = d("aux-loss-weight");
   m.model.moe.router_init_scale = d("router-init-scale");
   m.model.moe.gate = s("gate") == "switch" ? GateKind::kSwitch : GateKind::kTopK;
+  m.model.moe.dispatch = parse_dispatch(s("dispatch"));
   m.train.steps = i("steps");
   m.train.batch_tokens = i("batch-tokens");
   m.train.val_tokens = i("val-tokens");

@@ -111,6 +111,35 @@ void Communicator::sendrecv(const T* send, int send_n, int dest, T* recv, int re
                                 source, tag, comm_, MPI_STATUS_IGNORE));
 }
 
+template <class T>
+void Communicator::alltoall_equal(const T* send, int per_rank, T* recv) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(per_rank) * static_cast<std::size_t>(size_));
+  MOESIM_MPI_CHECK(MPI_Alltoall(send, per_rank, mpi_type<T>(), recv, per_rank, mpi_type<T>(), comm_));
+}
+
+template <class T>
+MPI_Request Communicator::isend(const T* data, int n, int dest, int tag) const {
+  MOESIM_TALLY(sizeof(T) * static_cast<std::size_t>(n));
+  MPI_Request r = MPI_REQUEST_NULL;
+  MOESIM_MPI_CHECK(MPI_Isend(data, n, mpi_type<T>(), dest, tag, comm_, &r));
+  return r;
+}
+
+template <class T>
+MPI_Request Communicator::irecv(T* data, int n, int source, int tag) const {
+  MOESIM_TALLY(0);
+  MPI_Request r = MPI_REQUEST_NULL;
+  MOESIM_MPI_CHECK(MPI_Irecv(data, n, mpi_type<T>(), source, tag, comm_, &r));
+  return r;
+}
+
+void Communicator::waitall(std::vector<MPI_Request>& requests) const {
+  MOESIM_TALLY(0);
+  if (requests.empty()) return;
+  MOESIM_MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
+  requests.clear();
+}
+
 void Communicator::exscan_sum(const std::int64_t* in, std::int64_t* out, int n) const {
   MOESIM_TALLY(sizeof(std::int64_t) * static_cast<std::size_t>(n));
   MOESIM_MPI_CHECK(MPI_Exscan(in, out, n, MPI_INT64_T, MPI_SUM, comm_));
@@ -177,7 +206,10 @@ void Communicator::agree_or_throw(bool ok, const std::string& message) const {
   template void Communicator::allgather<T>(const T*, int, T*) const;                       \
   template std::vector<T> Communicator::allgatherv<T>(const std::vector<T>&) const;        \
   template void Communicator::broadcast<T>(T*, int, int) const;                            \
-  template void Communicator::sendrecv<T>(const T*, int, int, T*, int, int, int) const;
+  template void Communicator::sendrecv<T>(const T*, int, int, T*, int, int, int) const;     \
+  template void Communicator::alltoall_equal<T>(const T*, int, T*) const;                  \
+  template MPI_Request Communicator::isend<T>(const T*, int, int, int) const;              \
+  template MPI_Request Communicator::irecv<T>(T*, int, int, int) const;
 MOESIM_INSTANTIATE(float)
 MOESIM_INSTANTIATE(double)
 MOESIM_INSTANTIATE(int)

@@ -86,6 +86,12 @@ class Communicator {
   template <class T> std::vector<T> allgatherv(const std::vector<T>& local) const;
   // COLLECTIVE. Broadcast of n values from root.
   template <class T> void broadcast(T* data, int n, int root) const;
+  // COLLECTIVE. Equal split: `per_rank` values of T to and from every rank.
+  template <class T> void alltoall_equal(const T* send, int per_rank, T* recv) const;
+  // Non-blocking point to point; complete with waitall.
+  template <class T> MPI_Request isend(const T* data, int n, int dest, int tag) const;
+  template <class T> MPI_Request irecv(T* data, int n, int source, int tag) const;
+  void waitall(std::vector<MPI_Request>& requests) const;
   // Point-to-point exchange (e.g. a ring pass); sizes known to both sides.
   template <class T>
   void sendrecv(const T* send, int send_n, int dest, T* recv, int recv_n, int source,

@@ -7,7 +7,7 @@ MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
                       const MoeLayerConfig& cfg, std::uint64_t seed, int layer_id)
     : comm_(comm),
       cfg_(cfg),
-      dispatcher_(comm, cfg.experts),
+      dispatcher_(comm, cfg.experts, cfg.dispatch),
       router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, cfg.gate) {
   MOESIM_REQUIRE(cfg.top_k >= 1 && cfg.top_k <= cfg.experts, "top-k must be in [1, E]");
   Rng rrng(seed, Stream::kReplicatedInit, static_cast<std::uint64_t>(layer_id), 1000);
@@ -52,9 +52,13 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   stats_.dropped = cd.dropped;
   stats_.expert_tokens = cd.processed;
 
-  layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_);
+  // Padded dispatch: no rank sends one expert more than the capacity or its own tokens.
+  const std::int64_t n_max = (B + comm_.size() - 1) / comm_.size();
+  const Index slot = static_cast<Index>(cap > 0 ? std::min(cap, n_max) : n_max);
+  layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_, slot);
   Mat<T> send(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) send.row(s) = x.row(layout_.send_token[s]);
+  comm_stats_.phase = kForwardDispatch;
   Mat<T> blocks = dispatcher_.dispatch(layout_, send, comm_stats_);
   Mat<T> out_blocks(blocks.rows(), D);
   for (int le = 0; le < local_experts(); ++le) {
@@ -63,6 +67,7 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
     experts_[le].forward(ConstMatMap<T>(blocks.data() + off * D, rows, D),
                          MatMap<T>(out_blocks.data() + off * D, rows, D));
   }
+  comm_stats_.phase = kForwardCombine;
   combined_ = dispatcher_.combine(layout_, out_blocks, comm_stats_);
   y = Mat<T>::Zero(n, D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
@@ -83,6 +88,7 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
     dgate(t, j) = dy.row(t).dot(combined_.row(s));
     dsend.row(s) = routing_.gate(t, j) * dy.row(t);
   }
+  comm_stats_.phase = kBackwardDispatch;
   Mat<T> dblocks = dispatcher_.dispatch(layout_, dsend, comm_stats_);
   Mat<T> dx_blocks(dblocks.rows(), D);
   for (int le = 0; le < local_experts(); ++le) {
@@ -91,6 +97,7 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
     experts_[le].backward(ConstMatMap<T>(dblocks.data() + off * D, rows, D),
                           MatMap<T>(dx_blocks.data() + off * D, rows, D));
   }
+  comm_stats_.phase = kBackwardCombine;
   Mat<T> dx_rows = dispatcher_.combine(layout_, dx_blocks, comm_stats_);
   dx = Mat<T>::Zero(n, D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) dx.row(layout_.send_token[s]) += dx_rows.row(s);

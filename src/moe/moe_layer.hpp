@@ -22,6 +22,7 @@ struct MoeLayerConfig {
   double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
   double router_init_scale = 0.1;
   GateKind gate = GateKind::kTopK;
+  DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
 };
 
 // What one forward pass of one layer measured; identical on every rank.

@@ -147,10 +147,19 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
       for (int e = 0; e < E; ++e) mine_to_expert[e] += l->layout().send_expert_counts[e];
       per_layer.insert(per_layer.end(), l->stats().expert_tokens.begin(), l->stats().expert_tokens.end());
     }
-    double sums[2] = {lr.sum, g_stop_requested ? 1.0 : 0.0};
-    comm.allreduce_sum(sums, 2);
-    double maxes[3] = {step_seconds, a2a_seconds, step_seconds - a2a_seconds - reduce_seconds};
-    comm.allreduce_max(maxes, 3);
+    // Sums: loss, stop flag, padding bytes, then bytes per (layer, phase); maxima: step,
+    // exchange and compute seconds, then seconds per (layer, phase).
+    std::vector<double> sums{lr.sum, g_stop_requested ? 1.0 : 0.0, 0.0};
+    std::vector<double> maxes{step_seconds, a2a_seconds, step_seconds - a2a_seconds - reduce_seconds};
+    for (MoeLayer<T>* l : moe) {
+      sums[2] += l->comm_stats().padding_bytes;
+      for (int ph = 0; ph < 4; ++ph) {
+        sums.push_back(l->comm_stats().phase_bytes[ph]);
+        maxes.push_back(l->comm_stats().phase_seconds[ph]);
+      }
+    }
+    comm.allreduce_sum(sums.data(), static_cast<int>(sums.size()));
+    comm.allreduce_max(maxes.data(), static_cast<int>(maxes.size()));
     std::vector<std::int64_t> row_bytes(to_rank.begin(), to_rank.end());
     std::vector<std::int64_t> traffic(static_cast<std::size_t>(P * P), 0);
     comm.gather(row_bytes.data(), P, traffic.data(), 0);
@@ -192,6 +201,12 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
       out.append("expert_tokens_per_layer", per_layer,
                  {static_cast<hsize_t>(Lm), static_cast<hsize_t>(E)});
     out.append("traffic", traffic, {static_cast<hsize_t>(P), static_cast<hsize_t>(P)});
+    out.append("padding_bytes", std::vector<double>{sums[2]});
+    if (Lm > 0) {
+      const std::vector<hsize_t> lp{static_cast<hsize_t>(Lm), 4};
+      out.append("a2a_bytes_by_phase", std::vector<double>(sums.begin() + 3, sums.end()), lp);
+      out.append("a2a_seconds_by_phase", std::vector<double>(maxes.begin() + 3, maxes.end()), lp);
+    }
     out.append("rank_expert_tokens", rank_expert, {static_cast<hsize_t>(P), static_cast<hsize_t>(E)});
 
     if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps) {

@@ -31,10 +31,11 @@ struct Case {
   double capacity_factor;
 };
 
-class DispatchRoundTrip : public ::testing::TestWithParam<Case> {};
+class DispatchRoundTrip : public ::testing::TestWithParam<std::tuple<Case, DispatchAlgo>> {};
 
 TEST_P(DispatchRoundTrip, RowsReachTheirExpertsAndReturnExactly) {
-  const Case c = GetParam();
+  const Case c = std::get<0>(GetParam());
+  const DispatchAlgo algo = std::get<1>(GetParam());
   const Communicator& comm = world();
   const int P = comm.size(), r = comm.rank();
   if (c.E % P != 0) GTEST_SKIP() << "E not divisible by P";
@@ -64,10 +65,12 @@ TEST_P(DispatchRoundTrip, RowsReachTheirExpertsAndReturnExactly) {
   EXPECT_EQ(cd.dropped, dropped_ref[0]);
   EXPECT_EQ(cd.processed, used);
 
-  Dispatcher disp(comm, c.E);
+  Dispatcher disp(comm, c.E, algo);
   CommStats stats;
   stats.reset(P);
-  DispatchLayout L = disp.plan(expert, cd.kept, sh.count, c.K, stats);
+  const std::int64_t n_max = (c.B + P - 1) / P;
+  const Index slot = static_cast<Index>(cap > 0 ? std::min(cap, n_max) : n_max);
+  DispatchLayout L = disp.plan(expert, cd.kept, sh.count, c.K, stats, slot);
   // Payload row: (source rank, global token, choice, expert).
   Mat<std::int64_t> send(L.rows_sent(), 4);
   for (Index s = 0; s < L.rows_sent(); ++s) {
@@ -99,19 +102,35 @@ TEST_P(DispatchRoundTrip, RowsReachTheirExpertsAndReturnExactly) {
   Mat<float> xb = disp.combine(L, disp.dispatch(L, xs, stats), stats);
   EXPECT_EQ(comm.allreduce_sum(static_cast<long>((xb.array() != xs.array()).count())), 0);
 
-  // Traffic accounting: what this rank sent per destination, in bytes.
-  double expect_bytes = 0;
-  for (int q = 0; q < P; ++q) expect_bytes += L.send_counts[q] * (4.0 * 8 + 5.0 * 4);
-  for (int q = 0; q < P; ++q) expect_bytes += L.recv_counts[q] * (4.0 * 8 + 5.0 * 4);
+  // Traffic accounting: what this rank sent per destination, in bytes (the padded
+  // exchange sends whole slots: S rows plus a header per (rank, expert) pair).
+  double expect_bytes = 0, useful_remote = 0;
+  const double row_bytes = 4.0 * 8 + 5.0 * 4;
+  if (algo == DispatchAlgo::kPadded) {
+    expect_bytes = 4.0 * static_cast<double>(P) * L.E_local * static_cast<double>(slot + 1) * row_bytes / 2.0;
+  } else {
+    for (int q = 0; q < P; ++q) expect_bytes += (L.send_counts[q] + L.recv_counts[q]) * row_bytes;
+  }
+  for (int q = 0; q < P; ++q)
+    if (q != r) useful_remote += (L.send_counts[q] + L.recv_counts[q]) * row_bytes;
   double got = 0;
   for (double b : stats.bytes_to_rank) got += b;
   EXPECT_DOUBLE_EQ(got, expect_bytes);
+  const double remote = stats.phase_bytes[0] + stats.phase_bytes[1] + stats.phase_bytes[2] + stats.phase_bytes[3];
+  if (algo == DispatchAlgo::kPadded) {
+    EXPECT_NEAR(remote - stats.padding_bytes, useful_remote, 1e-6) << "padding accounting";
+  } else {
+    EXPECT_DOUBLE_EQ(remote, useful_remote);
+    EXPECT_EQ(stats.padding_bytes, 0.0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DispatchRoundTrip,
-                         ::testing::Values(Case{64, 4, 1, 1.0}, Case{64, 4, 2, 1.0},
-                                           Case{97, 8, 2, 0.5}, Case{128, 8, 3, 0.0},
-                                           Case{3, 4, 2, 1.0}, Case{200, 4, 4, 1.25}));
+                         ::testing::Combine(::testing::Values(Case{64, 4, 1, 1.0}, Case{64, 4, 2, 1.0},
+                                                              Case{97, 8, 2, 0.5}, Case{128, 8, 3, 0.0},
+                                                              Case{3, 4, 2, 1.0}, Case{200, 4, 4, 1.25}),
+                                            ::testing::Values(DispatchAlgo::kAlltoallv, DispatchAlgo::kAllgather,
+                                                              DispatchAlgo::kP2P, DispatchAlgo::kPadded)));
 
 }  // namespace
 }  // namespace moesim
