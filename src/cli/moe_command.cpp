@@ -34,6 +34,7 @@ po::options_description moe_options() {
       ("capacity-factor", po::value<double>()->default_value(1.25),
        "C: expert capacity = ceil(C * B * K / E) slots over the global batch (0 = dropless)")
       ("aux-loss-weight", po::value<double>()->default_value(0.01), "weight of the Switch load-balancing loss per MoE layer")
+      ("z-loss", po::value<double>()->default_value(0.0), "weight of the router z-loss (ST-MoE) per MoE layer")
       ("router-init-scale", po::value<double>()->default_value(0.1), "router weights ~ N(0, scale / D)")
       ("precision", po::value<std::string>()->default_value("fp32"), "fp32 | fp64 for the whole model")
       ("dispatch", po::value<std::string>()->default_value("alltoallv"),
@@ -72,7 +73,7 @@ MoeSettings validate(const po::variables_map& vm, int P) {
     MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
   for (const char* k : {"moe-every", "eval-every", "flush-every"})
     MOESIM_CONFIG_CHECK(i(k) >= 0, "--" << k << " must be >= 0 (got " << i(k) << ")");
-  for (const char* k : {"capacity-factor", "aux-loss-weight", "weight-decay", "grad-clip",
+  for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
                         "progress-interval"})
     MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
   for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
@@ -112,6 +113,7 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   m.model.moe.top_k = static_cast<int>(K);
   m.model.moe.capacity_factor = d("capacity-factor");
   m.model.moe.aux_loss_weight = d("aux-loss-weight");
+  m.model.moe.z_loss_weight = d("z-loss");
   m.model.moe.router_init_scale = d("router-init-scale");
   m.model.moe.gate = s("gate") == "switch" ? GateKind::kSwitch : GateKind::kTopK;
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "core/error.hpp"
 
@@ -16,7 +17,7 @@ namespace {
 
 constexpr std::int64_t kNoId = std::numeric_limits<std::int64_t>::max();
 constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr int kTagSize = 71, kTagData = 72, kTagIds = 73;
+constexpr int kTagSize = 71, kTagData = 72, kTagIds = 73, kTagMove = 74;
 
 // One short-listed training row of one query: its GEMM value ||z||^2 - 2 q.z.
 struct Entry {
@@ -45,6 +46,41 @@ void prune(std::vector<Entry>& cand, std::size_t K, double margin, double& thres
   const double t = threshold;
   cand.erase(std::remove_if(cand.begin(), cand.end(), [t](const Entry& e) { return e.v > t; }),
              cand.end());
+}
+
+// Rows moved from one contiguous layout of a global row order (from[r] rows on rank
+// r) to another (to[r]), by P - 1 shifted exchanges; every rank knows both layouts.
+Mat<double> move_rows(const Communicator& comm, const Mat<double>& M, Index cols,
+                      const std::vector<std::int64_t>& from, const std::vector<std::int64_t>& to,
+                      int tag) {
+  const int P = comm.size(), r = comm.rank();
+  std::vector<std::int64_t> F(static_cast<std::size_t>(P + 1), 0), T(F);
+  for (int q = 0; q < P; ++q) {
+    F[static_cast<std::size_t>(q + 1)] = F[static_cast<std::size_t>(q)] + from[static_cast<std::size_t>(q)];
+    T[static_cast<std::size_t>(q + 1)] = T[static_cast<std::size_t>(q)] + to[static_cast<std::size_t>(q)];
+  }
+  // Global rows held by `a` in the first layout and by `b` in the second.
+  auto overlap = [&](int a, int b) {
+    const std::int64_t lo = std::max(F[static_cast<std::size_t>(a)], T[static_cast<std::size_t>(b)]);
+    const std::int64_t hi = std::min(F[static_cast<std::size_t>(a + 1)], T[static_cast<std::size_t>(b + 1)]);
+    return std::pair<std::int64_t, std::int64_t>{lo, std::max(lo, hi)};
+  };
+  const std::int64_t f0 = F[static_cast<std::size_t>(r)], t0 = T[static_cast<std::size_t>(r)];
+  Mat<double> out(to[static_cast<std::size_t>(r)], cols);
+  for (int d = 0; d < P; ++d) {
+    const int dest = (r + d) % P, src = (r + P - d) % P;
+    const auto [slo, shi] = overlap(r, dest);
+    const auto [rlo, rhi] = overlap(src, r);
+    const double* send = M.data() + (slo - f0) * cols;
+    double* recv = out.data() + (rlo - t0) * cols;
+    if (d == 0) {
+      std::copy(send, send + (shi - slo) * cols, recv);
+      continue;
+    }
+    comm.sendrecv(send, static_cast<int>((shi - slo) * cols), dest, recv,
+                  static_cast<int>((rhi - rlo) * cols), src, tag);
+  }
+  return out;
 }
 
 // Checks every rank's rows together, so that bad input throws on all ranks instead
@@ -116,8 +152,9 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
   const Index n = xa_.rows(), p = p_;
   if (nq == 0 || n == 0) return;
   const auto K = static_cast<std::size_t>(k_eff_);
-  // |GEMM value - exact d2 + ||q||^2| is below ~4 (p + 2) eps (||q||^2 + ||z||^2); twice
-  // that bound on either side keeps every row that can make the exact top K.
+  // The GEMM value v = ||z||^2 - 2 q.z and the exactly evaluated d2 satisfy
+  // |v + ||q||^2 - d2| <= ~4 (p + 2) eps (||q||^2 + ||z||^2); keeping every v within twice
+  // a bound above that of the K-th smallest v keeps every row of the exact top K.
   const double rounding = 8.0 * static_cast<double>(p + 4) * DBL_EPSILON;
   const Index QB = std::min(query_block_, nq), TC = std::min(train_chunk_, n);
   Mat<double> qa(QB, p + 1), D(QB, TC);
@@ -223,17 +260,34 @@ Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X)
   const int P = comm.size(), rank = comm.rank();
   const int next = (rank + 1) % P, prev = (rank + P - 1) % P;
 
+  // A block is served by one rank at a time, so queries held by few ranks (one
+  // held-out fold) would leave the others idle: first even out the query counts.
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(P)), even(counts);
+  const std::int64_t mine = nq;
+  comm.allgather(&mine, 1, counts.data());
+  std::int64_t all_queries = 0;
+  for (std::int64_t v : counts) all_queries += v;
+  for (int r = 0; r < P; ++r)
+    even[static_cast<std::size_t>(r)] = all_queries / P + (r < all_queries % P ? 1 : 0);
+  const bool rebalance = counts != even;
+  Mat<double> Z = nq > 0 ? scaler_.apply(X) : Mat<double>(0, p);
+  if (rebalance) Z = move_rows(comm, Z, p, counts, even, kTagMove);
+  const Index nb = Z.rows();
+  // Every rank knows the largest block (even[0]), so all of them throw together.
+  MOESIM_CONFIG_CHECK(even[0] * (p + 3 * k_eff_) <= std::numeric_limits<int>::max(),
+                      "knn: " << all_queries << " queries make blocks too large for one MPI "
+                              "message; predict in smaller batches");
+
   // The travelling block: standardised queries and their candidate slots.
-  std::vector<double> q(static_cast<std::size_t>(nq * p));
-  if (nq > 0) MatMap<double>(q.data(), nq, p) = scaler_.apply(X);
+  std::vector<double> q(Z.data(), Z.data() + Z.size());
   Candidates c;
-  const auto slots = static_cast<std::size_t>(nq) * K;
+  const auto slots = static_cast<std::size_t>(nb) * K;
   c.d2.assign(slots, kInf);
   c.y.assign(slots, 0.0);
   c.w.assign(slots, 0.0);
   c.id.assign(slots, kNoId);
 
-  std::int64_t cur = nq;
+  std::int64_t cur = nb;
   std::vector<double> send, recv;
   std::vector<std::int64_t> recv_id;
   for (int s = 0; s < P; ++s) {
@@ -243,12 +297,8 @@ Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X)
     const bool last = s == P - 1;
     std::int64_t incoming = 0;
     comm.sendrecv(&cur, 1, next, &incoming, 1, prev, kTagSize);
-    const std::size_t nsend = (last ? 0 : q.size()) + 3 * c.d2.size();
     const auto in_slots = static_cast<std::size_t>(incoming) * K;
     const std::size_t in_q = last ? 0 : static_cast<std::size_t>(incoming * p);
-    MOESIM_REQUIRE(nsend <= static_cast<std::size_t>(std::numeric_limits<int>::max()) &&
-                       in_q + 3 * in_slots <= static_cast<std::size_t>(std::numeric_limits<int>::max()),
-                   "knn: query block too large for one message; predict in smaller batches");
     send.clear();
     if (!last) send.insert(send.end(), q.begin(), q.end());
     send.insert(send.end(), c.d2.begin(), c.d2.end());
@@ -270,11 +320,11 @@ Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X)
     c.id.swap(recv_id);
     cur = incoming;
   }
-  MOESIM_REQUIRE(cur == nq, "knn: the ring returned a block of " << cur << " queries, expected " << nq);
+  MOESIM_REQUIRE(cur == nb, "knn: the ring returned a block of " << cur << " queries, expected " << nb);
 
   const Index C = classes_ >= 2 ? classes_ : 1;
-  Mat<double> out = Mat<double>::Zero(nq, C);
-  for (Index i = 0; i < nq; ++i) {
+  Mat<double> out = Mat<double>::Zero(nb, C);
+  for (Index i = 0; i < nb; ++i) {
     const std::size_t base = static_cast<std::size_t>(i) * K;
     // Slots are sorted, so a zero distance, if any, is in the first one.
     const bool exact_hit = distance_weighted_ && c.d2[base] == 0;
@@ -292,7 +342,7 @@ Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X)
     if (C > 1) out.row(i) /= total;
     else out(i, 0) = acc / total;
   }
-  return out;
+  return rebalance ? move_rows(comm, out, C, even, counts, kTagMove) : out;
 }
 
 std::unique_ptr<Learner> make_knn_learner(const LearnerOptions& opt) {

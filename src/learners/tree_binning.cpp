@@ -151,18 +151,20 @@ BinnedMatrix bin_matrix(const FeatureBins& bins, const Mat<double>& X) {
   int widest = 1;
   for (int f = 0; f < b.p; ++f) widest = std::max(widest, b.nbins[static_cast<std::size_t>(f)] = bins.bins(f));
   b.use_wide = widest > 256;
-  const std::size_t total = static_cast<std::size_t>(b.n) * static_cast<std::size_t>(b.p);
-  auto fill = [&](auto& dst) {
-    dst.resize(total);
-    for (int f = 0; f < b.p; ++f) {
-      const std::vector<double>& t = bins.thresholds[static_cast<std::size_t>(f)];
-      auto* col = dst.data() + static_cast<std::size_t>(f) * static_cast<std::size_t>(b.n);
-      using BinT = std::remove_reference_t<decltype(*col)>;
-      for (Index i = 0; i < b.n; ++i) col[i] = static_cast<BinT>(bin_of(t, X(i, f)));
+  const std::size_t n = static_cast<std::size_t>(b.n), p = static_cast<std::size_t>(b.p);
+  auto fill = [&](auto& cols, auto& rows) {
+    cols.resize(n * p);
+    rows.resize(n * p);
+    using BinT = std::remove_reference_t<decltype(cols[0])>;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double* x = X.data() + i * p;
+      for (std::size_t f = 0; f < p; ++f) rows[i * p + f] = static_cast<BinT>(bin_of(bins.thresholds[f], x[f]));
     }
+    for (std::size_t f = 0; f < p; ++f)
+      for (std::size_t i = 0; i < n; ++i) cols[f * n + i] = rows[i * p + f];
   };
-  if (b.use_wide) fill(b.wide);
-  else fill(b.narrow);
+  if (b.use_wide) fill(b.cols16, b.rows16);
+  else fill(b.cols8, b.rows8);
   return b;
 }
 

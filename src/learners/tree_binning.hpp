@@ -38,15 +38,17 @@ inline int bin_of(const std::vector<double>& t, double x) {
 FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
                              const std::vector<double>& w, int max_bins);
 
-// The training rows as bin indices, column-major (feature f at [f * n, (f + 1) * n)),
-// in one byte per value when every feature has at most 256 bins.
+// The training rows as bin indices, in one byte per value when every feature has at
+// most 256 bins, stored twice: column-major (feature f at [f * n, (f + 1) * n)) for
+// dense passes over one feature, row-major (row i at [i * p, (i + 1) * p)) so that a
+// sparse node's rows cost one cache line each however many features are read.
 struct BinnedMatrix {
   Index n = 0;
   int p = 0;
   std::vector<int> nbins;
-  bool use_wide = false;              // some feature has more than 256 bins
-  std::vector<std::uint8_t> narrow;
-  std::vector<std::uint16_t> wide;
+  bool use_wide = false;  // some feature has more than 256 bins
+  std::vector<std::uint8_t> cols8, rows8;
+  std::vector<std::uint16_t> cols16, rows16;
 };
 
 BinnedMatrix bin_matrix(const FeatureBins& bins, const Mat<double>& X);

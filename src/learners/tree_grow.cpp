@@ -13,6 +13,10 @@
 #include <numeric>
 
 #include "core/error.hpp"
+#include <chrono>
+#include <cstdio>
+namespace moesim { double g_tbuild=0, g_teval=0, g_tpart=0, g_tzero=0; }
+static double nowsec(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 
 namespace moesim {
 
@@ -47,16 +51,18 @@ namespace {
 constexpr std::size_t kChunkDoubles = std::size_t{1} << 21;   // per all-reduce: 16 MiB
 constexpr std::size_t kRetainDoubles = std::size_t{1} << 23;  // parents kept for subtraction: 64 MiB
 
+// Column-wise kernels: one feature's bins for the node's rows (dense nodes, where the
+// rows are nearly contiguous and the column streams through the cache).
 template <class BinT>
-void hist_gini(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
-               const std::int32_t* lab, const double* wt, double* h, std::size_t C) {
+void hist_gini_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
+                   const std::int32_t* lab, const double* wt, double* h, std::size_t C) {
   for (std::size_t j = 0; j < cnt; ++j)
     h[static_cast<std::size_t>(col[rows[j]]) * C + static_cast<std::size_t>(lab[j])] += wt[j];
 }
 
 template <int S, class BinT>
-void hist_moments(const BinT* col, const std::uint32_t* rows, std::size_t cnt, const double* st,
-                  double* h) {
+void hist_moments_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
+                      const double* st, double* h) {
   for (std::size_t j = 0; j < cnt; ++j) {
     double* hb = h + static_cast<std::size_t>(col[rows[j]]) * S;
     const double* s = st + j * S;
@@ -64,22 +70,105 @@ void hist_moments(const BinT* col, const std::uint32_t* rows, std::size_t cnt, c
   }
 }
 
-template <class BinT>
-void hist_moments_any(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
-                      const double* st, double* h, std::size_t S) {
+// Four features per pass: the node's statistics are read once for all four.
+template <int S, class BinT>
+void hist_moments_col4(const BinT* const* col, const std::uint32_t* rows, std::size_t cnt,
+                       const double* st, double* const* h) {
   for (std::size_t j = 0; j < cnt; ++j) {
-    double* hb = h + static_cast<std::size_t>(col[rows[j]]) * S;
-    for (std::size_t k = 0; k < S; ++k) hb[k] += st[j * S + k];
+    const std::size_t r = rows[j];
+    const double* s = st + j * S;
+    double* h0 = h[0] + static_cast<std::size_t>(col[0][r]) * S;
+    double* h1 = h[1] + static_cast<std::size_t>(col[1][r]) * S;
+    double* h2 = h[2] + static_cast<std::size_t>(col[2][r]) * S;
+    double* h3 = h[3] + static_cast<std::size_t>(col[3][r]) * S;
+    for (int k = 0; k < S; ++k) {
+      const double v = s[k];
+      h0[k] += v;
+      h1[k] += v;
+      h2[k] += v;
+      h3[k] += v;
+    }
   }
+}
+
+template <class BinT>
+void hist_gini_col4(const BinT* const* col, const std::uint32_t* rows, std::size_t cnt,
+                    const std::int32_t* lab, const double* wt, double* const* h, std::size_t C) {
+  for (std::size_t j = 0; j < cnt; ++j) {
+    const std::size_t r = rows[j], c = static_cast<std::size_t>(lab[j]);
+    const double v = wt[j];
+    h[0][static_cast<std::size_t>(col[0][r]) * C + c] += v;
+    h[1][static_cast<std::size_t>(col[1][r]) * C + c] += v;
+    h[2][static_cast<std::size_t>(col[2][r]) * C + c] += v;
+    h[3][static_cast<std::size_t>(col[3][r]) * C + c] += v;
+  }
+}
+
+// Row-wise kernels: every candidate feature of one row (sparse nodes: one cache line
+// of the row-major bins per row instead of one per row and feature).
+constexpr std::size_t kPrefetch = 16;
+
+template <class BinT>
+void hist_gini_row(const BinT* rm, std::size_t p, const std::uint32_t* rows, std::size_t cnt,
+                   const std::int32_t* lab, const double* wt, const int* feats,
+                   const std::size_t* hoff, std::size_t m, double* h, std::size_t C) {
+  for (std::size_t j = 0; j < cnt; ++j) {
+    if (j + kPrefetch < cnt) __builtin_prefetch(rm + static_cast<std::size_t>(rows[j + kPrefetch]) * p);
+    const BinT* x = rm + static_cast<std::size_t>(rows[j]) * p;
+    double* hj = h + static_cast<std::size_t>(lab[j]);
+    const double wj = wt[j];
+    for (std::size_t k = 0; k < m; ++k)
+      hj[hoff[k] + static_cast<std::size_t>(x[feats[k]]) * C] += wj;
+  }
+}
+
+template <int S, class BinT>
+void hist_moments_row(const BinT* rm, std::size_t p, const std::uint32_t* rows, std::size_t cnt,
+                      const double* st, const int* feats, const std::size_t* hoff, std::size_t m,
+                      double* h) {
+  for (std::size_t j = 0; j < cnt; ++j) {
+    if (j + kPrefetch < cnt) __builtin_prefetch(rm + static_cast<std::size_t>(rows[j + kPrefetch]) * p);
+    const BinT* x = rm + static_cast<std::size_t>(rows[j]) * p;
+    const double* s = st + j * S;
+    for (std::size_t k = 0; k < m; ++k) {
+      double* hb = h + hoff[k] + static_cast<std::size_t>(x[feats[k]]) * S;
+      for (int q = 0; q < S; ++q) hb[q] += s[q];
+    }
+  }
+}
+
+// A node is "dense" when it holds at least this fraction of the local rows.
+constexpr std::size_t kDenseInverse = 4;
+
+// Stable partition of `cnt` records of W values by `left`; returns the left count.
+template <std::size_t W, class T>
+std::size_t stable_split(T* a, const char* left, std::size_t cnt, std::vector<T>& spill) {
+  if (spill.size() < cnt * W) spill.resize(cnt * W);
+  T* out = spill.data();
+  std::size_t k = 0, m = 0;
+  // Branch-free: a record is written to both sides and only one cursor advances
+  // (left writes never overtake the reads, as k <= j).
+  for (std::size_t j = 0; j < cnt; ++j) {
+    const std::size_t l = left[j] ? 1 : 0;
+    for (std::size_t q = 0; q < W; ++q) {
+      const T v = a[j * W + q];
+      a[k * W + q] = v;
+      out[m * W + q] = v;
+    }
+    k += l;
+    m += 1 - l;
+  }
+  std::copy_n(out, m * W, a + k * W);
+  return k;
 }
 
 template <class BinT>
 class Grower {
  public:
-  Grower(const Communicator& comm, const BinnedMatrix& X, const BinT* bins, const GrowParams& prm,
-         std::vector<GrowTree>& trees)
-      : comm_(comm), X_(X), bins_(bins), prm_(prm), trees_(trees), S_(prm.stats), p_(X.p),
-        n_(static_cast<std::size_t>(X.n)) {
+  Grower(const Communicator& comm, const BinnedMatrix& X, const BinT* cols, const BinT* rows,
+         const GrowParams& prm, std::vector<GrowTree>& trees)
+      : comm_(comm), X_(X), cm_(cols), rm_(rows), prm_(prm), trees_(trees), S_(prm.stats),
+        p_(X.p), n_(static_cast<std::size_t>(X.n)) {
     const int m = prm.features_per_split;
     sampled_ = m > 0 && m < p_;
     all_.resize(static_cast<std::size_t>(p_));
@@ -89,7 +178,6 @@ class Grower {
     right_.resize(S);
     best_left_.resize(S);
     best_right_.resize(S);
-    feat_total_.resize(S);
   }
 
   void run(double* extra, int n_extra);
@@ -107,8 +195,19 @@ class Grower {
     std::size_t offset = 0;     // in arena_ when accumulated
   };
 
+  // Per tree, the row statistics in the order of its `rows`, permuted along with them,
+  // so that a node's statistics are contiguous.
+  struct Ordered {
+    std::vector<std::int32_t> lab;  // kGini
+    std::vector<double> wt;         // kGini
+    std::vector<double> st;         // others, S per row
+  };
+
   const std::vector<int>& features(const Work& w) const { return sampled_ ? w.feats : all_; }
   double weight(const double* s) const { return stats_weight(prm_.score, s, S_); }
+  const double* totals(const Work& w) const {
+    return trees_[static_cast<std::size_t>(w.tree)].totals.data() + static_cast<std::size_t>(w.node) * static_cast<std::size_t>(S_);
+  }
 
   Work make_work(int tree, int node, int depth, std::uint64_t heap) const {
     Work w;
@@ -119,7 +218,8 @@ class Grower {
     if (sampled_)
       w.feats = sample_features(prm_.seed, trees_[static_cast<std::size_t>(tree)].key, heap, p_,
                                 prm_.features_per_split);
-    for (int f : features(w)) w.size += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(f)]) * static_cast<std::size_t>(S_);
+    for (int f : features(w))
+      w.size += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(f)]) * static_cast<std::size_t>(S_);
     return w;
   }
 
@@ -134,6 +234,7 @@ class Grower {
   }
 
   void build(const Work& w, double* h);
+  void partition(const Work& w, int f, int b, std::uint32_t& mid);
   void finish(const Work& w, const double* h, std::vector<Work>& next,
               std::vector<std::vector<double>>& retained_next, std::size_t& retained_used);
   template <SplitScore K>
@@ -156,51 +257,69 @@ class Grower {
 
   const Communicator& comm_;
   const BinnedMatrix& X_;
-  const BinT* bins_;
+  const BinT* cm_;  // column-major bins
+  const BinT* rm_;  // row-major bins
   const GrowParams& prm_;
   std::vector<GrowTree>& trees_;
   const int S_, p_;
   const std::size_t n_;
   bool sampled_ = false;
   std::vector<int> all_;
+  std::vector<Ordered> ord_;
   std::vector<double> arena_, derived_;
   std::vector<std::vector<double>> retained_;
   // Scratch.
-  std::vector<std::int32_t> lab_;
-  std::vector<double> wt_, st_, left_, right_, best_left_, best_right_, feat_total_;
-  std::vector<std::uint32_t> spill_;
+  std::vector<double> left_, right_, best_left_, best_right_, spill_d_;
+  std::vector<std::size_t> hoff_;
+  std::vector<char> goes_left_;
+  std::vector<std::uint32_t> spill_u_;
+  std::vector<std::int32_t> spill_i_;
 };
 
 template <class BinT>
 void Grower<BinT>::build(const Work& w, double* h) {
   const GrowTree& t = trees_[static_cast<std::size_t>(w.tree)];
+  const Ordered& o = ord_[static_cast<std::size_t>(w.tree)];
   const GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   const std::uint32_t* rows = t.rows.data() + node.begin;
-  const std::size_t cnt = node.end - node.begin;
+  const std::size_t cnt = node.end - node.begin, S = static_cast<std::size_t>(S_);
   if (cnt == 0) return;
-  const std::size_t S = static_cast<std::size_t>(S_);
-  // Gather the node's statistics once so the per-feature loops read them contiguously.
-  if (prm_.score == SplitScore::kGini) {
-    lab_.resize(cnt);
-    wt_.resize(cnt);
-    for (std::size_t j = 0; j < cnt; ++j) {
-      lab_[j] = t.label[rows[j]];
-      wt_[j] = t.weight[rows[j]];
+  const std::vector<int>& fl = features(w);
+  const std::size_t m = fl.size();
+  hoff_.resize(m);
+  for (std::size_t k = 0, off = 0; k < m; ++k) {
+    hoff_[k] = off;
+    off += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(fl[k])]) * S;
+  }
+  const bool gini = prm_.score == SplitScore::kGini;
+  const std::int32_t* lab = gini ? o.lab.data() + node.begin : nullptr;
+  const double* wt = gini ? o.wt.data() + node.begin : nullptr;
+  const double* st = gini ? nullptr : o.st.data() + node.begin * S;
+  if (cnt * kDenseInverse >= n_) {
+    std::size_t k = 0;
+    for (; k + 4 <= m; k += 4) {
+      const BinT* cols[4];
+      double* hs[4];
+      for (std::size_t q = 0; q < 4; ++q) {
+        cols[q] = cm_ + static_cast<std::size_t>(fl[k + q]) * n_;
+        hs[q] = h + hoff_[k + q];
+      }
+      if (gini) hist_gini_col4(cols, rows, cnt, lab, wt, hs, S);
+      else if (S == 2) hist_moments_col4<2>(cols, rows, cnt, st, hs);
+      else hist_moments_col4<3>(cols, rows, cnt, st, hs);
+    }
+    for (; k < m; ++k) {
+      const BinT* col = cm_ + static_cast<std::size_t>(fl[k]) * n_;
+      double* hf = h + hoff_[k];
+      if (gini) hist_gini_col(col, rows, cnt, lab, wt, hf, S);
+      else if (S == 2) hist_moments_col<2>(col, rows, cnt, st, hf);
+      else hist_moments_col<3>(col, rows, cnt, st, hf);
     }
   } else {
-    st_.resize(cnt * S);
-    for (std::size_t j = 0; j < cnt; ++j)
-      std::copy_n(t.stat + static_cast<std::size_t>(rows[j]) * S, S, st_.data() + j * S);
-  }
-  std::size_t off = 0;
-  for (int f : features(w)) {
-    const BinT* col = bins_ + static_cast<std::size_t>(f) * n_;
-    double* hf = h + off;
-    if (prm_.score == SplitScore::kGini) hist_gini(col, rows, cnt, lab_.data(), wt_.data(), hf, S);
-    else if (S == 2) hist_moments<2>(col, rows, cnt, st_.data(), hf);
-    else if (S == 3) hist_moments<3>(col, rows, cnt, st_.data(), hf);
-    else hist_moments_any(col, rows, cnt, st_.data(), hf, S);
-    off += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(f)]) * S;
+    const std::size_t p = static_cast<std::size_t>(p_);
+    if (gini) hist_gini_row(rm_, p, rows, cnt, lab, wt, fl.data(), hoff_.data(), m, h, S);
+    else if (S == 2) hist_moments_row<2>(rm_, p, rows, cnt, st, fl.data(), hoff_.data(), m, h);
+    else hist_moments_row<3>(rm_, p, rows, cnt, st, fl.data(), hoff_.data(), m, h);
   }
 }
 
@@ -218,14 +337,18 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
     const int nb = X_.nbins[static_cast<std::size_t>(f)];
     const double* hf = h + off;
     off += static_cast<std::size_t>(nb) * S;
-    std::fill(feat_total_.begin(), feat_total_.end(), 0.0);
-    for (int b = 0; b < nb; ++b)
-      for (std::size_t s = 0; s < S; ++s) feat_total_[s] += hf[static_cast<std::size_t>(b) * S + s];
     std::fill(left_.begin(), left_.end(), 0.0);
     for (int b = 0; b + 1 < nb; ++b) {
-      for (std::size_t s = 0; s < S; ++s) left_[s] += hf[static_cast<std::size_t>(b) * S + s];
+      const double* hb = hf + static_cast<std::size_t>(b) * S;
+      // An empty bin repeats the previous cut, which wins the tie.
+      bool empty = true;
+      for (std::size_t s = 0; s < S; ++s) {
+        left_[s] += hb[s];
+        empty = empty && hb[s] == 0;
+      }
+      if (empty) continue;
       if (weight(left_.data()) < minw) continue;
-      for (std::size_t s = 0; s < S; ++s) right_[s] = feat_total_[s] - left_[s];
+      for (std::size_t s = 0; s < S; ++s) right_[s] = T[s] - left_[s];
       if (weight(right_.data()) < minw) break;
       const double score = term<K>(left_.data()) + term<K>(right_.data());
       if (!have || score > best + kSplitTieRel * std::abs(best)) {
@@ -242,6 +365,28 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
 }
 
 template <class BinT>
+void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
+  GrowTree& t = trees_[static_cast<std::size_t>(w.tree)];
+  Ordered& o = ord_[static_cast<std::size_t>(w.tree)];
+  const GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
+  const std::size_t begin = node.begin, cnt = node.end - node.begin, S = static_cast<std::size_t>(S_);
+  const BinT* col = cm_ + static_cast<std::size_t>(f) * n_;
+  goes_left_.resize(cnt);
+  for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) <= b;
+  const char* gl = goes_left_.data();
+  const std::size_t k = stable_split<1>(t.rows.data() + begin, gl, cnt, spill_u_);
+  if (prm_.score == SplitScore::kGini) {
+    stable_split<1>(o.lab.data() + begin, gl, cnt, spill_i_);
+    stable_split<1>(o.wt.data() + begin, gl, cnt, spill_d_);
+  } else if (S == 2) {
+    stable_split<2>(o.st.data() + begin * S, gl, cnt, spill_d_);
+  } else {
+    stable_split<3>(o.st.data() + begin * S, gl, cnt, spill_d_);
+  }
+  mid = static_cast<std::uint32_t>(begin + k);
+}
+
+template <class BinT>
 void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& next,
                           std::vector<std::vector<double>>& retained_next,
                           std::size_t& retained_used) {
@@ -250,11 +395,12 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
   double* T = t.totals.data() + static_cast<std::size_t>(w.node) * S;
   if (w.depth == 0) {
     // A root's totals come from its own histogram (any one feature's bins sum to them).
-    const int f0 = features(w).empty() ? -1 : features(w)[0];
     std::fill(T, T + S, 0.0);
-    if (f0 >= 0)
+    if (!features(w).empty()) {
+      const int f0 = features(w)[0];
       for (int b = 0; b < X_.nbins[static_cast<std::size_t>(f0)]; ++b)
         for (std::size_t s = 0; s < S; ++s) T[s] += h[static_cast<std::size_t>(b) * S + s];
+    }
     if (!splittable(T)) return;
   }
   int f = -1, b = -1;
@@ -266,25 +412,16 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
   }
   if (!ok) return;
 
-  // Stable partition of the node's rows: "bin <= b" first.
-  const std::uint32_t begin = t.nodes[static_cast<std::size_t>(w.node)].begin;
-  const std::uint32_t end = t.nodes[static_cast<std::size_t>(w.node)].end;
-  const BinT* col = bins_ + static_cast<std::size_t>(f) * n_;
-  std::uint32_t* rows = t.rows.data();
-  std::uint32_t mid = begin;
-  spill_.clear();
-  for (std::uint32_t j = begin; j < end; ++j) {
-    const std::uint32_t r = rows[j];
-    if (static_cast<int>(col[r]) <= b) rows[mid++] = r;
-    else spill_.push_back(r);
-  }
-  std::copy(spill_.begin(), spill_.end(), rows + mid);
-
+  std::uint32_t mid = 0;
+  const double tp0 = nowsec();
+  partition(w, f, b, mid);
+  g_tpart += nowsec() - tp0;
   const int left = static_cast<int>(t.nodes.size());
   GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   node.feature = f;
   node.bin = b;
   node.left = left;
+  const std::uint32_t begin = node.begin, end = node.end;
   t.nodes.push_back({-1, -1, -1, begin, mid});
   t.nodes.push_back({-1, -1, -1, mid, end});
   t.totals.insert(t.totals.end(), best_left_.begin(), best_left_.end());
@@ -311,21 +448,38 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
 template <class BinT>
 void Grower<BinT>::run(double* extra, int n_extra) {
   const std::size_t S = static_cast<std::size_t>(S_);
-  for (GrowTree& t : trees_) {
+  const bool gini = prm_.score == SplitScore::kGini;
+  ord_.assign(trees_.size(), Ordered{});
+  for (std::size_t k = 0; k < trees_.size(); ++k) {
+    GrowTree& t = trees_[k];
     t.nodes.assign(1, GrowTree::Node{-1, -1, -1, 0, static_cast<std::uint32_t>(t.rows.size())});
     t.totals.assign(S, 0.0);
+    Ordered& o = ord_[k];
+    const std::size_t cnt = t.rows.size();
+    if (gini) {
+      o.lab.resize(cnt);
+      o.wt.resize(cnt);
+      for (std::size_t j = 0; j < cnt; ++j) {
+        o.lab[j] = t.label[t.rows[j]];
+        o.wt[j] = t.weight[t.rows[j]];
+      }
+    } else {
+      o.st.resize(cnt * S);
+      for (std::size_t j = 0; j < cnt; ++j)
+        std::copy_n(t.stat + static_cast<std::size_t>(t.rows[j]) * S, S, o.st.data() + j * S);
+    }
   }
   const std::size_t ne = static_cast<std::size_t>(std::max(n_extra, 0));
   if (prm_.max_depth <= 0 || trees_.empty()) {
     // Leaves only: their totals (and the extras) in one all-reduce.
     std::vector<double> buf(trees_.size() * S + ne, 0.0);
     for (std::size_t k = 0; k < trees_.size(); ++k) {
-      const GrowTree& t = trees_[k];
+      const Ordered& o = ord_[k];
       double* T = buf.data() + k * S;
-      for (std::uint32_t r : t.rows) {
-        if (prm_.score == SplitScore::kGini) T[t.label[r]] += t.weight[r];
+      for (std::size_t j = 0; j < trees_[k].rows.size(); ++j) {
+        if (gini) T[o.lab[j]] += o.wt[j];
         else
-          for (std::size_t s = 0; s < S; ++s) T[s] += t.stat[static_cast<std::size_t>(r) * S + s];
+          for (std::size_t s = 0; s < S; ++s) T[s] += o.st[j * S + s];
       }
     }
     std::copy_n(extra, ne, buf.data() + trees_.size() * S);
@@ -346,9 +500,7 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       if (!level[i].pair_head) continue;
       Work& a = level[i];
       Work& b = level[i + 1];
-      const double* ta = trees_[static_cast<std::size_t>(a.tree)].totals.data() + static_cast<std::size_t>(a.node) * S;
-      const double* tb = trees_[static_cast<std::size_t>(b.tree)].totals.data() + static_cast<std::size_t>(b.node) * S;
-      if (weight(tb) < weight(ta)) {
+      if (weight(totals(b)) < weight(totals(a))) {
         a.derive = true;
         a.sibling = i + 1;
       } else {
@@ -378,13 +530,17 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       }
       const std::size_t extras = first ? ne : 0;
       MOESIM_REQUIRE(used + extras <= static_cast<std::size_t>(INT_MAX), "histogram too large for one all-reduce");
+      double t0 = nowsec();
       arena_.assign(used + extras, 0.0);
+      g_tzero += nowsec() - t0; t0 = nowsec();
       for (std::size_t k = i; k < j; ++k)
         if (!level[k].derive) build(level[k], arena_.data() + level[k].offset);
+      g_tbuild += nowsec() - t0;
       std::copy_n(extra, extras, arena_.data() + used);
       comm_.allreduce_sum(arena_.data(), static_cast<int>(used + extras));
       std::copy_n(arena_.data() + used, extras, extra);
       first = false;
+      const double te0 = nowsec();
       for (std::size_t k = i; k < j; ++k) {
         const Work& w = level[k];
         if (w.derive) {
@@ -397,6 +553,7 @@ void Grower<BinT>::run(double* extra, int n_extra) {
           finish(w, arena_.data() + w.offset, next, retained_next, retained_used);
         }
       }
+      g_teval += nowsec() - te0;
       i = j;
     }
     retained_ = std::move(retained_next);
@@ -408,14 +565,14 @@ void Grower<BinT>::run(double* extra, int n_extra) {
 
 void grow_trees(const Communicator& comm, const BinnedMatrix& X, const GrowParams& prm,
                 std::vector<GrowTree>& trees, double* extra, int n_extra) {
-  MOESIM_REQUIRE(prm.stats >= 1, "need at least one statistic per bin");
+  MOESIM_REQUIRE(prm.score != SplitScore::kGini || prm.stats >= 1, "Gini needs S = classes >= 1");
   MOESIM_REQUIRE(prm.score != SplitScore::kVariance || prm.stats == 2, "variance needs S = 2");
   MOESIM_REQUIRE(prm.score != SplitScore::kNewton || prm.stats == 3, "Newton needs S = 3");
   if (X.use_wide) {
-    Grower<std::uint16_t> g(comm, X, X.wide.data(), prm, trees);
+    Grower<std::uint16_t> g(comm, X, X.cols16.data(), X.rows16.data(), prm, trees);
     g.run(extra, n_extra);
   } else {
-    Grower<std::uint8_t> g(comm, X, X.narrow.data(), prm, trees);
+    Grower<std::uint8_t> g(comm, X, X.cols8.data(), X.rows8.data(), prm, trees);
     g.run(extra, n_extra);
   }
 }

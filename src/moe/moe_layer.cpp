@@ -36,10 +36,14 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   CapacityDecision cd = decide_capacity(comm_, routing_.expert, n, K, E, cap);
 
   // Load-balancing loss (Switch): E * sum_e f_e P_e over the global batch.
-  std::vector<double> P(static_cast<std::size_t>(E), 0.0);
-  for (Index t = 0; t < n; ++t)
+  // One all-reduce for P_e (load balance) and the z-loss sum.
+  std::vector<double> P(static_cast<std::size_t>(E) + 1, 0.0);
+  for (Index t = 0; t < n; ++t) {
     for (int e = 0; e < E; ++e) P[static_cast<std::size_t>(e)] += routing_.probs(t, e);
-  comm_.allreduce_sum(P.data(), E);
+    P[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
+  }
+  comm_.allreduce_sum(P.data(), E + 1);
+  stats_.z_loss = B > 0 ? P[static_cast<std::size_t>(E)] / static_cast<double>(B) : 0.0;
   f_.assign(static_cast<std::size_t>(E), 0.0);
   double aux = 0;
   for (int e = 0; e < E; ++e) {
@@ -110,8 +114,16 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
       row(e) = static_cast<T>(cfg_.aux_loss_weight * E * f_[e] / static_cast<double>(stats_.tokens));
     dprobs = row.replicate(n, 1);
   }
+  std::vector<double> dlse;
+  if (cfg_.z_loss_weight != 0.0 && stats_.tokens > 0) {
+    // d(w * mean_t lse_t^2) / d lse_t = 2 w lse_t / B.
+    dlse.resize(static_cast<std::size_t>(n));
+    for (Index t = 0; t < n; ++t)
+      dlse[static_cast<std::size_t>(t)] =
+          2.0 * cfg_.z_loss_weight * routing_.lse[static_cast<std::size_t>(t)] / static_cast<double>(stats_.tokens);
+  }
   Mat<T> dx_router;
-  router_.backward(routing_, dgate, dprobs, dx_router);
+  router_.backward(routing_, dgate, dprobs, dx_router, dlse);
   dx += dx_router;
 }
 

@@ -20,6 +20,7 @@ struct MoeLayerConfig {
   int top_k = 2;              // K
   double capacity_factor = 1.25;  // 0 = dropless
   double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
+  double z_loss_weight = 0.0;     // ST-MoE router z-loss weight
   double router_init_scale = 0.1;
   GateKind gate = GateKind::kTopK;
   DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
@@ -28,6 +29,7 @@ struct MoeLayerConfig {
 // What one forward pass of one layer measured; identical on every rank.
 struct MoeLayerStats {
   double aux_loss = 0;                  // E * sum_e f_e P_e, 1 when perfectly balanced
+  double z_loss = 0;                    // mean over tokens of logsumexp(logits)^2
   std::int64_t tokens = 0;              // global B
   std::int64_t assignments = 0;         // B*K
   std::int64_t dropped = 0;             // assignments over capacity

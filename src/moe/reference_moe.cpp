@@ -39,6 +39,8 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
     const RowVec<double> logits = x.row(t) * router;
     const RowVec<double> p = softmax(logits);
     for (int e = 0; e < E; ++e) P[e] += p(e);
+    const double lse = logits.maxCoeff() + std::log((logits.array() - logits.maxCoeff()).exp().sum());
+    fw.z_loss += lse * lse / static_cast<double>(B);
     std::vector<int> order(static_cast<std::size_t>(E));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits(a) > logits(b); });
@@ -135,6 +137,11 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
       for (int e = 0; e < E; ++e) dp(e) = aux_loss_weight * E * f[e] / static_cast<double>(B);
       const double pdot = p.dot(dp);
       dlogits += (p.array() * (dp.array() - pdot)).matrix();
+    }
+    if (z_loss_weight != 0) {
+      const RowVec<double> logits = xt * router;
+      const double lse = logits.maxCoeff() + std::log((logits.array() - logits.maxCoeff()).exp().sum());
+      dlogits += (2.0 * z_loss_weight * lse / static_cast<double>(B)) * softmax(logits);
     }
     g.drouter += xt.transpose() * dlogits;
     g.dx.row(t) += dlogits * router.transpose();

@@ -19,10 +19,12 @@ struct ReferenceMoe {
   double capacity_factor = 0;         // 0 = dropless
   double aux_loss_weight = 0;
   bool switch_gate = false;           // K = 1, gate = full-softmax probability
+  double z_loss_weight = 0;
 
   struct Forward {
     Mat<double> y;                    // B x D
     double aux_loss = 0;              // E * sum f_e P_e (unweighted)
+    double z_loss = 0;                // mean of logsumexp(logits)^2 (unweighted)
     std::vector<std::vector<int>> chosen;   // per token: experts by descending logit
     std::vector<std::vector<double>> gate;  // per token: softmax over chosen logits
     std::vector<std::vector<char>> kept;    // per token and choice
@@ -35,7 +37,8 @@ struct ReferenceMoe {
   };
 
   Forward forward(const Mat<double>& x) const;
-  // Gradient of sum(dy .* y) + aux_loss_weight * aux_loss (f treated as constant).
+  // Gradient of sum(dy .* y) + aux_loss_weight * aux_loss + z_loss_weight * z_loss
+  // (f treated as constant).
   Grads backward(const Mat<double>& x, const Forward& fw, const Mat<double>& dy) const;
 };
 

@@ -35,6 +35,7 @@ void TopKRouter<T>::forward(const Mat<T>& x, Routing<T>& r) {
   r.expert.assign(static_cast<std::size_t>(n * K_), 0);
   r.gate.resize(n, K_);
   r.probs.resize(n, E);
+  r.lse.assign(static_cast<std::size_t>(n), 0.0);
   std::vector<int> order(static_cast<std::size_t>(E));
   for (Index t = 0; t < n; ++t) {
     const auto row = logits.row(t);
@@ -42,6 +43,7 @@ void TopKRouter<T>::forward(const Mat<T>& x, Routing<T>& r) {
     T z = 0;
     for (int e = 0; e < E; ++e) z += (r.probs(t, e) = std::exp(row(e) - mx));
     r.probs.row(t) /= z;
+    r.lse[static_cast<std::size_t>(t)] = static_cast<double>(mx) + std::log(static_cast<double>(z));
     // Ties go to the lower expert index, so routing is a pure function of the logits.
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + K_, order.end(), [&](int a, int b) {
@@ -60,7 +62,7 @@ void TopKRouter<T>::forward(const Mat<T>& x, Routing<T>& r) {
 
 template <class T>
 void TopKRouter<T>::backward(const Routing<T>& r, const Mat<T>& dgate, const Mat<T>& dprobs,
-                             Mat<T>& dx) {
+                             Mat<T>& dx, const std::vector<double>& dlse) {
   const Index n = r.n;
   Mat<T> dlogits = Mat<T>::Zero(n, r.E);
   RowVec<T> dp(r.E);
@@ -76,6 +78,7 @@ void TopKRouter<T>::backward(const Routing<T>& r, const Mat<T>& dgate, const Mat
     }
     const T pdot = r.probs.row(t).dot(dp);
     dlogits.row(t) += (r.probs.row(t).array() * (dp.array() - pdot)).matrix();
+    if (!dlse.empty()) dlogits.row(t) += static_cast<T>(dlse[static_cast<std::size_t>(t)]) * r.probs.row(t);
   }
   w_.grad.noalias() += x_.transpose() * dlogits;
   dx.noalias() = dlogits * w_.value.transpose();

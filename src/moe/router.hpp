@@ -19,6 +19,7 @@ struct Routing {
   std::vector<int> expert;  // n*K, per token the chosen experts by descending logit
   Mat<T> gate;              // n x K, softmax over the chosen logits
   Mat<T> probs;             // n x E, softmax over all logits (load-balancing loss)
+  std::vector<double> lse;  // n, log-sum-exp of the logits (router z-loss)
   int expert_of(Index t, int j) const { return expert[static_cast<std::size_t>(t * K + j)]; }
 };
 
@@ -33,8 +34,10 @@ class TopKRouter {
   // Small-variance init (Switch Transformer): N(0, scale / D).
   void init(Rng& rng, double init_scale);
   void forward(const Mat<T>& x, Routing<T>& r);
-  // dgate: n x K; dprobs: n x E (may be empty). Returns dX, accumulates dW.
-  void backward(const Routing<T>& r, const Mat<T>& dgate, const Mat<T>& dprobs, Mat<T>& dx);
+  // dgate: n x K; dprobs: n x E (may be empty); dlse: gradient w.r.t. each token's
+  // log-sum-exp (router z-loss; may be empty). Returns dX, accumulates dW.
+  void backward(const Routing<T>& r, const Mat<T>& dgate, const Mat<T>& dprobs, Mat<T>& dx,
+                const std::vector<double>& dlse = {});
   void params(ParamList<T>& out) { out.push_back(&w_); }
   Param<T>& weight() { return w_; }
 

@@ -133,7 +133,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
     // Per-step metrics: one sum-reduce and one max-reduce.
     double a2a_seconds = 0;
     std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
-    double aux = 0;
+    double aux = 0, zl = 0;
     std::int64_t dropped = 0, assignments = 0;
     std::vector<std::int64_t> expert_tokens(static_cast<std::size_t>(E), 0), per_layer;
     std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
@@ -141,6 +141,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
       a2a_seconds += l->comm_stats().seconds;
       for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
       aux += l->stats().aux_loss;
+      zl += l->stats().z_loss;
       dropped += l->stats().dropped;
       assignments += l->stats().assignments;
       for (int e = 0; e < E; ++e) expert_tokens[e] += l->stats().expert_tokens[e];
@@ -190,6 +191,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
     out.append("step", std::vector<std::int64_t>{step});
     out.append("train_loss", std::vector<double>{loss});
     out.append("aux_loss", std::vector<double>{Lm > 0 ? aux / Lm : 0.0});
+    out.append("z_loss", std::vector<double>{Lm > 0 ? zl / Lm : 0.0});
     out.append("dropped_fraction", std::vector<double>{drop_frac});
     out.append("tokens_per_s", std::vector<double>{tok_s});
     out.append("a2a_bytes", std::vector<double>{off_diag});

@@ -18,6 +18,7 @@ struct LayerCase {
   double capacity_factor, aux_weight;
   std::int64_t B;
   bool switch_gate = false;
+  double z_loss = 0.0;
 };
 
 MoeLayerConfig make_cfg(const LayerCase& c) {
@@ -30,6 +31,7 @@ MoeLayerConfig make_cfg(const LayerCase& c) {
   cfg.aux_loss_weight = c.aux_weight;
   cfg.router_init_scale = 4.0;  // decisive routing so capacity matters
   cfg.gate = c.switch_gate ? GateKind::kSwitch : GateKind::kTopK;
+  cfg.z_loss_weight = c.z_loss;
   return cfg;
 }
 
@@ -42,6 +44,7 @@ ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg,
   ref.capacity_factor = cfg.capacity_factor;
   ref.aux_loss_weight = cfg.aux_loss_weight;
   ref.switch_gate = cfg.gate == GateKind::kSwitch;
+  ref.z_loss_weight = cfg.z_loss_weight;
   for (int e = 0; e < cfg.experts; ++e) {
     Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
     Rng rng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id), static_cast<std::uint64_t>(e));
@@ -82,6 +85,7 @@ TEST_P(MoeLayerVsReference, ForwardBackwardAndStats) {
   constexpr double abs_tol = 1e-12, rel_tol = 1e-10;
   MOESIM_EXPECT_CLOSE_ALL_RANKS(y, fw.y.middleRows(sh.first, sh.count), abs_tol, rel_tol, "Y");
   EXPECT_NEAR(layer.stats().aux_loss, fw.aux_loss, 1e-12);
+  EXPECT_NEAR(layer.stats().z_loss, fw.z_loss, 1e-12 * std::max(1.0, fw.z_loss));
   EXPECT_EQ(layer.stats().dropped, fw.dropped);
   for (int e = 0; e < c.E; ++e) EXPECT_EQ(layer.stats().expert_tokens[e], fw.expert_tokens[e]) << "expert " << e;
   if (c.capacity_factor > 0 && c.capacity_factor < 1) {
@@ -111,7 +115,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerVsReference,
                                            LayerCase{8, 2, 0.0, 0.0, 50},
                                            LayerCase{8, 3, 1.25, 0.05, 64},
                                            LayerCase{4, 4, 0.75, 0.01, 16},
-                                           LayerCase{8, 1, 1.0, 0.01, 48, true}));
+                                           LayerCase{8, 1, 1.0, 0.01, 48, true},
+                                           LayerCase{4, 2, 1.0, 0.01, 33, false, 0.1}));
 
 // Every dispatch algorithm gives bit-identical outputs and gradients (each expert sees
 // the same rows in the same order), and they match the reference.
@@ -154,7 +159,7 @@ TEST(MoeLayerDispatch, AllAlgorithmsAgreeBitForBit) {
 // replicated parameters are perturbed on every rank, an expert's only on its owner.
 TEST(MoeLayerGradients, FiniteDifferencesAcrossRanks) {
   const Communicator& comm = world();
-  const LayerCase c{4, 2, 0.75, 0.1, 24};
+  const LayerCase c{4, 2, 0.75, 0.1, 24, false, 0.05};
   if (c.E % comm.size() != 0) GTEST_SKIP();
   MoeLayerConfig cfg = make_cfg(c);
   cfg.d_model = 4;
@@ -168,7 +173,8 @@ TEST(MoeLayerGradients, FiniteDifferencesAcrossRanks) {
   Mat<double> y, dx;
   auto loss = [&] {
     layer.forward(x, y);
-    return comm.allreduce_sum(y.cwiseProduct(r).sum()) + cfg.aux_loss_weight * layer.stats().aux_loss;
+    return comm.allreduce_sum(y.cwiseProduct(r).sum()) + cfg.aux_loss_weight * layer.stats().aux_loss +
+           cfg.z_loss_weight * layer.stats().z_loss;
   };
   loss();
   ParamList<double> experts;

@@ -142,6 +142,7 @@ TEST(Gradients, WholeModelOneRank) {
     mc.moe.top_k = 2;
     mc.moe.capacity_factor = 1.0;
     mc.moe.aux_loss_weight = 0.1;
+    mc.moe.z_loss_weight = 0.05;
     mc.moe.router_init_scale = 5.0;
     mc.seed = 3;
     Model<double> model(self, mc);
@@ -153,10 +154,13 @@ TEST(Gradients, WholeModelOneRank) {
     Mat<double> out, dout;
     auto loss = [&] {
       model.forward(b.x, out);
-      double aux = 0;
-      for (auto* l : model.moe_layers()) aux += l->stats().aux_loss;
+      double aux = 0, z = 0;
+      for (auto* l : model.moe_layers()) {
+        aux += l->stats().aux_loss;
+        z += l->stats().z_loss;
+      }
       return task_loss<double>(out, b, task.classification(), 9, nullptr).sum / 9 +
-             mc.moe.aux_loss_weight * aux;
+             mc.moe.aux_loss_weight * aux + mc.moe.z_loss_weight * z;
     };
     loss();
     task_loss<double>(out, b, task.classification(), 9, &dout);
