@@ -18,7 +18,7 @@ class KnnLearner : public Learner {
  public:
   // query_block x train_chunk bounds the distance tile held in memory; tests shrink
   // them to exercise the block and chunk seams.
-  KnnLearner(int k, bool distance_weighted, Index query_block = 128, Index train_chunk = 1024);
+  KnnLearner(int k, bool distance_weighted, Index query_block = 256, Index train_chunk = 1024);
   std::string name() const override { return "knn"; }
   void fit(const LearnerContext& ctx, const TrainRows& rows) override;
   Mat<double> predict(const LearnerContext& ctx, const Mat<double>& X) override;

@@ -15,7 +15,7 @@
 #include "core/error.hpp"
 #include <chrono>
 #include <cstdio>
-namespace moesim { double g_tbuild=0, g_teval=0, g_tpart=0, g_tzero=0; }
+namespace moesim { double g_tbuild=0, g_teval=0, g_tpart=0, g_tzero=0, g_tcol=0, g_trow=0, g_ncol=0, g_nrow=0; }
 static double nowsec(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 
 namespace moesim {
@@ -138,7 +138,7 @@ void hist_moments_row(const BinT* rm, std::size_t p, const std::uint32_t* rows, 
 }
 
 // A node is "dense" when it holds at least this fraction of the local rows.
-constexpr std::size_t kDenseInverse = 4;
+constexpr std::size_t kDenseInverse = std::size_t{1} << 40;
 
 // Stable partition of `cnt` records of W values by `left`; returns the left count.
 template <std::size_t W, class T>
@@ -295,6 +295,10 @@ void Grower<BinT>::build(const Work& w, double* h) {
   const std::int32_t* lab = gini ? o.lab.data() + node.begin : nullptr;
   const double* wt = gini ? o.wt.data() + node.begin : nullptr;
   const double* st = gini ? nullptr : o.st.data() + node.begin * S;
+  const double tk0 = nowsec();
+  const bool dense = cnt * kDenseInverse >= n_;
+  if (dense) g_ncol += double(cnt) * double(m); else g_nrow += double(cnt) * double(m);
+  struct Tm { double t0; bool d; ~Tm() { (d ? g_tcol : g_trow) += nowsec() - t0; } } tm{tk0, dense};
   if (cnt * kDenseInverse >= n_) {
     std::size_t k = 0;
     for (; k + 4 <= m; k += 4) {

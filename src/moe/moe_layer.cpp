@@ -1,5 +1,7 @@
 #include "moe/moe_layer.hpp"
 
+#include <cmath>
+
 namespace moesim {
 
 template <class T>
@@ -36,14 +38,22 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   CapacityDecision cd = decide_capacity(comm_, routing_.expert, n, K, E, cap);
 
   // Load-balancing loss (Switch): E * sum_e f_e P_e over the global batch.
-  // One all-reduce for P_e (load balance) and the z-loss sum.
-  std::vector<double> P(static_cast<std::size_t>(E) + 1, 0.0);
+  // One all-reduce for P_e (load balance), the z-loss sum and the gate entropy sum.
+  std::vector<double> P(static_cast<std::size_t>(E) + 2, 0.0);
   for (Index t = 0; t < n; ++t) {
-    for (int e = 0; e < E; ++e) P[static_cast<std::size_t>(e)] += routing_.probs(t, e);
+    for (int e = 0; e < E; ++e) {
+      const double p = routing_.probs(t, e);
+      P[static_cast<std::size_t>(e)] += p;
+      if (p > 0) P[static_cast<std::size_t>(E) + 1] -= p * std::log(p);
+    }
     P[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
-  comm_.allreduce_sum(P.data(), E + 1);
-  stats_.z_loss = B > 0 ? P[static_cast<std::size_t>(E)] / static_cast<double>(B) : 0.0;
+  comm_.allreduce_sum(P.data(), E + 2);
+  const double inv_b = B > 0 ? 1.0 / static_cast<double>(B) : 0.0;
+  stats_.z_loss = P[static_cast<std::size_t>(E)] * inv_b;
+  stats_.gate_entropy = P[static_cast<std::size_t>(E) + 1] * inv_b;
+  stats_.gate_mass.assign(P.begin(), P.begin() + E);
+  for (double& v : stats_.gate_mass) v *= inv_b;
   f_.assign(static_cast<std::size_t>(E), 0.0);
   double aux = 0;
   for (int e = 0; e < E; ++e) {

@@ -30,6 +30,8 @@ struct MoeLayerConfig {
 struct MoeLayerStats {
   double aux_loss = 0;                  // E * sum_e f_e P_e, 1 when perfectly balanced
   double z_loss = 0;                    // mean over tokens of logsumexp(logits)^2
+  double gate_entropy = 0;              // mean over tokens of the router softmax entropy (nats)
+  std::vector<double> gate_mass;        // E, P_e: mean router probability of each expert
   std::int64_t tokens = 0;              // global B
   std::int64_t assignments = 0;         // B*K
   std::int64_t dropped = 0;             // assignments over capacity

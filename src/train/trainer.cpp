@@ -133,7 +133,9 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
     // Per-step metrics: one sum-reduce and one max-reduce.
     double a2a_seconds = 0;
     std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
-    double aux = 0, zl = 0;
+    double aux = 0, zl = 0, entropy = 0, max_over_mean = 0, cv = 0;
+    std::int64_t unused = 0, starved = 0;
+    std::vector<double> gate_mass(static_cast<std::size_t>(E), 0.0);
     std::int64_t dropped = 0, assignments = 0;
     std::vector<std::int64_t> expert_tokens(static_cast<std::size_t>(E), 0), per_layer;
     std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
@@ -142,6 +144,20 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
       for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
       aux += l->stats().aux_loss;
       zl += l->stats().z_loss;
+      entropy += l->stats().gate_entropy;
+      // Collapse and balance of this layer's load (kept assignments per expert).
+      const auto& load = l->stats().expert_tokens;
+      double mean = 0, var = 0, mx = 0;
+      for (std::int64_t v : load) mean += static_cast<double>(v) / E;
+      for (std::int64_t v : load) {
+        var += (static_cast<double>(v) - mean) * (static_cast<double>(v) - mean) / E;
+        mx = std::max(mx, static_cast<double>(v));
+        unused += v == 0;
+        starved += static_cast<double>(v) < static_cast<double>(l->stats().assignments) / (10.0 * E);
+      }
+      max_over_mean += mean > 0 ? mx / mean : 0.0;
+      cv += mean > 0 ? std::sqrt(var) / mean : 0.0;
+      for (int e = 0; e < E; ++e) gate_mass[e] += l->stats().gate_mass[e] / std::max(1, Lm);
       dropped += l->stats().dropped;
       assignments += l->stats().assignments;
       for (int e = 0; e < E; ++e) expert_tokens[e] += l->stats().expert_tokens[e];
@@ -192,6 +208,12 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
     out.append("train_loss", std::vector<double>{loss});
     out.append("aux_loss", std::vector<double>{Lm > 0 ? aux / Lm : 0.0});
     out.append("z_loss", std::vector<double>{Lm > 0 ? zl / Lm : 0.0});
+    out.append("gate_entropy", std::vector<double>{Lm > 0 ? entropy / Lm : 0.0});
+    out.append("max_over_mean_load", std::vector<double>{Lm > 0 ? max_over_mean / Lm : 0.0});
+    out.append("load_cv", std::vector<double>{Lm > 0 ? cv / Lm : 0.0});
+    out.append("unused_experts", std::vector<std::int64_t>{unused});
+    out.append("starved_experts", std::vector<std::int64_t>{starved});
+    out.append("gate_mass", gate_mass, {static_cast<hsize_t>(E)});
     out.append("dropped_fraction", std::vector<double>{drop_frac});
     out.append("tokens_per_s", std::vector<double>{tok_s});
     out.append("a2a_bytes", std::vector<double>{off_diag});
