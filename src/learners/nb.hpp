@@ -5,7 +5,9 @@ namespace moesim {
 
 // Gaussian naive Bayes (scikit-learn's GaussianNB with sample weights): weighted class
 // priors, per-class weighted means and variances, each variance plus
-// var_smoothing x (largest weighted feature variance over all training rows).
+// var_smoothing x (largest feature variance over all training rows). That variance is
+// weighted here (scikit-learn ignores the weights in it), so that a weight-2 row is
+// exactly a repeated row.
 // Statistics come from two all-reduces: weights and weighted sums first, then sums of
 // squares centred on those means, which keeps them accurate when |mean| >> spread.
 // A class without training weight gets probability 0.

@@ -14,7 +14,7 @@ constexpr int K1 = kBinCoarseCells, K2 = kBinFineCells;
 
 // Position in coarse cells, in [0, K1]; the same expression everywhere so that a value
 // lands in the same cell in both passes.
-inline double cell_position(double x, double lo, double hi) { return (x - lo) / (hi - lo) * K1; }
+inline double cell_position(double x, double lo, double scale) { return (x - lo) * scale; }
 inline int coarse_cell(double pos) { return std::min(K1 - 1, static_cast<int>(pos)); }
 inline int fine_cell(double pos, int c) {
   return std::min(K2 - 1, static_cast<int>((pos - static_cast<double>(c)) * K2));
@@ -45,12 +45,13 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
       ext[P + static_cast<std::size_t>(f)] = std::max(ext[P + static_cast<std::size_t>(f)], -x);
     }
   comm.allreduce_max(ext.data(), 2 * p);
-  std::vector<double> lo(P), hi(P);
+  std::vector<double> lo(P), hi(P), scale(P, 0.0);
   std::vector<char> active(P);
   for (std::size_t f = 0; f < P; ++f) {
     lo[f] = -ext[P + f];
     hi[f] = ext[f];
     active[f] = std::isfinite(lo[f]) && std::isfinite(hi[f]) && hi[f] > lo[f];
+    if (active[f]) scale[f] = K1 / (hi[f] - lo[f]);
   }
 
   // Pass 1: weighted mass per coarse cell, and the row count in the last slot.
@@ -61,7 +62,7 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
       const std::size_t fs = static_cast<std::size_t>(f);
       const double x = X(i, f);
       if (!active[fs] || std::isnan(x)) continue;
-      m1[fs * K1 + static_cast<std::size_t>(coarse_cell(cell_position(x, lo[fs], hi[fs])))] += wi;
+      m1[fs * K1 + static_cast<std::size_t>(coarse_cell(cell_position(x, lo[fs], scale[fs])))] += wi;
     }
   }
   m1[P * K1] = static_cast<double>(n);
@@ -98,7 +99,7 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
       const std::size_t fs = static_cast<std::size_t>(f);
       const double x = X(i, f);
       if (!active[fs] || !(total[fs] > 0) || std::isnan(x)) continue;
-      const double pos = cell_position(x, lo[fs], hi[fs]);
+      const double pos = cell_position(x, lo[fs], scale[fs]);
       const int c = coarse_cell(pos);
       const int s = slot_of[fs * K1 + static_cast<std::size_t>(c)];
       if (s >= 0) m2[static_cast<std::size_t>(s) * K2 + static_cast<std::size_t>(fine_cell(pos, c))] += wi;
@@ -141,6 +142,43 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
   return out;
 }
 
+namespace {
+
+// bin_of through a uniform grid over [t.front(), t.back()]: the grid cell gives a
+// starting bin, and a short walk makes the answer exactly lower_bound's.
+class BinLookup {
+ public:
+  explicit BinLookup(const std::vector<double>& t) : t_(t) {
+    if (t.size() < 2) return;
+    cells_ = 4 * static_cast<int>(t.size());
+    lo_ = t.front();
+    scale_ = cells_ / (t.back() - t.front());
+    start_.resize(static_cast<std::size_t>(cells_) + 1);
+    for (int g = 0; g <= cells_; ++g)
+      start_[static_cast<std::size_t>(g)] = bin_of(t, lo_ + static_cast<double>(g) / scale_);
+  }
+  int operator()(double x) const {
+    const int T = static_cast<int>(t_.size());
+    if (std::isnan(x)) return T;
+    if (cells_ == 0) return bin_of(t_, x);
+    if (x <= t_.front()) return 0;
+    if (x > t_.back()) return T;
+    const int g = std::min(cells_, static_cast<int>((x - lo_) * scale_));
+    int b = start_[static_cast<std::size_t>(g)];
+    while (b < T && t_[static_cast<std::size_t>(b)] < x) ++b;
+    while (b > 0 && t_[static_cast<std::size_t>(b) - 1] >= x) --b;
+    return b;
+  }
+
+ private:
+  const std::vector<double>& t_;
+  int cells_ = 0;
+  double lo_ = 0, scale_ = 0;
+  std::vector<int> start_;
+};
+
+}  // namespace
+
 BinnedMatrix bin_matrix(const FeatureBins& bins, const Mat<double>& X) {
   BinnedMatrix b;
   b.n = X.rows();
@@ -156,9 +194,11 @@ BinnedMatrix bin_matrix(const FeatureBins& bins, const Mat<double>& X) {
     cols.resize(n * p);
     rows.resize(n * p);
     using BinT = std::remove_reference_t<decltype(cols[0])>;
+    std::vector<BinLookup> look;
+    for (std::size_t f = 0; f < p; ++f) look.emplace_back(bins.thresholds[f]);
     for (std::size_t i = 0; i < n; ++i) {
       const double* x = X.data() + i * p;
-      for (std::size_t f = 0; f < p; ++f) rows[i * p + f] = static_cast<BinT>(bin_of(bins.thresholds[f], x[f]));
+      for (std::size_t f = 0; f < p; ++f) rows[i * p + f] = static_cast<BinT>(look[f](x[f]));
     }
     for (std::size_t f = 0; f < p; ++f)
       for (std::size_t i = 0; i < n; ++i) cols[f * n + i] = rows[i * p + f];

@@ -10,13 +10,10 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "core/error.hpp"
-#include <chrono>
-#include <cstdio>
-namespace moesim { double g_tbuild=0, g_teval=0, g_tpart=0, g_tzero=0, g_tcol=0, g_trow=0, g_ncol=0, g_nrow=0; }
-static double nowsec(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 
 namespace moesim {
 
@@ -104,31 +101,23 @@ void hist_gini_col4(const BinT* const* col, const std::uint32_t* rows, std::size
   }
 }
 
-// Row-wise kernels: every candidate feature of one row (sparse nodes: one cache line
-// of the row-major bins per row instead of one per row and feature).
-constexpr std::size_t kPrefetch = 16;
-
+// Row-wise kernels on a node's rows stored contiguously (row j at x + j * p): the
+// forest reads a few sampled features of every row, streaming through memory.
 template <class BinT>
-void hist_gini_row(const BinT* rm, std::size_t p, const std::uint32_t* rows, std::size_t cnt,
-                   const std::int32_t* lab, const double* wt, const int* feats,
-                   const std::size_t* hoff, std::size_t m, double* h, std::size_t C) {
-  for (std::size_t j = 0; j < cnt; ++j) {
-    if (j + kPrefetch < cnt) __builtin_prefetch(rm + static_cast<std::size_t>(rows[j + kPrefetch]) * p);
-    const BinT* x = rm + static_cast<std::size_t>(rows[j]) * p;
+void hist_gini_rows(const BinT* x, std::size_t p, std::size_t cnt, const std::int32_t* lab,
+                    const double* wt, const int* feats, const std::size_t* hoff, std::size_t m,
+                    double* h, std::size_t C) {
+  for (std::size_t j = 0; j < cnt; ++j, x += p) {
     double* hj = h + static_cast<std::size_t>(lab[j]);
     const double wj = wt[j];
-    for (std::size_t k = 0; k < m; ++k)
-      hj[hoff[k] + static_cast<std::size_t>(x[feats[k]]) * C] += wj;
+    for (std::size_t k = 0; k < m; ++k) hj[hoff[k] + static_cast<std::size_t>(x[feats[k]]) * C] += wj;
   }
 }
 
 template <int S, class BinT>
-void hist_moments_row(const BinT* rm, std::size_t p, const std::uint32_t* rows, std::size_t cnt,
-                      const double* st, const int* feats, const std::size_t* hoff, std::size_t m,
-                      double* h) {
-  for (std::size_t j = 0; j < cnt; ++j) {
-    if (j + kPrefetch < cnt) __builtin_prefetch(rm + static_cast<std::size_t>(rows[j + kPrefetch]) * p);
-    const BinT* x = rm + static_cast<std::size_t>(rows[j]) * p;
+void hist_moments_rows(const BinT* x, std::size_t p, std::size_t cnt, const double* st,
+                       const int* feats, const std::size_t* hoff, std::size_t m, double* h) {
+  for (std::size_t j = 0; j < cnt; ++j, x += p) {
     const double* s = st + j * S;
     for (std::size_t k = 0; k < m; ++k) {
       double* hb = h + hoff[k] + static_cast<std::size_t>(x[feats[k]]) * S;
@@ -136,9 +125,6 @@ void hist_moments_row(const BinT* rm, std::size_t p, const std::uint32_t* rows, 
     }
   }
 }
-
-// A node is "dense" when it holds at least this fraction of the local rows.
-constexpr std::size_t kDenseInverse = std::size_t{1} << 40;
 
 // Stable partition of `cnt` records of W values by `left`; returns the left count.
 template <std::size_t W, class T>
@@ -159,6 +145,19 @@ std::size_t stable_split(T* a, const char* left, std::size_t cnt, std::vector<T>
     m += 1 - l;
   }
   std::copy_n(out, m * W, a + k * W);
+  return k;
+}
+
+template <class T>
+std::size_t stable_split_rows(T* a, const char* left, std::size_t cnt, std::size_t width,
+                              std::vector<T>& spill) {
+  if (spill.size() < cnt * width) spill.resize(cnt * width);
+  std::size_t k = 0, m = 0;
+  for (std::size_t j = 0; j < cnt; ++j) {
+    T* dst = left[j] ? a + (k++) * width : spill.data() + (m++) * width;
+    if (dst != a + j * width) std::memcpy(dst, a + j * width, width * sizeof(T));
+  }
+  std::copy_n(spill.data(), m * width, a + k * width);
   return k;
 }
 
@@ -201,6 +200,7 @@ class Grower {
     std::vector<std::int32_t> lab;  // kGini
     std::vector<double> wt;         // kGini
     std::vector<double> st;         // others, S per row
+    std::vector<BinT> bins;         // with sampled features: the rows' bins, p per row
   };
 
   const std::vector<int>& features(const Work& w) const { return sampled_ ? w.feats : all_; }
@@ -274,6 +274,7 @@ class Grower {
   std::vector<char> goes_left_;
   std::vector<std::uint32_t> spill_u_;
   std::vector<std::int32_t> spill_i_;
+  std::vector<BinT> spill_b_;
 };
 
 template <class BinT>
@@ -295,35 +296,32 @@ void Grower<BinT>::build(const Work& w, double* h) {
   const std::int32_t* lab = gini ? o.lab.data() + node.begin : nullptr;
   const double* wt = gini ? o.wt.data() + node.begin : nullptr;
   const double* st = gini ? nullptr : o.st.data() + node.begin * S;
-  const double tk0 = nowsec();
-  const bool dense = cnt * kDenseInverse >= n_;
-  if (dense) g_ncol += double(cnt) * double(m); else g_nrow += double(cnt) * double(m);
-  struct Tm { double t0; bool d; ~Tm() { (d ? g_tcol : g_trow) += nowsec() - t0; } } tm{tk0, dense};
-  if (cnt * kDenseInverse >= n_) {
-    std::size_t k = 0;
-    for (; k + 4 <= m; k += 4) {
-      const BinT* cols[4];
-      double* hs[4];
-      for (std::size_t q = 0; q < 4; ++q) {
-        cols[q] = cm_ + static_cast<std::size_t>(fl[k + q]) * n_;
-        hs[q] = h + hoff_[k + q];
-      }
-      if (gini) hist_gini_col4(cols, rows, cnt, lab, wt, hs, S);
-      else if (S == 2) hist_moments_col4<2>(cols, rows, cnt, st, hs);
-      else hist_moments_col4<3>(cols, rows, cnt, st, hs);
-    }
-    for (; k < m; ++k) {
-      const BinT* col = cm_ + static_cast<std::size_t>(fl[k]) * n_;
-      double* hf = h + hoff_[k];
-      if (gini) hist_gini_col(col, rows, cnt, lab, wt, hf, S);
-      else if (S == 2) hist_moments_col<2>(col, rows, cnt, st, hf);
-      else hist_moments_col<3>(col, rows, cnt, st, hf);
-    }
-  } else {
+  if (sampled_) {
+    const BinT* x = o.bins.data() + node.begin * static_cast<std::size_t>(p_);
     const std::size_t p = static_cast<std::size_t>(p_);
-    if (gini) hist_gini_row(rm_, p, rows, cnt, lab, wt, fl.data(), hoff_.data(), m, h, S);
-    else if (S == 2) hist_moments_row<2>(rm_, p, rows, cnt, st, fl.data(), hoff_.data(), m, h);
-    else hist_moments_row<3>(rm_, p, rows, cnt, st, fl.data(), hoff_.data(), m, h);
+    if (gini) hist_gini_rows(x, p, cnt, lab, wt, fl.data(), hoff_.data(), m, h, S);
+    else if (S == 2) hist_moments_rows<2>(x, p, cnt, st, fl.data(), hoff_.data(), m, h);
+    else hist_moments_rows<3>(x, p, cnt, st, fl.data(), hoff_.data(), m, h);
+    return;
+  }
+  std::size_t k = 0;
+  for (; k + 4 <= m; k += 4) {
+    const BinT* cols[4];
+    double* hs[4];
+    for (std::size_t q = 0; q < 4; ++q) {
+      cols[q] = cm_ + static_cast<std::size_t>(fl[k + q]) * n_;
+      hs[q] = h + hoff_[k + q];
+    }
+    if (gini) hist_gini_col4(cols, rows, cnt, lab, wt, hs, S);
+    else if (S == 2) hist_moments_col4<2>(cols, rows, cnt, st, hs);
+    else hist_moments_col4<3>(cols, rows, cnt, st, hs);
+  }
+  for (; k < m; ++k) {
+    const BinT* col = cm_ + static_cast<std::size_t>(fl[k]) * n_;
+    double* hf = h + hoff_[k];
+    if (gini) hist_gini_col(col, rows, cnt, lab, wt, hf, S);
+    else if (S == 2) hist_moments_col<2>(col, rows, cnt, st, hf);
+    else hist_moments_col<3>(col, rows, cnt, st, hf);
   }
 }
 
@@ -374,9 +372,16 @@ void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
   Ordered& o = ord_[static_cast<std::size_t>(w.tree)];
   const GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   const std::size_t begin = node.begin, cnt = node.end - node.begin, S = static_cast<std::size_t>(S_);
-  const BinT* col = cm_ + static_cast<std::size_t>(f) * n_;
   goes_left_.resize(cnt);
-  for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) <= b;
+  if (sampled_) {
+    const std::size_t p = static_cast<std::size_t>(p_);
+    const BinT* x = o.bins.data() + begin * p + static_cast<std::size_t>(f);
+    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(x[j * p]) <= b;
+    stable_split_rows(o.bins.data() + begin * p, goes_left_.data(), cnt, p, spill_b_);
+  } else {
+    const BinT* col = cm_ + static_cast<std::size_t>(f) * n_;
+    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) <= b;
+  }
   const char* gl = goes_left_.data();
   const std::size_t k = stable_split<1>(t.rows.data() + begin, gl, cnt, spill_u_);
   if (prm_.score == SplitScore::kGini) {
@@ -417,9 +422,7 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
   if (!ok) return;
 
   std::uint32_t mid = 0;
-  const double tp0 = nowsec();
   partition(w, f, b, mid);
-  g_tpart += nowsec() - tp0;
   const int left = static_cast<int>(t.nodes.size());
   GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   node.feature = f;
@@ -471,6 +474,12 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       o.st.resize(cnt * S);
       for (std::size_t j = 0; j < cnt; ++j)
         std::copy_n(t.stat + static_cast<std::size_t>(t.rows[j]) * S, S, o.st.data() + j * S);
+    }
+    if (sampled_) {
+      const std::size_t p = static_cast<std::size_t>(p_);
+      o.bins.resize(cnt * p);
+      for (std::size_t j = 0; j < cnt; ++j)
+        std::copy_n(rm_ + static_cast<std::size_t>(t.rows[j]) * p, p, o.bins.data() + j * p);
     }
   }
   const std::size_t ne = static_cast<std::size_t>(std::max(n_extra, 0));
@@ -534,17 +543,13 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       }
       const std::size_t extras = first ? ne : 0;
       MOESIM_REQUIRE(used + extras <= static_cast<std::size_t>(INT_MAX), "histogram too large for one all-reduce");
-      double t0 = nowsec();
       arena_.assign(used + extras, 0.0);
-      g_tzero += nowsec() - t0; t0 = nowsec();
       for (std::size_t k = i; k < j; ++k)
         if (!level[k].derive) build(level[k], arena_.data() + level[k].offset);
-      g_tbuild += nowsec() - t0;
       std::copy_n(extra, extras, arena_.data() + used);
       comm_.allreduce_sum(arena_.data(), static_cast<int>(used + extras));
       std::copy_n(arena_.data() + used, extras, extra);
       first = false;
-      const double te0 = nowsec();
       for (std::size_t k = i; k < j; ++k) {
         const Work& w = level[k];
         if (w.derive) {
@@ -557,7 +562,6 @@ void Grower<BinT>::run(double* extra, int n_extra) {
           finish(w, arena_.data() + w.offset, next, retained_next, retained_used);
         }
       }
-      g_teval += nowsec() - te0;
       i = j;
     }
     retained_ = std::move(retained_next);

@@ -173,7 +173,8 @@ std::vector<std::vector<double>> bin_thresholds(const Mat<double>& X, const std:
         hi = std::max(hi, X(i, f));
       }
     if (!(std::isfinite(lo) && std::isfinite(hi) && hi > lo)) continue;
-    auto pos_of = [&](double x) { return (x - lo) / (hi - lo) * K1; };
+    const double scale = K1 / (hi - lo);
+    auto pos_of = [&](double x) { return (x - lo) * scale; };
     auto cell_of = [&](double pos) { return std::min(K1 - 1, static_cast<int>(pos)); };
 
     // Pass 1: mass per uniform cell; the cells holding a cut k W / B are refined.
