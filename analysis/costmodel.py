@@ -1,0 +1,546 @@
+"""A network cost model for moesim's expert-parallel all-to-all exchanges.
+
+From a run's routing (metrics/rank_expert_tokens) it builds the bytes each rank sends to each
+rank in one training step, for any rank count P' and expert placement, and prices the exchanges
+with an alpha-beta model on a described cluster for three all-to-all algorithms (pairwise
+exchange, Bruck, hierarchical). `python3 -m analysis simulate RUN.h5 ...` prints the prediction,
+`python3 -m analysis calibrate RUNS...` fits the intra-node link to measured runs and reports
+the prediction error. The assumptions (also printed by `simulate --assumptions`):
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .load import _py, run_files
+
+ASSUMPTIONS = """\
+Cost model assumptions (analysis/costmodel.py):
+ 1. Traffic. metrics/rank_expert_tokens[s, p, e] counts the token rows rank p sent to expert e
+    at step s (kept assignments, summed over MoE layers). Rank j receives the rows of the
+    experts it holds. Every MoE layer runs four exchanges of rows of token_bytes = D x the
+    size of one number (final/token_bytes): forward dispatch (i -> owner of the expert),
+    forward combine (the reverse way), backward dispatch of output gradients (as forward
+    dispatch) and backward combine of input gradients (as forward combine). So one step sends
+    bytes(i -> j) = token_bytes x (2 T[i, j] + 2 T[j, i]), T[i, j] = rows of rank i for experts
+    on rank j. The diagonal (a rank's own rows) is a local copy and costs nothing. This is
+    what moesim's alltoallv, allgather and p2p dispatches move; --dispatch padded sends
+    fixed-size slots instead (its extra bytes are metrics/padding_bytes) and is not modelled.
+ 2. Projection to P' ranks. The routing distribution is the run's assignments per expert,
+    summed over source ranks and averaged over steps. Each of the P' ranks holds B'/P' tokens
+    (B' = the run's batch B, or P' x --tokens-per-rank) with that same distribution, so rank
+    i sends (rows per step for expert e) / P' rows to expert e; rows per step scale with B'/B
+    (same K and drop rate). Experts are placed in contiguous blocks of E'/P' (rank r holds
+    [r E'/P', (r+1) E'/P'), as moesim does) or round-robin (e on rank e mod P'); E' must be
+    divisible by P'. With --experts-per-rank m, E' = m P' and the run's load profile over
+    expert index is stretched or squeezed: expert k of E' takes the share of the run's
+    experts between k/E' and (k+1)/E' of the index range (piecewise-linear cumulative share),
+    so a run expert split into f children gives each 1/f of its load.
+ 3. Exchanges priced. Each MoE layer's routing is the step total divided by the number of MoE
+    layers (the file sums layers). A step's exchange time is, per MoE layer, one all-to-all of
+    the per-expert counts (E'/P' 4-byte integers per rank pair) plus two exchanges of the
+    dispatch matrix and two of its transpose, each a separate collective priced on its own
+    (each pays its own latencies).
+ 4. Links (alpha-beta). A message of b bytes between ranks i and j costs alpha + b / beta,
+    with intra-node (alpha, beta) when i and j are on one node (node = rank // ranks_per_node)
+    and inter-node parameters otherwise. Zero-byte messages still pay alpha. A rank sends one
+    and receives one message at a time; link contention, NIC sharing between the ranks of a
+    node, topology, protocol switches (eager/rendezvous) and overlap with compute are ignored.
+ 5. Pairwise exchange: P'-1 rounds; in round k rank i sends its block to (i + k) mod P'. A
+    round costs the maximum over its messages; the exchange costs the sum of its rounds.
+ 6. Bruck: ceil(log2 P') rounds; in round k rank i sends to (i + 2^k) mod P' every block it
+    currently holds whose destination offset (dst - src) mod P' has bit k set (blocks travel by
+    the bits of their offset, low bits first, so with uniform blocks each round carries about
+    half of the data). The local rotations before and after are ignored. Round cost = maximum
+    over ranks of alpha + bytes / beta of the link to i + 2^k.
+ 7. Hierarchical: one leader per node (its first rank). (a) Intra-node gather: every other rank
+    of the node sends the leader all its off-rank data, one message each, received one after
+    another (the gather costs the sum of those messages); (b) the leaders run a pairwise
+    exchange over the inter-node links, node n sending node m one aggregated message of all
+    bytes from n's ranks to m's ranks (nodes - 1 rounds); (c) intra-node scatter: the leader
+    sends every other rank of its node all the data bound for it, one after another. Each
+    phase costs its slowest node; the phases add. A last node may hold fewer ranks.
+ 8. Calibration (`calibrate`): on one node every message is intra-node, so the pairwise time
+    of a step is n_rounds x alpha + (sum over rounds of the largest message) / beta, linear in
+    (alpha, 1/beta). Both (kept positive) are fitted by least squares of log(predicted /
+    measured) to the measured metrics/a2a_seconds of runs on this machine (one point per run:
+    the medians over steps after step 1, or every step with --per-step; --fit-ranks picks the
+    runs fitted). The error reported is (predicted - measured) / measured of the median
+    seconds per step, in sample and held out (the run left out of the fit, or not in it).
+    The prediction is pairwise whatever algorithm the MPI library chose for MPI_Alltoallv.
+    metrics/a2a_seconds is the slowest rank's time inside the exchanges, so it also holds the
+    time a rank waits for slower ranks to arrive (compute imbalance) and, with more ranks
+    than cores or a busy machine, time slicing by the OS scheduler; the model describes
+    neither.
+ 9. Reconstruction check: at the run's own P and contiguous placement the step matrix of (1)
+    is compared with the run's metrics/traffic (off-diagonal totals over all steps).
+10. Rows are averages, not integers: with B'/P' below one token per rank the projection still
+    spreads fractional rows evenly (use --tokens-per-rank to scale the batch with P').
+"""
+__doc__ += "\n" + ASSUMPTIONS
+
+ALGORITHMS = ("pairwise", "bruck", "hierarchical")
+PLACEMENTS = ("contiguous", "round-robin")
+COUNT_BYTES = 4  # the per-expert counts exchanged before each dispatch are C ints
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the ranks run: nodes of `ranks_per_node`; bandwidths in bytes/s, latencies in s."""
+    ranks_per_node: int = 1
+    intra_bw: float = 50e9
+    inter_bw: float = 12.5e9
+    intra_latency: float = 1e-6
+    inter_latency: float = 2e-6
+
+    def __post_init__(self):
+        if self.ranks_per_node < 1:
+            raise ValueError("ranks_per_node must be >= 1")
+        for name in ("intra_bw", "inter_bw"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("intra_latency", "inter_latency"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    def message_cost(self, src, dst, nbytes):
+        """alpha + bytes/beta of messages src -> dst (arrays broadcast)."""
+        same = (np.asarray(src) // self.ranks_per_node) == (np.asarray(dst) // self.ranks_per_node)
+        return np.where(same, self.intra_latency + np.asarray(nbytes, float) / self.intra_bw,
+                        self.inter_latency + np.asarray(nbytes, float) / self.inter_bw)
+
+    def describe(self) -> str:
+        return (f"{self.ranks_per_node} ranks/node; intra-node {self.intra_bw / 1e9:g} GB/s, "
+                f"{self.intra_latency * 1e6:g} us; inter-node {self.inter_bw / 1e9:g} GB/s, "
+                f"{self.inter_latency * 1e6:g} us")
+
+
+# --- one exchange -------------------------------------------------------------------------
+
+def pairwise_round_costs(M: np.ndarray, cluster: Cluster) -> np.ndarray:
+    """Seconds of each of the P-1 rounds of a pairwise exchange of M (M[i, j] = bytes i sends j)."""
+    P = M.shape[0]
+    i = np.arange(P)
+    out = np.empty(max(P - 1, 0))
+    chunk = max(1, (1 << 22) // max(P, 1))  # rounds per vectorised batch, bounded memory
+    for k0 in range(1, P, chunk):
+        k = np.arange(k0, min(P, k0 + chunk))
+        J = (i[None, :] + k[:, None]) % P
+        out[k - 1] = cluster.message_cost(i[None, :], J, M[i[None, :], J]).max(axis=1)
+    return out
+
+
+def pairwise_time(M: np.ndarray, cluster: Cluster) -> float:
+    """Pairwise exchange of the byte matrix M (diagonal ignored): the sum of its rounds."""
+    return float(pairwise_round_costs(M, cluster).sum())
+
+
+def _offset_blocks(M: np.ndarray) -> np.ndarray:
+    """D[s, d] = M[s, (s + d) mod P]: blocks by source and destination offset."""
+    P = M.shape[0]
+    i = np.arange(P)
+    return M[i[:, None], (i[:, None] + i[None, :]) % P]
+
+
+def bruck_round_bytes(M: np.ndarray) -> list[np.ndarray]:
+    """Bytes each rank sends in each Bruck round (list over rounds of length-P arrays)."""
+    P = M.shape[0]
+    rounds = max(0, math.ceil(math.log2(P))) if P > 1 else 0
+    width = 1 << rounds
+    D = np.zeros((P, width))
+    D[:, :P] = _offset_blocks(M)
+    i = np.arange(P)
+    out = []
+    for k in range(rounds):
+        step = 1 << k
+        # offset d = q*step + low: sent in round k when q is odd; before round k it has
+        # travelled `low` ranks, so it sits on rank src + low.
+        S = D.reshape(P, width // step, step)[:, 1::2, :].sum(axis=1)  # (src, low)
+        low = np.arange(step)
+        src = (i[:, None] - low[None, :]) % P
+        out.append(S[src, low[None, :]].sum(axis=1))
+    return out
+
+
+def bruck_time(M: np.ndarray, cluster: Cluster) -> float:
+    P = M.shape[0]
+    i = np.arange(P)
+    total = 0.0
+    for k, msg in enumerate(bruck_round_bytes(M)):
+        total += float(np.max(cluster.message_cost(i, (i + (1 << k)) % P, msg)))
+    return total
+
+
+def hierarchical_phases(M: np.ndarray, cluster: Cluster) -> dict:
+    """Seconds of the gather, leader exchange and scatter phases of the hierarchical exchange
+    (the last node may be partly filled)."""
+    P = M.shape[0]
+    R = cluster.ranks_per_node
+    nodes = -(-P // R)
+    off = np.zeros((nodes * R, nodes * R))
+    off[:P, :P] = M
+    np.fill_diagonal(off, 0.0)
+    slot = np.arange(nodes * R)
+    local = (slot % R != 0) & (slot < P)  # real ranks other than their node's leader
+
+    def serial_at_leader(nbytes):
+        per_msg = np.where(local, cluster.intra_latency + nbytes / cluster.intra_bw, 0.0)
+        return float(per_msg.reshape(nodes, R).sum(axis=1).max())
+
+    gather = serial_at_leader(off.sum(axis=1))
+    scatter = serial_at_leader(off.sum(axis=0))
+    A = off.reshape(nodes, R, nodes, R).sum(axis=(1, 3))
+    n = np.arange(nodes)
+    exchange = 0.0
+    for k in range(1, nodes):
+        exchange += float(np.max(cluster.inter_latency + A[n, (n + k) % nodes] / cluster.inter_bw))
+    return {"gather": gather, "exchange": exchange, "scatter": scatter}
+
+
+def hierarchical_time(M: np.ndarray, cluster: Cluster) -> float:
+    return sum(hierarchical_phases(M, cluster).values())
+
+
+_COSTS = {"pairwise": pairwise_time, "bruck": bruck_time, "hierarchical": hierarchical_time}
+
+
+def exchange_time(M: np.ndarray, cluster: Cluster, algorithm: str) -> float:
+    if algorithm not in _COSTS:
+        raise ValueError(f"unknown algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
+    return _COSTS[algorithm](np.asarray(M, float), cluster)
+
+
+# --- routing -> byte matrices ----------------------------------------------------------------
+
+def expert_owner(E: int, P: int, placement: str = "contiguous") -> np.ndarray:
+    """Rank holding each of E experts on P ranks."""
+    if E % P:
+        raise ValueError(f"{E} experts are not divisible by {P} ranks")
+    e = np.arange(E)
+    if placement == "contiguous":
+        return e // (E // P)
+    if placement == "round-robin":
+        return e % P
+    raise ValueError(f"unknown placement {placement!r} (known: {', '.join(PLACEMENTS)})")
+
+
+def rank_rows(counts: np.ndarray, owner: np.ndarray, P: int) -> np.ndarray:
+    """(P x E) rows each rank sends each expert -> (P x P) rows rank i sends rank j."""
+    counts = np.asarray(counts, float)
+    order = np.argsort(owner, kind="stable")
+    starts = np.searchsorted(owner[order], np.arange(P))  # every rank holds E/P >= 1 experts
+    return np.add.reduceat(counts[:, order], starts, axis=1)
+
+
+def step_bytes(T: np.ndarray, token_bytes: float) -> np.ndarray:
+    """Bytes of one step, all four exchanges: dispatch twice, combine (the reverse) twice."""
+    return token_bytes * (2.0 * T + 2.0 * T.T)
+
+
+@dataclass
+class Workload:
+    """What one step moves: T[i, j] token rows i sends j per step (all MoE layers together)."""
+    T: np.ndarray
+    token_bytes: float
+    moe_layers: int
+    experts: int
+
+    @property
+    def P(self) -> int:
+        return self.T.shape[0]
+
+    def step_bytes(self) -> np.ndarray:
+        return step_bytes(self.T, self.token_bytes)
+
+    def exchanges(self) -> list[tuple[int, np.ndarray]]:
+        """(how many per step, byte matrix) of every collective in a step."""
+        L = max(1, self.moe_layers)
+        per_layer = self.T * self.token_bytes / L
+        counts = np.full((self.P, self.P), COUNT_BYTES * self.experts / self.P)
+        return [(self.moe_layers, counts), (2 * self.moe_layers, per_layer),
+                (2 * self.moe_layers, per_layer.T)]
+
+    def time(self, cluster: Cluster, algorithm: str) -> float:
+        if self.moe_layers == 0 or self.P == 1:
+            return 0.0
+        return sum(m * exchange_time(M, cluster, algorithm) for m, M in self.exchanges())
+
+
+def stretch_shares(shares: np.ndarray, E_new: int) -> np.ndarray:
+    """Load shares of E experts mapped onto E_new through the piecewise-linear cumulative share."""
+    shares = np.asarray(shares, float)
+    E = len(shares)
+    if E_new == E:
+        return shares / shares.sum()
+    cdf = np.concatenate([[0.0], np.cumsum(shares) / shares.sum()])
+    at = np.interp(np.arange(E_new + 1) / E_new, np.arange(E + 1) / E, cdf)
+    return np.diff(at)
+
+
+@dataclass
+class RunRouting:
+    """The routing and exchange measurements of one run file."""
+    file: str
+    rank_expert: np.ndarray   # (S, P, E)
+    traffic: np.ndarray | None  # (S, P, P)
+    a2a_seconds: np.ndarray | None  # (S,)
+    token_bytes: float
+    moe_layers: int
+    batch_tokens: int
+    top_k: int
+    d_model: int
+    dispatch: str = "alltoallv"
+
+    @property
+    def P(self) -> int:
+        return self.rank_expert.shape[1]
+
+    @property
+    def E(self) -> int:
+        return self.rank_expert.shape[2]
+
+    @property
+    def steps(self) -> int:
+        return self.rank_expert.shape[0]
+
+    @classmethod
+    def from_file(cls, file) -> "RunRouting":
+        with h5py.File(file, "r") as f:
+            if "metrics/rank_expert_tokens" not in f:
+                raise ValueError(f"{file}: no metrics/rank_expert_tokens (not an MoE run file of "
+                                 "this moesim version)")
+            root = {k: _py(v) for k, v in f.attrs.items()}
+            final = {k: _py(v) for k, v in f["final"].attrs.items()} if "final" in f else {}
+            re = f["metrics/rank_expert_tokens"][()]
+            traffic = f["metrics/traffic"][()] if "metrics/traffic" in f else None
+            a2a = f["metrics/a2a_seconds"][()] if "metrics/a2a_seconds" in f else None
+            per_layer = f["metrics/expert_tokens_per_layer"] if "metrics/expert_tokens_per_layer" in f else None
+            layers_logged = per_layer.shape[1] if per_layer is not None and per_layer.ndim == 3 else None
+        S = re.shape[0]
+        for arr in (traffic, a2a):
+            if arr is not None:
+                S = min(S, arr.shape[0])  # datasets are appended one after another
+        D = int(root.get("d_model", 0))
+        tb = final.get("token_bytes")
+        if tb is None:
+            tb = D * (8 if root.get("precision") == "fp64" else 4)
+        if layers_logged is None:
+            every = int(root.get("moe_every", 1))
+            layers_logged = sum(1 for l in range(int(root.get("layers", 0)))
+                                if every > 0 and (l + 1) % every == 0)
+        return cls(file=str(file), rank_expert=re[:S].astype(float),
+                   traffic=None if traffic is None else traffic[:S].astype(float),
+                   a2a_seconds=None if a2a is None else a2a[:S].astype(float),
+                   token_bytes=float(tb), moe_layers=int(layers_logged),
+                   batch_tokens=int(root.get("batch_tokens", 0)), top_k=int(root.get("top_k", 0)),
+                   d_model=D, dispatch=str(root.get("dispatch", "alltoallv")))
+
+    def own_workload(self, step: int) -> Workload:
+        """The run's own exchange at step index `step` (0-based), contiguous placement."""
+        T = rank_rows(self.rank_expert[step], expert_owner(self.E, self.P), self.P)
+        return Workload(T, self.token_bytes, self.moe_layers, self.E)
+
+    def expert_rows(self) -> np.ndarray:
+        """Rows per step for each expert, summed over source ranks, averaged over steps."""
+        return self.rank_expert.sum(axis=1).mean(axis=0)
+
+    def projected_workload(self, P: int, placement: str = "contiguous", experts: int | None = None,
+                           batch_tokens: int | None = None) -> Workload:
+        """The step on P ranks, assumptions 2 and 3 of ASSUMPTIONS."""
+        E_new = self.E if experts is None else int(experts)
+        B_new = self.batch_tokens if batch_tokens is None else int(batch_tokens)
+        owner = expert_owner(E_new, P, placement)
+        rows = self.expert_rows()
+        total = rows.sum() * (B_new / self.batch_tokens if self.batch_tokens else 1.0)
+        per_expert = stretch_shares(rows, E_new) * total if rows.sum() > 0 else np.zeros(E_new)
+        to_rank = rank_rows((per_expert / P)[None, :], owner, P)  # every rank routes alike
+        return Workload(np.repeat(to_rank, P, axis=0), self.token_bytes, self.moe_layers, E_new)
+
+    def reconstruction_error(self) -> dict:
+        """Assumption 9: the step matrix from rank_expert_tokens against metrics/traffic."""
+        if self.traffic is None:
+            raise ValueError(f"{self.file}: no metrics/traffic to compare with")
+        pred = np.stack([self.own_workload(s).step_bytes() for s in range(self.steps)])
+        off = ~np.eye(self.P, dtype=bool)
+        p_tot = float(pred[:, off].sum())
+        m_tot = float(self.traffic[:, off].sum())
+        rel = (p_tot - m_tot) / m_tot if m_tot > 0 else (0.0 if p_tot == 0 else float("inf"))
+        denom = np.maximum(np.abs(self.traffic), 1.0)
+        return {"predicted_bytes": p_tot, "measured_bytes": m_tot, "relative_error": rel,
+                "max_element_relative_error": float(np.max(np.abs(pred - self.traffic) / denom))
+                if pred.size else 0.0}
+
+
+# --- projection table -----------------------------------------------------------------------
+
+def simulate(run: RunRouting, ranks: list[int], cluster: Cluster, algorithms=ALGORITHMS,
+             placement: str = "contiguous", experts_per_rank: int | None = None,
+             tokens_per_rank: int | None = None) -> pd.DataFrame:
+    """Predicted exchange seconds per step for every P' and algorithm (one row per P')."""
+    rows = []
+    for P in ranks:
+        E_new = experts_per_rank * P if experts_per_rank else run.E
+        B_new = tokens_per_rank * P if tokens_per_rank else run.batch_tokens
+        row = {"ranks": P, "experts": E_new, "nodes": math.ceil(P / cluster.ranks_per_node),
+               "tokens_per_rank": B_new / P, "note": ""}
+        try:
+            w = run.projected_workload(P, placement, E_new, B_new)
+        except ValueError as exc:
+            row["note"] = str(exc)
+            rows.append(row)
+            continue
+        sb = w.step_bytes()
+        row["bytes_per_step"] = float(sb.sum() - np.trace(sb))
+        row["max_rank_bytes_out"] = float((sb.sum(axis=1) - np.diag(sb)).max())
+        for alg in algorithms:
+            try:
+                row[f"{alg}_s"] = w.time(cluster, alg)
+            except ValueError as exc:
+                row[f"{alg}_s"] = float("nan")
+                row["note"] = (row["note"] + "; " if row["note"] else "") + str(exc)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df[[c for c in df.columns if c != "note"] + ["note"]]
+
+
+# --- calibration against measured runs ----------------------------------------------------------
+
+def _pairwise_features(w: Workload) -> tuple[float, float]:
+    """(rounds, sum over rounds of the largest message in bytes) of one step on one node."""
+    if w.moe_layers == 0 or w.P == 1:
+        return 0.0, 0.0
+    P = w.P
+    i = np.arange(P)
+    rounds = 0.0
+    biggest = 0.0
+    for mult, M in w.exchanges():
+        rounds += mult * (P - 1)
+        biggest += mult * sum(float(np.max(M[i, (i + k) % P])) for k in range(1, P))
+    return rounds, biggest
+
+
+@dataclass
+class Calibration:
+    alpha: float          # s per message
+    beta: float           # bytes/s
+    table: pd.DataFrame   # per run: measured and predicted median s/step, relative errors
+    per_step: bool
+    fit_ranks: tuple | None = None
+
+    def cluster(self, ranks_per_node: int, inter_bw: float, inter_latency: float) -> Cluster:
+        return Cluster(ranks_per_node, self.beta, inter_bw, self.alpha, inter_latency)
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and max |relative error| per rank count, in sample and held out."""
+        t = self.table.assign(abs_rel=self.table["rel_error"].abs(),
+                              abs_held=self.table["held_out_rel_error"].abs())
+        return t.groupby("P").agg(runs=("file", "size"), oversubscribed=("oversubscribed", "any"),
+                                  mean_abs_rel_error=("abs_rel", "mean"),
+                                  max_abs_rel_error=("abs_rel", "max"),
+                                  mean_abs_held_out_error=("abs_held", "mean")).reset_index()
+
+    def format(self) -> str:
+        used = self.table["in_fit"].sum()
+        which = "every step" if self.per_step else "median over steps 2..S per run"
+        ranks = f", P in {list(self.fit_ranks)}" if self.fit_ranks else ""
+        lines = [f"intra-node link fitted to {used} runs ({which}{ranks}; least squares of "
+                 "log(predicted/measured)): "
+                 f"alpha = {self.alpha * 1e6:.4g} us, beta = {self.beta / 1e9:.4g} GB/s",
+                 self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), "",
+                 "pairwise prediction vs measured median a2a seconds/step, by rank count "
+                 "(held out: run left out of the fit, or not in it):",
+                 self.summary().to_string(index=False, float_format=lambda v: f"{v:.1%}")]
+        if self.table["oversubscribed"].any():
+            lines.append("oversubscribed: more ranks than this host's cores (time slicing, not the "
+                         "network, sets those times)")
+        return "\n".join(lines)
+
+
+def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-300)  # columns differ by ~1e6 (rounds vs bytes)
+    coef, _ = nnls(X / scale, y)
+    return coef / scale
+
+
+def calibrate(paths, per_step: bool = False, skip_steps: int = 1, fit_ranks=None) -> Calibration:
+    """Fit alpha and beta of the intra-node link to measured a2a seconds (assumption 8).
+
+    Minimises the squared log ratio of predicted to measured time (the measured times span
+    orders of magnitude), started from non-negative relative least squares. fit_ranks restricts the fit to runs with those P;
+    the others are predicted out of sample.
+    """
+    import os
+    import socket
+
+    files = run_files(paths)
+    runs = []
+    for file in files:
+        try:
+            r = RunRouting.from_file(file)
+            with h5py.File(file, "r") as f:
+                host = _py(f.attrs.get("host", ""))
+        except (OSError, ValueError, KeyError):
+            continue
+        if r.P < 2 or r.a2a_seconds is None or r.moe_layers == 0 or r.steps <= skip_steps:
+            continue
+        feats = np.array([_pairwise_features(r.own_workload(s)) for s in range(skip_steps, r.steps)])
+        over = host == socket.gethostname() and r.P > (os.cpu_count() or r.P)
+        runs.append((r, feats, r.a2a_seconds[skip_steps:], over))
+    fit_set = [k for k, (r, *_) in enumerate(runs) if not fit_ranks or r.P in fit_ranks]
+    if len(fit_set) < 2:
+        raise ValueError(f"calibration needs at least 2 run files with P >= 2 ranks and MoE layers"
+                         f"{' and P in ' + str(list(fit_ranks)) if fit_ranks else ''} "
+                         f"(found {len(fit_set)} among {len(files)} files)")
+
+    def fit(idx):
+        sub = [runs[k] for k in idx]
+        if per_step:
+            X = np.concatenate([f for _, f, _, _ in sub])
+            y = np.concatenate([t for _, _, t, _ in sub])
+        else:
+            X = np.array([np.median(f, axis=0) for _, f, _, _ in sub])
+            y = np.array([np.median(t) for _, _, t, _ in sub])
+        ok = y > 0
+        X, y = X[ok], y[ok]
+        w = 1.0 / y
+        c0 = np.maximum(_nnls(X * w[:, None], y * w), 1e-30)  # start: relative least squares
+        # then least squares of log(predicted / measured): over- and under-prediction by the
+        # same factor weigh the same, which relative errors (bounded by -1 below) do not do
+        from scipy.optimize import least_squares
+        res = least_squares(lambda p: np.log(X @ np.exp(p)) - np.log(y), np.log(c0))
+        c = np.exp(res.x)
+        return c[0], 1.0 / c[1]
+
+    alpha, beta = fit(fit_set)
+    rows = []
+    for k, (r, feats, t, over) in enumerate(runs):
+        measured = float(np.median(t))
+        pred = float(np.median(feats[:, 0] * alpha + feats[:, 1] / beta))
+        rest = [j for j in fit_set if j != k]
+        if k in fit_set and len(rest) >= 2:
+            a_h, b_h = fit(rest)
+            held = float(np.median(feats[:, 0] * a_h + feats[:, 1] / b_h))
+        elif k in fit_set:
+            held = float("nan")
+        else:
+            held = pred
+        step_bytes_med = float(np.median([(lambda m: m.sum() - np.trace(m))(r.own_workload(s).step_bytes())
+                                          for s in range(skip_steps, r.steps)]))
+        rows.append({"file": Path(r.file).name, "P": r.P, "E": r.E, "D": r.d_model,
+                     "in_fit": k in fit_set, "oversubscribed": over,
+                     "bytes_per_step": step_bytes_med, "measured_p10_s": float(np.quantile(t, 0.1)),
+                     "measured_s": measured, "predicted_s": pred,
+                     "rel_error": (pred - measured) / measured,
+                     "held_out_s": held, "held_out_rel_error": (held - measured) / measured})
+    return Calibration(alpha=float(alpha), beta=float(beta), table=pd.DataFrame(rows),
+                       per_step=per_step, fit_ranks=tuple(fit_ranks) if fit_ranks else None)
+
+
+def replace_intra(cluster: Cluster, cal: Calibration) -> Cluster:
+    return replace(cluster, intra_bw=cal.beta, intra_latency=cal.alpha)

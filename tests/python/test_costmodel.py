@@ -1,0 +1,250 @@
+"""The network cost model (analysis/costmodel.py) against hand-computed cases, a brute-force
+Bruck simulation, a real run's metrics/traffic, and a calibration with known answers."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, run_moe, subprocess_env
+
+sys.path.insert(0, str(REPO_ROOT))
+from analysis import costmodel as cm  # noqa: E402
+
+A_I, B_I, A_E, B_E = 1e-6, 10e9, 5e-6, 1e9  # intra/inter latency (s) and bandwidth (B/s)
+
+
+def uniform(P, b):
+    M = np.full((P, P), float(b))
+    np.fill_diagonal(M, 0.0)
+    return M
+
+
+def cluster(R):
+    return cm.Cluster(ranks_per_node=R, intra_bw=B_I, inter_bw=B_E, intra_latency=A_I,
+                      inter_latency=A_E)
+
+
+# --- hand-computed exchanges ---------------------------------------------------------------
+
+def test_pairwise_uniform_one_rank_per_node():
+    b = 1e6
+    assert cm.pairwise_time(uniform(4, b), cluster(1)) == pytest.approx(3 * (A_E + b / B_E), rel=1e-12)
+
+
+def test_pairwise_two_nodes_of_two_inter_node_rounds_dominate():
+    b = 1e6
+    t = cm.pairwise_time(uniform(4, b), cluster(2))
+    # every round has a message crossing nodes (round 2 only such messages)
+    assert t == pytest.approx(3 * (A_E + b / B_E), rel=1e-12)
+    assert t > cm.pairwise_time(uniform(4, b), cluster(4))  # all on one node is faster
+    assert cm.pairwise_time(uniform(4, b), cluster(4)) == pytest.approx(3 * (A_I + b / B_I), rel=1e-12)
+
+
+def test_pairwise_round_takes_its_largest_message():
+    M = uniform(3, 100.0)
+    M[0, 1] = 1e6  # round 1 carries 0->1, 1->2, 2->0
+    got = cm.pairwise_round_costs(M, cluster(1))
+    assert got == pytest.approx([A_E + 1e6 / B_E, A_E + 100 / B_E], rel=1e-12)
+
+
+def test_bruck_four_ranks_two_rounds_half_the_data():
+    b = 1e6
+    per_round = cm.bruck_round_bytes(uniform(4, b))
+    assert len(per_round) == 2
+    for sent in per_round:
+        assert sent == pytest.approx([2 * b] * 4)  # offsets {1, 3}, then {2, 3}
+    assert cm.bruck_time(uniform(4, b), cluster(1)) == pytest.approx(2 * (A_E + 2 * b / B_E), rel=1e-12)
+
+
+def bruck_reference(M):
+    """Moves every block hop by hop (bits of its offset, low first) and counts what each rank sends."""
+    P = len(M)
+    blocks = [[s, s, d, M[s, d]] for s in range(P) for d in range(P) if s != d]
+    out = []
+    for k in range(math.ceil(math.log2(P))):
+        sent = np.zeros(P)
+        for blk in blocks:
+            cur, s, d, nbytes = blk
+            if ((d - s) % P) >> k & 1:
+                sent[cur] += nbytes
+                blk[0] = (cur + (1 << k)) % P
+        out.append(sent)
+    assert all(blk[0] == blk[2] for blk in blocks), "every block must arrive"
+    return out
+
+
+@pytest.mark.parametrize("P", [2, 3, 5, 8, 12])
+def test_bruck_matches_block_by_block_simulation(P):
+    M = np.random.default_rng(P).integers(0, 1000, (P, P)).astype(float)
+    got = cm.bruck_round_bytes(M)
+    want = bruck_reference(M)
+    assert len(got) == len(want) == math.ceil(math.log2(P))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w)
+
+
+def test_hierarchical_two_nodes_of_two_by_hand():
+    b = 1e6
+    ph = cm.hierarchical_phases(uniform(4, b), cluster(2))
+    # the non-leader sends its 3 blocks to the leader, leaders swap 2x2 blocks, scatter 3 blocks
+    assert ph["gather"] == pytest.approx(A_I + 3 * b / B_I, rel=1e-12)
+    assert ph["exchange"] == pytest.approx(A_E + 4 * b / B_E, rel=1e-12)
+    assert ph["scatter"] == pytest.approx(A_I + 3 * b / B_I, rel=1e-12)
+    assert cm.hierarchical_time(uniform(4, b), cluster(2)) == pytest.approx(
+        2 * (A_I + 3 * b / B_I) + A_E + 4 * b / B_E, rel=1e-12)
+
+
+def test_hierarchical_one_rank_per_node_is_pairwise():
+    M = np.random.default_rng(1).integers(0, 1000, (6, 6)).astype(float)
+    assert cm.hierarchical_time(M, cluster(1)) == pytest.approx(cm.pairwise_time(M, cluster(1)))
+
+
+def test_hierarchical_gather_is_serial_at_the_leader():
+    b = 1e6
+    ph = cm.hierarchical_phases(uniform(8, b), cluster(4))  # 2 nodes of 4
+    assert ph["gather"] == pytest.approx(3 * (A_I + 7 * b / B_I), rel=1e-12)
+    assert ph["exchange"] == pytest.approx(A_E + 16 * b / B_E, rel=1e-12)
+
+
+# --- routing to bytes ------------------------------------------------------------------------
+
+def test_expert_placement():
+    np.testing.assert_array_equal(cm.expert_owner(8, 4, "contiguous"), [0, 0, 1, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(cm.expert_owner(8, 4, "round-robin"), [0, 1, 2, 3, 0, 1, 2, 3])
+    with pytest.raises(ValueError, match="not divisible"):
+        cm.expert_owner(6, 4)
+
+
+def test_step_bytes_four_exchanges_by_hand():
+    counts = np.array([[10, 20, 30, 40], [1, 2, 3, 4]], float)  # 2 ranks x 4 experts
+    T = cm.rank_rows(counts, cm.expert_owner(4, 2), 2)
+    np.testing.assert_array_equal(T, [[30, 70], [3, 7]])
+    tb = 64
+    S = cm.step_bytes(T, tb)
+    # dispatch twice (i -> j) plus combine twice (j -> i)
+    np.testing.assert_array_equal(S, tb * np.array([[4 * 30, 2 * 70 + 2 * 3], [2 * 3 + 2 * 70, 4 * 7]]))
+
+
+def test_workload_time_sums_the_exchanges_of_a_step():
+    P, E, L, tb, rows = 4, 8, 2, 100.0, 50.0
+    T = np.full((P, P), rows)
+    w = cm.Workload(T, tb, L, E)
+    cl = cluster(1)
+    per_layer = rows * tb / L
+    count_bytes = 4 * E / P
+    want = L * 3 * (A_E + count_bytes / B_E) + 4 * L * 3 * (A_E + per_layer / B_E)
+    assert w.time(cl, "pairwise") == pytest.approx(want, rel=1e-12)
+
+
+def test_stretch_shares_keeps_the_load_profile():
+    s = np.array([0.4, 0.3, 0.2, 0.1])
+    np.testing.assert_allclose(cm.stretch_shares(s, 8), [0.2, 0.2, 0.15, 0.15, 0.1, 0.1, 0.05, 0.05])
+    np.testing.assert_allclose(cm.stretch_shares(s, 2), [0.7, 0.3])
+    np.testing.assert_allclose(cm.stretch_shares(np.ones(4), 12), np.full(12, 1 / 12))
+
+
+# --- a real run ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_run(moesim, tmp_path_factory):
+    d = tmp_path_factory.mktemp("costmodel")
+    _, path = run_moe(d, 2, experts=4, top_k=2, steps=20, d_model=16, d_ff=32)
+    return path
+
+
+def test_traffic_reconstruction_matches_the_run(real_run):
+    run = cm.RunRouting.from_file(real_run)
+    assert (run.P, run.E, run.moe_layers, run.token_bytes) == (2, 4, 2, 16 * 4)
+    rec = run.reconstruction_error()
+    assert rec["measured_bytes"] > 0
+    assert abs(rec["relative_error"]) < 0.02
+    assert rec["max_element_relative_error"] < 0.02
+
+
+def test_projection_at_own_rank_count_keeps_the_bytes(real_run):
+    run = cm.RunRouting.from_file(real_run)
+    w = run.projected_workload(2)
+    # same rows per expert, spread evenly over ranks: total bytes equal the run's mean step
+    measured = run.traffic.sum(axis=(1, 2)).mean()
+    assert w.step_bytes().sum() == pytest.approx(measured, rel=1e-9)
+    big = run.projected_workload(64, experts=128, batch_tokens=64 * 128)
+    assert big.P == 64 and big.experts == 128
+    assert big.T.sum() == pytest.approx(run.expert_rows().sum() * 64 * 128 / run.batch_tokens)
+
+
+def analysis_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+
+
+def test_simulate_cli(real_run):
+    p = analysis_cli("simulate", real_run, "--ranks", "2,4,8", "--ranks-per-node", "2",
+                     "--experts-per-rank", "2", "--intra-bw", "10", "--inter-bw", "1",
+                     "--intra-latency", "1", "--inter-latency", "5")
+    assert p.returncode == 0, p.stderr
+    assert "traffic reconstruction at P=2" in p.stdout and "relative error 0.000%" in p.stdout
+    for col in ("pairwise_s", "bruck_s", "hierarchical_s"):
+        assert col in p.stdout
+    lines = [ln.split() for ln in p.stdout.splitlines() if ln.split()[:1] in (["4"], ["8"])]
+    assert {ln[0] for ln in lines} == {"4", "8"}
+
+
+def test_simulate_cli_refuses_an_indivisible_rank_count(real_run):
+    p = analysis_cli("simulate", real_run, "--ranks", "3")
+    assert p.returncode == 2
+    assert "not divisible" in p.stdout + p.stderr
+
+
+def test_simulate_assumptions():
+    p = analysis_cli("simulate", "--assumptions")
+    assert p.returncode == 0
+    assert "Pairwise exchange" in p.stdout and "Bruck" in p.stdout and "Hierarchical" in p.stdout
+
+
+# --- calibration with known alpha, beta -------------------------------------------------------
+
+def pairwise_reference(M, alpha, beta):
+    P = len(M)
+    return sum(max(alpha + M[i, (i + k) % P] / beta for i in range(P)) for k in range(1, P))
+
+
+def write_synthetic_run(path, P, E, D, seed, alpha, beta, steps=6, L=2):
+    rng = np.random.default_rng(seed)
+    re = rng.integers(10, 200, (steps, P, E))
+    tb = 4 * D
+    a2a = []
+    owner = np.arange(E) // (E // P)
+    for s in range(steps):
+        T = np.zeros((P, P))
+        for i in range(P):
+            for e in range(E):
+                T[i, owner[e]] += re[s, i, e]
+        per_layer = T * tb / L
+        t = L * pairwise_reference(np.full((P, P), 4.0 * E / P), alpha, beta)
+        t += 2 * L * pairwise_reference(per_layer, alpha, beta)
+        t += 2 * L * pairwise_reference(per_layer.T, alpha, beta)
+        a2a.append(t)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"kind": "moe", "complete": 1, "d_model": D, "batch_tokens": 256,
+                        "top_k": 2, "layers": L, "moe_every": 1, "host": "synthetic"})
+        f.create_group("final").attrs["token_bytes"] = tb
+        f["metrics/rank_expert_tokens"] = re
+        f["metrics/a2a_seconds"] = np.array(a2a)
+
+
+def test_calibration_recovers_a_known_link(tmp_path):
+    alpha, beta = 7e-6, 2e9
+    for k, (P, E, D) in enumerate([(2, 4, 16), (2, 8, 64), (4, 8, 32), (4, 4, 128)]):
+        write_synthetic_run(tmp_path / f"r{k}.h5", P, E, D, k, alpha, beta)
+    cal = cm.calibrate(tmp_path)
+    assert cal.alpha == pytest.approx(alpha, rel=1e-6)
+    assert cal.beta == pytest.approx(beta, rel=1e-6)
+    assert cal.table["rel_error"].abs().max() < 1e-6
+    assert cal.table["held_out_rel_error"].abs().max() < 1e-6
+    held = cm.calibrate(tmp_path, fit_ranks=[2])  # fit on P=2, predict P=4
+    assert held.table.loc[held.table["P"] == 4, "held_out_rel_error"].abs().max() < 1e-6
