@@ -12,3 +12,6 @@ if [ "$(id -u)" -eq 0 ]; then MPIRUN+=(--allow-run-as-root); fi
 build_moesim() {
   (cd "$ROOT" && cmake --preset "$PRESET" >/dev/null && cmake --build --preset "$PRESET" -j "$JOBS" "$@")
 }
+
+# Debian's interpreter has the analysis packages (h5py, pandas, matplotlib, ...).
+PYTHON=/usr/bin/python3

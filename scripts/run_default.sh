@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the built-in default job: an MoE training run on 4 local
-# MPI ranks (experiments/default.ini) that writes an HDF5 run file and a summary.
+# Sets up, builds and runs the built-in default job: the quick scaling sweep
+# (experiments/quick.sweep.ini) on 4 local MPI ranks, one HDF5 run file per point and a
+# summary in runs/quick/, then its report in runs/quick/report/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$ROOT/scripts/setup.sh"
 build_moesim --target moesim
-OUT="${1:-$ROOT/runs/default/default.h5}"
-"${MPIRUN[@]}" -np 4 "$BUILD_DIR/src/moesim" moe --config "$ROOT/experiments/default.ini" --out "$OUT"
+OUT="${1:-$ROOT/runs/quick}"
+"${MPIRUN[@]}" -np 4 "$BUILD_DIR/src/moesim" sweep "$ROOT/experiments/quick.sweep.ini" --out "$OUT"
+cd "$ROOT" && "$PYTHON" -m analysis report "$OUT"
+echo "report: $OUT/report/index.html"
