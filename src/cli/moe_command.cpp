@@ -204,6 +204,7 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
       print_help("moe", "Train an expert-parallel top-k MoE on P MPI ranks and log it to HDF5.", desc);
     return 0;
   }
+  install_stop_handlers();  // early, so a signal during set-up still stops cleanly
   const MoeSettings m = validate(p.vm, comm.size());
   set_blas_threads(static_cast<int>(p.vm["blas-threads"].as<I>()));
 

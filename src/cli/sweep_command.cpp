@@ -10,6 +10,7 @@
 #include "cli/options.hpp"
 #include "sweep/grid.hpp"
 #include "sweep/summary.hpp"
+#include "train/trainer.hpp"
 
 namespace moesim::cli {
 
@@ -89,9 +90,17 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
 
   int rc = 0;
   bool any_failed = false;
+  // MoE points stop at a step boundary on SIGTERM; between points the sweep itself
+  // checks, so a signal that lands after a point's last step starts nothing new.
+  if (cfg.command == "moe") install_stop_handlers();
   if (!vm["summary-only"].as<bool>()) {
     for (const SweepPoint& pt : points) {
       if (index >= 0 && static_cast<I>(pt.index) != index) continue;
+      if (cfg.command == "moe" && stop_requested(comm)) {
+        if (comm.rank() == 0) std::fprintf(stderr, "[sweep] stopped by signal before %s\n", pt.id.c_str());
+        rc = 143;
+        break;
+      }
       const std::string file = run_file_of(dir, pt);
       std::string st = comm.rank() == 0 ? point_status(file).status : "";
       comm.broadcast(st, 0);

@@ -148,16 +148,26 @@ std::size_t stable_split(T* a, const char* left, std::size_t cnt, std::vector<T>
   return k;
 }
 
-template <class T>
-std::size_t stable_split_rows(T* a, const char* left, std::size_t cnt, std::size_t width,
-                              std::vector<T>& spill) {
-  if (spill.size() < cnt * width) spill.resize(cnt * width);
+// Stable partition of `cnt` rows of `words` 8-byte words each, branch-free as above
+// (copied through memcpy so that any bin type may be moved this way).
+inline std::size_t stable_split_rows(unsigned char* a, const char* left, std::size_t cnt,
+                                     std::size_t words, std::vector<unsigned char>& spill) {
+  const std::size_t bytes = words * 8;
+  if (spill.size() < cnt * bytes) spill.resize(cnt * bytes);
+  unsigned char* out = spill.data();
   std::size_t k = 0, m = 0;
   for (std::size_t j = 0; j < cnt; ++j) {
-    T* dst = left[j] ? a + (k++) * width : spill.data() + (m++) * width;
-    if (dst != a + j * width) std::memcpy(dst, a + j * width, width * sizeof(T));
+    const std::size_t l = left[j] ? 1 : 0;
+    for (std::size_t q = 0; q < bytes; q += 8) {
+      std::uint64_t v;
+      std::memcpy(&v, a + j * bytes + q, 8);
+      std::memcpy(a + k * bytes + q, &v, 8);
+      std::memcpy(out + m * bytes + q, &v, 8);
+    }
+    k += l;
+    m += 1 - l;
   }
-  std::copy_n(spill.data(), m * width, a + k * width);
+  std::copy_n(out, m * bytes, a + k * bytes);
   return k;
 }
 
@@ -170,6 +180,8 @@ class Grower {
         p_(X.p), n_(static_cast<std::size_t>(X.n)) {
     const int m = prm.features_per_split;
     sampled_ = m > 0 && m < p_;
+    words_ = (static_cast<std::size_t>(p_) * sizeof(BinT) + 7) / 8;
+    stride_ = words_ * 8 / sizeof(BinT);
     all_.resize(static_cast<std::size_t>(p_));
     std::iota(all_.begin(), all_.end(), 0);
     const std::size_t S = static_cast<std::size_t>(S_);
@@ -200,7 +212,7 @@ class Grower {
     std::vector<std::int32_t> lab;  // kGini
     std::vector<double> wt;         // kGini
     std::vector<double> st;         // others, S per row
-    std::vector<BinT> bins;         // with sampled features: the rows' bins, p per row
+    std::vector<BinT> bins;         // with sampled features: the rows' bins, stride_ per row
   };
 
   const std::vector<int>& features(const Work& w) const { return sampled_ ? w.feats : all_; }
@@ -237,13 +249,25 @@ class Grower {
   void partition(const Work& w, int f, int b, std::uint32_t& mid);
   void finish(const Work& w, const double* h, std::vector<Work>& next,
               std::vector<std::vector<double>>& retained_next, std::size_t& retained_used);
-  template <SplitScore K>
+  template <SplitScore K, int SN>
   bool evaluate(const Work& w, const double* h, const double* T, int& best_f, int& best_b);
   template <SplitScore K>
-  double term(const double* s) const {
+  static double weight(const double* s, std::size_t S) {
+    if constexpr (K == SplitScore::kGini) {
+      double n = 0;
+      for (std::size_t c = 0; c < S; ++c) n += s[c];
+      return n;
+    } else if constexpr (K == SplitScore::kVariance) {
+      return s[0];
+    } else {
+      return s[2];
+    }
+  }
+  template <SplitScore K>
+  double term(const double* s, std::size_t S) const {
     if constexpr (K == SplitScore::kGini) {
       double sq = 0, n = 0;
-      for (int c = 0; c < S_; ++c) {
+      for (std::size_t c = 0; c < S; ++c) {
         sq += s[c] * s[c];
         n += s[c];
       }
@@ -264,6 +288,8 @@ class Grower {
   const int S_, p_;
   const std::size_t n_;
   bool sampled_ = false;
+  std::size_t words_ = 0;   // 8-byte words per row of Ordered::bins
+  std::size_t stride_ = 0;  // bins per row of Ordered::bins (p, padded)
   std::vector<int> all_;
   std::vector<Ordered> ord_;
   std::vector<double> arena_, derived_;
@@ -274,7 +300,7 @@ class Grower {
   std::vector<char> goes_left_;
   std::vector<std::uint32_t> spill_u_;
   std::vector<std::int32_t> spill_i_;
-  std::vector<BinT> spill_b_;
+  std::vector<unsigned char> spill_b_;
 };
 
 template <class BinT>
@@ -297,8 +323,8 @@ void Grower<BinT>::build(const Work& w, double* h) {
   const double* wt = gini ? o.wt.data() + node.begin : nullptr;
   const double* st = gini ? nullptr : o.st.data() + node.begin * S;
   if (sampled_) {
-    const BinT* x = o.bins.data() + node.begin * static_cast<std::size_t>(p_);
-    const std::size_t p = static_cast<std::size_t>(p_);
+    const BinT* x = o.bins.data() + node.begin * stride_;
+    const std::size_t p = stride_;
     if (gini) hist_gini_rows(x, p, cnt, lab, wt, fl.data(), hoff_.data(), m, h, S);
     else if (S == 2) hist_moments_rows<2>(x, p, cnt, st, fl.data(), hoff_.data(), m, h);
     else hist_moments_rows<3>(x, p, cnt, st, fl.data(), hoff_.data(), m, h);
@@ -326,11 +352,15 @@ void Grower<BinT>::build(const Work& w, double* h) {
 }
 
 template <class BinT>
-template <SplitScore K>
+template <SplitScore K, int SN>
 bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int& best_f,
                             int& best_b) {
-  const std::size_t S = static_cast<std::size_t>(S_);
-  const double W = weight(T);
+  // SN > 0: S known at compile time, so the per-bin loops unroll into registers.
+  const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : static_cast<std::size_t>(S_);
+  double lbuf[SN > 0 ? SN : 1], rbuf[SN > 0 ? SN : 1];
+  double* L = SN > 0 ? lbuf : left_.data();
+  double* R = SN > 0 ? rbuf : right_.data();
+  const double W = weight<K>(T, S);
   const double minw = std::max(prm_.min_leaf, kSplitMinChildRel * W);
   bool have = false;
   double best = 0;
@@ -339,31 +369,30 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
     const int nb = X_.nbins[static_cast<std::size_t>(f)];
     const double* hf = h + off;
     off += static_cast<std::size_t>(nb) * S;
-    std::fill(left_.begin(), left_.end(), 0.0);
+    for (std::size_t s = 0; s < S; ++s) L[s] = 0;
     for (int b = 0; b + 1 < nb; ++b) {
       const double* hb = hf + static_cast<std::size_t>(b) * S;
       // An empty bin repeats the previous cut, which wins the tie.
       bool empty = true;
       for (std::size_t s = 0; s < S; ++s) {
-        left_[s] += hb[s];
+        L[s] += hb[s];
         empty = empty && hb[s] == 0;
       }
-      if (empty) continue;
-      if (weight(left_.data()) < minw) continue;
-      for (std::size_t s = 0; s < S; ++s) right_[s] = T[s] - left_[s];
-      if (weight(right_.data()) < minw) break;
-      const double score = term<K>(left_.data()) + term<K>(right_.data());
+      if (empty || weight<K>(L, S) < minw) continue;
+      for (std::size_t s = 0; s < S; ++s) R[s] = T[s] - L[s];
+      if (weight<K>(R, S) < minw) break;
+      const double score = term<K>(L, S) + term<K>(R, S);
       if (!have || score > best + kSplitTieRel * std::abs(best)) {
         have = true;
         best = score;
         best_f = f;
         best_b = b;
-        best_left_ = left_;
-        best_right_ = right_;
+        std::copy_n(L, S, best_left_.data());
+        std::copy_n(R, S, best_right_.data());
       }
     }
   }
-  return have && best - term<K>(T) > kSplitMinGainRel * std::abs(best);
+  return have && best - term<K>(T, S) > kSplitMinGainRel * std::abs(best);
 }
 
 template <class BinT>
@@ -374,10 +403,10 @@ void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
   const std::size_t begin = node.begin, cnt = node.end - node.begin, S = static_cast<std::size_t>(S_);
   goes_left_.resize(cnt);
   if (sampled_) {
-    const std::size_t p = static_cast<std::size_t>(p_);
-    const BinT* x = o.bins.data() + begin * p + static_cast<std::size_t>(f);
-    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(x[j * p]) <= b;
-    stable_split_rows(o.bins.data() + begin * p, goes_left_.data(), cnt, p, spill_b_);
+    const BinT* x = o.bins.data() + begin * stride_ + f;
+    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(x[j * stride_]) <= b;
+    stable_split_rows(reinterpret_cast<unsigned char*>(o.bins.data() + begin * stride_),
+                      goes_left_.data(), cnt, words_, spill_b_);
   } else {
     const BinT* col = cm_ + static_cast<std::size_t>(f) * n_;
     for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) <= b;
@@ -415,28 +444,34 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
   int f = -1, b = -1;
   bool ok = false;
   switch (prm_.score) {
-    case SplitScore::kGini: ok = evaluate<SplitScore::kGini>(w, h, T, f, b); break;
-    case SplitScore::kVariance: ok = evaluate<SplitScore::kVariance>(w, h, T, f, b); break;
-    case SplitScore::kNewton: ok = evaluate<SplitScore::kNewton>(w, h, T, f, b); break;
+    case SplitScore::kGini:
+      ok = S == 2   ? evaluate<SplitScore::kGini, 2>(w, h, T, f, b)
+           : S == 3 ? evaluate<SplitScore::kGini, 3>(w, h, T, f, b)
+                    : evaluate<SplitScore::kGini, 0>(w, h, T, f, b);
+      break;
+    case SplitScore::kVariance: ok = evaluate<SplitScore::kVariance, 2>(w, h, T, f, b); break;
+    case SplitScore::kNewton: ok = evaluate<SplitScore::kNewton, 3>(w, h, T, f, b); break;
   }
   if (!ok) return;
 
+  const bool deeper = w.depth + 1 < prm_.max_depth;
+  const bool split_l = deeper && splittable(best_left_.data());
+  const bool split_r = deeper && splittable(best_right_.data());
+  // Rows of two leaves need no partition unless the caller wants them by leaf.
   std::uint32_t mid = 0;
-  partition(w, f, b, mid);
+  const bool move_rows = prm_.keep_leaf_rows || split_l || split_r;
+  if (move_rows) partition(w, f, b, mid);
   const int left = static_cast<int>(t.nodes.size());
   GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   node.feature = f;
   node.bin = b;
   node.left = left;
-  const std::uint32_t begin = node.begin, end = node.end;
+  const std::uint32_t begin = move_rows ? node.begin : 0, end = move_rows ? node.end : 0;
+  if (!move_rows) mid = 0;
   t.nodes.push_back({-1, -1, -1, begin, mid});
   t.nodes.push_back({-1, -1, -1, mid, end});
   t.totals.insert(t.totals.end(), best_left_.begin(), best_left_.end());
   t.totals.insert(t.totals.end(), best_right_.begin(), best_right_.end());
-
-  const bool deeper = w.depth + 1 < prm_.max_depth;
-  const bool split_l = deeper && splittable(best_left_.data());
-  const bool split_r = deeper && splittable(best_right_.data());
   int parent_hist = -1;
   if (!sampled_ && split_l && split_r && retained_used + w.size <= kRetainDoubles) {
     parent_hist = static_cast<int>(retained_next.size());
@@ -477,9 +512,9 @@ void Grower<BinT>::run(double* extra, int n_extra) {
     }
     if (sampled_) {
       const std::size_t p = static_cast<std::size_t>(p_);
-      o.bins.resize(cnt * p);
+      o.bins.assign(cnt * stride_, 0);
       for (std::size_t j = 0; j < cnt; ++j)
-        std::copy_n(rm_ + static_cast<std::size_t>(t.rows[j]) * p, p, o.bins.data() + j * p);
+        std::copy_n(rm_ + static_cast<std::size_t>(t.rows[j]) * p, p, o.bins.data() + j * stride_);
     }
   }
   const std::size_t ne = static_cast<std::size_t>(std::max(n_extra, 0));

@@ -45,6 +45,7 @@ struct GrowParams {
   double lambda = 0;            // kNewton
   int features_per_split = 0;   // m; m < p samples per node from (seed, tree key, heap id)
   std::uint64_t seed = 1;
+  bool keep_leaf_rows = true;   // false: leaves' row ranges may be left empty (saves moves)
 };
 
 // One tree of a batch grown together.
@@ -55,10 +56,11 @@ struct GrowTree {
   const double* stat = nullptr;
   std::uint64_t key = 0;               // keys the per-node feature sampling
   std::vector<std::uint32_t> rows;     // local rows of the tree; grouped by leaf when grown
+                                       // (if keep_leaf_rows)
   // Output. Node 0 is the root; an internal node's children are `left` and `left + 1`.
   struct Node {
     int feature = -1, bin = -1, left = -1;
-    std::uint32_t begin = 0, end = 0;  // its rows: rows[begin, end)
+    std::uint32_t begin = 0, end = 0;  // its rows: rows[begin, end) (see keep_leaf_rows)
   };
   std::vector<Node> nodes;
   std::vector<double> totals;          // S global statistics per node

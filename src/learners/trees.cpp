@@ -104,6 +104,7 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
   prm.min_leaf = min_leaf;
   prm.features_per_split = m;
   prm.seed = ctx.seed;
+  prm.keep_leaf_rows = false;
   const int S = prm.stats;
   model = TreeEnsemble{};
   model.dim = clf ? ctx.classes : 1;
@@ -285,10 +286,12 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
         stat[0][3 * i + 1] = w[i];
         loss += 0.5 * w[i] * g * g;
       } else if (C == 2) {
-        const double p1 = sigmoid(f[0]);
+        // One exp serves the probability and the loss: e = exp(-|F|).
+        const double e = std::exp(-std::abs(f[0]));
+        const double p1 = f[0] >= 0 ? 1 / (1 + e) : e / (1 + e);
         stat[0][3 * i] = w[i] * (p1 - y[i]);
         stat[0][3 * i + 1] = w[i] * std::max(p1 * (1 - p1), 1e-16);
-        loss += w[i] * (std::log1p(std::exp(-std::abs(f[0]))) + std::max(f[0], 0.0) - y[i] * f[0]);
+        loss += w[i] * (std::log1p(e) + std::max(f[0], 0.0) - y[i] * f[0]);
       } else {
         const double mx = *std::max_element(f, f + K);
         double z = 0;

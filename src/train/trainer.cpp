@@ -66,6 +66,10 @@ void install_stop_handlers() {
   std::signal(SIGINT, on_stop_signal);
 }
 
+bool stop_requested(const Communicator& comm) {
+  return comm.allreduce_max(static_cast<int>(g_stop_requested)) != 0;
+}
+
 template <class T>
 std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
                                    const RegimesTask& task, std::int64_t tokens,

@@ -47,6 +47,8 @@ Shard shard_of(std::int64_t n, int rank, int P);
 
 // Set by SIGTERM/SIGINT; the loop stops at the next step boundary on every rank.
 void install_stop_handlers();
+// COLLECTIVE. Whether any rank has been asked to stop.
+bool stop_requested(const Communicator& comm);
 
 template <class T>
 TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask& task,

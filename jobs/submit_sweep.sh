@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Submits a sweep as a Slurm job array, one array task per grid point that is not complete yet,
+# and a one-rank job that rebuilds OUTDIR/sweep.h5 once every task has ended.
+#
+#   jobs/submit_sweep.sh CONFIG OUTDIR [sbatch options...]
+#   MOESIM_BIN=$PWD/build/default/src/moesim jobs/submit_sweep.sh experiments/quick.sweep.ini \
+#       runs/quick --ntasks=4 --time=00:30:00 --partition=short
+#
+# The grid comes from `moesim sweep CONFIG --out OUTDIR --list` (run here, one rank, no launcher).
+# Points already complete are left out of --array, so running this again after a partial sweep
+# submits only what is missing; if nothing is, it exits 0 and submits nothing.
+# sbatch options are passed to both jobs (the summary job also gets --ntasks=1 and a short time).
+#
+# Environment: MOESIM_BIN (default: moesim on PATH), SWEEP_SBATCH (default: sweep.sbatch next to
+# this script), SWEEP_ARRAY_LIMIT (optional: at most this many tasks at once, --array=...%N),
+# SWEEP_SUMMARY (1, default: submit the summary job; 0: don't).
+# Prints: `array job JOBID: N tasks (INDICES)` and `summary job JOBID` (stdout, one per line).
+set -euo pipefail
+
+if [ $# -lt 2 ]; then
+  echo "usage: $0 CONFIG OUTDIR [sbatch options...]" >&2
+  exit 2
+fi
+CONFIG=$1
+OUT=$2
+shift 2
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MOESIM_BIN=${MOESIM_BIN:-moesim}
+SWEEP_SBATCH=${SWEEP_SBATCH:-$HERE/sweep.sbatch}
+SWEEP_SUMMARY=${SWEEP_SUMMARY:-1}
+export MOESIM_BIN  # the jobs see the submitting environment (sbatch's default --export=ALL)
+
+# `--list`: a header "N points (command C)", then "INDEX  ID  STATUS  key=value..." per point.
+listing=$("$MOESIM_BIN" sweep "$CONFIG" --out "$OUT" --list) || {
+  echo "submit_sweep: '$MOESIM_BIN sweep $CONFIG --out $OUT --list' failed" >&2
+  exit 1
+}
+total=$(printf '%s\n' "$listing" | awk 'NR == 1 && $2 == "points" { print $1 }')
+if [ -z "$total" ]; then
+  echo "submit_sweep: unexpected --list output:" >&2
+  printf '%s\n' "$listing" >&2
+  exit 1
+fi
+pending=$(printf '%s\n' "$listing" | awk 'NR > 1 && NF >= 3 && $3 != "complete" { print $1 }')
+listed=$(printf '%s\n' "$listing" | awk 'NR > 1 && NF >= 3' | wc -l)
+if [ "$listed" -ne "$total" ]; then
+  echo "submit_sweep: --list announced $total points but listed $listed" >&2
+  exit 1
+fi
+n=$(printf '%s\n' "$pending" | grep -c . || true)
+if [ "$n" -eq 0 ]; then
+  echo "submit_sweep: all $total points of $CONFIG are complete in $OUT; nothing to submit"
+  exit 0
+fi
+
+# Compress the indices into ranges: 0,1,2,5 -> 0-2,5.
+spec=$(printf '%s\n' "$pending" | awk '
+  { if (NR == 1) { lo = hi = $1; next }
+    if ($1 == hi + 1) { hi = $1; next }
+    out = out (out == "" ? "" : ",") (lo == hi ? lo : lo "-" hi); lo = hi = $1 }
+  END { out = out (out == "" ? "" : ",") (lo == hi ? lo : lo "-" hi); print out }')
+[ -n "${SWEEP_ARRAY_LIMIT:-}" ] && spec="$spec%$SWEEP_ARRAY_LIMIT"
+
+array_id=$(sbatch --parsable --array="$spec" "$@" "$SWEEP_SBATCH" "$CONFIG" "$OUT")
+array_id=${array_id%%;*}
+echo "array job $array_id: $n tasks ($spec) of $total points"
+
+if [ "$SWEEP_SUMMARY" = 1 ]; then
+  # Later options win: the summary job is one rank, short, and never requeued.
+  summary_id=$(sbatch --parsable "$@" --dependency="afterany:$array_id" --ntasks=1 --time=00:10:00 \
+                 --job-name=moesim-sweep-summary --no-requeue \
+                 "$SWEEP_SBATCH" "$CONFIG" "$OUT" --summary-only)
+  echo "summary job ${summary_id%%;*}"
+fi

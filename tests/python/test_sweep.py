@@ -1,0 +1,578 @@
+"""`moesim sweep`: grid expansion, stable ids, run files and the summary, failures, resume.
+
+Grid tests use `--list` on one rank (no launcher). Runs use 2 ranks with mpirun. The long
+sweeps (resume, SIGTERM) are started in a session of their own and killed, like test_kill.py:
+every process group of the session is signalled, and cleanup SIGKILLs whatever is left.
+"""
+from __future__ import annotations
+
+import calendar
+import itertools
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+P = 2
+
+# Small and fast; a point of BASE takes a fraction of a second on 2 ranks.
+BASE = """\
+command = moe
+top-k = 1
+d-model = 16
+d-ff = 32
+layers = 2
+batch-tokens = 256
+val-tokens = 256
+quiet = true
+"""
+
+LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s+(pending|complete|incomplete|failed)\s*(.*)$")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_config(tmp_path: Path, text: str, name: str = "grid.ini") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def list_points(moesim_direct, config, out) -> tuple[int, str, list[dict]]:
+    """`moesim sweep CONFIG --out OUT --list` -> (announced count, command, points)."""
+    proc = moesim_direct("sweep", config, "--out", out, "--list", timeout=60)
+    assert proc.returncode == 0, f"--list failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    m = re.match(r"^(\d+) points \(command (\w+)\)$", lines[0])
+    assert m, f"unexpected --list header: {lines[0]!r}"
+    points = []
+    for line in lines[1:]:
+        pm = LINE.match(line)
+        assert pm, f"unexpected --list line: {line!r}"
+        swept = dict(kv.split("=", 1) for kv in pm.group(4).split())
+        points.append({"index": int(pm.group(1)), "id": pm.group(2), "status": pm.group(3),
+                       "swept": swept})
+    assert [p["index"] for p in points] == list(range(len(points)))
+    return int(m.group(1)), m.group(2), points
+
+
+def attrs(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def strings(ds) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
+
+
+def read_summary(out: Path) -> dict:
+    with h5py.File(out / "sweep.h5", "r") as f:
+        s = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
+        g = f["points"]
+        for name in ("id", "status", "error", "file"):
+            s[name] = strings(g[name])
+        s["index"] = g["index"][()].tolist()
+        s["options"] = {k: g["options"][k][()] for k in g["options"]}
+        s["final"] = {k: g["final"][k][()] for k in g["final"]}
+    return s
+
+
+def run_file(out: Path, point: dict) -> Path:
+    return out / f"{point['id']}.h5"
+
+
+def fail_with(proc, what: str):
+    pytest.fail(f"{what} (exit {proc.returncode}): {shlex.join(map(str, proc.args))}\n"
+                f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def signal_groups(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to every process group of the session: mpirun's and each rank's."""
+    groups = {proc.pid}
+    for pid in session_pids(proc.pid):
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            pass
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def signal_ranks(proc: subprocess.Popen, sig: int) -> list[int]:
+    """`sig` to the ranks only (every process of the session but mpirun)."""
+    ranks = [pid for pid in session_pids(proc.pid) if pid != proc.pid]
+    for pid in ranks:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return ranks
+
+
+class Sweep:
+    """`mpirun -np P moesim sweep CONFIG --out OUT` in a session of its own, output to files."""
+
+    def __init__(self, tmp_path: Path, cmd, config: Path, out: Path, tag: str):
+        self.cmd = cmd.mpirun_command(P, "sweep", config, "--out", out)
+        self.stdout_path = tmp_path / f"{tag}.stdout"
+        self.stderr_path = tmp_path / f"{tag}.stderr"
+        self._out = open(self.stdout_path, "w")
+        self._err = open(self.stderr_path, "w")
+        # Killed ranks cannot remove their shared-memory segments: keep them in tmp_path.
+        env = cmd.env({"OMPI_MCA_btl_vader_backing_directory": str(tmp_path)})
+        self.proc = subprocess.Popen(self.cmd, stdout=self._out, stderr=self._err,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+    def output(self) -> tuple[str, str]:
+        self._out.flush()
+        self._err.flush()
+        return self.stdout_path.read_text(), self.stderr_path.read_text()
+
+    def describe(self) -> str:
+        out, err = self.output()
+        return (f"{shlex.join(map(str, self.cmd))}\n--- stdout\n{out[-3000:]}\n"
+                f"--- stderr\n{err[-3000:]}")
+
+    def wait_gone(self, timeout: float = 30) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while session_pids(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not session_pids(self.proc.pid), "ranks outlived mpirun"
+        return rc
+
+    def close(self) -> None:
+        signal_groups(self.proc, signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 10
+        while session_pids(self.proc.pid) and time.monotonic() < deadline:
+            signal_groups(self.proc, signal.SIGKILL)
+            time.sleep(0.05)
+        self._out.close()
+        self._err.close()
+
+
+@pytest.fixture
+def sweep_job(tmp_path, moesim_cmd):
+    started = []
+
+    def start(config, out, tag="sweep"):
+        s = Sweep(tmp_path, moesim_cmd, config, out, tag)
+        started.append(s)
+        return s
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.close()
+
+
+def rows(path: Path) -> int:
+    """Steps written to a run file that is being written (0 if not readable yet)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["metrics/step"].shape[0])
+    except Exception:  # not created yet, or caught mid-write
+        return 0
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        return attrs(path).get("complete") == 1
+    except Exception:
+        return False
+
+
+def wait_inside_point(s: Sweep, points: list[dict], out: Path, min_done: int,
+                      min_rows: int = 3, timeout: float = 60) -> int:
+    """Poll until >= min_done points are complete and the next one has >= min_rows steps;
+    returns the index of that running point."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if s.proc.poll() is not None:
+            pytest.fail(f"sweep ended early with {s.proc.returncode}:\n{s.describe()}")
+        done = 0
+        while done < len(points) and is_complete(run_file(out, points[done])):
+            done += 1
+        if done >= min_done and done < len(points) and rows(run_file(out, points[done])) >= min_rows:
+            return done
+        time.sleep(0.02)
+    pytest.fail(f"sweep did not get {min_done} points done and {min_rows} steps into the next "
+                f"in {timeout} s:\n{s.describe()}")
+
+
+def stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def iso_seconds(stamp: str) -> int:
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+# --------------------------------------------------------------------------- grid expansion
+
+
+def test_cartesian_product_size_and_order(tmp_path, moesim_direct):
+    cfg = write_config(tmp_path, BASE + "steps = 5\nexperts = 2,4\nseed = 1, 2 ,3\nlr = 0.001,0.003\n")
+    n, command, points = list_points(moesim_direct, cfg, tmp_path / "out")
+    assert (n, command) == (12, "moe")
+    assert len(points) == 12
+    # The first list in the file varies slowest; fixed options are not part of `swept`.
+    expected = list(itertools.product(["2", "4"], ["1", "2", "3"], ["0.001", "0.003"]))
+    assert [(p["swept"]["experts"], p["swept"]["seed"], p["swept"]["lr"]) for p in points] == expected
+    assert all(set(p["swept"]) == {"experts", "seed", "lr"} for p in points)
+    assert all(p["status"] == "pending" for p in points)
+    ids = [p["id"] for p in points]
+    assert len(set(ids)) == len(ids)
+    for p in points:
+        # readable swept values, then a hash of every value
+        assert re.fullmatch(rf"experts{p['swept']['experts']}_seed{p['swept']['seed']}_"
+                            rf"lr{re.escape(p['swept']['lr'])}_[0-9a-f]{{8}}", p["id"]), p["id"]
+    assert not (tmp_path / "out").exists(), "--list must not create the output directory"
+
+
+def test_single_point_grid(tmp_path, moesim_direct):
+    cfg = write_config(tmp_path, BASE + "steps = 5\nexperts = 2\n")
+    n, _, points = list_points(moesim_direct, cfg, tmp_path / "out")
+    assert n == 1 and len(points) == 1
+    assert points[0]["swept"] == {}
+    assert re.fullmatch(r"run_[0-9a-f]{8}", points[0]["id"])
+
+
+def test_zip_groups_advance_together(tmp_path, moesim_direct):
+    # The zip group is one axis, placed where its first key is in the file.
+    cfg = write_config(tmp_path, BASE.replace("d-model = 16\nd-ff = 32\n", "") +
+                       "steps = 5\nexperts = 2,4\nd-model = 16,32,64\nseed = 1,2\n"
+                       "d-ff = 32,64,128\nzip = d-model, d-ff\n")
+    n, _, points = list_points(moesim_direct, cfg, tmp_path / "out")
+    assert n == 12
+    pairs = [("16", "32"), ("32", "64"), ("64", "128")]
+    expected = [(e, dm, dff, s) for e, (dm, dff), s in itertools.product(["2", "4"], pairs, ["1", "2"])]
+    got = [(p["swept"]["experts"], p["swept"]["d-model"], p["swept"]["d-ff"], p["swept"]["seed"])
+           for p in points]
+    assert got == expected
+
+
+def test_two_zip_groups(tmp_path, moesim_direct):
+    cfg = write_config(tmp_path, BASE.replace("d-model = 16\nd-ff = 32\n", "") +
+                       "steps = 5\nd-model = 16,32\nd-ff = 32,64\nexperts = 2,4,8\nseed = 1,2,3\n"
+                       "zip = d-model,d-ff\nzip = experts,seed\n")
+    n, _, points = list_points(moesim_direct, cfg, tmp_path / "out")
+    assert n == 6
+    got = [(p["swept"]["d-model"], p["swept"]["d-ff"], p["swept"]["experts"], p["swept"]["seed"])
+           for p in points]
+    assert got == [(dm, dff, e, s) for (dm, dff), (e, s) in
+                   itertools.product([("16", "32"), ("32", "64")], [("2", "1"), ("4", "2"), ("8", "3")])]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("experts = 2,4\nseed = 1,2,3\nzip = experts,seed\n", "equal length"),
+    ("experts = 2,4\nzip = experts,nosuch\n", "nosuch"),
+    ("experts = 2,4\nseed = 1,2\nzip = experts,seed\nzip = seed,experts\n", "two zip groups"),
+    ("experts = 2,4\nexperts = 8\n", "twice"),
+    ("experts = 2,,4\n", "empty value"),
+    ("experts = 2\nout = x.h5\n", "out"),
+])
+def test_bad_grid_is_a_clear_error(tmp_path, moesim_direct, extra, message):
+    cfg = write_config(tmp_path, BASE + extra)
+    proc = moesim_direct("sweep", cfg, "--out", tmp_path / "out", "--list", timeout=60)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "points" not in proc.stdout
+
+
+def test_bad_command_is_a_clear_error(tmp_path, moesim_direct):
+    cfg = write_config(tmp_path, BASE.replace("command = moe", "command = nope") + "experts = 2\n")
+    proc = moesim_direct("sweep", cfg, "--out", tmp_path / "out", "--list", timeout=60)
+    assert proc.returncode != 0
+    assert "command must be" in proc.stderr, proc.stderr
+
+
+def test_ids_are_stable(tmp_path, moesim_direct):
+    grid = "steps = 5\nexperts = 2,4\nseed = 1,2\n"
+    a = write_config(tmp_path, BASE + grid, "a.ini")
+    # Same values, other spacing, comments and file name: same ids.
+    b = write_config(tmp_path, "# a comment\n" + BASE.replace(" = ", "=") +
+                     "steps=5\nexperts = 2 , 4   # trailing comment\nseed=1,2\n", "b.ini")
+    ids_a = [p["id"] for p in list_points(moesim_direct, a, tmp_path / "out1")[2]]
+    assert ids_a == [p["id"] for p in list_points(moesim_direct, a, tmp_path / "out2")[2]]
+    assert ids_a == [p["id"] for p in list_points(moesim_direct, b, tmp_path / "out1")[2]]
+
+    # A changed fixed value changes every id (same swept values, other hash).
+    c = write_config(tmp_path, BASE + grid.replace("steps = 5", "steps = 6"), "c.ini")
+    ids_c = [p["id"] for p in list_points(moesim_direct, c, tmp_path / "out1")[2]]
+    assert len(ids_c) == len(ids_a)
+    assert all(x != y for x, y in zip(ids_a, ids_c))
+    assert not set(ids_a) & set(ids_c)
+    assert [i.rsplit("_", 1)[0] for i in ids_a] == [i.rsplit("_", 1)[0] for i in ids_c]
+
+    # A longer list keeps the ids of the points that were there (their results are reused).
+    d = write_config(tmp_path, BASE + grid.replace("experts = 2,4", "experts = 2,4,8"), "d.ini")
+    ids_d = [p["id"] for p in list_points(moesim_direct, d, tmp_path / "out1")[2]]
+    assert len(ids_d) == 6
+    assert set(ids_a) <= set(ids_d)
+
+
+# --------------------------------------------------------------------------- running sweeps
+
+
+def test_sweep_writes_every_point_and_a_matching_summary(tmp_path, mpirun, moesim_direct):
+    cfg = write_config(tmp_path, BASE + "steps = 8\nexperts = 2,4\nseed = 1,2\n")
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    if proc.returncode != 0:
+        fail_with(proc, "sweep failed")
+    for p in points:
+        assert f"{p['id']}: running" in proc.stdout
+    assert "[sweep] 4/4 points complete" in proc.stdout
+
+    # One complete run file per point, nothing else but the summary.
+    assert sorted(x.name for x in out.iterdir()) == sorted([p["id"] + ".h5" for p in points] + ["sweep.h5"])
+    finals = []
+    for p in points:
+        f = run_file(out, p)
+        a = attrs(f)
+        assert a["complete"] == 1, f
+        assert a["kind"] == "moe"
+        assert a["ranks"] == P
+        assert str(a["experts"]) == p["swept"]["experts"]
+        assert str(a["seed"]) == p["swept"]["seed"]
+        assert "start_time" in a and "end_time" in a
+        with h5py.File(f, "r") as h:
+            np.testing.assert_array_equal(h["metrics/step"][()], np.arange(1, 9))
+            finals.append(dict(h["final"].attrs))
+        assert finals[-1]["steps_done"] == 8
+
+    s = read_summary(out)
+    assert s["attrs"]["points"] == 4
+    assert s["attrs"]["points_complete"] == 4
+    assert s["attrs"]["command"] == "moe"
+    assert s["attrs"]["kind"] == "sweep"
+    assert s["attrs"]["swept"] == "experts,seed"
+    assert s["id"] == [p["id"] for p in points]
+    assert s["index"] == [0, 1, 2, 3]
+    assert s["status"] == ["complete"] * 4
+    assert s["error"] == [""] * 4
+    assert s["file"] == [p["id"] + ".h5" for p in points]
+    assert s["options"]["experts"].tolist() == [2, 2, 4, 4]
+    assert s["options"]["seed"].tolist() == [1, 2, 1, 2]
+    assert s["options"]["top_k"].tolist() == [1] * 4  # fixed options are columns too
+    for key in ("train_loss", "val_loss", "steps_done", "tokens_per_s"):
+        assert key in s["final"], sorted(s["final"])
+        np.testing.assert_array_equal(s["final"][key], [fi[key] for fi in finals])
+    assert all(p["status"] == "complete" for p in list_points(moesim_direct, cfg, out)[2])
+
+    # Run again: every point is skipped and no file is touched.
+    before = {p["id"]: stat_key(run_file(out, p)) for p in points}
+    again = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    if again.returncode != 0:
+        fail_with(again, "second sweep failed")
+    assert again.stdout.count("complete, skipped") == 4
+    assert "running" not in again.stdout
+    assert before == {p["id"]: stat_key(run_file(out, p)) for p in points}
+
+    # --summary-only rebuilds sweep.h5 from the run files without running anything.
+    (out / "sweep.h5").unlink()
+    rebuilt = moesim_direct("sweep", cfg, "--out", out, "--summary-only", timeout=60)
+    if rebuilt.returncode != 0:
+        fail_with(rebuilt, "--summary-only failed")
+    assert "running" not in rebuilt.stdout and "skipped" not in rebuilt.stdout
+    s2 = read_summary(out)
+    assert s2["status"] == ["complete"] * 4 and s2["id"] == s["id"]
+    np.testing.assert_array_equal(s2["final"]["val_loss"], s["final"]["val_loss"])
+    assert not [x for x in out.iterdir() if x.name.startswith(".sweep.h5")], "summary temp file left"
+
+
+def test_index_runs_exactly_one_point(tmp_path, mpirun, moesim_direct):
+    cfg = write_config(tmp_path, BASE + "steps = 5\nexperts = 2,4\nseed = 1,2\n")
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    proc = mpirun(P, "sweep", cfg, "--out", out, "--index", 2, timeout=120)
+    if proc.returncode != 0:
+        fail_with(proc, "sweep --index 2 failed")
+    assert proc.stdout.count(": running") == 1
+    assert f"[sweep 3/4] {points[2]['id']}: running" in proc.stdout
+    assert sorted(x.name for x in out.iterdir()) == sorted([points[2]["id"] + ".h5", "sweep.h5"])
+    assert attrs(run_file(out, points[2]))["complete"] == 1
+    assert read_summary(out)["status"] == ["pending", "pending", "complete", "pending"]
+    assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == \
+        ["pending", "pending", "complete", "pending"]
+
+    again = mpirun(P, "sweep", cfg, "--out", out, "--index", 2, timeout=120)
+    assert again.returncode == 0
+    assert f"{points[2]['id']}: complete, skipped" in again.stdout and "running" not in again.stdout
+
+    for bad in ("4", "-2"):
+        proc = moesim_direct("sweep", cfg, "--out", out, "--index", bad, timeout=60)
+        assert proc.returncode != 0
+        assert "outside the grid" in proc.stderr, proc.stderr
+
+
+def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, mpirun, moesim_direct):
+    # 3 experts cannot be split over 2 ranks: a configuration error of that point only.
+    cfg = write_config(tmp_path, BASE + "steps = 5\nexperts = 2,3,4\n")
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert proc.returncode == 3, f"expected exit code 3:\n{proc.stdout}\n{proc.stderr}"
+    bad = points[1]
+    assert bad["swept"] == {"experts": "3"}
+    assert re.search(rf"\[sweep\] {bad['id']} failed: .*divisible", proc.stderr), proc.stderr
+    a = attrs(run_file(out, bad))
+    assert a["status"] == "failed"
+    assert "divisible" in a["error"]
+    assert a["complete"] == 0
+    assert a["sweep_point_id"] == bad["id"]
+    for p in (points[0], points[2]):  # before and after the failure
+        assert attrs(run_file(out, p))["complete"] == 1
+    s = read_summary(out)
+    assert s["status"] == ["complete", "failed", "complete"]
+    assert "divisible" in s["error"][1] and s["error"][0] == s["error"][2] == ""
+    assert s["attrs"]["points_complete"] == 2
+    assert np.isnan(s["final"]["val_loss"][1]) and np.all(np.isfinite(s["final"]["val_loss"][[0, 2]]))
+    assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == \
+        ["complete", "failed", "complete"]
+
+    # Again: the complete points are skipped, the failed one is tried again (and fails again).
+    again = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert again.returncode == 3
+    assert again.stdout.count("complete, skipped") == 2
+    assert f"{bad['id']}: running" in again.stdout
+
+
+# Three points; the middle one is long enough to be caught inside (a few seconds on a loaded
+# 2-core machine, well under one when idle), the others are short.
+LONG_STEPS = 200
+LONG = BASE + f"experts = 2\nflush-every = 1\nseed = 1,2,3\nsteps = 20,{LONG_STEPS},20\nzip = seed,steps\n"
+
+
+def test_resume_after_sigkill(tmp_path, sweep_job, mpirun, moesim_direct):
+    cfg = write_config(tmp_path, LONG)
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    s = sweep_job(cfg, out, "first")
+    running = wait_inside_point(s, points, out, min_done=1)
+    assert running == 1
+    t_kill = time.time()
+    signal_groups(s.proc, signal.SIGKILL)
+    assert s.wait_gone() != 0
+    done, interrupted, later = points[:running], points[running], points[running + 1:]
+    statuses = [p["status"] for p in list_points(moesim_direct, cfg, out)[2]]
+    assert statuses == ["complete"] * running + ["incomplete"] + ["pending"] * len(later), statuses
+    before = {p["id"]: (attrs(run_file(out, p))["start_time"], stat_key(run_file(out, p))) for p in done}
+    rows_at_kill = rows(run_file(out, interrupted))
+    assert 0 < rows_at_kill < LONG_STEPS
+
+    r = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    if r.returncode != 0:
+        fail_with(r, "resumed sweep failed")
+    for p in done:
+        assert f"{p['id']}: complete, skipped" in r.stdout
+        assert f"{p['id']}: running" not in r.stdout
+        # Not run again: same file, same start time.
+        assert (attrs(run_file(out, p))["start_time"], stat_key(run_file(out, p))) == before[p["id"]]
+    for p in [interrupted, *later]:
+        assert f"{p['id']}: running" in r.stdout
+    # The interrupted point was run again from scratch: one row per step, no leftovers of the
+    # first attempt, and started after the kill.
+    a = attrs(run_file(out, interrupted))
+    assert a["complete"] == 1
+    assert iso_seconds(a["start_time"]) >= int(t_kill)
+    with h5py.File(run_file(out, interrupted), "r") as f:
+        np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, LONG_STEPS + 1))
+        assert f["final"].attrs["steps_done"] == LONG_STEPS
+    assert all(attrs(run_file(out, p))["complete"] == 1 for p in points)
+    assert read_summary(out)["status"] == ["complete"] * len(points)
+
+
+def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, moesim_direct):
+    cfg = write_config(tmp_path, LONG)
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    s = sweep_job(cfg, out, "term")
+    running = wait_inside_point(s, points, out, min_done=1)
+    assert running == 1
+    rows_seen = rows(run_file(out, points[running]))
+    ranks = signal_ranks(s.proc, signal.SIGTERM)
+    assert len(ranks) == P, f"expected {P} ranks in the session, found {ranks}"
+    t0 = time.monotonic()
+    rc = s.wait_gone(timeout=60)
+    out_text, err_text = s.output()
+    assert rc == 143, f"expected exit code 143, got {rc}:\n{s.describe()}"
+    assert time.monotonic() - t0 < 30
+
+    # The current point stopped at a step boundary and is incomplete.
+    cur = points[running]
+    a = attrs(run_file(out, cur))
+    assert a["complete"] == 0
+    stopped = int(a["stopped_at_step"])
+    assert rows_seen <= stopped < LONG_STEPS
+    with h5py.File(run_file(out, cur), "r") as f:
+        np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, stopped + 1))
+    assert "stopped by signal" in err_text
+    # No later point was started; earlier ones are untouched.
+    for p in points[running + 1:]:
+        assert not run_file(out, p).exists(), f"{p['id']} was started after SIGTERM"
+        assert f"{p['id']}: running" not in out_text
+    assert all(attrs(run_file(out, p))["complete"] == 1 for p in points[:running])
+    # The summary was still rebuilt, and says so.
+    s_ = read_summary(out)
+    assert s_["status"] == (["complete"] * running + ["incomplete"] +
+                            ["pending"] * (len(points) - running - 1))
+
+
+def test_sigterm_after_the_last_step_starts_no_further_point(tmp_path, sweep_job, moesim_direct):
+    """SIGTERM while a point is past its last step (here: in its long final validation) must not
+    let the sweep start the next point: it exits 143 with the later points untouched."""
+    cfg = write_config(tmp_path, BASE.replace("val-tokens = 256", "val-tokens = 60000") +
+                       "experts = 2\nflush-every = 1\nsteps = 5\nseed = 1,2\n")
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    s = sweep_job(cfg, out, "term_eval")
+    first = run_file(out, points[0])
+    deadline = time.monotonic() + 60
+    while not (rows(first) == 5 and not is_complete(first)):
+        if s.proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"never saw point 0 in its final validation:\n{s.describe()}")
+        time.sleep(0.01)
+    ranks = signal_ranks(s.proc, signal.SIGTERM)
+    assert len(ranks) == P
+    rc = s.wait_gone(timeout=60)
+    assert rc == 143, f"expected exit code 143, got {rc}:\n{s.describe()}"
+    out_text, _ = s.output()
+    assert f"{points[1]['id']}: running" not in out_text, \
+        f"the sweep started point 1 after SIGTERM:\n{s.describe()}"
+    assert not run_file(out, points[1]).exists(), "point 1 has a run file although SIGTERM came first"
