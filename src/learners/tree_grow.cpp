@@ -409,7 +409,7 @@ void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
                       goes_left_.data(), cnt, words_, spill_b_);
   } else {
     const BinT* col = cm_ + static_cast<std::size_t>(f) * n_;
-    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) <= b;
+    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) < b;
   }
   const char* gl = goes_left_.data();
   const std::size_t k = stable_split<1>(t.rows.data() + begin, gl, cnt, spill_u_);
