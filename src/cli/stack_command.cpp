@@ -169,6 +169,19 @@ Inputs read_inputs(const Communicator& comm, const po::variables_map& vm, bool s
     in.test = read_table(comm, test_path, ts);
     MOESIM_CONFIG_CHECK(in.test.p() == all.p(), test_path << " has " << in.test.p() << " features, "
                                                           << data << " has " << all.p());
+    // Columns are matched by name, so a test file may order them differently.
+    if (in.test.features != all.features) {
+      std::vector<Index> from;
+      for (const std::string& f : all.features) {
+        auto it = std::find(in.test.features.begin(), in.test.features.end(), f);
+        MOESIM_CONFIG_CHECK(it != in.test.features.end(), test_path << " has no column '" << f << "' (it is in " << data << ")");
+        from.push_back(static_cast<Index>(it - in.test.features.begin()));
+      }
+      Mat<double> X(in.test.n(), all.p());
+      for (Index j = 0; j < all.p(); ++j) X.col(j) = in.test.X.col(from[static_cast<std::size_t>(j)]);
+      in.test.X = std::move(X);
+      in.test.features = all.features;
+    }
   }
   std::vector<char> is_test(static_cast<std::size_t>(all.n()), 0);
   if (test_path.empty() && split_test)

@@ -82,14 +82,14 @@ Table read_hdf5_table(const Communicator& comm, const std::string& path, const T
 
   if (spec.classification) {
     std::vector<std::string> labels;
-    auto label_of = [](double v) {
-      std::ostringstream os;
-      os << v;
-      return os.str();
-    };
+    // Labels are integers (checked below); print them exactly, never in exponent form.
+    auto label_of = [](double v) { return std::to_string(static_cast<long long>(v)); };
     std::set<std::string> mine;
     for (double v : t.y) {
-      if (v != std::floor(v)) error = path + ": classification labels in 'y' must be integers";
+      if (v != std::floor(v) || std::abs(v) > 9.0e15) {
+        error = path + ": classification labels in 'y' must be integers";
+        break;
+      }
       mine.insert(label_of(v));
     }
     comm.agree_or_throw(error.empty(), error);

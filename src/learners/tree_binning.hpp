@@ -40,8 +40,8 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
 
 // The training rows as bin indices, in one byte per value when every feature has at
 // most 256 bins, stored twice: column-major (feature f at [f * n, (f + 1) * n)) for
-// dense passes over one feature, row-major (row i at [i * p, (i + 1) * p)) so that a
-// sparse node's rows cost one cache line each however many features are read.
+// histograms over every feature, row-major (row i at [i * p, (i + 1) * p)) to copy whole
+// rows when features are sampled (see tree_grow.cpp).
 struct BinnedMatrix {
   Index n = 0;
   int p = 0;

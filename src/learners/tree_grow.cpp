@@ -2,15 +2,22 @@
 //
 // Per level: the nodes to split are laid out in one buffer, each rank accumulates the
 // histograms of its own rows, one all-reduce sums them (more only when the level's
-// histograms exceed kChunkDoubles), and every rank evaluates the same global
+// histograms exceed GrowParams::reduce_doubles), and every rank evaluates the same global
 // histograms. When every feature is a candidate, only the smaller of two siblings is
 // accumulated and sent; the larger is its parent's histogram minus the smaller one.
+//
+// Each tree keeps its rows' statistics in the order of its row list and permutes them
+// with it, so a node's statistics are contiguous. Histograms are accumulated column by
+// column (four columns per pass) when every feature is a candidate; with sampled
+// features each tree also keeps its rows' bins row-major in that order, so a node's rows
+// stream through memory and a split moves whole rows.
 #include "learners/tree_grow.hpp"
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <numeric>
 
 #include "core/error.hpp"
@@ -45,11 +52,7 @@ int forest_features_per_split(double fraction, int p, bool classification) {
 
 namespace {
 
-constexpr std::size_t kChunkDoubles = std::size_t{1} << 21;   // per all-reduce: 16 MiB
-constexpr std::size_t kRetainDoubles = std::size_t{1} << 23;  // parents kept for subtraction: 64 MiB
-
-// Column-wise kernels: one feature's bins for the node's rows (dense nodes, where the
-// rows are nearly contiguous and the column streams through the cache).
+// Column-wise kernels: one feature's bins for the node's rows.
 template <class BinT>
 void hist_gini_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
                    const std::int32_t* lab, const double* wt, double* h, std::size_t C) {
@@ -148,29 +151,6 @@ std::size_t stable_split(T* a, const char* left, std::size_t cnt, std::vector<T>
   return k;
 }
 
-// Stable partition of `cnt` rows of `words` 8-byte words each, branch-free as above
-// (copied through memcpy so that any bin type may be moved this way).
-inline std::size_t stable_split_rows(unsigned char* a, const char* left, std::size_t cnt,
-                                     std::size_t words, std::vector<unsigned char>& spill) {
-  const std::size_t bytes = words * 8;
-  if (spill.size() < cnt * bytes) spill.resize(cnt * bytes);
-  unsigned char* out = spill.data();
-  std::size_t k = 0, m = 0;
-  for (std::size_t j = 0; j < cnt; ++j) {
-    const std::size_t l = left[j] ? 1 : 0;
-    for (std::size_t q = 0; q < bytes; q += 8) {
-      std::uint64_t v;
-      std::memcpy(&v, a + j * bytes + q, 8);
-      std::memcpy(a + k * bytes + q, &v, 8);
-      std::memcpy(out + m * bytes + q, &v, 8);
-    }
-    k += l;
-    m += 1 - l;
-  }
-  std::copy_n(out, m * bytes, a + k * bytes);
-  return k;
-}
-
 template <class BinT>
 class Grower {
  public:
@@ -180,8 +160,7 @@ class Grower {
         p_(X.p), n_(static_cast<std::size_t>(X.n)) {
     const int m = prm.features_per_split;
     sampled_ = m > 0 && m < p_;
-    words_ = (static_cast<std::size_t>(p_) * sizeof(BinT) + 7) / 8;
-    stride_ = words_ * 8 / sizeof(BinT);
+    stride_ = (static_cast<std::size_t>(p_) * sizeof(BinT) + 7) / 8 * 8 / sizeof(BinT);
     all_.resize(static_cast<std::size_t>(p_));
     std::iota(all_.begin(), all_.end(), 0);
     const std::size_t S = static_cast<std::size_t>(S_);
@@ -207,12 +186,16 @@ class Grower {
   };
 
   // Per tree, the row statistics in the order of its `rows`, permuted along with them,
-  // so that a node's statistics are contiguous.
+  // so that a node's statistics are contiguous. Every feature a candidate: one copy,
+  // split in place (stable). Sampled features: two copies including the rows' bins,
+  // and a split moves a node's rows from copy depth % 2 to the other in one pass (left
+  // rows forward from the front, right rows backward from the back).
   struct Ordered {
-    std::vector<std::int32_t> lab;  // kGini
-    std::vector<double> wt;         // kGini
-    std::vector<double> st;         // others, S per row
-    std::vector<BinT> bins;         // with sampled features: the rows' bins, stride_ per row
+    std::vector<std::int32_t> lab[2];  // kGini
+    std::vector<double> wt[2];         // kGini
+    std::vector<double> st[2];         // others, S per row
+    std::vector<BinT> bins[2];         // sampled: the rows' bins, stride_ per row
+    std::vector<std::uint32_t> rows[2];  // sampled: row ids
   };
 
   const std::vector<int>& features(const Work& w) const { return sampled_ ? w.feats : all_; }
@@ -288,11 +271,12 @@ class Grower {
   const int S_, p_;
   const std::size_t n_;
   bool sampled_ = false;
-  std::size_t words_ = 0;   // 8-byte words per row of Ordered::bins
-  std::size_t stride_ = 0;  // bins per row of Ordered::bins (p, padded)
+  std::size_t stride_ = 0;  // bins per row of Ordered::bins (p, padded to 8 bytes)
   std::vector<int> all_;
   std::vector<Ordered> ord_;
-  std::vector<double> arena_, derived_;
+  std::unique_ptr<double[]> arena_;  // uninitialised: build() zeroes what it uses
+  std::size_t arena_size_ = 0;
+  std::vector<double> derived_;
   std::vector<std::vector<double>> retained_;
   // Scratch.
   std::vector<double> left_, right_, best_left_, best_right_, spill_d_;
@@ -300,7 +284,6 @@ class Grower {
   std::vector<char> goes_left_;
   std::vector<std::uint32_t> spill_u_;
   std::vector<std::int32_t> spill_i_;
-  std::vector<unsigned char> spill_b_;
 };
 
 template <class BinT>
@@ -310,6 +293,8 @@ void Grower<BinT>::build(const Work& w, double* h) {
   const GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   const std::uint32_t* rows = t.rows.data() + node.begin;
   const std::size_t cnt = node.end - node.begin, S = static_cast<std::size_t>(S_);
+  // Zeroed here rather than with the whole buffer, so its lines are in cache.
+  std::fill(h, h + w.size, 0.0);
   if (cnt == 0) return;
   const std::vector<int>& fl = features(w);
   const std::size_t m = fl.size();
@@ -319,11 +304,12 @@ void Grower<BinT>::build(const Work& w, double* h) {
     off += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(fl[k])]) * S;
   }
   const bool gini = prm_.score == SplitScore::kGini;
-  const std::int32_t* lab = gini ? o.lab.data() + node.begin : nullptr;
-  const double* wt = gini ? o.wt.data() + node.begin : nullptr;
-  const double* st = gini ? nullptr : o.st.data() + node.begin * S;
+  const int side = sampled_ ? w.depth % 2 : 0;
+  const std::int32_t* lab = gini ? o.lab[side].data() + node.begin : nullptr;
+  const double* wt = gini ? o.wt[side].data() + node.begin : nullptr;
+  const double* st = gini ? nullptr : o.st[side].data() + node.begin * S;
   if (sampled_) {
-    const BinT* x = o.bins.data() + node.begin * stride_;
+    const BinT* x = o.bins[side].data() + node.begin * stride_;
     const std::size_t p = stride_;
     if (gini) hist_gini_rows(x, p, cnt, lab, wt, fl.data(), hoff_.data(), m, h, S);
     else if (S == 2) hist_moments_rows<2>(x, p, cnt, st, fl.data(), hoff_.data(), m, h);
@@ -401,25 +387,41 @@ void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
   Ordered& o = ord_[static_cast<std::size_t>(w.tree)];
   const GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   const std::size_t begin = node.begin, cnt = node.end - node.begin, S = static_cast<std::size_t>(S_);
-  goes_left_.resize(cnt);
   if (sampled_) {
-    const BinT* x = o.bins.data() + begin * stride_ + f;
-    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(x[j * stride_]) <= b;
-    stable_split_rows(reinterpret_cast<unsigned char*>(o.bins.data() + begin * stride_),
-                      goes_left_.data(), cnt, words_, spill_b_);
-  } else {
-    const BinT* col = cm_ + static_cast<std::size_t>(f) * n_;
-    for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) < b;
+    const int from = w.depth % 2, to = 1 - from;
+    const BinT* src = o.bins[from].data() + begin * stride_;
+    BinT* dst = o.bins[to].data();
+    const bool gini = prm_.score == SplitScore::kGini;
+    const std::size_t row_bytes = stride_ * sizeof(BinT);
+    std::size_t kl = begin, kr = begin + cnt;
+    for (std::size_t j = begin; j < begin + cnt; ++j, src += stride_) {
+      const std::size_t d = static_cast<int>(src[f]) <= b ? kl++ : --kr;
+      for (std::size_t q = 0; q < row_bytes; q += 8)  // 8-byte words: no memcpy call per row
+        std::memcpy(reinterpret_cast<unsigned char*>(dst + d * stride_) + q,
+                    reinterpret_cast<const unsigned char*>(src) + q, 8);
+      o.rows[to][d] = o.rows[from][j];
+      if (gini) {
+        o.lab[to][d] = o.lab[from][j];
+        o.wt[to][d] = o.wt[from][j];
+      } else {
+        std::copy_n(o.st[from].data() + j * S, S, o.st[to].data() + d * S);
+      }
+    }
+    mid = static_cast<std::uint32_t>(kl);
+    return;
   }
+  goes_left_.resize(cnt);
+  const BinT* col = cm_ + static_cast<std::size_t>(f) * n_;
+  for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) <= b;
   const char* gl = goes_left_.data();
   const std::size_t k = stable_split<1>(t.rows.data() + begin, gl, cnt, spill_u_);
   if (prm_.score == SplitScore::kGini) {
-    stable_split<1>(o.lab.data() + begin, gl, cnt, spill_i_);
-    stable_split<1>(o.wt.data() + begin, gl, cnt, spill_d_);
+    stable_split<1>(o.lab[0].data() + begin, gl, cnt, spill_i_);
+    stable_split<1>(o.wt[0].data() + begin, gl, cnt, spill_d_);
   } else if (S == 2) {
-    stable_split<2>(o.st.data() + begin * S, gl, cnt, spill_d_);
+    stable_split<2>(o.st[0].data() + begin * S, gl, cnt, spill_d_);
   } else {
-    stable_split<3>(o.st.data() + begin * S, gl, cnt, spill_d_);
+    stable_split<3>(o.st[0].data() + begin * S, gl, cnt, spill_d_);
   }
   mid = static_cast<std::uint32_t>(begin + k);
 }
@@ -468,12 +470,12 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
   node.left = left;
   const std::uint32_t begin = move_rows ? node.begin : 0, end = move_rows ? node.end : 0;
   if (!move_rows) mid = 0;
-  t.nodes.push_back({-1, -1, -1, begin, mid});
-  t.nodes.push_back({-1, -1, -1, mid, end});
+  t.nodes.push_back({-1, -1, -1, begin, mid, w.depth + 1});
+  t.nodes.push_back({-1, -1, -1, mid, end, w.depth + 1});
   t.totals.insert(t.totals.end(), best_left_.begin(), best_left_.end());
   t.totals.insert(t.totals.end(), best_right_.begin(), best_right_.end());
   int parent_hist = -1;
-  if (!sampled_ && split_l && split_r && retained_used + w.size <= kRetainDoubles) {
+  if (!sampled_ && split_l && split_r && retained_used + w.size <= prm_.retain_doubles) {
     parent_hist = static_cast<int>(retained_next.size());
     retained_next.emplace_back(h, h + w.size);
     retained_used += w.size;
@@ -494,27 +496,33 @@ void Grower<BinT>::run(double* extra, int n_extra) {
   ord_.assign(trees_.size(), Ordered{});
   for (std::size_t k = 0; k < trees_.size(); ++k) {
     GrowTree& t = trees_[k];
-    t.nodes.assign(1, GrowTree::Node{-1, -1, -1, 0, static_cast<std::uint32_t>(t.rows.size())});
+    t.nodes.assign(1, GrowTree::Node{-1, -1, -1, 0, static_cast<std::uint32_t>(t.rows.size()), 0});
     t.totals.assign(S, 0.0);
     Ordered& o = ord_[k];
     const std::size_t cnt = t.rows.size();
     if (gini) {
-      o.lab.resize(cnt);
-      o.wt.resize(cnt);
+      o.lab[0].resize(cnt);
+      o.wt[0].resize(cnt);
       for (std::size_t j = 0; j < cnt; ++j) {
-        o.lab[j] = t.label[t.rows[j]];
-        o.wt[j] = t.weight[t.rows[j]];
+        o.lab[0][j] = t.label[t.rows[j]];
+        o.wt[0][j] = t.weight[t.rows[j]];
       }
     } else {
-      o.st.resize(cnt * S);
+      o.st[0].resize(cnt * S);
       for (std::size_t j = 0; j < cnt; ++j)
-        std::copy_n(t.stat + static_cast<std::size_t>(t.rows[j]) * S, S, o.st.data() + j * S);
+        std::copy_n(t.stat + static_cast<std::size_t>(t.rows[j]) * S, S, o.st[0].data() + j * S);
     }
     if (sampled_) {
       const std::size_t p = static_cast<std::size_t>(p_);
-      o.bins.assign(cnt * stride_, 0);
+      o.bins[0].assign(cnt * stride_, 0);
       for (std::size_t j = 0; j < cnt; ++j)
-        std::copy_n(rm_ + static_cast<std::size_t>(t.rows[j]) * p, p, o.bins.data() + j * stride_);
+        std::copy_n(rm_ + static_cast<std::size_t>(t.rows[j]) * p, p, o.bins[0].data() + j * stride_);
+      o.rows[0] = t.rows;
+      o.bins[1].resize(o.bins[0].size());
+      o.rows[1].resize(cnt);
+      o.lab[1].resize(o.lab[0].size());
+      o.wt[1].resize(o.wt[0].size());
+      o.st[1].resize(o.st[0].size());
     }
   }
   const std::size_t ne = static_cast<std::size_t>(std::max(n_extra, 0));
@@ -525,9 +533,9 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       const Ordered& o = ord_[k];
       double* T = buf.data() + k * S;
       for (std::size_t j = 0; j < trees_[k].rows.size(); ++j) {
-        if (gini) T[o.lab[j]] += o.wt[j];
+        if (gini) T[o.lab[0][j]] += o.wt[0][j];
         else
-          for (std::size_t s = 0; s < S; ++s) T[s] += o.st[j * S + s];
+          for (std::size_t s = 0; s < S; ++s) T[s] += o.st[0][j * S + s];
       }
     }
     std::copy_n(extra, ne, buf.data() + trees_.size() * S);
@@ -568,7 +576,7 @@ void Grower<BinT>::run(double* extra, int n_extra) {
         std::size_t need = 0;
         for (std::size_t u = j; u < j + unit; ++u)
           if (!level[u].derive) need += level[u].size;
-        if (j > i && used + need > kChunkDoubles) break;
+        if (j > i && used + need > prm_.reduce_doubles) break;
         for (std::size_t u = j; u < j + unit; ++u)
           if (!level[u].derive) {
             level[u].offset = used;
@@ -578,23 +586,26 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       }
       const std::size_t extras = first ? ne : 0;
       MOESIM_REQUIRE(used + extras <= static_cast<std::size_t>(INT_MAX), "histogram too large for one all-reduce");
-      arena_.assign(used + extras, 0.0);
+      if (arena_size_ < used + extras) {
+        arena_size_ = std::max(used + extras, 2 * arena_size_);
+        arena_.reset(new double[arena_size_]);
+      }
       for (std::size_t k = i; k < j; ++k)
-        if (!level[k].derive) build(level[k], arena_.data() + level[k].offset);
-      std::copy_n(extra, extras, arena_.data() + used);
-      comm_.allreduce_sum(arena_.data(), static_cast<int>(used + extras));
-      std::copy_n(arena_.data() + used, extras, extra);
+        if (!level[k].derive) build(level[k], arena_.get() + level[k].offset);
+      std::copy_n(extra, extras, arena_.get() + used);
+      comm_.allreduce_sum(arena_.get(), static_cast<int>(used + extras));
+      std::copy_n(arena_.get() + used, extras, extra);
       first = false;
       for (std::size_t k = i; k < j; ++k) {
         const Work& w = level[k];
         if (w.derive) {
           const std::vector<double>& parent = retained_[static_cast<std::size_t>(w.parent_hist)];
-          const double* sib = arena_.data() + level[w.sibling].offset;
+          const double* sib = arena_.get() + level[w.sibling].offset;
           derived_.resize(w.size);
           for (std::size_t q = 0; q < w.size; ++q) derived_[q] = parent[q] - sib[q];
           finish(w, derived_.data(), next, retained_next, retained_used);
         } else {
-          finish(w, arena_.data() + w.offset, next, retained_next, retained_used);
+          finish(w, arena_.get() + w.offset, next, retained_next, retained_used);
         }
       }
       i = j;
@@ -602,6 +613,12 @@ void Grower<BinT>::run(double* extra, int n_extra) {
     retained_ = std::move(retained_next);
     level = std::move(next);
   }
+  if (sampled_ && prm_.keep_leaf_rows)
+    for (std::size_t k = 0; k < trees_.size(); ++k)
+      for (const GrowTree::Node& nd : trees_[k].nodes)
+        if (nd.feature < 0)
+          std::copy(ord_[k].rows[nd.depth % 2].begin() + nd.begin, ord_[k].rows[nd.depth % 2].begin() + nd.end,
+                    trees_[k].rows.begin() + nd.begin);
 }
 
 }  // namespace

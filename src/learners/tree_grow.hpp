@@ -10,6 +10,9 @@
 //     least 2 * min_leaf and (Gini) it is not pure.
 //   - Candidates: every feature (or m sampled ones, in ascending order) and every bin
 //     b < B_f - 1 ("bin <= b" goes left). A child needs weight >= max(min_leaf, 1e-12 W).
+//   - Right statistics are the node's totals minus the left ones (a root's totals are
+//     the sum of its first candidate feature's histogram; a child's come from its
+//     parent's split).
 //   - Score of a candidate: term(left) + term(right), with term = sum_c n_c^2 / n
 //     (Gini), (sum w y)^2 / sum w (variance), G^2 / (H + lambda) (Newton / XGBoost).
 //     Maximising it maximises the impurity decrease (resp. the XGBoost gain).
@@ -17,6 +20,7 @@
 //     1e-12, so the lowest feature, then the lowest bin, wins ties and floating-point
 //     summation order cannot flip the choice between equal candidates.
 //   - The best candidate is used if score - term(node) > 1e-10 * score.
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -46,6 +50,11 @@ struct GrowParams {
   int features_per_split = 0;   // m; m < p samples per node from (seed, tree key, heap id)
   std::uint64_t seed = 1;
   bool keep_leaf_rows = true;   // false: leaves' row ranges may be left empty (saves moves)
+  // Memory bounds, which change the number of all-reduces but not the trees: histogram
+  // doubles per all-reduce (whole sibling pairs, so one pair may exceed it), and parent
+  // histograms kept for the subtraction trick.
+  std::size_t reduce_doubles = std::size_t{1} << 21;  // 16 MiB
+  std::size_t retain_doubles = std::size_t{1} << 23;  // 64 MiB
 };
 
 // One tree of a batch grown together.
@@ -61,6 +70,7 @@ struct GrowTree {
   struct Node {
     int feature = -1, bin = -1, left = -1;
     std::uint32_t begin = 0, end = 0;  // its rows: rows[begin, end) (see keep_leaf_rows)
+    int depth = 0;
   };
   std::vector<Node> nodes;
   std::vector<double> totals;          // S global statistics per node

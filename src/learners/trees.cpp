@@ -15,8 +15,9 @@ namespace moesim {
 namespace {
 
 // Forest trees grown together share each level's all-reduce; the batch is bounded by
-// the per-tree row arrays it holds (about 12-20 bytes per local row and tree).
-constexpr double kForestBatchBytes = 256.0 * (1 << 20);
+// the per-tree copies of the local rows it holds (indices, statistics, weights and,
+// with sampled features, the rows' bins).
+constexpr double kForestBatchBytes = 128.0 * (1 << 20);
 constexpr int kForestMaxBatch = 32;
 
 // COLLECTIVE. Labels must be class indices, targets finite, weights finite and >= 0.
@@ -111,8 +112,11 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
   model.features = static_cast<int>(rows.X.cols());
   const std::vector<std::int32_t> labels = clf ? labels_of(rows.y) : std::vector<std::int32_t>{};
 
+  // From global counts, so that every rank forms the same batches.
   const double per_rank = std::ceil(fb.rows / ctx.comm.size()) + 1;
-  const double bytes = (clf ? 12.0 : 20.0) * per_rank;
+  const double row_bytes = m < bm.p ? 2 * ((clf ? 16.0 : 20.0) + 8.0 * std::ceil(bm.p / 8.0)) + 8
+                                    : (clf ? 28.0 : 36.0);
+  const double bytes = row_bytes * per_rank;
   const int batch = std::clamp(static_cast<int>(kForestBatchBytes / bytes), 1, kForestMaxBatch);
   for (int t0 = 0; t0 < trees; t0 += batch) {
     const int nt = std::min(batch, trees - t0);

@@ -1,6 +1,8 @@
 #include "stacking/meta.hpp"
 
 #include <Eigen/Eigenvalues>
+#include <Eigen/LU>
+#include <limits>
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -149,10 +151,56 @@ class GreedyMeta : public SimplexMeta {
 
 }  // namespace
 
+namespace {
+
+// min a^T G a - 2 b^T a on the support S with sum(a) = 1 (Lagrange system); empty when singular.
+bool solve_on_support(const Mat<double>& G, const Eigen::VectorXd& b, const std::vector<Index>& S,
+                      Eigen::VectorXd& a) {
+  const Index m = static_cast<Index>(S.size());
+  Mat<double> A = Mat<double>::Zero(m + 1, m + 1);
+  Eigen::VectorXd r(m + 1);
+  for (Index i = 0; i < m; ++i) {
+    for (Index j = 0; j < m; ++j) A(i, j) = G(S[i], S[j]);
+    A(i, m) = A(m, i) = 1.0;
+    r(i) = b(S[i]);
+  }
+  r(m) = 1.0;
+  Eigen::FullPivLU<Mat<double>> lu(A);
+  if (lu.rank() < m + 1) return false;
+  const Eigen::VectorXd sol = lu.solve(r);
+  a = Eigen::VectorXd::Zero(G.rows());
+  for (Index i = 0; i < m; ++i) a(S[i]) = sol(i);
+  return true;
+}
+
+}  // namespace
+
 std::vector<double> simplex_least_squares(const Mat<double>& G, const std::vector<double>& rhs) {
   const Index L = G.rows();
-  Eigen::VectorXd a = Eigen::VectorXd::Constant(L, 1.0 / static_cast<double>(L));
   const Eigen::Map<const Eigen::VectorXd> b(rhs.data(), L);
+  auto objective = [&](const Eigen::VectorXd& a) { return a.dot(G * a) - 2.0 * b.dot(a); };
+  if (L <= 16) {
+    // Exact: the optimum is the best feasible stationary point over all supports.
+    Eigen::VectorXd best;
+    double best_f = std::numeric_limits<double>::infinity();
+    for (unsigned long mask = 1; mask < (1UL << L); ++mask) {
+      std::vector<Index> S;
+      for (Index i = 0; i < L; ++i)
+        if (mask & (1UL << i)) S.push_back(i);
+      Eigen::VectorXd a;
+      if (!solve_on_support(G, b, S, a) || a.minCoeff() < -1e-12) continue;
+      a = a.cwiseMax(0.0);
+      a /= a.sum();
+      const double f = objective(a);
+      if (f < best_f) {
+        best_f = f;
+        best = a;
+      }
+    }
+    if (best.size() == L) return std::vector<double>(best.data(), best.data() + L);
+  }
+  // Many learners: accelerated projected gradient (FISTA) on the simplex.
+  Eigen::VectorXd a = Eigen::VectorXd::Constant(L, 1.0 / static_cast<double>(L));
   const double lmax = Eigen::SelfAdjointEigenSolver<Mat<double>>(G, Eigen::EigenvaluesOnly).eigenvalues().maxCoeff();
   const double step = lmax > 0 ? 1.0 / lmax : 1.0;
   auto project = [&](Eigen::VectorXd v) {
@@ -167,17 +215,16 @@ std::vector<double> simplex_least_squares(const Mat<double>& G, const std::vecto
     }
     return Eigen::VectorXd((v.array() - theta).cwiseMax(0.0));
   };
-  // Accelerated projected gradient (FISTA); L is small, so iterate to convergence.
   Eigen::VectorXd yk = a, prev = a;
   double tk = 1.0;
-  for (int it = 0; it < 20000; ++it) {
+  for (int it = 0; it < 100000; ++it) {
     const Eigen::VectorXd next = project(yk - step * (G * yk - b));
     const double tn = 0.5 * (1.0 + std::sqrt(1.0 + 4.0 * tk * tk));
     yk = next + ((tk - 1.0) / tn) * (next - prev);
     const double change = (next - prev).lpNorm<Eigen::Infinity>();
     prev = next;
     tk = tn;
-    if (change < 1e-13) break;
+    if (change < 1e-15) break;
   }
   return std::vector<double>(prev.data(), prev.data() + L);
 }

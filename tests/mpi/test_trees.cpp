@@ -1,0 +1,457 @@
+// The histogram tree learners (tree, forest, gbdt) on P ranks against the serial
+// reference on the full data, plus quality, weight and probability checks. Every rank
+// generates its own shard from a counter-based RNG keyed by the global row id.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+
+#include "core/rng.hpp"
+#include "learners/tree_binning.hpp"
+#include "learners/tree_grow.hpp"
+#include "learners/tree_reference.hpp"
+#include "learners/trees.hpp"
+#include "support/test_support.hpp"
+#include "train/trainer.hpp"
+
+namespace moesim {
+namespace {
+
+using test::world;
+
+struct Data {
+  Mat<double> X;
+  std::vector<double> y, w;
+  std::vector<std::int64_t> id;
+  TrainRows rows() const { return {X, y, w, id}; }
+  tree_reference::FullData full() const { return {X, y, w, id}; }
+};
+
+enum class Weights { kUnit, kReal, kSmallInt };
+
+// Rows [first, first + count) of a fixed problem: normal, uniform, log-normal (skewed),
+// small-integer and noise features; classes = 0 is regression.
+Data make_data(std::int64_t first, std::int64_t count, int classes, std::uint64_t seed,
+               Weights weights = Weights::kReal) {
+  constexpr int p = 6;
+  Data d;
+  d.X.resize(count, p);
+  for (std::int64_t k = 0; k < count; ++k) {
+    const std::int64_t g = first + k;
+    Rng rng(seed, Stream::kTest, static_cast<std::uint64_t>(g));
+    double* x = d.X.row(k).data();
+    x[0] = rng.normal();
+    x[1] = rng.uniform();
+    x[2] = std::exp(2 * rng.normal());
+    x[3] = static_cast<double>(rng.below(4));
+    x[4] = rng.normal();
+    x[5] = rng.uniform(-1, 1);
+    const double s = x[0] + 2.0 * (x[1] > 0.6) - 0.5 * std::log(x[2]) + 0.7 * x[3] - 1.0 + 0.5 * rng.normal();
+    double y = s;
+    if (classes == 2) y = s > 0 ? 1 : 0;
+    if (classes >= 3) y = static_cast<double>(std::clamp(static_cast<int>(std::floor(s / 1.5 + 1.5)), 0, classes - 1));
+    d.y.push_back(y);
+    switch (weights) {
+      case Weights::kUnit: d.w.push_back(1.0); break;
+      case Weights::kReal: d.w.push_back(0.25 + rng.uniform()); break;
+      case Weights::kSmallInt: d.w.push_back(static_cast<double>(1 + rng.below(2))); break;
+    }
+    d.id.push_back(g);
+  }
+  return d;
+}
+
+Data shard(const Data& all, std::int64_t first, std::int64_t count) {
+  Data d;
+  d.X = all.X.middleRows(first, count);
+  for (std::int64_t i = first; i < first + count; ++i) {
+    d.y.push_back(all.y[static_cast<std::size_t>(i)]);
+    d.w.push_back(all.w[static_cast<std::size_t>(i)]);
+    d.id.push_back(all.id[static_cast<std::size_t>(i)]);
+  }
+  return d;
+}
+
+Data my_shard(const Data& all) {
+  const Shard sh = shard_of(all.X.rows(), world().rank(), world().size());
+  return shard(all, sh.first, sh.count);
+}
+
+LearnerOptions small_options() {
+  LearnerOptions o;
+  o.max_bins = 16;  // fewer bins than distinct values: exercises the quantile cuts
+  o.tree_max_depth = 6;
+  o.tree_min_samples_leaf = 2;
+  o.forest_trees = 6;
+  o.forest_max_depth = 6;
+  o.gbdt_trees = 6;
+  o.gbdt_max_depth = 3;
+  o.gbdt_learning_rate = 0.3;
+  return o;
+}
+
+Mat<double> fit_predict(const std::string& name, const LearnerOptions& opt, int classes,
+                        const Data& local, const Mat<double>& Xq, std::uint64_t seed = 11) {
+  LearnerContext ctx{world(), classes, seed};
+  std::unique_ptr<Learner> l = make_learner(name, opt);
+  l->fit(ctx, local.rows());
+  return l->predict(ctx, Xq);
+}
+
+constexpr double kAbs = 1e-9, kRel = 1e-9;
+
+// ------------------------------------------------------------------- binning
+
+TEST(TreeBinning, EdgesMatchSerialReference) {
+  const Data all = make_data(0, 700, 0, 3);
+  const Data local = my_shard(all);
+  for (int bins : {2, 16, 64, 300}) {
+    const FeatureBins fb = fit_feature_bins(world(), local.X, local.w, bins);
+    const auto ref = tree_reference::bin_thresholds(all.X, all.w, bins);
+    long bad = 0;
+    for (std::size_t f = 0; f < ref.size(); ++f) {
+      if (fb.thresholds[f].size() != ref[f].size()) {
+        ++bad;
+        continue;
+      }
+      for (std::size_t b = 0; b < ref[f].size(); ++b) bad += fb.thresholds[f][b] != ref[f][b];
+      bad += static_cast<long>(ref[f].size()) + 1 > bins;
+    }
+    EXPECT_EQ(world().allreduce_sum(bad), 0) << "bins " << bins;
+    EXPECT_EQ(fb.rows, 700.0);
+  }
+  // Skewed feature 2: quantile edges keep the bins roughly balanced.
+  const FeatureBins fb = fit_feature_bins(world(), local.X, local.w, 16);
+  EXPECT_EQ(fb.bins(3), 4) << "a 4-valued feature gets one bin per value";
+  EXPECT_GE(fb.bins(2), 14) << "log-normal feature collapsed into few bins";
+}
+
+// --------------------------------------------------- distributed == serial reference
+
+struct RefCase {
+  const char* learner;
+  int classes;
+};
+
+void PrintTo(const RefCase& c, std::ostream* os) { *os << c.learner << " classes=" << c.classes; }
+
+class TreeVsReference : public ::testing::TestWithParam<RefCase> {};
+
+TEST_P(TreeVsReference, PredictionsMatchOnAnyRankCount) {
+  const RefCase c = GetParam();
+  const LearnerOptions opt = small_options();
+  const Data all = make_data(0, 400, c.classes, 21);
+  const Data query = make_data(10000, 60, c.classes, 21);
+  const Mat<double> got = fit_predict(c.learner, opt, c.classes, my_shard(all), query.X);
+  const Mat<double> ref = tree_reference::fit_predict(c.learner, opt, c.classes, 11, all.full(), query.X);
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(got, ref, kAbs, kRel, std::string(c.learner) + " predictions");
+  // A model with a handful of distinct outputs would make the comparison vacuous.
+  std::vector<double> v(ref.data(), ref.data() + ref.rows());
+  std::sort(v.begin(), v.end());
+  EXPECT_GE(std::unique(v.begin(), v.end()) - v.begin(), 8) << "model nearly constant";
+}
+
+// Some ranks hold no rows at all; subsampling features on the forest.
+TEST_P(TreeVsReference, RowsOnOneRankOnly) {
+  const RefCase c = GetParam();
+  LearnerOptions opt = small_options();
+  opt.forest_max_features = 0.5;
+  const Data all = make_data(0, 250, c.classes, 22);
+  const Data query = make_data(20000, 40, c.classes, 22);
+  const bool holder = world().rank() == world().size() - 1;
+  const Data local = shard(all, 0, holder ? 250 : 0);
+  const Mat<double> got = fit_predict(c.learner, opt, c.classes, local, query.X, 5);
+  const Mat<double> ref = tree_reference::fit_predict(c.learner, opt, c.classes, 5, all.full(), query.X);
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(got, ref, kAbs, kRel, std::string(c.learner) + " predictions");
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, TreeVsReference,
+                         ::testing::Values(RefCase{"tree", 2}, RefCase{"tree", 3}, RefCase{"tree", 0},
+                                           RefCase{"forest", 2}, RefCase{"forest", 3},
+                                           RefCase{"forest", 0}, RefCase{"gbdt", 2},
+                                           RefCase{"gbdt", 3}, RefCase{"gbdt", 0}),
+                         [](const ::testing::TestParamInfo<RefCase>& pi) {
+                           return std::string(pi.param.learner) + "_c" + std::to_string(pi.param.classes);
+                         });
+
+// More than 256 bins: two-byte bins throughout.
+TEST(TreeVsReferenceWideBins, PredictionsMatch) {
+  LearnerOptions opt = small_options();
+  opt.max_bins = 400;
+  const Data all = make_data(0, 600, 2, 25);
+  const Data query = make_data(60000, 50, 2, 25);
+  const FeatureBins fb = fit_feature_bins(world(), my_shard(all).X, my_shard(all).w, opt.max_bins);
+  EXPECT_GT(fb.bins(0), 256);
+  for (const char* name : {"tree", "forest", "gbdt"}) {
+    const Mat<double> got = fit_predict(name, opt, 2, my_shard(all), query.X);
+    const Mat<double> ref = tree_reference::fit_predict(name, opt, 2, 11, all.full(), query.X);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(got, ref, kAbs, kRel, std::string(name) + " predictions, wide bins");
+  }
+}
+
+TEST(GbdtVsReference, LossHistoryMatches) {
+  const LearnerOptions opt = small_options();
+  const Data all = make_data(0, 300, 3, 23);
+  const Data local = my_shard(all);
+  GbdtLearner g(opt);
+  LearnerContext ctx{world(), 3, 11};
+  g.fit(ctx, local.rows());
+  std::vector<double> ref;
+  tree_reference::fit_predict("gbdt", opt, 3, 11, all.full(), all.X.topRows(1), &ref);
+  const Eigen::Map<const RowVec<double>> a(g.loss_history().data(), static_cast<Index>(g.loss_history().size()));
+  const Eigen::Map<const RowVec<double>> r(ref.data(), static_cast<Index>(ref.size()));
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(a, r, kAbs, kRel, "gbdt loss history");
+}
+
+// The memory bounds only regroup all-reduces: one pair per all-reduce and no retained
+// parents (every node accumulated) grow the same trees as the defaults.
+TEST(TreeGrow, ChunkingAndRetentionDoNotChangeTrees) {
+  const Data all = make_data(0, 500, 3, 24);
+  const Data local = my_shard(all);
+  const FeatureBins fb = fit_feature_bins(world(), local.X, local.w, 32);
+  const BinnedMatrix bm = bin_matrix(fb, local.X);
+  const std::size_t n = local.y.size();
+  std::vector<std::int32_t> lab(n);
+  std::vector<double> st(3 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    lab[i] = static_cast<std::int32_t>(local.y[i]);
+    st[3 * i] = local.y[i] - 1 + 0.1 * local.X(static_cast<Index>(i), 0);  // gradient-like
+    st[3 * i + 1] = 0.5 + 0.1 * local.w[i];
+    st[3 * i + 2] = local.w[i];
+  }
+  for (const bool newton : {false, true})
+    for (const int m : {6, 3}) {
+      auto grow = [&](std::size_t reduce, std::size_t retain) {
+        GrowParams prm;
+        prm.score = newton ? SplitScore::kNewton : SplitScore::kGini;
+        prm.stats = 3;
+        prm.max_depth = 5;
+        prm.lambda = 1;
+        prm.features_per_split = m;
+        prm.seed = 9;
+        prm.reduce_doubles = reduce;
+        prm.retain_doubles = retain;
+        std::vector<GrowTree> trees(3);
+        for (std::size_t k = 0; k < trees.size(); ++k) {
+          trees[k].key = k;
+          trees[k].label = lab.data();
+          trees[k].weight = local.w.data();
+          trees[k].stat = st.data();
+          for (std::size_t i = 0; i < n; ++i)
+            if ((i + k) % 4 != 0) trees[k].rows.push_back(static_cast<std::uint32_t>(i));
+        }
+        grow_trees(world(), bm, prm, trees);
+        return trees;
+      };
+      const std::vector<GrowTree> a = grow(GrowParams{}.reduce_doubles, GrowParams{}.retain_doubles);
+      const std::vector<GrowTree> b = grow(1, 0);
+      long bad = 0;
+      // Rows grouped by leaf: each leaf's range holds exactly the rows routed to it.
+      for (const GrowTree& t : a) {
+        std::size_t covered = 0;
+        for (std::size_t q = 0; q < t.nodes.size(); ++q) {
+          if (t.nodes[q].feature >= 0) continue;
+          covered += t.nodes[q].end - t.nodes[q].begin;
+          for (std::uint32_t j = t.nodes[q].begin; j < t.nodes[q].end; ++j) {
+            const std::size_t r = t.rows[j];
+            std::size_t k = 0;
+            while (t.nodes[k].feature >= 0) {
+              const int bin = bm.cols8[static_cast<std::size_t>(t.nodes[k].feature) * n + r];
+              k = static_cast<std::size_t>(t.nodes[k].left + (bin <= t.nodes[k].bin ? 0 : 1));
+            }
+            bad += k != q;
+          }
+        }
+        bad += covered != t.rows.size();
+      }
+      for (std::size_t k = 0; k < a.size(); ++k) {
+        bad += a[k].nodes.size() != b[k].nodes.size() || a[k].nodes.size() < 7;
+        for (std::size_t q = 0; q < std::min(a[k].nodes.size(), b[k].nodes.size()); ++q)
+          bad += a[k].nodes[q].feature != b[k].nodes[q].feature || a[k].nodes[q].bin != b[k].nodes[q].bin;
+        if (a[k].totals.size() == b[k].totals.size())
+          for (std::size_t q = 0; q < a[k].totals.size(); ++q)
+            bad += std::abs(a[k].totals[q] - b[k].totals[q]) > 1e-12 * (1 + std::abs(a[k].totals[q]));
+      }
+      EXPECT_EQ(world().allreduce_sum(bad), 0) << (newton ? "newton" : "gini") << " m=" << m;
+    }
+}
+
+// ------------------------------------------------------------------------ quality
+
+// Axis-aligned checkerboard on integer grid features, plus noise features.
+TEST(TreeQuality, SeparatesCheckerboardPerfectly) {
+  auto make = [](std::int64_t first, std::int64_t count) {
+    Data d;
+    d.X.resize(count, 4);
+    for (std::int64_t k = 0; k < count; ++k) {
+      Rng rng(7, Stream::kTest, static_cast<std::uint64_t>(first + k));
+      const double a = static_cast<double>(rng.below(10)), b = static_cast<double>(rng.below(10));
+      d.X.row(k) << rng.uniform(), a, rng.normal(), b;
+      d.y.push_back(((a >= 3) != (b >= 6)) ? 1 : 0);
+      d.w.push_back(1);
+      d.id.push_back(first + k);
+    }
+    return d;
+  };
+  const Shard sh = shard_of(1500, world().rank(), world().size());
+  const Data local = make(sh.first, sh.count);
+  const Data query = make(50000, 300);
+  LearnerOptions opt;
+  opt.tree_max_depth = 4;
+  opt.tree_min_samples_leaf = 1;
+  long wrong = 0;
+  for (const Data* d : {&local, &query}) {
+    const Mat<double> prob = fit_predict("tree", opt, 2, local, d->X);
+    for (Index i = 0; i < prob.rows(); ++i) wrong += (prob(i, 1) > 0.5) != (d->y[static_cast<std::size_t>(i)] == 1);
+  }
+  EXPECT_EQ(world().allreduce_sum(wrong), 0);
+}
+
+TEST(GbdtQuality, TrainingLossDecreasesMonotonically) {
+  for (int classes : {0, 2, 3}) {
+    LearnerOptions opt;
+    opt.gbdt_trees = 25;
+    opt.gbdt_max_depth = 3;
+    const Data all = make_data(0, 600, classes, 31, Weights::kReal);
+    GbdtLearner g(opt);
+    LearnerContext ctx{world(), classes, 1};
+    g.fit(ctx, my_shard(all).rows());
+    const std::vector<double>& h = g.loss_history();
+    ASSERT_EQ(h.size(), 26u);
+    for (std::size_t r = 1; r < h.size(); ++r)
+      EXPECT_LE(h[r], h[r - 1] * (1 + 1e-12)) << "classes " << classes << " round " << r;
+    EXPECT_LT(h.back(), 0.6 * h.front()) << "classes " << classes;
+  }
+}
+
+TEST(ForestQuality, BeatsSingleTreeOnNoisyData) {
+  auto make = [](std::int64_t first, std::int64_t count, double noise) {
+    Data d;
+    d.X.resize(count, 5);
+    for (std::int64_t k = 0; k < count; ++k) {
+      Rng rng(41, Stream::kTest, static_cast<std::uint64_t>(first + k));
+      for (int j = 0; j < 5; ++j) d.X(k, j) = rng.uniform(-1, 1);
+      d.y.push_back(std::sin(3 * d.X(k, 0)) + d.X(k, 1) * d.X(k, 1) + 0.5 * d.X(k, 2) + noise * rng.normal());
+      d.w.push_back(1);
+      d.id.push_back(first + k);
+    }
+    return d;
+  };
+  const Shard sh = shard_of(1500, world().rank(), world().size());
+  const Data local = make(sh.first, sh.count, 0.7);
+  const Data query = make(90000, 400, 0.0);
+  LearnerOptions opt;
+  opt.tree_max_depth = 10;
+  opt.forest_max_depth = 10;
+  opt.forest_trees = 30;
+  auto mse = [&](const std::string& name) {
+    const Mat<double> pred = fit_predict(name, opt, 0, local, query.X);
+    double s = 0;
+    for (Index i = 0; i < pred.rows(); ++i) s += std::pow(pred(i, 0) - query.y[static_cast<std::size_t>(i)], 2);
+    return s / static_cast<double>(pred.rows());
+  };
+  const double tree = mse("tree"), forest = mse("forest");
+  EXPECT_LT(forest, 0.6 * tree) << "forest " << forest << " vs tree " << tree;
+}
+
+// ------------------------------------------------------------------------ weights
+
+// Weight 2 on a row equals the row twice (tree and gbdt; the forest's bootstrap draws
+// differ between one row of weight 2 and two rows of weight 1).
+TEST(TreeWeights, DoubleWeightEqualsDuplicateRow) {
+  const Data base = make_data(0, 300, 0, 51, Weights::kSmallInt);
+  Data dup;
+  dup.X.resize(static_cast<Index>(std::count(base.w.begin(), base.w.end(), 2.0)) + base.X.rows(), base.X.cols());
+  Index r = 0;
+  for (Index i = 0; i < base.X.rows(); ++i)
+    for (int c = 0; c < static_cast<int>(base.w[static_cast<std::size_t>(i)]); ++c) {
+      dup.X.row(r++) = base.X.row(i);
+      dup.y.push_back(base.y[static_cast<std::size_t>(i)]);
+      dup.w.push_back(1);
+      dup.id.push_back(2 * i + c);
+    }
+  const Data query = make_data(30000, 50, 0, 51);
+  for (int classes : {0, 2, 3}) {
+    Data a = base, b = dup;
+    for (Data* d : {&a, &b})
+      for (double& y : d->y)
+        y = classes == 0 ? y : classes == 2 ? (y > 0.3 ? 1 : 0) : std::clamp(std::floor(y + 1), 0.0, 2.0);
+    for (const char* name : {"tree", "gbdt"}) {
+      const Mat<double> pa = fit_predict(name, small_options(), classes, my_shard(a), query.X);
+      const Mat<double> pb = fit_predict(name, small_options(), classes, my_shard(b), query.X);
+      MOESIM_EXPECT_CLOSE_ALL_RANKS(pa, pb, kAbs, kRel, std::string(name) + " weighted vs duplicated, classes " + std::to_string(classes));
+    }
+  }
+}
+
+// --------------------------------------------------------------- probabilities
+
+TEST(TreeProbabilities, ValidDistributionsWithAnAbsentClass) {
+  const Data all = make_data(0, 300, 3, 61);  // labels 0..2 of 4 classes
+  const Data query = make_data(40000, 80, 3, 61);
+  long bad = 0;
+  for (const char* name : {"tree", "forest", "gbdt"}) {
+    const Mat<double> p = fit_predict(name, small_options(), 4, my_shard(all), query.X);
+    bad += p.cols() != 4;
+    for (Index i = 0; i < p.rows(); ++i) {
+      bad += std::abs(p.row(i).sum() - 1.0) > 1e-12;
+      bad += (p.row(i).array() < 0).any() || (p.row(i).array() > 1).any();
+      bad += p(i, 3) > 1e-6;
+    }
+  }
+  EXPECT_EQ(world().allreduce_sum(bad), 0);
+}
+
+TEST(TreeLearners, NamesCloneAndEmptyQueries) {
+  const Data all = make_data(0, 100, 2, 71);
+  const Data local = my_shard(all);
+  for (const char* name : {"tree", "forest", "gbdt"}) {
+    std::unique_ptr<Learner> l = make_learner(name, small_options());
+    EXPECT_EQ(l->name(), name);
+    std::unique_ptr<Learner> c = l->clone();
+    EXPECT_EQ(c->name(), name);
+    LearnerContext ctx{world(), 2, 3};
+    c->fit(ctx, local.rows());
+    const Mat<double> none = c->predict(ctx, Mat<double>(0, 6));
+    EXPECT_EQ(none.rows(), 0);
+    EXPECT_EQ(none.cols(), 2);
+  }
+}
+
+// Rough fit times on P ranks (run with --gtest_also_run_disabled_tests).
+TEST(TreeTiming, DISABLED_ForestAndGbdtOn160kBy50) {
+  constexpr std::int64_t N = 160000;
+  constexpr int p = 50;
+  const Shard sh = shard_of(N, world().rank(), world().size());
+  Data d;
+  d.X.resize(sh.count, p);
+  for (std::int64_t k = 0; k < sh.count; ++k) {
+    Rng rng(81, Stream::kTest, static_cast<std::uint64_t>(sh.first + k));
+    double s = 0;
+    for (int j = 0; j < p; ++j) {
+      d.X(k, j) = rng.normal();
+      if (j < 10) s += d.X(k, j) * (j % 2 ? 1.0 : -0.7);
+    }
+    d.y.push_back(s + rng.normal() > 0 ? 1 : 0);
+    d.w.push_back(1);
+    d.id.push_back(sh.first + k);
+  }
+  for (const char* name : {"forest", "gbdt", "tree"}) {
+    LearnerOptions opt;  // defaults: forest 100 trees depth 12, gbdt 100 rounds depth 3
+    world().barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::clock_t c0 = std::clock();
+    const Mat<double> pr = fit_predict(name, opt, 2, d, d.X.topRows(std::min<Index>(d.X.rows(), 1000)));
+    const double cpu = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
+    world().barrier();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (world().rank() == 0)
+      std::printf("%s: fit+predict %.3f s wall, %.3f s cpu (rank 0) on %d ranks\n", name, s, cpu, world().size());
+  }
+}
+
+}  // namespace
+}  // namespace moesim

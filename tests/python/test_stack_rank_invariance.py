@@ -1,0 +1,106 @@
+"""The same `moesim stack` run on 1, 2 and 4 ranks gives the same result.
+
+Folds are assigned by global row and randomised learners draw by global row id, so only
+floating-point reassociation in the all-reduces may differ between rank counts.
+Tolerance: 1e-8 absolute on out-of-fold predictions (probabilities in [0, 1]; regression
+targets of order 1-10), on every score and on final/test_score; folds and rows must be
+identical. Run with `pytest -s` to see the measured differences.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stack_util import blobs, load_run, run_stack, write_csv
+
+RANKS = (1, 2, 4)
+TOL = 1e-8
+# Score columns that are results (the last two of scores/learner are timings).
+N_RESULT_COLUMNS = 4
+
+CASES = {
+    # Every learner, repeated stratified folds, a test share, a logistic meta-learner.
+    "classification": dict(problem="classification", learners="ridge,logistic,knn,tree,forest,gbdt,nb",
+                           meta="logistic", folds=4, repeats=2, test_fraction=0.2, seed=17,
+                           forest_trees=10, gbdt_trees=10),
+    # Regression with a second level on the out-of-fold predictions and passthrough.
+    "regression": dict(problem="regression", learners="ridge,knn,tree,forest,gbdt", level2="ridge,gbdt",
+                       meta="ridge", passthrough=True, folds=3, test_fraction=0.25, seed=23,
+                       forest_trees=10, gbdt_trees=10),
+    # Group folds and test predictions averaged over the fold models; simplex meta-learner.
+    "groups-average": dict(problem="classification", learners="logistic,knn,forest,nb", meta="nnls",
+                           group_column="g", folds=5, test_predictions="average", test_fraction=0.2,
+                           seed=29, forest_trees=10),
+    # Integer features with many exact duplicates: KNN ties (broken by global row id) and
+    # tree thresholds between few distinct values; greedy meta-learner.
+    "ties": dict(problem="classification", learners="knn,tree,nb", knn_k=7, meta="greedy", folds=3,
+                 test_fraction=0.2, seed=31),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stack_ranks")
+    X, y = blobs(700, 6, 3, seed=3, sep=1.0, weights=[0.45, 0.35, 0.2])
+    rng = np.random.default_rng(8)
+    cls = write_csv(d / "cls.csv", X, y, extra={"g": rng.integers(0, 120, size=len(y))})
+    Xr = rng.normal(size=(600, 5))
+    yr = 2.0 * Xr[:, 0] - Xr[:, 1] + np.sin(2 * Xr[:, 2]) + 0.3 * rng.normal(size=600)
+    reg = write_csv(d / "reg.csv", Xr, yr, classification=False)
+    Xt = rng.integers(0, 3, size=(400, 3)).astype(float)
+    yt = (Xt.sum(axis=1) + rng.integers(0, 2, size=400)) % 3
+    ties = write_csv(d / "ties.csv", Xt, yt)
+    return d, {"classification": cls, "regression": reg, "groups-average": cls, "ties": ties}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def runs(request, data):
+    d, paths = data
+    name = request.param
+    out = {}
+    for p in RANKS:
+        _, path = run_stack(d, p, paths[name], out=d / f"{name}_np{p}.h5", timeout=180, **CASES[name])
+        out[p] = load_run(path)
+        assert out[p].attrs["complete"] == 1
+    return name, out
+
+
+def test_folds_and_rows_identical(runs):
+    name, out = runs
+    ref = out[1]
+    for p in RANKS[1:]:
+        np.testing.assert_array_equal(out[p].row, ref.row, err_msg=f"{name}: oof/row, {p} ranks")
+        np.testing.assert_array_equal(out[p].fold, ref.fold, err_msg=f"{name}: oof/fold, {p} ranks")
+        np.testing.assert_array_equal(out[p].target, ref.target, err_msg=f"{name}: oof/target, {p} ranks")
+        assert out[p].final["train_rows"] == ref.final["train_rows"]
+        assert out[p].final["test_rows"] == ref.final["test_rows"]
+
+
+def test_predictions_and_scores_within_tolerance(runs):
+    name, out = runs
+    ref = out[1]
+    assert ref.pred.shape[0] > 0
+    for p in RANKS[1:]:
+        r = out[p]
+        assert r.pred.shape == ref.pred.shape and r.columns == ref.columns and r.learners == ref.learners
+        d_pred = float(np.max(np.abs(r.pred - ref.pred)))
+        d_scores = float(np.max(np.abs(r.scores[:, :N_RESULT_COLUMNS] - ref.scores[:, :N_RESULT_COLUMNS])))
+        d_fold = float(np.max(np.abs(r.fold_scores - ref.fold_scores)))
+        d_test = abs(r.final["test_score"] - ref.final["test_score"])
+        d_meta = abs(r.final["meta_train_score"] - ref.final["meta_train_score"])
+        # The multinomial logistic meta-learner is invariant to adding one constant to every
+        # class's intercept (softmax), and its intercepts are not penalised: that direction is
+        # flat, so compare coefficients after removing each row's mean over the classes.
+        canon = (lambda c: c - c.mean(axis=1, keepdims=True)) if ref.coef.shape[1] > 1 else (lambda c: c)
+        d_coef = float(np.max(np.abs(canon(r.coef) - canon(ref.coef))))
+        print(f"\n[{name}] {p} ranks vs 1: max |d oof/predictions| {d_pred:.2e}, scores {d_scores:.2e}, "
+              f"fold scores {d_fold:.2e}, test_score {d_test:.2e}, meta_train_score {d_meta:.2e}, "
+              f"meta coefficients {d_coef:.2e} (tolerance {TOL:g})")
+        assert d_pred <= TOL, f"{name}, {p} ranks: oof/predictions differ by {d_pred:.3e}"
+        assert d_scores <= TOL, f"{name}, {p} ranks: scores/learner differ by {d_scores:.3e}"
+        assert d_fold <= TOL, f"{name}, {p} ranks: scores/fold differ by {d_fold:.3e}"
+        assert d_test <= TOL, f"{name}, {p} ranks: test_score differs by {d_test:.3e}"
+        assert d_meta <= TOL, f"{name}, {p} ranks: meta_train_score differs by {d_meta:.3e}"
+        # Coefficients are unstandardised (divided by feature scales): relative to their size.
+        scale = max(1.0, float(np.max(np.abs(ref.coef))))
+        assert d_coef <= TOL * scale, f"{name}, {p} ranks: meta coefficients differ by {d_coef:.3e}"
