@@ -13,6 +13,7 @@ PACKAGES=(
   python3 python3-h5py python3-numpy python3-pandas python3-scipy
   python3-matplotlib python3-pytest python3-sklearn python3-torch
   slurm-wlm munge
+  fortunes  # the default text corpus of `moesim moe --task lm`
 )
 
 missing=()

@@ -5,6 +5,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
+#include "cli/task_options.hpp"
 #include "core/blas.hpp"
 #include "train/trainer.hpp"
 
@@ -40,7 +41,8 @@ po::options_description moe_options() {
       ("dispatch", po::value<std::string>()->default_value("alltoallv"),
        "token exchange: alltoallv (counts by all-to-all, then Alltoallv) | allgather (count matrix by all-gather, "
        "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall)")
-      ("task", po::value<std::string>()->default_value("regimes"), "task: regimes")
+      ("task", po::value<std::string>()->default_value("regimes"),
+       "regimes (clustered regression/classification) | teacher (learn a random MoE) | lm (next-byte language modelling)")
       ("problem", po::value<std::string>()->default_value("regression"), "regression (MSE) | classification (cross-entropy)")
       ("classes", po::value<I>()->default_value(4), "classes for --problem classification")
       ("input-dim", po::value<I>()->default_value(16), "input features of the regimes task")
@@ -54,6 +56,7 @@ po::options_description moe_options() {
       ("progress-interval", po::value<double>()->default_value(2.0), "seconds between progress lines on rank 0")
       ("quiet", po::bool_switch()->default_value(false), "no progress lines or summary")
       ("blas-threads", po::value<I>()->default_value(1), "OpenBLAS threads per rank");
+  d.add(task_options());
   return d;
 }
 
@@ -85,7 +88,8 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(s("gate") == "topk" || s("gate") == "switch",
                       "--gate must be topk or switch (got '" << s("gate") << "')");
   MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1");
-  MOESIM_CONFIG_CHECK(s("task") == "regimes", "--task '" << s("task") << "' is not known (known: regimes)");
+  MOESIM_CONFIG_CHECK(s("task") == "regimes" || s("task") == "teacher" || s("task") == "lm",
+                      "--task '" << s("task") << "' is not known (known: regimes, teacher, lm)");
   MOESIM_CONFIG_CHECK(s("problem") == "regression" || s("problem") == "classification",
                       "--problem must be regression or classification (got '" << s("problem") << "')");
   MOESIM_CONFIG_CHECK(s("precision") == "fp32" || s("precision") == "fp64",
@@ -142,9 +146,8 @@ std::string human(double v) {
 }
 
 template <class T>
-int train_and_log(const Communicator& comm, const MoeSettings& m, RunFile& rf) {
+int train_and_log(const Communicator& comm, const MoeSettings& m, const Task& task, RunFile& rf) {
   Model<T> model(comm, m.model);
-  RegimesTask task(m.task);
   const ParamCounts pc = count_params(m.model);
   install_stop_handlers();
   const TrainSummary s = train(comm, model, task, m.train, rf);
@@ -163,6 +166,7 @@ int train_and_log(const Communicator& comm, const MoeSettings& m, RunFile& rf) {
                {"token_bytes", static_cast<std::int64_t>(m.model.d_model * static_cast<Index>(sizeof(T)))}};
   if (!s.interrupted) fin.emplace_back("val_loss", s.val_loss);
   if (s.val_accuracy >= 0) fin.emplace_back("val_accuracy", s.val_accuracy);
+  task_results(task, s, m.model.moe.experts, fin, rf);
   rf.group_attrs("final", fin);
   if (s.interrupted) {
     rf.root_attrs({{"stopped_at_step", s.steps_done}});
@@ -205,7 +209,11 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
     return 0;
   }
   install_stop_handlers();  // early, so a signal during set-up still stops cleanly
-  const MoeSettings m = validate(p.vm, comm.size());
+  MoeSettings m = validate(p.vm, comm.size());
+  const TaskChoice choice = task_choice(p.vm, m.task);
+  AttrList task_facts;
+  const std::unique_ptr<Task> task = make_task(comm, choice, task_facts);  // bad data fails here, before any file
+  fit_model_to_task(*task, choice, m.model);
   set_blas_threads(static_cast<int>(p.vm["blas-threads"].as<I>()));
 
   auto rf = RunFile::create(comm, m.out, "moe");
@@ -213,9 +221,10 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
   const AttrList prov = provenance_attrs(comm);
   attrs.insert(attrs.end(), prov.begin(), prov.end());
   rf->root_attrs(attrs);
+  rf->group_attrs("task", task_facts);
   rf->flush();
-  return m.precision == "fp64" ? train_and_log<double>(comm, m, *rf)
-                               : train_and_log<float>(comm, m, *rf);
+  return m.precision == "fp64" ? train_and_log<double>(comm, m, *task, *rf)
+                               : train_and_log<float>(comm, m, *task, *rf);
 }
 
 }  // namespace moesim::cli

@@ -5,8 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/rng.hpp"
-#include "core/tensor.hpp"
+#include "data/task.hpp"
 
 namespace moesim {
 
@@ -20,21 +19,17 @@ struct RegimesConfig {
   std::uint64_t seed = 1;
 };
 
-struct Batch {
-  Mat<double> x;            // n x d_in
-  Mat<double> y;            // n x 1 (regression targets)
-  std::vector<int> label;   // n (classification)
-  std::vector<int> cluster; // n, the regime each token came from
-};
-
-class RegimesTask {
+class RegimesTask : public Task {
  public:
   explicit RegimesTask(const RegimesConfig& cfg);
-  bool classification() const { return cfg_.classes >= 2; }
-  Index output_width() const { return classification() ? cfg_.classes : 1; }
+  std::string name() const override { return "regimes"; }
+  bool classification() const override { return cfg_.classes >= 2; }
+  Index input_width() const override { return cfg_.d_in; }
+  Index output_width() const override { return classification() ? cfg_.classes : 1; }
+  int sources() const override { return cfg_.clusters; }
   // Tokens [first, first + n) of batch `index` in `stream`: a pure function of
   // (seed, stream, index, token), so each rank draws just its shard.
-  Batch batch(Stream stream, std::uint64_t index, std::int64_t first, Index n) const;
+  Batch batch(Stream stream, std::uint64_t index, std::int64_t first, Index n) const override;
   double noise(int c) const { return noise_[static_cast<std::size_t>(c)]; }
 
  private:

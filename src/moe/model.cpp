@@ -8,8 +8,11 @@ ParamCounts count_params(const ModelConfig& c) {
   ParamCounts p;
   const std::int64_t D = c.d_model, F = c.d_ff, E = c.moe.experts, K = c.moe.top_k;
   const std::int64_t expert = Ffn<float>::param_count(D, F);
-  p.total = p.active = (c.d_in + 1) * D + D + (D + 1) * c.d_out;  // adapter, final norm, head
-  p.flops_per_token = 2 * c.d_in * D + 2 * D * c.d_out;
+  p.total = p.active = (c.adapter_in() + 1) * D + D + (D + 1) * c.d_out;  // adapter, final norm, head
+  // Token embedding: the whole table, of which a token uses its C rows (a lookup, no FLOPs).
+  p.total += c.vocab * c.embed_dim;
+  p.active += c.vocab > 0 ? c.d_in * c.embed_dim : 0;
+  p.flops_per_token = 2 * c.adapter_in() * D + 2 * D * c.d_out;
   for (int l = 0; l < c.layers; ++l) {
     p.total += D;  // block norm
     p.active += D;
@@ -29,13 +32,18 @@ ParamCounts count_params(const ModelConfig& c) {
 template <class T>
 Model<T>::Model(const Communicator& comm, const ModelConfig& cfg)
     : cfg_(cfg),
-      adapter_("adapter", cfg.d_in, cfg.d_model, Placement::kReplicated),
+      adapter_("adapter", cfg.adapter_in(), cfg.d_model, Placement::kReplicated),
       final_norm_("final_norm", cfg.d_model, Placement::kReplicated),
       head_("head", cfg.d_model, cfg.d_out, Placement::kReplicated) {
   cfg_.moe.d_model = cfg.d_model;
   cfg_.moe.d_ff = cfg.d_ff;
   Rng arng(cfg.seed, Stream::kReplicatedInit, 0, 0);
-  adapter_.init(arng, 1.0 / std::sqrt(static_cast<double>(cfg.d_in)));
+  adapter_.init(arng, 1.0 / std::sqrt(static_cast<double>(cfg.adapter_in())));
+  if (cfg.vocab > 0) {
+    embed_ = TokenEmbedding<T>("embed", cfg.vocab, cfg.embed_dim, Placement::kReplicated);
+    Rng erng(cfg.seed, Stream::kReplicatedInit, 0, 3);
+    embed_.init(erng, 1.0);
+  }
   Rng hrng(cfg.seed, Stream::kReplicatedInit, 0, 1);
   head_.init(hrng, 1.0 / std::sqrt(static_cast<double>(cfg.d_model)));
   blocks_.resize(static_cast<std::size_t>(cfg.layers));
@@ -57,7 +65,13 @@ Model<T>::Model(const Communicator& comm, const ModelConfig& cfg)
 template <class T>
 void Model<T>::forward(const Mat<T>& x, Mat<T>& out) {
   Mat<T> h, u;
-  adapter_.forward(x, h);
+  if (cfg_.vocab > 0) {
+    Mat<T> e;
+    embed_.forward(x, e);
+    adapter_.forward(e, h);
+  } else {
+    adapter_.forward(x, h);
+  }
   for (Block& b : blocks_) {
     b.norm.forward(h, b.normed);
     if (b.moe) {
@@ -93,11 +107,13 @@ void Model<T>::backward(const Mat<T>& dout) {
   }
   Mat<T> dx;
   adapter_.backward(dh, dx);
+  if (cfg_.vocab > 0) embed_.backward(dx);
 }
 
 template <class T>
 ParamList<T> Model<T>::replicated_params() {
   ParamList<T> ps;
+  if (cfg_.vocab > 0) embed_.params(ps);
   adapter_.params(ps);
   for (Block& b : blocks_) {
     b.norm.params(ps);

@@ -5,12 +5,15 @@
 #include <variant>
 
 #include "moe/moe_layer.hpp"
+#include "nn/embedding.hpp"
 #include "nn/layers.hpp"
 
 namespace moesim {
 
 struct ModelConfig {
-  Index d_in = 16;     // task input width
+  Index d_in = 16;     // task input width (token tasks: C, the context tokens)
+  Index vocab = 0;     // token tasks: V > 0, x holds token ids embedded by a V x De table
+  Index embed_dim = 0; // De, token tasks only
   Index d_out = 1;     // task output width (1 for regression, classes otherwise)
   Index d_model = 16;  // D
   Index d_ff = 32;     // F
@@ -19,6 +22,8 @@ struct ModelConfig {
   MoeLayerConfig moe;  // E, K, capacity, aux weight, router init
   std::uint64_t seed = 1;
   bool is_moe_block(int l) const { return moe_every > 0 && (l + 1) % moe_every == 0; }
+  // Width the input adapter sees: the features, or the C concatenated embeddings.
+  Index adapter_in() const { return vocab > 0 ? d_in * embed_dim : d_in; }
 };
 
 struct ParamCounts {
@@ -53,6 +58,7 @@ class Model {
     Mat<T> normed;
   };
   ModelConfig cfg_;
+  TokenEmbedding<T> embed_;  // token tasks only (vocab > 0)
   Linear<T> adapter_;
   std::vector<Block> blocks_;
   RmsNorm<T> final_norm_;

@@ -72,9 +72,12 @@ bool stop_requested(const Communicator& comm) {
 
 template <class T>
 std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
-                                   const RegimesTask& task, std::int64_t tokens,
-                                   std::int64_t chunk) {
+                                   const Task& task, std::int64_t tokens,
+                                   std::int64_t chunk, std::vector<std::int64_t>* routing_counts) {
   double sums[2] = {0, 0};  // loss, correct
+  const std::vector<MoeLayer<T>*> moe = model.moe_layers();
+  const int E = model.config().moe.experts, S = task.sources();
+  if (routing_counts) routing_counts->assign(moe.size() * static_cast<std::size_t>(E * S), 0);
   std::int64_t chunk_index = 0;
   for (std::int64_t start = 0; start < tokens; start += chunk, ++chunk_index) {
     const std::int64_t n = std::min(chunk, tokens - start);
@@ -84,16 +87,23 @@ std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
     Mat<T> x = b.x.cast<T>(), out;
     model.forward(x, out);
     const LossResult lr = task_loss<T>(out, b, task.classification(), n, nullptr);
+    if (routing_counts && S > 0)
+      for (std::size_t l = 0; l < moe.size(); ++l)
+        for (Index t = 0; t < sh.count; ++t)
+          ++(*routing_counts)[(l * E + static_cast<std::size_t>(moe[l]->routing().expert_of(t, 0))) * S +
+                              static_cast<std::size_t>(b.cluster[static_cast<std::size_t>(t)])];
     sums[0] += lr.sum;
     sums[1] += static_cast<double>(lr.correct);
   }
   comm.allreduce_sum(sums, 2);
+  if (routing_counts && !routing_counts->empty())
+    comm.allreduce_sum(routing_counts->data(), static_cast<int>(routing_counts->size()));
   const double denom = tokens > 0 ? static_cast<double>(tokens) : 1.0;
   return {sums[0] / denom, task.classification() ? sums[1] / denom : -1.0};
 }
 
 template <class T>
-TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask& task,
+TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
                    const TrainConfig& cfg, RunFile& out) {
   const int P = comm.size();
   const int E = model.config().moe.experts;
@@ -264,7 +274,8 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
   }
   out.flush();
   if (!sum.interrupted) {
-    const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens);
+    const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens,
+                                   task.sources() > 0 ? &sum.routing_counts : nullptr);
     sum.val_loss = vl;
     sum.val_accuracy = va;
     if (cfg.eval_every > 0) {
@@ -278,9 +289,9 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask&
   return sum;
 }
 
-template TrainSummary train<float>(const Communicator&, Model<float>&, const RegimesTask&, const TrainConfig&, RunFile&);
-template TrainSummary train<double>(const Communicator&, Model<double>&, const RegimesTask&, const TrainConfig&, RunFile&);
-template std::pair<double, double> evaluate<float>(const Communicator&, Model<float>&, const RegimesTask&, std::int64_t, std::int64_t);
-template std::pair<double, double> evaluate<double>(const Communicator&, Model<double>&, const RegimesTask&, std::int64_t, std::int64_t);
+template TrainSummary train<float>(const Communicator&, Model<float>&, const Task&, const TrainConfig&, RunFile&);
+template TrainSummary train<double>(const Communicator&, Model<double>&, const Task&, const TrainConfig&, RunFile&);
+template std::pair<double, double> evaluate<float>(const Communicator&, Model<float>&, const Task&, std::int64_t, std::int64_t, std::vector<std::int64_t>*);
+template std::pair<double, double> evaluate<double>(const Communicator&, Model<double>&, const Task&, std::int64_t, std::int64_t, std::vector<std::int64_t>*);
 
 }  // namespace moesim

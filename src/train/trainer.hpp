@@ -6,7 +6,7 @@
 #include <string>
 
 #include "comm/communicator.hpp"
-#include "data/regimes.hpp"
+#include "data/task.hpp"
 #include "io/run_file.hpp"
 #include "moe/model.hpp"
 #include "nn/adam.hpp"
@@ -37,6 +37,9 @@ struct TrainSummary {
   double compute_seconds = 0;
   double a2a_bytes = 0;
   double dropped_fraction = 0;       // mean over steps
+  // Tasks with known sources: final validation counts of (MoE layer, student top-1
+  // expert, source), L_moe x E x S row-major.
+  std::vector<std::int64_t> routing_counts;
 };
 
 // Local shard [first, first + count) of n items on rank r of P (contiguous blocks).
@@ -51,13 +54,16 @@ void install_stop_handlers();
 bool stop_requested(const Communicator& comm);
 
 template <class T>
-TrainSummary train(const Communicator& comm, Model<T>& model, const RegimesTask& task,
+TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
                    const TrainConfig& cfg, RunFile& out);
 
-// COLLECTIVE. Mean loss (and accuracy) over the validation stream.
+// COLLECTIVE. Mean loss (and accuracy) over the validation stream. With
+// `routing_counts` (tasks with sources() > 0), also the L_moe x E x S counts of
+// (MoE layer, top-1 expert, source), summed over ranks.
 template <class T>
 std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
-                                   const RegimesTask& task, std::int64_t tokens,
-                                   std::int64_t chunk);
+                                   const Task& task, std::int64_t tokens,
+                                   std::int64_t chunk,
+                                   std::vector<std::int64_t>* routing_counts = nullptr);
 
 }  // namespace moesim

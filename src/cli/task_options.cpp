@@ -1,0 +1,132 @@
+#include "cli/task_options.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "core/error.hpp"
+#include "data/source_recovery.hpp"
+
+namespace moesim::cli {
+
+namespace {
+using I = std::int64_t;
+}
+
+po::options_description task_options() {
+  po::options_description d("Tasks teacher and lm (regimes: --clusters, --noise-min, --noise-max above)");
+  d.add_options()
+      ("data", po::value<std::string>()->default_value(""),
+       "lm: text corpus, a file or a directory of text files read in name order "
+       "(default: the fortunes corpus, /usr/share/games/fortunes)")
+      ("context", po::value<I>()->default_value(16), "lm: C, previous bytes each prediction sees")
+      ("embed-dim", po::value<I>()->default_value(16), "lm: De, width of the byte embedding (C * De enter the adapter)")
+      ("val-fraction", po::value<double>()->default_value(0.1), "lm: last share of the corpus held out for validation")
+      ("teacher-experts", po::value<I>()->default_value(4), "teacher: E_t, experts of the teacher MoE")
+      ("teacher-top-k", po::value<I>()->default_value(1), "teacher: K_t, experts per token of the teacher")
+      ("teacher-hidden", po::value<I>()->default_value(16), "teacher: hidden width of each teacher expert")
+      ("teacher-seed", po::value<I>()->default_value(1), "teacher: seed of the teacher's weights (--seed draws the inputs)")
+      ("teacher-noise", po::value<double>()->default_value(0.01), "teacher: target noise std (regression)")
+      ("teacher-router-scale", po::value<double>()->default_value(3.0),
+       "teacher: std of the teacher's router logits (larger = more decisive routing)");
+  return d;
+}
+
+TaskChoice task_choice(const po::variables_map& vm, const RegimesConfig& regimes) {
+  auto i = [&](const char* k) { return vm[k].as<I>(); };
+  auto d = [&](const char* k) { return vm[k].as<double>(); };
+  TaskChoice c;
+  c.name = vm["task"].as<std::string>();
+  c.regimes = regimes;
+  if (c.name == "lm") {
+    MOESIM_CONFIG_CHECK(i("context") >= 1, "--context must be >= 1 (got " << i("context") << ")");
+    MOESIM_CONFIG_CHECK(i("embed-dim") >= 1, "--embed-dim must be >= 1 (got " << i("embed-dim") << ")");
+    MOESIM_CONFIG_CHECK(d("val-fraction") > 0 && d("val-fraction") < 1,
+                        "--val-fraction must be in (0, 1) (got " << d("val-fraction") << ")");
+    c.lm.context = i("context");
+    c.lm.val_fraction = d("val-fraction");
+    c.lm.seed = regimes.seed;
+    c.embed_dim = i("embed-dim");
+    c.data = vm["data"].as<std::string>().empty() ? kDefaultCorpus : vm["data"].as<std::string>();
+  } else if (c.name == "teacher") {
+    for (const char* k : {"teacher-experts", "teacher-top-k", "teacher-hidden"})
+      MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
+    MOESIM_CONFIG_CHECK(i("teacher-top-k") <= i("teacher-experts"),
+                        "--teacher-top-k (" << i("teacher-top-k") << ") must not exceed --teacher-experts ("
+                                            << i("teacher-experts") << ")");
+    MOESIM_CONFIG_CHECK(d("teacher-noise") >= 0 && std::isfinite(d("teacher-noise")),
+                        "--teacher-noise must be a finite number >= 0 (got " << d("teacher-noise") << ")");
+    MOESIM_CONFIG_CHECK(d("teacher-router-scale") > 0 && std::isfinite(d("teacher-router-scale")),
+                        "--teacher-router-scale must be a finite number > 0 (got " << d("teacher-router-scale") << ")");
+    c.teacher.d_in = regimes.d_in;
+    c.teacher.experts = static_cast<int>(i("teacher-experts"));
+    c.teacher.top_k = static_cast<int>(i("teacher-top-k"));
+    c.teacher.hidden = i("teacher-hidden");
+    c.teacher.classes = regimes.classes;
+    c.teacher.noise = d("teacher-noise");
+    c.teacher.router_scale = d("teacher-router-scale");
+    c.teacher.teacher_seed = static_cast<std::uint64_t>(i("teacher-seed"));
+    c.teacher.seed = regimes.seed;
+  }
+  return c;
+}
+
+std::unique_ptr<Task> make_task(const Communicator& comm, const TaskChoice& c, AttrList& facts) {
+  facts = {{"name", c.name}};
+  if (c.name == "teacher") return std::make_unique<TeacherTask>(c.teacher);
+  if (c.name == "lm") {
+    auto corpus = std::make_shared<const TextCorpus>(comm, c.data);
+    auto task = std::make_unique<LmTask>(corpus, c.lm);
+    facts.insert(facts.end(), {{"vocab", static_cast<I>(LmTask::kVocab)},
+                               {"corpus", c.data},
+                               {"corpus_files", static_cast<I>(corpus->files().size())},
+                               {"corpus_bytes", corpus->size()},
+                               {"train_bytes", task->split()},
+                               {"val_bytes", corpus->size() - task->split()},
+                               {"train_positions", task->train_positions()},
+                               {"val_positions", task->val_positions()}});
+    return task;
+  }
+  return std::make_unique<RegimesTask>(c.regimes);
+}
+
+void fit_model_to_task(const Task& task, const TaskChoice& c, ModelConfig& model) {
+  model.d_in = task.input_width();
+  model.d_out = task.output_width();
+  if (c.name == "lm") {
+    model.vocab = LmTask::kVocab;
+    model.embed_dim = c.embed_dim;
+  }
+}
+
+void task_results(const Task& task, const TrainSummary& s, int E, AttrList& fin, RunFile& rf) {
+  if (task.name() == "lm") {
+    fin.emplace_back("train_bits_per_byte", s.final_train_loss / std::numbers::ln2);
+    if (!s.interrupted) fin.emplace_back("val_bits_per_byte", s.val_loss / std::numbers::ln2);
+  }
+  const int S = task.sources();
+  if (S <= 0 || s.routing_counts.empty() || E <= 0) return;
+  const std::size_t per_layer = static_cast<std::size_t>(E * S);
+  const std::size_t L = s.routing_counts.size() / per_layer;
+  std::vector<double> mi, nmi, purity;
+  for (std::size_t l = 0; l < L; ++l) {
+    const SourceRecovery r = source_recovery(s.routing_counts.data() + l * per_layer, E, S);
+    mi.push_back(r.mutual_info);
+    nmi.push_back(r.nmi);
+    purity.push_back(r.purity);
+  }
+  const std::vector<hsize_t> dims{static_cast<hsize_t>(L)};
+  rf.write_array("routing_recovery/counts", {static_cast<hsize_t>(L), static_cast<hsize_t>(E), static_cast<hsize_t>(S)},
+                 s.routing_counts.data());
+  rf.write_array("routing_recovery/mutual_info", dims, mi.data());
+  rf.write_array("routing_recovery/nmi", dims, nmi.data());
+  rf.write_array("routing_recovery/purity", dims, purity.data());
+  // The best-recovering MoE layer.
+  const auto best = static_cast<std::size_t>(std::max_element(nmi.begin(), nmi.end()) - nmi.begin());
+  fin.emplace_back("val_routing_mi", mi[best]);
+  fin.emplace_back("val_routing_nmi", nmi[best]);
+  fin.emplace_back("val_routing_purity", purity[best]);
+  fin.emplace_back("val_routing_layer", static_cast<I>(best));
+}
+
+}  // namespace moesim::cli
