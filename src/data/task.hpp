@@ -15,7 +15,7 @@ struct Batch {
   Mat<double> x;            // n x input_width() (token tasks: token ids, exact integers)
   Mat<double> y;            // n x 1 (regression targets)
   std::vector<int> label;   // n (classification)
-  std::vector<int> cluster; // n, the source of each token (regime, teacher expert); -1 if none
+  std::vector<int> cluster; // n, the source of each token (regime, teacher expert); empty if none
 };
 
 class Task {

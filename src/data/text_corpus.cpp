@@ -81,9 +81,15 @@ TextCorpus::TextCorpus(const Communicator& comm, const std::string& path) {
   }
   starts_.push_back(total_);
   // Every rank opens every file itself: a file one rank cannot read fails everywhere.
-  for (const std::string& f : paths_) {
+  for (std::size_t i = 0; i < paths_.size(); ++i) {
+    const std::string& f = paths_[i];
     const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
     if (fd < 0 && error.empty()) error = "--data '" + f + "': cannot open: " + std::strerror(errno);
+    else if (fd >= 0 && ::fstat(fd, &st) == 0 && st.st_size != starts_[i + 1] - starts_[i] && error.empty())
+      error = "--data '" + f + "' has " + std::to_string(st.st_size) + " bytes on rank " +
+              std::to_string(comm.rank()) + " but " + std::to_string(starts_[i + 1] - starts_[i]) +
+              " on rank 0";
     fds_.push_back(fd);
   }
   comm.agree_or_throw(error.empty(), error);
