@@ -77,6 +77,13 @@ def test_lm_learns_the_default_corpus(tmp_path, run_moe, corpus_present):
     assert task["train_bytes"] + task["val_bytes"] == task["corpus_bytes"]
     assert task["val_bytes"] == math.ceil(0.1 * task["corpus_bytes"])
     assert "routing_recovery" not in r  # text has no known sources
+    # Better than the best context-free model: the training split's byte frequencies
+    # (add-one smoothed) scored on the validation split.
+    text = np.frombuffer(b"".join(p.read_bytes() for p in files), dtype=np.uint8)
+    split = task["train_bytes"]
+    freq = np.bincount(text[:split], minlength=256) + 1.0
+    unigram_bits = float(-np.mean(np.log2(freq / freq.sum())[text[split:]]))
+    assert fin["val_bits_per_byte"] < unigram_bits - 0.3, (fin["val_bits_per_byte"], unigram_bits)
 
 
 def test_lm_rank_invariance_and_data_file(tmp_path, run_moe, corpus_present):
@@ -106,6 +113,9 @@ def teacher_runs(tmp_path_factory, run_moe):
     for p in RANKS:
         _, path = run_moe(d, p, steps=60, precision="fp64", out=d / f"teacher_np{p}.h5", **TEACHER)
         runs[p] = read(path)
+    # The same student before training: its router is a random linear partition.
+    _, path = run_moe(d, 1, steps=1, precision="fp64", out=d / "teacher_untrained.h5", **TEACHER)
+    runs["untrained"] = read(path)
     return runs
 
 
@@ -136,8 +146,11 @@ def test_teacher_routing_recovery_is_logged_and_consistent(teacher_runs):
     assert fin["val_routing_purity"] == pytest.approx(n.max(1).sum() / N, rel=1e-12)
     assert fin["val_routing_layer"] == 0
     np.testing.assert_allclose(rec["mutual_info"], [mi], rtol=1e-9, atol=1e-12)
-    # The student's routing carries information about the teacher's experts.
-    assert fin["val_routing_nmi"] > 0.1, fin
+    # Training makes the student's routing recover the teacher's experts (measured: NMI 0.06
+    # untrained, 0.39 after 60 steps).
+    untrained = teacher_runs["untrained"]["final"]
+    assert fin["val_routing_nmi"] > untrained["val_routing_nmi"] + 0.2, (fin, untrained)
+    assert fin["val_routing_purity"] > untrained["val_routing_purity"] + 0.1, (fin, untrained)
 
 
 def test_teacher_rank_invariance(teacher_runs):
