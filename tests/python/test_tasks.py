@@ -233,3 +233,11 @@ def test_experiment_configs_run(tmp_path, name, corpus_present):
             assert "val_bits_per_byte" in f["final"].attrs
         else:
             assert "val_routing_nmi" in f["final"].attrs
+
+
+def test_lm_experts_sweep_lists_its_grid(tmp_path, moesim_direct):
+    proc = moesim_direct("sweep", REPO_ROOT / "experiments" / "lm_experts.sweep.ini",
+                         "--out", tmp_path / "sweep", "--list", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("8 points (command moe)")
+    assert sum("pending" in line for line in proc.stdout.splitlines()) == 8
