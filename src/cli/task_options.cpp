@@ -21,7 +21,7 @@ po::options_description task_options() {
        "(default: the fortunes corpus, /usr/share/games/fortunes)")
       ("context", po::value<I>()->default_value(16), "lm: C, previous bytes each prediction sees")
       ("embed-dim", po::value<I>()->default_value(16), "lm: De, width of the byte embedding (C * De enter the adapter)")
-      ("val-fraction", po::value<double>()->default_value(0.1), "lm: last share of the corpus held out for validation")
+      ("val-fraction", po::value<double>()->default_value(0.1, "0.1"), "lm: last share of the corpus held out for validation")
       ("teacher-experts", po::value<I>()->default_value(4), "teacher: E_t, experts of the teacher MoE")
       ("teacher-top-k", po::value<I>()->default_value(1), "teacher: K_t, experts per token of the teacher")
       ("teacher-hidden", po::value<I>()->default_value(16), "teacher: hidden width of each teacher expert")
