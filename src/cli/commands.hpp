@@ -13,6 +13,10 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args,
 // stack (blend = false) or blend (blend = true).
 int run_stack(const Communicator& comm, const std::vector<std::string>& args, bool blend,
               const std::string& preset = "");
+// `moe --task binned` (seed 001's supervised-gate mixture, cli/binned_command.cpp):
+// whether args, preset or the --config file ask for it, and the run itself.
+bool binned_task_requested(const std::vector<std::string>& args, const std::string& preset);
+int run_binned(const Communicator& comm, const std::vector<std::string>& args, const std::string& preset);
 int run_sweep(const Communicator& comm, const std::vector<std::string>& args);
 int run_synth(const Communicator& comm, const std::vector<std::string>& args);
 int run_info(const Communicator& comm, const std::vector<std::string>& args);

@@ -42,7 +42,8 @@ po::options_description moe_options() {
        "token exchange: alltoallv (counts by all-to-all, then Alltoallv) | allgather (count matrix by all-gather, "
        "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall)")
       ("task", po::value<std::string>()->default_value("regimes"),
-       "regimes (clustered regression/classification) | teacher (learn a random MoE) | lm (next-byte language modelling)")
+       "regimes (clustered regression/classification) | teacher (learn a random MoE) | lm (next-byte language modelling) | "
+       "binned (seed 001's supervised-gate mixture of stacking learners: moe --task binned --help)")
       ("problem", po::value<std::string>()->default_value("regression"), "regression (MSE) | classification (cross-entropy)")
       ("classes", po::value<I>()->default_value(4), "classes for --problem classification")
       ("input-dim", po::value<I>()->default_value(16), "input features of the regimes task")
@@ -89,7 +90,7 @@ MoeSettings validate(const po::variables_map& vm, int P) {
                       "--gate must be topk or switch (got '" << s("gate") << "')");
   MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1");
   MOESIM_CONFIG_CHECK(s("task") == "regimes" || s("task") == "teacher" || s("task") == "lm",
-                      "--task '" << s("task") << "' is not known (known: regimes, teacher, lm)");
+                      "--task '" << s("task") << "' is not known (known: regimes, teacher, lm, binned)");
   MOESIM_CONFIG_CHECK(s("problem") == "regression" || s("problem") == "classification",
                       "--problem must be regression or classification (got '" << s("problem") << "')");
   MOESIM_CONFIG_CHECK(s("precision") == "fp32" || s("precision") == "fp64",
@@ -201,6 +202,8 @@ int train_and_log(const Communicator& comm, const MoeSettings& m, const Task& ta
 }  // namespace
 
 int run_moe(const Communicator& comm, const std::vector<std::string>& args, const std::string& preset) {
+  // The binned mixture fits stacking learners, not this model: it has its own options.
+  if (binned_task_requested(args, preset)) return run_binned(comm, args, preset);
   const po::options_description desc = moe_options();
   const Parsed p = parse("moe", args, desc, preset);
   if (p.help) {
