@@ -162,7 +162,14 @@ BinnedResult run_binned(const Communicator& comm, const Table& data, const Binne
   std::vector<double> label(N);
   for (std::size_t i = 0; i < N; ++i) label[i] = res.bin[i];
   {
-    const Rows tr = pick(data, res.row, train, label);
+    Rows tr = pick(data, res.row, train, label);
+    if (opt.gate_balanced) {
+      std::int64_t n_train = 0;
+      for (int k = 0; k < B; ++k) n_train += res.rows_per_split_bin[static_cast<std::size_t>(k)];
+      for (std::size_t i = 0; i < tr.w.size(); ++i)
+        tr.w[i] *= static_cast<double>(n_train) /
+                   (B * static_cast<double>(res.rows_per_split_bin[static_cast<std::size_t>(tr.y[i])]));
+    }
     std::unique_ptr<Learner> gate = make_learner(opt.gate_learner, opt.learner);
     const LearnerContext ctx{comm, B, derive_key(opt.seed, Stream::kLearner, 0xC47E, 0)};
     Stopwatch t;

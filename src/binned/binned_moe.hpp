@@ -19,6 +19,9 @@ struct BinnedOptions {
   std::vector<double> edges;          // given bin edges (strictly increasing); empty: quantile bins
   int bins = 3;                       // B when edges is empty
   std::string gate_learner = "gbdt";  // any learner (a classifier over the B bins)
+  // Gate rows weighted by N / (B N_k) (scikit-learn's class_weight="balanced", as seed
+  // 001's gate), so a small bin is not drowned by the large ones.
+  bool gate_balanced = false;
   std::string expert_learner = "gbdt";  // a regressor: ridge, knn, tree, forest, gbdt
   LearnerOptions learner;
   double val_fraction = 0.2;          // rows that fit the calibration map

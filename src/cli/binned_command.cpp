@@ -40,6 +40,8 @@ po::options_description binned_options() {
        "comma-separated, strictly increasing edges e1,...: bin k holds e_k <= y < e_(k+1) (B = edges + 1)")
       ("gate-learner", po::value<std::string>()->default_value("gbdt"),
        "the gate, a classifier over the bins: ridge, logistic, knn, tree, forest, gbdt, nb")
+      ("gate-class-weight", po::value<std::string>()->default_value("none"),
+       "none | balanced: gate rows weighted by N / (B N_k), N_k training rows of bin k (seed 001's class_weight)")
       ("expert-learner", po::value<std::string>()->default_value("gbdt"),
        "each bin's expert, a regressor: ridge, knn, tree, forest, gbdt")
       ("val-fraction", po::value<double>()->default_value(0.2), "rows that fit the isotonic calibration")
@@ -92,6 +94,9 @@ BinnedOptions settings(const po::variables_map& vm) {
   o.bins = static_cast<int>(o.edges.empty() ? i("bins") : static_cast<I>(o.edges.size()) + 1);
   o.gate_learner = s("gate-learner");
   o.expert_learner = s("expert-learner");
+  MOESIM_CONFIG_CHECK(s("gate-class-weight") == "none" || s("gate-class-weight") == "balanced",
+                      "--gate-class-weight must be none or balanced (got '" << s("gate-class-weight") << "')");
+  o.gate_balanced = s("gate-class-weight") == "balanced";
   o.learner = learner_settings(vm);
   o.val_fraction = d("val-fraction");
   o.test_fraction = d("test-fraction");

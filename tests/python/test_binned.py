@@ -231,6 +231,26 @@ def test_csv_and_hdf5_tables_given_edges_other_learners_and_clipping(tmp_path):
     assert ra["final"]["gate_accuracy"] > ra["final"]["gate_chance_accuracy"] + 0.2
 
 
+def test_balanced_gate_class_weight(tmp_path):
+    """N / (B N_k) weights pull the gate's mean probabilities towards 1/B on a small bin."""
+    X, y = seed001_table(1500)
+    csv = write_csv(tmp_path / "scores.csv", X, y)
+    opts = dict(data=csv, target="score", rows=None, bin_edges="4,9", gate_learner="logistic", expert_learner="ridge")
+    mass = {}
+    for cw in ("none", "balanced"):
+        r = load(run(tmp_path, 2, f"cw_{cw}", gate_class_weight=cw, **opts)[1])
+        assert r["attrs"]["gate_class_weight"] == cw
+        train = r["predictions"]["split"] == 0
+        mass[cw] = r["predictions"]["gate"][train].mean(axis=0)
+        counts = r["bins"]["rows"][0]
+    share = counts / counts.sum()
+    assert share.min() < 0.2, share  # a small bin, or the test shows nothing
+    k = share.argmin()
+    # Unweighted, the gate's mass follows the bin shares; balanced, the small bin gains.
+    assert mass["balanced"][k] > mass["none"][k] + 0.05, mass
+    assert np.abs(mass["balanced"] - 1 / 3).max() < np.abs(mass["none"] - 1 / 3).max(), mass
+
+
 def test_experiment_config_runs(tmp_path):
     """experiments/binned.ini selects the binned task from the file alone."""
     ini = REPO_ROOT / "experiments" / "binned.ini"
@@ -261,6 +281,7 @@ BAD = [
     ("clip-range", dict(clip_min=5, clip_max=1), ["--clip-min", "--clip-max"]),
     ("moe-only-option", dict(experts=4), ["experts"]),
     ("one-bin", dict(bins=1), ["--bins"]),
+    ("class-weight", dict(gate_class_weight="auto"), ["--gate-class-weight", "'auto'"]),
 ]
 
 
