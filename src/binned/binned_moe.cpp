@@ -82,6 +82,273 @@ std::string range_text(const std::vector<double>& edges, int k) {
   return buf;
 }
 
+// One line on rank 0 unless quiet.
+template <class... A>
+void say(const Communicator& comm, const BinnedOptions& opt, const char* fmt, A... args) {
+  if (comm.rank() == 0 && !opt.quiet) {
+    std::printf(fmt, args...);
+    std::fflush(stdout);
+  }
+}
+
+struct Splits {
+  std::vector<char> train, val, test;
+};
+
+// Rows split by a hash of (seed, global row): whatever P, a row lands in the same split.
+void assign_splits(const Communicator& comm, const Table& data, const BinnedOptions& opt, Splits& sp,
+                   BinnedResult& res) {
+  const Index n = data.n();
+  const std::size_t N = static_cast<std::size_t>(n);
+  res.target = data.y;
+  res.row.resize(N);
+  res.split.resize(N);
+  for (std::size_t i = 0; i < N; ++i) {
+    res.row[i] = data.first + static_cast<std::int64_t>(i);
+    const double u = Rng(opt.seed, Stream::kTest, 0xB1AAED, static_cast<std::uint64_t>(res.row[i])).uniform();
+    res.split[i] = u < opt.test_fraction ? kSplitTest : u < opt.test_fraction + opt.val_fraction ? kSplitValidation : kSplitTrain;
+  }
+  sp.train = where(res.split, kSplitTrain);
+  sp.val = where(res.split, kSplitValidation);
+  sp.test = where(res.split, kSplitTest);
+  for (const auto& [name, m] : {std::pair<const char*, const std::vector<char>*>{"training", &sp.train},
+                                {"validation", &sp.val}, {"test", &sp.test}})
+    MOESIM_CONFIG_CHECK(comm.allreduce_sum(static_cast<std::int64_t>(std::count(m->begin(), m->end(), 1))) > 0,
+                        "the " << name << " split is empty (" << comm.allreduce_sum(static_cast<std::int64_t>(n))
+                               << " rows): give more rows or change --val-fraction / --test-fraction");
+}
+
+// Edges (given, or quantiles of the training targets), bin labels, rows per split and bin.
+void make_bins(const Communicator& comm, const Table& data, const BinnedOptions& opt, const Splits& sp,
+    BinnedResult& res) {
+  const Index n = data.n();
+  const std::size_t N = static_cast<std::size_t>(n);
+  if (opt.edges.empty()) {
+    std::vector<double> ytr;
+    for (std::size_t i = 0; i < N; ++i)
+      if (sp.train[i]) ytr.push_back(data.y[i]);
+    res.edges = quantile_edges(comm, ytr, opt.bins);
+  } else {
+    res.edges = opt.edges;
+  }
+  const int B = static_cast<int>(res.edges.size()) + 1;
+  res.bins = B;
+  res.bin.resize(N);
+  for (std::size_t i = 0; i < N; ++i) res.bin[i] = bin_of(data.y[i], res.edges);
+  res.rows_per_split_bin.assign(static_cast<std::size_t>(3 * B), 0);
+  for (std::size_t i = 0; i < N; ++i) ++res.rows_per_split_bin[static_cast<std::size_t>(res.split[i] * B + res.bin[i])];
+  comm.allreduce_sum(res.rows_per_split_bin.data(), 3 * B);
+  for (int k = 0; k < B; ++k)
+    MOESIM_CONFIG_CHECK(res.rows_per_split_bin[static_cast<std::size_t>(k)] > 0,
+                        "bin " << k << " (" << range_text(res.edges, k)
+                               << ") has no training rows: move --bin-edges inside the target's range");
+}
+
+// The gate: a classifier over the bin labels, probabilities for every row.
+void fit_gate(const Communicator& comm, const Table& data, const BinnedOptions& opt, const Splits& sp,
+    BinnedResult& res) {
+  const Index n = data.n();
+  const std::size_t N = static_cast<std::size_t>(n);
+  const int B = res.bins;
+  std::vector<double> label(N);
+  for (std::size_t i = 0; i < N; ++i) label[i] = res.bin[i];
+  Rows tr = pick(data, res.row, sp.train, label);
+  if (opt.gate_balanced) {
+    std::int64_t n_train = 0;
+    for (int k = 0; k < B; ++k) n_train += res.rows_per_split_bin[static_cast<std::size_t>(k)];
+    for (std::size_t i = 0; i < tr.w.size(); ++i)
+      tr.w[i] *= static_cast<double>(n_train) /
+                 (B * static_cast<double>(res.rows_per_split_bin[static_cast<std::size_t>(tr.y[i])]));
+  }
+  std::unique_ptr<Learner> gate = make_learner(opt.gate_learner, opt.learner);
+  const LearnerContext ctx{comm, B, derive_key(opt.seed, Stream::kLearner, 0xC47E, 0)};
+  Stopwatch t;
+  gate->fit(ctx, TrainRows{tr.X, tr.y, tr.w, tr.id});
+  res.gate = gate->predict(ctx, data.X);
+  MOESIM_REQUIRE(res.gate.rows() == n && res.gate.cols() == B, "gate predicted " << res.gate.cols() << " columns");
+  for (Index i = 0; i < n; ++i) {
+    const double s = res.gate.row(i).sum();
+    if (s > 0) res.gate.row(i) /= s;
+    else res.gate.row(i).setConstant(1.0 / B);
+  }
+  say(comm, opt, "  gate %-7s over %d bins: fit and predict %.2f s\n", opt.gate_learner.c_str(), B, t.seconds());
+}
+
+// One expert per bin, fitted on that bin's training rows only; the single-model baseline.
+void fit_experts(const Communicator& comm, const Table& data, const BinnedOptions& opt, const Splits& sp,
+    BinnedResult& res) {
+  const Index n = data.n();
+  const int B = res.bins;
+  res.experts.resize(n, B);
+  for (int k = 0; k < B; ++k) {
+    const Rows tr = pick(data, res.row, both(sp.train, where(res.bin, k)), data.y);
+    std::unique_ptr<Learner> ex = make_learner(opt.expert_learner, opt.learner);
+    const LearnerContext ctx{comm, 0, derive_key(opt.seed, Stream::kLearner, 0xE4BE, static_cast<std::uint64_t>(k))};
+    Stopwatch t;
+    ex->fit(ctx, TrainRows{tr.X, tr.y, tr.w, tr.id});
+    res.experts.col(k) = ex->predict(ctx, data.X).col(0);
+    say(comm, opt, "  expert %d %-7s %-22s %lld training rows, fit and predict %.2f s\n", k, opt.expert_learner.c_str(),
+        range_text(res.edges, k).c_str(), static_cast<long long>(res.rows_per_split_bin[static_cast<std::size_t>(k)]),
+        t.seconds());
+  }
+  if (opt.baseline) {
+    const Rows tr = pick(data, res.row, sp.train, data.y);
+    std::unique_ptr<Learner> one = make_learner(opt.expert_learner, opt.learner);
+    const LearnerContext ctx{comm, 0, derive_key(opt.seed, Stream::kLearner, 0xBA5E, 0)};
+    one->fit(ctx, TrainRows{tr.X, tr.y, tr.w, tr.id});
+    const Mat<double> p = one->predict(ctx, data.X);
+    res.baseline.assign(p.data(), p.data() + p.rows());
+  }
+}
+
+// sum_k p_k f_k, the hard-gate variant, and the isotonic map fitted on the validation rows.
+void mix_and_calibrate(const Communicator& comm, const Table& data, const BinnedOptions& opt, const Splits& sp,
+    BinnedResult& res) {
+  const Index n = data.n();
+  const std::size_t N = static_cast<std::size_t>(n);
+  res.mixture.resize(N);
+  res.hard.resize(N);
+  for (Index i = 0; i < n; ++i) {
+    Index best = 0;
+    res.gate.row(i).maxCoeff(&best);
+    res.mixture[static_cast<std::size_t>(i)] = res.gate.row(i).dot(res.experts.row(i));
+    res.hard[static_cast<std::size_t>(i)] = res.experts(i, best);
+  }
+  {
+    std::vector<double> x, y, w;
+    std::vector<std::int64_t> key;
+    for (std::size_t i = 0; i < N; ++i)
+      if (sp.val[i]) {
+        x.push_back(res.mixture[i]);
+        y.push_back(data.y[i]);
+        w.push_back(data.w[i]);
+        key.push_back(res.row[i]);
+      }
+    res.calibration = fit_isotonic(comm, x, y, w, key);
+  }
+  res.calibrated.resize(N);
+  for (std::size_t i = 0; i < N; ++i) {
+    res.calibrated[i] = std::clamp(res.calibration(res.mixture[i]), opt.clip_min, opt.clip_max);
+  }
+}
+
+// RMSEs of every variant on the validation and test splits; the gate against chance.
+void score_splits(const Communicator& comm, const Table& data, const BinnedOptions& opt, const Splits& sp,
+    BinnedResult& res) {
+  const Index n = data.n();
+  const std::size_t N = static_cast<std::size_t>(n);
+  const int B = res.bins;
+  std::vector<double> clipped(N), oracle(N);
+  for (std::size_t i = 0; i < N; ++i) {
+    clipped[i] = std::clamp(res.mixture[i], opt.clip_min, opt.clip_max);
+    oracle[i] = res.experts(static_cast<Index>(i), res.bin[i]);
+  }
+  const std::vector<double>& y = data.y;
+  const std::vector<double>& w = data.w;
+  for (auto [split, mask] : {std::pair<SplitRmse*, const std::vector<char>*>{&res.val, &sp.val}, {&res.test, &sp.test}}) {
+    split->mixture = rmse(comm, res.mixture, y, w, *mask);
+    split->calibrated = rmse(comm, res.calibrated, y, w, *mask);
+    split->clip_only = rmse(comm, clipped, y, w, *mask);
+    split->hard = rmse(comm, res.hard, y, w, *mask);
+    split->oracle = rmse(comm, oracle, y, w, *mask);
+    split->baseline = opt.baseline ? rmse(comm, res.baseline, y, w, *mask) : 0.0;
+  }
+  {
+    std::vector<double> label(N);
+    for (std::size_t i = 0; i < N; ++i) label[i] = res.bin[i];
+    const Rows te = pick(data, res.row, sp.test, label);
+    Mat<double> g(te.X.rows(), B);
+    Index j = 0;
+    for (Index i = 0; i < n; ++i)
+      if (sp.test[static_cast<std::size_t>(i)]) g.row(j++) = res.gate.row(i);
+    const Scores s = score(comm, g, te.y, te.w, B);
+    res.gate_accuracy = s.accuracy;
+    res.gate_log_loss = s.log_loss;
+  }
+  // Chance: always answering the bin that weighs most among the training rows.
+  std::vector<double> bin_weight(static_cast<std::size_t>(2 * B), 0.0);  // sp.train, sp.test
+  for (std::size_t i = 0; i < N; ++i) {
+    if (sp.train[i]) bin_weight[static_cast<std::size_t>(res.bin[i])] += w[i];
+    if (sp.test[i]) bin_weight[static_cast<std::size_t>(B + res.bin[i])] += w[i];
+  }
+  comm.allreduce_sum(bin_weight.data(), 2 * B);
+  const auto majority = std::max_element(bin_weight.begin(), bin_weight.begin() + B) - bin_weight.begin();
+  double test_weight = 0;
+  for (int k = 0; k < B; ++k) test_weight += bin_weight[static_cast<std::size_t>(B + k)];
+  res.gate_chance_accuracy = test_weight > 0 ? bin_weight[static_cast<std::size_t>(B + majority)] / test_weight : 0.0;
+}
+
+// Over the test rows: confusion, probability histograms and mean probabilities per true bin.
+void gate_diagnostics(const Communicator& comm, const Table& data, const BinnedOptions& opt, const Splits& sp,
+    BinnedResult& res) {
+  const Index n = data.n();
+  const int B = res.bins;
+  const std::vector<double>& w = data.w;
+  // Gate diagnostics over the sp.test rows.
+  const int H = opt.histogram_bins;
+  const std::size_t BB = static_cast<std::size_t>(B) * static_cast<std::size_t>(B);
+  res.confusion.assign(BB, 0);
+  res.histogram.assign(BB * static_cast<std::size_t>(H), 0);
+  std::vector<double> prob_sum(BB + static_cast<std::size_t>(B), 0.0);  // then the weight per true bin
+  for (Index i = 0; i < n; ++i) {
+    const std::size_t s = static_cast<std::size_t>(i);
+    if (!sp.test[s]) continue;
+    const std::size_t k = static_cast<std::size_t>(res.bin[s]);
+    Index best = 0;
+    res.gate.row(i).maxCoeff(&best);
+    ++res.confusion[k * static_cast<std::size_t>(B) + static_cast<std::size_t>(best)];
+    for (int j = 0; j < B; ++j) {
+      const double p = res.gate(i, j);
+      const int h = std::clamp(static_cast<int>(std::floor(p * H)), 0, H - 1);
+      ++res.histogram[(k * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)) * static_cast<std::size_t>(H) +
+                      static_cast<std::size_t>(h)];
+      prob_sum[k * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)] += w[s] * p;
+    }
+    prob_sum[BB + k] += w[s];
+  }
+  comm.allreduce_sum(res.confusion.data(), static_cast<int>(BB));
+  comm.allreduce_sum(res.histogram.data(), static_cast<int>(res.histogram.size()));
+  comm.allreduce_sum(prob_sum.data(), static_cast<int>(prob_sum.size()));
+  res.mean_probability.assign(BB, kNaN);
+  for (std::size_t k = 0; k < static_cast<std::size_t>(B); ++k)
+    for (std::size_t j = 0; j < static_cast<std::size_t>(B); ++j)
+      if (prob_sum[BB + k] > 0) res.mean_probability[k * static_cast<std::size_t>(B) + j] = prob_sum[k * static_cast<std::size_t>(B) + j] / prob_sum[BB + k];
+}
+
+// Per expert: losses on its own bin and on everything, and its gate mass.
+void expert_diagnostics(const Communicator& comm, const Table& data, const Splits& sp, BinnedResult& res) {
+  const Index n = data.n();
+  const std::size_t N = static_cast<std::size_t>(n);
+  const int B = res.bins;
+  const std::vector<double>& y = data.y;
+  const std::vector<double>& w = data.w;
+  res.expert_loss.assign(static_cast<std::size_t>(B) * 5, kNaN);
+  const std::size_t BB = static_cast<std::size_t>(B) * static_cast<std::size_t>(B);
+  res.expert_rmse_by_bin.assign(BB, kNaN);
+  double test_w = 0;
+  std::vector<double> mass(static_cast<std::size_t>(B), 0.0);
+  for (Index i = 0; i < n; ++i)
+    if (sp.test[static_cast<std::size_t>(i)]) {
+      test_w += w[static_cast<std::size_t>(i)];
+      for (int k = 0; k < B; ++k) mass[static_cast<std::size_t>(k)] += w[static_cast<std::size_t>(i)] * res.gate(i, k);
+    }
+  comm.allreduce_sum(mass.data(), B);
+  test_w = comm.allreduce_sum(test_w);
+  for (int k = 0; k < B; ++k) {
+    std::vector<double> f(N);
+    for (std::size_t i = 0; i < N; ++i) f[i] = res.experts(static_cast<Index>(i), k);
+    const std::vector<char> own = where(res.bin, k);
+    double* row = &res.expert_loss[static_cast<std::size_t>(k) * 5];
+    row[0] = static_cast<double>(res.rows_per_split_bin[static_cast<std::size_t>(k)]);
+    row[1] = rmse(comm, f, y, w, both(sp.train, own));
+    row[2] = rmse(comm, f, y, w, both(sp.test, own));
+    row[3] = rmse(comm, f, y, w, sp.test);
+    row[4] = test_w > 0 ? mass[static_cast<std::size_t>(k)] / test_w : kNaN;
+    for (int j = 0; j < B; ++j)
+      res.expert_rmse_by_bin[static_cast<std::size_t>(k * B + j)] = rmse(comm, f, y, w, both(sp.test, where(res.bin, j)));
+  }
+}
+
 }  // namespace
 
 void validate_binned(const BinnedOptions& opt) {
@@ -110,220 +377,18 @@ void validate_binned(const BinnedOptions& opt) {
 BinnedResult run_binned(const Communicator& comm, const Table& data, const BinnedOptions& opt) {
   validate_binned(opt);
   MOESIM_REQUIRE(data.first >= 0, "binned: the table needs global row numbers");
-  const Index n = data.n();
-  const std::size_t N = static_cast<std::size_t>(n);
   BinnedResult res;
-  res.target = data.y;
-  res.row.resize(N);
-  res.split.resize(N);
-  for (std::size_t i = 0; i < N; ++i) {
-    res.row[i] = data.first + static_cast<std::int64_t>(i);
-    const double u = Rng(opt.seed, Stream::kTest, 0xB1AAED, static_cast<std::uint64_t>(res.row[i])).uniform();
-    res.split[i] = u < opt.test_fraction ? kSplitTest : u < opt.test_fraction + opt.val_fraction ? kSplitValidation : kSplitTrain;
-  }
-  const std::vector<char> train = where(res.split, kSplitTrain), val = where(res.split, kSplitValidation),
-                          test = where(res.split, kSplitTest);
-  for (const auto& [name, m] : {std::pair<const char*, const std::vector<char>*>{"training", &train},
-                                {"validation", &val}, {"test", &test}})
-    MOESIM_CONFIG_CHECK(comm.allreduce_sum(static_cast<std::int64_t>(std::count(m->begin(), m->end(), 1))) > 0,
-                        "the " << name << " split is empty (" << comm.allreduce_sum(static_cast<std::int64_t>(n))
-                               << " rows): give more rows or change --val-fraction / --test-fraction");
-
-  // Bins: given edges, or B quantiles of the training targets.
-  if (opt.edges.empty()) {
-    std::vector<double> ytr;
-    for (std::size_t i = 0; i < N; ++i)
-      if (train[i]) ytr.push_back(data.y[i]);
-    res.edges = quantile_edges(comm, ytr, opt.bins);
-  } else {
-    res.edges = opt.edges;
-  }
-  const int B = static_cast<int>(res.edges.size()) + 1;
-  res.bins = B;
-  res.bin.resize(N);
-  for (std::size_t i = 0; i < N; ++i) res.bin[i] = bin_of(data.y[i], res.edges);
-  res.rows_per_split_bin.assign(static_cast<std::size_t>(3 * B), 0);
-  for (std::size_t i = 0; i < N; ++i) ++res.rows_per_split_bin[static_cast<std::size_t>(res.split[i] * B + res.bin[i])];
-  comm.allreduce_sum(res.rows_per_split_bin.data(), 3 * B);
-  for (int k = 0; k < B; ++k)
-    MOESIM_CONFIG_CHECK(res.rows_per_split_bin[static_cast<std::size_t>(k)] > 0,
-                        "bin " << k << " (" << range_text(res.edges, k)
-                               << ") has no training rows: move --bin-edges inside the target's range");
-
+  Splits sp;
+  assign_splits(comm, data, opt, sp, res);
+  make_bins(comm, data, opt, sp, res);
   Stopwatch sw;
-  auto say = [&](const char* fmt, auto... args) {
-    if (comm.rank() == 0 && !opt.quiet) {
-      std::printf(fmt, args...);
-      std::fflush(stdout);
-    }
-  };
-
-  // The gate: a classifier over bin labels, probabilities for every row.
-  std::vector<double> label(N);
-  for (std::size_t i = 0; i < N; ++i) label[i] = res.bin[i];
-  {
-    Rows tr = pick(data, res.row, train, label);
-    if (opt.gate_balanced) {
-      std::int64_t n_train = 0;
-      for (int k = 0; k < B; ++k) n_train += res.rows_per_split_bin[static_cast<std::size_t>(k)];
-      for (std::size_t i = 0; i < tr.w.size(); ++i)
-        tr.w[i] *= static_cast<double>(n_train) /
-                   (B * static_cast<double>(res.rows_per_split_bin[static_cast<std::size_t>(tr.y[i])]));
-    }
-    std::unique_ptr<Learner> gate = make_learner(opt.gate_learner, opt.learner);
-    const LearnerContext ctx{comm, B, derive_key(opt.seed, Stream::kLearner, 0xC47E, 0)};
-    Stopwatch t;
-    gate->fit(ctx, TrainRows{tr.X, tr.y, tr.w, tr.id});
-    res.gate = gate->predict(ctx, data.X);
-    MOESIM_REQUIRE(res.gate.rows() == n && res.gate.cols() == B, "gate predicted " << res.gate.cols() << " columns");
-    for (Index i = 0; i < n; ++i) {
-      const double s = res.gate.row(i).sum();
-      if (s > 0) res.gate.row(i) /= s;
-      else res.gate.row(i).setConstant(1.0 / B);
-    }
-    say("  gate %-7s over %d bins: fit and predict %.2f s\n", opt.gate_learner.c_str(), B, t.seconds());
-  }
-
-  // One expert per bin, fitted on that bin's training rows only.
-  res.experts.resize(n, B);
-  for (int k = 0; k < B; ++k) {
-    const Rows tr = pick(data, res.row, both(train, where(res.bin, k)), data.y);
-    std::unique_ptr<Learner> ex = make_learner(opt.expert_learner, opt.learner);
-    const LearnerContext ctx{comm, 0, derive_key(opt.seed, Stream::kLearner, 0xE4BE, static_cast<std::uint64_t>(k))};
-    Stopwatch t;
-    ex->fit(ctx, TrainRows{tr.X, tr.y, tr.w, tr.id});
-    res.experts.col(k) = ex->predict(ctx, data.X).col(0);
-    say("  expert %d %-7s %-22s %lld training rows, fit and predict %.2f s\n", k, opt.expert_learner.c_str(),
-        range_text(res.edges, k).c_str(), static_cast<long long>(res.rows_per_split_bin[static_cast<std::size_t>(k)]),
-        t.seconds());
-  }
-  if (opt.baseline) {
-    const Rows tr = pick(data, res.row, train, data.y);
-    std::unique_ptr<Learner> one = make_learner(opt.expert_learner, opt.learner);
-    const LearnerContext ctx{comm, 0, derive_key(opt.seed, Stream::kLearner, 0xBA5E, 0)};
-    one->fit(ctx, TrainRows{tr.X, tr.y, tr.w, tr.id});
-    const Mat<double> p = one->predict(ctx, data.X);
-    res.baseline.assign(p.data(), p.data() + p.rows());
-  }
+  fit_gate(comm, data, opt, sp, res);
+  fit_experts(comm, data, opt, sp, res);
   res.fit_seconds = sw.seconds();
-
-  // The mixture, its hard-gate variant, and the isotonic map fitted on validation rows.
-  res.mixture.resize(N);
-  res.hard.resize(N);
-  for (Index i = 0; i < n; ++i) {
-    Index best = 0;
-    res.gate.row(i).maxCoeff(&best);
-    res.mixture[static_cast<std::size_t>(i)] = res.gate.row(i).dot(res.experts.row(i));
-    res.hard[static_cast<std::size_t>(i)] = res.experts(i, best);
-  }
-  {
-    std::vector<double> x, y, w;
-    std::vector<std::int64_t> key;
-    for (std::size_t i = 0; i < N; ++i)
-      if (val[i]) {
-        x.push_back(res.mixture[i]);
-        y.push_back(data.y[i]);
-        w.push_back(data.w[i]);
-        key.push_back(res.row[i]);
-      }
-    res.calibration = fit_isotonic(comm, x, y, w, key);
-  }
-  res.calibrated.resize(N);
-  std::vector<double> clipped(N), oracle(N);
-  for (std::size_t i = 0; i < N; ++i) {
-    res.calibrated[i] = std::clamp(res.calibration(res.mixture[i]), opt.clip_min, opt.clip_max);
-    clipped[i] = std::clamp(res.mixture[i], opt.clip_min, opt.clip_max);
-    oracle[i] = res.experts(static_cast<Index>(i), res.bin[i]);
-  }
-
-  // Scores.
-  const std::vector<double>& y = data.y;
-  const std::vector<double>& w = data.w;
-  for (auto [split, mask] : {std::pair<SplitRmse*, const std::vector<char>*>{&res.val, &val}, {&res.test, &test}}) {
-    split->mixture = rmse(comm, res.mixture, y, w, *mask);
-    split->calibrated = rmse(comm, res.calibrated, y, w, *mask);
-    split->clip_only = rmse(comm, clipped, y, w, *mask);
-    split->hard = rmse(comm, res.hard, y, w, *mask);
-    split->oracle = rmse(comm, oracle, y, w, *mask);
-    split->baseline = opt.baseline ? rmse(comm, res.baseline, y, w, *mask) : 0.0;
-  }
-  {
-    const Rows te = pick(data, res.row, test, label);
-    Mat<double> g(te.X.rows(), B);
-    Index j = 0;
-    for (Index i = 0; i < n; ++i)
-      if (test[static_cast<std::size_t>(i)]) g.row(j++) = res.gate.row(i);
-    const Scores s = score(comm, g, te.y, te.w, B);
-    res.gate_accuracy = s.accuracy;
-    res.gate_log_loss = s.log_loss;
-  }
-  // Chance: always answering the bin that weighs most among the training rows.
-  std::vector<double> bin_weight(static_cast<std::size_t>(2 * B), 0.0);  // train, test
-  for (std::size_t i = 0; i < N; ++i) {
-    if (train[i]) bin_weight[static_cast<std::size_t>(res.bin[i])] += w[i];
-    if (test[i]) bin_weight[static_cast<std::size_t>(B + res.bin[i])] += w[i];
-  }
-  comm.allreduce_sum(bin_weight.data(), 2 * B);
-  const auto majority = std::max_element(bin_weight.begin(), bin_weight.begin() + B) - bin_weight.begin();
-  double test_weight = 0;
-  for (int k = 0; k < B; ++k) test_weight += bin_weight[static_cast<std::size_t>(B + k)];
-  res.gate_chance_accuracy = test_weight > 0 ? bin_weight[static_cast<std::size_t>(B + majority)] / test_weight : 0.0;
-
-  // Gate diagnostics over the test rows.
-  const int H = opt.histogram_bins;
-  const std::size_t BB = static_cast<std::size_t>(B) * static_cast<std::size_t>(B);
-  res.confusion.assign(BB, 0);
-  res.histogram.assign(BB * static_cast<std::size_t>(H), 0);
-  std::vector<double> prob_sum(BB + static_cast<std::size_t>(B), 0.0);  // then the weight per true bin
-  for (Index i = 0; i < n; ++i) {
-    const std::size_t s = static_cast<std::size_t>(i);
-    if (!test[s]) continue;
-    const std::size_t k = static_cast<std::size_t>(res.bin[s]);
-    Index best = 0;
-    res.gate.row(i).maxCoeff(&best);
-    ++res.confusion[k * static_cast<std::size_t>(B) + static_cast<std::size_t>(best)];
-    for (int j = 0; j < B; ++j) {
-      const double p = res.gate(i, j);
-      const int h = std::clamp(static_cast<int>(std::floor(p * H)), 0, H - 1);
-      ++res.histogram[(k * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)) * static_cast<std::size_t>(H) +
-                      static_cast<std::size_t>(h)];
-      prob_sum[k * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)] += w[s] * p;
-    }
-    prob_sum[BB + k] += w[s];
-  }
-  comm.allreduce_sum(res.confusion.data(), static_cast<int>(BB));
-  comm.allreduce_sum(res.histogram.data(), static_cast<int>(res.histogram.size()));
-  comm.allreduce_sum(prob_sum.data(), static_cast<int>(prob_sum.size()));
-  res.mean_probability.assign(BB, kNaN);
-  for (std::size_t k = 0; k < static_cast<std::size_t>(B); ++k)
-    for (std::size_t j = 0; j < static_cast<std::size_t>(B); ++j)
-      if (prob_sum[BB + k] > 0) res.mean_probability[k * static_cast<std::size_t>(B) + j] = prob_sum[k * static_cast<std::size_t>(B) + j] / prob_sum[BB + k];
-
-  // Per-expert losses.
-  res.expert_loss.assign(static_cast<std::size_t>(B) * 5, kNaN);
-  res.expert_rmse_by_bin.assign(BB, kNaN);
-  double test_w = 0;
-  std::vector<double> mass(static_cast<std::size_t>(B), 0.0);
-  for (Index i = 0; i < n; ++i)
-    if (test[static_cast<std::size_t>(i)]) {
-      test_w += w[static_cast<std::size_t>(i)];
-      for (int k = 0; k < B; ++k) mass[static_cast<std::size_t>(k)] += w[static_cast<std::size_t>(i)] * res.gate(i, k);
-    }
-  comm.allreduce_sum(mass.data(), B);
-  test_w = comm.allreduce_sum(test_w);
-  for (int k = 0; k < B; ++k) {
-    std::vector<double> f(N);
-    for (std::size_t i = 0; i < N; ++i) f[i] = res.experts(static_cast<Index>(i), k);
-    const std::vector<char> own = where(res.bin, k);
-    double* row = &res.expert_loss[static_cast<std::size_t>(k) * 5];
-    row[0] = static_cast<double>(res.rows_per_split_bin[static_cast<std::size_t>(k)]);
-    row[1] = rmse(comm, f, y, w, both(train, own));
-    row[2] = rmse(comm, f, y, w, both(test, own));
-    row[3] = rmse(comm, f, y, w, test);
-    row[4] = test_w > 0 ? mass[static_cast<std::size_t>(k)] / test_w : kNaN;
-    for (int j = 0; j < B; ++j)
-      res.expert_rmse_by_bin[static_cast<std::size_t>(k * B + j)] = rmse(comm, f, y, w, both(test, where(res.bin, j)));
-  }
+  mix_and_calibrate(comm, data, opt, sp, res);
+  score_splits(comm, data, opt, sp, res);
+  gate_diagnostics(comm, data, opt, sp, res);
+  expert_diagnostics(comm, data, sp, res);
   return res;
 }
 
