@@ -88,6 +88,38 @@ def loss_vs_experts(runs: pd.DataFrame, path, *, loss: str = "val_loss", n: str 
     return _finish(fig, [ax], path)
 
 
+def routers_vs_experts(runs: pd.DataFrame, path, *, loss: str = "val_loss",
+                       n: str = "params_active") -> str:
+    """Routers side by side (Clark et al. 2022, Fig. 4): loss against experts (log x), one
+    line per gate, one panel per model size. Needs runs that differ in `gate`."""
+    use, note = usable_runs(runs, loss=loss, kind="moe", require=["experts"])
+    if use.empty or "gate" not in use or use["gate"].nunique() < 2:
+        raise ValueError("no complete MoE runs with more than one gate")
+    keys = [k for k in _size_groups(use) if k != "top_k"] or []
+    groups = list(use.groupby(keys, sort=True)) if keys else [((), use)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.4), squeeze=False,
+                             sharey=True, layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    gates = sorted(use["gate"].unique())
+    for ax, (values, g) in zip(axes[0], groups):
+        for i, gate in enumerate(gates):
+            gg = g[g["gate"] == gate]
+            if gg.empty:
+                continue
+            mean = gg.groupby("experts")[loss].mean()
+            ax.plot(mean.index, mean.values, "-o", color=colors[i % len(colors)], label=gate)
+            ax.scatter(gg["experts"], gg[loss], color=colors[i % len(colors)], s=12, alpha=0.5)
+        n_mean = float(g[n].mean()) if n in g else float("nan")
+        ax.set_title(_size_label(keys, values, n_mean) if keys else f"N≈{n_mean:,.0f}", fontsize=9)
+        ax.set_xscale("log", base=2)
+        _plain_log_y(ax)
+        ax.set_xlabel("experts E")
+        ax.legend(fontsize=8, title="gate", title_fontsize=8)
+    axes[0][0].set_ylabel(loss)
+    fig.suptitle(f"{loss} against experts, one line per router" + (f"\n{note}" if note else ""), fontsize=9)
+    return _finish(fig, list(axes[0]), path)
+
+
 def _family(g: pd.DataFrame) -> dict:
     """The architecture a panel's grid extrapolates: shared options, F/D ratio, ranges."""
     first = g.iloc[0]

@@ -112,6 +112,34 @@ def _pick_heatmap_runs(use: pd.DataFrame, loss: str, k: int) -> list[str]:
     return list(dict.fromkeys(picks))[:k]
 
 
+ROUTERS_TEXT = ("The sweep varies the gate: mean loss per gate (rows) and number of experts "
+                "(columns) at each model size, lower is better. Clark et al. (2022) found S-BASE "
+                ">= top-k >= hash routing.")
+
+
+def _router_comparison(moe: pd.DataFrame, loss: str, n: str, saturating, e_start, e_max,
+                       bootstrap, seed):
+    """When runs differ in `gate`: (mean loss per size, gate and E; per-gate fitted law or
+    None); None when they do not."""
+    if moe.empty or "gate" not in moe or moe["gate"].nunique() < 2:
+        return None
+    sizes = [k for k in ("d_model", "d_ff", "layers", "top_k") if k in moe and moe[k].nunique() > 1]
+    table = (moe.groupby(sizes + ["gate", "experts"])[loss].mean().unstack("experts")
+             .reset_index())
+    table.columns = [f"E={c}" if isinstance(c, (int, np.integer)) else str(c) for c in table.columns]
+    rows = []
+    for gate, g in moe.groupby("gate"):
+        if len(g) < MIN_FIT_RUNS or g["experts"].nunique() < 2 or g[n].nunique() < 2:
+            continue
+        try:
+            f = fit_scaling_law(g, loss=loss, n=n, saturating=saturating, e_start=e_start,
+                                e_max=e_max, bootstrap=min(bootstrap, 200), seed=seed)
+        except ValueError:
+            continue
+        rows.append({"gate": gate, **{k: f.coef[k] for k in f.coef}, "r2": f.r2})
+    return table, (pd.DataFrame(rows) if rows else None)
+
+
 def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "params_active",
                  saturating: bool = False, e_start: float = E_START_SBASE,
                  e_max: float = E_MAX_SBASE, bootstrap: int = 1000, seed: int = 0, heatmaps: int = 3, max_curves: int = 12, max_stack: int = 6) -> Path:
@@ -146,9 +174,13 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
         except (ValueError, KeyError, OSError) as exc:
             notes.append(f"Figure '{title}' skipped: {exc}")
 
+    routers = _router_comparison(moe, loss, n, saturating, e_start, e_max, bootstrap, seed)
     if not moe.empty:
         add("Loss against experts", figures.loss_vs_experts, "loss_vs_experts.png", runs,
             loss=loss, n=n, fit=fit)
+        if routers is not None:
+            add("Routers side by side", figures.routers_vs_experts, "routers_vs_experts.png", runs,
+                loss=loss, n=n)
         if fit is not None:
             add("Iso-loss contours of the fitted law", figures.iso_loss_contours,
                 "iso_loss.png", runs, fit, loss=loss)
@@ -182,6 +214,10 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
         md += [markdown_table(fit.coefficient_table(), index=True), "",
                "Residuals (log L − predicted log L):", "",
                markdown_table(fit.residuals, index=False)]
+    if routers is not None:
+        md += ["", "## Routers", "", ROUTERS_TEXT, "", markdown_table(routers[0]), ""]
+        if routers[1] is not None:
+            md += ["Scaling law fitted per gate:", "", markdown_table(routers[1]), ""]
     md += [""] + [f"- {x}" for x in notes]
     md += ["", "## Figures", ""]
     for title, name in figs:
@@ -206,6 +242,10 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
             h.append(f"<p>{e(fit.note)}</p>")
         h += [html_table(fit.coefficient_table(), index=True),
               "<p>Residuals (log L − predicted log L):</p>", html_table(fit.residuals)]
+    if routers is not None:
+        h += ["<h2>Routers</h2>", f"<p>{e(ROUTERS_TEXT)}</p>", html_table(routers[0])]
+        if routers[1] is not None:
+            h += ["<p>Scaling law fitted per gate:</p>", html_table(routers[1])]
     if notes:
         h.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in notes) + "</ul>")
     h.append("<h2>Figures</h2>")

@@ -21,7 +21,22 @@ po::options_description moe_options() {
       ("experts", po::value<I>()->default_value(8), "E: experts per MoE layer (divisible by the rank count)")
       ("top-k", po::value<I>()->default_value(2), "K: experts per token, 1 <= K <= E")
       ("gate", po::value<std::string>()->default_value("topk"),
-       "topk (softmax over the K chosen logits; with K = 1 the gate is constant) | switch (K = 1, gate = softmax probability)")
+       "topk (softmax over the K chosen logits; with K = 1 the gate is constant) | switch (K = 1, gate = softmax "
+       "probability) | noisy-topk (Shazeer 2017: top-k of logits plus learned Gaussian noise) | expert-choice "
+       "(each expert takes its C best tokens) | hash (fixed map, see --hash-key) | sbase (top-k of a Sinkhorn-"
+       "balanced plan, gate = softmax probability)")
+      ("balance", po::value<std::string>()->default_value("aux"),
+       "aux (the gate's auxiliary loss: Switch's, or noisy-topk's importance and load losses) | bias (DeepSeek-V3: "
+       "per-expert bias added to the logits for selection only, moved by the load each step) | none")
+      ("bias-update-rate", po::value<double>()->default_value(1e-3), "--balance bias: b_e += rate * sign(mean load - load_e) per step")
+      ("importance-loss-weight", po::value<double>()->default_value(0.1), "noisy-topk: weight of CV(importance)^2 per MoE layer")
+      ("load-loss-weight", po::value<double>()->default_value(0.1), "noisy-topk: weight of CV(smooth load)^2 per MoE layer")
+      ("sinkhorn-iters", po::value<I>()->default_value(8), "sbase: Sinkhorn iterations over the global batch")
+      ("hash-key", po::value<std::string>()->default_value("input"),
+       "hash: input (signs of 16 fixed random projections of the layer input) | position (global token index in the batch)")
+      ("router-precision", po::value<std::string>()->default_value("fp32"),
+       "fp32 | fp64: router logits, softmax, selection and gradients in fp64 even in an fp32 model")
+      ("eval-capacity-factor", po::value<double>(), "capacity factor for validation (default: --capacity-factor)")
       ("d-model", po::value<I>()->default_value(32), "D: model width")
       ("d-ff", po::value<I>()->default_value(64), "F: hidden width of each expert (and dense FFN)")
       ("layers", po::value<I>()->default_value(2), "L: residual blocks")
@@ -78,7 +93,7 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   for (const char* k : {"moe-every", "eval-every", "flush-every"})
     MOESIM_CONFIG_CHECK(i(k) >= 0, "--" << k << " must be >= 0 (got " << i(k) << ")");
   for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
-                        "progress-interval"})
+                        "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight"})
     MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
   for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
     MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
@@ -86,9 +101,24 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(K <= E, "--top-k (" << K << ") must not exceed --experts (" << E << ")");
   MOESIM_CONFIG_CHECK(E % P == 0, "--experts (" << E << ") must be divisible by the number of ranks ("
                                                 << P << ") for expert parallelism");
-  MOESIM_CONFIG_CHECK(s("gate") == "topk" || s("gate") == "switch",
-                      "--gate must be topk or switch (got '" << s("gate") << "')");
+  const GateKind gate = parse_gate(s("gate"));
   MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1");
+  const BalanceKind balance = parse_balance(s("balance"));
+  const double eval_cf = vm.count("eval-capacity-factor") ? d("eval-capacity-factor") : d("capacity-factor");
+  MOESIM_CONFIG_CHECK(eval_cf >= 0 && std::isfinite(eval_cf),
+                      "--eval-capacity-factor must be a finite number >= 0 (got " << eval_cf << ")");
+  if (gate == GateKind::kExpertChoice)
+    MOESIM_CONFIG_CHECK(d("capacity-factor") > 0 && eval_cf > 0,
+                        "--gate expert-choice needs --capacity-factor and --eval-capacity-factor > 0 "
+                        "(each expert takes C = factor * B * K / E tokens)");
+  MOESIM_CONFIG_CHECK(balance != BalanceKind::kBias || (gate_is_token_choice(gate) && gate != GateKind::kSBase),
+                      "--balance bias needs a gate that picks experts per token by score (topk, switch, "
+                      "noisy-topk); --gate " << s("gate") << " balances by construction");
+  MOESIM_CONFIG_CHECK(i("sinkhorn-iters") >= 1, "--sinkhorn-iters must be >= 1 (got " << i("sinkhorn-iters") << ")");
+  MOESIM_CONFIG_CHECK(s("hash-key") == "input" || s("hash-key") == "position",
+                      "--hash-key must be input or position (got '" << s("hash-key") << "')");
+  MOESIM_CONFIG_CHECK(s("router-precision") == "fp32" || s("router-precision") == "fp64",
+                      "--router-precision must be fp32 or fp64 (got '" << s("router-precision") << "')");
   MOESIM_CONFIG_CHECK(s("task") == "regimes" || s("task") == "teacher" || s("task") == "lm",
                       "--task '" << s("task") << "' is not known (known: regimes, teacher, lm, binned)");
   MOESIM_CONFIG_CHECK(s("problem") == "regression" || s("problem") == "classification",
@@ -120,7 +150,15 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   m.model.moe.aux_loss_weight = d("aux-loss-weight");
   m.model.moe.z_loss_weight = d("z-loss");
   m.model.moe.router_init_scale = d("router-init-scale");
-  m.model.moe.gate = s("gate") == "switch" ? GateKind::kSwitch : GateKind::kTopK;
+  m.model.moe.gate = gate;
+  m.model.moe.balance = balance;
+  m.model.moe.bias_update_rate = d("bias-update-rate");
+  m.model.moe.eval_capacity_factor = eval_cf;
+  m.model.moe.router.fp64 = s("router-precision") == "fp64";
+  m.model.moe.router.importance_weight = d("importance-loss-weight");
+  m.model.moe.router.load_weight = d("load-loss-weight");
+  m.model.moe.router.sinkhorn_iters = static_cast<int>(i("sinkhorn-iters"));
+  m.model.moe.router.hash_key = s("hash-key") == "position" ? HashKey::kPosition : HashKey::kInput;
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));
   m.train.steps = i("steps");
   m.train.batch_tokens = i("batch-tokens");
@@ -221,6 +259,8 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
 
   auto rf = RunFile::create(comm, m.out, "moe");
   AttrList attrs = options_as_attrs(p.vm);
+  if (!p.vm.count("eval-capacity-factor"))
+    attrs.emplace_back("eval_capacity_factor", m.model.moe.eval_capacity_factor);
   const AttrList prov = provenance_attrs(comm);
   attrs.insert(attrs.end(), prov.begin(), prov.end());
   rf->root_attrs(attrs);

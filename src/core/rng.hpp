@@ -16,6 +16,8 @@ enum class Stream : std::uint64_t {
   kExpertInit = 5,
   kTest = 6,
   kLearner = 7,
+  kRouterNoise = 8,
+  kRouterHash = 9,
 };
 
 constexpr std::uint64_t splitmix64(std::uint64_t x) {

@@ -17,9 +17,11 @@ ParamCounts count_params(const ModelConfig& c) {
     p.total += D;  // block norm
     p.active += D;
     if (c.is_moe_block(l)) {
-      p.total += D * E + E * expert;
-      p.active += D * E + K * expert;
-      p.flops_per_token += 2 * D * E + K * 4 * D * F;
+      // Noisy top-k has a second router matrix, W_noise.
+      const std::int64_t router = (c.moe.gate == GateKind::kNoisyTopK ? 2 : 1) * D * E;
+      p.total += router + E * expert;
+      p.active += router + K * expert;
+      p.flops_per_token += 2 * router + K * 4 * D * F;
     } else {
       p.total += expert;
       p.active += expert;
@@ -108,6 +110,12 @@ void Model<T>::backward(const Mat<T>& dout) {
   Mat<T> dx;
   adapter_.backward(dh, dx);
   if (cfg_.vocab > 0) embed_.backward(dx);
+}
+
+template <class T>
+void Model<T>::set_mode(bool training, std::int64_t step) {
+  for (Block& b : blocks_)
+    if (b.moe) b.moe->set_mode(training, step);
 }
 
 template <class T>

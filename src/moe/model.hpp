@@ -44,6 +44,8 @@ class Model {
   // COLLECTIVE (MoE layers exchange tokens).
   void forward(const Mat<T>& x, Mat<T>& out);
   void backward(const Mat<T>& dout);
+  // Training or evaluation (router noise, capacity factor), and the step keying the noise.
+  void set_mode(bool training, std::int64_t step);
 
   ParamList<T> replicated_params();
   ParamList<T> expert_params();

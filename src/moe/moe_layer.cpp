@@ -4,14 +4,31 @@
 
 namespace moesim {
 
+BalanceKind parse_balance(const std::string& name) {
+  if (name == "aux") return BalanceKind::kAux;
+  if (name == "bias") return BalanceKind::kBias;
+  if (name == "none") return BalanceKind::kNone;
+  throw ConfigError("--balance must be aux, bias or none (got '" + name + "')");
+}
+
 template <class T>
 MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
                       const MoeLayerConfig& cfg, std::uint64_t seed, int layer_id)
     : comm_(comm),
       cfg_(cfg),
       dispatcher_(comm, cfg.experts, cfg.dispatch),
-      router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, cfg.gate) {
+      router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, [&] {
+        RouterOptions o = cfg.router;
+        o.gate = cfg.gate;
+        o.bias_selection = cfg.balance == BalanceKind::kBias;
+        if (cfg.balance != BalanceKind::kAux) o.importance_weight = o.load_weight = 0;
+        o.seed = seed;
+        o.layer_id = layer_id;
+        return o;
+      }()) {
   MOESIM_REQUIRE(cfg.top_k >= 1 && cfg.top_k <= cfg.experts, "top-k must be in [1, E]");
+  MOESIM_REQUIRE(cfg.balance != BalanceKind::kBias || gate_is_token_choice(cfg.gate),
+                 "--balance bias needs a gate that picks experts per token by score");
   Rng rrng(seed, Stream::kReplicatedInit, static_cast<std::uint64_t>(layer_id), 1000);
   router_.init(rrng, cfg.router_init_scale);
   const int El = dispatcher_.experts_per_rank();
@@ -30,17 +47,41 @@ MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
 template <class T>
 void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   const Index n = x.rows(), D = x.cols();
-  const int E = cfg_.experts, K = cfg_.top_k;
-  router_.forward(x, routing_);
-
+  const int E = cfg_.experts;
   const std::int64_t B = comm_.allreduce_sum(static_cast<std::int64_t>(n));
-  const std::int64_t cap = expert_capacity(cfg_.capacity_factor, B, K, E);
-  CapacityDecision cd = decide_capacity(comm_, routing_.expert, n, K, E, cap);
+  const double cf = !training_ && cfg_.eval_capacity_factor >= 0 ? cfg_.eval_capacity_factor
+                                                                 : cfg_.capacity_factor;
+  const std::int64_t cap = expert_capacity(cf, B, cfg_.top_k, E);
+  RouteContext ctx{&comm_, B, 0, step_, training_, cap};
+  if (router_.needs_token_index()) {
+    const std::int64_t local = n;
+    comm_.exscan_sum(&local, &ctx.first_token, 1);
+  }
+  router_.forward(x, ctx, routing_);
+  const int K = routing_.K;  // choice slots per token (E for expert choice)
+
+  CapacityDecision cd;
+  if (!routing_.preselected.empty()) {
+    // Expert choice applied the capacity itself: nothing is dropped.
+    cd.kept = routing_.preselected;
+    cd.assigned.assign(static_cast<std::size_t>(E), 0);
+    for (Index t = 0; t < n; ++t)
+      for (int j = 0; j < K; ++j) cd.assigned[static_cast<std::size_t>(routing_.expert_of(t, j))] += cd.kept[static_cast<std::size_t>(t * K + j)];
+    comm_.allreduce_sum(cd.assigned.data(), E);
+    cd.processed = cd.assigned;
+  } else {
+    cd = decide_capacity(comm_, routing_.expert, n, K, E, cap);
+  }
+  assigned_ = cd.assigned;
 
   // Load-balancing loss (Switch): E * sum_e f_e P_e over the global batch.
   // One all-reduce for P_e (load balance), the z-loss sum and the gate entropy sum.
-  std::vector<double> P(static_cast<std::size_t>(E) + 2, 0.0);
+  // The last slot counts tokens with no kept assignment.
+  std::vector<double> P(static_cast<std::size_t>(E) + 3, 0.0);
   for (Index t = 0; t < n; ++t) {
+    bool routed = false;
+    for (int j = 0; j < K; ++j) routed |= cd.kept[static_cast<std::size_t>(t * K + j)] != 0;
+    P[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
     for (int e = 0; e < E; ++e) {
       const double p = routing_.probs(t, e);
       P[static_cast<std::size_t>(e)] += p;
@@ -48,7 +89,10 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
     }
     P[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
-  comm_.allreduce_sum(P.data(), E + 2);
+  comm_.allreduce_sum(P.data(), E + 3);
+  stats_.unrouted_tokens = static_cast<std::int64_t>(P[static_cast<std::size_t>(E) + 2]);
+  stats_.importance_loss = routing_.importance_loss;
+  stats_.load_loss = routing_.load_loss;
   const double inv_b = B > 0 ? 1.0 / static_cast<double>(B) : 0.0;
   stats_.z_loss = P[static_cast<std::size_t>(E)] * inv_b;
   stats_.gate_entropy = P[static_cast<std::size_t>(E) + 1] * inv_b;
@@ -56,13 +100,15 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   for (double& v : stats_.gate_mass) v *= inv_b;
   f_.assign(static_cast<std::size_t>(E), 0.0);
   double aux = 0;
+  std::int64_t total_assigned = 0;
+  for (int e = 0; e < E; ++e) total_assigned += cd.assigned[e];
   for (int e = 0; e < E; ++e) {
-    f_[e] = B > 0 ? static_cast<double>(cd.assigned[e]) / static_cast<double>(B * K) : 0.0;
+    f_[e] = total_assigned > 0 ? static_cast<double>(cd.assigned[e]) / static_cast<double>(total_assigned) : 0.0;
     aux += f_[e] * (B > 0 ? P[e] / static_cast<double>(B) : 0.0);
   }
   stats_.aux_loss = aux * E;
   stats_.tokens = B;
-  stats_.assignments = B * K;
+  stats_.assignments = total_assigned;
   stats_.dropped = cd.dropped;
   stats_.expert_tokens = cd.processed;
 
@@ -93,7 +139,7 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
 template <class T>
 void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   const Index n = dy.rows(), D = dy.cols();
-  const int E = cfg_.experts, K = cfg_.top_k;
+  const int E = cfg_.experts, K = routing_.K;
   Mat<T> dgate = Mat<T>::Zero(n, K);
   Mat<T> dsend(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
@@ -117,7 +163,11 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   for (Index s = 0; s < layout_.rows_sent(); ++s) dx.row(layout_.send_token[s]) += dx_rows.row(s);
 
   Mat<T> dprobs;
-  if (cfg_.aux_loss_weight != 0.0 && stats_.tokens > 0) {
+  // Noisy top-k's own losses replace the Switch loss; gates without a learned
+  // per-token choice are balanced by construction.
+  const bool switch_aux = cfg_.balance == BalanceKind::kAux && gate_is_token_choice(cfg_.gate) &&
+                          cfg_.gate != GateKind::kNoisyTopK;
+  if (switch_aux && cfg_.aux_loss_weight != 0.0 && stats_.tokens > 0) {
     // d(w * E * sum_e f_e P_e) / d p_e(t) = w * E * f_e / B; f is not differentiable.
     RowVec<T> row(E);
     for (int e = 0; e < E; ++e)
@@ -135,6 +185,18 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   Mat<T> dx_router;
   router_.backward(routing_, dgate, dprobs, dx_router, dlse);
   dx += dx_router;
+
+  if (cfg_.balance == BalanceKind::kBias) {
+    // DeepSeek-V3: raise the bias of underloaded experts, lower it for overloaded ones,
+    // from the global load before dropping (identical on every rank).
+    double mean = 0;
+    for (std::int64_t a : assigned_) mean += static_cast<double>(a) / E;
+    std::vector<double>& b = router_.bias();
+    for (int e = 0; e < E; ++e) {
+      const double load = static_cast<double>(assigned_[static_cast<std::size_t>(e)]);
+      b[static_cast<std::size_t>(e)] += cfg_.bias_update_rate * (load < mean ? 1.0 : load > mean ? -1.0 : 0.0);
+    }
+  }
 }
 
 template class MoeLayer<float>;

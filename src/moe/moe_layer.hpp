@@ -13,6 +13,11 @@
 
 namespace moesim {
 
+// How load is balanced: the gate's auxiliary loss (Switch's, or noisy top-k's importance
+// and load losses), DeepSeek-V3's selection bias, or not at all.
+enum class BalanceKind { kAux, kBias, kNone };
+BalanceKind parse_balance(const std::string& name);  // ConfigError on unknown names
+
 struct MoeLayerConfig {
   Index d_model = 16;
   Index d_ff = 32;
@@ -24,12 +29,20 @@ struct MoeLayerConfig {
   double router_init_scale = 0.1;
   GateKind gate = GateKind::kTopK;
   DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
+  // Routing options (README, "Gates"); the layer fills in seed and layer id.
+  double eval_capacity_factor = -1;  // < 0: the training capacity factor
+  BalanceKind balance = BalanceKind::kAux;
+  double bias_update_rate = 1e-3;    // --balance bias: b_e += rate * sign(mean load - load_e)
+  RouterOptions router;
 };
 
 // What one forward pass of one layer measured; identical on every rank.
 struct MoeLayerStats {
   double aux_loss = 0;                  // E * sum_e f_e P_e, 1 when perfectly balanced
   double z_loss = 0;                    // mean over tokens of logsumexp(logits)^2
+  double importance_loss = 0;           // noisy top-k: CV(importance)^2 (unweighted)
+  double load_loss = 0;                 // noisy top-k: CV(smooth load)^2 (unweighted)
+  std::int64_t unrouted_tokens = 0;     // tokens with no kept assignment
   double gate_entropy = 0;              // mean over tokens of the router softmax entropy (nats)
   std::vector<double> gate_mass;        // E, P_e: mean router probability of each expert
   std::int64_t tokens = 0;              // global B
@@ -47,8 +60,15 @@ class MoeLayer {
 
   // COLLECTIVE. x: local tokens (n x D).
   void forward(const Mat<T>& x, Mat<T>& y);
-  // COLLECTIVE. dy: gradient of the loss w.r.t. y; returns dx.
+  // COLLECTIVE. dy: gradient of the loss w.r.t. y; returns dx. With --balance bias it
+  // then moves the selection bias by the load of the last forward (once per step).
   void backward(const Mat<T>& dy, Mat<T>& dx);
+  // Training (noise, the training capacity factor) or evaluation, and the step that
+  // keys the router noise.
+  void set_mode(bool training, std::int64_t step) {
+    training_ = training;
+    step_ = step;
+  }
 
   const MoeLayerStats& stats() const { return stats_; }
   CommStats& comm_stats() { return comm_stats_; }
@@ -59,7 +79,7 @@ class MoeLayer {
   void expert_params(ParamList<T>& out) {
     for (auto& e : experts_) e.params(out);
   }
-  TopKRouter<T>& router() { return router_; }
+  Router<T>& router() { return router_; }
   // Local expert le holds global expert first_local_expert() + le.
   Ffn<T>& local_expert(int le) { return experts_[static_cast<std::size_t>(le)]; }
   int first_local_expert() const { return dispatcher_.first_local_expert(); }
@@ -70,7 +90,7 @@ class MoeLayer {
   const Communicator& comm_;
   MoeLayerConfig cfg_;
   Dispatcher dispatcher_;
-  TopKRouter<T> router_;
+  Router<T> router_;
   std::vector<Ffn<T>> experts_;
 
   // Saved by forward for backward.
@@ -78,6 +98,9 @@ class MoeLayer {
   DispatchLayout layout_;
   Mat<T> combined_;  // expert outputs in send order (for gate gradients)
   std::vector<double> f_;  // global fraction of assignments per expert
+  std::vector<std::int64_t> assigned_;  // global assignments per expert before dropping
+  bool training_ = true;
+  std::int64_t step_ = 0;
   MoeLayerStats stats_;
   CommStats comm_stats_;
 };

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "moe/router.hpp"
 
 namespace moesim {
 
@@ -20,25 +21,40 @@ struct ReferenceMoe {
   double aux_loss_weight = 0;
   bool switch_gate = false;           // K = 1, gate = full-softmax probability
   double z_loss_weight = 0;
+  // Other gates (switch_gate above is the same as gate = kSwitch).
+  GateKind gate = GateKind::kTopK;
+  Mat<double> router_noise;           // noisy top-k: W_noise, D x E
+  Mat<double> noise;                  // noisy top-k: the draws eps, B x E (empty: no noise)
+  double importance_weight = 0, load_weight = 0;
+  std::vector<double> bias;           // selection bias per expert (empty: none)
+  int sinkhorn_iters = 8;             // sbase
+  Mat<double> hash_planes;            // hash on the input: D x 16 (empty: hash the position)
+  std::uint64_t hash_seed = 1;
+  int hash_layer = 0;
 
   struct Forward {
     Mat<double> y;                    // B x D
     double aux_loss = 0;              // E * sum f_e P_e (unweighted)
     double z_loss = 0;                // mean of logsumexp(logits)^2 (unweighted)
+    double importance_loss = 0, load_loss = 0;  // noisy top-k (unweighted)
     std::vector<std::vector<int>> chosen;   // per token: experts by descending logit
     std::vector<std::vector<double>> gate;  // per token: softmax over chosen logits
     std::vector<std::vector<char>> kept;    // per token and choice
     std::vector<long> expert_tokens;        // kept assignments per expert
     long dropped = 0;
+    std::vector<int> next_choice;           // per token: the (K+1)-th expert by score
+    std::vector<double> dimportance, dload; // d CV^2 / d importance_e, d load_e
   };
   struct Grads {
     Mat<double> dx, drouter;
+    Mat<double> drouter_noise;
     std::vector<ReferenceExpert> dexperts;
   };
 
   Forward forward(const Mat<double>& x) const;
   // Gradient of sum(dy .* y) + aux_loss_weight * aux_loss + z_loss_weight * z_loss
-  // (f treated as constant).
+  // (+ importance and load losses for noisy top-k; f treated as constant). The Switch
+  // loss trains topk, switch and sbase routers only, as in MoeLayer.
   Grads backward(const Mat<double>& x, const Forward& fw, const Mat<double>& dy) const;
 };
 

@@ -75,6 +75,7 @@ std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
                                    const Task& task, std::int64_t tokens,
                                    std::int64_t chunk, std::vector<std::int64_t>* routing_counts) {
   double sums[2] = {0, 0};  // loss, correct
+  model.set_mode(false, 0);
   const std::vector<MoeLayer<T>*> moe = model.moe_layers();
   const int E = model.config().moe.experts, S = task.sources();
   if (routing_counts) routing_counts->assign(moe.size() * static_cast<std::size_t>(E * S), 0);
@@ -128,6 +129,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     Batch b = task.batch(Stream::kTrain, static_cast<std::uint64_t>(step), sh.first, sh.count);
     Mat<T> x = b.x.cast<T>(), y, dy;
     zero_grads(all);
+    model.set_mode(true, step);
     model.forward(x, y);
     const LossResult lr = task_loss<T>(y, b, task.classification(), cfg.batch_tokens, &dy);
     model.backward(dy);
@@ -147,7 +149,9 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     // Per-step metrics: one sum-reduce and one max-reduce.
     double a2a_seconds = 0;
     std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
-    double aux = 0, zl = 0, entropy = 0, max_over_mean = 0, cv = 0;
+    double aux = 0, zl = 0, entropy = 0, max_over_mean = 0, cv = 0, importance = 0, load_loss = 0;
+    double unrouted = 0, tokens_seen = 0;
+    std::vector<double> bias;  // L x E selection biases (--balance bias)
     std::int64_t unused = 0, starved = 0;
     std::vector<double> gate_mass(static_cast<std::size_t>(E), 0.0);
     std::int64_t dropped = 0, assignments = 0;
@@ -158,6 +162,11 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
       aux += l->stats().aux_loss;
       zl += l->stats().z_loss;
+      importance += l->stats().importance_loss;
+      load_loss += l->stats().load_loss;
+      unrouted += static_cast<double>(l->stats().unrouted_tokens);
+      tokens_seen += static_cast<double>(l->stats().tokens);
+      bias.insert(bias.end(), l->router().bias().begin(), l->router().bias().end());
       entropy += l->stats().gate_entropy;
       // Collapse and balance of this layer's load (kept assignments per expert).
       const auto& load = l->stats().expert_tokens;
@@ -229,6 +238,13 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     out.append("starved_experts", std::vector<std::int64_t>{starved});
     out.append("gate_mass", gate_mass, {static_cast<hsize_t>(E)});
     out.append("dropped_fraction", std::vector<double>{drop_frac});
+    out.append("unrouted_fraction", std::vector<double>{tokens_seen > 0 ? unrouted / tokens_seen : 0.0});
+    if (Lm > 0 && model.config().moe.gate == GateKind::kNoisyTopK) {
+      out.append("importance_loss", std::vector<double>{importance / Lm});
+      out.append("load_loss", std::vector<double>{load_loss / Lm});
+    }
+    if (Lm > 0 && model.config().moe.balance == BalanceKind::kBias)
+      out.append("balance_bias", bias, {static_cast<hsize_t>(Lm), static_cast<hsize_t>(E)});
     out.append("tokens_per_s", std::vector<double>{tok_s});
     out.append("a2a_bytes", std::vector<double>{off_diag});
     out.append("a2a_seconds", std::vector<double>{maxes[1]});

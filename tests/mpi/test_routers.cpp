@@ -1,0 +1,323 @@
+// Every gate of the expert-parallel MoE layer on P ranks against the serial reference
+// (noisy top-k with its losses, expert choice, hash, S-BASE, bias balancing, an fp64
+// router), and finite differences through the distributed layer for the gates that
+// learn.
+#include <gtest/gtest.h>
+
+#include "moe/moe_layer.hpp"
+#include "moe/reference_moe.hpp"
+#include "support/gradcheck.hpp"
+#include "support/test_support.hpp"
+#include "train/trainer.hpp"
+
+namespace moesim {
+namespace {
+
+using test::world;
+
+constexpr std::uint64_t kSeed = 5;
+constexpr int kLayer = 1;
+constexpr std::int64_t kStep = 3;
+
+struct GateCase {
+  const char* name;
+  GateKind gate;
+  int E, K;
+  double capacity_factor;
+  std::int64_t B;
+  BalanceKind balance = BalanceKind::kAux;
+  HashKey key = HashKey::kInput;
+  bool training = true;
+};
+
+MoeLayerConfig make_cfg(const GateCase& c) {
+  MoeLayerConfig cfg;
+  cfg.d_model = 6;
+  cfg.d_ff = 5;
+  cfg.experts = c.E;
+  cfg.top_k = c.K;
+  cfg.capacity_factor = c.capacity_factor;
+  cfg.aux_loss_weight = 0.05;
+  cfg.z_loss_weight = 0.02;
+  cfg.router_init_scale = 4.0;  // decisive routing so capacity matters
+  cfg.gate = c.gate;
+  cfg.balance = c.balance;
+  cfg.bias_update_rate = 0.01;
+  cfg.router.importance_weight = 0.3;
+  cfg.router.load_weight = 0.2;
+  cfg.router.sinkhorn_iters = 6;
+  cfg.router.hash_key = c.key;
+  return cfg;
+}
+
+// The layer's experts (from (seed, layer, e)), random W_noise and biases, copied into
+// the reference; noise draws from the documented key (seed, step, global token, expert).
+ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg, const GateCase& c) {
+  ReferenceMoe ref;
+  ref.router = layer.router().weight().value;
+  ref.K = cfg.top_k;
+  ref.capacity_factor = cfg.capacity_factor;
+  ref.aux_loss_weight = cfg.balance == BalanceKind::kAux ? cfg.aux_loss_weight : 0.0;
+  ref.z_loss_weight = cfg.z_loss_weight;
+  ref.gate = cfg.gate;
+  ref.sinkhorn_iters = cfg.router.sinkhorn_iters;
+  ref.hash_seed = kSeed;
+  ref.hash_layer = kLayer;
+  if (cfg.gate == GateKind::kHash && cfg.router.hash_key == HashKey::kInput)
+    ref.hash_planes = hash_planes(kSeed, kLayer, cfg.d_model);
+  if (cfg.gate == GateKind::kNoisyTopK) {
+    layer.router().noise_weight().value = test::random_matrix(cfg.d_model, cfg.experts, 77, 0.5);
+    ref.router_noise = layer.router().noise_weight().value;
+    if (c.training) {
+      ref.noise.resize(c.B, cfg.experts);
+      for (Index t = 0; t < c.B; ++t)
+        for (int e = 0; e < cfg.experts; ++e) ref.noise(t, e) = router_noise(kSeed, kLayer, kStep, t, e);
+    }
+    if (cfg.balance == BalanceKind::kAux) {
+      ref.importance_weight = cfg.router.importance_weight;
+      ref.load_weight = cfg.router.load_weight;
+    }
+  }
+  if (cfg.balance == BalanceKind::kBias) {
+    for (int e = 0; e < cfg.experts; ++e) layer.router().bias()[static_cast<std::size_t>(e)] = 0.7 * ((e * 5) % 3 - 1);
+    ref.bias = layer.router().bias();
+  }
+  for (int e = 0; e < cfg.experts; ++e) {
+    Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
+    Rng rng(kSeed, Stream::kExpertInit, static_cast<std::uint64_t>(kLayer), static_cast<std::uint64_t>(e));
+    f.init(rng);
+    f.b1().value = test::random_matrix(1, cfg.d_ff, 900 + e, 0.2);
+    f.b2().value = test::random_matrix(1, cfg.d_model, 950 + e, 0.2);
+    ref.experts.push_back({f.w1().value, f.b1().value, f.w2().value, f.b2().value});
+  }
+  for (int le = 0; le < layer.local_experts(); ++le) {
+    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    layer.local_expert(le).b1().value = re.b1;
+    layer.local_expert(le).b2().value = re.b2;
+  }
+  return ref;
+}
+
+void PrintTo(const GateCase& c, std::ostream* os) { *os << c.name; }
+
+class GateVsReference : public ::testing::TestWithParam<GateCase> {};
+
+TEST_P(GateVsReference, ForwardBackwardAndStats) {
+  const GateCase c = GetParam();
+  const Communicator& comm = world();
+  if (c.E % comm.size() != 0) GTEST_SKIP() << "E not divisible by P";
+  const MoeLayerConfig cfg = make_cfg(c);
+  MoeLayer<double> layer(comm, "moe", cfg, kSeed, kLayer);
+  layer.set_mode(c.training, kStep);
+  ReferenceMoe ref = make_reference(layer, cfg, c);
+
+  const Mat<double> xg = test::random_matrix(c.B, cfg.d_model, 101);
+  const Mat<double> dyg = test::random_matrix(c.B, cfg.d_model, 102);
+  const Shard sh = shard_of(c.B, comm.rank(), comm.size());
+  const Mat<double> x = xg.middleRows(sh.first, sh.count), dy = dyg.middleRows(sh.first, sh.count);
+
+  Mat<double> y, dx;
+  layer.forward(x, y);
+  const ReferenceMoe::Forward fw = ref.forward(xg);
+  constexpr double abs_tol = 1e-12, rel_tol = 1e-9;
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(y, fw.y.middleRows(sh.first, sh.count), abs_tol, rel_tol, "Y");
+  EXPECT_NEAR(layer.stats().aux_loss, fw.aux_loss, 1e-12);
+  EXPECT_NEAR(layer.stats().z_loss, fw.z_loss, 1e-12 * std::max(1.0, fw.z_loss));
+  EXPECT_NEAR(layer.stats().importance_loss, fw.importance_loss, 1e-12);
+  EXPECT_NEAR(layer.stats().load_loss, fw.load_loss, 1e-12);
+  EXPECT_EQ(layer.stats().dropped, fw.dropped);
+  for (int e = 0; e < c.E; ++e) EXPECT_EQ(layer.stats().expert_tokens[e], fw.expert_tokens[e]) << "expert " << e;
+  if (c.gate == GateKind::kNoisyTopK && c.training) {
+    EXPECT_GT(fw.importance_loss, 0.0);
+    if (c.K < c.E) {
+      EXPECT_GT(fw.load_loss, 0.0);
+    }
+  }
+  if (c.gate == GateKind::kExpertChoice) {
+    const std::int64_t C = expert_capacity(c.capacity_factor, c.B, c.K, c.E);
+    for (int e = 0; e < c.E; ++e) EXPECT_EQ(layer.stats().expert_tokens[e], std::min<std::int64_t>(C, c.B));
+  }
+
+  const std::vector<double> bias_before = layer.router().bias();
+  layer.router().weight().grad.setZero();
+  if (c.gate == GateKind::kNoisyTopK) layer.router().noise_weight().grad.setZero();
+  layer.backward(dy, dx);
+  const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), abs_tol, rel_tol, "dX");
+  Mat<double> drouter = layer.router().weight().grad;
+  comm.allreduce_sum(drouter.data(), static_cast<int>(drouter.size()));
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(drouter, g.drouter, abs_tol, rel_tol, "dW_router");
+  if (c.gate == GateKind::kNoisyTopK && c.training) {
+    // With K = 1 and no noisy losses the gate is constant: W_noise gets no gradient.
+    const bool learns_noise = c.K > 1 || c.balance == BalanceKind::kAux;
+    Mat<double> dn = layer.router().noise_weight().grad;
+    comm.allreduce_sum(dn.data(), static_cast<int>(dn.size()));
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(dn, g.drouter_noise, abs_tol, rel_tol, "dW_noise");
+    if (learns_noise) {
+      EXPECT_GT(dn.norm(), 0.0);
+    }
+  }
+  for (int le = 0; le < layer.local_experts(); ++le) {
+    const ReferenceExpert& de = g.dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    Ffn<double>& ex = layer.local_expert(le);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "dW1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "db2");
+  }
+  if (c.balance == BalanceKind::kBias) {
+    // One update step: +rate below the mean load, -rate above, from the global load.
+    std::vector<double> load(static_cast<std::size_t>(c.E), 0.0);
+    for (const auto& ch : fw.chosen)
+      for (int e : ch) load[static_cast<std::size_t>(e)] += 1;
+    const double mean = static_cast<double>(c.B * c.K) / c.E;
+    for (int e = 0; e < c.E; ++e) {
+      const double step = load[e] < mean ? 0.01 : load[e] > mean ? -0.01 : 0.0;
+      EXPECT_DOUBLE_EQ(layer.router().bias()[e], bias_before[e] + step) << "expert " << e;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Gates, GateVsReference,
+    ::testing::Values(GateCase{"noisy_k2", GateKind::kNoisyTopK, 4, 2, 1.0, 37},
+                      GateCase{"noisy_k1_drop", GateKind::kNoisyTopK, 8, 1, 0.75, 40},
+                      GateCase{"noisy_eval", GateKind::kNoisyTopK, 4, 2, 1.0, 30, BalanceKind::kAux,
+                               HashKey::kInput, false},
+                      GateCase{"noisy_none", GateKind::kNoisyTopK, 4, 2, 0.0, 29, BalanceKind::kNone},
+                      GateCase{"expert_choice_k2", GateKind::kExpertChoice, 4, 2, 1.0, 41},
+                      GateCase{"expert_choice_half", GateKind::kExpertChoice, 8, 1, 0.5, 50},
+                      GateCase{"hash_input", GateKind::kHash, 4, 1, 0.0, 36},
+                      GateCase{"hash_position_k2", GateKind::kHash, 8, 2, 1.0, 45, BalanceKind::kAux,
+                               HashKey::kPosition},
+                      GateCase{"sbase_k1", GateKind::kSBase, 4, 1, 1.25, 48},
+                      GateCase{"sbase_k2", GateKind::kSBase, 8, 2, 0.0, 40},
+                      GateCase{"topk_bias", GateKind::kTopK, 4, 2, 1.0, 39, BalanceKind::kBias},
+                      GateCase{"switch_bias", GateKind::kSwitch, 8, 1, 1.0, 33, BalanceKind::kBias},
+                      GateCase{"noisy_bias", GateKind::kNoisyTopK, 4, 1, 1.0, 31, BalanceKind::kBias}),
+    [](const ::testing::TestParamInfo<GateCase>& tp) { return std::string(tp.param.name); });
+
+// S-BASE's plan balances the load: on a batch where top-1 crowds the experts, the
+// balanced assignment's max/mean load is far lower.
+TEST(SBase, BalancesWhereTopOneCrowds) {
+  const Communicator& comm = world();
+  const int E = 4;
+  if (E % comm.size() != 0) GTEST_SKIP();
+  const std::int64_t B = 400;
+  Mat<double> xg = test::random_matrix(B, 6, 601);
+  xg.col(0).array() += 3.0;  // a shared direction pushes most tokens to one expert
+  const Shard sh = shard_of(B, comm.rank(), comm.size());
+  const Mat<double> x = xg.middleRows(sh.first, sh.count);
+  auto max_over_mean = [&](GateKind g) {
+    GateCase c{"", g, E, 1, 0.0, B};
+    MoeLayerConfig cfg = make_cfg(c);
+    cfg.router.sinkhorn_iters = 20;
+    MoeLayer<double> layer(comm, "moe", cfg, kSeed, kLayer);
+    Mat<double> y;
+    layer.forward(x, y);
+    std::int64_t mx = 0;
+    for (std::int64_t v : layer.stats().expert_tokens) mx = std::max(mx, v);
+    return static_cast<double>(mx) / (static_cast<double>(B) / E);
+  };
+  const double top1 = max_over_mean(GateKind::kSwitch), sbase = max_over_mean(GateKind::kSBase);
+  EXPECT_GT(top1, 1.5) << "the batch should crowd top-1 routing";
+  EXPECT_LT(sbase, 1.25) << "top-1 " << top1;
+  EXPECT_LT(sbase, 0.5 * top1);
+}
+
+// The fp64 router in an fp32 layer matches an all-fp64 router to float rounding of its
+// outputs, closer than the fp32 router does.
+TEST(RouterPrecision, Fp64RouterInFp32Model) {
+  const int E = 8, D = 32;
+  const Mat<double> x64 = test::random_matrix(64, D, 701, 3.0);
+  const Mat<float> x32 = x64.cast<float>();
+  Router<double> exact("r", D, E, 2, GateKind::kTopK);
+  Rng rng(702);
+  exact.init(rng, 30.0);
+  const Mat<float> w32 = exact.weight().value.cast<float>();
+  exact.weight().value = w32.cast<double>();  // both see the same (float) weights
+  auto run = [&](bool fp64) {
+    RouterOptions o;
+    o.fp64 = fp64;
+    Router<float> r("r", D, E, 2, o);
+    r.weight().value = w32;
+    Routing<float> out;
+    r.forward(x32, out);
+    return out.probs.cast<double>().eval();
+  };
+  Routing<double> ref;
+  Router<double> exact_x(exact);
+  exact_x.forward(x32.cast<double>(), ref);
+  const double err64 = (run(true) - ref.probs).cwiseAbs().maxCoeff();
+  const double err32 = (run(false) - ref.probs).cwiseAbs().maxCoeff();
+  EXPECT_LE(err64, 6e-8) << "fp64 router should only round its outputs";
+  EXPECT_LT(err64, err32) << "fp32 " << err32;
+}
+
+// Finite differences through the distributed layer: noisy top-k (both router matrices,
+// importance and load losses), expert choice and S-BASE.
+class GateGradients : public ::testing::TestWithParam<GateCase> {};
+
+TEST_P(GateGradients, FiniteDifferencesAcrossRanks) {
+  const GateCase c = GetParam();
+  const Communicator& comm = world();
+  if (c.E % comm.size() != 0) GTEST_SKIP();
+  MoeLayerConfig cfg = make_cfg(c);
+  cfg.d_model = 4;
+  cfg.d_ff = 3;
+  cfg.router_init_scale = 2.0;
+  MoeLayer<double> layer(comm, "moe", cfg, kSeed, kLayer);
+  layer.set_mode(true, kStep);
+  if (c.gate == GateKind::kNoisyTopK)
+    layer.router().noise_weight().value = test::random_matrix(cfg.d_model, c.E, 78, 0.5);
+  const Mat<double> xg = test::random_matrix(c.B, cfg.d_model, 201);
+  const Mat<double> rg = test::random_matrix(c.B, cfg.d_model, 202);
+  const Shard sh = shard_of(c.B, comm.rank(), comm.size());
+  Mat<double> x = xg.middleRows(sh.first, sh.count);
+  const Mat<double> r = rg.middleRows(sh.first, sh.count);
+  Mat<double> y, dx;
+  const bool switch_aux = c.gate == GateKind::kSBase;
+  auto loss = [&] {
+    layer.forward(x, y);
+    const MoeLayerStats& s = layer.stats();
+    return comm.allreduce_sum(y.cwiseProduct(r).sum()) + (switch_aux ? cfg.aux_loss_weight * s.aux_loss : 0.0) +
+           cfg.z_loss_weight * s.z_loss + cfg.router.importance_weight * s.importance_loss +
+           cfg.router.load_weight * s.load_loss;
+  };
+  loss();
+  layer.router().weight().grad.setZero();
+  if (c.gate == GateKind::kNoisyTopK) layer.router().noise_weight().grad.setZero();
+  layer.backward(r, dx);
+
+  ParamList<double> router;
+  layer.router().params(router);
+  for (Param<double>* p : router) {
+    Mat<double> num = test::numerical_grad(p->value, loss);
+    Mat<double> ana = p->grad;
+    comm.allreduce_sum(ana.data(), static_cast<int>(ana.size()));
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ana, num, test::kFdAbs, test::kFdRel, p->name);
+  }
+  Mat<double> dx_num = Mat<double>::Zero(x.rows(), x.cols());
+  for (int owner = 0; owner < comm.size(); ++owner) {
+    const Index rows = comm.allreduce_max(owner == comm.rank() ? x.rows() : Index{0});
+    for (Index i = 0; i < rows * x.cols(); ++i) {
+      const bool mine = owner == comm.rank();
+      double keep = 0;
+      if (mine) { keep = x.data()[i]; x.data()[i] = keep + 1e-6; }
+      const double up = loss();
+      if (mine) x.data()[i] = keep - 1e-6;
+      const double down = loss();
+      if (mine) { x.data()[i] = keep; dx_num.data()[i] = (up - down) / 2e-6; }
+    }
+  }
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, dx_num, test::kFdAbs, test::kFdRel, "dX");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Gates, GateGradients,
+    ::testing::Values(GateCase{"noisy_k2", GateKind::kNoisyTopK, 4, 2, 1.0, 20},
+                      GateCase{"noisy_k1", GateKind::kNoisyTopK, 4, 1, 0.0, 16},
+                      GateCase{"expert_choice", GateKind::kExpertChoice, 4, 2, 1.0, 18},
+                      GateCase{"sbase_k2", GateKind::kSBase, 4, 2, 1.0, 20}),
+    [](const ::testing::TestParamInfo<GateCase>& tp) { return std::string(tp.param.name); });
+
+}  // namespace
+}  // namespace moesim
