@@ -91,7 +91,7 @@ std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
     if (routing_counts && S > 0)
       for (std::size_t l = 0; l < moe.size(); ++l)
         for (Index t = 0; t < sh.count; ++t)
-          ++(*routing_counts)[(l * E + static_cast<std::size_t>(moe[l]->routing().expert_of(t, 0))) * S +
+          ++(*routing_counts)[(l * E + static_cast<std::size_t>(moe[l]->routing().top_expert(t))) * S +
                               static_cast<std::size_t>(b.cluster[static_cast<std::size_t>(t)])];
     sums[0] += lr.sum;
     sums[1] += static_cast<double>(lr.correct);

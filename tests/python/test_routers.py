@@ -242,3 +242,15 @@ def test_router_sweep_report_sets_gates_side_by_side(tmp_path, mpirun):
     runs = load_runs(out)
     one = runs[(runs["gate"] == "hash") & (runs["experts"] == 4) & (runs["d_model"] == 16)]
     assert f"{one['val_loss'].iloc[0]:.5g}" in section
+
+
+def test_expert_choice_routing_recovery_counts_every_token(tmp_path, run_moe):
+    """Routing recovery takes each token's most probable expert among those that chose it,
+    so the counts spread over the experts rather than all landing on expert 0."""
+    E = 4
+    _, out = run_moe(tmp_path, 2, gate="expert-choice", experts=E, steps=20, val_tokens=512, seed=2,
+                     router_init_scale=5.0)
+    with h5py.File(out, "r") as f:
+        counts = f["routing_recovery/counts"][:]  # L x E x S
+    assert counts.sum(axis=(1, 2)).tolist() == [512] * counts.shape[0]
+    assert (counts.sum(axis=2) > 0).sum(axis=1).min() >= 2
