@@ -24,10 +24,12 @@ SUMMARY_NAME = "sweep.h5"
 BASE_COLUMNS = ["id", "file", "kind", "status", "complete", "error"]
 PROVENANCE = {"schema_version", "moesim_version", "git_revision", "compiler", "ranks", "host",
               "start_time", "end_time", "slurm_job_id", "slurm_array_job_id",
-              "slurm_array_task_id", "slurm_job_nodelist", "stopped_at_step", "sweep_point_id",
+              "slurm_array_task_id", "slurm_job_nodelist", "stopped_at_step", "resumed_at_step",
+              "sweep_point_id",
               "complete", "status", "error", "kind"}
 # Options that say where or how loudly a run ran, not what it computed.
-NON_SCIENCE_OPTIONS = {"out", "quiet", "progress_interval", "flush_every", "blas_threads", "config"}
+NON_SCIENCE_OPTIONS = {"out", "quiet", "progress_interval", "flush_every", "blas_threads", "config",
+                       "checkpoint", "checkpoint_every", "resume"}
 
 
 def run_files(path_or_paths: PathLike | Iterable[PathLike]) -> list[Path]:

@@ -18,6 +18,7 @@ int run_stack(const Communicator& comm, const std::vector<std::string>& args, bo
 bool binned_task_requested(const std::vector<std::string>& args, const std::string& preset);
 int run_binned(const Communicator& comm, const std::vector<std::string>& args, const std::string& preset);
 int run_sweep(const Communicator& comm, const std::vector<std::string>& args);
+int run_merge(const Communicator& comm, const std::vector<std::string>& args);
 int run_synth(const Communicator& comm, const std::vector<std::string>& args);
 int run_info(const Communicator& comm, const std::vector<std::string>& args);
 

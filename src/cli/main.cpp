@@ -15,6 +15,7 @@ const char* kUsage =
     "  stack  K-fold stacking of base learners over sharded rows, logged to HDF5\n"
     "  blend  blending (train / validation / hold-out / test splits), logged to HDF5\n"
     "  sweep  expand a grid of runs, run it (or one point), skip finished points\n"
+    "  merge  merge the experts of a trained run (checkpoint) pairwise, loss before and after\n"
     "  synth  write a synthetic classification or regression table (HDF5 or CSV)\n"
     "  info   print version, revision, compiler and libraries\n"
     "\n"
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
     if (command == "blend") return moesim::cli::run_stack(comm, args, true);
     if (command == "synth") return moesim::cli::run_synth(comm, args);
     if (command == "sweep") return moesim::cli::run_sweep(comm, args);
+    if (command == "merge") return moesim::cli::run_merge(comm, args);
     if (command == "info") return moesim::cli::run_info(comm, args);
     if (command == "--help" || command == "-h" || command == "help") {
       if (rank == 0) std::fputs(kUsage, stdout);

@@ -1,9 +1,11 @@
 // `moesim moe`: one expert-parallel MoE training run, logged to one HDF5 file.
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "cli/commands.hpp"
+#include "cli/moe_model.hpp"
 #include "cli/options.hpp"
 #include "cli/task_options.hpp"
 #include "core/blas.hpp"
@@ -69,6 +71,12 @@ po::options_description moe_options() {
       ("eval-every", po::value<I>()->default_value(0), "validate every n steps as well as at the end (0 = end only)")
       ("out", po::value<std::string>()->default_value("moe_run.h5"), "run file (HDF5) to write")
       ("flush-every", po::value<I>()->default_value(50), "steps between run-file flushes")
+      ("checkpoint", po::value<std::string>()->default_value(""),
+       "checkpoint file (HDF5): the whole training state, written at the end, when a signal stops the run "
+       "and every --checkpoint-every steps (empty = none)")
+      ("checkpoint-every", po::value<I>()->default_value(0), "steps between checkpoints (0 = only when stopped and at the end)")
+      ("resume", po::bool_switch()->default_value(false),
+       "continue from --checkpoint if that file exists (on any rank count dividing E); start afresh if it does not")
       ("progress-interval", po::value<double>()->default_value(2.0), "seconds between progress lines on rank 0")
       ("quiet", po::bool_switch()->default_value(false), "no progress lines or summary")
       ("blas-threads", po::value<I>()->default_value(1), "OpenBLAS threads per rank");
@@ -81,6 +89,7 @@ struct MoeSettings {
   RegimesConfig task;
   TrainConfig train;
   std::string precision, out;
+  bool resume = false;
 };
 
 MoeSettings validate(const po::variables_map& vm, int P) {
@@ -90,7 +99,7 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   for (const char* k : {"experts", "top-k", "d-model", "d-ff", "layers", "steps", "batch-tokens",
                         "input-dim", "clusters", "val-tokens", "blas-threads"})
     MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
-  for (const char* k : {"moe-every", "eval-every", "flush-every"})
+  for (const char* k : {"moe-every", "eval-every", "flush-every", "checkpoint-every"})
     MOESIM_CONFIG_CHECK(i(k) >= 0, "--" << k << " must be >= 0 (got " << i(k) << ")");
   for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
                         "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight"})
@@ -129,6 +138,9 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   const bool cls = s("problem") == "classification";
   if (cls) MOESIM_CONFIG_CHECK(i("classes") >= 2, "--classes must be >= 2 (got " << i("classes") << ")");
   MOESIM_CONFIG_CHECK(!s("out").empty(), "--out must name a file");
+  MOESIM_CONFIG_CHECK(!vm["resume"].as<bool>() || !s("checkpoint").empty(), "--resume needs --checkpoint FILE");
+  MOESIM_CONFIG_CHECK(i("checkpoint-every") == 0 || !s("checkpoint").empty(), "--checkpoint-every needs --checkpoint FILE");
+  MOESIM_CONFIG_CHECK(s("checkpoint") != s("out"), "--checkpoint and --out must be different files");
 
   MoeSettings m;
   m.task.d_in = i("input-dim");
@@ -170,6 +182,9 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   m.train.progress_interval = d("progress-interval");
   m.train.quiet = vm["quiet"].as<bool>();
   m.train.flush_every = i("flush-every");
+  m.train.checkpoint = s("checkpoint");
+  m.train.checkpoint_every = i("checkpoint-every");
+  m.resume = vm["resume"].as<bool>();
   m.precision = s("precision");
   m.out = s("out");
   return m;
@@ -185,11 +200,23 @@ std::string human(double v) {
 }
 
 template <class T>
-int train_and_log(const Communicator& comm, const MoeSettings& m, const Task& task, RunFile& rf) {
+int train_and_log(const Communicator& comm, const MoeSettings& m, const Task& task, RunFile& rf,
+                  bool resuming) {
   Model<T> model(comm, m.model);
   const ParamCounts pc = count_params(m.model);
   install_stop_handlers();
-  const TrainSummary s = train(comm, model, task, m.train, rf);
+  TrainConfig tc = m.train;
+  if (resuming) {
+    tc.start = load_checkpoint(comm, tc.checkpoint, model.replicated_params(), model.expert_params(), &rf,
+                               kPerRankSeries);
+    rf.root_attrs({{"resumed_at_step", tc.start.step}});
+    if (comm.rank() == 0 && !tc.quiet) {
+      std::printf("moesim moe: resuming from step %lld of %s\n", static_cast<long long>(tc.start.step),
+                  tc.checkpoint.c_str());
+      std::fflush(stdout);
+    }
+  }
+  const TrainSummary s = train(comm, model, task, tc, rf);
   AttrList fin{{"steps_done", s.steps_done},
                {"train_loss", s.final_train_loss},
                {"params_total", pc.total},
@@ -255,6 +282,12 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
   AttrList task_facts;
   const std::unique_ptr<Task> task = make_task(comm, choice, task_facts);  // bad data fails here, before any file
   fit_model_to_task(*task, choice, m.model);
+  m.train.options = options_as_ini(p.vm, {"out", "checkpoint", "checkpoint-every", "resume"});
+  int found = 0;
+  if (m.resume && comm.rank() == 0) found = std::filesystem::exists(m.train.checkpoint) ? 1 : 0;
+  comm.broadcast(&found, 1, 0);
+  if (m.resume && !found && comm.rank() == 0 && !m.train.quiet)
+    std::printf("moesim moe: no checkpoint %s yet, starting at step 1\n", m.train.checkpoint.c_str());
   set_blas_threads(static_cast<int>(p.vm["blas-threads"].as<I>()));
 
   auto rf = RunFile::create(comm, m.out, "moe");
@@ -266,8 +299,25 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
   rf->root_attrs(attrs);
   rf->group_attrs("task", task_facts);
   rf->flush();
-  return m.precision == "fp64" ? train_and_log<double>(comm, m, *task, *rf)
-                               : train_and_log<float>(comm, m, *task, *rf);
+  return m.precision == "fp64" ? train_and_log<double>(comm, m, *task, *rf, found != 0)
+                               : train_and_log<float>(comm, m, *task, *rf, found != 0);
+}
+
+void visit_moe_model(const Communicator& comm, const std::string& options,
+                     const std::vector<std::string>& overrides, MoeModelVisitor& v) {
+  const Parsed p = parse("moe", overrides, moe_options(), options);
+  MoeSettings m = validate(p.vm, comm.size());
+  const TaskChoice choice = task_choice(p.vm, m.task);
+  AttrList task_facts;
+  const std::unique_ptr<Task> task = make_task(comm, choice, task_facts);
+  fit_model_to_task(*task, choice, m.model);
+  if (m.precision == "fp64") {
+    Model<double> model(comm, m.model);
+    v.visit(model, *task, m.train);
+  } else {
+    Model<float> model(comm, m.model);
+    v.visit(model, *task, m.train);
+  }
 }
 
 }  // namespace moesim::cli

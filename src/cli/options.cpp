@@ -1,5 +1,7 @@
 #include "cli/options.hpp"
 
+#include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <fstream>
 #include <iostream>
@@ -59,6 +61,31 @@ AttrList options_as_attrs(const po::variables_map& vm) {
     else if (const auto* s = boost::any_cast<std::string>(&v)) out.emplace_back(key, *s);
     else if (const auto* b = boost::any_cast<bool>(&v)) out.emplace_back(key, std::int64_t{*b ? 1 : 0});
     else throw RuntimeError("option '" + name + "' has a type the run file cannot store");
+  }
+  return out;
+}
+
+std::string options_as_ini(const po::variables_map& vm, const std::vector<std::string>& skip) {
+  std::string out;
+  for (const auto& [name, value] : vm) {
+    if (name == "help" || name == "config" || std::find(skip.begin(), skip.end(), name) != skip.end())
+      continue;
+    const boost::any& v = value.value();
+    std::string text;
+    if (const auto* i = boost::any_cast<std::int64_t>(&v)) {
+      text = std::to_string(*i);
+    } else if (const auto* d = boost::any_cast<double>(&v)) {
+      char buf[64];
+      const auto r = std::to_chars(buf, buf + sizeof buf, *d);  // shortest text that reads back exactly
+      text.assign(buf, r.ptr);
+    } else if (const auto* s = boost::any_cast<std::string>(&v)) {
+      text = *s;
+    } else if (const auto* b = boost::any_cast<bool>(&v)) {
+      text = *b ? "true" : "false";
+    } else {
+      throw RuntimeError("option '" + name + "' has a type a config file cannot hold");
+    }
+    out += name + " = " + text + "\n";
   }
   return out;
 }

@@ -26,6 +26,10 @@ Parsed parse(const std::string& command, const std::vector<std::string>& args,
 // Every resolved option as an attribute, dashes turned into underscores.
 AttrList options_as_attrs(const po::variables_map& vm);
 
+// The resolved options as INI text (`key = value`, long names), without those in `skip`:
+// what a checkpoint stores so that a run can be rebuilt from it.
+std::string options_as_ini(const po::variables_map& vm, const std::vector<std::string>& skip);
+
 void print_help(const std::string& command, const std::string& summary,
                 const po::options_description& desc);
 

@@ -16,6 +16,11 @@ namespace moesim::cli {
 
 namespace {
 using I = std::int64_t;
+
+// Kept beside the run files, not among them (the analysis reads every DIR/*.h5).
+std::string checkpoint_of(const std::string& dir, const SweepPoint& p) {
+  return (std::filesystem::path(dir) / "checkpoints" / (p.id + ".h5")).string();
+}
 }
 
 int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
@@ -112,7 +117,14 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
         std::printf("[sweep %zu/%zu] %s: running\n", pt.index + 1, points.size(), pt.id.c_str());
         std::fflush(stdout);
       }
-      const std::vector<std::string> run_args{"--out", file};
+      std::vector<std::string> run_args{"--out", file};
+      if (cfg.command == "moe") {
+        // An interrupted point continues from its checkpoint instead of from scratch.
+        bool own = false;
+        for (const auto& [k, v] : pt.values) own = own || (k == "checkpoint" && !v.empty());
+        if (!own) run_args.insert(run_args.end(), {"--checkpoint", checkpoint_of(dir, pt)});
+        run_args.push_back("--resume");
+      }
       try {
         const std::string preset = point_preset(pt);
         rc = cfg.command == "moe" ? run_moe(comm, run_args, preset)

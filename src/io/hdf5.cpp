@@ -189,6 +189,42 @@ std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<h
   return out;
 }
 
+std::vector<std::int64_t> read_array_int(hid_t loc, const std::string& name,
+                                         std::vector<hsize_t>* dims) {
+  Handle d(MOESIM_H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)), H5Dclose);
+  Handle space(MOESIM_H5_CHECK(H5Dget_space(d.id())), H5Sclose);
+  const int rank = MOESIM_H5_CHECK(H5Sget_simple_extent_ndims(space.id()));
+  std::vector<hsize_t> shape(static_cast<std::size_t>(rank));
+  MOESIM_H5_CHECK(H5Sget_simple_extent_dims(space.id(), shape.data(), nullptr));
+  const hsize_t total = std::accumulate(shape.begin(), shape.end(), hsize_t{1}, std::multiplies<>());
+  std::vector<std::int64_t> out(static_cast<std::size_t>(total));
+  if (total > 0)
+    MOESIM_H5_CHECK(H5Dread(d.id(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()));
+  if (dims) *dims = shape;
+  return out;
+}
+
+bool dataset_is_integer(hid_t loc, const std::string& name) {
+  Handle d(MOESIM_H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)), H5Dclose);
+  Handle type(MOESIM_H5_CHECK(H5Dget_type(d.id())), H5Tclose);
+  return MOESIM_H5_CHECK(H5Tget_class(type.id())) == H5T_INTEGER;
+}
+
+std::vector<std::string> list_links(hid_t loc) {
+  H5G_info_t info;
+  MOESIM_H5_CHECK(H5Gget_info(loc, &info));
+  std::vector<std::string> names;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t n = MOESIM_H5_CHECK(H5Lget_name_by_idx(loc, ".", H5_INDEX_NAME, H5_ITER_INC, i,
+                                                         nullptr, 0, H5P_DEFAULT));
+    std::string name(static_cast<std::size_t>(n), '\0');
+    MOESIM_H5_CHECK(H5Lget_name_by_idx(loc, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(),
+                                       static_cast<std::size_t>(n) + 1, H5P_DEFAULT));
+    names.push_back(std::move(name));
+  }
+  return names;
+}
+
 std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name) {
   Handle d(MOESIM_H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)), H5Dclose);
   Handle space(MOESIM_H5_CHECK(H5Dget_space(d.id())), H5Sclose);
@@ -203,6 +239,13 @@ Handle open_file_mpi(MPI_Comm comm, const std::string& path, bool writable) {
   MOESIM_H5_CHECK(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL));
   return Handle(MOESIM_H5_CHECK(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY,
                                         fapl.id())),
+                H5Fclose);
+}
+
+Handle create_file_mpi(MPI_Comm comm, const std::string& path) {
+  Handle fapl(MOESIM_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS)), H5Pclose);
+  MOESIM_H5_CHECK(H5Pset_fapl_mpio(fapl.id(), comm, MPI_INFO_NULL));
+  return Handle(MOESIM_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id())),
                 H5Fclose);
 }
 

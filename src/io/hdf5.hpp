@@ -96,12 +96,17 @@ void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>&
 // A 1-D dataset of variable-length UTF-8 strings (h5py reads them as bytes/str).
 void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values);
 std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<hsize_t>* dims);
+std::vector<std::int64_t> read_array_int(hid_t loc, const std::string& name, std::vector<hsize_t>* dims);
 std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name);
+bool dataset_is_integer(hid_t loc, const std::string& name);
+// Names of the links (datasets, groups) directly in group `loc`, in name order.
+std::vector<std::string> list_links(hid_t loc);
 
 // Parallel HDF5 (MPI-IO). COLLECTIVE over `comm`: every rank opens or creates the file
 // and every metadata call (dataset creation) must be made by all ranks with equal
 // arguments; data transfers below are collective too.
 Handle open_file_mpi(MPI_Comm comm, const std::string& path, bool writable);
+Handle create_file_mpi(MPI_Comm comm, const std::string& path);  // truncates
 Handle create_dataset(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
                       bool integer);
 // Rows [first, first + count) of a dataset whose first axis is rows (count may be 0).

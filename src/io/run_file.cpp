@@ -120,6 +120,21 @@ void RunFile::append(const std::string& name, const std::vector<std::int64_t>& r
   p.ibuf.insert(p.ibuf.end(), row.begin(), row.end());
 }
 
+void RunFile::append_rows(const std::string& name, const std::vector<hsize_t>& inner,
+                          bool integer, const void* data, hsize_t rows) {
+  if (!writer()) return;
+  const hsize_t row_size = std::accumulate(inner.begin(), inner.end(), hsize_t{1}, std::multiplies<>());
+  Pending& p = pending(name, inner, integer, static_cast<std::size_t>(row_size));
+  const std::size_t n = static_cast<std::size_t>(rows * row_size);
+  if (integer) {
+    const auto* v = static_cast<const std::int64_t*>(data);
+    p.ibuf.insert(p.ibuf.end(), v, v + n);
+  } else {
+    const auto* v = static_cast<const double*>(data);
+    p.dbuf.insert(p.dbuf.end(), v, v + n);
+  }
+}
+
 void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& dims,
                           const double* data) {
   if (!writer()) return;

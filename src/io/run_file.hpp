@@ -60,8 +60,14 @@ class RunFile {
   void ensure_group(const std::string& name) {
     if (writer()) group(name);
   }
+  // Buffers `rows` rows at once of metrics/<name> (data: rows x prod(inner), row-major),
+  // e.g. the history a checkpoint carries into a resumed run's file.
+  void append_rows(const std::string& name, const std::vector<hsize_t>& inner, bool integer,
+                   const void* data, hsize_t rows);
   // Writes buffered rows and flushes the file to disk.
   void flush();
+  // The open file on the writer (rank 0), after flush(): for copying its groups elsewhere.
+  hid_t file_id() const { return file_.id(); }
   // Flushes, then sets complete = 1 and closes.
   void mark_complete();
   const std::string& path() const { return path_; }

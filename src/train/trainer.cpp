@@ -73,7 +73,8 @@ bool stop_requested(const Communicator& comm) {
 template <class T>
 std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
                                    const Task& task, std::int64_t tokens,
-                                   std::int64_t chunk, std::vector<std::int64_t>* routing_counts) {
+                                   std::int64_t chunk, std::vector<std::int64_t>* routing_counts,
+                                   const std::function<void()>& after_forward) {
   double sums[2] = {0, 0};  // loss, correct
   model.set_mode(false, 0);
   const std::vector<MoeLayer<T>*> moe = model.moe_layers();
@@ -87,6 +88,7 @@ std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
                          sh.first, sh.count);
     Mat<T> x = b.x.cast<T>(), out;
     model.forward(x, out);
+    if (after_forward) after_forward();
     const LossResult lr = task_loss<T>(out, b, task.classification(), n, nullptr);
     if (routing_counts && S > 0)
       for (std::size_t l = 0; l < moe.size(); ++l)
@@ -116,14 +118,28 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   std::vector<MoeLayer<T>*> moe = model.moe_layers();
   const int Lm = static_cast<int>(moe.size());
   Adam<T> adam(cfg.adam);
+  adam.set_steps_taken(static_cast<long>(cfg.start.adam_t));
   std::vector<T> grad_buf;
   TrainSummary sum;
   Stopwatch wall;
-  double last_print = -1e9, tok_s_acc = 0, drop_acc = 0;
-  std::int64_t tok_s_n = 0;
+  // A resumed run carries on the totals of the invocations before it.
+  const std::int64_t first_step = cfg.start.step + 1;
+  double last_print = -1e9, tok_s_acc = cfg.start.tok_s_sum, drop_acc = cfg.start.dropped_sum;
+  std::int64_t tok_s_n = cfg.start.tok_s_n;
+  sum.a2a_seconds = cfg.start.a2a_seconds;
+  sum.compute_seconds = cfg.start.compute_seconds;
+  sum.a2a_bytes = cfg.start.a2a_bytes;
+  sum.final_train_loss = cfg.start.train_loss;
+  sum.steps_done = cfg.start.step;
+  auto checkpoint = [&](std::int64_t step) {
+    const TrainProgress p{step, static_cast<std::int64_t>(adam.steps_taken()), tok_s_acc, tok_s_n,
+                          drop_acc, sum.a2a_seconds, sum.compute_seconds, sum.a2a_bytes,
+                          sum.final_train_loss, cfg.start.wall_seconds + wall.seconds()};
+    save_checkpoint(comm, cfg.checkpoint, replicated, experts, p, cfg.options, &out);
+  };
   const Shard sh = shard_of(cfg.batch_tokens, comm.rank(), P);
 
-  for (std::int64_t step = 1; step <= cfg.steps; ++step) {
+  for (std::int64_t step = first_step; step <= cfg.steps; ++step) {
     Stopwatch step_clock;
     for (MoeLayer<T>* l : moe) l->comm_stats().reset(P);
     Batch b = task.batch(Stream::kTrain, static_cast<std::uint64_t>(step), sh.first, sh.count);
@@ -276,14 +292,19 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     if (talk && (elapsed - last_print >= cfg.progress_interval || step == 1 ||
                  step == cfg.steps || stop)) {
       last_print = elapsed;
-      const double left = elapsed / static_cast<double>(step) * static_cast<double>(cfg.steps - step);
+      const double left = elapsed / static_cast<double>(step - first_step + 1) *
+                          static_cast<double>(cfg.steps - step);
       std::printf("step %lld/%lld | loss %.5f | aux %.4f | dropped %.2f%% | %.1fk tok/s | %s elapsed | %s left\n",
                   static_cast<long long>(step), static_cast<long long>(cfg.steps), loss,
                   Lm > 0 ? aux / Lm : 0.0, 100.0 * drop_frac, tok_s / 1e3,
                   clock_str(elapsed).c_str(), clock_str(left).c_str());
       std::fflush(stdout);
     }
-    if (stop && step < cfg.steps) {
+    const bool last = stop && step < cfg.steps;
+    if (!cfg.checkpoint.empty() &&
+        (last || step == cfg.steps || (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0)))
+      checkpoint(step);
+    if (last) {
       sum.interrupted = true;
       break;
     }
@@ -301,13 +322,13 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   }
   sum.tokens_per_s = tok_s_n > 0 ? tok_s_acc / static_cast<double>(tok_s_n) : 0.0;
   sum.dropped_fraction = sum.steps_done > 0 ? drop_acc / static_cast<double>(sum.steps_done) : 0.0;
-  sum.wall_seconds = wall.seconds();
+  sum.wall_seconds = cfg.start.wall_seconds + wall.seconds();
   return sum;
 }
 
 template TrainSummary train<float>(const Communicator&, Model<float>&, const Task&, const TrainConfig&, RunFile&);
 template TrainSummary train<double>(const Communicator&, Model<double>&, const Task&, const TrainConfig&, RunFile&);
-template std::pair<double, double> evaluate<float>(const Communicator&, Model<float>&, const Task&, std::int64_t, std::int64_t, std::vector<std::int64_t>*);
-template std::pair<double, double> evaluate<double>(const Communicator&, Model<double>&, const Task&, std::int64_t, std::int64_t, std::vector<std::int64_t>*);
+template std::pair<double, double> evaluate<float>(const Communicator&, Model<float>&, const Task&, std::int64_t, std::int64_t, std::vector<std::int64_t>*, const std::function<void()>&);
+template std::pair<double, double> evaluate<double>(const Communicator&, Model<double>&, const Task&, std::int64_t, std::int64_t, std::vector<std::int64_t>*, const std::function<void()>&);
 
 }  // namespace moesim

@@ -3,10 +3,13 @@
 // expert-parallel model, all-reduce of replicated gradients, Adam, metrics to
 // the run file, progress on rank 0.
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.hpp"
 #include "data/task.hpp"
+#include "io/checkpoint.hpp"
 #include "io/run_file.hpp"
 #include "moe/model.hpp"
 #include "nn/adam.hpp"
@@ -23,6 +26,10 @@ struct TrainConfig {
   double progress_interval = 2.0;    // seconds between progress lines
   bool quiet = false;
   std::int64_t flush_every = 50;     // steps between run-file flushes
+  std::string checkpoint;            // checkpoint file; empty: none
+  std::int64_t checkpoint_every = 0; // steps between checkpoints (0: only when stopped and at the end)
+  std::string options;               // the run's options (INI text), stored in checkpoints
+  TrainProgress start;               // a resumed run continues after start.step
 };
 
 struct TrainSummary {
@@ -53,17 +60,22 @@ void install_stop_handlers();
 // COLLECTIVE. Whether any rank has been asked to stop.
 bool stop_requested(const Communicator& comm);
 
+// Per-step datasets whose shape depends on the rank count P.
+inline const std::vector<std::string> kPerRankSeries{"traffic", "rank_expert_tokens"};
+
 template <class T>
 TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
                    const TrainConfig& cfg, RunFile& out);
 
 // COLLECTIVE. Mean loss (and accuracy) over the validation stream. With
 // `routing_counts` (tasks with sources() > 0), also the L_moe x E x S counts of
-// (MoE layer, top-1 expert, source), summed over ranks.
+// (MoE layer, top-1 expert, source), summed over ranks. `after_forward`, if set, runs
+// after each chunk's forward pass (e.g. to read the routing).
 template <class T>
 std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
                                    const Task& task, std::int64_t tokens,
                                    std::int64_t chunk,
-                                   std::vector<std::int64_t>* routing_counts = nullptr);
+                                   std::vector<std::int64_t>* routing_counts = nullptr,
+                                   const std::function<void()>& after_forward = {});
 
 }  // namespace moesim

@@ -286,8 +286,8 @@ def test_run_sbatch(cluster, tmp_path):
 def test_sigterm_requeues_the_array_task(cluster, tmp_path):
     """SIGTERM to a task's ranks (what --signal=TERM@120 sends before the time limit; here by
     `scancel --signal=TERM`, which also signals the job steps only): the point stops at a step
-    boundary, the task requeues itself and its second run reruns the point to completion. The
-    other task is not disturbed."""
+    boundary and writes its checkpoint, the task requeues itself and its second run continues the
+    point from that checkpoint to completion. The other task is not disturbed."""
     steps = 400  # of point 1, long enough to be caught inside; point 0 is short
     cfg = tmp_path / "grid.ini"
     cfg.write_text("command = moe\n" + BASE + f"flush-every = 1\nexperts = 2\nseed = 1,2\n"
@@ -323,8 +323,12 @@ def test_sigterm_requeues_the_array_task(cluster, tmp_path):
     a = root_attrs(target)
     assert a["complete"] == 1
     assert a["slurm_array_task_id"] == "1"
-    # Rerun from scratch after the signal.
+    # The second run continued from the checkpoint the signal made, not from scratch, and its
+    # run file holds every step once.
     assert calendar.timegm(time.strptime(a["start_time"], "%Y-%m-%dT%H:%M:%SZ")) >= int(t_signal)
+    assert 3 <= a["resumed_at_step"] < steps, info
     with h5py.File(target, "r") as f:
         np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, steps + 1))
+    with h5py.File(out / "checkpoints" / f"{points[1]['id']}.h5", "r") as f:
+        assert f.attrs["step"] == steps and f.attrs["complete"] == 1
     assert root_attrs(out / f"{points[0]['id']}.h5")["complete"] == 1

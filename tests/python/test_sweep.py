@@ -359,8 +359,10 @@ def test_sweep_writes_every_point_and_a_matching_summary(tmp_path, mpirun, moesi
         assert f"{p['id']}: running" in proc.stdout
     assert "[sweep] 4/4 points complete" in proc.stdout
 
-    # One complete run file per point, nothing else but the summary.
-    assert sorted(x.name for x in out.iterdir()) == sorted([p["id"] + ".h5" for p in points] + ["sweep.h5"])
+    # One complete run file per point, nothing else but the summary and the points' checkpoints.
+    assert sorted(x.name for x in out.iterdir()) == sorted([p["id"] + ".h5" for p in points] +
+                                                          ["sweep.h5", "checkpoints"])
+    assert sorted(x.name for x in (out / "checkpoints").iterdir()) == sorted(p["id"] + ".h5" for p in points)
     finals = []
     for p in points:
         f = run_file(out, p)
@@ -425,7 +427,7 @@ def test_index_runs_exactly_one_point(tmp_path, mpirun, moesim_direct):
         fail_with(proc, "sweep --index 2 failed")
     assert proc.stdout.count(": running") == 1
     assert f"[sweep 3/4] {points[2]['id']}: running" in proc.stdout
-    assert sorted(x.name for x in out.iterdir()) == sorted([points[2]["id"] + ".h5", "sweep.h5"])
+    assert sorted(x.name for x in out.iterdir()) == sorted([points[2]["id"] + ".h5", "sweep.h5", "checkpoints"])
     assert attrs(run_file(out, points[2]))["complete"] == 1
     assert read_summary(out)["status"] == ["pending", "pending", "complete", "pending"]
     assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == \
@@ -518,7 +520,7 @@ def test_resume_after_sigkill(tmp_path, sweep_job, mpirun, moesim_direct):
     assert read_summary(out)["status"] == ["complete"] * len(points)
 
 
-def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, moesim_direct):
+def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, mpirun, moesim_direct):
     cfg = write_config(tmp_path, LONG)
     out = tmp_path / "out"
     _, _, points = list_points(moesim_direct, cfg, out)
@@ -552,6 +554,17 @@ def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, moesim_direc
     s_ = read_summary(out)
     assert s_["status"] == (["complete"] * running + ["incomplete"] +
                             ["pending"] * (len(points) - running - 1))
+    # The stop wrote the point's checkpoint; the next sweep continues the point from it.
+    ckpt = out / "checkpoints" / f"{cur['id']}.h5"
+    with h5py.File(ckpt, "r") as f:
+        assert f.attrs["complete"] == 1 and f.attrs["step"] == stopped
+    r = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert r.returncode == 0, r.stderr
+    a = attrs(run_file(out, cur))
+    assert a["complete"] == 1 and a["resumed_at_step"] == stopped
+    with h5py.File(run_file(out, cur), "r") as f:
+        np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, LONG_STEPS + 1))
+        assert f["final"].attrs["steps_done"] == LONG_STEPS
 
 
 def test_sigterm_after_the_last_step_starts_no_further_point(tmp_path, sweep_job, moesim_direct):
