@@ -82,6 +82,7 @@ struct LayerState {
   std::map<std::string, std::vector<double>> experts;    // key -> E rows of that parameter
   std::map<std::string, std::pair<Index, Index>> shapes; // key -> one expert's (rows, cols)
   std::map<std::string, Mat<double>> replicated;         // router and other replicated params
+  std::vector<double> selection_bias;                    // E (--balance bias) or empty
   std::vector<double> gram;                              // E x E: sum over tokens of p_e p_f
   std::vector<double> similarity;                        // E x E
   std::vector<std::pair<int, int>> pairs;
@@ -132,7 +133,8 @@ struct Before final : MoeModelVisitor {
 
   template <class T>
   void run(Model<T>& model, const Task& task, const TrainConfig& tc) {
-    load_checkpoint(comm, ckpt, model.replicated_params(), model.expert_params(), nullptr);
+    load_checkpoint(comm, ckpt, model.replicated_params(), model.expert_params(), nullptr, {},
+                    model_state(model));
     std::vector<MoeLayer<T>*> moe = model.moe_layers();
     layers.resize(moe.size());
     eval = evaluate_model(comm, model, task, tc, &layers);
@@ -151,6 +153,7 @@ struct Before final : MoeModelVisitor {
       ParamList<T> rp;
       moe[l]->replicated_params(rp);
       for (const Param<T>* p : rp) st.replicated[p->name] = p->value.template cast<double>();
+      st.selection_bias = moe[l]->router().bias();
     }
   }
 };
@@ -201,6 +204,15 @@ struct After final : MoeModelVisitor {
         }
         copy_into(*p, v.data());
         done.insert(p);
+      }
+      std::vector<double>& bias = moe[l]->router().bias();
+      if (!st.selection_bias.empty() && !bias.empty()) {
+        // Like the router columns: each merged expert takes its group's mean.
+        for (std::size_t j = 0; j < st.groups.size(); ++j) {
+          bias[j] = 0;
+          for (int e : st.groups[j]) bias[j] += st.selection_bias[static_cast<std::size_t>(e)];
+          bias[j] /= static_cast<double>(st.groups[j].size());
+        }
       }
       ParamList<T> ep;
       moe[l]->expert_params(ep);

@@ -208,7 +208,7 @@ int train_and_log(const Communicator& comm, const MoeSettings& m, const Task& ta
   TrainConfig tc = m.train;
   if (resuming) {
     tc.start = load_checkpoint(comm, tc.checkpoint, model.replicated_params(), model.expert_params(), &rf,
-                               kPerRankSeries);
+                               kPerRankSeries, model_state(model));
     rf.root_attrs({{"resumed_at_step", tc.start.step}});
     if (comm.rank() == 0 && !tc.quiet) {
       std::printf("moesim moe: resuming from step %lld of %s\n", static_cast<long long>(tc.start.step),

@@ -116,7 +116,8 @@ ExpertKey expert_key(const std::string& name) {
 template <class T>
 void save_checkpoint(const Communicator& comm, const std::string& path,
                      const ParamList<T>& replicated, const ParamList<T>& experts,
-                     const TrainProgress& progress, const std::string& options, RunFile* history) {
+                     const TrainProgress& progress, const std::string& options, RunFile* history,
+                     const StateList& state) {
   const std::string tmp = path + ".tmp";
   std::string error;
   if (comm.rank() == 0) {
@@ -170,6 +171,12 @@ void save_checkpoint(const Communicator& comm, const std::string& path,
         // Replicated values are identical everywhere: rank 0 writes, the others join empty.
         h5::write_rows(d.id(), 0, comm.rank() == 0 ? dims[0] : 0, buf.data(), false);
       }
+    }
+    h5::Handle st = h5::create_group(f.id(), "state");
+    for (const auto& [name, v] : state) {
+      if (v->empty()) continue;
+      h5::Handle d = h5::create_dataset(st.id(), name, {v->size()}, false);
+      h5::write_rows(d.id(), 0, comm.rank() == 0 ? v->size() : 0, v->data(), false);
     }
     h5::Handle ex = h5::create_group(f.id(), "experts");
     for (const auto& [key, g] : groups) {
@@ -277,7 +284,8 @@ std::vector<std::string> CheckpointReader::expert_keys() const {
 namespace {
 template <class T>
 TrainProgress load_params(const Communicator& comm, const std::string& path,
-                          const ParamList<T>& replicated, const ParamList<T>& experts) {
+                          const ParamList<T>& replicated, const ParamList<T>& experts,
+                          const StateList& state) {
   CheckpointReader r(comm, path);
   const auto groups = group_experts(comm, experts);
   const std::int64_t E =
@@ -301,7 +309,11 @@ TrainProgress load_params(const Communicator& comm, const std::string& path,
       expect("experts/" + key + "/" + part_name,
              {static_cast<hsize_t>(E), static_cast<hsize_t>(g.params.front()->value.rows()),
               static_cast<hsize_t>(g.params.front()->value.cols())});
+  for (const auto& [name, v] : state)
+    if (!v->empty()) expect("state/" + name, {static_cast<hsize_t>(v->size())});
   comm.agree_or_throw(error.empty(), "checkpoint '" + path + "' does not match this run: " + error);
+  for (const auto& [name, v] : state)
+    if (!v->empty()) *v = r.read_all("state/" + name);
 
   for (Param<T>* p : replicated)
     for (int i = 0; i < 3; ++i) {
@@ -326,8 +338,9 @@ TrainProgress load_params(const Communicator& comm, const std::string& path,
 template <class T>
 TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
                               const ParamList<T>& replicated, const ParamList<T>& experts,
-                              RunFile* history, const std::vector<std::string>& per_rank_series) {
-  const TrainProgress progress = load_params(comm, path, replicated, experts);
+                              RunFile* history, const std::vector<std::string>& per_rank_series,
+                              const StateList& state) {
+  const TrainProgress progress = load_params(comm, path, replicated, experts, state);
   // The metric history goes into the new run file, so it reads as one uninterrupted run.
   std::string error;
   if (history && history->writer()) {
@@ -375,12 +388,16 @@ TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
 }
 
 template void save_checkpoint<float>(const Communicator&, const std::string&, const ParamList<float>&,
-                                     const ParamList<float>&, const TrainProgress&, const std::string&, RunFile*);
+                                     const ParamList<float>&, const TrainProgress&, const std::string&, RunFile*,
+                                     const StateList&);
 template void save_checkpoint<double>(const Communicator&, const std::string&, const ParamList<double>&,
-                                      const ParamList<double>&, const TrainProgress&, const std::string&, RunFile*);
+                                      const ParamList<double>&, const TrainProgress&, const std::string&, RunFile*,
+                                      const StateList&);
 template TrainProgress load_checkpoint<float>(const Communicator&, const std::string&, const ParamList<float>&,
-                                              const ParamList<float>&, RunFile*, const std::vector<std::string>&);
+                                              const ParamList<float>&, RunFile*, const std::vector<std::string>&,
+                                              const StateList&);
 template TrainProgress load_checkpoint<double>(const Communicator&, const std::string&, const ParamList<double>&,
-                                               const ParamList<double>&, RunFile*, const std::vector<std::string>&);
+                                               const ParamList<double>&, RunFile*, const std::vector<std::string>&,
+                                               const StateList&);
 
 }  // namespace moesim

@@ -9,6 +9,8 @@
 //   /train           attributes: the training loop's running totals (TrainProgress)
 //   /replicated/<name>/{value,adam_m,adam_v}   (rows, cols) float64, one per replicated parameter
 //   /experts/<key>/{value,adam_m,adam_v}       (E, rows, cols) float64; row e is global expert e
+//   /state/<name>    (n,) float64: replicated training state that is not a parameter
+//                    (e.g. a router's selection bias), by name
 //   /metrics/*       the run file's per-step datasets for steps 1..step (and its
 //                    metrics_until_step<S> groups, see load_checkpoint)
 // <name> is the parameter's own name; <key> is an expert parameter's name with its
@@ -28,6 +30,10 @@
 namespace moesim {
 
 constexpr std::int64_t kCheckpointVersion = 1;
+
+// Replicated state that is not a parameter (identical on every rank), by name. Empty
+// vectors are not stored.
+using StateList = std::vector<std::pair<std::string, std::vector<double>*>>;
 
 // The training loop's running totals, enough to continue it as if never stopped.
 struct TrainProgress {
@@ -65,7 +71,8 @@ constexpr const char* precision_name() {
 template <class T>
 void save_checkpoint(const Communicator& comm, const std::string& path,
                      const ParamList<T>& replicated, const ParamList<T>& experts,
-                     const TrainProgress& progress, const std::string& options, RunFile* history);
+                     const TrainProgress& progress, const std::string& options, RunFile* history,
+                     const StateList& state = {});
 
 // Run-file group prefix for per-rank-shaped series of steps run on another rank count:
 // <prefix><S>/<name> holds them up to step S, <prefix><S>/<name>_step their steps.
@@ -80,7 +87,8 @@ constexpr const char* kEarlierMetrics = "metrics_until_step";
 template <class T>
 TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
                               const ParamList<T>& replicated, const ParamList<T>& experts,
-                              RunFile* history, const std::vector<std::string>& per_rank_series = {});
+                              RunFile* history, const std::vector<std::string>& per_rank_series = {},
+                              const StateList& state = {});
 
 // Read access for tools that reshape a model (merge). Construction and every read are
 // COLLECTIVE; construction throws ConfigError on every rank for a file that is missing,

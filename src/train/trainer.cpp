@@ -135,7 +135,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     const TrainProgress p{step, static_cast<std::int64_t>(adam.steps_taken()), tok_s_acc, tok_s_n,
                           drop_acc, sum.a2a_seconds, sum.compute_seconds, sum.a2a_bytes,
                           sum.final_train_loss, cfg.start.wall_seconds + wall.seconds()};
-    save_checkpoint(comm, cfg.checkpoint, replicated, experts, p, cfg.options, &out);
+    save_checkpoint(comm, cfg.checkpoint, replicated, experts, p, cfg.options, &out, model_state(model));
   };
   const Shard sh = shard_of(cfg.batch_tokens, comm.rank(), P);
 

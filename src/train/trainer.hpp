@@ -60,6 +60,19 @@ void install_stop_handlers();
 // COLLECTIVE. Whether any rank has been asked to stop.
 bool stop_requested(const Communicator& comm);
 
+// Training state of the model that is not a parameter, for checkpoints: each MoE
+// layer's router selection bias (--balance bias), named <router>.selection_bias.
+template <class T>
+StateList model_state(Model<T>& model) {
+  StateList s;
+  for (MoeLayer<T>* l : model.moe_layers()) {
+    std::string name = l->router().weight().name;
+    name = name.substr(0, name.rfind('.')) + ".selection_bias";
+    s.emplace_back(name, &l->router().bias());
+  }
+  return s;
+}
+
 // Per-step datasets whose shape depends on the rank count P.
 inline const std::vector<std::string> kPerRankSeries{"traffic", "rank_expert_tokens"};
 

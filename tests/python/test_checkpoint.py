@@ -172,3 +172,18 @@ def test_resume_into_another_model_is_refused(run_moe, tmp_path):
     (tmp_path / "junk.h5").write_text("not hdf5")
     proc, _ = run_moe(tmp_path, 2, check=False, **RUN, checkpoint=tmp_path / "junk.h5", resume=True)
     assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr and "error on rank" not in proc.stderr
+
+
+def test_router_state_and_noise_weights_are_checkpointed(run_moe, tmp_path):
+    """Noisy top-k's W_noise is a parameter, --balance bias's selection bias is state: both
+    must come back, or the continued losses drift from the uninterrupted ones."""
+    opts = {**RUN, "gate": "noisy-topk", "balance": "bias", "steps": 8, "eval_every": 0}
+    _, straight = run_moe(tmp_path, 2, **opts)
+    ckpt = tmp_path / "router.h5"
+    run_moe(tmp_path, 2, **{**opts, "steps": 4}, checkpoint=ckpt)
+    with h5py.File(ckpt, "r") as f:
+        bias = f["state/block0.moe.router.selection_bias"][()]
+        assert bias.shape == (4,) and np.any(bias != 0)
+        assert "block0.moe.router.w_noise" in f["replicated"]
+    _, resumed = run_moe(tmp_path, 2, **opts, checkpoint=ckpt, resume=True)
+    np.testing.assert_array_equal(metrics(resumed)[0]["train_loss"], metrics(straight)[0]["train_loss"])
