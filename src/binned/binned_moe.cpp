@@ -358,8 +358,10 @@ void validate_binned(const BinnedOptions& opt) {
                       "--expert-learner " << opt.expert_learner
                                           << " cannot fit a regression target (use ridge, knn, tree, forest or gbdt)");
   if (opt.edges.empty()) {
-    MOESIM_CONFIG_CHECK(opt.bins >= 2, "--bins must be >= 2 (got " << opt.bins << ")");
+    MOESIM_CONFIG_CHECK(opt.bins >= 2 && opt.bins <= kMaxBins,
+                        "--bins must be in 2.." << kMaxBins << " (got " << opt.bins << ")");
   } else {
+    MOESIM_CONFIG_CHECK(static_cast<int>(opt.edges.size()) < kMaxBins, "--bin-edges: at most " << kMaxBins - 1 << " edges");
     for (std::size_t j = 0; j < opt.edges.size(); ++j) {
       MOESIM_CONFIG_CHECK(std::isfinite(opt.edges[j]), "--bin-edges must be finite numbers");
       MOESIM_CONFIG_CHECK(j == 0 || opt.edges[j] > opt.edges[j - 1],

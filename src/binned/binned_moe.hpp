@@ -15,6 +15,9 @@
 
 namespace moesim {
 
+// B experts each fitted separately, B x B x H histograms: far more bins is a mistake.
+inline constexpr int kMaxBins = 100;
+
 struct BinnedOptions {
   std::vector<double> edges;          // given bin edges (strictly increasing); empty: quantile bins
   int bins = 3;                       // B when edges is empty

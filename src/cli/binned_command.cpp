@@ -84,7 +84,8 @@ BinnedOptions settings(const po::variables_map& vm) {
   MOESIM_CONFIG_CHECK(s("task") == "binned", "--task must be binned here (got '" << s("task") << "')");
   for (const char* k : {"rows", "input-dim", "clusters", "histogram-bins", "blas-threads"})
     MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
-  MOESIM_CONFIG_CHECK(i("bins") >= 2 && i("bins") <= 1000, "--bins must be in 2..1000 (got " << i("bins") << ")");
+  MOESIM_CONFIG_CHECK(i("bins") >= 2 && i("bins") <= kMaxBins,
+                      "--bins must be in 2.." << kMaxBins << " (got " << i("bins") << ")");
   for (const char* k : {"noise-min", "noise-max"})
     MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
   MOESIM_CONFIG_CHECK(d("noise-max") >= d("noise-min"), "--noise-max must be >= --noise-min");
