@@ -38,17 +38,13 @@ struct Routing {
   std::vector<char> preselected;
   double importance_loss = 0, load_loss = 0;  // noisy top-k, global, unweighted
   int expert_of(Index t, int j) const { return expert[static_cast<std::size_t>(t * K + j)]; }
-  // The token's first choice; under expert choice, the most probable expert that took it
-  // (the most probable expert overall when none did).
+  // The expert with the largest gate (ties: the earlier choice); under expert choice the
+  // most probable expert that took the token, or the most probable overall if none did.
   int top_expert(Index t) const {
-    if (preselected.empty()) return expert_of(t, 0);
-    int best = -1;
-    for (int j = 0; j < K; ++j)
-      if (preselected[static_cast<std::size_t>(t * K + j)] && (best < 0 || probs(t, j) > probs(t, best))) best = j;
-    if (best >= 0) return best;
-    Index arg = 0;
-    probs.row(t).maxCoeff(&arg);
-    return static_cast<int>(arg);
+    Index j = 0;
+    if (gate.row(t).maxCoeff(&j) > T(0)) return expert_of(t, static_cast<int>(j));
+    probs.row(t).maxCoeff(&j);
+    return static_cast<int>(j);
   }
 };
 
