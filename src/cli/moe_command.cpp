@@ -26,7 +26,8 @@ po::options_description moe_options() {
        "topk (softmax over the K chosen logits; with K = 1 the gate is constant) | switch (K = 1, gate = softmax "
        "probability) | noisy-topk (Shazeer 2017: top-k of logits plus learned Gaussian noise) | expert-choice "
        "(each expert takes its C best tokens) | hash (fixed map, see --hash-key) | sbase (top-k of a Sinkhorn-"
-       "balanced plan, gate = softmax probability)")
+       "balanced plan, gate = softmax probability) | dense (every expert, weighted by the softmax; K and capacity do "
+       "not apply) | constant (every expert, weight 1/E, no router)")
       ("balance", po::value<std::string>()->default_value("aux"),
        "aux (the gate's auxiliary loss: Switch's, or noisy-topk's importance and load losses) | bias (DeepSeek-V3: "
        "per-expert bias added to the logits for selection only, moved by the load each step) | none")
@@ -39,6 +40,12 @@ po::options_description moe_options() {
       ("router-precision", po::value<std::string>()->default_value("fp32"),
        "fp32 | fp64: router logits, softmax, selection and gradients in fp64 even in an fp32 model")
       ("eval-capacity-factor", po::value<double>(), "capacity factor for validation (default: --capacity-factor)")
+      ("mixture-loss", po::value<std::string>()->default_value("none"),
+       "none | global (loss of the mixture sum_k g_k f_k: experts collapse) | per-expert (sum_k g_k loss(f_k): experts "
+       "specialise); needs --gate dense or constant, the last block's experts each predict through the head")
+      ("shared-experts", po::value<I>()->default_value(0), "always-active experts per MoE layer, replicated on every rank (DeepSeekMoE)")
+      ("granularity", po::value<I>()->default_value(1),
+       "M: split each expert into M smaller ones: E -> E*M, K -> K*M, expert F -> F/M (DeepSeekMoE)")
       ("d-model", po::value<I>()->default_value(32), "D: model width")
       ("d-ff", po::value<I>()->default_value(64), "F: hidden width of each expert (and dense FFN)")
       ("layers", po::value<I>()->default_value(2), "L: residual blocks")
@@ -90,6 +97,7 @@ struct MoeSettings {
   TrainConfig train;
   std::string precision, out;
   bool resume = false;
+  AttrList effective;
 };
 
 MoeSettings validate(const po::variables_map& vm, int P) {
@@ -97,21 +105,25 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   auto d = [&](const char* k) { return vm[k].as<double>(); };
   auto s = [&](const char* k) { return vm[k].as<std::string>(); };
   for (const char* k : {"experts", "top-k", "d-model", "d-ff", "layers", "steps", "batch-tokens",
-                        "input-dim", "clusters", "val-tokens", "blas-threads"})
+                        "input-dim", "clusters", "val-tokens", "blas-threads", "granularity"})
     MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
-  for (const char* k : {"moe-every", "eval-every", "flush-every", "checkpoint-every"})
+  for (const char* k : {"moe-every", "eval-every", "flush-every", "checkpoint-every", "shared-experts"})
     MOESIM_CONFIG_CHECK(i(k) >= 0, "--" << k << " must be >= 0 (got " << i(k) << ")");
   for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
                         "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight"})
     MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
   for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
     MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
-  const I E = i("experts"), K = i("top-k");
-  MOESIM_CONFIG_CHECK(K <= E, "--top-k (" << K << ") must not exceed --experts (" << E << ")");
-  MOESIM_CONFIG_CHECK(E % P == 0, "--experts (" << E << ") must be divisible by the number of ranks ("
+  const I E_given = i("experts"), K_given = i("top-k"), M = i("granularity");
+  MOESIM_CONFIG_CHECK(K_given <= E_given, "--top-k (" << K_given << ") must not exceed --experts (" << E_given << ")");
+  MOESIM_CONFIG_CHECK(i("d-ff") % M == 0, "--d-ff (" << i("d-ff") << ") must be divisible by --granularity (" << M << ")");
+  const I E = E_given * M, K = K_given * M;
+  MOESIM_CONFIG_CHECK(E % P == 0, "--experts (" << E_given << (M > 1 ? " x granularity " + std::to_string(M) : std::string())
+                                                << ") must be divisible by the number of ranks ("
                                                 << P << ") for expert parallelism");
   const GateKind gate = parse_gate(s("gate"));
-  MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1");
+  MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1"
+                                                           << (M > 1 ? " and --granularity 1" : ""));
   const BalanceKind balance = parse_balance(s("balance"));
   const double eval_cf = vm.count("eval-capacity-factor") ? d("eval-capacity-factor") : d("capacity-factor");
   MOESIM_CONFIG_CHECK(eval_cf >= 0 && std::isfinite(eval_cf),
@@ -128,6 +140,14 @@ MoeSettings validate(const po::variables_map& vm, int P) {
                       "--hash-key must be input or position (got '" << s("hash-key") << "')");
   MOESIM_CONFIG_CHECK(s("router-precision") == "fp32" || s("router-precision") == "fp64",
                       "--router-precision must be fp32 or fp64 (got '" << s("router-precision") << "')");
+  const MixtureLoss mixture = parse_mixture_loss(s("mixture-loss"));
+  const bool all_experts = gate_uses_all_experts(gate);
+  MOESIM_CONFIG_CHECK(mixture == MixtureLoss::kNone || all_experts,
+                      "--mixture-loss " << s("mixture-loss") << " needs --gate dense or constant (got '" << s("gate")
+                                        << "'): the mixture weights every expert's prediction");
+  MOESIM_CONFIG_CHECK(mixture == MixtureLoss::kNone || (i("moe-every") > 0 && i("layers") % i("moe-every") == 0),
+                      "--mixture-loss " << s("mixture-loss") << " needs the last block to be an MoE block (--layers "
+                                        << i("layers") << " must be a multiple of --moe-every " << i("moe-every") << ")");
   MOESIM_CONFIG_CHECK(s("task") == "regimes" || s("task") == "teacher" || s("task") == "lm",
                       "--task '" << s("task") << "' is not known (known: regimes, teacher, lm, binned)");
   MOESIM_CONFIG_CHECK(s("problem") == "regression" || s("problem") == "classification",
@@ -171,6 +191,15 @@ MoeSettings validate(const po::variables_map& vm, int P) {
   m.model.moe.router.load_weight = d("load-loss-weight");
   m.model.moe.router.sinkhorn_iters = static_cast<int>(i("sinkhorn-iters"));
   m.model.moe.router.hash_key = s("hash-key") == "position" ? HashKey::kPosition : HashKey::kInput;
+  m.model.moe.shared_experts = static_cast<int>(i("shared-experts"));
+  m.model.granularity = static_cast<int>(M);
+  m.model.mixture = mixture;
+  m.model.classification = cls;
+  // What the layers actually run with, recorded beside the given options.
+  m.effective = {{"effective_experts", E},
+                 {"effective_top_k", all_experts ? E : K},
+                 {"effective_d_ff", i("d-ff") / M},
+                 {"effective_capacity_factor", all_experts ? 0.0 : d("capacity-factor")}};
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));
   m.train.steps = i("steps");
   m.train.batch_tokens = i("batch-tokens");
@@ -282,6 +311,7 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
   AttrList task_facts;
   const std::unique_ptr<Task> task = make_task(comm, choice, task_facts);  // bad data fails here, before any file
   fit_model_to_task(*task, choice, m.model);
+  m.model.classification = task->classification();
   m.train.options = options_as_ini(p.vm, {"out", "checkpoint", "checkpoint-every", "resume"});
   int found = 0;
   if (m.resume && comm.rank() == 0) found = std::filesystem::exists(m.train.checkpoint) ? 1 : 0;
@@ -296,6 +326,7 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
     attrs.emplace_back("eval_capacity_factor", m.model.moe.eval_capacity_factor);
   const AttrList prov = provenance_attrs(comm);
   attrs.insert(attrs.end(), prov.begin(), prov.end());
+  attrs.insert(attrs.end(), m.effective.begin(), m.effective.end());
   rf->root_attrs(attrs);
   rf->group_attrs("task", task_facts);
   rf->flush();

@@ -6,8 +6,14 @@ namespace moesim {
 
 ParamCounts count_params(const ModelConfig& c) {
   ParamCounts p;
-  const std::int64_t D = c.d_model, F = c.d_ff, E = c.moe.experts, K = c.moe.top_k;
-  const std::int64_t expert = Ffn<float>::param_count(D, F);
+  const std::int64_t D = c.d_model, F = c.d_ff, Fe = c.expert_d_ff(), E = c.moe.experts;
+  const bool all = gate_uses_all_experts(c.moe.gate);
+  const std::int64_t K = all ? E : c.moe.top_k;
+  // The constant gate has no router; noisy top-k has a second router matrix, W_noise.
+  const std::int64_t router =
+      (c.moe.gate == GateKind::kConstant ? 0 : c.moe.gate == GateKind::kNoisyTopK ? 2 : 1) * D * E;
+  const std::int64_t S = c.moe.shared_experts;
+  const std::int64_t dense = Ffn<float>::param_count(D, F), expert = Ffn<float>::param_count(D, Fe);
   p.total = p.active = (c.adapter_in() + 1) * D + D + (D + 1) * c.d_out;  // adapter, final norm, head
   // Token embedding: the whole table, of which a token uses its C rows (a lookup, no FLOPs).
   p.total += c.vocab * c.embed_dim;
@@ -17,17 +23,17 @@ ParamCounts count_params(const ModelConfig& c) {
     p.total += D;  // block norm
     p.active += D;
     if (c.is_moe_block(l)) {
-      // Noisy top-k has a second router matrix, W_noise.
-      const std::int64_t router = (c.moe.gate == GateKind::kNoisyTopK ? 2 : 1) * D * E;
-      p.total += router + E * expert;
-      p.active += router + K * expert;
-      p.flops_per_token += 2 * router + K * 4 * D * F;
+      p.total += router + (E + S) * expert;
+      p.active += router + (K + S) * expert;
+      p.flops_per_token += 2 * router + (K + S) * 4 * D * Fe;
     } else {
-      p.total += expert;
-      p.active += expert;
+      p.total += dense;
+      p.active += dense;
       p.flops_per_token += 4 * D * F;
     }
   }
+  // The mixture runs the head once per expert.
+  if (c.mixture != MixtureLoss::kNone) p.flops_per_token += (E - 1) * 2 * D * c.d_out;
   return p;
 }
 
@@ -38,7 +44,11 @@ Model<T>::Model(const Communicator& comm, const ModelConfig& cfg)
       final_norm_("final_norm", cfg.d_model, Placement::kReplicated),
       head_("head", cfg.d_model, cfg.d_out, Placement::kReplicated) {
   cfg_.moe.d_model = cfg.d_model;
-  cfg_.moe.d_ff = cfg.d_ff;
+  MOESIM_REQUIRE(cfg.granularity >= 1 && cfg.d_ff % cfg.granularity == 0, "d_ff must be divisible by the granularity");
+  cfg_.moe.d_ff = cfg.expert_d_ff();
+  MOESIM_REQUIRE(cfg.mixture == MixtureLoss::kNone ||
+                     (cfg.layers >= 1 && cfg.is_moe_block(cfg.layers - 1) && gate_uses_all_experts(cfg.moe.gate)),
+                 "a mixture loss needs the last block to be an MoE block with the dense or constant gate");
   Rng arng(cfg.seed, Stream::kReplicatedInit, 0, 0);
   adapter_.init(arng, 1.0 / std::sqrt(static_cast<double>(cfg.adapter_in())));
   if (cfg.vocab > 0) {
@@ -74,8 +84,15 @@ void Model<T>::forward(const Mat<T>& x, Mat<T>& out) {
   } else {
     adapter_.forward(x, h);
   }
-  for (Block& b : blocks_) {
+  for (std::size_t l = 0; l < blocks_.size(); ++l) {
+    Block& b = blocks_[l];
     b.norm.forward(h, b.normed);
+    if (cfg_.mixture != MixtureLoss::kNone && l + 1 == blocks_.size()) {
+      Mat<T> branches, gates;
+      b.moe->forward_branches(b.normed, branches, gates);
+      tail_.forward(final_norm_, head_, h, branches, gates, cfg_.classification, out);
+      return;
+    }
     if (b.moe) {
       b.moe->forward(b.normed, u);
     } else {
@@ -92,11 +109,42 @@ void Model<T>::forward(const Mat<T>& x, Mat<T>& out) {
 
 template <class T>
 void Model<T>::backward(const Mat<T>& dout) {
-  Mat<T> dhn, dh, du, dnormed;
+  MOESIM_REQUIRE(cfg_.mixture == MixtureLoss::kNone, "a mixture model trains through loss_and_backward");
+  Mat<T> dhn, dh;
   head_.backward(dout, dhn);
   final_norm_.backward(dhn, dh);
-  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
-    Block& b = *it;
+  backward_blocks(dh, blocks_.size());
+}
+
+template <class T>
+MixtureLossResult Model<T>::loss_and_backward(const Mat<T>& out, const Batch& batch,
+                                              bool classification, std::int64_t B_global) {
+  if (cfg_.mixture == MixtureLoss::kNone) {
+    Mat<T> dout;
+    const LossResult lr = task_loss<T>(out, batch, classification, B_global, &dout);
+    backward(dout);
+    MixtureLossResult r;
+    r.objective = r.prediction = lr.sum;
+    r.correct = lr.correct;
+    return r;
+  }
+  MOESIM_REQUIRE(classification == cfg_.classification, "the mixture's prediction and loss disagree on the problem");
+  Mat<T> dh, dbranches, dgates, du, dnormed;
+  const MixtureLossResult r = tail_.loss_backward(final_norm_, head_, cfg_.mixture, batch,
+                                                  classification, B_global, dh, dbranches, dgates);
+  Block& b = blocks_.back();
+  b.moe->backward_branches(dbranches, dgates, du);
+  b.norm.backward(du, dnormed);
+  dh += dnormed;
+  backward_blocks(dh, blocks_.size() - 1);
+  return r;
+}
+
+template <class T>
+void Model<T>::backward_blocks(Mat<T>& dh, std::size_t end) {
+  Mat<T> du, dnormed;
+  for (std::size_t l = end; l-- > 0;) {
+    Block& b = blocks_[l];
     if (b.moe) {
       b.moe->backward(dh, du);
     } else {

@@ -1,9 +1,13 @@
 #pragma once
 // The MoE network: input adapter -> L pre-norm residual blocks (dense FFN or MoE
-// FFN) -> final norm -> task head.
+// FFN) -> final norm -> task head. With a mixture loss the last block must be an MoE
+// block with a gate that uses every expert: each of its experts predicts through the
+// final norm and the head, and the loss is taken on the mixture (moe/mixture.hpp).
 #include <memory>
 #include <variant>
 
+#include "moe/loss.hpp"
+#include "moe/mixture.hpp"
 #include "moe/moe_layer.hpp"
 #include "nn/embedding.hpp"
 #include "nn/layers.hpp"
@@ -19,11 +23,15 @@ struct ModelConfig {
   Index d_ff = 32;     // F
   int layers = 2;      // L
   int moe_every = 1;   // block l is MoE when (l + 1) % moe_every == 0
-  MoeLayerConfig moe;  // E, K, capacity, aux weight, router init
+  MoeLayerConfig moe;  // E, K, capacity, aux weight, router init (E, K already x M)
+  int granularity = 1; // M: fine-grained experts (and shared experts) get F / M hidden units
+  MixtureLoss mixture = MixtureLoss::kNone;
+  bool classification = false;  // the head's outputs are class logits (the mixture's prediction)
   std::uint64_t seed = 1;
   bool is_moe_block(int l) const { return moe_every > 0 && (l + 1) % moe_every == 0; }
   // Width the input adapter sees: the features, or the C concatenated embeddings.
   Index adapter_in() const { return vocab > 0 ? d_in * embed_dim : d_in; }
+  Index expert_d_ff() const { return d_ff / granularity; }
 };
 
 struct ParamCounts {
@@ -46,6 +54,10 @@ class Model {
   void backward(const Mat<T>& dout);
   // Training or evaluation (router noise, capacity factor), and the step keying the noise.
   void set_mode(bool training, std::int64_t step);
+  // COLLECTIVE. After forward: the training loss (task loss, or the mixture loss) and its
+  // backward pass, normalised by the global token count B_global.
+  MixtureLossResult loss_and_backward(const Mat<T>& out, const Batch& batch, bool classification,
+                                      std::int64_t B_global);
 
   ParamList<T> replicated_params();
   ParamList<T> expert_params();
@@ -59,8 +71,12 @@ class Model {
     std::unique_ptr<MoeLayer<T>> moe;
     Mat<T> normed;
   };
+  // Blocks [0, end) in reverse, then the adapter; dh: gradient at block end's input.
+  void backward_blocks(Mat<T>& dh, std::size_t end);
+
   ModelConfig cfg_;
   TokenEmbedding<T> embed_;  // token tasks only (vocab > 0)
+  MixtureTail<T> tail_;
   Linear<T> adapter_;
   std::vector<Block> blocks_;
   RmsNorm<T> final_norm_;

@@ -31,6 +31,14 @@ MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
                  "--balance bias needs a gate that picks experts per token by score");
   Rng rrng(seed, Stream::kReplicatedInit, static_cast<std::uint64_t>(layer_id), 1000);
   router_.init(rrng, cfg.router_init_scale);
+  MOESIM_REQUIRE(cfg.shared_experts >= 0, "shared experts must be >= 0");
+  for (int se = 0; se < cfg.shared_experts; ++se) {
+    shared_.emplace_back(name + ".shared" + std::to_string(se), cfg.d_model, cfg.d_ff,
+                         Placement::kReplicated);
+    Rng srng(seed, Stream::kReplicatedInit, static_cast<std::uint64_t>(layer_id),
+             static_cast<std::uint64_t>(3000 + se));
+    shared_.back().init(srng);
+  }
   const int El = dispatcher_.experts_per_rank();
   experts_.reserve(static_cast<std::size_t>(El));
   for (int le = 0; le < El; ++le) {
@@ -45,13 +53,13 @@ MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
 }
 
 template <class T>
-void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
+void MoeLayer<T>::run_experts(const Mat<T>& x) {
   const Index n = x.rows(), D = x.cols();
   const int E = cfg_.experts;
   const std::int64_t B = comm_.allreduce_sum(static_cast<std::int64_t>(n));
   const double cf = !training_ && cfg_.eval_capacity_factor >= 0 ? cfg_.eval_capacity_factor
                                                                  : cfg_.capacity_factor;
-  const std::int64_t cap = expert_capacity(cf, B, cfg_.top_k, E);
+  const std::int64_t cap = gate_uses_all_experts(cfg_.gate) ? 0 : expert_capacity(cf, B, cfg_.top_k, E);
   RouteContext ctx{&comm_, B, 0, step_, training_, cap};
   if (router_.needs_token_index()) {
     const std::int64_t local = n;
@@ -76,9 +84,11 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
 
   // Load-balancing loss (Switch): E * sum_e f_e P_e over the global batch.
   // One all-reduce for P_e (load balance), the z-loss sum and the gate entropy sum.
-  // The last slot counts tokens with no kept assignment.
-  std::vector<double> P(static_cast<std::size_t>(E) + 3, 0.0);
+  // The next slot counts tokens with no kept assignment, then tokens per top expert
+  // (largest gate).
+  std::vector<double> P(2 * static_cast<std::size_t>(E) + 3, 0.0);
   for (Index t = 0; t < n; ++t) {
+    P[static_cast<std::size_t>(E + 3 + routing_.top_expert(t))] += 1.0;
     bool routed = false;
     for (int j = 0; j < K; ++j) routed |= cd.kept[static_cast<std::size_t>(t * K + j)] != 0;
     P[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
@@ -89,7 +99,11 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
     }
     P[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
-  comm_.allreduce_sum(P.data(), E + 3);
+  comm_.allreduce_sum(P.data(), static_cast<int>(P.size()));
+  stats_.top_expert_tokens.assign(static_cast<std::size_t>(E), 0);
+  for (int e = 0; e < E; ++e)
+    stats_.top_expert_tokens[static_cast<std::size_t>(e)] =
+        static_cast<std::int64_t>(P[static_cast<std::size_t>(E + 3 + e)]);
   stats_.unrouted_tokens = static_cast<std::int64_t>(P[static_cast<std::size_t>(E) + 2]);
   stats_.importance_loss = routing_.importance_loss;
   stats_.load_loss = routing_.load_loss;
@@ -129,7 +143,18 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   }
   comm_stats_.phase = kForwardCombine;
   combined_ = dispatcher_.combine(layout_, out_blocks, comm_stats_);
-  y = Mat<T>::Zero(n, D);
+  shared_out_ = Mat<T>::Zero(n, D);
+  Mat<T> s_out(n, D);
+  for (auto& se : shared_) {
+    se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D));
+    shared_out_ += s_out;
+  }
+}
+
+template <class T>
+void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
+  run_experts(x);
+  y = shared_out_;
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
     const Index t = layout_.send_token[s];
     y.row(t) += routing_.gate(t, layout_.send_choice[s]) * combined_.row(s);
@@ -137,10 +162,22 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
 }
 
 template <class T>
+void MoeLayer<T>::forward_branches(const Mat<T>& x, Mat<T>& rows, Mat<T>& gates) {
+  MOESIM_REQUIRE(gate_uses_all_experts(cfg_.gate), "a mixture of expert predictions needs the dense or constant gate");
+  run_experts(x);
+  const int K = routing_.K;
+  rows.resize(x.rows() * K, x.cols());
+  for (Index t = 0; t < x.rows(); ++t)
+    for (int j = 0; j < K; ++j) rows.row(t * K + j) = shared_out_.row(t);
+  for (Index s = 0; s < layout_.rows_sent(); ++s)
+    rows.row(layout_.send_token[s] * K + layout_.send_choice[s]) += combined_.row(s);
+  gates = routing_.gate;
+}
+
+template <class T>
 void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   const Index n = dy.rows(), D = dy.cols();
-  const int E = cfg_.experts, K = routing_.K;
-  Mat<T> dgate = Mat<T>::Zero(n, K);
+  Mat<T> dgate = Mat<T>::Zero(n, routing_.K);
   Mat<T> dsend(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
     const Index t = layout_.send_token[s];
@@ -148,6 +185,27 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
     dgate(t, j) = dy.row(t).dot(combined_.row(s));
     dsend.row(s) = routing_.gate(t, j) * dy.row(t);
   }
+  backprop(dsend, dgate, dy, dx);
+}
+
+template <class T>
+void MoeLayer<T>::backward_branches(const Mat<T>& drows, const Mat<T>& dgates, Mat<T>& dx) {
+  const Index n = dgates.rows(), D = drows.cols();
+  const int K = routing_.K;
+  Mat<T> dsend(layout_.rows_sent(), D);
+  for (Index s = 0; s < layout_.rows_sent(); ++s)
+    dsend.row(s) = drows.row(layout_.send_token[s] * K + layout_.send_choice[s]);
+  Mat<T> dshared = Mat<T>::Zero(n, D);
+  for (Index t = 0; t < n; ++t)
+    for (int j = 0; j < K; ++j) dshared.row(t) += drows.row(t * K + j);
+  backprop(dsend, dgates, dshared, dx);
+}
+
+template <class T>
+void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared,
+                           Mat<T>& dx) {
+  const Index n = dgate.rows(), D = dsend.cols();
+  const int E = cfg_.experts;
   comm_stats_.phase = kBackwardDispatch;
   Mat<T> dblocks = dispatcher_.dispatch(layout_, dsend, comm_stats_);
   Mat<T> dx_blocks(dblocks.rows(), D);
@@ -185,6 +243,11 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   Mat<T> dx_router;
   router_.backward(routing_, dgate, dprobs, dx_router, dlse);
   dx += dx_router;
+  Mat<T> ds(n, D);
+  for (auto& se : shared_) {
+    se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D));
+    dx += ds;
+  }
 
   if (cfg_.balance == BalanceKind::kBias) {
     // DeepSeek-V3: raise the bias of underloaded experts, lower it for overloaded ones,

@@ -2,6 +2,8 @@
 // Expert-parallel MoE FFN layer: top-k router, capacity, dispatch to the experts'
 // ranks, contiguous per-expert GEMMs, combine with gate weights. Dropped
 // assignments contribute nothing (the block's residual carries the token).
+// Shared experts (DeepSeekMoE) are replicated dense FFNs every token passes through,
+// added to the routed output with weight 1.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,7 +29,8 @@ struct MoeLayerConfig {
   double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
   double z_loss_weight = 0.0;     // ST-MoE router z-loss weight
   double router_init_scale = 0.1;
-  GateKind gate = GateKind::kTopK;
+  GateKind gate = GateKind::kTopK;  // kDense / kConstant: K = E, capacity does not apply
+  int shared_experts = 0;           // always-active replicated experts, D -> d_ff -> D
   DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
   // Routing options (README, "Gates"); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor
@@ -49,6 +52,7 @@ struct MoeLayerStats {
   std::int64_t assignments = 0;         // B*K
   std::int64_t dropped = 0;             // assignments over capacity
   std::vector<std::int64_t> expert_tokens;  // E, kept assignments per expert
+  std::vector<std::int64_t> top_expert_tokens;  // E, tokens whose largest gate is e
 };
 
 template <class T>
@@ -63,6 +67,11 @@ class MoeLayer {
   // COLLECTIVE. dy: gradient of the loss w.r.t. y; returns dx. With --balance bias it
   // then moves the selection bias by the load of the last forward (once per step).
   void backward(const Mat<T>& dy, Mat<T>& dx);
+  // COLLECTIVE. The mixture of expert predictions (gates that use every expert):
+  // rows(t*K + j) is choice j's expert output for token t plus the shared experts'
+  // output; gates(t, j) its gate. backward_branches takes their gradients.
+  void forward_branches(const Mat<T>& x, Mat<T>& rows, Mat<T>& gates);
+  void backward_branches(const Mat<T>& drows, const Mat<T>& dgates, Mat<T>& dx);
   // Training (noise, the training capacity factor) or evaluation, and the step that
   // keys the router noise.
   void set_mode(bool training, std::int64_t step) {
@@ -75,7 +84,10 @@ class MoeLayer {
   const Routing<T>& routing() const { return routing_; }
   const DispatchLayout& layout() const { return layout_; }
 
-  void replicated_params(ParamList<T>& out) { router_.params(out); }
+  void replicated_params(ParamList<T>& out) {
+    router_.params(out);
+    for (auto& s : shared_) s.params(out);
+  }
   void expert_params(ParamList<T>& out) {
     for (auto& e : experts_) e.params(out);
   }
@@ -84,6 +96,7 @@ class MoeLayer {
   Ffn<T>& local_expert(int le) { return experts_[static_cast<std::size_t>(le)]; }
   int first_local_expert() const { return dispatcher_.first_local_expert(); }
   int local_experts() const { return static_cast<int>(experts_.size()); }
+  Ffn<T>& shared_expert(int s) { return shared_[static_cast<std::size_t>(s)]; }
   const MoeLayerConfig& config() const { return cfg_; }
 
  private:
@@ -92,11 +105,18 @@ class MoeLayer {
   Dispatcher dispatcher_;
   Router<T> router_;
   std::vector<Ffn<T>> experts_;
+  std::vector<Ffn<T>> shared_;
+
+  // Router, capacity, dispatch, experts, combine (into combined_), shared experts.
+  void run_experts(const Mat<T>& x);
+  // The rest of backward given the send rows' and gates' gradients.
+  void backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
 
   // Saved by forward for backward.
   Routing<T> routing_;
   DispatchLayout layout_;
   Mat<T> combined_;  // expert outputs in send order (for gate gradients)
+  Mat<T> shared_out_;  // n x D, sum of the shared experts' outputs
   std::vector<double> f_;  // global fraction of assignments per expert
   std::vector<std::int64_t> assigned_;  // global assignments per expert before dropping
   bool training_ = true;

@@ -24,6 +24,32 @@ RowVec<double> expert_apply(const ReferenceExpert& e, const RowVec<double>& x, R
   return h * e.w2 + e.b2;
 }
 
+// Accumulates the expert's parameter gradients for output gradient dout; returns dx.
+RowVec<double> expert_backward(const ReferenceExpert& ex, ReferenceExpert& dex,
+                               const RowVec<double>& xt, const RowVec<double>& dout) {
+  RowVec<double> pre;
+  expert_apply(ex, xt, &pre);
+  const RowVec<double> h = pre.unaryExpr([](double v) { return gelu(v); });
+  dex.w2 += h.transpose() * dout;
+  dex.b2 += dout;
+  const RowVec<double> dpre =
+      (dout * ex.w2.transpose()).cwiseProduct(pre.unaryExpr([](double v) { return gelu_grad(v); }));
+  dex.w1 += xt.transpose() * dpre;
+  dex.b1 += dpre;
+  return dpre * ex.w1.transpose();
+}
+
+std::vector<ReferenceExpert> zeros_like(const std::vector<ReferenceExpert>& v) {
+  std::vector<ReferenceExpert> z(v.size());
+  for (std::size_t e = 0; e < v.size(); ++e) {
+    z[e].w1 = Mat<double>::Zero(v[e].w1.rows(), v[e].w1.cols());
+    z[e].b1 = Mat<double>::Zero(1, v[e].b1.cols());
+    z[e].w2 = Mat<double>::Zero(v[e].w2.rows(), v[e].w2.cols());
+    z[e].b2 = Mat<double>::Zero(1, v[e].b2.cols());
+  }
+  return z;
+}
+
 }  // namespace
 
 namespace {
@@ -54,7 +80,8 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
   const GateKind g = switch_gate ? GateKind::kSwitch : gate;
   const bool ec = g == GateKind::kExpertChoice;
   const bool noisy = g == GateKind::kNoisyTopK && noise.size() > 0;
-  const int slots = ec ? E : K;
+  const bool all = gate_uses_all_experts(g);  // every expert in index order, no capacity
+  const int slots = ec || all ? E : K;
   Forward fw;
   fw.y = Mat<double>::Zero(B, D);
   fw.chosen.resize(static_cast<std::size_t>(B));
@@ -66,7 +93,7 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
   // Logits, softmax, noisy logits h and selection scores, token by token.
   std::vector<RowVec<double>> logits(B), p(B), h(B), sel(B);
   for (Index t = 0; t < B; ++t) {
-    logits[t] = x.row(t) * router;
+    logits[t] = g == GateKind::kConstant ? RowVec<double>::Zero(E) : RowVec<double>(x.row(t) * router);
     p[t] = softmax(logits[t]);
     for (int e = 0; e < E; ++e) P[e] += p[t](e);
     const double lse = logits[t].maxCoeff() + std::log((logits[t].array() - logits[t].maxCoeff()).exp().sum());
@@ -99,7 +126,7 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
     for (Index t = 0; t < B; ++t)
       for (int e = 0; e < E; ++e) sel[t](e) = logits[t](e) + std::log(v[e]);
   }
-  const long cap = static_cast<long>(expert_capacity(capacity_factor, B, K, E));
+  const long cap = all ? 0 : static_cast<long>(expert_capacity(capacity_factor, B, K, E));
   for (Index t = 0; t < B; ++t) {
     std::vector<int> order(static_cast<std::size_t>(E));
     std::iota(order.begin(), order.end(), 0);
@@ -112,10 +139,10 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
       }
       const int h0 = hash_expert(hash_seed, hash_layer, key, E);
       for (int j = 0; j < E; ++j) order[j] = (h0 + j) % E;
-    } else if (!ec) {
+    } else if (!ec && !all) {
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sel[t](a) > sel[t](b); });
     }
-    if (!ec && K < E) fw.next_choice[t] = order[K];
+    if (!ec && !all && K < E) fw.next_choice[t] = order[K];
     order.resize(static_cast<std::size_t>(slots));
     std::vector<double> gt(static_cast<std::size_t>(slots));
     if (g == GateKind::kTopK || g == GateKind::kNoisyTopK) {
@@ -166,6 +193,8 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
       ++fw.expert_tokens[e];
       fw.y.row(t) += fw.gate[t][j] * expert_apply(experts[e], x.row(t), nullptr);
     }
+  for (Index t = 0; t < B; ++t)
+    for (const ReferenceExpert& se : shared) fw.y.row(t) += expert_apply(se, x.row(t), nullptr);
   double total = 0;
   for (double a : assigned) total += a;
   for (int e = 0; e < E; ++e) fw.aux_loss += (assigned[e] / total) * (P[e] / static_cast<double>(B));
@@ -199,13 +228,8 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
   gr.dx = Mat<double>::Zero(B, D);
   gr.drouter = Mat<double>::Zero(router.rows(), E);
   if (noisy) gr.drouter_noise = Mat<double>::Zero(router_noise.rows(), E);
-  gr.dexperts.resize(experts.size());
-  for (std::size_t e = 0; e < experts.size(); ++e) {
-    gr.dexperts[e].w1 = Mat<double>::Zero(experts[e].w1.rows(), experts[e].w1.cols());
-    gr.dexperts[e].b1 = Mat<double>::Zero(1, experts[e].b1.cols());
-    gr.dexperts[e].w2 = Mat<double>::Zero(experts[e].w2.rows(), experts[e].w2.cols());
-    gr.dexperts[e].b2 = Mat<double>::Zero(1, experts[e].b2.cols());
-  }
+  gr.dexperts = zeros_like(experts);
+  gr.dshared = zeros_like(shared);
   std::vector<double> f(static_cast<std::size_t>(E), 0.0);
   double total = 0;
   for (Index t = 0; t < B; ++t)
@@ -224,20 +248,12 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
     for (int j = 0; j < slots; ++j) {
       if (!fw.kept[t][j]) continue;
       const ReferenceExpert& ex = experts[fw.chosen[t][j]];
-      ReferenceExpert& dex = gr.dexperts[fw.chosen[t][j]];
-      RowVec<double> pre;
-      const RowVec<double> out = expert_apply(ex, xt, &pre);
-      dgate(j) = dy.row(t).dot(out);
-      const RowVec<double> dout = fw.gate[t][j] * dy.row(t);
-      const RowVec<double> h = pre.unaryExpr([](double v) { return gelu(v); });
-      dex.w2 += h.transpose() * dout;
-      dex.b2 += dout;
-      const RowVec<double> dpre =
-          (dout * ex.w2.transpose()).cwiseProduct(pre.unaryExpr([](double v) { return gelu_grad(v); }));
-      dex.w1 += xt.transpose() * dpre;
-      dex.b1 += dpre;
-      gr.dx.row(t) += dpre * ex.w1.transpose();
+      dgate(j) = dy.row(t).dot(expert_apply(ex, xt, nullptr));
+      gr.dx.row(t) += expert_backward(ex, gr.dexperts[fw.chosen[t][j]], xt, fw.gate[t][j] * dy.row(t));
     }
+    for (std::size_t si = 0; si < shared.size(); ++si)
+      gr.dx.row(t) += expert_backward(shared[si], gr.dshared[si], xt, dy.row(t));
+    if (g == GateKind::kConstant) continue;  // no router
     const RowVec<double> logits = xt * router;
     const RowVec<double> p = softmax(logits);
     RowVec<double> nl, dnl;
@@ -299,6 +315,102 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
     }
   }
   return gr;
+}
+
+ReferenceMixture::Result ReferenceMixture::run(const ReferenceMoe& moe, const Mat<double>& x,
+                                               const Mat<double>& h, const Mat<double>& y,
+                                               const std::vector<int>& label) const {
+  const Index B = x.rows(), D = x.cols(), O = head_w.cols();
+  const int E = static_cast<int>(moe.router.cols());
+  constexpr double kEps = 1e-6;  // as RmsNorm
+  Result r;
+  r.dx = Mat<double>::Zero(B, D);
+  r.dh = Mat<double>::Zero(B, D);
+  r.drouter = Mat<double>::Zero(moe.router.rows(), E);
+  r.dgain = Mat<double>::Zero(1, D);
+  r.dhead_w = Mat<double>::Zero(D, O);
+  r.dhead_b = Mat<double>::Zero(1, O);
+  r.dexperts = zeros_like(moe.experts);
+  r.dshared = zeros_like(moe.shared);
+  for (Index t = 0; t < B; ++t) {
+    const RowVec<double> xt = x.row(t);
+    const RowVec<double> g =
+        moe.gate == GateKind::kConstant ? RowVec<double>::Constant(E, 1.0 / E) : softmax(xt * moe.router);
+    RowVec<double> s = h.row(t);
+    for (const ReferenceExpert& se : moe.shared) s += expert_apply(se, xt, nullptr);
+    std::vector<RowVec<double>> z(E), zn(E), f(E);
+    std::vector<double> rinv(E);
+    for (int k = 0; k < E; ++k) {
+      z[k] = s + expert_apply(moe.experts[k], xt, nullptr);
+      rinv[k] = 1.0 / std::sqrt(z[k].squaredNorm() / static_cast<double>(D) + kEps);
+      zn[k] = (z[k] * rinv[k]).cwiseProduct(gain);
+      f[k] = zn[k] * head_w + head_b;
+    }
+    // Loss of this token and its gradients w.r.t. f_k and g_k.
+    std::vector<RowVec<double>> df(E, RowVec<double>::Zero(O));
+    RowVec<double> dg = RowVec<double>::Zero(E);
+    if (classification) {
+      const int c = label[static_cast<std::size_t>(t)];
+      std::vector<RowVec<double>> p(E);
+      double m = 0;
+      for (int k = 0; k < E; ++k) {
+        p[k] = softmax(f[k]);
+        m += g(k) * p[k](c);
+      }
+      for (int k = 0; k < E; ++k) {
+        const RowVec<double> onehot = RowVec<double>::Unit(O, c);
+        if (per_expert) {
+          r.loss -= g(k) * std::log(p[k](c));
+          dg(k) = -std::log(p[k](c));
+          df[k] = g(k) * (p[k] - onehot);
+        } else {
+          dg(k) = -p[k](c) / m;
+          df[k] = -(g(k) / m) * p[k](c) * (onehot - p[k]);
+        }
+      }
+      if (!per_expert) r.loss -= std::log(m);
+    } else {
+      RowVec<double> fbar = RowVec<double>::Zero(O);
+      for (int k = 0; k < E; ++k) fbar += g(k) * f[k];
+      const RowVec<double> e = y.row(t) - fbar;
+      if (!per_expert) r.loss += e.squaredNorm();
+      for (int k = 0; k < E; ++k) {
+        const RowVec<double> ek = y.row(t) - f[k];
+        if (per_expert) {
+          r.loss += g(k) * ek.squaredNorm();
+          dg(k) = ek.squaredNorm();
+          df[k] = -2.0 * g(k) * ek;
+        } else {
+          dg(k) = -2.0 * e.dot(f[k]);
+          df[k] = -2.0 * g(k) * e;
+        }
+      }
+    }
+    // Back through head, norm, experts, shared experts and the gate (all / B).
+    RowVec<double> ds = RowVec<double>::Zero(D);
+    for (int k = 0; k < E; ++k) {
+      const RowVec<double> dfk = df[k] / static_cast<double>(B);
+      r.dhead_w += zn[k].transpose() * dfk;
+      r.dhead_b += dfk;
+      const RowVec<double> dzn = dfk * head_w.transpose();
+      r.dgain += (z[k] * rinv[k]).cwiseProduct(dzn);
+      const RowVec<double> gd = gain.cwiseProduct(dzn);
+      const RowVec<double> dz = rinv[k] * gd - (std::pow(rinv[k], 3) / static_cast<double>(D)) * z[k].dot(gd) * z[k];
+      ds += dz;
+      r.dx.row(t) += expert_backward(moe.experts[k], r.dexperts[k], xt, dz);
+    }
+    r.dh.row(t) += ds;
+    for (std::size_t si = 0; si < moe.shared.size(); ++si)
+      r.dx.row(t) += expert_backward(moe.shared[si], r.dshared[si], xt, ds);
+    if (moe.gate != GateKind::kConstant) {
+      const RowVec<double> dgb = dg / static_cast<double>(B);
+      const RowVec<double> dlogits = (g.array() * (dgb.array() - g.dot(dgb))).matrix();
+      r.drouter += xt.transpose() * dlogits;
+      r.dx.row(t) += dlogits * moe.router.transpose();
+    }
+  }
+  r.loss /= static_cast<double>(B);
+  return r;
 }
 
 }  // namespace moesim

@@ -31,6 +31,7 @@ struct ReferenceMoe {
   Mat<double> hash_planes;            // hash on the input: D x 16 (empty: hash the position)
   std::uint64_t hash_seed = 1;
   int hash_layer = 0;
+  std::vector<ReferenceExpert> shared;  // always-active experts, weight 1
 
   struct Forward {
     Mat<double> y;                    // B x D
@@ -48,7 +49,7 @@ struct ReferenceMoe {
   struct Grads {
     Mat<double> dx, drouter;
     Mat<double> drouter_noise;
-    std::vector<ReferenceExpert> dexperts;
+    std::vector<ReferenceExpert> dexperts, dshared;
   };
 
   Forward forward(const Mat<double>& x) const;
@@ -56,6 +57,24 @@ struct ReferenceMoe {
   // (+ importance and load losses for noisy top-k; f treated as constant). The Switch
   // loss trains topk, switch and sbase routers only, as in MoeLayer.
   Grads backward(const Mat<double>& x, const Forward& fw, const Mat<double>& dy) const;
+};
+
+// The mixture of expert predictions after a dense or constant gate, token by token:
+// f_k = head(rmsnorm(h + shared(x) + expert_k(x))), losses as in moe/mixture.hpp.
+struct ReferenceMixture {
+  Mat<double> gain;            // 1 x D, final norm
+  Mat<double> head_w, head_b;  // D x O, 1 x O
+  bool per_expert = false, classification = false;
+
+  struct Result {
+    double loss = 0;  // mean over the B tokens
+    Mat<double> dx, dh, drouter, dgain, dhead_w, dhead_b;
+    std::vector<ReferenceExpert> dexperts, dshared;
+  };
+  // x: the MoE layer's input (B x D), h: the residual stream (B x D); y (B x O) for
+  // regression, label (B) for classification.
+  Result run(const ReferenceMoe& moe, const Mat<double>& x, const Mat<double>& h,
+             const Mat<double>& y, const std::vector<int>& label) const;
 };
 
 }  // namespace moesim

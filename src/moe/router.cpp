@@ -40,7 +40,9 @@ GateKind parse_gate(const std::string& name) {
   if (name == "expert-choice") return GateKind::kExpertChoice;
   if (name == "hash") return GateKind::kHash;
   if (name == "sbase") return GateKind::kSBase;
-  throw ConfigError("--gate must be topk, switch, noisy-topk, expert-choice, hash or sbase (got '" +
+  if (name == "dense") return GateKind::kDense;
+  if (name == "constant") return GateKind::kConstant;
+  throw ConfigError("--gate must be topk, switch, noisy-topk, expert-choice, hash, sbase, dense or constant (got '" +
                     name + "')");
 }
 
@@ -52,6 +54,8 @@ const char* gate_name(GateKind g) {
     case GateKind::kExpertChoice: return "expert-choice";
     case GateKind::kHash: return "hash";
     case GateKind::kSBase: return "sbase";
+    case GateKind::kDense: return "dense";
+    case GateKind::kConstant: return "constant";
   }
   return "?";
 }
@@ -87,7 +91,7 @@ Router<T>::Router(const std::string& name, Index d_model, int experts, int top_k
 
 template <class T>
 Router<T>::Router(const std::string& name, Index d_model, int experts, int top_k, const RouterOptions& opt)
-    : K_(top_k), opt_(opt) {
+    : K_(gate_uses_all_experts(opt.gate) ? experts : top_k), opt_(opt) {
   MOESIM_REQUIRE(opt.gate != GateKind::kSwitch || top_k == 1, "the switch gate routes each token to one expert");
   MOESIM_REQUIRE(top_k >= 1 && top_k <= experts, "top-k must be in [1, E]");
   w_.name = name + ".w";
@@ -138,7 +142,8 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   const bool ec = g == GateKind::kExpertChoice;
   const int K = ec ? E : K_;
   const Mat<R> xr = x.template cast<R>();
-  const Mat<R> logits = xr * w_.value.template cast<R>();
+  const Mat<R> logits =
+      g == GateKind::kConstant ? Mat<R>::Zero(n, E) : Mat<R>(xr * w_.value.template cast<R>());
   r.n = n;
   r.K = K;
   r.E = E;
@@ -220,6 +225,11 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
     for (Index t = 0; t < n; ++t)
       for (int e = 0; e < E; ++e)
         if (r.preselected[static_cast<std::size_t>(t * E + e)]) r.gate(t, e) = r.probs(t, e);
+  } else if (gate_uses_all_experts(g)) {
+    // Choice j is expert j; the gate is the softmax (constant: 1/E, its logits are 0).
+    for (Index t = 0; t < n; ++t)
+      for (int e = 0; e < E; ++e) r.expert[static_cast<std::size_t>(t * E + e)] = e;
+    r.gate = r.probs;
   } else if (g == GateKind::kHash) {
     for (Index t = 0; t < n; ++t) {
       std::uint64_t key = static_cast<std::uint64_t>(ctx.first_token + t);
@@ -353,6 +363,10 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
   const Index n = r.n;
   const int E = r.E, K = r.K;
   const GateKind g = opt_.gate;
+  if (g == GateKind::kConstant) {  // the gate does not depend on the input
+    dx = Mat<T>::Zero(n, w_.value.rows());
+    return;
+  }
   Mat<R> dlogits = Mat<R>::Zero(n, E);
   Mat<R> dnl;
   if (noisy_) dnl = Mat<R>::Zero(n, E);

@@ -13,6 +13,9 @@
 //                token's global position in the batch; g = 1 / K.
 //   kSBase       top-k of the balanced plan that Sinkhorn iterations make from the router
 //                scores over the global batch (Clark et al. 2022); g = softmax probability.
+//   kDense       every token to every expert (K = E), g = softmax (Jacobs et al. 1991).
+//   kConstant    every token to every expert, g = 1/E whatever the input (linear
+//                interpolation, seed 003): logits are 0, nothing is trained.
 // The router may compute in fp64 while the model is fp32 (weights keep the model's type).
 #include <cstdint>
 #include <string>
@@ -48,7 +51,9 @@ struct Routing {
   }
 };
 
-enum class GateKind { kTopK, kSwitch, kNoisyTopK, kExpertChoice, kHash, kSBase };
+enum class GateKind { kTopK, kSwitch, kNoisyTopK, kExpertChoice, kHash, kSBase, kDense, kConstant };
+// Gates that route every token to every expert (K = E, capacity does not apply).
+inline bool gate_uses_all_experts(GateKind g) { return g == GateKind::kDense || g == GateKind::kConstant; }
 GateKind parse_gate(const std::string& name);  // ConfigError on unknown names
 const char* gate_name(GateKind g);
 // Gates whose selection is learned per token, so a balancing loss or bias applies.
@@ -103,6 +108,7 @@ class Router {
   void backward(const Routing<T>& r, const Mat<T>& dgate, const Mat<T>& dprobs, Mat<T>& dx,
                 const std::vector<double>& dlse = {});
   void params(ParamList<T>& out) {
+    if (opt_.gate == GateKind::kConstant) return;  // nothing to train
     out.push_back(&w_);
     if (opt_.gate == GateKind::kNoisyTopK) out.push_back(&w_noise_);
   }

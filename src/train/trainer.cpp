@@ -143,12 +143,11 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     Stopwatch step_clock;
     for (MoeLayer<T>* l : moe) l->comm_stats().reset(P);
     Batch b = task.batch(Stream::kTrain, static_cast<std::uint64_t>(step), sh.first, sh.count);
-    Mat<T> x = b.x.cast<T>(), y, dy;
+    Mat<T> x = b.x.cast<T>(), y;
     zero_grads(all);
     model.set_mode(true, step);
     model.forward(x, y);
-    const LossResult lr = task_loss<T>(y, b, task.classification(), cfg.batch_tokens, &dy);
-    model.backward(dy);
+    const MixtureLossResult lr = model.loss_and_backward(y, b, task.classification(), cfg.batch_tokens);
     double reduce_seconds = 0;
     {
       ScopedTimer t(reduce_seconds);
@@ -170,6 +169,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     std::vector<double> bias;  // L x E selection biases (--balance bias)
     std::int64_t unused = 0, starved = 0;
     std::vector<double> gate_mass(static_cast<std::size_t>(E), 0.0);
+    std::vector<double> top_share(static_cast<std::size_t>(E), 0.0);
     std::int64_t dropped = 0, assignments = 0;
     std::vector<std::int64_t> expert_tokens(static_cast<std::size_t>(E), 0), per_layer;
     std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
@@ -197,15 +197,19 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       max_over_mean += mean > 0 ? mx / mean : 0.0;
       cv += mean > 0 ? std::sqrt(var) / mean : 0.0;
       for (int e = 0; e < E; ++e) gate_mass[e] += l->stats().gate_mass[e] / std::max(1, Lm);
+      for (int e = 0; e < E; ++e)
+        top_share[e] += static_cast<double>(l->stats().top_expert_tokens[e]) /
+                        static_cast<double>(std::max<std::int64_t>(1, l->stats().tokens) * std::max(1, Lm));
       dropped += l->stats().dropped;
       assignments += l->stats().assignments;
       for (int e = 0; e < E; ++e) expert_tokens[e] += l->stats().expert_tokens[e];
       for (int e = 0; e < E; ++e) mine_to_expert[e] += l->layout().send_expert_counts[e];
       per_layer.insert(per_layer.end(), l->stats().expert_tokens.begin(), l->stats().expert_tokens.end());
     }
-    // Sums: loss, stop flag, padding bytes, then bytes per (layer, phase); maxima: step,
-    // exchange and compute seconds, then seconds per (layer, phase).
-    std::vector<double> sums{lr.sum, g_stop_requested ? 1.0 : 0.0, 0.0};
+    // Sums: loss, stop flag, padding bytes, prediction loss, mixture spread, then bytes per
+    // (layer, phase); maxima: step, exchange and compute seconds, then seconds per (layer, phase).
+    constexpr std::size_t kPhaseSums = 5;
+    std::vector<double> sums{lr.objective, g_stop_requested ? 1.0 : 0.0, 0.0, lr.prediction, lr.spread};
     std::vector<double> maxes{step_seconds, a2a_seconds, step_seconds - a2a_seconds - reduce_seconds};
     for (MoeLayer<T>* l : moe) {
       sums[2] += l->comm_stats().padding_bytes;
@@ -267,6 +271,17 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     out.append("compute_seconds", std::vector<double>{maxes[2]});
     out.append("step_seconds", std::vector<double>{maxes[0]});
     out.append("expert_tokens", expert_tokens, {static_cast<hsize_t>(E)});
+    std::int64_t kept = 0;
+    for (std::int64_t v : expert_tokens) kept += v;
+    std::vector<double> token_share(static_cast<std::size_t>(E), 0.0);
+    for (int e = 0; e < E; ++e)
+      token_share[e] = kept > 0 ? static_cast<double>(expert_tokens[e]) / static_cast<double>(kept) : 0.0;
+    out.append("token_share", token_share, {static_cast<hsize_t>(E)});
+    out.append("top_expert_share", top_share, {static_cast<hsize_t>(E)});
+    if (model.config().mixture != MixtureLoss::kNone) {
+      out.append("prediction_loss", std::vector<double>{sums[3] / static_cast<double>(cfg.batch_tokens)});
+      out.append("mixture_spread", std::vector<double>{sums[4] / static_cast<double>(cfg.batch_tokens)});
+    }
     if (Lm > 0)
       out.append("expert_tokens_per_layer", per_layer,
                  {static_cast<hsize_t>(Lm), static_cast<hsize_t>(E)});
@@ -274,7 +289,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     out.append("padding_bytes", std::vector<double>{sums[2]});
     if (Lm > 0) {
       const std::vector<hsize_t> lp{static_cast<hsize_t>(Lm), 4};
-      out.append("a2a_bytes_by_phase", std::vector<double>(sums.begin() + 3, sums.end()), lp);
+      out.append("a2a_bytes_by_phase", std::vector<double>(sums.begin() + kPhaseSums, sums.end()), lp);
       out.append("a2a_seconds_by_phase", std::vector<double>(maxes.begin() + 3, maxes.end()), lp);
     }
     out.append("rank_expert_tokens", rank_expert, {static_cast<hsize_t>(P), static_cast<hsize_t>(E)});
