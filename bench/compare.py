@@ -1,8 +1,9 @@
-"""Runs bench_moe and prints each fast path as a speed ratio against its baseline
+"""Runs bench_moe and bench_stack and prints each fast path as a speed ratio against its baseline
 measured in the same run (items per second; machines here are shared and noisy,
 so ratios, not absolute times, are what compare across runs).
 
-usage: python3 bench/compare.py [--bench build/default/bench/bench_moe] [--repetitions N]
+usage: python3 bench/compare.py [--bench BIN ...] [--filter REGEX] [--repetitions N]
+(items: tokens for the MoE paths, queries for KNN)
 """
 import argparse
 import json
@@ -14,24 +15,30 @@ import sys
 PAIRS = [
     ("BM_ExpertBlockGemm", "BM_ExpertTokenByToken", "expert FFN: contiguous block GEMM vs token by token"),
     ("BM_MoeLayerFwdBwd", "BM_ReferenceMoeFwdBwd", "MoE layer fwd+bwd: fast layer vs serial reference"),
+    ("BM_KnnPredictFloatGemm", "BM_KnnPredictDoubleGemm", "KNN predict: float vs double distance GEMM"),
 ]
 
 
 def main():
     root = pathlib.Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bench", default=str(root / "build/default/bench/bench_moe"))
+    ap.add_argument("--bench", action="append", default=None,
+                    help="benchmark binary (repeatable; default: bench_moe and bench_stack)")
+    ap.add_argument("--filter", default=None, help="--benchmark_filter regex")
     ap.add_argument("--repetitions", type=int, default=3)
     args = ap.parse_args()
-    out = subprocess.run(
-        [args.bench, "--benchmark_format=json", f"--benchmark_repetitions={args.repetitions}"],
-        check=True, capture_output=True, text=True).stdout
+    benches = args.bench or [str(root / "build/default/bench" / b) for b in ("bench_moe", "bench_stack")]
     samples = {}
-    for b in json.loads(out)["benchmarks"]:
-        if b.get("run_type") == "iteration":
-            samples.setdefault(b["run_name"], []).append(b["items_per_second"])
+    for bench in benches:
+        cmd = [bench, "--benchmark_format=json", f"--benchmark_repetitions={args.repetitions}"]
+        if args.filter:
+            cmd.append(f"--benchmark_filter={args.filter}")
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        for b in json.loads(out)["benchmarks"]:
+            if b.get("run_type") == "iteration":
+                samples.setdefault(b["run_name"], []).append(b["items_per_second"])
     rows = {name: statistics.median(v) for name, v in samples.items()}
-    print(f"{'comparison':<55} {'shape':<22} {'fast tok/s':>12} {'base tok/s':>12} {'ratio':>8}")
+    print(f"{'comparison':<55} {'shape':<22} {'fast item/s':>12} {'base item/s':>12} {'ratio':>8}")
     for fast, base, label in PAIRS:
         for name, rate in rows.items():
             if not name.startswith(fast + "/"):

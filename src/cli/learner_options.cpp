@@ -15,7 +15,7 @@ void add_learner_hyper_options(po::options_description& d) {
       ("knn-k", po::value<I>()->default_value(5), "knn: neighbours")
       ("knn-weights", po::value<std::string>()->default_value("uniform"), "knn: uniform | distance")
       ("tree-max-depth", po::value<I>()->default_value(8), "tree: maximum depth")
-      ("tree-min-samples-leaf", po::value<I>()->default_value(1), "trees: minimum (weighted) rows per leaf")
+      ("tree-min-samples-leaf", po::value<I>()->default_value(1), "trees: minimum rows per leaf (rows of positive weight, whatever their weight)")
       ("max-bins", po::value<I>()->default_value(64), "trees: histogram bins per feature (2..255)")
       ("forest-trees", po::value<I>()->default_value(100), "forest: trees")
       ("forest-max-depth", po::value<I>()->default_value(12), "forest: maximum depth")

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "core/error.hpp"
@@ -108,9 +109,10 @@ Index check_rows(const Communicator& comm, const TrainRows& rows, int classes, c
 
 }  // namespace
 
-KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index train_chunk)
+KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index train_chunk,
+                       bool double_gemm)
     : k_(k), distance_weighted_(distance_weighted), query_block_(query_block),
-      train_chunk_(train_chunk) {
+      train_chunk_(train_chunk), double_gemm_(double_gemm) {
   MOESIM_CONFIG_CHECK(k >= 1, "knn: k must be >= 1 (got " << k << ")");
   MOESIM_CONFIG_CHECK(query_block >= 1 && train_chunk >= 1, "knn: block sizes must be >= 1");
 }
@@ -142,6 +144,8 @@ void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     id_.push_back(rows.id[ui]);
     ++r;
   }
+  if (double_gemm_) xa_f_.resize(0, p_ + 1);
+  else xa_f_ = xa_.cast<float>();
   const std::int64_t total = comm.allreduce_sum(static_cast<std::int64_t>(kept));
   MOESIM_CONFIG_CHECK(total > 0, "knn: no training row has a positive weight");
   k_eff_ = static_cast<int>(std::min<std::int64_t>(k_, total));
@@ -149,15 +153,23 @@ void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
 }
 
 void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
+  if (double_gemm_) merge_local_as<double>(Q, nq, c, xa_);
+  else merge_local_as<float>(Q, nq, c, xa_f_);
+}
+
+template <class T>
+void KnnLearner::merge_local_as(const double* Q, Index nq, Candidates& c, const Mat<T>& xa) const {
   const Index n = xa_.rows(), p = p_;
   if (nq == 0 || n == 0) return;
   const auto K = static_cast<std::size_t>(k_eff_);
-  // The GEMM value v = ||z||^2 - 2 q.z and the exactly evaluated d2 satisfy
-  // |v + ||q||^2 - d2| <= ~4 (p + 2) eps (||q||^2 + ||z||^2); keeping every v within twice
-  // a bound above that of the K-th smallest v keeps every row of the exact top K.
-  const double rounding = 8.0 * static_cast<double>(p + 4) * DBL_EPSILON;
+  // The GEMM value v = ||z||^2 - 2 q.z (inputs rounded to T, products summed in T) and
+  // the exactly evaluated d2 satisfy |v + ||q||^2 - d2| <= ~4 (p + 2) eps_T (||q||^2 +
+  // ||z||^2); keeping every v within twice a bound above that of the K-th smallest v
+  // keeps every row of the exact top K.
+  const double eps = std::is_same_v<T, float> ? static_cast<double>(FLT_EPSILON) : DBL_EPSILON;
+  const double rounding = 8.0 * static_cast<double>(p + 4) * eps;
   const Index QB = std::min(query_block_, nq), TC = std::min(train_chunk_, n);
-  Mat<double> qa(QB, p + 1), D(QB, TC);
+  Mat<T> qa(QB, p + 1), D(QB, TC);
   std::vector<std::vector<Entry>> cand(static_cast<std::size_t>(QB));
   std::vector<double> threshold(static_cast<std::size_t>(QB)), margin(static_cast<std::size_t>(QB));
   std::vector<std::size_t> cap(static_cast<std::size_t>(QB));
@@ -168,11 +180,12 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
   for (Index b0 = 0; b0 < nq; b0 += QB) {
     const Index nb = std::min(QB, nq - b0);
     qa.resize(nb, p + 1);
-    qa.leftCols(p) = ConstMatMap<double>(Q + b0 * p, nb, p);
+    const ConstMatMap<double> qd(Q + b0 * p, nb, p);
+    qa.leftCols(p) = qd.template cast<T>();
     qa.col(p).setOnes();
     for (Index i = 0; i < nb; ++i) {
       const auto ui = static_cast<std::size_t>(i);
-      margin[ui] = 2.0 * rounding * (qa.row(i).head(p).squaredNorm() + max_norm2_);
+      margin[ui] = 2.0 * rounding * (qd.row(i).squaredNorm() + max_norm2_);
       threshold[ui] = kInf;
       cand[ui].clear();
       cap[ui] = std::max<std::size_t>(4 * K, 64);
@@ -180,11 +193,11 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
     for (Index c0 = 0; c0 < n; c0 += TC) {
       const Index nc = std::min(TC, n - c0);
       D.resize(nb, nc);
-      D.noalias() = qa * xa_.middleRows(c0, nc).transpose();
+      D.noalias() = qa * xa.middleRows(c0, nc).transpose();
       for (Index i = 0; i < nb; ++i) {
         const auto ui = static_cast<std::size_t>(i);
         std::vector<Entry>& cd = cand[ui];
-        const double* row = D.data() + i * nc;
+        const T* row = D.data() + i * nc;
         double t = threshold[ui];
         auto offer = [&](Index j) {
           if (row[j] > t) return;
@@ -197,7 +210,7 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
         // Almost every value misses the threshold: test 8 at once, branch-free.
         Index j = 0;
         for (; j + 8 <= nc; j += 8) {
-          const double* r = row + j;
+          const T* r = row + j;
           const double m = std::min(std::min(std::min(r[0], r[1]), std::min(r[2], r[3])),
                                     std::min(std::min(r[4], r[5]), std::min(r[6], r[7])));
           if (m > t) continue;

@@ -17,13 +17,16 @@ namespace moesim {
 class KnnLearner : public Learner {
  public:
   // query_block x train_chunk bounds the distance tile held in memory; tests shrink
-  // them to exercise the block and chunk seams.
-  KnnLearner(int k, bool distance_weighted, Index query_block = 256, Index train_chunk = 1024);
+  // them to exercise the block and chunk seams. The distance GEMM runs in float
+  // (twice the double rate) unless double_gemm: it only short-lists candidates, whose
+  // distances are then evaluated exactly in double, so both give the same neighbours.
+  KnnLearner(int k, bool distance_weighted, Index query_block = 256, Index train_chunk = 1024,
+             bool double_gemm = false);
   std::string name() const override { return "knn"; }
   void fit(const LearnerContext& ctx, const TrainRows& rows) override;
   Mat<double> predict(const LearnerContext& ctx, const Mat<double>& X) override;
   std::unique_ptr<Learner> clone() const override {
-    return std::make_unique<KnnLearner>(k_, distance_weighted_, query_block_, train_chunk_);
+    return std::make_unique<KnnLearner>(k_, distance_weighted_, query_block_, train_chunk_, double_gemm_);
   }
   int effective_k() const { return k_eff_; }
 
@@ -37,10 +40,13 @@ class KnnLearner : public Learner {
  private:
   // The local k_eff best of nq standardised queries (row-major, nq x p), merged into c.
   void merge_local(const double* Q, Index nq, Candidates& c) const;
+  template <class T>
+  void merge_local_as(const double* Q, Index nq, Candidates& c, const Mat<T>& xa) const;
 
   int k_;
   bool distance_weighted_;
   Index query_block_, train_chunk_;
+  bool double_gemm_;
   bool fitted_ = false;
   int classes_ = 0;
   int k_eff_ = 0;
@@ -49,6 +55,7 @@ class KnnLearner : public Learner {
   // NOTES: row i is [-2 z_i, ||z_i||^2], so one GEMM with [q, 1] gives ||z||^2 - 2 q.z;
   // -0.5 * (-2 z) recovers z exactly for the exact re-evaluation of short-listed rows.
   Mat<double> xa_;
+  Mat<float> xa_f_;  // xa_ in float for the GEMM (empty with double_gemm)
   double max_norm2_ = 0;  // max ||z_i||^2 over the local rows, for the rounding bound
   std::vector<double> y_, w_;
   std::vector<std::int64_t> id_;

@@ -112,6 +112,60 @@ void LogisticLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   };
 
   const Eigen::Map<const Eigen::VectorXd> wv(w.data(), n);
+  if (C == 2) {
+    // Two classes: the multinomial optimum has W_1 = -W_0 = beta / 2 (the likelihood
+    // sees only W_1 - W_0; the penalty is least when the halves are opposite), so Newton
+    // runs on beta alone with penalty 0.25 lambda ||beta||^2: a q x q Hessian from one
+    // symmetric rank-n update instead of three (2q)-wide blocks, a sixth of the flops.
+    const Eigen::VectorXd yv = Y.col(1);
+    auto probs = [&](const Eigen::VectorXd& b) {
+      Eigen::VectorXd pr = A * b;
+      for (Index i = 0; i < n; ++i) pr(i) = pr(i) >= 0 ? 1 / (1 + std::exp(-pr(i))) : std::exp(pr(i)) / (1 + std::exp(pr(i)));
+      return pr;
+    };
+    auto objective2 = [&](const Eigen::VectorXd& b) {
+      const Eigen::VectorXd s = A * b;
+      double local = 0;
+      for (Index i = 0; i < n; ++i)  // -log sigmoid(+-s) = log1p(exp(-|s|)) + max(-+s, 0)
+        local += wv(i) * (std::log1p(std::exp(-std::abs(s(i)))) + std::max(yv(i) > 0.5 ? -s(i) : s(i), 0.0));
+      return ctx.comm.allreduce_sum(local) + 0.25 * lambda * b.head(q - 1).squaredNorm();
+    };
+    Eigen::VectorXd beta = Eigen::VectorXd::Zero(q);
+    double f2 = objective2(beta);
+    Mat<double> B(n, q);
+    for (iterations_ = 0; iterations_ < max_iter_; ++iterations_) {
+      const Eigen::VectorXd pr = probs(beta);
+      std::vector<double> buf(static_cast<std::size_t>(q + q * q), 0.0);
+      Eigen::Map<Eigen::VectorXd> grad(buf.data(), q);
+      Eigen::Map<Mat<double>> H(buf.data() + q, q, q);
+      grad = A.transpose() * (wv.array() * (pr - yv).array()).matrix();
+      for (Index i = 0; i < n; ++i) B.row(i) = A.row(i) * std::sqrt(wv(i) * pr(i) * (1 - pr(i)));
+      H.selfadjointView<Eigen::Lower>().rankUpdate(B.transpose());
+      ctx.comm.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
+      H.triangularView<Eigen::StrictlyUpper>() = H.transpose();
+      Eigen::VectorXd g = grad;
+      for (Index j = 0; j + 1 < q; ++j) {
+        g(j) += 0.5 * lambda * beta(j);
+        H(j, j) += 0.5 * lambda;
+      }
+      H(q - 1, q - 1) += 5e-11;  // penalty_diag's 1e-10 on each half of the bias
+      // Converged as the multinomial loop: its gradient is -g / 2, g / 2.
+      if (0.5 * g.lpNorm<Eigen::Infinity>() < tol_) break;
+      const Eigen::VectorXd step = H.ldlt().solve(g);
+      double t = 1.0, f_new = f2;
+      for (int ls = 0; ls < 30; ++ls, t *= 0.5) {
+        f_new = objective2(beta - t * step);
+        if (f_new <= f2 - 1e-4 * t * g.dot(step)) break;
+      }
+      beta -= t * step;
+      const bool converged = std::abs(f2 - f_new) <= 1e-12 * std::max(1.0, std::abs(f2));
+      f2 = f_new;
+      if (converged) break;
+    }
+    W_.col(1) = 0.5 * beta;
+    W_.col(0) = -0.5 * beta;
+    return;
+  }
   double f = objective(W_);
   for (iterations_ = 0; iterations_ < max_iter_; ++iterations_) {
     const Mat<double> P = softmax_rows(W_);

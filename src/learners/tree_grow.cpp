@@ -60,20 +60,23 @@ void hist_gini_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
     h[static_cast<std::size_t>(col[rows[j]]) * C + static_cast<std::size_t>(lab[j])] += wt[j];
 }
 
-template <int S, class BinT>
+// SN > 0: S known at compile time; SN = 0: S = Srt.
+template <int SN, class BinT>
 void hist_moments_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
-                      const double* st, double* h) {
+                      const double* st, double* h, std::size_t Srt) {
+  const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : Srt;
   for (std::size_t j = 0; j < cnt; ++j) {
     double* hb = h + static_cast<std::size_t>(col[rows[j]]) * S;
     const double* s = st + j * S;
-    for (int k = 0; k < S; ++k) hb[k] += s[k];
+    for (std::size_t k = 0; k < S; ++k) hb[k] += s[k];
   }
 }
 
 // Four features per pass: the node's statistics are read once for all four.
-template <int S, class BinT>
+template <int SN, class BinT>
 void hist_moments_col4(const BinT* const* col, const std::uint32_t* rows, std::size_t cnt,
-                       const double* st, double* const* h) {
+                       const double* st, double* const* h, std::size_t Srt) {
+  const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : Srt;
   for (std::size_t j = 0; j < cnt; ++j) {
     const std::size_t r = rows[j];
     const double* s = st + j * S;
@@ -81,7 +84,7 @@ void hist_moments_col4(const BinT* const* col, const std::uint32_t* rows, std::s
     double* h1 = h[1] + static_cast<std::size_t>(col[1][r]) * S;
     double* h2 = h[2] + static_cast<std::size_t>(col[2][r]) * S;
     double* h3 = h[3] + static_cast<std::size_t>(col[3][r]) * S;
-    for (int k = 0; k < S; ++k) {
+    for (std::size_t k = 0; k < S; ++k) {
       const double v = s[k];
       h0[k] += v;
       h1[k] += v;
@@ -117,14 +120,16 @@ void hist_gini_rows(const BinT* x, std::size_t p, std::size_t cnt, const std::in
   }
 }
 
-template <int S, class BinT>
+template <int SN, class BinT>
 void hist_moments_rows(const BinT* x, std::size_t p, std::size_t cnt, const double* st,
-                       const int* feats, const std::size_t* hoff, std::size_t m, double* h) {
+                       const int* feats, const std::size_t* hoff, std::size_t m, double* h,
+                       std::size_t Srt) {
+  const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : Srt;
   for (std::size_t j = 0; j < cnt; ++j, x += p) {
     const double* s = st + j * S;
     for (std::size_t k = 0; k < m; ++k) {
       double* hb = h + hoff[k] + static_cast<std::size_t>(x[feats[k]]) * S;
-      for (int q = 0; q < S; ++q) hb[q] += s[q];
+      for (std::size_t q = 0; q < S; ++q) hb[q] += s[q];
     }
   }
 }
@@ -151,13 +156,29 @@ std::size_t stable_split(T* a, const char* left, std::size_t cnt, std::vector<T>
   return k;
 }
 
+// stable_split with the record width known only at run time.
+template <class T>
+std::size_t stable_split_n(T* a, const char* left, std::size_t cnt, std::size_t W, std::vector<T>& spill) {
+  if (spill.size() < cnt * W) spill.resize(cnt * W);
+  std::size_t k = 0, m = 0;
+  for (std::size_t j = 0; j < cnt; ++j) {
+    T* dst = left[j] ? a + k++ * W : spill.data() + m++ * W;
+    if (dst != a + j * W) std::copy_n(a + j * W, W, dst);
+  }
+  std::copy_n(spill.data(), m * W, a + k * W);
+  return k;
+}
+
 template <class BinT>
 class Grower {
  public:
   Grower(const Communicator& comm, const BinnedMatrix& X, const BinT* cols, const BinT* rows,
          const GrowParams& prm, std::vector<GrowTree>& trees)
       : comm_(comm), X_(X), cm_(cols), rm_(rows), prm_(prm), trees_(trees), S_(prm.stats),
-        p_(X.p), n_(static_cast<std::size_t>(X.n)) {
+        p_(X.p), n_(static_cast<std::size_t>(X.n)),
+        count_(prm.count_rows && prm.score != SplitScore::kNewton),
+        lab_(prm.score == SplitScore::kGini && !count_),
+        C_(static_cast<std::size_t>(prm.stats) - (count_ ? 1 : 0)) {
     const int m = prm.features_per_split;
     sampled_ = m > 0 && m < p_;
     stride_ = (static_cast<std::size_t>(p_) * sizeof(BinT) + 7) / 8 * 8 / sizeof(BinT);
@@ -199,7 +220,7 @@ class Grower {
   };
 
   const std::vector<int>& features(const Work& w) const { return sampled_ ? w.feats : all_; }
-  double weight(const double* s) const { return stats_weight(prm_.score, s, S_); }
+  double weight(const double* s) const { return stats_weight(prm_.score, s, static_cast<int>(C_)); }
   const double* totals(const Work& w) const {
     return trees_[static_cast<std::size_t>(w.tree)].totals.data() + static_cast<std::size_t>(w.node) * static_cast<std::size_t>(S_);
   }
@@ -218,11 +239,16 @@ class Grower {
     return w;
   }
 
+  // Rows of a statistics vector where they are counted (see tree_grow.hpp).
+  bool counted() const { return count_ || prm_.score == SplitScore::kNewton; }
+  double rows_of(const double* s) const { return count_ ? s[S_ - 1] : s[2]; }
+
   bool splittable(const double* T) const {
     const double W = weight(T);
-    if (!(W > 0) || W < 2 * prm_.min_leaf) return false;
+    if (!(W > 0)) return false;
+    if (counted() && rows_of(T) < 2 * prm_.min_leaf) return false;
     if (prm_.score == SplitScore::kGini) {
-      const double mx = *std::max_element(T, T + S_);
+      const double mx = *std::max_element(T, T + C_);
       if (mx >= (1 - kPureRel) * W) return false;
     }
     return true;
@@ -270,6 +296,9 @@ class Grower {
   std::vector<GrowTree>& trees_;
   const int S_, p_;
   const std::size_t n_;
+  const bool count_;      // the last statistic is a row count (Gini / variance)
+  const bool lab_;        // rows carry (label, weight) rather than S statistics
+  const std::size_t C_;   // statistics a Gini weight sums: S less the count
   bool sampled_ = false;
   std::size_t stride_ = 0;  // bins per row of Ordered::bins (p, padded to 8 bytes)
   std::vector<int> all_;
@@ -277,6 +306,7 @@ class Grower {
   std::unique_ptr<double[]> arena_;  // uninitialised: build() zeroes what it uses
   std::size_t arena_size_ = 0;
   std::vector<double> derived_;
+  std::vector<float> narrow_;  // exact_in_float transport
   std::vector<std::vector<double>> retained_;
   // Scratch.
   std::vector<double> left_, right_, best_left_, best_right_, spill_d_;
@@ -303,7 +333,7 @@ void Grower<BinT>::build(const Work& w, double* h) {
     hoff_[k] = off;
     off += static_cast<std::size_t>(X_.nbins[static_cast<std::size_t>(fl[k])]) * S;
   }
-  const bool gini = prm_.score == SplitScore::kGini;
+  const bool gini = lab_;
   const int side = sampled_ ? w.depth % 2 : 0;
   const std::int32_t* lab = gini ? o.lab[side].data() + node.begin : nullptr;
   const double* wt = gini ? o.wt[side].data() + node.begin : nullptr;
@@ -312,8 +342,9 @@ void Grower<BinT>::build(const Work& w, double* h) {
     const BinT* x = o.bins[side].data() + node.begin * stride_;
     const std::size_t p = stride_;
     if (gini) hist_gini_rows(x, p, cnt, lab, wt, fl.data(), hoff_.data(), m, h, S);
-    else if (S == 2) hist_moments_rows<2>(x, p, cnt, st, fl.data(), hoff_.data(), m, h);
-    else hist_moments_rows<3>(x, p, cnt, st, fl.data(), hoff_.data(), m, h);
+    else if (S == 2) hist_moments_rows<2>(x, p, cnt, st, fl.data(), hoff_.data(), m, h, S);
+    else if (S == 3) hist_moments_rows<3>(x, p, cnt, st, fl.data(), hoff_.data(), m, h, S);
+    else hist_moments_rows<0>(x, p, cnt, st, fl.data(), hoff_.data(), m, h, S);
     return;
   }
   std::size_t k = 0;
@@ -325,15 +356,17 @@ void Grower<BinT>::build(const Work& w, double* h) {
       hs[q] = h + hoff_[k + q];
     }
     if (gini) hist_gini_col4(cols, rows, cnt, lab, wt, hs, S);
-    else if (S == 2) hist_moments_col4<2>(cols, rows, cnt, st, hs);
-    else hist_moments_col4<3>(cols, rows, cnt, st, hs);
+    else if (S == 2) hist_moments_col4<2>(cols, rows, cnt, st, hs, S);
+    else if (S == 3) hist_moments_col4<3>(cols, rows, cnt, st, hs, S);
+    else hist_moments_col4<0>(cols, rows, cnt, st, hs, S);
   }
   for (; k < m; ++k) {
     const BinT* col = cm_ + static_cast<std::size_t>(fl[k]) * n_;
     double* hf = h + hoff_[k];
     if (gini) hist_gini_col(col, rows, cnt, lab, wt, hf, S);
-    else if (S == 2) hist_moments_col<2>(col, rows, cnt, st, hf);
-    else hist_moments_col<3>(col, rows, cnt, st, hf);
+    else if (S == 2) hist_moments_col<2>(col, rows, cnt, st, hf, S);
+    else if (S == 3) hist_moments_col<3>(col, rows, cnt, st, hf, S);
+    else hist_moments_col<0>(col, rows, cnt, st, hf, S);
   }
 }
 
@@ -346,8 +379,13 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
   double lbuf[SN > 0 ? SN : 1], rbuf[SN > 0 ? SN : 1];
   double* L = SN > 0 ? lbuf : left_.data();
   double* R = SN > 0 ? rbuf : right_.data();
-  const double W = weight<K>(T, S);
-  const double minw = std::max(prm_.min_leaf, kSplitMinChildRel * W);
+  const std::size_t C = C_;  // a Gini weight sums the class entries, not the row count
+  const double W = weight<K>(T, C);
+  // Newton's weight is its row count; the others count rows only with count_rows.
+  const double minw = K == SplitScore::kNewton ? std::max(prm_.min_leaf, kSplitMinChildRel * W)
+                                               : kSplitMinChildRel * W;
+  const bool count = count_;
+  const double minr = prm_.min_leaf;
   bool have = false;
   double best = 0;
   std::size_t off = 0;
@@ -364,10 +402,10 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
         L[s] += hb[s];
         empty = empty && hb[s] == 0;
       }
-      if (empty || weight<K>(L, S) < minw) continue;
+      if (empty || weight<K>(L, C) < minw || (count && L[S - 1] < minr)) continue;
       for (std::size_t s = 0; s < S; ++s) R[s] = T[s] - L[s];
-      if (weight<K>(R, S) < minw) break;
-      const double score = term<K>(L, S) + term<K>(R, S);
+      if (weight<K>(R, C) < minw || (count && R[S - 1] < minr)) break;
+      const double score = term<K>(L, C) + term<K>(R, C);
       if (!have || score > best + kSplitTieRel * std::abs(best)) {
         have = true;
         best = score;
@@ -378,7 +416,7 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
       }
     }
   }
-  return have && best - term<K>(T, S) > kSplitMinGainRel * std::abs(best);
+  return have && best - term<K>(T, C) > kSplitMinGainRel * std::abs(best);
 }
 
 template <class BinT>
@@ -391,7 +429,7 @@ void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
     const int from = w.depth % 2, to = 1 - from;
     const BinT* src = o.bins[from].data() + begin * stride_;
     BinT* dst = o.bins[to].data();
-    const bool gini = prm_.score == SplitScore::kGini;
+    const bool gini = lab_;
     const std::size_t row_bytes = stride_ * sizeof(BinT);
     std::size_t kl = begin, kr = begin + cnt;
     for (std::size_t j = begin; j < begin + cnt; ++j, src += stride_) {
@@ -415,13 +453,15 @@ void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
   for (std::size_t j = 0; j < cnt; ++j) goes_left_[j] = static_cast<int>(col[t.rows[begin + j]]) <= b;
   const char* gl = goes_left_.data();
   const std::size_t k = stable_split<1>(t.rows.data() + begin, gl, cnt, spill_u_);
-  if (prm_.score == SplitScore::kGini) {
+  if (lab_) {
     stable_split<1>(o.lab[0].data() + begin, gl, cnt, spill_i_);
     stable_split<1>(o.wt[0].data() + begin, gl, cnt, spill_d_);
   } else if (S == 2) {
     stable_split<2>(o.st[0].data() + begin * S, gl, cnt, spill_d_);
-  } else {
+  } else if (S == 3) {
     stable_split<3>(o.st[0].data() + begin * S, gl, cnt, spill_d_);
+  } else {
+    stable_split_n(o.st[0].data() + begin * S, gl, cnt, S, spill_d_);
   }
   mid = static_cast<std::uint32_t>(begin + k);
 }
@@ -451,7 +491,10 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
            : S == 3 ? evaluate<SplitScore::kGini, 3>(w, h, T, f, b)
                     : evaluate<SplitScore::kGini, 0>(w, h, T, f, b);
       break;
-    case SplitScore::kVariance: ok = evaluate<SplitScore::kVariance, 2>(w, h, T, f, b); break;
+    case SplitScore::kVariance:
+      ok = S == 2 ? evaluate<SplitScore::kVariance, 2>(w, h, T, f, b)
+                  : evaluate<SplitScore::kVariance, 3>(w, h, T, f, b);
+      break;
     case SplitScore::kNewton: ok = evaluate<SplitScore::kNewton, 3>(w, h, T, f, b); break;
   }
   if (!ok) return;
@@ -492,7 +535,7 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
 template <class BinT>
 void Grower<BinT>::run(double* extra, int n_extra) {
   const std::size_t S = static_cast<std::size_t>(S_);
-  const bool gini = prm_.score == SplitScore::kGini;
+  const bool gini = lab_;
   ord_.assign(trees_.size(), Ordered{});
   for (std::size_t k = 0; k < trees_.size(); ++k) {
     GrowTree& t = trees_[k];
@@ -593,7 +636,16 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       for (std::size_t k = i; k < j; ++k)
         if (!level[k].derive) build(level[k], arena_.get() + level[k].offset);
       std::copy_n(extra, extras, arena_.get() + used);
-      comm_.allreduce_sum(arena_.get(), static_cast<int>(used + extras));
+      if (prm_.exact_in_float && extras == 0) {
+        // Integers below 2^24 convert and sum exactly in float: the same histograms.
+        double* a = arena_.get();
+        narrow_.resize(used);
+        for (std::size_t q = 0; q < used; ++q) narrow_[q] = static_cast<float>(a[q]);
+        comm_.allreduce_sum(narrow_.data(), static_cast<int>(used));
+        for (std::size_t q = 0; q < used; ++q) a[q] = static_cast<double>(narrow_[q]);
+      } else {
+        comm_.allreduce_sum(arena_.get(), static_cast<int>(used + extras));
+      }
       std::copy_n(arena_.get() + used, extras, extra);
       first = false;
       for (std::size_t k = i; k < j; ++k) {
@@ -626,7 +678,10 @@ void Grower<BinT>::run(double* extra, int n_extra) {
 void grow_trees(const Communicator& comm, const BinnedMatrix& X, const GrowParams& prm,
                 std::vector<GrowTree>& trees, double* extra, int n_extra) {
   MOESIM_REQUIRE(prm.score != SplitScore::kGini || prm.stats >= 1, "Gini needs S = classes >= 1");
-  MOESIM_REQUIRE(prm.score != SplitScore::kVariance || prm.stats == 2, "variance needs S = 2");
+  MOESIM_REQUIRE(prm.score != SplitScore::kVariance || prm.stats == 2 + (prm.count_rows ? 1 : 0),
+                 "variance needs S = 2 (3 with count_rows)");
+  MOESIM_REQUIRE(prm.score != SplitScore::kGini || !prm.count_rows || prm.stats >= 3,
+                 "Gini with count_rows needs S = classes + 1");
   MOESIM_REQUIRE(prm.score != SplitScore::kNewton || prm.stats == 3, "Newton needs S = 3");
   if (X.use_wide) {
     Grower<std::uint16_t> g(comm, X, X.cols16.data(), X.rows16.data(), prm, trees);

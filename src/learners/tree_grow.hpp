@@ -6,10 +6,16 @@
 //
 // The rules below are the algorithm's definition; tree_reference.cpp implements the
 // same rules serially on the full data.
-//   - Depth-wise growth; a node is split when depth < max_depth, its weight W is at
-//     least 2 * min_leaf and (Gini) it is not pure.
+//   - min_leaf counts rows, not weight (as scikit-learn's min_samples_leaf): a row of
+//     positive weight counts once whatever its weight or bootstrap multiplicity, so
+//     fractional weights never block a split. When min_leaf > 1 the row count rides as
+//     the last statistic (count_rows); with min_leaf <= 1 a positive weight is a row.
+//     Newton statistics carry the row count as their third value.
+//   - Depth-wise growth; a node is split when depth < max_depth, its weight W is
+//     positive, it holds at least 2 * min_leaf rows and (Gini) it is not pure.
 //   - Candidates: every feature (or m sampled ones, in ascending order) and every bin
-//     b < B_f - 1 ("bin <= b" goes left). A child needs weight >= max(min_leaf, 1e-12 W).
+//     b < B_f - 1 ("bin <= b" goes left). A child needs at least min_leaf rows and
+//     weight >= 1e-12 W.
 //   - Right statistics are the node's totals minus the left ones (a root's totals are
 //     the sum of its first candidate feature's histogram; a child's come from its
 //     parent's split).
@@ -36,16 +42,17 @@ inline constexpr double kSplitMinChildRel = 1e-12;
 inline constexpr double kPureRel = 1e-12;  // Gini node pure when max_c n_c >= (1 - this) W
 
 enum class SplitScore {
-  kGini,      // S = C per bin: weighted class counts
-  kVariance,  // S = 2: (w, w y)
-  kNewton,    // S = 3: (g, h, w), gradients and Hessians already weighted
+  kGini,      // S = C (+ 1 with count_rows) per bin: weighted class counts (, rows)
+  kVariance,  // S = 2 (+ 1): (w, w y (, rows))
+  kNewton,    // S = 3: (g, h, rows), gradients and Hessians already weighted
 };
 
 struct GrowParams {
   SplitScore score = SplitScore::kGini;
   int stats = 2;                // S, doubles per bin
+  bool count_rows = false;      // kGini / kVariance: the last statistic is a row count
   int max_depth = 1;
-  double min_leaf = 1;          // weighted count per child
+  double min_leaf = 1;          // rows per child
   double lambda = 0;            // kNewton
   int features_per_split = 0;   // m; m < p samples per node from (seed, tree key, heap id)
   std::uint64_t seed = 1;
@@ -55,11 +62,16 @@ struct GrowParams {
   // histograms kept for the subtraction trick.
   std::size_t reduce_doubles = std::size_t{1} << 21;  // 16 MiB
   std::size_t retain_doubles = std::size_t{1} << 23;  // 64 MiB
+  // The caller guarantees that every row statistic is an integer and that every sum of
+  // them over rows stays below 2^24: histograms then travel as float, exactly, in half
+  // the bytes (the forest's counts of bootstrap draws with integer weights).
+  bool exact_in_float = false;
 };
 
 // One tree of a batch grown together.
 struct GrowTree {
-  // Per local row: kGini reads label and weight, the others stat[i * S + s].
+  // Per local row: kGini without count_rows reads label and weight, the others
+  // stat[i * S + s].
   const std::int32_t* label = nullptr;
   const double* weight = nullptr;
   const double* stat = nullptr;
@@ -81,12 +93,12 @@ struct GrowTree {
 void grow_trees(const Communicator& comm, const BinnedMatrix& X, const GrowParams& prm,
                 std::vector<GrowTree>& trees, double* extra = nullptr, int n_extra = 0);
 
-// Weight of a statistics vector (the count that min_leaf bounds).
-inline double stats_weight(SplitScore score, const double* s, int S) {
+// Weight of a statistics vector; C = the class entries of a kGini vector.
+inline double stats_weight(SplitScore score, const double* s, int C) {
   switch (score) {
     case SplitScore::kGini: {
       double w = 0;
-      for (int c = 0; c < S; ++c) w += s[c];
+      for (int c = 0; c < C; ++c) w += s[c];
       return w;
     }
     case SplitScore::kVariance: return s[0];

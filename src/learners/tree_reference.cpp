@@ -73,9 +73,10 @@ struct Grower {
     return 0;
   }
 
-  bool splittable(const Stats& T) const {
+  // min_leaf counts rows (tree_grow.hpp), here counted directly.
+  bool splittable(const Stats& T, std::size_t rows) const {
     const double W = weight(T);
-    if (!(W > 0) || W < 2 * min_leaf) return false;
+    if (!(W > 0) || static_cast<double>(rows) < 2 * min_leaf) return false;
     if (score == SplitScore::kGini && *std::max_element(T.begin(), T.end()) >= (1 - kPureRel) * W)
       return false;
     return true;
@@ -103,11 +104,11 @@ struct Grower {
     if (weight(T) > 0) nodes.back().value = leaf_value(T);
     else nodes.back().value.assign(score == SplitScore::kGini ? S : 1,
                                    score == SplitScore::kGini ? 1.0 / static_cast<double>(S) : 0.0);
-    if (depth >= max_depth || !splittable(T)) return me;
+    if (depth >= max_depth || !splittable(T, rows.size())) return me;
 
     const int p = static_cast<int>(bin.size());
     const std::vector<int> feats = sample_features(seed, tree, heap, p, m);
-    const double minw = std::max(min_leaf, kSplitMinChildRel * weight(T));
+    const double minw = kSplitMinChildRel * weight(T);
     bool have = false;
     double best = 0;
     int best_f = -1, best_b = -1;
@@ -115,16 +116,21 @@ struct Grower {
       const int nb = static_cast<int>(thresholds[static_cast<std::size_t>(f)].size()) + 1;
       // Statistics per bin of this node's rows, then every "bin <= b" cut in order.
       std::vector<Stats> per_bin(static_cast<std::size_t>(nb), Stats(S, 0.0));
+      std::vector<std::size_t> rows_in(static_cast<std::size_t>(nb), 0);
       for (int i : rows) {
-        Stats& h = per_bin[static_cast<std::size_t>(bin[static_cast<std::size_t>(f)][static_cast<std::size_t>(i)])];
-        h = add(h, stat[static_cast<std::size_t>(i)]);
+        const std::size_t bi = static_cast<std::size_t>(bin[static_cast<std::size_t>(f)][static_cast<std::size_t>(i)]);
+        per_bin[bi] = add(per_bin[bi], stat[static_cast<std::size_t>(i)]);
+        ++rows_in[bi];
       }
       Stats L(S, 0.0);
+      std::size_t nl = 0;
       for (int b = 0; b + 1 < nb; ++b) {
         L = add(L, per_bin[static_cast<std::size_t>(b)]);
+        nl += rows_in[static_cast<std::size_t>(b)];
         const Stats R = sub(T, L);
-        if (weight(L) < minw) continue;
-        if (weight(R) < minw) break;
+        const std::size_t nr = rows.size() - nl;
+        if (weight(L) < minw || static_cast<double>(nl) < min_leaf || nl == 0) continue;
+        if (weight(R) < minw || static_cast<double>(nr) < min_leaf || nr == 0) break;
         const double s = term(L) + term(R);
         if (!have || s > best + kSplitTieRel * std::abs(best)) {
           have = true;
@@ -303,18 +309,18 @@ Mat<double> fit_predict(const std::string& learner, const LearnerOptions& opt, i
       if (!(wi > 0)) continue;
       if (C == 0) {
         const double g = F[i][0] - yi;
-        stat[0][i] = {wi * g, wi, wi};
+        stat[0][i] = {wi * g, wi, 1.0};
         loss += 0.5 * wi * g * g;
       } else if (C == 2) {
         const double q = sigmoid(F[i][0]);
-        stat[0][i] = {wi * (q - yi), wi * std::max(q * (1 - q), 1e-16), wi};
+        stat[0][i] = {wi * (q - yi), wi * std::max(q * (1 - q), 1e-16), 1.0};
         loss -= wi * std::log(yi == 1 ? q : 1 - q);
       } else {
         double z = 0;
         for (double fk : F[i]) z += std::exp(fk);
         for (int k = 0; k < K; ++k) {
           const double q = std::exp(F[i][static_cast<std::size_t>(k)]) / z;
-          stat[static_cast<std::size_t>(k)][i] = {wi * (q - (k == yi ? 1.0 : 0.0)), wi * std::max(q * (1 - q), 1e-16), wi};
+          stat[static_cast<std::size_t>(k)][i] = {wi * (q - (k == yi ? 1.0 : 0.0)), wi * std::max(q * (1 - q), 1e-16), 1.0};
         }
         loss -= wi * (F[i][static_cast<std::size_t>(yi)] - std::log(z));
       }

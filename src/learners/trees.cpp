@@ -48,14 +48,14 @@ std::vector<std::int32_t> labels_of(const std::vector<double>& y) {
   return l;
 }
 
-// Leaf value(s) from a leaf's global statistics.
-void leaf_value(SplitScore score, const double* T, int S, double scale, double* out) {
+// Leaf value(s) from a leaf's global statistics; C = classes (kGini).
+void leaf_value(SplitScore score, const double* T, int C, double scale, double* out) {
   switch (score) {
     case SplitScore::kGini: {
       // Clamped: subtraction can leave -1e-17 where a class is absent.
       double W = 0;
-      for (int c = 0; c < S; ++c) W += std::max(T[c], 0.0);
-      for (int c = 0; c < S; ++c) out[c] = W > 0 ? std::max(T[c], 0.0) / W : 1.0 / S;
+      for (int c = 0; c < C; ++c) W += std::max(T[c], 0.0);
+      for (int c = 0; c < C; ++c) out[c] = W > 0 ? std::max(T[c], 0.0) / W : 1.0 / C;
       break;
     }
     case SplitScore::kVariance: out[0] = T[0] > 0 ? T[1] / T[0] : 0.0; break;
@@ -78,7 +78,7 @@ std::vector<std::int32_t> append_tree(TreeEnsemble& m, const GrowTree& g, const 
     } else {
       leaf[k] = static_cast<std::int32_t>(m.values.size());
       m.values.resize(m.values.size() + static_cast<std::size_t>(m.dim));
-      leaf_value(score, g.totals.data() + k * static_cast<std::size_t>(S), S, scale,
+      leaf_value(score, g.totals.data() + k * static_cast<std::size_t>(S), m.dim, scale,
                  m.values.data() + leaf[k]);
       m.nodes.push_back({-1, leaf[k], 0.0});
     }
@@ -100,7 +100,10 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
   const std::size_t nz = static_cast<std::size_t>(n);
   GrowParams prm;
   prm.score = clf ? SplitScore::kGini : SplitScore::kVariance;
-  prm.stats = clf ? ctx.classes : 2;
+  // min_leaf counts rows (tree_grow.hpp): with min_leaf <= 1 a positive weight is a row.
+  prm.count_rows = min_leaf > 1;
+  const std::size_t cnt = prm.count_rows ? 1 : 0;
+  prm.stats = (clf ? ctx.classes : 2) + static_cast<int>(cnt);
   prm.max_depth = max_depth;
   prm.min_leaf = min_leaf;
   prm.features_per_split = m;
@@ -111,11 +114,26 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
   model.dim = clf ? ctx.classes : 1;
   model.features = static_cast<int>(rows.X.cols());
   const std::vector<std::int32_t> labels = clf ? labels_of(rows.y) : std::vector<std::int32_t>{};
+  if (clf) {
+    // Integer weights (unit weights included): class counts x bootstrap draws (at most
+    // 32 a row) are integers, so histograms can travel as float if their sums fit.
+    double integer = 1, wsum = 0;
+    for (double w : rows.w) {
+      integer = integer > 0 && w == std::floor(w) && w <= 1e6 ? 1 : 0;
+      wsum += w;
+    }
+    double agreed[2] = {-integer, wsum};
+    ctx.comm.allreduce_max(agreed, 1);
+    ctx.comm.allreduce_sum(agreed + 1, 1);
+    const double bound = (bootstrap ? 32.0 : 1.0) * std::max(agreed[1], fb.rows);
+    prm.exact_in_float = -agreed[0] > 0 && bound < 16777216.0;  // 2^24
+  }
 
   // From global counts, so that every rank forms the same batches.
   const double per_rank = std::ceil(fb.rows / ctx.comm.size()) + 1;
-  const double row_bytes = m < bm.p ? 2 * ((clf ? 16.0 : 20.0) + 8.0 * std::ceil(bm.p / 8.0)) + 8
-                                    : (clf ? 28.0 : 36.0);
+  const double stat_bytes = clf && !cnt ? 16.0 : 4.0 + 8.0 * S;  // (label, weight) or S stats, + row id
+  const double row_bytes = m < bm.p ? 2 * (stat_bytes + 8.0 * std::ceil(bm.p / 8.0)) + 8
+                                    : stat_bytes + 12.0;
   const double bytes = row_bytes * per_rank;
   const int batch = std::clamp(static_cast<int>(kForestBatchBytes / bytes), 1, kForestMaxBatch);
   for (int t0 = 0; t0 < trees; t0 += batch) {
@@ -133,14 +151,21 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
       GrowTree& g = grow[ks];
       g.key = t;
       g.rows = rows_with_weight(wt);
-      if (clf) {
+      const std::size_t Sz = static_cast<std::size_t>(S);
+      if (clf && !prm.count_rows) {
         g.label = labels.data();
         g.weight = wt.data();
       } else {
-        stat[ks].resize(2 * nz);
+        // (class weights | w, w y) and, with count_rows, 1 for the row count.
+        stat[ks].assign(Sz * nz, 0.0);
         for (std::size_t i = 0; i < nz; ++i) {
-          stat[ks][2 * i] = wt[i];
-          stat[ks][2 * i + 1] = wt[i] * rows.y[i];
+          double* st = stat[ks].data() + Sz * i;
+          if (clf) st[labels[i]] = wt[i];
+          else {
+            st[0] = wt[i];
+            st[1] = wt[i] * rows.y[i];
+          }
+          if (cnt) st[Sz - 1] = 1.0;
         }
         g.stat = stat[ks].data();
       }
@@ -308,7 +333,7 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
         }
         loss += w[i] * (std::log(z) + mx - f[yi]);
       }
-      for (std::size_t k = 0; k < Ks; ++k) stat[k][3 * i + 2] = w[i];
+      for (std::size_t k = 0; k < Ks; ++k) stat[k][3 * i + 2] = 1.0;  // rows, for min_leaf
     }
     return loss;
   };

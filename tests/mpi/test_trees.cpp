@@ -279,6 +279,123 @@ TEST(TreeGrow, ChunkingAndRetentionDoNotChangeTrees) {
     }
 }
 
+// Integer weights: the forest's histograms travel as float (exact_in_float) and give
+// exactly the trees of double transport, and the serial reference's predictions.
+TEST(TreeGrow, FloatTransportOfIntegerHistogramsIsExact) {
+  const Data all = make_data(0, 500, 3, 28, Weights::kSmallInt);
+  const Data local = my_shard(all);
+  const FeatureBins fb = fit_feature_bins(world(), local.X, local.w, 32);
+  const BinnedMatrix bm = bin_matrix(fb, local.X);
+  const std::size_t n = local.y.size();
+  std::vector<std::int32_t> lab(n);
+  for (std::size_t i = 0; i < n; ++i) lab[i] = static_cast<std::int32_t>(local.y[i]);
+  for (const int m : {6, 3}) {
+    auto grow = [&](bool narrow) {
+      GrowParams prm;
+      prm.score = SplitScore::kGini;
+      prm.stats = 3;
+      prm.max_depth = 7;
+      prm.features_per_split = m;
+      prm.exact_in_float = narrow;
+      std::vector<GrowTree> trees(2);
+      for (std::size_t k = 0; k < trees.size(); ++k) {
+        trees[k].key = k;
+        trees[k].label = lab.data();
+        trees[k].weight = local.w.data();
+        for (std::size_t i = 0; i < n; ++i) trees[k].rows.push_back(static_cast<std::uint32_t>(i));
+      }
+      grow_trees(world(), bm, prm, trees);
+      return trees;
+    };
+    const std::vector<GrowTree> a = grow(false), b = grow(true);
+    long bad = 0;
+    for (std::size_t k = 0; k < a.size(); ++k) {
+      bad += a[k].nodes.size() != b[k].nodes.size() || a[k].nodes.size() < 15;
+      for (std::size_t q = 0; q < std::min(a[k].nodes.size(), b[k].nodes.size()); ++q)
+        bad += a[k].nodes[q].feature != b[k].nodes[q].feature || a[k].nodes[q].bin != b[k].nodes[q].bin;
+      bad += a[k].totals != b[k].totals;  // bit for bit
+    }
+    EXPECT_EQ(world().allreduce_sum(bad), 0) << "m=" << m;
+  }
+  LearnerOptions opt = small_options();
+  for (const int classes : {2, 3})
+    for (const char* name : {"tree", "forest"}) {
+      const Data q = make_data(70000, 50, classes, 28);
+      const Data d = make_data(0, 400, classes, 28, Weights::kSmallInt);
+      const Mat<double> got = fit_predict(name, opt, classes, my_shard(d), q.X);
+      const Mat<double> ref = tree_reference::fit_predict(name, opt, classes, 11, d.full(), q.X);
+      MOESIM_EXPECT_CLOSE_ALL_RANKS(got, ref, kAbs, kRel, std::string(name) + " with integer weights");
+    }
+}
+
+// ------------------------------------------------------------ min_samples_leaf
+
+// min_leaf counts rows, not weight: weights / 128 (exact; sums far below 1 per leaf)
+// grow the same trees as the weights themselves, as Gini and variance are scale-free.
+TEST(TreeMinLeaf, CountsRowsNotWeight) {
+  for (const int classes : {2, 0})
+    for (const int min_leaf : {1, 4}) {
+      LearnerOptions opt = small_options();
+      opt.tree_min_samples_leaf = min_leaf;
+      const Data all = make_data(0, 400, classes, 26);
+      const Data query = make_data(30000, 60, classes, 26);
+      Data tiny = my_shard(all);
+      for (double& w : tiny.w) w /= 128;
+      for (const char* name : {"tree", "forest"}) {
+        const std::string what = std::string(name) + " classes=" + std::to_string(classes) +
+                                 " min_leaf=" + std::to_string(min_leaf);
+        const Mat<double> a = fit_predict(name, opt, classes, my_shard(all), query.X);
+        const Mat<double> b = fit_predict(name, opt, classes, tiny, query.X);
+        MOESIM_EXPECT_CLOSE_ALL_RANKS(b, a, kAbs, kRel, what + ": weights / 128 vs x 1");
+        std::vector<double> v(a.data(), a.data() + a.rows());
+        std::sort(v.begin(), v.end());
+        EXPECT_GE(std::unique(v.begin(), v.end()) - v.begin(), 5) << what << ": no splits";
+      }
+    }
+}
+
+// Every leaf holds at least min_leaf rows over all ranks, whatever the weights, and
+// the row count statistic is exact.
+TEST(TreeMinLeaf, EveryLeafHoldsMinLeafRows) {
+  const Data all = make_data(0, 500, 3, 27);
+  const Data local = my_shard(all);
+  const FeatureBins fb = fit_feature_bins(world(), local.X, local.w, 32);
+  const BinnedMatrix bm = bin_matrix(fb, local.X);
+  const std::size_t n = local.y.size();
+  for (const int m : {6, 3})
+    for (const double min_leaf : {7.0, 20.0}) {
+      GrowParams prm;
+      prm.score = SplitScore::kGini;
+      prm.count_rows = true;
+      prm.stats = 4;  // 3 classes + rows
+      prm.max_depth = 8;
+      prm.min_leaf = min_leaf;
+      prm.features_per_split = m;
+      std::vector<double> st(4 * n, 0.0);
+      for (std::size_t i = 0; i < n; ++i) {
+        st[4 * i + static_cast<std::size_t>(local.y[i])] = 0.003 * local.w[i];
+        st[4 * i + 3] = 1;
+      }
+      std::vector<GrowTree> trees(1);
+      trees[0].stat = st.data();
+      for (std::size_t i = 0; i < n; ++i) trees[0].rows.push_back(static_cast<std::uint32_t>(i));
+      grow_trees(world(), bm, prm, trees);
+      const GrowTree& t = trees[0];
+      std::vector<double> held;  // rows of each leaf on this rank, summed below
+      std::vector<double> counted;
+      for (std::size_t q = 0; q < t.nodes.size(); ++q)
+        if (t.nodes[q].feature < 0) {
+          held.push_back(t.nodes[q].end - t.nodes[q].begin);
+          counted.push_back(t.totals[4 * q + 3]);
+        }
+      world().allreduce_sum(held.data(), static_cast<int>(held.size()));
+      long bad = 0;
+      for (std::size_t k = 0; k < held.size(); ++k) bad += held[k] < min_leaf || held[k] != counted[k];
+      EXPECT_EQ(bad, 0) << "m=" << m << " min_leaf=" << min_leaf;
+      EXPECT_GE(held.size(), 6u) << "too few leaves to mean anything";
+    }
+}
+
 // ------------------------------------------------------------------------ quality
 
 // Axis-aligned checkerboard on integer grid features, plus noise features.
@@ -360,8 +477,11 @@ TEST(ForestQuality, BeatsSingleTreeOnNoisyData) {
 // ------------------------------------------------------------------------ weights
 
 // Weight 2 on a row equals the row twice (tree and gbdt; the forest's bootstrap draws
-// differ between one row of weight 2 and two rows of weight 1).
+// differ between one row of weight 2 and two rows of weight 1). With min_leaf = 1 only:
+// min_leaf counts rows, so above 1 a row of weight 2 is one row (TreeMinLeaf below).
 TEST(TreeWeights, DoubleWeightEqualsDuplicateRow) {
+  LearnerOptions opt = small_options();
+  opt.tree_min_samples_leaf = 1;
   const Data base = make_data(0, 300, 0, 51, Weights::kSmallInt);
   Data dup;
   dup.X.resize(static_cast<Index>(std::count(base.w.begin(), base.w.end(), 2.0)) + base.X.rows(), base.X.cols());
@@ -380,8 +500,8 @@ TEST(TreeWeights, DoubleWeightEqualsDuplicateRow) {
       for (double& y : d->y)
         y = classes == 0 ? y : classes == 2 ? (y > 0.3 ? 1 : 0) : std::clamp(std::floor(y + 1), 0.0, 2.0);
     for (const char* name : {"tree", "gbdt"}) {
-      const Mat<double> pa = fit_predict(name, small_options(), classes, my_shard(a), query.X);
-      const Mat<double> pb = fit_predict(name, small_options(), classes, my_shard(b), query.X);
+      const Mat<double> pa = fit_predict(name, opt, classes, my_shard(a), query.X);
+      const Mat<double> pb = fit_predict(name, opt, classes, my_shard(b), query.X);
       MOESIM_EXPECT_CLOSE_ALL_RANKS(pa, pb, kAbs, kRel, std::string(name) + " weighted vs duplicated, classes " + std::to_string(classes));
     }
   }
