@@ -3,9 +3,12 @@
 #include <functional>
 #include <string>
 
+#include <gtest/gtest.h>
+
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
 #include "nn/param.hpp"
+#include "support/test_support.hpp"
 
 namespace moesim::test {
 
@@ -38,3 +41,15 @@ constexpr double kFdAbs = 1e-6;
 constexpr double kFdRel = 1e-5;
 
 }  // namespace moesim::test
+
+// Every element of an analytic gradient within the finite-difference tolerance of the
+// numerical one; names the worst element on failure.
+#define EXPECT_GRAD_CLOSE(analytic, numeric, what)                                     \
+  do {                                                                                 \
+    std::string worst_;                                                                \
+    EXPECT_EQ(::moesim::test::count_mismatches((analytic), (numeric),                  \
+                                               ::moesim::test::kFdAbs,                 \
+                                               ::moesim::test::kFdRel, &worst_),       \
+              0)                                                                       \
+        << (what) << ": " << worst_;                                                   \
+  } while (0)

@@ -17,13 +17,6 @@ using test::kFdRel;
 using test::numerical_grad;
 using test::random_matrix;
 
-#define EXPECT_GRAD_CLOSE(analytic, numeric, what)                                   \
-  do {                                                                               \
-    std::string worst_;                                                              \
-    EXPECT_EQ(test::count_mismatches((analytic), (numeric), kFdAbs, kFdRel, &worst_), 0) \
-        << (what) << ": " << worst_;                                                 \
-  } while (0)
-
 TEST(Gradients, Linear) {
   Linear<double> lin("lin", 5, 3, Placement::kReplicated);
   Rng rng(11);

@@ -28,13 +28,6 @@ using test::kFdRel;
 using test::numerical_grad;
 using test::random_matrix;
 
-#define EXPECT_GRAD_CLOSE(analytic, numeric, what)                                       \
-  do {                                                                                   \
-    std::string worst_;                                                                  \
-    EXPECT_EQ(test::count_mismatches((analytic), (numeric), kFdAbs, kFdRel, &worst_), 0) \
-        << (what) << ": " << worst_;                                                     \
-  } while (0)
-
 // A corpus file in the test's temporary directory, removed at the end.
 struct TempText {
   std::filesystem::path path;
