@@ -190,19 +190,7 @@ TEST(MoeLayerGradients, FiniteDifferencesAcrossRanks) {
   MOESIM_EXPECT_CLOSE_ALL_RANKS(ana, num, test::kFdAbs, test::kFdRel, "router dW");
 
   // Input gradient: perturb one rank's tokens at a time.
-  Mat<double> dx_num = Mat<double>::Zero(x.rows(), x.cols());
-  for (int owner = 0; owner < comm.size(); ++owner) {
-    const Index rows = comm.allreduce_max(owner == comm.rank() ? x.rows() : Index{0});
-    for (Index i = 0; i < rows * x.cols(); ++i) {
-      const bool mine = owner == comm.rank();
-      double keep = 0;
-      if (mine) { keep = x.data()[i]; x.data()[i] = keep + 1e-6; }
-      const double up = loss();
-      if (mine) x.data()[i] = keep - 1e-6;
-      const double down = loss();
-      if (mine) { x.data()[i] = keep; dx_num.data()[i] = (up - down) / 2e-6; }
-    }
-  }
+  const Mat<double> dx_num = test::distributed_numerical_grad(comm, x, loss);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, dx_num, test::kFdAbs, test::kFdRel, "dX");
 
   // Expert parameters: ranks take turns so that one expert changes at a time.

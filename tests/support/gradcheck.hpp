@@ -36,6 +36,28 @@ inline Mat<double> numerical_grad(Mat<double>& m, const std::function<double()>&
   return g;
 }
 
+// Numerical gradient of a collective loss() w.r.t. a matrix whose rows are sharded
+// over ranks: ranks take turns perturbing their own elements while every rank
+// evaluates loss(), so the collective calls inside it stay matched.
+inline Mat<double> distributed_numerical_grad(const Communicator& comm, Mat<double>& m,
+                                              const std::function<double()>& loss,
+                                              double eps = 1e-6) {
+  Mat<double> g = Mat<double>::Zero(m.rows(), m.cols());
+  for (int owner = 0; owner < comm.size(); ++owner) {
+    const bool mine = owner == comm.rank();
+    const Index n = comm.allreduce_max(mine ? m.size() : Index{0});
+    for (Index i = 0; i < n; ++i) {
+      double keep = 0;
+      if (mine) { keep = m.data()[i]; m.data()[i] = keep + eps; }
+      const double up = loss();
+      if (mine) m.data()[i] = keep - eps;
+      const double down = loss();
+      if (mine) { m.data()[i] = keep; g.data()[i] = (up - down) / (2 * eps); }
+    }
+  }
+  return g;
+}
+
 // Tolerance for double-precision central differences with eps = 1e-6.
 constexpr double kFdAbs = 1e-6;
 constexpr double kFdRel = 1e-5;
