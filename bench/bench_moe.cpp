@@ -107,13 +107,3 @@ BENCHMARK(BM_ReferenceMoeFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 12
 
 }  // namespace
 }  // namespace moesim
-
-int main(int argc, char** argv) {
-  moesim::MpiEnvironment env(&argc, &argv);
-  moesim::set_blas_threads(1);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -60,13 +60,3 @@ BENCHMARK(BM_KnnPredictDoubleGemm)->Args({2000, 20000, 50})->Unit(benchmark::kMi
 
 }  // namespace
 }  // namespace moesim
-
-int main(int argc, char** argv) {
-  moesim::MpiEnvironment env(&argc, &argv);
-  moesim::set_blas_threads(1);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
