@@ -1,11 +1,8 @@
 #include "cli/task_options.hpp"
 
-#include <algorithm>
 #include <cmath>
-#include <numbers>
 
 #include "core/error.hpp"
-#include "data/source_recovery.hpp"
 
 namespace moesim::cli {
 
@@ -32,10 +29,10 @@ po::options_description task_options() {
   return d;
 }
 
-TaskChoice task_choice(const po::variables_map& vm, const RegimesConfig& regimes) {
+TaskConfig task_config(const po::variables_map& vm, const RegimesConfig& regimes) {
   auto i = [&](const char* k) { return vm[k].as<I>(); };
   auto d = [&](const char* k) { return vm[k].as<double>(); };
-  TaskChoice c;
+  TaskConfig c;
   c.name = vm["task"].as<std::string>();
   c.regimes = regimes;
   if (c.name == "lm") {
@@ -69,64 +66,6 @@ TaskChoice task_choice(const po::variables_map& vm, const RegimesConfig& regimes
     c.teacher.seed = regimes.seed;
   }
   return c;
-}
-
-std::unique_ptr<Task> make_task(const Communicator& comm, const TaskChoice& c, AttrList& facts) {
-  facts = {{"name", c.name}};
-  if (c.name == "teacher") return std::make_unique<TeacherTask>(c.teacher);
-  if (c.name == "lm") {
-    auto corpus = std::make_shared<const TextCorpus>(comm, c.data);
-    auto task = std::make_unique<LmTask>(corpus, c.lm);
-    facts.insert(facts.end(), {{"vocab", static_cast<I>(LmTask::kVocab)},
-                               {"corpus", c.data},
-                               {"corpus_files", static_cast<I>(corpus->files().size())},
-                               {"corpus_bytes", corpus->size()},
-                               {"train_bytes", task->split()},
-                               {"val_bytes", corpus->size() - task->split()},
-                               {"train_positions", task->train_positions()},
-                               {"val_positions", task->val_positions()}});
-    return task;
-  }
-  return std::make_unique<RegimesTask>(c.regimes);
-}
-
-void fit_model_to_task(const Task& task, const TaskChoice& c, ModelConfig& model) {
-  model.d_in = task.input_width();
-  model.d_out = task.output_width();
-  if (c.name == "lm") {
-    model.vocab = LmTask::kVocab;
-    model.embed_dim = c.embed_dim;
-  }
-}
-
-void task_results(const Task& task, const TrainSummary& s, int E, AttrList& fin, RunFile& rf) {
-  if (task.name() == "lm") {
-    fin.emplace_back("train_bits_per_byte", s.final_train_loss / std::numbers::ln2);
-    if (!s.interrupted) fin.emplace_back("val_bits_per_byte", s.val_loss / std::numbers::ln2);
-  }
-  const int S = task.sources();
-  if (S <= 0 || s.routing_counts.empty() || E <= 0) return;
-  const std::size_t per_layer = static_cast<std::size_t>(E * S);
-  const std::size_t L = s.routing_counts.size() / per_layer;
-  std::vector<double> mi, nmi, purity;
-  for (std::size_t l = 0; l < L; ++l) {
-    const SourceRecovery r = source_recovery(s.routing_counts.data() + l * per_layer, E, S);
-    mi.push_back(r.mutual_info);
-    nmi.push_back(r.nmi);
-    purity.push_back(r.purity);
-  }
-  const std::vector<hsize_t> dims{static_cast<hsize_t>(L)};
-  rf.write_array("routing_recovery/counts", {static_cast<hsize_t>(L), static_cast<hsize_t>(E), static_cast<hsize_t>(S)},
-                 s.routing_counts.data());
-  rf.write_array("routing_recovery/mutual_info", dims, mi.data());
-  rf.write_array("routing_recovery/nmi", dims, nmi.data());
-  rf.write_array("routing_recovery/purity", dims, purity.data());
-  // The best-recovering MoE layer.
-  const auto best = static_cast<std::size_t>(std::max_element(nmi.begin(), nmi.end()) - nmi.begin());
-  fin.emplace_back("val_routing_mi", mi[best]);
-  fin.emplace_back("val_routing_nmi", nmi[best]);
-  fin.emplace_back("val_routing_purity", purity[best]);
-  fin.emplace_back("val_routing_layer", static_cast<I>(best));
 }
 
 }  // namespace moesim::cli

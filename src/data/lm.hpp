@@ -28,6 +28,7 @@ class LmTask : public Task {
   bool classification() const override { return true; }
   Index input_width() const override { return cfg_.context; }
   Index output_width() const override { return kVocab; }
+  Index vocab() const override { return kVocab; }
   // Reads C + 1 bytes per token (pread), nothing else.
   Batch batch(Stream stream, std::uint64_t index, std::int64_t first, Index n) const override;
 

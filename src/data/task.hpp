@@ -25,6 +25,8 @@ class Task {
   virtual bool classification() const = 0;
   virtual Index input_width() const = 0;
   virtual Index output_width() const = 0;
+  // Token tasks: V > 0, and Batch::x holds token ids the model embeds.
+  virtual Index vocab() const { return 0; }
   // > 0: Batch::cluster holds a known source in [0, sources()) whose recovery by the
   // router is measured (mutual information with the student's top-1 expert).
   virtual int sources() const { return 0; }

@@ -91,4 +91,78 @@ std::vector<std::vector<int>> merge_groups(int n, const std::vector<std::pair<in
   return groups;
 }
 
+MergePlan plan_merge(const ExpertWeights& w, const std::vector<double>& routing_gram, int E, int E2,
+                     bool by_routing) {
+  MergePlan plan;
+  if (by_routing) {
+    plan.similarity = cosine_from_gram(routing_gram, E);
+  } else {
+    std::vector<std::vector<double>> flat(static_cast<std::size_t>(E));
+    for (const std::string& key : w.keys) {
+      const std::size_t n = w.width.at(key);
+      const std::vector<double>& rows = w.rows.at(key);
+      for (std::size_t e = 0; e < flat.size(); ++e)
+        flat[e].insert(flat[e].end(), rows.begin() + static_cast<std::ptrdiff_t>(e * n),
+                       rows.begin() + static_cast<std::ptrdiff_t>((e + 1) * n));
+    }
+    plan.similarity = cosine_matrix(flat);
+  }
+  plan.pairs = greedy_pairs(plan.similarity, E, E - E2);
+  plan.groups = merge_groups(E, plan.pairs);
+  return plan;
+}
+
+ExpertWeights merge_experts(const ExpertWeights& w, const MergePlan& plan, MergeMethod method) {
+  ExpertWeights out;
+  out.keys = w.keys;
+  out.width = w.width;
+  for (const std::string& key : w.keys) {
+    const std::size_t n = w.width.at(key);
+    const std::vector<double>& rows = w.rows.at(key);
+    auto row = [&](int e) {
+      const auto first = rows.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * n);
+      return std::vector<double>(first, first + static_cast<std::ptrdiff_t>(n));
+    };
+    std::vector<double>& merged = out.rows[key];
+    for (const std::vector<int>& g : plan.groups) {
+      const std::vector<double> v = g.size() == 1 ? row(g[0]) : merge_pair(row(g[0]), row(g[1]), method);
+      merged.insert(merged.end(), v.begin(), v.end());
+    }
+  }
+  return out;
+}
+
+Mat<double> merge_expert_axis(const Mat<double>& old, Index rows, Index cols, int E,
+                              const std::vector<std::vector<int>>& groups, const std::string& name) {
+  if (old.rows() == rows && old.cols() == cols) return old;
+  Mat<double> v(rows, cols);
+  if (old.rows() == rows && old.cols() == E) {
+    for (std::size_t j = 0; j < groups.size(); ++j) {
+      v.col(static_cast<Index>(j)).setZero();
+      for (int e : groups[j]) v.col(static_cast<Index>(j)) += old.col(e);
+      v.col(static_cast<Index>(j)) /= static_cast<double>(groups[j].size());
+    }
+  } else if (old.cols() == cols && old.rows() == E) {
+    for (std::size_t j = 0; j < groups.size(); ++j) {
+      v.row(static_cast<Index>(j)).setZero();
+      for (int e : groups[j]) v.row(static_cast<Index>(j)) += old.row(e);
+      v.row(static_cast<Index>(j)) /= static_cast<double>(groups[j].size());
+    }
+  } else {
+    MOESIM_REQUIRE(false, "cannot merge " << name << ": " << old.rows() << "x" << old.cols() << " -> " << rows
+                                          << "x" << cols);
+  }
+  return v;
+}
+
+std::vector<double> merge_expert_values(const std::vector<double>& per_expert,
+                                        const std::vector<std::vector<int>>& groups) {
+  std::vector<double> out(groups.size(), 0.0);
+  for (std::size_t j = 0; j < groups.size(); ++j) {
+    for (int e : groups[j]) out[j] += per_expert[static_cast<std::size_t>(e)];
+    out[j] /= static_cast<double>(groups[j].size());
+  }
+  return out;
+}
+
 }  // namespace moesim

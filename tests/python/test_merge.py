@@ -103,6 +103,45 @@ def test_averaging_identical_experts_leaves_the_loss_unchanged(trained):
         np.testing.assert_allclose(final["val_loss_after"], final["val_loss_before"], rtol=1e-12)
 
 
+def test_merge_of_a_fine_grained_run(tmp_path):
+    """--granularity M: the checkpoint holds E x M experts of F / M hidden units each, and the
+    merged model must be E2 of those (it once read past them and reported nan). The merged
+    model's loss must equal that of the same model assembled by hand and evaluated by
+    `moesim moe --resume` with no steps left."""
+    fine = dict(TRAIN, experts=2, granularity=2, d_ff=32, shared_experts=1)
+    ckpt = tmp_path / "fine.ckpt.h5"
+    run_moe(tmp_path, 2, **fine, checkpoint=ckpt)
+    out = tmp_path / "fine_merged.h5"
+    merge(2, "--run", ckpt, "--experts", 2, "--out", out)
+    root, final, m = read(out)
+    assert root["complete"] == 1 and final["experts_before"] == 4 and final["experts_after"] == 2
+    assert np.isfinite(final["val_loss_after"])
+
+    # The merged architecture (2 fine-grained experts per MoE layer), trained as long, gives
+    # a checkpoint of the right shapes; its weights are then replaced by the merge's.
+    small = dict(fine, experts=1)
+    hand = tmp_path / "hand.ckpt.h5"
+    _, small_run = run_moe(tmp_path, 2, **small, checkpoint=hand)
+    with h5py.File(small_run, "r") as f:
+        assert final["params_total_after"] == f["final"].attrs["params_total"] < final["params_total_before"]
+    with h5py.File(ckpt, "r") as src, h5py.File(hand, "r+") as dst:
+        for key in dst["experts"]:
+            layer = int(key.split(".")[0].removeprefix("block"))
+            w = src["experts"][key]["value"][()]
+            merged = [w[m["group_of"][layer] == j].mean(axis=0) for j in range(2)]
+            dst["experts"][key]["value"][...] = np.stack(merged)
+        for name in dst["replicated"]:
+            w = src["replicated"][name]["value"][()]
+            if name.endswith("router.w"):
+                layer = int(name.split(".")[0].removeprefix("block"))
+                w = np.stack([w[:, m["group_of"][layer] == j].mean(axis=1) for j in range(2)], axis=1)
+            dst["replicated"][name]["value"][...] = w
+    _, evaluated = run_moe(tmp_path, 2, **small, checkpoint=hand, resume=True)
+    with h5py.File(evaluated, "r") as f:
+        assert f.attrs["resumed_at_step"] == TRAIN["steps"]
+        np.testing.assert_allclose(final["val_loss_after"], f["final"].attrs["val_loss"], rtol=1e-12)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--experts", 4], "must be below the run's E = 4"),
     (["--experts", 5], "must be below the run's E = 4"),

@@ -1,0 +1,151 @@
+// `moesim moe`'s options checked and mapped to a run's settings (MoeRunConfig).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "cli/moe_options.hpp"
+#include "cli/task_options.hpp"
+
+namespace moesim::cli {
+
+namespace {
+using I = std::int64_t;
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+  std::string out;
+  for (const std::string& s : v) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
+}  // namespace
+
+MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
+  auto i = [&](const char* k) { return vm[k].as<I>(); };
+  auto d = [&](const char* k) { return vm[k].as<double>(); };
+  auto s = [&](const char* k) { return vm[k].as<std::string>(); };
+  for (const char* k : {"experts", "top-k", "d-model", "d-ff", "layers", "steps", "batch-tokens",
+                        "input-dim", "clusters", "val-tokens", "blas-threads", "granularity"})
+    MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
+  for (const char* k : {"moe-every", "eval-every", "flush-every", "checkpoint-every", "shared-experts"})
+    MOESIM_CONFIG_CHECK(i(k) >= 0, "--" << k << " must be >= 0 (got " << i(k) << ")");
+  for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
+                        "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight"})
+    MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
+  for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
+    MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
+  const I E_given = i("experts"), K_given = i("top-k"), M = i("granularity");
+  MOESIM_CONFIG_CHECK(K_given <= E_given, "--top-k (" << K_given << ") must not exceed --experts (" << E_given << ")");
+  MOESIM_CONFIG_CHECK(i("d-ff") % M == 0, "--d-ff (" << i("d-ff") << ") must be divisible by --granularity (" << M << ")");
+  const I E = E_given * M, K = K_given * M;
+  MOESIM_CONFIG_CHECK(E % P == 0, "--experts (" << E_given << (M > 1 ? " x granularity " + std::to_string(M) : std::string())
+                                                << ") must be divisible by the number of ranks ("
+                                                << P << ") for expert parallelism");
+  const GateKind gate = parse_gate(s("gate"));
+  MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1"
+                                                           << (M > 1 ? " and --granularity 1" : ""));
+  const BalanceKind balance = parse_balance(s("balance"));
+  const double eval_cf = vm.count("eval-capacity-factor") ? d("eval-capacity-factor") : d("capacity-factor");
+  MOESIM_CONFIG_CHECK(eval_cf >= 0 && std::isfinite(eval_cf),
+                      "--eval-capacity-factor must be a finite number >= 0 (got " << eval_cf << ")");
+  if (gate == GateKind::kExpertChoice)
+    MOESIM_CONFIG_CHECK(d("capacity-factor") > 0 && eval_cf > 0,
+                        "--gate expert-choice needs --capacity-factor and --eval-capacity-factor > 0 "
+                        "(each expert takes C = factor * B * K / E tokens)");
+  MOESIM_CONFIG_CHECK(balance != BalanceKind::kBias || (gate_is_token_choice(gate) && gate != GateKind::kSBase),
+                      "--balance bias needs a gate that picks experts per token by score (topk, switch, "
+                      "noisy-topk); --gate " << s("gate") << " balances by construction");
+  MOESIM_CONFIG_CHECK(i("sinkhorn-iters") >= 1, "--sinkhorn-iters must be >= 1 (got " << i("sinkhorn-iters") << ")");
+  MOESIM_CONFIG_CHECK(s("hash-key") == "input" || s("hash-key") == "position",
+                      "--hash-key must be input or position (got '" << s("hash-key") << "')");
+  MOESIM_CONFIG_CHECK(s("router-precision") == "fp32" || s("router-precision") == "fp64",
+                      "--router-precision must be fp32 or fp64 (got '" << s("router-precision") << "')");
+  const MixtureLoss mixture = parse_mixture_loss(s("mixture-loss"));
+  const bool all_experts = gate_uses_all_experts(gate);
+  MOESIM_CONFIG_CHECK(mixture == MixtureLoss::kNone || all_experts,
+                      "--mixture-loss " << s("mixture-loss") << " needs --gate dense or constant (got '" << s("gate")
+                                        << "'): the mixture weights every expert's prediction");
+  MOESIM_CONFIG_CHECK(mixture == MixtureLoss::kNone || (i("moe-every") > 0 && i("layers") % i("moe-every") == 0),
+                      "--mixture-loss " << s("mixture-loss") << " needs the last block to be an MoE block (--layers "
+                                        << i("layers") << " must be a multiple of --moe-every " << i("moe-every") << ")");
+  const std::vector<std::string> tasks = task_names();
+  MOESIM_CONFIG_CHECK(std::find(tasks.begin(), tasks.end(), s("task")) != tasks.end(),
+                      "--task '" << s("task") << "' is not known (known: " << join(tasks, ", ") << ", binned)");
+  MOESIM_CONFIG_CHECK(s("problem") == "regression" || s("problem") == "classification",
+                      "--problem must be regression or classification (got '" << s("problem") << "')");
+  MOESIM_CONFIG_CHECK(s("precision") == "fp32" || s("precision") == "fp64",
+                      "--precision must be fp32 or fp64 (got '" << s("precision") << "')");
+  MOESIM_CONFIG_CHECK(d("noise-max") >= d("noise-min"), "--noise-max must be >= --noise-min");
+  const bool cls = s("problem") == "classification";
+  if (cls) MOESIM_CONFIG_CHECK(i("classes") >= 2, "--classes must be >= 2 (got " << i("classes") << ")");
+  MOESIM_CONFIG_CHECK(!s("out").empty(), "--out must name a file");
+  MOESIM_CONFIG_CHECK(!vm["resume"].as<bool>() || !s("checkpoint").empty(), "--resume needs --checkpoint FILE");
+  MOESIM_CONFIG_CHECK(i("checkpoint-every") == 0 || !s("checkpoint").empty(), "--checkpoint-every needs --checkpoint FILE");
+  MOESIM_CONFIG_CHECK(s("checkpoint") != s("out"), "--checkpoint and --out must be different files");
+
+  MoeRunConfig m;
+  RegimesConfig regimes;
+  regimes.d_in = i("input-dim");
+  regimes.clusters = static_cast<int>(i("clusters"));
+  regimes.classes = cls ? static_cast<int>(i("classes")) : 0;
+  regimes.noise_min = d("noise-min");
+  regimes.noise_max = d("noise-max");
+  regimes.seed = static_cast<std::uint64_t>(i("seed"));
+  m.task = task_config(vm, regimes);
+  m.model.d_in = regimes.d_in;
+  m.model.d_out = cls ? i("classes") : 1;
+  m.model.d_model = i("d-model");
+  m.model.d_ff = i("d-ff");
+  m.model.layers = static_cast<int>(i("layers"));
+  m.model.moe_every = static_cast<int>(i("moe-every"));
+  m.model.seed = static_cast<std::uint64_t>(i("seed"));
+  m.model.moe.experts = static_cast<int>(E);
+  m.model.moe.top_k = static_cast<int>(K);
+  m.model.moe.capacity_factor = d("capacity-factor");
+  m.model.moe.aux_loss_weight = d("aux-loss-weight");
+  m.model.moe.z_loss_weight = d("z-loss");
+  m.model.moe.router_init_scale = d("router-init-scale");
+  m.model.moe.gate = gate;
+  m.model.moe.balance = balance;
+  m.model.moe.bias_update_rate = d("bias-update-rate");
+  m.model.moe.eval_capacity_factor = eval_cf;
+  m.model.moe.router.fp64 = s("router-precision") == "fp64";
+  m.model.moe.router.importance_weight = d("importance-loss-weight");
+  m.model.moe.router.load_weight = d("load-loss-weight");
+  m.model.moe.router.sinkhorn_iters = static_cast<int>(i("sinkhorn-iters"));
+  m.model.moe.router.hash_key = s("hash-key") == "position" ? HashKey::kPosition : HashKey::kInput;
+  m.model.moe.shared_experts = static_cast<int>(i("shared-experts"));
+  m.model.granularity = static_cast<int>(M);
+  m.model.mixture = mixture;
+  m.model.classification = cls;
+  // What the layers actually run with, recorded beside the given options.
+  m.effective = {{"effective_experts", E},
+                 {"effective_top_k", all_experts ? E : K},
+                 {"effective_d_ff", i("d-ff") / M},
+                 {"effective_capacity_factor", all_experts ? 0.0 : d("capacity-factor")}};
+  m.model.moe.dispatch = parse_dispatch(s("dispatch"));
+  m.train.steps = i("steps");
+  m.train.batch_tokens = i("batch-tokens");
+  m.train.val_tokens = i("val-tokens");
+  m.train.eval_every = i("eval-every");
+  m.train.adam.lr = d("lr");
+  m.train.adam.weight_decay = d("weight-decay");
+  m.train.grad_clip = d("grad-clip");
+  m.train.progress_interval = d("progress-interval");
+  m.train.quiet = vm["quiet"].as<bool>();
+  m.train.flush_every = i("flush-every");
+  m.train.checkpoint = s("checkpoint");
+  m.train.checkpoint_every = i("checkpoint-every");
+  m.resume = vm["resume"].as<bool>();
+  m.precision = s("precision");
+  m.out = s("out");
+  m.blas_threads = static_cast<int>(i("blas-threads"));
+  m.train.options = options_as_ini(vm, {"out", "checkpoint", "checkpoint-every", "resume"});
+  m.options = options_as_attrs(vm);
+  if (!vm.count("eval-capacity-factor")) m.options.emplace_back("eval_capacity_factor", eval_cf);
+  return m;
+}
+
+MoeRunConfig moe_run_config(const std::string& ini, const std::vector<std::string>& overrides, int ranks) {
+  return moe_run_config(parse("moe", overrides, moe_options(), ini).vm, ranks);
+}
+
+}  // namespace moesim::cli
