@@ -1,64 +1,16 @@
-// `moesim synth`: a synthetic table (sklearn make_classification-like) written as
-// HDF5 (datasets X, y; parallel, every rank its rows) or CSV (rank by rank).
+// `moesim synth`: options of a synthetic table (data/synthetic, sklearn
+// make_classification-like) written as HDF5 or CSV (data/writers).
 #include <cstdio>
-#include <fstream>
 
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
 #include "data/synthetic.hpp"
-#include "io/hdf5.hpp"
+#include "data/writers.hpp"
 
 namespace moesim::cli {
 
 namespace {
-
 using I = std::int64_t;
-
-void write_csv(const Communicator& comm, const Table& t, const std::string& path) {
-  std::string error;
-  if (comm.rank() == 0) {
-    std::ofstream out(path, std::ios::trunc);
-    if (!out) error = "cannot write '" + path + "'";
-    for (const std::string& f : t.features) out << f << ',';
-    out << "target\n";
-  }
-  comm.agree_or_throw(error.empty(), error);
-  // Ranks append their blocks in turn, so the file keeps the global row order.
-  for (int r = 0; r < comm.size(); ++r) {
-    if (r == comm.rank()) {
-      std::ofstream out(path, std::ios::app);
-      out.precision(17);
-      for (Index i = 0; i < t.n(); ++i) {
-        for (Index j = 0; j < t.p(); ++j) out << t.X(i, j) << ',';
-        out << t.y[static_cast<std::size_t>(i)] << '\n';
-      }
-      if (!out) error = "write to '" + path + "' failed";
-    }
-    comm.agree_or_throw(error.empty(), error);
-  }
-}
-
-void write_h5(const Communicator& comm, const Table& t, const std::string& path) {
-  std::string error;
-  if (comm.rank() == 0) {
-    try {
-      h5::silence_default_error_printing();
-      h5::Handle f = h5::create_file(path);
-      std::string names;
-      for (const std::string& s : t.features) names += (names.empty() ? "" : ",") + s;
-      h5::write_attr(f.id(), "features", names);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  comm.agree_or_throw(error.empty(), "cannot write '" + path + "': " + error);
-  h5::Handle f = h5::open_file_mpi(comm.raw(), path, true);
-  h5::Handle X = h5::create_dataset(f.id(), "X", {static_cast<hsize_t>(t.rows_global), static_cast<hsize_t>(t.p())}, false);
-  h5::write_rows(X.id(), static_cast<hsize_t>(t.first), static_cast<hsize_t>(t.n()), t.X.data(), false);
-  h5::Handle y = h5::create_dataset(f.id(), "y", {static_cast<hsize_t>(t.rows_global)}, false);
-  h5::write_rows(y.id(), static_cast<hsize_t>(t.first), static_cast<hsize_t>(t.n()), t.y.data(), false);
-}
-
 }  // namespace
 
 int run_synth(const Communicator& comm, const std::vector<std::string>& args) {
@@ -99,8 +51,7 @@ int run_synth(const Communicator& comm, const std::vector<std::string>& args) {
   MOESIM_CONFIG_CHECK(s.redundant >= 0, "--redundant must be >= 0");
   const Table t = make_synthetic(comm, s);
   const std::string out = vm["out"].as<std::string>();
-  if (out.ends_with(".h5") || out.ends_with(".hdf5")) write_h5(comm, t, out);
-  else write_csv(comm, t, out);
+  write_table(comm, t, out);
   if (comm.rank() == 0) std::printf("wrote %lld rows x %d features to %s\n", static_cast<long long>(s.rows), s.features, out.c_str());
   return 0;
 }
