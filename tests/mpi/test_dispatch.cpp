@@ -3,6 +3,7 @@
 // token order, and come back bit-identical.
 #include <gtest/gtest.h>
 
+#include "core/rng.hpp"
 #include "core/shard.hpp"
 #include "moe/capacity.hpp"
 #include "moe/dispatcher.hpp"

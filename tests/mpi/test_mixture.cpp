@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/shard.hpp"
+#include "data/regimes.hpp"
 #include "moe/mixture.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
