@@ -4,7 +4,6 @@
 // on the rank count.
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "core/rng.hpp"
 #include "core/tensor.hpp"

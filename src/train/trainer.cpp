@@ -31,6 +31,31 @@ void print_progress(std::int64_t step, std::int64_t steps, const StepMetrics& m,
   std::fflush(stdout);
 }
 
+// The step's share of the running totals; the first step's speed (warm-up) is left out
+// unless it is the only one.
+void add_step(TrainProgress& t, std::int64_t step, const StepMetrics& m, bool count_speed) {
+  if (count_speed) {
+    t.tok_s_sum += m.tokens_per_s;
+    ++t.tok_s_n;
+  }
+  t.dropped_sum += m.dropped_fraction;
+  t.a2a_seconds += m.a2a_seconds;
+  t.compute_seconds += m.compute_seconds;
+  t.a2a_bytes += m.a2a_bytes;
+  t.train_loss = m.train_loss;
+  t.step = step;
+}
+
+void set_totals(TrainSummary& sum, const TrainProgress& t) {
+  sum.steps_done = t.step;
+  sum.final_train_loss = t.train_loss;
+  sum.a2a_seconds = t.a2a_seconds;
+  sum.compute_seconds = t.compute_seconds;
+  sum.a2a_bytes = t.a2a_bytes;
+  sum.tokens_per_s = t.tok_s_n > 0 ? t.tok_s_sum / static_cast<double>(t.tok_s_n) : 0.0;
+  sum.dropped_fraction = t.step > 0 ? t.dropped_sum / static_cast<double>(t.step) : 0.0;
+}
+
 template <class T>
 void zero_grads(const ParamList<T>& ps) {
   for (Param<T>* p : ps) p->grad.setZero();
@@ -153,16 +178,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     if (!std::isfinite(m.train_loss))
       throw ConfigError("training diverged at step " + std::to_string(step) +
                         " (loss is not finite); lower --lr or set --grad-clip");
-    if (step > 1 || cfg.steps == 1) {
-      totals.tok_s_sum += m.tokens_per_s;
-      ++totals.tok_s_n;
-    }
-    totals.dropped_sum += m.dropped_fraction;
-    totals.a2a_seconds += m.a2a_seconds;
-    totals.compute_seconds += m.compute_seconds;
-    totals.a2a_bytes += m.a2a_bytes;
-    totals.train_loss = m.train_loss;
-    totals.step = step;
+    add_step(totals, step, m, step > 1 || cfg.steps == 1);
     append_step_metrics(out, metrics, step, m);
 
     if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps)
@@ -193,13 +209,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     sum.val_accuracy = va;
     if (cfg.eval_every > 0) append_validation(out, metrics, cfg.steps, vl);
   }
-  sum.steps_done = totals.step;
-  sum.final_train_loss = totals.train_loss;
-  sum.a2a_seconds = totals.a2a_seconds;
-  sum.compute_seconds = totals.compute_seconds;
-  sum.a2a_bytes = totals.a2a_bytes;
-  sum.tokens_per_s = totals.tok_s_n > 0 ? totals.tok_s_sum / static_cast<double>(totals.tok_s_n) : 0.0;
-  sum.dropped_fraction = sum.steps_done > 0 ? totals.dropped_sum / static_cast<double>(sum.steps_done) : 0.0;
+  set_totals(sum, totals);
   sum.wall_seconds = cfg.start.wall_seconds + wall.seconds();
   return sum;
 }
