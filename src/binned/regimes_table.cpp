@@ -1,7 +1,7 @@
 #include "binned/regimes_table.hpp"
 
 #include "core/error.hpp"
-#include "train/trainer.hpp"
+#include "core/shard.hpp"
 
 namespace moesim {
 

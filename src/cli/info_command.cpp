@@ -10,15 +10,24 @@
 #include "cli/options.hpp"
 #include "core/blas.hpp"
 #include "core/build_info.hpp"
+#include "train/step_metrics.hpp"
 
 namespace moesim::cli {
 
 int run_info(const Communicator& comm, const std::vector<std::string>& args) {
   po::options_description desc("Info");
+  desc.add_options()
+      ("metrics", po::bool_switch()->default_value(false),
+       "print the table of the per-step datasets a moe run writes under metrics/ (markdown) and exit");
   const Parsed p = parse("info", args, desc);
   if (comm.rank() != 0) return 0;
   if (p.help) {
     print_help("info", "Print version, revision, compiler and the libraries this build uses.", desc);
+    return 0;
+  }
+  if (p.vm["metrics"].as<bool>()) {
+    std::fputs(step_metrics_markdown().c_str(), stdout);
+    std::fflush(stdout);
     return 0;
   }
   char mpi_lib[MPI_MAX_LIBRARY_VERSION_STRING] = {0};

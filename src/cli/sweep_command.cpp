@@ -10,7 +10,7 @@
 #include "cli/options.hpp"
 #include "sweep/grid.hpp"
 #include "sweep/summary.hpp"
-#include "train/trainer.hpp"
+#include "comm/stop_request.hpp"
 
 namespace moesim::cli {
 

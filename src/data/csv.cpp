@@ -5,8 +5,8 @@
 #include <set>
 #include <sstream>
 
+#include "core/shard.hpp"
 #include "data/readers.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 

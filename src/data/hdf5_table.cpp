@@ -2,9 +2,9 @@
 #include <set>
 #include <sstream>
 
+#include "core/shard.hpp"
 #include "data/readers.hpp"
 #include "io/hdf5.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 

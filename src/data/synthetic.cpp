@@ -4,7 +4,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
-#include "train/trainer.hpp"
+#include "core/shard.hpp"
 
 namespace moesim {
 

@@ -4,19 +4,12 @@
 // on the rank count.
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
+#include "nn/batch.hpp"
 
 namespace moesim {
-
-struct Batch {
-  Mat<double> x;            // n x input_width() (token tasks: token ids, exact integers)
-  Mat<double> y;            // n x 1 (regression targets)
-  std::vector<int> label;   // n (classification)
-  std::vector<int> cluster; // n, the source of each token (regime, teacher expert); empty if none
-};
 
 class Task {
  public:

@@ -2,7 +2,7 @@
 // Task losses, normalised by the global token count so that summing per-rank
 // contributions gives the mean over the global batch.
 #include "core/tensor.hpp"
-#include "data/regimes.hpp"
+#include "nn/batch.hpp"
 
 namespace moesim {
 

@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <string>
 
-#include "data/regimes.hpp"
+#include "nn/batch.hpp"
 #include "nn/layers.hpp"
 
 namespace moesim {

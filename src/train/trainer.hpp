@@ -9,10 +9,15 @@
 
 #include "comm/communicator.hpp"
 #include "data/task.hpp"
-#include "io/checkpoint.hpp"
 #include "io/run_file.hpp"
 #include "moe/model.hpp"
 #include "nn/adam.hpp"
+#include "train/checkpoint.hpp"
+// Not used here: cli/ files that reached these through this header before they moved
+// (sharding and stop signals to core/, kPerRankSeries to the metrics table).
+#include "core/shard.hpp"
+#include "core/stop_signal.hpp"
+#include "train/step_metrics.hpp"
 
 namespace moesim {
 
@@ -48,33 +53,6 @@ struct TrainSummary {
   // expert, source), L_moe x E x S row-major.
   std::vector<std::int64_t> routing_counts;
 };
-
-// Local shard [first, first + count) of n items on rank r of P (contiguous blocks).
-struct Shard {
-  std::int64_t first = 0, count = 0;
-};
-Shard shard_of(std::int64_t n, int rank, int P);
-
-// Set by SIGTERM/SIGINT; the loop stops at the next step boundary on every rank.
-void install_stop_handlers();
-// COLLECTIVE. Whether any rank has been asked to stop.
-bool stop_requested(const Communicator& comm);
-
-// Training state of the model that is not a parameter, for checkpoints: each MoE
-// layer's router selection bias (--balance bias), named <router>.selection_bias.
-template <class T>
-StateList model_state(Model<T>& model) {
-  StateList s;
-  for (MoeLayer<T>* l : model.moe_layers()) {
-    std::string name = l->router().weight().name;
-    name = name.substr(0, name.rfind('.')) + ".selection_bias";
-    s.emplace_back(name, &l->router().bias());
-  }
-  return s;
-}
-
-// Per-step datasets whose shape depends on the rank count P.
-inline const std::vector<std::string> kPerRankSeries{"traffic", "rank_expert_tokens"};
 
 template <class T>
 TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,

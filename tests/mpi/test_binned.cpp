@@ -10,8 +10,8 @@
 #include "binned/isotonic.hpp"
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "core/shard.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

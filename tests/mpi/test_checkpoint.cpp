@@ -6,7 +6,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "io/checkpoint.hpp"
+#include "train/checkpoint.hpp"
 #include "moe/model.hpp"
 #include "support/test_support.hpp"
 

@@ -3,10 +3,11 @@
 // token order, and come back bit-identical.
 #include <gtest/gtest.h>
 
+#include "core/rng.hpp"
+#include "core/shard.hpp"
 #include "moe/capacity.hpp"
 #include "moe/dispatcher.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

@@ -10,13 +10,13 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "core/shard.hpp"
 #include "core/timer.hpp"
 #include "learners/knn.hpp"
 #include "learners/knn_reference.hpp"
 #include "learners/nb.hpp"
 #include "learners/nb_reference.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

@@ -2,12 +2,13 @@
 // P ranks against the serial token-by-token reference (moe/reference_moe.cpp).
 #include <gtest/gtest.h>
 
+#include "core/shard.hpp"
+#include "data/regimes.hpp"
 #include "moe/mixture.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

@@ -2,11 +2,11 @@
 // reference, and finite differences of the distributed layer's gradients.
 #include <gtest/gtest.h>
 
+#include "core/shard.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

@@ -4,11 +4,11 @@
 // learn.
 #include <gtest/gtest.h>
 
+#include "core/shard.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

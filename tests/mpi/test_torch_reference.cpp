@@ -2,10 +2,10 @@
 // (tests/reference/moe_torch_reference.py writes the file, same weights and inputs).
 #include <gtest/gtest.h>
 
+#include "core/shard.hpp"
 #include "io/hdf5.hpp"
 #include "moe/moe_layer.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

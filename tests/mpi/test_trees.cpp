@@ -10,12 +10,12 @@
 #include <ctime>
 
 #include "core/rng.hpp"
+#include "core/shard.hpp"
 #include "learners/tree_binning.hpp"
 #include "learners/tree_grow.hpp"
 #include "learners/tree_reference.hpp"
 #include "learners/trees.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

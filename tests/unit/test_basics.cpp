@@ -4,11 +4,11 @@
 #include <cmath>
 #include <set>
 
+#include "core/shard.hpp"
 #include "data/regimes.hpp"
 #include "moe/capacity.hpp"
 #include "moe/model.hpp"
 #include "support/test_support.hpp"
-#include "train/trainer.hpp"
 
 namespace moesim {
 namespace {

@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "core/rng.hpp"
-#include "io/checkpoint.hpp"
+#include "train/checkpoint.hpp"
 #include "moe/merge.hpp"
 
 namespace moesim {

@@ -25,6 +25,7 @@
 #include "comm/communicator.hpp"
 #include "io/hdf5.hpp"
 #include "io/run_file.hpp"
+#include "moe/model.hpp"
 #include "nn/param.hpp"
 
 namespace moesim {
@@ -34,6 +35,19 @@ constexpr std::int64_t kCheckpointVersion = 1;
 // Replicated state that is not a parameter (identical on every rank), by name. Empty
 // vectors are not stored.
 using StateList = std::vector<std::pair<std::string, std::vector<double>*>>;
+
+// Training state of the model that is not a parameter, for checkpoints: each MoE
+// layer's router selection bias (--balance bias), named <router>.selection_bias.
+template <class T>
+StateList model_state(Model<T>& model) {
+  StateList s;
+  for (MoeLayer<T>* l : model.moe_layers()) {
+    std::string name = l->router().weight().name;
+    name = name.substr(0, name.rfind('.')) + ".selection_bias";
+    s.emplace_back(name, &l->router().bias());
+  }
+  return s;
+}
 
 // The training loop's running totals, enough to continue it as if never stopped.
 struct TrainProgress {

@@ -1,4 +1,4 @@
-#include "io/checkpoint.hpp"
+#include "train/checkpoint.hpp"
 
 #include <algorithm>
 #include <cctype>

@@ -1,0 +1,308 @@
+#include "train/step_metrics.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+
+namespace moesim {
+
+namespace {
+
+constexpr bool names_unique() {
+  for (std::size_t i = 0; i < kStepMetrics.size(); ++i)
+    for (std::size_t j = i + 1; j < kStepMetrics.size(); ++j)
+      if (kStepMetrics[i].name == kStepMetrics[j].name) return false;
+  return true;
+}
+static_assert(names_unique(), "two per-step metrics share a name");
+
+// "L_moe x E" -> {L_moe, E}; "" -> {} (a scalar per step).
+std::vector<hsize_t> dims_of(std::string_view shape, const MetricContext& c) {
+  std::vector<hsize_t> dims;
+  while (!shape.empty()) {
+    const std::size_t cut = shape.find(" x ");
+    const std::string_view part = shape.substr(0, cut);
+    if (part == "E") dims.push_back(static_cast<hsize_t>(c.E));
+    else if (part == "P") dims.push_back(static_cast<hsize_t>(c.P));
+    else if (part == "L_moe") dims.push_back(static_cast<hsize_t>(c.L_moe));
+    else {
+      MOESIM_REQUIRE(!part.empty() && std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; }),
+                     "unknown size '" << part << "' in a metric shape");
+      dims.push_back(static_cast<hsize_t>(std::stoull(std::string(part))));
+    }
+    shape = cut == std::string_view::npos ? std::string_view{} : shape.substr(cut + 3);
+  }
+  return dims;
+}
+
+}  // namespace
+
+const char* metric_when_text(MetricWhen w) {
+  switch (w) {
+    case MetricWhen::kAlways: return "always";
+    case MetricWhen::kMoeLayers: return "with MoE layers";
+    case MetricWhen::kNoisyTopK: return "`--gate noisy-topk`";
+    case MetricWhen::kBalanceBias: return "`--balance bias`";
+    case MetricWhen::kMixtureLoss: return "`--mixture-loss`";
+    case MetricWhen::kEvalEvery: return "`--eval-every` (every N steps and at the end)";
+  }
+  return "?";
+}
+
+const MetricSpec* find_step_metric(std::string_view name) {
+  for (const MetricSpec& s : kStepMetrics)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+std::string step_metrics_markdown() {
+  std::string t =
+      "| dataset | shape per row | type | unit | written | description |\n"
+      "|---|---|---|---|---|---|\n";
+  for (const MetricSpec& s : kStepMetrics) {
+    t += "| `metrics/";
+    t += s.name;
+    t += "` | ";
+    t += s.shape.empty() ? std::string_view("scalar") : s.shape;
+    t += s.integer ? " | int64 | " : " | float64 | ";
+    t += s.unit;
+    t += " | ";
+    t += metric_when_text(s.when);
+    t += " | ";
+    t += s.description;
+    t += " |\n";
+  }
+  return t;
+}
+
+std::vector<std::string> per_rank_step_metrics() {
+  std::vector<std::string> names;
+  for (const MetricSpec& s : kStepMetrics)
+    for (std::string_view rest = s.shape; !rest.empty();) {
+      const std::size_t cut = rest.find(" x ");
+      if (rest.substr(0, cut) == "P") {
+        names.emplace_back(s.name);
+        break;
+      }
+      rest = cut == std::string_view::npos ? std::string_view{} : rest.substr(cut + 3);
+    }
+  return names;
+}
+
+template <class T>
+MetricContext metric_context(const Communicator& comm, Model<T>& model, bool eval_every) {
+  MetricContext c;
+  c.E = model.config().moe.experts;
+  c.P = comm.size();
+  c.L_moe = static_cast<int>(model.moe_layers().size());
+  c.noisy_topk = model.config().moe.gate == GateKind::kNoisyTopK;
+  c.balance_bias = model.config().moe.balance == BalanceKind::kBias;
+  c.mixture_loss = model.config().mixture != MixtureLoss::kNone;
+  c.eval_every = eval_every;
+  return c;
+}
+
+bool written_in(MetricWhen w, const MetricContext& c) {
+  switch (w) {
+    case MetricWhen::kAlways: return true;
+    case MetricWhen::kMoeLayers: return c.L_moe > 0;
+    case MetricWhen::kNoisyTopK: return c.L_moe > 0 && c.noisy_topk;
+    case MetricWhen::kBalanceBias: return c.L_moe > 0 && c.balance_bias;
+    case MetricWhen::kMixtureLoss: return c.mixture_loss;
+    case MetricWhen::kEvalEvery: return c.eval_every;
+  }
+  return false;
+}
+
+std::vector<hsize_t> MetricWriter::checked_shape(std::string_view name, std::size_t size,
+                                                 bool integer) const {
+  const MetricSpec* s = find_step_metric(name);
+  MOESIM_REQUIRE(s, "metric '" << name << "' is not in kStepMetrics");
+  MOESIM_REQUIRE(written_in(s->when, context_), "metric '" << name << "' is not written in this run ("
+                                                           << metric_when_text(s->when) << ")");
+  MOESIM_REQUIRE(s->integer == integer, "metric '" << name << "' has the wrong type");
+  std::vector<hsize_t> dims = dims_of(s->shape, context_);
+  hsize_t n = 1;
+  for (hsize_t d : dims) n *= d;
+  MOESIM_REQUIRE(n == size, "metric '" << name << "' has " << size << " values, its shape '"
+                                       << s->shape << "' " << n);
+  return dims;
+}
+
+void MetricWriter::append(std::string_view name, const std::vector<double>& row) {
+  out_.append(std::string(name), row, checked_shape(name, row.size(), false));
+  ++rows_;
+}
+
+void MetricWriter::append(std::string_view name, const std::vector<std::int64_t>& row) {
+  out_.append(std::string(name), row, checked_shape(name, row.size(), true));
+  ++rows_;
+}
+
+template <class T>
+StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
+                                 const MetricContext& context, const StepInput& in) {
+  const int P = context.P, E = context.E, Lm = context.L_moe;
+  const std::vector<MoeLayer<T>*> moe = model.moe_layers();
+  StepMetrics m;
+  double a2a_seconds = 0;
+  std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
+  double aux = 0, zl = 0, entropy = 0, max_over_mean = 0, cv = 0, importance = 0, load_loss = 0;
+  double unrouted = 0, tokens_seen = 0;
+  std::int64_t unused = 0, starved = 0;
+  m.gate_mass.assign(static_cast<std::size_t>(E), 0.0);
+  m.top_expert_share.assign(static_cast<std::size_t>(E), 0.0);
+  std::int64_t dropped = 0, assignments = 0;
+  m.expert_tokens.assign(static_cast<std::size_t>(E), 0);
+  std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
+  for (MoeLayer<T>* l : moe) {
+    a2a_seconds += l->comm_stats().seconds;
+    for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
+    aux += l->stats().aux_loss;
+    zl += l->stats().z_loss;
+    importance += l->stats().importance_loss;
+    load_loss += l->stats().load_loss;
+    unrouted += static_cast<double>(l->stats().unrouted_tokens);
+    tokens_seen += static_cast<double>(l->stats().tokens);
+    m.balance_bias.insert(m.balance_bias.end(), l->router().bias().begin(), l->router().bias().end());
+    entropy += l->stats().gate_entropy;
+    // Collapse and balance of this layer's load (kept assignments per expert).
+    const auto& load = l->stats().expert_tokens;
+    double mean = 0, var = 0, mx = 0;
+    for (std::int64_t v : load) mean += static_cast<double>(v) / E;
+    for (std::int64_t v : load) {
+      var += (static_cast<double>(v) - mean) * (static_cast<double>(v) - mean) / E;
+      mx = std::max(mx, static_cast<double>(v));
+      unused += v == 0;
+      starved += static_cast<double>(v) < static_cast<double>(l->stats().assignments) / (10.0 * E);
+    }
+    max_over_mean += mean > 0 ? mx / mean : 0.0;
+    cv += mean > 0 ? std::sqrt(var) / mean : 0.0;
+    for (int e = 0; e < E; ++e) m.gate_mass[e] += l->stats().gate_mass[e] / std::max(1, Lm);
+    for (int e = 0; e < E; ++e)
+      m.top_expert_share[e] += static_cast<double>(l->stats().top_expert_tokens[e]) /
+                               static_cast<double>(std::max<std::int64_t>(1, l->stats().tokens) * std::max(1, Lm));
+    dropped += l->stats().dropped;
+    assignments += l->stats().assignments;
+    for (int e = 0; e < E; ++e) m.expert_tokens[e] += l->stats().expert_tokens[e];
+    for (int e = 0; e < E; ++e) mine_to_expert[e] += l->layout().send_expert_counts[e];
+    m.expert_tokens_per_layer.insert(m.expert_tokens_per_layer.end(), l->stats().expert_tokens.begin(),
+                                     l->stats().expert_tokens.end());
+  }
+  // Sums: loss, stop flag, padding bytes, prediction loss, mixture spread, then bytes per
+  // (layer, phase); maxima: step, exchange and compute seconds, then seconds per (layer, phase).
+  constexpr std::size_t kPhaseSums = 5, kPhaseMaxes = 3;
+  std::vector<double> sums{in.loss.objective, in.stop_signal ? 1.0 : 0.0, 0.0, in.loss.prediction,
+                           in.loss.spread};
+  std::vector<double> maxes{in.step_seconds, a2a_seconds, in.step_seconds - a2a_seconds - in.reduce_seconds};
+  for (MoeLayer<T>* l : moe) {
+    sums[2] += l->comm_stats().padding_bytes;
+    for (int ph = 0; ph < 4; ++ph) {
+      sums.push_back(l->comm_stats().phase_bytes[ph]);
+      maxes.push_back(l->comm_stats().phase_seconds[ph]);
+    }
+  }
+  comm.allreduce_sum(sums.data(), static_cast<int>(sums.size()));
+  comm.allreduce_max(maxes.data(), static_cast<int>(maxes.size()));
+  std::vector<std::int64_t> row_bytes(to_rank.begin(), to_rank.end());
+  m.traffic.assign(static_cast<std::size_t>(P * P), 0);
+  comm.gather(row_bytes.data(), P, m.traffic.data(), 0);
+  m.rank_expert_tokens.assign(static_cast<std::size_t>(P * E), 0);
+  comm.gather(mine_to_expert.data(), E, m.rank_expert_tokens.data(), 0);
+
+  const double B = static_cast<double>(in.batch_tokens);
+  m.train_loss = sums[0] / B;
+  m.stop = sums[1] > 0;
+  m.padding_bytes = sums[2];
+  m.prediction_loss = sums[3] / B;
+  m.mixture_spread = sums[4] / B;
+  m.a2a_bytes_by_phase.assign(sums.begin() + kPhaseSums, sums.end());
+  m.step_seconds = maxes[0];
+  m.a2a_seconds = maxes[1];
+  m.compute_seconds = maxes[2];
+  m.a2a_seconds_by_phase.assign(maxes.begin() + kPhaseMaxes, maxes.end());
+  for (int i = 0; i < P; ++i)
+    for (int j = 0; j < P; ++j)
+      if (i != j) m.a2a_bytes += static_cast<double>(m.traffic[static_cast<std::size_t>(i * P + j)]);
+  m.tokens_per_s = B / maxes[0];
+  m.dropped_fraction = assignments > 0 ? static_cast<double>(dropped) / assignments : 0.0;
+  m.aux_loss = Lm > 0 ? aux / Lm : 0.0;
+  m.z_loss = Lm > 0 ? zl / Lm : 0.0;
+  m.gate_entropy = Lm > 0 ? entropy / Lm : 0.0;
+  m.max_over_mean_load = Lm > 0 ? max_over_mean / Lm : 0.0;
+  m.load_cv = Lm > 0 ? cv / Lm : 0.0;
+  m.unused_experts = unused;
+  m.starved_experts = starved;
+  m.unrouted_fraction = tokens_seen > 0 ? unrouted / tokens_seen : 0.0;
+  m.importance_loss = Lm > 0 ? importance / Lm : 0.0;
+  m.load_loss = Lm > 0 ? load_loss / Lm : 0.0;
+  std::int64_t kept = 0;
+  for (std::int64_t v : m.expert_tokens) kept += v;
+  m.token_share.assign(static_cast<std::size_t>(E), 0.0);
+  for (int e = 0; e < E; ++e)
+    m.token_share[e] = kept > 0 ? static_cast<double>(m.expert_tokens[e]) / static_cast<double>(kept) : 0.0;
+  return m;
+}
+
+void append_step_metrics(RunFile& out, const MetricContext& context, std::int64_t step,
+                         const StepMetrics& m) {
+  MetricWriter w(out, context);
+  // Datasets the table marks as conditional are skipped here when they do not apply.
+  auto put = [&](std::string_view name, const auto& row) {
+    const MetricSpec* s = find_step_metric(name);
+    if (!s || written_in(s->when, context)) w.append(name, row);
+  };
+  using D = std::vector<double>;
+  using I = std::vector<std::int64_t>;
+  put("step", I{step});
+  put("train_loss", D{m.train_loss});
+  put("aux_loss", D{m.aux_loss});
+  put("z_loss", D{m.z_loss});
+  put("gate_entropy", D{m.gate_entropy});
+  put("max_over_mean_load", D{m.max_over_mean_load});
+  put("load_cv", D{m.load_cv});
+  put("unused_experts", I{m.unused_experts});
+  put("starved_experts", I{m.starved_experts});
+  put("gate_mass", m.gate_mass);
+  put("dropped_fraction", D{m.dropped_fraction});
+  put("unrouted_fraction", D{m.unrouted_fraction});
+  put("importance_loss", D{m.importance_loss});
+  put("load_loss", D{m.load_loss});
+  put("balance_bias", m.balance_bias);
+  put("tokens_per_s", D{m.tokens_per_s});
+  put("a2a_bytes", D{m.a2a_bytes});
+  put("a2a_seconds", D{m.a2a_seconds});
+  put("compute_seconds", D{m.compute_seconds});
+  put("step_seconds", D{m.step_seconds});
+  put("expert_tokens", m.expert_tokens);
+  put("token_share", m.token_share);
+  put("top_expert_share", m.top_expert_share);
+  put("prediction_loss", D{m.prediction_loss});
+  put("mixture_spread", D{m.mixture_spread});
+  put("expert_tokens_per_layer", m.expert_tokens_per_layer);
+  put("traffic", m.traffic);
+  put("padding_bytes", D{m.padding_bytes});
+  put("a2a_bytes_by_phase", m.a2a_bytes_by_phase);
+  put("a2a_seconds_by_phase", m.a2a_seconds_by_phase);
+  put("rank_expert_tokens", m.rank_expert_tokens);
+  int expected = 0;
+  for (const MetricSpec& s : kStepMetrics)
+    expected += s.when != MetricWhen::kEvalEvery && written_in(s.when, context);
+  MOESIM_REQUIRE(w.rows_written() == expected, "a per-step metric of kStepMetrics was not written ("
+                                                   << w.rows_written() << " of " << expected << ")");
+}
+
+void append_validation(RunFile& out, const MetricContext& context, std::int64_t step,
+                       double val_loss) {
+  MetricWriter w(out, context);
+  w.append("val_step", std::vector<std::int64_t>{step});
+  w.append("val_loss", std::vector<double>{val_loss});
+}
+
+template MetricContext metric_context<float>(const Communicator&, Model<float>&, bool);
+template MetricContext metric_context<double>(const Communicator&, Model<double>&, bool);
+template StepMetrics collect_step_metrics<float>(const Communicator&, Model<float>&, const MetricContext&, const StepInput&);
+template StepMetrics collect_step_metrics<double>(const Communicator&, Model<double>&, const MetricContext&, const StepInput&);
+
+}  // namespace moesim
