@@ -1,6 +1,7 @@
 // `moesim moe`: one expert-parallel MoE training run, logged to one HDF5 file.
 #include "cli/commands.hpp"
 #include "cli/moe_options.hpp"
+#include "core/stop_signal.hpp"
 #include "train/moe_run.hpp"
 
 namespace moesim::cli {

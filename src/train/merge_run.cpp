@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <set>
 
+#include "train/checkpoint.hpp"
 namespace moesim {
 
 namespace {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "moe/merge.hpp"
+#include "train/checkpoint.hpp"
 #include "train/moe_run.hpp"
 
 namespace moesim {

@@ -6,7 +6,10 @@
 #include <numbers>
 
 #include "core/blas.hpp"
+#include "core/stop_signal.hpp"
 #include "data/source_recovery.hpp"
+#include "train/checkpoint.hpp"
+#include "train/step_metrics.hpp"
 
 namespace moesim {
 

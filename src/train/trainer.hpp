@@ -13,11 +13,6 @@
 #include "moe/model.hpp"
 #include "nn/adam.hpp"
 #include "train/checkpoint.hpp"
-// Not used here: cli/ files that reached these through this header before they moved
-// (sharding and stop signals to core/, kPerRankSeries to the metrics table).
-#include "core/shard.hpp"
-#include "core/stop_signal.hpp"
-#include "train/step_metrics.hpp"
 
 namespace moesim {
 
