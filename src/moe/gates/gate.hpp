@@ -65,10 +65,7 @@ class Gate {
   virtual ~Gate() = default;
   virtual std::unique_ptr<Gate> clone() const = 0;
   // Choice slots per token: K, or E for gates that may give a token any expert.
-  virtual int slots(int experts, int top_k) const {
-    (void)experts;
-    return top_k;
-  }
+  virtual int slots(int /*experts*/, int top_k) const { return top_k; }
   // Whether forward needs ctx.first_token.
   virtual bool needs_token_index() const { return false; }
   // COLLECTIVE over ctx.comm for gates that decide over the global batch.
