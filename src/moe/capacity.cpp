@@ -10,8 +10,28 @@ std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int 
   return std::max<std::int64_t>(1, static_cast<std::int64_t>(c));
 }
 
+namespace {
+
+CapacityDecision keep_preselected(const Communicator& comm, const std::vector<int>& expert, std::int64_t n, int K,
+                                  int E, const std::vector<char>& preselected) {
+  CapacityDecision d;
+  d.kept = preselected;
+  d.assigned.assign(static_cast<std::size_t>(E), 0);
+  for (std::int64_t t = 0; t < n; ++t)
+    for (int j = 0; j < K; ++j)
+      d.assigned[static_cast<std::size_t>(expert[static_cast<std::size_t>(t * K + j)])] +=
+          d.kept[static_cast<std::size_t>(t * K + j)];
+  comm.allreduce_sum(d.assigned.data(), E);
+  d.processed = d.assigned;
+  return d;
+}
+
+}  // namespace
+
 CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int>& expert,
-                                 std::int64_t n, int K, int E, std::int64_t capacity) {
+                                 std::int64_t n, int K, int E, std::int64_t capacity,
+                                 const std::vector<char>& preselected) {
+  if (!preselected.empty()) return keep_preselected(comm, expert, n, K, E, preselected);
   const std::size_t KE = static_cast<std::size_t>(K) * static_cast<std::size_t>(E);
   std::vector<std::int64_t> local(KE, 0), before(KE, 0), total(KE, 0);
   for (std::int64_t t = 0; t < n; ++t)

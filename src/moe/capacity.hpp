@@ -23,8 +23,11 @@ struct CapacityDecision {
   std::int64_t dropped = 0;               // global dropped assignments
 };
 
-// COLLECTIVE. `expert` holds n*K local assignments (token-major).
+// COLLECTIVE. `expert` holds n*K local assignments (token-major). `preselected` (n*K,
+// expert choice): the router already applied the capacity, so exactly these are kept
+// and nothing is dropped.
 CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int>& expert,
-                                 std::int64_t n, int K, int E, std::int64_t capacity);
+                                 std::int64_t n, int K, int E, std::int64_t capacity,
+                                 const std::vector<char>& preselected = {});
 
 }  // namespace moesim

@@ -4,18 +4,20 @@
 
 namespace moesim {
 
-BalanceKind parse_balance(const std::string& name) {
-  if (name == "aux") return BalanceKind::kAux;
-  if (name == "bias") return BalanceKind::kBias;
-  if (name == "none") return BalanceKind::kNone;
-  throw ConfigError("--balance must be aux, bias or none (got '" + name + "')");
+namespace {
+
+const MoeLayerConfig& validated(const MoeLayerConfig& cfg, int ranks) {
+  cfg.validate(ranks);
+  return cfg;
 }
+
+}  // namespace
 
 template <class T>
 MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
                       const MoeLayerConfig& cfg, std::uint64_t seed, int layer_id)
     : comm_(comm),
-      cfg_(cfg),
+      cfg_(validated(cfg, comm.size())),
       dispatcher_(comm, cfg.experts, cfg.dispatch),
       router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, [&] {
         RouterOptions o = cfg.router;
@@ -26,12 +28,8 @@ MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
         o.layer_id = layer_id;
         return o;
       }()) {
-  MOESIM_REQUIRE(cfg.top_k >= 1 && cfg.top_k <= cfg.experts, "top-k must be in [1, E]");
-  MOESIM_REQUIRE(cfg.balance != BalanceKind::kBias || gate_is_token_choice(cfg.gate),
-                 "--balance bias needs a gate that picks experts per token by score");
   Rng rrng(seed, Stream::kReplicatedInit, static_cast<std::uint64_t>(layer_id), 1000);
   router_.init(rrng, cfg.router_init_scale);
-  MOESIM_REQUIRE(cfg.shared_experts >= 0, "shared experts must be >= 0");
   for (int se = 0; se < cfg.shared_experts; ++se) {
     shared_.emplace_back(name + ".shared" + std::to_string(se), cfg.d_model, cfg.d_ff,
                          Placement::kReplicated);
@@ -68,18 +66,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   router_.forward(x, ctx, routing_);
   const int K = routing_.K;  // choice slots per token (E for expert choice)
 
-  CapacityDecision cd;
-  if (!routing_.preselected.empty()) {
-    // Expert choice applied the capacity itself: nothing is dropped.
-    cd.kept = routing_.preselected;
-    cd.assigned.assign(static_cast<std::size_t>(E), 0);
-    for (Index t = 0; t < n; ++t)
-      for (int j = 0; j < K; ++j) cd.assigned[static_cast<std::size_t>(routing_.expert_of(t, j))] += cd.kept[static_cast<std::size_t>(t * K + j)];
-    comm_.allreduce_sum(cd.assigned.data(), E);
-    cd.processed = cd.assigned;
-  } else {
-    cd = decide_capacity(comm_, routing_.expert, n, K, E, cap);
-  }
+  const CapacityDecision cd = decide_capacity(comm_, routing_.expert, n, K, E, cap, routing_.preselected);
   assigned_ = cd.assigned;
 
   // Load-balancing loss (Switch): E * sum_e f_e P_e over the global batch.
@@ -126,10 +113,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   stats_.dropped = cd.dropped;
   stats_.expert_tokens = cd.processed;
 
-  // Padded dispatch: no rank sends one expert more than the capacity or its own tokens.
-  const std::int64_t n_max = (B + comm_.size() - 1) / comm_.size();
-  const Index slot = static_cast<Index>(cap > 0 ? std::min(cap, n_max) : n_max);
-  layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_, slot);
+  layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap});
   Mat<T> send(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) send.row(s) = x.row(layout_.send_token[s]);
   comm_stats_.phase = kForwardDispatch;
@@ -223,8 +207,7 @@ void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T
   Mat<T> dprobs;
   // Noisy top-k's own losses replace the Switch loss; gates without a learned
   // per-token choice are balanced by construction.
-  const bool switch_aux = cfg_.balance == BalanceKind::kAux && gate_is_token_choice(cfg_.gate) &&
-                          cfg_.gate != GateKind::kNoisyTopK;
+  const bool switch_aux = cfg_.balance == BalanceKind::kAux && gate_traits(cfg_.gate).switch_loss;
   if (switch_aux && cfg_.aux_loss_weight != 0.0 && stats_.tokens > 0) {
     // d(w * E * sum_e f_e P_e) / d p_e(t) = w * E * f_e / B; f is not differentiable.
     RowVec<T> row(E);

@@ -9,35 +9,12 @@
 #include <vector>
 
 #include "moe/capacity.hpp"
+#include "moe/config.hpp"
 #include "moe/dispatcher.hpp"
 #include "moe/router.hpp"
 #include "nn/layers.hpp"
 
 namespace moesim {
-
-// How load is balanced: the gate's auxiliary loss (Switch's, or noisy top-k's importance
-// and load losses), DeepSeek-V3's selection bias, or not at all.
-enum class BalanceKind { kAux, kBias, kNone };
-BalanceKind parse_balance(const std::string& name);  // ConfigError on unknown names
-
-struct MoeLayerConfig {
-  Index d_model = 16;
-  Index d_ff = 32;
-  int experts = 4;            // E
-  int top_k = 2;              // K
-  double capacity_factor = 1.25;  // 0 = dropless
-  double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
-  double z_loss_weight = 0.0;     // ST-MoE router z-loss weight
-  double router_init_scale = 0.1;
-  GateKind gate = GateKind::kTopK;  // kDense / kConstant: K = E, capacity does not apply
-  int shared_experts = 0;           // always-active replicated experts, D -> d_ff -> D
-  DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
-  // Routing options (README, "Gates"); the layer fills in seed and layer id.
-  double eval_capacity_factor = -1;  // < 0: the training capacity factor
-  BalanceKind balance = BalanceKind::kAux;
-  double bias_update_rate = 1e-3;    // --balance bias: b_e += rate * sign(mean load - load_e)
-  RouterOptions router;
-};
 
 // What one forward pass of one layer measured; identical on every rank.
 struct MoeLayerStats {
@@ -58,7 +35,8 @@ struct MoeLayerStats {
 template <class T>
 class MoeLayer {
  public:
-  // Expert e is initialised from (seed, layer_id, e) wherever it lives.
+  // Expert e is initialised from (seed, layer_id, e) wherever it lives. ConfigError
+  // (MoeLayerConfig::validate) on a configuration the layer cannot run.
   MoeLayer(const Communicator& comm, const std::string& name, const MoeLayerConfig& cfg,
            std::uint64_t seed, int layer_id);
 

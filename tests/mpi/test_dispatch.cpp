@@ -71,7 +71,7 @@ TEST_P(DispatchRoundTrip, RowsReachTheirExpertsAndReturnExactly) {
   stats.reset(P);
   const std::int64_t n_max = (c.B + P - 1) / P;
   const Index slot = static_cast<Index>(cap > 0 ? std::min(cap, n_max) : n_max);
-  DispatchLayout L = disp.plan(expert, cd.kept, sh.count, c.K, stats, slot);
+  DispatchLayout L = disp.plan(expert, cd.kept, sh.count, c.K, stats, {c.B, cap});
   // Payload row: (source rank, global token, choice, expert).
   Mat<std::int64_t> send(L.rows_sent(), 4);
   for (Index s = 0; s < L.rows_sent(); ++s) {

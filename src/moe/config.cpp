@@ -1,0 +1,38 @@
+#include "moe/config.hpp"
+
+#include "core/error.hpp"
+
+namespace moesim {
+
+BalanceKind parse_balance(const std::string& name) {
+  if (name == "aux") return BalanceKind::kAux;
+  if (name == "bias") return BalanceKind::kBias;
+  if (name == "none") return BalanceKind::kNone;
+  throw ConfigError("--balance must be aux, bias or none (got '" + name + "')");
+}
+
+void MoeLayerConfig::validate(int ranks, int granularity) const {
+  const int M = granularity;
+  const GateTraits& g = gate_traits(gate);
+  const std::string name = gate_name(gate);
+  MOESIM_CONFIG_CHECK(experts >= 1, "--experts must be >= 1 (got " << experts / M << ")");
+  MOESIM_CONFIG_CHECK(top_k >= 1, "--top-k must be >= 1 (got " << top_k / M << ")");
+  MOESIM_CONFIG_CHECK(top_k <= experts, "--top-k (" << top_k / M << ") must not exceed --experts (" << experts / M << ")");
+  MOESIM_CONFIG_CHECK(experts % ranks == 0,
+                      "--experts (" << experts / M << (M > 1 ? " x granularity " + std::to_string(M) : std::string())
+                                    << ") must be divisible by the number of ranks (" << ranks
+                                    << ") for expert parallelism");
+  MOESIM_CONFIG_CHECK(!g.one_expert || top_k == 1, "--gate " << name << " routes to one expert: it needs --top-k 1"
+                                                             << (M > 1 ? " and --granularity 1" : ""));
+  const double eval_cf = eval_capacity_factor < 0 ? capacity_factor : eval_capacity_factor;
+  MOESIM_CONFIG_CHECK(!g.needs_capacity || (capacity_factor > 0 && eval_cf > 0),
+                      "--gate " << name << " needs --capacity-factor and --eval-capacity-factor > 0 "
+                                   "(each expert takes C = factor * B * K / E tokens)");
+  MOESIM_CONFIG_CHECK(balance != BalanceKind::kBias || g.bias,
+                      "--balance bias needs a gate that picks experts per token by score (" << bias_gate_names()
+                          << "); --gate " << name << " balances by construction");
+  MOESIM_CONFIG_CHECK(router.sinkhorn_iters >= 1, "--sinkhorn-iters must be >= 1 (got " << router.sinkhorn_iters << ")");
+  MOESIM_CONFIG_CHECK(shared_experts >= 0, "--shared-experts must be >= 0 (got " << shared_experts << ")");
+}
+
+}  // namespace moesim

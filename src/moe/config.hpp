@@ -1,0 +1,56 @@
+#pragma once
+// What one MoE layer and its router are built from, and the invariants they need
+// (asserted where they are built, DeepEP's Config style).
+#include <cstdint>
+#include <string>
+
+#include "core/tensor.hpp"
+#include "moe/dispatch/registry.hpp"
+#include "moe/gates/registry.hpp"
+
+namespace moesim {
+
+enum class HashKey { kInput, kPosition };
+
+struct RouterOptions {
+  GateKind gate = GateKind::kTopK;
+  bool fp64 = false;              // compute logits, softmax, selection and gradients in fp64
+  bool bias_selection = false;    // --balance bias: per-expert bias added for selection only
+  double importance_weight = 0;   // noisy top-k: w * CV(importance)^2
+  double load_weight = 0;         // noisy top-k: w * CV(load)^2
+  int sinkhorn_iters = 8;         // S-BASE
+  HashKey hash_key = HashKey::kInput;
+  std::uint64_t seed = 1;         // noise and hash keys
+  int layer_id = 0;
+};
+
+// How load is balanced: the gate's auxiliary loss (Switch's, or noisy top-k's importance
+// and load losses), DeepSeek-V3's selection bias, or not at all.
+enum class BalanceKind { kAux, kBias, kNone };
+BalanceKind parse_balance(const std::string& name);  // ConfigError on unknown names
+
+struct MoeLayerConfig {
+  Index d_model = 16;
+  Index d_ff = 32;
+  int experts = 4;            // E
+  int top_k = 2;              // K
+  double capacity_factor = 1.25;  // 0 = dropless
+  double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
+  double z_loss_weight = 0.0;     // ST-MoE router z-loss weight
+  double router_init_scale = 0.1;
+  GateKind gate = GateKind::kTopK;  // kDense / kConstant: K = E, capacity does not apply
+  int shared_experts = 0;           // always-active replicated experts, D -> d_ff -> D
+  DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
+  // Routing options (README, "Gates"); the layer fills in seed and layer id.
+  double eval_capacity_factor = -1;  // < 0: the training capacity factor
+  BalanceKind balance = BalanceKind::kAux;
+  double bias_update_rate = 1e-3;    // --balance bias: b_e += rate * sign(mean load - load_e)
+  RouterOptions router;
+
+  // ConfigError (one line, the cli's words) unless a layer on `ranks` ranks can be built
+  // from this. `granularity`: E and K are the user's values times this (--granularity),
+  // so messages can name the values the user gave.
+  void validate(int ranks, int granularity = 1) const;
+};
+
+}  // namespace moesim

@@ -1,0 +1,26 @@
+#pragma once
+// What the token exchanges of one layer cost one rank, per exchange phase.
+#include <cstddef>
+#include <vector>
+
+namespace moesim {
+
+// The four exchanges of a layer and step, in order.
+enum Phase { kForwardDispatch = 0, kForwardCombine = 1, kBackwardDispatch = 2, kBackwardCombine = 3 };
+
+struct CommStats {
+  double seconds = 0;                   // time inside exchange calls (counts included)
+  std::vector<double> bytes_to_rank;    // bytes this rank sent to each rank (padding included)
+  double padding_bytes = 0;             // padded dispatch: bytes of unused slot rows and headers sent
+  double phase_seconds[4] = {0, 0, 0, 0};
+  double phase_bytes[4] = {0, 0, 0, 0};  // bytes sent to other ranks, per phase
+  int phase = kForwardDispatch;
+  void reset(int P) {
+    seconds = padding_bytes = 0;
+    bytes_to_rank.assign(static_cast<std::size_t>(P), 0.0);
+    for (int i = 0; i < 4; ++i) phase_seconds[i] = phase_bytes[i] = 0;
+    phase = kForwardDispatch;
+  }
+};
+
+}  // namespace moesim

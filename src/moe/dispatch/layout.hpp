@@ -1,0 +1,45 @@
+#pragma once
+// The one layout every dispatch algorithm shares (DeepEP style): who sends which rows
+// where, built once per layer and step and reused by forward dispatch/combine and
+// backward dispatch/combine.
+//
+// NOTES: rank r owns experts [r*E/P, (r+1)*E/P). Rows leave in (expert, token) order
+// and land grouped by (source rank, local expert); they are then placed so that each
+// local expert sees one contiguous block in global token order, which makes expert
+// GEMMs identical whatever the rank count or algorithm.
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace moesim {
+
+struct DispatchLayout {
+  int P = 1, E = 1, E_local = 1;
+  Index slot_rows = 0;             // fixed-slot algorithms (padded): rows per (source, expert) slot
+  bool recv_known = false;         // false until the receive side is known (padded: first dispatch)
+  // Token-owner side: one row per kept assignment, ordered by (expert, token).
+  std::vector<Index> send_token;   // local token of each send row
+  std::vector<int> send_choice;    // which of the token's K choices
+  std::vector<int> send_counts, send_displs;  // rows per destination rank
+  std::vector<int> send_expert_counts;        // E: rows this rank sends to each expert
+  // Expert-owner side.
+  std::vector<int> recv_counts, recv_displs;  // rows per source rank
+  std::vector<int> recv_expert_counts;        // P x E_local, rows per (source, local expert)
+  std::vector<Index> recv_to_block;           // received row -> row in expert-block order
+  std::vector<Index> block_offset;            // E_local + 1 prefix over expert blocks
+  Index rows_sent() const { return static_cast<Index>(send_token.size()); }
+  Index rows_received() const { return static_cast<Index>(recv_to_block.size()); }
+};
+
+// The send side for n local tokens with K choices each (`expert`, `kept`: n*K), on P
+// ranks and E experts; the receive side's counts are sized and zero.
+DispatchLayout send_layout(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
+                           int E, int P);
+// Completes the receive side from recv_expert_counts.
+void complete_receive_side(DispatchLayout& L);
+// Rows from source q for local expert le start at this row of the expert blocks.
+Index block_start(const DispatchLayout& L, int q, int le);
+// Rows this rank sends to global expert e start at this row of the send order.
+Index send_start(const DispatchLayout& L, int e);
+
+}  // namespace moesim

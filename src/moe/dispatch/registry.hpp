@@ -1,0 +1,31 @@
+#pragma once
+// The dispatch algorithms, by --dispatch name. Adding one is a new dispatch/<name>.cpp
+// (see dispatch/algorithm.hpp) plus one line here.
+#include <memory>
+#include <string>
+
+namespace moesim {
+
+class Communicator;
+class DispatchAlgorithm;
+
+// One line per algorithm: enum value, --dispatch name, factory (defined in its file).
+#define MOESIM_DISPATCH_ALGORITHMS(X)                 \
+  X(kAlltoallv, "alltoallv", make_alltoallv_dispatch) \
+  X(kAllgather, "allgather", make_allgather_dispatch) \
+  X(kP2P, "p2p", make_p2p_dispatch)                   \
+  X(kPadded, "padded", make_padded_dispatch)
+
+#define MOESIM_DISPATCH_ENUM(id, name, make) id,
+enum class DispatchAlgo { MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_ENUM) };
+#undef MOESIM_DISPATCH_ENUM
+
+#define MOESIM_DISPATCH_FACTORY(id, name, make) std::unique_ptr<DispatchAlgorithm> make(const Communicator& comm);
+MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_FACTORY)
+#undef MOESIM_DISPATCH_FACTORY
+
+DispatchAlgo parse_dispatch(const std::string& name);  // ConfigError on unknown names
+const char* dispatch_name(DispatchAlgo a);
+std::unique_ptr<DispatchAlgorithm> make_dispatch_algorithm(DispatchAlgo a, const Communicator& comm);
+
+}  // namespace moesim

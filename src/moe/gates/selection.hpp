@@ -1,0 +1,74 @@
+#pragma once
+// What several gates share: top-k selection, the two kinds of gate weight (softmax over
+// the chosen logits, or the softmax probability) and their gradients.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "moe/gates/gate.hpp"
+
+namespace moesim {
+
+// Each token's K best experts by `sel`, ties to the lower expert index so routing is a
+// pure function of the scores; `next` (if given) gets the (K+1)-th (-1 when K = E).
+template <class T, class R>
+void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>* next = nullptr) {
+  const int E = r.E, K = r.K;
+  std::vector<int> order(static_cast<std::size_t>(E));
+  const int depth = std::min(E, K + 1);
+  if (next) next->assign(static_cast<std::size_t>(r.n), -1);
+  for (Index t = 0; t < r.n; ++t) {
+    const auto row = sel.row(t);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + depth, order.end(), [&](int a, int b) {
+      return row(a) > row(b) || (row(a) == row(b) && a < b);
+    });
+    if (next && K < E) (*next)[static_cast<std::size_t>(t)] = order[static_cast<std::size_t>(K)];
+    for (int j = 0; j < K; ++j) r.expert[static_cast<std::size_t>(t * K + j)] = order[static_cast<std::size_t>(j)];
+  }
+}
+
+// gate = softmax over the chosen experts' h (without the selection bias).
+template <class T, class R>
+void gate_softmax_of_chosen(const Mat<R>& h, Routing<T>& r) {
+  const int K = r.K;
+  for (Index t = 0; t < r.n; ++t) {
+    R top = h(t, r.expert_of(t, 0));
+    for (int j = 1; j < K; ++j) top = std::max(top, h(t, r.expert_of(t, j)));
+    RowVec<R> gk(K);
+    for (int j = 0; j < K; ++j) gk(j) = std::exp(h(t, r.expert_of(t, j)) - top);
+    gk /= gk.sum();
+    for (int j = 0; j < K; ++j) r.gate(t, j) = static_cast<T>(gk(j));
+  }
+}
+
+// Its gradient for token t given dg (d loss / d gate, K): add(e, d loss / d h_e).
+template <class T, class R, class Add>
+void softmax_of_chosen_backward(const Routing<T>& r, Index t, const RowVec<R>& dg, Add add) {
+  R dot = 0;
+  for (int j = 0; j < r.K; ++j) dot += static_cast<R>(r.gate(t, j)) * dg(j);
+  for (int j = 0; j < r.K; ++j) add(r.expert_of(t, j), static_cast<R>(r.gate(t, j)) * (dg(j) - dot));
+}
+
+// gate = the chosen experts' softmax probability.
+template <class T>
+void gate_probs_of_chosen(Routing<T>& r) {
+  for (Index t = 0; t < r.n; ++t)
+    for (int j = 0; j < r.K; ++j) r.gate(t, j) = r.probs(t, r.expert_of(t, j));
+}
+
+// Its gradient: dgate flows into the softmax probabilities.
+template <class T, class R>
+void probs_of_chosen_backward(GateBackward<T, R>& b) {
+  for (Index t = 0; t < b.r.n; ++t)
+    for (int j = 0; j < b.r.K; ++j) b.dprobs(t, b.r.expert_of(t, j)) += static_cast<R>(b.dgate(t, j));
+}
+
+// Choice j of every token is expert j (K = E).
+template <class T>
+void choose_every_expert(Routing<T>& r) {
+  for (Index t = 0; t < r.n; ++t)
+    for (int e = 0; e < r.E; ++e) r.expert[static_cast<std::size_t>(t * r.E + e)] = e;
+}
+
+}  // namespace moesim
