@@ -33,27 +33,13 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
     MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
   const I E_given = i("experts"), K_given = i("top-k"), M = i("granularity");
-  MOESIM_CONFIG_CHECK(K_given <= E_given, "--top-k (" << K_given << ") must not exceed --experts (" << E_given << ")");
   MOESIM_CONFIG_CHECK(i("d-ff") % M == 0, "--d-ff (" << i("d-ff") << ") must be divisible by --granularity (" << M << ")");
   const I E = E_given * M, K = K_given * M;
-  MOESIM_CONFIG_CHECK(E % P == 0, "--experts (" << E_given << (M > 1 ? " x granularity " + std::to_string(M) : std::string())
-                                                << ") must be divisible by the number of ranks ("
-                                                << P << ") for expert parallelism");
   const GateKind gate = parse_gate(s("gate"));
-  MOESIM_CONFIG_CHECK(s("gate") != "switch" || K == 1, "--gate switch routes to one expert: it needs --top-k 1"
-                                                           << (M > 1 ? " and --granularity 1" : ""));
   const BalanceKind balance = parse_balance(s("balance"));
   const double eval_cf = vm.count("eval-capacity-factor") ? d("eval-capacity-factor") : d("capacity-factor");
   MOESIM_CONFIG_CHECK(eval_cf >= 0 && std::isfinite(eval_cf),
                       "--eval-capacity-factor must be a finite number >= 0 (got " << eval_cf << ")");
-  if (gate == GateKind::kExpertChoice)
-    MOESIM_CONFIG_CHECK(d("capacity-factor") > 0 && eval_cf > 0,
-                        "--gate expert-choice needs --capacity-factor and --eval-capacity-factor > 0 "
-                        "(each expert takes C = factor * B * K / E tokens)");
-  MOESIM_CONFIG_CHECK(balance != BalanceKind::kBias || (gate_is_token_choice(gate) && gate != GateKind::kSBase),
-                      "--balance bias needs a gate that picks experts per token by score (topk, switch, "
-                      "noisy-topk); --gate " << s("gate") << " balances by construction");
-  MOESIM_CONFIG_CHECK(i("sinkhorn-iters") >= 1, "--sinkhorn-iters must be >= 1 (got " << i("sinkhorn-iters") << ")");
   MOESIM_CONFIG_CHECK(s("hash-key") == "input" || s("hash-key") == "position",
                       "--hash-key must be input or position (got '" << s("hash-key") << "')");
   MOESIM_CONFIG_CHECK(s("router-precision") == "fp32" || s("router-precision") == "fp64",
@@ -122,6 +108,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
                  {"effective_d_ff", i("d-ff") / M},
                  {"effective_capacity_factor", all_experts ? 0.0 : d("capacity-factor")}};
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));
+  m.model.moe.validate(P, static_cast<int>(M));  // top-k, ranks, what the gate needs, bias, sinkhorn
   m.train.steps = i("steps");
   m.train.batch_tokens = i("batch-tokens");
   m.train.val_tokens = i("val-tokens");
