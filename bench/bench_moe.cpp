@@ -6,6 +6,7 @@
 #include "core/blas.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
+#include "support/moe_reference.hpp"
 
 namespace moesim {
 namespace {
@@ -79,15 +80,7 @@ void BM_ReferenceMoeFwdBwd(benchmark::State& state) {
   cfg.top_k = static_cast<int>(state.range(4));
   const Index T = state.range(0);
   MoeLayer<double> layer(self, "moe", cfg, 1, 1);
-  ReferenceMoe ref;
-  ref.router = layer.router().weight().value;
-  ref.K = cfg.top_k;
-  ref.capacity_factor = cfg.capacity_factor;
-  ref.aux_loss_weight = cfg.aux_loss_weight;
-  for (int e = 0; e < cfg.experts; ++e) {
-    auto& ex = layer.local_expert(e);
-    ref.experts.push_back({ex.w1().value, ex.b1().value, ex.w2().value, ex.b2().value});
-  }
+  const ReferenceMoe ref = test::make_reference(layer, cfg, 1, 1);
   Mat<double> x = random_tokens(T, cfg.d_model, 3).cast<double>();
   Mat<double> dy = random_tokens(T, cfg.d_model, 4).cast<double>();
   for (auto _ : state) {

@@ -6,6 +6,7 @@
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe_reference.hpp"
 #include "support/test_support.hpp"
 #include "train/trainer.hpp"
 
@@ -38,38 +39,12 @@ MoeLayerConfig layer_cfg(const GateCase& c) {
   return cfg;
 }
 
-ReferenceExpert reference_of(Ffn<double>& f) {
-  return {f.w1().value, f.b1().value, f.w2().value, f.b2().value};
-}
-
-// The reference built from (seed, layer, e) as the layer builds its experts; shared
-// experts are replicated, so any rank's copy is the reference's.
+// The shared reference (support/moe_reference.hpp) with random biases on the shared
+// experts too.
 ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg, std::uint64_t seed, int layer_id) {
-  ReferenceMoe ref;
-  ref.router = layer.router().weight().value;
-  ref.K = cfg.top_k;
-  ref.capacity_factor = cfg.capacity_factor;
-  ref.aux_loss_weight = cfg.aux_loss_weight;
-  ref.z_loss_weight = cfg.z_loss_weight;
-  ref.gate = cfg.gate;
-  for (int e = 0; e < cfg.experts; ++e) {
-    Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
-    Rng rng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id), static_cast<std::uint64_t>(e));
-    f.init(rng);
-    f.b1().value = test::random_matrix(1, cfg.d_ff, 700 + e, 0.2);
-    f.b2().value = test::random_matrix(1, cfg.d_model, 750 + e, 0.2);
-    ref.experts.push_back(reference_of(f));
-  }
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    layer.local_expert(le).b1().value = re.b1;
-    layer.local_expert(le).b2().value = re.b2;
-  }
-  for (int s = 0; s < cfg.shared_experts; ++s) {
+  for (int s = 0; s < cfg.shared_experts; ++s)
     layer.shared_expert(s).b1().value = test::random_matrix(1, cfg.d_ff, 800 + s, 0.2);
-    ref.shared.push_back(reference_of(layer.shared_expert(s)));
-  }
-  return ref;
+  return test::make_reference(layer, cfg, seed, layer_id, 700);
 }
 
 // Replicated gradients summed over ranks (what the trainer's all-reduce does).

@@ -5,6 +5,7 @@
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe_reference.hpp"
 #include "support/test_support.hpp"
 #include "train/trainer.hpp"
 
@@ -35,31 +36,15 @@ MoeLayerConfig make_cfg(const LayerCase& c) {
   return cfg;
 }
 
-// Every expert built the way MoeLayer builds it: from (seed, layer, e) alone.
+// The shared reference (support/moe_reference.hpp), and a check of what it relies on:
+// an expert's initial weights depend on (seed, layer, e) alone, not on its placement.
 ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg,
                             std::uint64_t seed, int layer_id) {
-  ReferenceMoe ref;
-  ref.router = layer.router().weight().value;
-  ref.K = cfg.top_k;
-  ref.capacity_factor = cfg.capacity_factor;
-  ref.aux_loss_weight = cfg.aux_loss_weight;
-  ref.switch_gate = cfg.gate == GateKind::kSwitch;
-  ref.z_loss_weight = cfg.z_loss_weight;
-  for (int e = 0; e < cfg.experts; ++e) {
-    Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
-    Rng rng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id), static_cast<std::uint64_t>(e));
-    f.init(rng);
-    // Non-zero biases so their gradients are exercised.
-    f.b1().value = test::random_matrix(1, cfg.d_ff, 900 + e, 0.2);
-    f.b2().value = test::random_matrix(1, cfg.d_model, 950 + e, 0.2);
-    ref.experts.push_back({f.w1().value, f.b1().value, f.w2().value, f.b2().value});
-  }
+  ReferenceMoe ref = test::make_reference(layer, cfg, seed, layer_id);
   for (int le = 0; le < layer.local_experts(); ++le) {
     const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
     EXPECT_EQ(layer.local_expert(le).w1().value, re.w1) << "expert init depends on its placement";
     EXPECT_EQ(layer.local_expert(le).w2().value, re.w2);
-    layer.local_expert(le).b1().value = re.b1;
-    layer.local_expert(le).b2().value = re.b2;
   }
   return ref;
 }
