@@ -4,10 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <ctime>
 
 #include "core/rng.hpp"
 #include "learners/tree_binning.hpp"
@@ -538,38 +535,6 @@ TEST(TreeLearners, NamesCloneAndEmptyQueries) {
     const Mat<double> none = c->predict(ctx, Mat<double>(0, 6));
     EXPECT_EQ(none.rows(), 0);
     EXPECT_EQ(none.cols(), 2);
-  }
-}
-
-// Rough fit times on P ranks (run with --gtest_also_run_disabled_tests).
-TEST(TreeTiming, DISABLED_ForestAndGbdtOn160kBy50) {
-  constexpr std::int64_t N = 160000;
-  constexpr int p = 50;
-  const Shard sh = shard_of(N, world().rank(), world().size());
-  Data d;
-  d.X.resize(sh.count, p);
-  for (std::int64_t k = 0; k < sh.count; ++k) {
-    Rng rng(81, Stream::kTest, static_cast<std::uint64_t>(sh.first + k));
-    double s = 0;
-    for (int j = 0; j < p; ++j) {
-      d.X(k, j) = rng.normal();
-      if (j < 10) s += d.X(k, j) * (j % 2 ? 1.0 : -0.7);
-    }
-    d.y.push_back(s + rng.normal() > 0 ? 1 : 0);
-    d.w.push_back(1);
-    d.id.push_back(sh.first + k);
-  }
-  for (const char* name : {"forest", "gbdt", "tree"}) {
-    LearnerOptions opt;  // defaults: forest 100 trees depth 12, gbdt 100 rounds depth 3
-    world().barrier();
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::clock_t c0 = std::clock();
-    const Mat<double> pr = fit_predict(name, opt, 2, d, d.X.topRows(std::min<Index>(d.X.rows(), 1000)));
-    const double cpu = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
-    world().barrier();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (world().rank() == 0)
-      std::printf("%s: fit+predict %.3f s wall, %.3f s cpu (rank 0) on %d ranks\n", name, s, cpu, world().size());
   }
 }
 
