@@ -5,6 +5,7 @@
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe_expect.hpp"
 #include "support/moe_reference.hpp"
 #include "support/test_support.hpp"
 #include "train/trainer.hpp"
@@ -81,17 +82,8 @@ TEST_P(MoeLayerVsReference, ForwardBackwardAndStats) {
   layer.backward(dy, dx);
   const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), abs_tol, rel_tol, "dX");
-  Mat<double> drouter = layer.router().weight().grad;
-  comm.allreduce_sum(drouter.data(), static_cast<int>(drouter.size()));
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(drouter, g.drouter, abs_tol, rel_tol, "dW_router");
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& de = g.dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    Ffn<double>& ex = layer.local_expert(le);
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "dW1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b1().grad, de.b1, abs_tol, rel_tol, "db1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w2().grad, de.w2, abs_tol, rel_tol, "dW2");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "db2");
-  }
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), g.drouter, abs_tol, rel_tol, "dW_router");
+  test::expect_expert_grads(layer, g.dexperts, g.dshared, abs_tol, rel_tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerVsReference,
@@ -170,9 +162,7 @@ TEST(MoeLayerGradients, FiniteDifferencesAcrossRanks) {
 
   Mat<double>& w = layer.router().weight().value;
   Mat<double> num = test::numerical_grad(w, loss);
-  Mat<double> ana = layer.router().weight().grad;
-  comm.allreduce_sum(ana.data(), static_cast<int>(ana.size()));
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(ana, num, test::kFdAbs, test::kFdRel, "router dW");
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), num, test::kFdAbs, test::kFdRel, "router dW");
 
   // Input gradient: perturb one rank's tokens at a time.
   const Mat<double> dx_num = test::distributed_numerical_grad(comm, x, loss);

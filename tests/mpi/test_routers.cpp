@@ -7,6 +7,7 @@
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe_expect.hpp"
 #include "support/moe_reference.hpp"
 #include "support/test_support.hpp"
 #include "train/trainer.hpp"
@@ -113,25 +114,17 @@ TEST_P(GateVsReference, ForwardBackwardAndStats) {
   layer.backward(dy, dx);
   const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), abs_tol, rel_tol, "dX");
-  Mat<double> drouter = layer.router().weight().grad;
-  comm.allreduce_sum(drouter.data(), static_cast<int>(drouter.size()));
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(drouter, g.drouter, abs_tol, rel_tol, "dW_router");
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), g.drouter, abs_tol, rel_tol, "dW_router");
   if (c.gate == GateKind::kNoisyTopK && c.training) {
     // With K = 1 and no noisy losses the gate is constant: W_noise gets no gradient.
     const bool learns_noise = c.K > 1 || c.balance == BalanceKind::kAux;
-    Mat<double> dn = layer.router().noise_weight().grad;
-    comm.allreduce_sum(dn.data(), static_cast<int>(dn.size()));
+    const Mat<double> dn = test::summed(layer.router().noise_weight().grad);
     MOESIM_EXPECT_CLOSE_ALL_RANKS(dn, g.drouter_noise, abs_tol, rel_tol, "dW_noise");
     if (learns_noise) {
       EXPECT_GT(dn.norm(), 0.0);
     }
   }
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& de = g.dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    Ffn<double>& ex = layer.local_expert(le);
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "dW1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "db2");
-  }
+  test::expect_expert_grads(layer, g.dexperts, g.dshared, abs_tol, rel_tol);
   if (c.balance == BalanceKind::kBias) {
     // One update step: +rate below the mean load, -rate above, from the global load.
     std::vector<double> load(static_cast<std::size_t>(c.E), 0.0);
@@ -259,10 +252,8 @@ TEST_P(GateGradients, FiniteDifferencesAcrossRanks) {
   ParamList<double> router;
   layer.router().params(router);
   for (Param<double>* p : router) {
-    Mat<double> num = test::numerical_grad(p->value, loss);
-    Mat<double> ana = p->grad;
-    comm.allreduce_sum(ana.data(), static_cast<int>(ana.size()));
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ana, num, test::kFdAbs, test::kFdRel, p->name);
+    const Mat<double> num = test::numerical_grad(p->value, loss);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(p->grad), num, test::kFdAbs, test::kFdRel, p->name);
   }
   const Mat<double> dx_num = test::distributed_numerical_grad(comm, x, loss);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, dx_num, test::kFdAbs, test::kFdRel, "dX");
