@@ -51,14 +51,20 @@ void BM_ExpertTokenByToken(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
-// A whole MoE layer, forward + backward, on one rank (dispatch is local copies).
-void BM_MoeLayerFwdBwd(benchmark::State& state) {
-  Communicator self(MPI_COMM_SELF);
+// The layer of arguments T, D, F, E, K.
+MoeLayerConfig layer_config(const benchmark::State& state) {
   MoeLayerConfig cfg;
   cfg.d_model = state.range(1);
   cfg.d_ff = state.range(2);
   cfg.experts = static_cast<int>(state.range(3));
   cfg.top_k = static_cast<int>(state.range(4));
+  return cfg;
+}
+
+// A whole MoE layer, forward + backward, on one rank (dispatch is local copies).
+void BM_MoeLayerFwdBwd(benchmark::State& state) {
+  Communicator self(MPI_COMM_SELF);
+  const MoeLayerConfig cfg = layer_config(state);
   const Index T = state.range(0);
   MoeLayer<float> layer(self, "moe", cfg, 1, 1);
   Mat<float> x = random_tokens(T, cfg.d_model, 3), dy = random_tokens(T, cfg.d_model, 4), y, dx;
@@ -73,11 +79,7 @@ void BM_MoeLayerFwdBwd(benchmark::State& state) {
 // Baseline: the serial token-by-token reference layer (double), forward + backward.
 void BM_ReferenceMoeFwdBwd(benchmark::State& state) {
   Communicator self(MPI_COMM_SELF);
-  MoeLayerConfig cfg;
-  cfg.d_model = state.range(1);
-  cfg.d_ff = state.range(2);
-  cfg.experts = static_cast<int>(state.range(3));
-  cfg.top_k = static_cast<int>(state.range(4));
+  const MoeLayerConfig cfg = layer_config(state);
   const Index T = state.range(0);
   MoeLayer<double> layer(self, "moe", cfg, 1, 1);
   const ReferenceMoe ref = test::make_reference(layer, cfg, 1, 1);

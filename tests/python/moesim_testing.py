@@ -302,6 +302,39 @@ def kill_job(proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+class SessionJob:
+    """`argv` started in a session of its own, stdout and stderr to files TAG.stdout and
+    TAG.stderr in `directory`; close() (for `finally`) kills whatever is left of it."""
+
+    def __init__(self, argv, directory, tag: str, env: dict):
+        self.cmd = argv
+        self.stdout_path = Path(directory) / f"{tag}.stdout"
+        self.stderr_path = Path(directory) / f"{tag}.stderr"
+        self._out = open(self.stdout_path, "w")
+        self._err = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+
+    def output(self) -> tuple[str, str]:
+        self._out.flush()
+        self._err.flush()
+        return self.stdout_path.read_text(), self.stderr_path.read_text()
+
+    def describe(self) -> str:
+        """The command line and the tail of its output, for failure messages."""
+        out, err = self.output()
+        return (f"{shlex.join(map(str, self.cmd))}\n--- stdout\n{out[-3000:]}\n"
+                f"--- stderr\n{err[-3000:]}")
+
+    def wait_gone(self, timeout: float = 30) -> int:
+        return wait_job_gone(self.proc, timeout)
+
+    def close(self) -> None:
+        kill_job(self.proc)
+        self._out.close()
+        self._err.close()
+
+
 # --------------------------------------------------------------------------- stack and blend
 
 _stack_counter = itertools.count()

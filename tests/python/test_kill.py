@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from moesim_testing import attrs_of, kill_job, signal_job, steps_written, wait_job_gone
+from moesim_testing import SessionJob, attrs_of, signal_job, steps_written, wait_job_gone
 
 P = 2
 LONG_RUN = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, steps=100000,
@@ -29,44 +27,27 @@ SERIES_1D = ["step", "train_loss", "aux_loss", "dropped_fraction", "tokens_per_s
              "a2a_seconds", "compute_seconds", "step_seconds"]
 
 
-class Job:
+class Job(SessionJob):
     """A long `moesim moe` run on P ranks in its own session, output to files."""
 
     def __init__(self, tmp_path: Path, cmd, **overrides):
         opts = dict(LONG_RUN)
         opts.update(overrides)
         self.out = tmp_path / "long.h5"
-        self.stdout_path = tmp_path / "stdout.txt"
-        self.stderr_path = tmp_path / "stderr.txt"
-        self.cmd = cmd.mpirun_command(P, "moe", *cmd.cli_args(opts), "--out", self.out)
-        self._stdout = open(self.stdout_path, "w")
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._stdout, stderr=self._stderr,
-                                     stdin=subprocess.DEVNULL, env=cmd.env(), start_new_session=True)
-
-    def output(self) -> tuple[str, str]:
-        self._stdout.flush()
-        self._stderr.flush()
-        return self.stdout_path.read_text(), self.stderr_path.read_text()
+        super().__init__(cmd.mpirun_command(P, "moe", *cmd.cli_args(opts), "--out", self.out), tmp_path,
+                         "long", cmd.env())
 
     def wait_for_rows(self, n: int, timeout: float = 60) -> int:
         """Poll the run file until metrics/step has >= n rows (it is being written meanwhile)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out, err = self.output()
-                pytest.fail(f"run ended early with {self.proc.returncode}: {shlex.join(map(str, self.cmd))}\n"
-                            f"--- stdout\n{out[-2000:]}\n--- stderr\n{err[-2000:]}")
+                pytest.fail(f"run ended early with {self.proc.returncode}:\n{self.describe()}")
             rows = steps_written(self.out)
             if rows >= n:
                 return rows
             time.sleep(0.05)
         pytest.fail(f"run file never reached {n} steps in {timeout} s")
-
-    def close(self) -> None:
-        kill_job(self.proc)
-        self._stdout.close()
-        self._stderr.close()
 
 
 @pytest.fixture

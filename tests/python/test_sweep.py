@@ -9,9 +9,7 @@ from __future__ import annotations
 import calendar
 import itertools
 import re
-import shlex
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from moesim_testing import (attrs_of, fail_with, kill_job, root_attrs, signal_job, signal_ranks,
-                            steps_written, strings, wait_job_gone)
+from moesim_testing import (SessionJob, attrs_of, fail_with, root_attrs, signal_job, signal_ranks, steps_written,
+                            strings)
 
 P = 2
 
@@ -82,37 +80,13 @@ def run_file(out: Path, point: dict) -> Path:
     return out / f"{point['id']}.h5"
 
 
-class Sweep:
+class Sweep(SessionJob):
     """`mpirun -np P moesim sweep CONFIG --out OUT` in a session of its own, output to files."""
 
     def __init__(self, tmp_path: Path, cmd, config: Path, out: Path, tag: str):
-        self.cmd = cmd.mpirun_command(P, "sweep", config, "--out", out)
-        self.stdout_path = tmp_path / f"{tag}.stdout"
-        self.stderr_path = tmp_path / f"{tag}.stderr"
-        self._out = open(self.stdout_path, "w")
-        self._err = open(self.stderr_path, "w")
         # Killed ranks cannot remove their shared-memory segments: keep them in tmp_path.
         env = cmd.env({"OMPI_MCA_btl_vader_backing_directory": str(tmp_path)})
-        self.proc = subprocess.Popen(self.cmd, stdout=self._out, stderr=self._err,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-
-    def output(self) -> tuple[str, str]:
-        self._out.flush()
-        self._err.flush()
-        return self.stdout_path.read_text(), self.stderr_path.read_text()
-
-    def describe(self) -> str:
-        out, err = self.output()
-        return (f"{shlex.join(map(str, self.cmd))}\n--- stdout\n{out[-3000:]}\n"
-                f"--- stderr\n{err[-3000:]}")
-
-    def wait_gone(self, timeout: float = 30) -> int:
-        return wait_job_gone(self.proc, timeout)
-
-    def close(self) -> None:
-        kill_job(self.proc)
-        self._out.close()
-        self._err.close()
+        super().__init__(cmd.mpirun_command(P, "sweep", config, "--out", out), tmp_path, tag, env)
 
 
 @pytest.fixture
