@@ -18,15 +18,21 @@ Mat<float> random_tokens(Index n, Index d, std::uint64_t key) {
   return m;
 }
 
-// One expert over a contiguous block of T tokens: two GEMMs.
-void BM_ExpertBlockGemm(benchmark::State& state) {
+// One expert over T tokens: as one contiguous block (two GEMMs), or, the baseline,
+// token by token (matrix-vector products).
+void expert_forward(benchmark::State& state, bool token_by_token) {
   const Index T = state.range(0), D = state.range(1), F = state.range(2);
   Ffn<float> ffn("e", D, F, Placement::kExpertLocal);
   Rng rng(1);
   ffn.init(rng);
   Mat<float> x = random_tokens(T, D, 2), y(T, D);
   for (auto _ : state) {
-    ffn.forward(ConstMatMap<float>(x.data(), T, D), MatMap<float>(y.data(), T, D));
+    if (token_by_token) {
+      for (Index t = 0; t < T; ++t)
+        ffn.forward(ConstMatMap<float>(x.data() + t * D, 1, D), MatMap<float>(y.data() + t * D, 1, D));
+    } else {
+      ffn.forward(ConstMatMap<float>(x.data(), T, D), MatMap<float>(y.data(), T, D));
+    }
     benchmark::DoNotOptimize(y.data());
   }
   state.SetItemsProcessed(state.iterations() * T);
@@ -34,22 +40,8 @@ void BM_ExpertBlockGemm(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
-// Baseline: the same expert applied token by token (matrix-vector products).
-void BM_ExpertTokenByToken(benchmark::State& state) {
-  const Index T = state.range(0), D = state.range(1), F = state.range(2);
-  Ffn<float> ffn("e", D, F, Placement::kExpertLocal);
-  Rng rng(1);
-  ffn.init(rng);
-  Mat<float> x = random_tokens(T, D, 2), y(T, D);
-  for (auto _ : state) {
-    for (Index t = 0; t < T; ++t)
-      ffn.forward(ConstMatMap<float>(x.data() + t * D, 1, D), MatMap<float>(y.data() + t * D, 1, D));
-    benchmark::DoNotOptimize(y.data());
-  }
-  state.SetItemsProcessed(state.iterations() * T);
-  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(4 * T * D * F) * state.iterations(),
-                                                 benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
-}
+void BM_ExpertBlockGemm(benchmark::State& state) { expert_forward(state, false); }
+void BM_ExpertTokenByToken(benchmark::State& state) { expert_forward(state, true); }
 
 // The layer of arguments T, D, F, E, K.
 MoeLayerConfig layer_config(const benchmark::State& state) {
