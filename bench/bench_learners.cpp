@@ -16,17 +16,13 @@
 #include "core/rng.hpp"
 #include "learners/knn.hpp"
 #include "learners/learner.hpp"
+#include "support/rows.hpp"
 #include "train/trainer.hpp"
 
 namespace moesim {
 namespace {
 
-struct Rows {
-  Mat<double> X;
-  std::vector<double> y, w;
-  std::vector<std::int64_t> id;
-  TrainRows view() const { return {X, y, w, id}; }
-};
+using test::Rows;
 
 // Times one iteration's body between two barriers.
 template <class Body>

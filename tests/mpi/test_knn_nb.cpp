@@ -11,6 +11,7 @@
 #include "learners/knn_reference.hpp"
 #include "learners/nb.hpp"
 #include "learners/nb_reference.hpp"
+#include "support/rows.hpp"
 #include "support/test_support.hpp"
 #include "train/trainer.hpp"
 
@@ -35,12 +36,7 @@ struct DataSpec {
   double cluster_spread = 0.0;
 };
 
-struct Rows {
-  Mat<double> X;
-  std::vector<double> y, w;
-  std::vector<std::int64_t> id;
-  TrainRows view() const { return {X, y, w, id}; }
-};
+using test::Rows;
 
 int label_of(const DataSpec& s, std::int64_t i) {
   const int L = s.label_classes > 0 ? s.label_classes : s.classes;

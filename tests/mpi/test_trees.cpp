@@ -11,6 +11,7 @@
 #include "learners/tree_grow.hpp"
 #include "learners/tree_reference.hpp"
 #include "learners/trees.hpp"
+#include "support/rows.hpp"
 #include "support/test_support.hpp"
 #include "train/trainer.hpp"
 
@@ -19,11 +20,7 @@ namespace {
 
 using test::world;
 
-struct Data {
-  Mat<double> X;
-  std::vector<double> y, w;
-  std::vector<std::int64_t> id;
-  TrainRows rows() const { return {X, y, w, id}; }
+struct Data : test::Rows {
   tree_reference::FullData full() const { return {X, y, w, id}; }
 };
 
@@ -94,7 +91,7 @@ Mat<double> fit_predict(const std::string& name, const LearnerOptions& opt, int 
                         const Data& local, const Mat<double>& Xq, std::uint64_t seed = 11) {
   LearnerContext ctx{world(), classes, seed};
   std::unique_ptr<Learner> l = make_learner(name, opt);
-  l->fit(ctx, local.rows());
+  l->fit(ctx, local.view());
   return l->predict(ctx, Xq);
 }
 
@@ -195,7 +192,7 @@ TEST(GbdtVsReference, LossHistoryMatches) {
   const Data local = my_shard(all);
   GbdtLearner g(opt);
   LearnerContext ctx{world(), 3, 11};
-  g.fit(ctx, local.rows());
+  g.fit(ctx, local.view());
   std::vector<double> ref;
   tree_reference::fit_predict("gbdt", opt, 3, 11, all.full(), all.X.topRows(1), &ref);
   const Eigen::Map<const RowVec<double>> a(g.loss_history().data(), static_cast<Index>(g.loss_history().size()));
@@ -432,7 +429,7 @@ TEST(GbdtQuality, TrainingLossDecreasesMonotonically) {
     const Data all = make_data(0, 600, classes, 31, Weights::kReal);
     GbdtLearner g(opt);
     LearnerContext ctx{world(), classes, 1};
-    g.fit(ctx, my_shard(all).rows());
+    g.fit(ctx, my_shard(all).view());
     const std::vector<double>& h = g.loss_history();
     ASSERT_EQ(h.size(), 26u);
     for (std::size_t r = 1; r < h.size(); ++r)
@@ -531,7 +528,7 @@ TEST(TreeLearners, NamesCloneAndEmptyQueries) {
     std::unique_ptr<Learner> c = l->clone();
     EXPECT_EQ(c->name(), name);
     LearnerContext ctx{world(), 2, 3};
-    c->fit(ctx, local.rows());
+    c->fit(ctx, local.view());
     const Mat<double> none = c->predict(ctx, Mat<double>(0, 6));
     EXPECT_EQ(none.rows(), 0);
     EXPECT_EQ(none.cols(), 2);
