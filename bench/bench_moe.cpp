@@ -6,6 +6,7 @@
 #include "core/blas.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
+#include "support/moe_reference.hpp"
 
 namespace moesim {
 namespace {
@@ -17,15 +18,21 @@ Mat<float> random_tokens(Index n, Index d, std::uint64_t key) {
   return m;
 }
 
-// One expert over a contiguous block of T tokens: two GEMMs.
-void BM_ExpertBlockGemm(benchmark::State& state) {
+// One expert over T tokens: as one contiguous block (two GEMMs), or, the baseline,
+// token by token (matrix-vector products).
+void expert_forward(benchmark::State& state, bool token_by_token) {
   const Index T = state.range(0), D = state.range(1), F = state.range(2);
   Ffn<float> ffn("e", D, F, Placement::kExpertLocal);
   Rng rng(1);
   ffn.init(rng);
   Mat<float> x = random_tokens(T, D, 2), y(T, D);
   for (auto _ : state) {
-    ffn.forward(ConstMatMap<float>(x.data(), T, D), MatMap<float>(y.data(), T, D));
+    if (token_by_token) {
+      for (Index t = 0; t < T; ++t)
+        ffn.forward(ConstMatMap<float>(x.data() + t * D, 1, D), MatMap<float>(y.data() + t * D, 1, D));
+    } else {
+      ffn.forward(ConstMatMap<float>(x.data(), T, D), MatMap<float>(y.data(), T, D));
+    }
     benchmark::DoNotOptimize(y.data());
   }
   state.SetItemsProcessed(state.iterations() * T);
@@ -33,31 +40,23 @@ void BM_ExpertBlockGemm(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
-// Baseline: the same expert applied token by token (matrix-vector products).
-void BM_ExpertTokenByToken(benchmark::State& state) {
-  const Index T = state.range(0), D = state.range(1), F = state.range(2);
-  Ffn<float> ffn("e", D, F, Placement::kExpertLocal);
-  Rng rng(1);
-  ffn.init(rng);
-  Mat<float> x = random_tokens(T, D, 2), y(T, D);
-  for (auto _ : state) {
-    for (Index t = 0; t < T; ++t)
-      ffn.forward(ConstMatMap<float>(x.data() + t * D, 1, D), MatMap<float>(y.data() + t * D, 1, D));
-    benchmark::DoNotOptimize(y.data());
-  }
-  state.SetItemsProcessed(state.iterations() * T);
-  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(4 * T * D * F) * state.iterations(),
-                                                 benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
-}
+void BM_ExpertBlockGemm(benchmark::State& state) { expert_forward(state, false); }
+void BM_ExpertTokenByToken(benchmark::State& state) { expert_forward(state, true); }
 
-// A whole MoE layer, forward + backward, on one rank (dispatch is local copies).
-void BM_MoeLayerFwdBwd(benchmark::State& state) {
-  Communicator self(MPI_COMM_SELF);
+// The layer of arguments T, D, F, E, K.
+MoeLayerConfig layer_config(const benchmark::State& state) {
   MoeLayerConfig cfg;
   cfg.d_model = state.range(1);
   cfg.d_ff = state.range(2);
   cfg.experts = static_cast<int>(state.range(3));
   cfg.top_k = static_cast<int>(state.range(4));
+  return cfg;
+}
+
+// A whole MoE layer, forward + backward, on one rank (dispatch is local copies).
+void BM_MoeLayerFwdBwd(benchmark::State& state) {
+  Communicator self(MPI_COMM_SELF);
+  const MoeLayerConfig cfg = layer_config(state);
   const Index T = state.range(0);
   MoeLayer<float> layer(self, "moe", cfg, 1, 1);
   Mat<float> x = random_tokens(T, cfg.d_model, 3), dy = random_tokens(T, cfg.d_model, 4), y, dx;
@@ -72,22 +71,10 @@ void BM_MoeLayerFwdBwd(benchmark::State& state) {
 // Baseline: the serial token-by-token reference layer (double), forward + backward.
 void BM_ReferenceMoeFwdBwd(benchmark::State& state) {
   Communicator self(MPI_COMM_SELF);
-  MoeLayerConfig cfg;
-  cfg.d_model = state.range(1);
-  cfg.d_ff = state.range(2);
-  cfg.experts = static_cast<int>(state.range(3));
-  cfg.top_k = static_cast<int>(state.range(4));
+  const MoeLayerConfig cfg = layer_config(state);
   const Index T = state.range(0);
   MoeLayer<double> layer(self, "moe", cfg, 1, 1);
-  ReferenceMoe ref;
-  ref.router = layer.router().weight().value;
-  ref.K = cfg.top_k;
-  ref.capacity_factor = cfg.capacity_factor;
-  ref.aux_loss_weight = cfg.aux_loss_weight;
-  for (int e = 0; e < cfg.experts; ++e) {
-    auto& ex = layer.local_expert(e);
-    ref.experts.push_back({ex.w1().value, ex.b1().value, ex.w2().value, ex.b2().value});
-  }
+  const ReferenceMoe ref = test::make_reference(layer, cfg, 1, 1);
   Mat<double> x = random_tokens(T, cfg.d_model, 3).cast<double>();
   Mat<double> dy = random_tokens(T, cfg.d_model, 4).cast<double>();
   for (auto _ : state) {

@@ -8,15 +8,12 @@
 #include "core/blas.hpp"
 #include "core/rng.hpp"
 #include "learners/knn.hpp"
+#include "support/rows.hpp"
 
 namespace moesim {
 namespace {
 
-struct Rows {
-  Mat<double> X;
-  std::vector<double> y, w;
-  std::vector<std::int64_t> id;
-};
+using test::Rows;
 
 // Gaussian features, a label from a linear score: the shape of the synthetic tables.
 Rows make_rows(Index n, Index p, std::uint64_t seed) {
@@ -43,7 +40,7 @@ void knn_predict(benchmark::State& state, bool double_gemm) {
   const Rows train = make_rows(N, p, 1), query = make_rows(Q, p, 2);
   KnnLearner knn(5, false, 256, 1024, double_gemm);
   const LearnerContext ctx{self, 2, 1};
-  knn.fit(ctx, TrainRows{train.X, train.y, train.w, train.id});
+  knn.fit(ctx, train.view());
   for (auto _ : state) {
     Mat<double> out = knn.predict(ctx, query.X);
     benchmark::DoNotOptimize(out.data());

@@ -32,6 +32,8 @@ REAL = {
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests" / "python"))
+from moesim_testing import moesim_path, mpiexec_prefix  # noqa: E402  (the tests' way to find and launch moesim)
 
 
 def load_real(name: str):
@@ -79,21 +81,6 @@ def write_real(outdir, names=None) -> dict[str, Path]:
     return out
 
 
-def mpirun_prefix() -> list[str]:
-    spec = os.environ.get("MOESIM_MPIEXEC")
-    if spec:
-        import shlex
-        return shlex.split(spec)
-    prefix = ["mpirun", "--oversubscribe"]
-    if os.geteuid() == 0:
-        prefix.append("--allow-run-as-root")
-    return prefix
-
-
-def default_moesim() -> str:
-    return os.environ.get("MOESIM_BIN") or str(REPO_ROOT / "build" / "default" / "src" / "moesim")
-
-
 def write_synthetic(outdir, rows=200_000, features=50, informative=10, redundant=5, classes=2,
                     seed=1, moesim: str | None = None, ranks: int = 1, use_numpy: bool = False,
                     name: str | None = None, timeout: float = 600) -> Path:
@@ -112,11 +99,11 @@ def write_synthetic(outdir, rows=200_000, features=50, informative=10, redundant
         X, y = make_classification(n_samples=rows, n_features=features, n_informative=informative,
                                    n_redundant=redundant, n_classes=classes, random_state=seed)
         return write_csv(path, X, y, [f"x{j}" for j in range(features)], True)
-    cmd = [moesim or default_moesim(), "synth", "--rows", str(rows), "--features", str(features),
+    cmd = [moesim or moesim_path(), "synth", "--rows", str(rows), "--features", str(features),
            "--informative", str(informative), "--redundant", str(redundant), "--classes", str(classes),
            "--seed", str(seed), "--out", str(path)]
     if ranks > 1:
-        cmd = [*mpirun_prefix(), "-np", str(ranks), *cmd]
+        cmd = [*mpiexec_prefix(), "-np", str(ranks), *cmd]
     env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:

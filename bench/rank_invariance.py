@@ -14,21 +14,23 @@ import tempfile
 import h5py
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "python"))
+from moesim_testing import moesim_path, mpiexec_prefix  # noqa: E402
+
 
 def main():
     root = pathlib.Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(root / "experiments/default.ini"))
-    ap.add_argument("--moesim", default=str(root / "build/default/src/moesim"))
+    ap.add_argument("--moesim", default=moesim_path())
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp64"])
     ap.add_argument("--ranks", default="1,2,4")
     args = ap.parse_args()
-    mpirun = ["mpirun", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for p in [int(x) for x in args.ranks.split(",")]:
             out = os.path.join(tmp, f"p{p}.h5")
-            subprocess.run(mpirun + ["-np", str(p), args.moesim, "moe", "--config", args.config,
+            subprocess.run([*mpiexec_prefix(), "-np", str(p), args.moesim, "moe", "--config", args.config,
                                      "--precision", args.precision, "--quiet", "--out", out],
                            check=True, timeout=1800)
             with h5py.File(out, "r") as f:

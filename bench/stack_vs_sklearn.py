@@ -80,7 +80,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
 import datasets  # noqa: E402
+from moesim_testing import attr_list, moesim_path, mpiexec_prefix  # noqa: E402
 
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 # Before scikit-learn loads libgomp: idle OpenMP threads sleep instead of spinning. With
@@ -167,10 +169,6 @@ def sklearn_per_learner(classification: bool, fold, Xtr, ytr, Xte, n_jobs: int):
     return pred, times
 
 
-def mpirun_prefix() -> list[str]:
-    return datasets.mpirun_prefix()
-
-
 def prepare(name: str, workdir: Path, moesim: str, ranks: int):
     """(path for moesim, X, y, problem)."""
     if name == SYNTH:
@@ -188,7 +186,7 @@ def prepare(name: str, workdir: Path, moesim: str, ranks: int):
 
 def run_moesim(moesim, ranks, path, problem, folds, seed, test_fraction, out, timeout):
     cls = problem == "classification"
-    cmd = [*mpirun_prefix(), "-np", str(ranks), moesim, "stack", "--data", str(path), "--problem", problem,
+    cmd = [*mpiexec_prefix(), "-np", str(ranks), moesim, "stack", "--data", str(path), "--problem", problem,
            "--learners", CLS_LEARNERS if cls else REG_LEARNERS, "--meta", "logistic" if cls else "ridge",
            "--folds", str(folds), "--test-fraction", str(test_fraction), "--seed", str(seed),
            "--blas-threads", "1", "--quiet", "--out", str(out)]
@@ -214,7 +212,7 @@ def read_run(out):
                  learners=f["scores"].attrs["learners"], columns=f["scores"].attrs["learner_columns"],
                  scores=f["scores/learner"][()])
     for k in ("learners", "columns"):
-        r[k] = (r[k].decode() if isinstance(r[k], bytes) else str(r[k])).split(",")
+        r[k] = attr_list(r[k])
     return r
 
 
@@ -307,7 +305,7 @@ def main(argv=None):
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--moesim", default=datasets.default_moesim())
+    ap.add_argument("--moesim", default=moesim_path())
     ap.add_argument("--workdir", default=None, help="keep data and run files here (default: a temporary dir)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per moesim run")
     ap.add_argument("--out-json", default=None)

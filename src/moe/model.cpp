@@ -11,7 +11,7 @@ ParamCounts count_params(const ModelConfig& c) {
   const std::int64_t K = all ? E : c.moe.top_k;
   // The constant gate has no router; noisy top-k has a second router matrix, W_noise.
   const std::int64_t router =
-      (c.moe.gate == GateKind::kConstant ? 0 : c.moe.gate == GateKind::kNoisyTopK ? 2 : 1) * D * E;
+      gate_traits(c.moe.gate).matrices * D * E;
   const std::int64_t S = c.moe.shared_experts;
   const std::int64_t dense = Ffn<float>::param_count(D, F), expert = Ffn<float>::param_count(D, Fe);
   p.total = p.active = (c.adapter_in() + 1) * D + D + (D + 1) * c.d_out;  // adapter, final norm, head

@@ -4,18 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <ctime>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "core/shard.hpp"
-#include "core/timer.hpp"
 #include "learners/knn.hpp"
 #include "learners/knn_reference.hpp"
 #include "learners/nb.hpp"
 #include "learners/nb_reference.hpp"
+#include "support/rows.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -39,12 +36,7 @@ struct DataSpec {
   double cluster_spread = 0.0;
 };
 
-struct Rows {
-  Mat<double> X;
-  std::vector<double> y, w;
-  std::vector<std::int64_t> id;
-  TrainRows view() const { return {X, y, w, id}; }
-};
+using test::Rows;
 
 int label_of(const DataSpec& s, std::int64_t i) {
   const int L = s.label_classes > 0 ? s.label_classes : s.classes;
@@ -260,39 +252,6 @@ TEST(KnnRegistry, FactoryAndClone) {
   EXPECT_EQ(l->clone()->name(), "knn");
   opt.knn_k = 0;
   EXPECT_THROW(make_learner("knn", opt), ConfigError);
-}
-
-// Not run by ctest: --gtest_also_run_disabled_tests --gtest_filter='*KnnTiming*'.
-// Sizes from MOESIM_KNN_TIMING="Q N p [query_block train_chunk]" (default 40000 160000 50).
-TEST(KnnTiming, DISABLED_Predict) {
-  const Communicator& comm = world();
-  std::int64_t Q = 40000, N = 160000;
-  Index p = 50, qb = 256, tc = 1024;
-  if (const char* env = std::getenv("MOESIM_KNN_TIMING"))
-    if (std::sscanf(env, "%ld %ld %ld %ld %ld", &Q, &N, &p, &qb, &tc) < 3)
-      FAIL() << "MOESIM_KNN_TIMING: Q N p [query_block train_chunk]";
-  DataSpec s;
-  s.p = p;
-  const Rows mine = shard_rows(s, N);
-  const Mat<double> q = make_rows(DataSpec{.seed = 2, .p = p}, shard_of(Q, comm.rank(), comm.size()).first,
-                                  shard_of(Q, comm.rank(), comm.size()).count)
-                            .X;
-  KnnLearner knn(5, false, qb, tc);
-  const LearnerContext ctx{comm, 0, 1};
-  knn.fit(ctx, mine.view());
-  comm.barrier();
-  Stopwatch sw;
-  const std::clock_t cpu0 = std::clock();
-  const Mat<double> out = knn.predict(ctx, q);
-  // CPU seconds as well: on a shared machine they show the speed per core.
-  const double cpu = comm.allreduce_sum(static_cast<double>(std::clock() - cpu0) / CLOCKS_PER_SEC);
-  const double t = comm.allreduce_max(sw.seconds());
-  const double gflop = 2.0 * static_cast<double>(Q) * static_cast<double>(N) * static_cast<double>(p + 1) / 1e9;
-  if (comm.rank() == 0)
-    std::printf("knn predict Q=%ld N=%ld p=%ld P=%d tile %ldx%ld: %.2f s wall, %.1f GFLOP/s (GEMM flops); "
-                "%.2f CPU s over all ranks, %.1f GFLOP per CPU s\n",
-                Q, N, static_cast<long>(p), comm.size(), qb, tc, t, gflop / t, cpu, gflop / cpu);
-  EXPECT_TRUE(out.allFinite());
 }
 
 // ----------------------------------------------------------------------- naive Bayes

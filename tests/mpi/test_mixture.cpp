@@ -8,6 +8,8 @@
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe_expect.hpp"
+#include "support/moe_reference.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -39,64 +41,12 @@ MoeLayerConfig layer_cfg(const GateCase& c) {
   return cfg;
 }
 
-ReferenceExpert reference_of(Ffn<double>& f) {
-  return {f.w1().value, f.b1().value, f.w2().value, f.b2().value};
-}
-
-// The reference built from (seed, layer, e) as the layer builds its experts; shared
-// experts are replicated, so any rank's copy is the reference's.
+// The shared reference (support/moe_reference.hpp) with random biases on the shared
+// experts too.
 ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg, std::uint64_t seed, int layer_id) {
-  ReferenceMoe ref;
-  ref.router = layer.router().weight().value;
-  ref.K = cfg.top_k;
-  ref.capacity_factor = cfg.capacity_factor;
-  ref.aux_loss_weight = cfg.aux_loss_weight;
-  ref.z_loss_weight = cfg.z_loss_weight;
-  ref.gate = cfg.gate;
-  for (int e = 0; e < cfg.experts; ++e) {
-    Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
-    Rng rng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id), static_cast<std::uint64_t>(e));
-    f.init(rng);
-    f.b1().value = test::random_matrix(1, cfg.d_ff, 700 + e, 0.2);
-    f.b2().value = test::random_matrix(1, cfg.d_model, 750 + e, 0.2);
-    ref.experts.push_back(reference_of(f));
-  }
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    layer.local_expert(le).b1().value = re.b1;
-    layer.local_expert(le).b2().value = re.b2;
-  }
-  for (int s = 0; s < cfg.shared_experts; ++s) {
+  for (int s = 0; s < cfg.shared_experts; ++s)
     layer.shared_expert(s).b1().value = test::random_matrix(1, cfg.d_ff, 800 + s, 0.2);
-    ref.shared.push_back(reference_of(layer.shared_expert(s)));
-  }
-  return ref;
-}
-
-// Replicated gradients summed over ranks (what the trainer's all-reduce does).
-Mat<double> summed(const Mat<double>& g) {
-  Mat<double> s = g;
-  world().allreduce_sum(s.data(), static_cast<int>(s.size()));
-  return s;
-}
-
-void expect_expert_grads(MoeLayer<double>& layer, const std::vector<ReferenceExpert>& dexperts,
-                         const std::vector<ReferenceExpert>& dshared) {
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& de = dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    Ffn<double>& ex = layer.local_expert(le);
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, kAbs, kRel, "expert dW1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b1().grad, de.b1, kAbs, kRel, "expert db1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w2().grad, de.w2, kAbs, kRel, "expert dW2");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, kAbs, kRel, "expert db2");
-  }
-  for (std::size_t s = 0; s < dshared.size(); ++s) {
-    Ffn<double>& se = layer.shared_expert(static_cast<int>(s));
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.w1().grad), dshared[s].w1, kAbs, kRel, "shared dW1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.b1().grad), dshared[s].b1, kAbs, kRel, "shared db1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.w2().grad), dshared[s].w2, kAbs, kRel, "shared dW2");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.b2().grad), dshared[s].b2, kAbs, kRel, "shared db2");
-  }
+  return test::make_reference(layer, cfg, seed, layer_id, 700);
 }
 
 class AllExpertGates : public ::testing::TestWithParam<GateCase> {};
@@ -124,9 +74,9 @@ TEST_P(AllExpertGates, LayerMatchesReference) {
   const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), kAbs, kRel, "dX");
   if (c.gate == GateKind::kDense) {
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(layer.router().weight().grad), g.drouter, kAbs, kRel, "dW_router");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), g.drouter, kAbs, kRel, "dW_router");
   }
-  expect_expert_grads(layer, g.dexperts, g.dshared);
+  test::expect_expert_grads(layer, g.dexperts, g.dshared, kAbs, kRel);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, AllExpertGates,
@@ -153,8 +103,8 @@ TEST(SharedExperts, TopKLayerMatchesReference) {
   layer.backward(dyg.middleRows(sh.first, sh.count), dx);
   const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), kAbs, kRel, "dX");
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(layer.router().weight().grad), g.drouter, kAbs, kRel, "dW_router");
-  expect_expert_grads(layer, g.dexperts, g.dshared);
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), g.drouter, kAbs, kRel, "dW_router");
+  test::expect_expert_grads(layer, g.dexperts, g.dshared, kAbs, kRel);
 }
 
 struct MixRefCase {
@@ -207,13 +157,13 @@ TEST_P(MixtureVsReference, LossAndGradients) {
   EXPECT_NEAR(loss, ref_r.loss, 1e-12 * std::max(1.0, ref_r.loss));
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, ref_r.dx.middleRows(sh.first, sh.count), kAbs, kRel, "dX");
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dh, ref_r.dh.middleRows(sh.first, sh.count), kAbs, kRel, "dh");
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(norm.gain().grad), ref_r.dgain, kAbs, kRel, "d final norm gain");
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(head.weight().grad), ref_r.dhead_w, kAbs, kRel, "d head W");
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(head.bias().grad), ref_r.dhead_b, kAbs, kRel, "d head b");
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(norm.gain().grad), ref_r.dgain, kAbs, kRel, "d final norm gain");
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(head.weight().grad), ref_r.dhead_w, kAbs, kRel, "d head W");
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(head.bias().grad), ref_r.dhead_b, kAbs, kRel, "d head b");
   if (c.gate == GateKind::kDense) {
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(layer.router().weight().grad), ref_r.drouter, kAbs, kRel, "dW_router");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), ref_r.drouter, kAbs, kRel, "dW_router");
   }
-  expect_expert_grads(layer, ref_r.dexperts, ref_r.dshared);
+  test::expect_expert_grads(layer, ref_r.dexperts, ref_r.dshared, kAbs, kRel);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MixtureVsReference,

@@ -6,6 +6,8 @@
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe_expect.hpp"
+#include "support/moe_reference.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -35,31 +37,15 @@ MoeLayerConfig make_cfg(const LayerCase& c) {
   return cfg;
 }
 
-// Every expert built the way MoeLayer builds it: from (seed, layer, e) alone.
+// The shared reference (support/moe_reference.hpp), and a check of what it relies on:
+// an expert's initial weights depend on (seed, layer, e) alone, not on its placement.
 ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg,
                             std::uint64_t seed, int layer_id) {
-  ReferenceMoe ref;
-  ref.router = layer.router().weight().value;
-  ref.K = cfg.top_k;
-  ref.capacity_factor = cfg.capacity_factor;
-  ref.aux_loss_weight = cfg.aux_loss_weight;
-  ref.switch_gate = cfg.gate == GateKind::kSwitch;
-  ref.z_loss_weight = cfg.z_loss_weight;
-  for (int e = 0; e < cfg.experts; ++e) {
-    Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
-    Rng rng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id), static_cast<std::uint64_t>(e));
-    f.init(rng);
-    // Non-zero biases so their gradients are exercised.
-    f.b1().value = test::random_matrix(1, cfg.d_ff, 900 + e, 0.2);
-    f.b2().value = test::random_matrix(1, cfg.d_model, 950 + e, 0.2);
-    ref.experts.push_back({f.w1().value, f.b1().value, f.w2().value, f.b2().value});
-  }
+  ReferenceMoe ref = test::make_reference(layer, cfg, seed, layer_id);
   for (int le = 0; le < layer.local_experts(); ++le) {
     const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
     EXPECT_EQ(layer.local_expert(le).w1().value, re.w1) << "expert init depends on its placement";
     EXPECT_EQ(layer.local_expert(le).w2().value, re.w2);
-    layer.local_expert(le).b1().value = re.b1;
-    layer.local_expert(le).b2().value = re.b2;
   }
   return ref;
 }
@@ -96,17 +82,8 @@ TEST_P(MoeLayerVsReference, ForwardBackwardAndStats) {
   layer.backward(dy, dx);
   const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), abs_tol, rel_tol, "dX");
-  Mat<double> drouter = layer.router().weight().grad;
-  comm.allreduce_sum(drouter.data(), static_cast<int>(drouter.size()));
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(drouter, g.drouter, abs_tol, rel_tol, "dW_router");
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& de = g.dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    Ffn<double>& ex = layer.local_expert(le);
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "dW1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b1().grad, de.b1, abs_tol, rel_tol, "db1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w2().grad, de.w2, abs_tol, rel_tol, "dW2");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "db2");
-  }
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), g.drouter, abs_tol, rel_tol, "dW_router");
+  test::expect_expert_grads(layer, g.dexperts, g.dshared, abs_tol, rel_tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerVsReference,
@@ -185,9 +162,7 @@ TEST(MoeLayerGradients, FiniteDifferencesAcrossRanks) {
 
   Mat<double>& w = layer.router().weight().value;
   Mat<double> num = test::numerical_grad(w, loss);
-  Mat<double> ana = layer.router().weight().grad;
-  comm.allreduce_sum(ana.data(), static_cast<int>(ana.size()));
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(ana, num, test::kFdAbs, test::kFdRel, "router dW");
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), num, test::kFdAbs, test::kFdRel, "router dW");
 
   // Input gradient: perturb one rank's tokens at a time.
   const Mat<double> dx_num = test::distributed_numerical_grad(comm, x, loss);

@@ -8,6 +8,8 @@
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/gradcheck.hpp"
+#include "support/moe_expect.hpp"
+#include "support/moe_reference.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -50,50 +52,18 @@ MoeLayerConfig make_cfg(const GateCase& c) {
   return cfg;
 }
 
-// The layer's experts (from (seed, layer, e)), random W_noise and biases, copied into
-// the reference; noise draws from the documented key (seed, step, global token, expert).
+// The shared reference (support/moe_reference.hpp) of a layer given a random W_noise and
+// selection biases; noise draws from the documented key (seed, step, global token, expert).
 ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg, const GateCase& c) {
-  ReferenceMoe ref;
-  ref.router = layer.router().weight().value;
-  ref.K = cfg.top_k;
-  ref.capacity_factor = cfg.capacity_factor;
-  ref.aux_loss_weight = cfg.balance == BalanceKind::kAux ? cfg.aux_loss_weight : 0.0;
-  ref.z_loss_weight = cfg.z_loss_weight;
-  ref.gate = cfg.gate;
-  ref.sinkhorn_iters = cfg.router.sinkhorn_iters;
-  ref.hash_seed = kSeed;
-  ref.hash_layer = kLayer;
-  if (cfg.gate == GateKind::kHash && cfg.router.hash_key == HashKey::kInput)
-    ref.hash_planes = hash_planes(kSeed, kLayer, cfg.d_model);
-  if (cfg.gate == GateKind::kNoisyTopK) {
+  if (cfg.gate == GateKind::kNoisyTopK)
     layer.router().noise_weight().value = test::random_matrix(cfg.d_model, cfg.experts, 77, 0.5);
-    ref.router_noise = layer.router().noise_weight().value;
-    if (c.training) {
-      ref.noise.resize(c.B, cfg.experts);
-      for (Index t = 0; t < c.B; ++t)
-        for (int e = 0; e < cfg.experts; ++e) ref.noise(t, e) = router_noise(kSeed, kLayer, kStep, t, e);
-    }
-    if (cfg.balance == BalanceKind::kAux) {
-      ref.importance_weight = cfg.router.importance_weight;
-      ref.load_weight = cfg.router.load_weight;
-    }
-  }
-  if (cfg.balance == BalanceKind::kBias) {
+  if (cfg.balance == BalanceKind::kBias)
     for (int e = 0; e < cfg.experts; ++e) layer.router().bias()[static_cast<std::size_t>(e)] = 0.7 * ((e * 5) % 3 - 1);
-    ref.bias = layer.router().bias();
-  }
-  for (int e = 0; e < cfg.experts; ++e) {
-    Ffn<double> f("ref", cfg.d_model, cfg.d_ff, Placement::kExpertLocal);
-    Rng rng(kSeed, Stream::kExpertInit, static_cast<std::uint64_t>(kLayer), static_cast<std::uint64_t>(e));
-    f.init(rng);
-    f.b1().value = test::random_matrix(1, cfg.d_ff, 900 + e, 0.2);
-    f.b2().value = test::random_matrix(1, cfg.d_model, 950 + e, 0.2);
-    ref.experts.push_back({f.w1().value, f.b1().value, f.w2().value, f.b2().value});
-  }
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    layer.local_expert(le).b1().value = re.b1;
-    layer.local_expert(le).b2().value = re.b2;
+  ReferenceMoe ref = test::make_reference(layer, cfg, kSeed, kLayer);
+  if (cfg.gate == GateKind::kNoisyTopK && c.training) {
+    ref.noise.resize(c.B, cfg.experts);
+    for (Index t = 0; t < c.B; ++t)
+      for (int e = 0; e < cfg.experts; ++e) ref.noise(t, e) = router_noise(kSeed, kLayer, kStep, t, e);
   }
   return ref;
 }
@@ -144,25 +114,17 @@ TEST_P(GateVsReference, ForwardBackwardAndStats) {
   layer.backward(dy, dx);
   const ReferenceMoe::Grads g = ref.backward(xg, fw, dyg);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, g.dx.middleRows(sh.first, sh.count), abs_tol, rel_tol, "dX");
-  Mat<double> drouter = layer.router().weight().grad;
-  comm.allreduce_sum(drouter.data(), static_cast<int>(drouter.size()));
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(drouter, g.drouter, abs_tol, rel_tol, "dW_router");
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(layer.router().weight().grad), g.drouter, abs_tol, rel_tol, "dW_router");
   if (c.gate == GateKind::kNoisyTopK && c.training) {
     // With K = 1 and no noisy losses the gate is constant: W_noise gets no gradient.
     const bool learns_noise = c.K > 1 || c.balance == BalanceKind::kAux;
-    Mat<double> dn = layer.router().noise_weight().grad;
-    comm.allreduce_sum(dn.data(), static_cast<int>(dn.size()));
+    const Mat<double> dn = test::summed(layer.router().noise_weight().grad);
     MOESIM_EXPECT_CLOSE_ALL_RANKS(dn, g.drouter_noise, abs_tol, rel_tol, "dW_noise");
     if (learns_noise) {
       EXPECT_GT(dn.norm(), 0.0);
     }
   }
-  for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& de = g.dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
-    Ffn<double>& ex = layer.local_expert(le);
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "dW1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "db2");
-  }
+  test::expect_expert_grads(layer, g.dexperts, g.dshared, abs_tol, rel_tol);
   if (c.balance == BalanceKind::kBias) {
     // One update step: +rate below the mean load, -rate above, from the global load.
     std::vector<double> load(static_cast<std::size_t>(c.E), 0.0);
@@ -290,10 +252,8 @@ TEST_P(GateGradients, FiniteDifferencesAcrossRanks) {
   ParamList<double> router;
   layer.router().params(router);
   for (Param<double>* p : router) {
-    Mat<double> num = test::numerical_grad(p->value, loss);
-    Mat<double> ana = p->grad;
-    comm.allreduce_sum(ana.data(), static_cast<int>(ana.size()));
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ana, num, test::kFdAbs, test::kFdRel, p->name);
+    const Mat<double> num = test::numerical_grad(p->value, loss);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(test::summed(p->grad), num, test::kFdAbs, test::kFdRel, p->name);
   }
   const Mat<double> dx_num = test::distributed_numerical_grad(comm, x, loss);
   MOESIM_EXPECT_CLOSE_ALL_RANKS(dx, dx_num, test::kFdAbs, test::kFdRel, "dX");

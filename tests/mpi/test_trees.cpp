@@ -4,10 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <ctime>
 
 #include "core/rng.hpp"
 #include "core/shard.hpp"
@@ -15,6 +12,7 @@
 #include "learners/tree_grow.hpp"
 #include "learners/tree_reference.hpp"
 #include "learners/trees.hpp"
+#include "support/rows.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -22,11 +20,7 @@ namespace {
 
 using test::world;
 
-struct Data {
-  Mat<double> X;
-  std::vector<double> y, w;
-  std::vector<std::int64_t> id;
-  TrainRows rows() const { return {X, y, w, id}; }
+struct Data : test::Rows {
   tree_reference::FullData full() const { return {X, y, w, id}; }
 };
 
@@ -97,7 +91,7 @@ Mat<double> fit_predict(const std::string& name, const LearnerOptions& opt, int 
                         const Data& local, const Mat<double>& Xq, std::uint64_t seed = 11) {
   LearnerContext ctx{world(), classes, seed};
   std::unique_ptr<Learner> l = make_learner(name, opt);
-  l->fit(ctx, local.rows());
+  l->fit(ctx, local.view());
   return l->predict(ctx, Xq);
 }
 
@@ -198,7 +192,7 @@ TEST(GbdtVsReference, LossHistoryMatches) {
   const Data local = my_shard(all);
   GbdtLearner g(opt);
   LearnerContext ctx{world(), 3, 11};
-  g.fit(ctx, local.rows());
+  g.fit(ctx, local.view());
   std::vector<double> ref;
   tree_reference::fit_predict("gbdt", opt, 3, 11, all.full(), all.X.topRows(1), &ref);
   const Eigen::Map<const RowVec<double>> a(g.loss_history().data(), static_cast<Index>(g.loss_history().size()));
@@ -435,7 +429,7 @@ TEST(GbdtQuality, TrainingLossDecreasesMonotonically) {
     const Data all = make_data(0, 600, classes, 31, Weights::kReal);
     GbdtLearner g(opt);
     LearnerContext ctx{world(), classes, 1};
-    g.fit(ctx, my_shard(all).rows());
+    g.fit(ctx, my_shard(all).view());
     const std::vector<double>& h = g.loss_history();
     ASSERT_EQ(h.size(), 26u);
     for (std::size_t r = 1; r < h.size(); ++r)
@@ -534,42 +528,10 @@ TEST(TreeLearners, NamesCloneAndEmptyQueries) {
     std::unique_ptr<Learner> c = l->clone();
     EXPECT_EQ(c->name(), name);
     LearnerContext ctx{world(), 2, 3};
-    c->fit(ctx, local.rows());
+    c->fit(ctx, local.view());
     const Mat<double> none = c->predict(ctx, Mat<double>(0, 6));
     EXPECT_EQ(none.rows(), 0);
     EXPECT_EQ(none.cols(), 2);
-  }
-}
-
-// Rough fit times on P ranks (run with --gtest_also_run_disabled_tests).
-TEST(TreeTiming, DISABLED_ForestAndGbdtOn160kBy50) {
-  constexpr std::int64_t N = 160000;
-  constexpr int p = 50;
-  const Shard sh = shard_of(N, world().rank(), world().size());
-  Data d;
-  d.X.resize(sh.count, p);
-  for (std::int64_t k = 0; k < sh.count; ++k) {
-    Rng rng(81, Stream::kTest, static_cast<std::uint64_t>(sh.first + k));
-    double s = 0;
-    for (int j = 0; j < p; ++j) {
-      d.X(k, j) = rng.normal();
-      if (j < 10) s += d.X(k, j) * (j % 2 ? 1.0 : -0.7);
-    }
-    d.y.push_back(s + rng.normal() > 0 ? 1 : 0);
-    d.w.push_back(1);
-    d.id.push_back(sh.first + k);
-  }
-  for (const char* name : {"forest", "gbdt", "tree"}) {
-    LearnerOptions opt;  // defaults: forest 100 trees depth 12, gbdt 100 rounds depth 3
-    world().barrier();
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::clock_t c0 = std::clock();
-    const Mat<double> pr = fit_predict(name, opt, 2, d, d.X.topRows(std::min<Index>(d.X.rows(), 1000)));
-    const double cpu = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
-    world().barrier();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (world().rank() == 0)
-      std::printf("%s: fit+predict %.3f s wall, %.3f s cpu (rank 0) on %d ranks\n", name, s, cpu, world().size());
   }
 }
 

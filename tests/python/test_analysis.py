@@ -3,14 +3,13 @@ fit on synthetic losses with known coefficients, figures, and the report/fit/tab
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_mpi, subprocess_env
+from moesim_testing import REPO_ROOT, analysis_cli, run_mpi
 
 sys.path.insert(0, str(REPO_ROOT))
 from analysis import figures, load_expert_load, load_runs, load_steps  # noqa: E402
@@ -50,11 +49,6 @@ def sweep(moesim, tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(sweep):
     return load_runs(sweep)
-
-
-def analysis_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=subprocess_env())
 
 
 # --- loading ---------------------------------------------------------------------------------

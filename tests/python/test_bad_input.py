@@ -1,27 +1,16 @@
 """Bad input: exit code 2, one `moesim moe: error: ...` line from rank 0, no complete run file."""
 from __future__ import annotations
 
-import re
-
 import h5py
 import pytest
 
+from moesim_testing import QUICK_EXIT_ENV, assert_no_complete_run_file, check_rejected, error_lines
+
 TIMEOUT = 30  # a bad option must be rejected quickly, not hang in a collective
-# Open MPI's mpirun sleeps ~2 s (odls_base_sigkill_timeout, twice) before it exits after a rank
-# returned non-zero, even when every rank has already exited. Every rank here exits on its own
-# (rank 0 prints before MPI_Finalize), so skip that grace period to keep the suite fast.
-# Harmless for other launchers.
-ENV = {"OMPI_MCA_odls_base_sigkill_timeout": "0"}
-ERROR_RE = re.compile(r"^moesim( [a-z]+)?: error: .+")
 
 # Small valid defaults; each case replaces some of them (boost rejects repeated options).
 BASE = {"--experts": "4", "--top-k": "2", "--d-model": "8", "--d-ff": "8", "--layers": "1",
         "--steps": "3", "--batch-tokens": "64", "--val-tokens": "64"}
-
-
-def error_lines(stderr: str) -> list[str]:
-    """moesim's own error lines; mpirun adds its own chatter to stderr."""
-    return [line for line in stderr.splitlines() if "moesim" in line and "error" in line]
 
 
 def build_args(tmp_path, overrides: dict, extra: list[str]) -> tuple[list[str], object]:
@@ -32,24 +21,6 @@ def build_args(tmp_path, overrides: dict, extra: list[str]) -> tuple[list[str], 
     for k, v in opts.items():
         args += [k, v]
     return args + extra, opts["--out"]
-
-
-def assert_no_complete_run_file(path):
-    try:
-        with h5py.File(path, "r") as f:
-            assert f.attrs.get("complete", 0) != 1, f"{path} is marked complete after an error"
-    except (FileNotFoundError, OSError):
-        pass  # no file (or not an HDF5 file at all): fine
-
-
-def check_rejected(proc, must_mention):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1, f"expected exactly one error line, got {lines!r}\n{proc.stderr}"
-    assert ERROR_RE.match(lines[0]), lines[0]
-    for word in must_mention:
-        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
-    assert "Traceback" not in proc.stderr and "terminate called" not in proc.stderr
 
 
 def _write_unknown_key_config(tmp_path):
@@ -84,14 +55,14 @@ def test_bad_input_two_ranks(tmp_path, mpirun, overrides, extra, mention):
         extra = [_write_unknown_key_config(tmp_path) if e == "@UNKNOWN_KEY_CONFIG@" else e
                  for e in extra]
     args, out = build_args(tmp_path, overrides, extra)
-    proc = mpirun(2, *args, timeout=TIMEOUT, env=ENV)
+    proc = mpirun(2, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, mention)
     assert_no_complete_run_file(out)
 
 
 def test_bad_input_single_rank_without_launcher(tmp_path, moesim_direct):
     args, out = build_args(tmp_path, {"--top-k": "5", "--experts": "4"}, [])
-    proc = moesim_direct(*args, timeout=TIMEOUT, env=ENV)
+    proc = moesim_direct(*args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, ["--top-k"])
     # Without mpirun there is nothing else on stderr: exactly one line.
     assert proc.stderr.count("\n") == 1, proc.stderr
@@ -101,7 +72,7 @@ def test_bad_input_single_rank_without_launcher(tmp_path, moesim_direct):
 
 def test_bad_input_single_rank_mpirun(tmp_path, mpirun):
     args, out = build_args(tmp_path, {"--batch-tokens": "0"}, [])
-    proc = mpirun(1, *args, timeout=TIMEOUT, env=ENV)
+    proc = mpirun(1, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, ["--batch-tokens"])
     assert_no_complete_run_file(out)
 
@@ -109,7 +80,7 @@ def test_bad_input_single_rank_mpirun(tmp_path, mpirun):
 def test_divisibility_depends_on_rank_count(tmp_path, mpirun):
     """--experts 3 is fine on one rank; it is the rank count that makes it wrong on two."""
     args, out = build_args(tmp_path, {"--experts": "3"}, [])
-    proc = mpirun(1, *args, timeout=TIMEOUT, env=ENV)
+    proc = mpirun(1, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     assert proc.returncode == 0, proc.stderr
     with h5py.File(out, "r") as f:
         assert f.attrs["complete"] == 1
@@ -119,7 +90,7 @@ def test_error_does_not_clobber_existing_run_file(tmp_path, mpirun, run_moe):
     """Validation happens before the run file is created: a bad option keeps an old result."""
     _, path = run_moe(tmp_path, 2, steps=2)
     args, _ = build_args(tmp_path, {"--out": str(path), "--d-model": "0"}, [])
-    proc = mpirun(2, *args, timeout=TIMEOUT, env=ENV)
+    proc = mpirun(2, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, ["--d-model"])
     with h5py.File(path, "r") as f:
         assert f.attrs["complete"] == 1
@@ -127,7 +98,7 @@ def test_error_does_not_clobber_existing_run_file(tmp_path, mpirun, run_moe):
 
 
 def test_unknown_command(mpirun):
-    proc = mpirun(2, "frobnicate", timeout=TIMEOUT, env=ENV)
+    proc = mpirun(2, "frobnicate", timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     assert proc.returncode == 2
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "frobnicate" in lines[0], proc.stderr

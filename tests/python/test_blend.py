@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from stack_util import blobs, learner_block, load_run, run_stack, score_of, write_csv
+from moesim_testing import blobs, learner_block, load_run, run_stack, score_of, write_csv
 
 NP = 2
 N = 3000

@@ -10,16 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from test_kill import job, signal_job, wait_job_gone  # noqa: F401  (job is a fixture)
+from moesim_testing import error_lines, signal_job, wait_job_gone
+from test_kill import job  # noqa: F401  (a fixture)
 
 RUN = dict(experts=4, top_k=2, precision="fp64", steps=12, flush_every=1, eval_every=4)
 SERIES = ["step", "train_loss", "aux_loss", "dropped_fraction", "gate_entropy", "expert_tokens",
           "val_step", "val_loss"]
-
-
-def error_lines(stderr):
-    """moesim's own error lines; mpirun adds its own chatter to stderr."""
-    return [line for line in stderr.splitlines() if "moesim" in line and "error" in line]
 
 
 def metrics(path):

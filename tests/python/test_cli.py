@@ -7,6 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
+from moesim_testing import root_attrs
+
 # Options the run-file contract and the README talk about; all must be in --help.
 CONTRACT_OPTIONS = ["experts", "top-k", "d-model", "d-ff", "layers", "moe-every", "steps",
                     "batch-tokens", "lr", "seed", "capacity-factor", "task", "problem", "classes",
@@ -16,11 +18,6 @@ FLAG_OPTIONS = ["config", "quiet", "help"]
 
 PROGRESS_RE = re.compile(
     r"^step (\d+)/(\d+) \| loss ([0-9.]+) \| .*\| [0-9.]+k tok/s \| [0-9:]+ elapsed \| [0-9:]+ left$")
-
-
-def root_attrs(path):
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
 def progress_lines(stdout):

@@ -3,14 +3,13 @@ Bruck simulation, a real run's metrics/traffic, and a calibration with known ans
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_moe, subprocess_env
+from moesim_testing import REPO_ROOT, analysis_cli, run_moe
 
 sys.path.insert(0, str(REPO_ROOT))
 from analysis import costmodel as cm  # noqa: E402
@@ -175,11 +174,6 @@ def test_projection_at_own_rank_count_keeps_the_bytes(real_run):
     big = run.projected_workload(64, experts=128, batch_tokens=64 * 128)
     assert big.P == 64 and big.experts == 128
     assert big.T.sum() == pytest.approx(run.expert_rows().sum() * 64 * 128 / run.batch_tokens)
-
-
-def analysis_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=subprocess_env())
 
 
 def test_simulate_cli(real_run):

@@ -4,6 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
+from moesim_testing import error_lines
+
 ALGORITHMS = ["alltoallv", "allgather", "p2p", "padded"]
 
 
@@ -45,5 +47,5 @@ def test_same_run_every_algorithm(tmp_path, run_moe, np_ranks):
 def test_unknown_dispatch_is_rejected(tmp_path, mpirun):
     proc = mpirun(2, "moe", "--dispatch", "carrier-pigeon", "--out", tmp_path / "x.h5", timeout=30)
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if "moesim" in l and "error" in l]
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "--dispatch" in lines[0]

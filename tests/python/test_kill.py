@@ -3,22 +3,22 @@
 The job is started in its own session (start_new_session=True). Open MPI's mpirun puts every
 rank into a process group of its own inside that session, so "the job's process group" is
 really several groups: mpirun's (pgid == mpirun's pid) and one per rank. `signal_job` signals
-all of them, the way a batch system or `kill -- -PGID` of every group does; cleanup SIGKILLs
+all of them, the way a batch system or `kill -- -PGID` of every group does; `kill_job` SIGKILLs
 them all in `finally`, so no rank outlives a test.
 """
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+
+from moesim_testing import SessionJob, attrs_of, signal_job, steps_written, wait_job_gone
 
 P = 2
 LONG_RUN = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, steps=100000,
@@ -27,104 +27,27 @@ SERIES_1D = ["step", "train_loss", "aux_loss", "dropped_fraction", "tokens_per_s
              "a2a_seconds", "compute_seconds", "step_seconds"]
 
 
-# --------------------------------------------------------------------------- process helpers
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live processes in session `sid` (our mpirun and the ranks it started)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            pids.append(int(entry))
-    return pids
-
-
-def signal_job(proc: subprocess.Popen, sig: int) -> None:
-    """Send `sig` to every process group of the job: mpirun's and each rank's."""
-    groups = {proc.pid}
-    for pid in session_pids(proc.pid):
-        try:
-            groups.add(os.getpgid(pid))
-        except ProcessLookupError:
-            pass
-    for pgid in groups:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def wait_job_gone(proc: subprocess.Popen, timeout: float = 30) -> None:
-    proc.wait(timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while session_pids(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not session_pids(proc.pid), "ranks outlived mpirun"
-
-
-def cleanup(proc: subprocess.Popen) -> None:
-    signal_job(proc, signal.SIGKILL)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 10
-    while session_pids(proc.pid) and time.monotonic() < deadline:
-        signal_job(proc, signal.SIGKILL)
-        time.sleep(0.05)
-
-
-class Job:
+class Job(SessionJob):
     """A long `moesim moe` run on P ranks in its own session, output to files."""
 
     def __init__(self, tmp_path: Path, cmd, **overrides):
         opts = dict(LONG_RUN)
         opts.update(overrides)
         self.out = tmp_path / "long.h5"
-        self.stdout_path = tmp_path / "stdout.txt"
-        self.stderr_path = tmp_path / "stderr.txt"
-        self.cmd = cmd.mpirun_command(P, "moe", *cmd.moe_args(**opts), "--out", self.out)
-        self._stdout = open(self.stdout_path, "w")
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._stdout, stderr=self._stderr,
-                                     stdin=subprocess.DEVNULL, env=cmd.env(), start_new_session=True)
-
-    def output(self) -> tuple[str, str]:
-        self._stdout.flush()
-        self._stderr.flush()
-        return self.stdout_path.read_text(), self.stderr_path.read_text()
+        super().__init__(cmd.mpirun_command(P, "moe", *cmd.cli_args(opts), "--out", self.out), tmp_path,
+                         "long", cmd.env())
 
     def wait_for_rows(self, n: int, timeout: float = 60) -> int:
         """Poll the run file until metrics/step has >= n rows (it is being written meanwhile)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out, err = self.output()
-                pytest.fail(f"run ended early with {self.proc.returncode}: {shlex.join(map(str, self.cmd))}\n"
-                            f"--- stdout\n{out[-2000:]}\n--- stderr\n{err[-2000:]}")
-            try:
-                with h5py.File(self.out, "r") as f:
-                    rows = f["metrics/step"].shape[0]
-                if rows >= n:
-                    return rows
-            except Exception:  # not created yet, or caught mid-write: try again
-                pass
+                pytest.fail(f"run ended early with {self.proc.returncode}:\n{self.describe()}")
+            rows = steps_written(self.out)
+            if rows >= n:
+                return rows
             time.sleep(0.05)
         pytest.fail(f"run file never reached {n} steps in {timeout} s")
-
-    def close(self) -> None:
-        cleanup(self.proc)
-        self._stdout.close()
-        self._stderr.close()
 
 
 @pytest.fixture
@@ -145,7 +68,7 @@ def job(tmp_path, moesim_cmd):
 
 def read_run(path):
     with h5py.File(path, "r") as f:
-        root = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        root = attrs_of(f)
         final = dict(f["final"].attrs) if "final" in f else {}
         metrics = {name: f["metrics"][name][()] for name in f["metrics"]}
     return root, final, metrics

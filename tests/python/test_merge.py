@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_moe, run_mpi
+from moesim_testing import QUICK_EXIT_ENV, error_lines, run_moe, run_mpi
 
 TRAIN = dict(experts=4, top_k=1, precision="fp64", steps=15, capacity_factor=0, eval_every=0)
 
@@ -21,16 +21,8 @@ def trained(tmp_path_factory, moesim):
     return d, run, ckpt
 
 
-ENV = {"OMPI_MCA_odls_base_sigkill_timeout": "0"}  # mpirun's grace period after a failed rank
-
-
-def error_lines(stderr):
-    """moesim's own error lines; mpirun adds its own chatter to stderr."""
-    return [line for line in stderr.splitlines() if "moesim" in line and "error" in line]
-
-
 def merge(np_, *args, check=True):
-    proc = run_mpi(np_, "merge", *args, env=ENV)
+    proc = run_mpi(np_, "merge", *args, env=QUICK_EXIT_ENV)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
-from test_bad_input import ENV, TIMEOUT, assert_no_complete_run_file, build_args, check_rejected
+from moesim_testing import QUICK_EXIT_ENV, REPO_ROOT, assert_no_complete_run_file, check_rejected, cli_args
+from test_bad_input import TIMEOUT, build_args
 
 SHORT = dict(steps=80, batch_tokens=256, val_tokens=512)
 
@@ -29,9 +29,7 @@ def run_config(mpirun, tmp_path, name, np_=2):
     """The config file as it is, shortened (run_moe's small defaults would override it)."""
     out = tmp_path / f"{name}.h5"
     args = ["moe", "--config", REPO_ROOT / "experiments" / f"{name}.ini", "--out", out, "--quiet"]
-    for k, v in SHORT.items():
-        args += ["--" + k.replace("_", "-"), v]
-    mpirun(np_, *args, check=True)
+    mpirun(np_, *args, *cli_args(SHORT), check=True)
     return metrics(out)
 
 
@@ -118,6 +116,6 @@ BAD = [
 @pytest.mark.parametrize("overrides,extra,mention", BAD, ids=[" ".join(b[1]) for b in BAD])
 def test_bad_input(tmp_path, mpirun, overrides, extra, mention):
     args, out = build_args(tmp_path, overrides, extra)
-    proc = mpirun(2, *args, timeout=TIMEOUT, env=ENV)
+    proc = mpirun(2, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, mention)
     assert_no_complete_run_file(out)

@@ -5,7 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from test_bad_input import ENV, TIMEOUT, assert_no_complete_run_file, build_args, check_rejected
+from moesim_testing import QUICK_EXIT_ENV, REPO_ROOT, analysis_cli, assert_no_complete_run_file, check_rejected
+from test_bad_input import TIMEOUT, build_args
 
 M64 = (1 << 64) - 1
 
@@ -195,7 +196,7 @@ BAD = [
 @pytest.mark.parametrize("overrides,extra,mention", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
 def test_bad_router_options(tmp_path, mpirun, overrides, extra, mention):
     args, out = build_args(tmp_path, overrides, extra)
-    proc = mpirun(2, *args, timeout=TIMEOUT, env=ENV)
+    proc = mpirun(2, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, mention)
     assert_no_complete_run_file(out)
 
@@ -216,18 +217,14 @@ quiet = true
 
 
 def test_router_sweep_report_sets_gates_side_by_side(tmp_path, mpirun):
-    import subprocess
     import sys
-
-    from conftest import REPO_ROOT, subprocess_env
 
     cfg = tmp_path / "routers.ini"
     cfg.write_text(ROUTER_SWEEP)
     out = tmp_path / "sweep"
     proc = mpirun(2, "sweep", cfg, "--out", out, timeout=240)
     assert proc.returncode == 0, proc.stderr
-    rep = subprocess.run([sys.executable, "-m", "analysis", "report", str(out), "--bootstrap", "20"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    rep = analysis_cli("report", out, "--bootstrap", "20")
     assert rep.returncode == 0, rep.stderr
     md = (out / "report" / "index.md").read_text()
     assert "![Routers side by side](routers_vs_experts.png)" in md

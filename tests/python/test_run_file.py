@@ -11,6 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
+from moesim_testing import attrs_of
+
 P = 2
 CFG = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, steps=60, batch_tokens=256,
            val_tokens=512, lr=3e-3, seed=3, capacity_factor=1.0, input_dim=16)
@@ -33,7 +35,7 @@ def expected_params(d_in, D, F, E, K, L, d_out=1):
 
 def load(path):
     with h5py.File(path, "r") as f:
-        root = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        root = attrs_of(f)
         final = dict(f["final"].attrs) if "final" in f else {}
         metrics = {name: f["metrics"][name][()] for name in f["metrics"]}
         dtypes = {name: f["metrics"][name].dtype for name in f["metrics"]}

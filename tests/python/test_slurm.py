@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, moesim_path
+from moesim_testing import REPO_ROOT, moesim_path, root_attrs, steps_written, strings
 
 JOBS = REPO_ROOT / "jobs"
 LOCAL_SLURM = JOBS / "local_slurm.sh"
@@ -176,11 +176,6 @@ def wait_for(cluster, job_id: str, outputs=(), timeout: float = JOB_TIMEOUT) -> 
                 f"{diagnostics(cluster, outputs)}")
 
 
-def root_attrs(path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-
 def sweep_list(cluster, config, out) -> list[dict]:
     proc = slurm(cluster, cluster.env["MOESIM_BIN"], "sweep", config, "--out", out, "--list")
     points = []
@@ -188,14 +183,6 @@ def sweep_list(cluster, config, out) -> list[dict]:
         index, pid, status = line.split()[:3]
         points.append({"index": int(index), "id": pid, "status": status})
     return points
-
-
-def rows(path: Path) -> int:
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["metrics/step"].shape[0])
-    except Exception:
-        return 0
 
 
 # --------------------------------------------------------------------------- tests
@@ -254,8 +241,8 @@ def test_sweep_as_job_array(cluster, tmp_path):
         assert f"--index {p['index']}" in log.read_text() and "moesim exited with 0" in log.read_text()
     with h5py.File(out / "sweep.h5", "r") as f:
         assert f.attrs["points"] == 4 and f.attrs["points_complete"] == 4
-        assert [s.decode() for s in f["points/status"][()]] == ["complete"] * 4
-        assert [s.decode() for s in f["points/id"][()]] == [p["id"] for p in points]
+        assert strings(f["points/status"]) == ["complete"] * 4
+        assert strings(f["points/id"]) == [p["id"] for p in points]
 
     # Everything is complete: submitting again submits nothing.
     again = slurm(cluster, "bash", JOBS / "submit_sweep.sh", cfg, out)
@@ -303,7 +290,7 @@ def test_sigterm_requeues_the_array_task(cluster, tmp_path):
     array_id = sub.stdout.strip().split(";")[0]
     target = out / f"{points[1]['id']}.h5"
     deadline = time.monotonic() + 60
-    while rows(target) < 3:
+    while steps_written(target) < 3:
         if time.monotonic() > deadline:
             pytest.fail(f"task 1 did not start its point{diagnostics(cluster, logs.glob('*.out'))}")
         time.sleep(0.05)

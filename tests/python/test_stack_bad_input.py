@@ -6,29 +6,14 @@ must travel to rank 0, which prints it.
 """
 from __future__ import annotations
 
-import re
-
 import h5py
 import numpy as np
 import pytest
 
-from stack_util import ENV, cli_args, write_csv
+from moesim_testing import QUICK_EXIT_ENV, assert_no_complete_run_file, check_rejected, cli_args, write_csv
 
 NP = 2
 TIMEOUT = 30  # a bad input must be rejected quickly, not hang in a collective
-
-
-def error_lines(stderr: str) -> list[str]:
-    """moesim's own error lines; mpirun adds its own chatter to stderr."""
-    return [line for line in stderr.splitlines() if "moesim" in line and "error" in line]
-
-
-def assert_no_complete_run_file(path):
-    try:
-        with h5py.File(path, "r") as f:
-            assert f.attrs.get("complete", 0) != 1, f"{path} is marked complete after an error"
-    except (FileNotFoundError, OSError):
-        pass  # no file, or not an HDF5 file: fine
 
 
 def edit_line(path, lineno: int, fn):
@@ -116,14 +101,8 @@ def test_bad_input_two_ranks(tmp_path, files, mpirun, command, data, overrides, 
     if data is not None:
         args += ["--data", str(files[data])]
     args += cli_args(opts)
-    proc = mpirun(NP, *args, timeout=TIMEOUT, env=ENV)
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1, f"expected exactly one error line, got {lines!r}\n{proc.stderr}"
-    assert re.match(rf"^moesim {command}: error: .+", lines[0]), lines[0]
-    for word in mention:
-        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
-    assert "Traceback" not in proc.stderr and "terminate called" not in proc.stderr
+    proc = mpirun(NP, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
+    check_rejected(proc, mention, command)
     assert_no_complete_run_file(out)
 
 
@@ -131,9 +110,9 @@ def test_error_keeps_an_existing_run_file(tmp_path, files, mpirun):
     """Inputs are validated before the run file is created: a failed run leaves an old one alone."""
     out = tmp_path / "keep.h5"
     good = ["stack", "--quiet", "--data", str(files["good"]), *cli_args(BASE), "--out", str(out)]
-    assert mpirun(NP, *good, timeout=60, env=ENV).returncode == 0
+    assert mpirun(NP, *good, timeout=60, env=QUICK_EXIT_ENV).returncode == 0
     bad = ["stack", "--quiet", "--data", str(files["bad_cell"]), *cli_args(BASE), "--out", str(out)]
-    assert mpirun(NP, *bad, timeout=TIMEOUT, env=ENV).returncode == 2
+    assert mpirun(NP, *bad, timeout=TIMEOUT, env=QUICK_EXIT_ENV).returncode == 2
     with h5py.File(out, "r") as f:
         assert f.attrs["complete"] == 1
         assert f.attrs["data"] == str(files["good"])

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from stack_util import blobs, learner_block, load_run, run_stack, score_of, write_csv
+from moesim_testing import blobs, learner_block, load_run, run_stack, score_of, write_csv
 
 NP = 2
 K = 4

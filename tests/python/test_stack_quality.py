@@ -29,7 +29,9 @@ import math
 import numpy as np
 import pytest
 
-from stack_util import bench_datasets, learner_block, load_run, run_stack, score_of
+from moesim_testing import bench_module, learner_block, load_run, run_stack, score_of
+
+bench_datasets = bench_module("datasets")  # bench/datasets.py: scikit-learn's bundled data sets as CSV
 
 pytest.importorskip("sklearn")
 from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor,  # noqa: E402

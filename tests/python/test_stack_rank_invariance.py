@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stack_util import blobs, load_run, run_stack, write_csv
+from moesim_testing import blobs, load_run, run_stack, write_csv
 
 RANKS = (1, 2, 4)
 TOL = 1e-8

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import calendar
 import itertools
-import os
 import re
-import shlex
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+
+from moesim_testing import (SessionJob, attrs_of, fail_with, root_attrs, signal_job, signal_ranks, steps_written,
+                            strings)
 
 P = 2
 
@@ -64,18 +64,9 @@ def list_points(moesim_direct, config, out) -> tuple[int, str, list[dict]]:
     return int(m.group(1)), m.group(2), points
 
 
-def attrs(path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-
-def strings(ds) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
-
-
 def read_summary(out: Path) -> dict:
     with h5py.File(out / "sweep.h5", "r") as f:
-        s = {"attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}}
+        s = {"attrs": attrs_of(f)}
         g = f["points"]
         for name in ("id", "status", "error", "file"):
             s[name] = strings(g[name])
@@ -89,97 +80,13 @@ def run_file(out: Path, point: dict) -> Path:
     return out / f"{point['id']}.h5"
 
 
-def fail_with(proc, what: str):
-    pytest.fail(f"{what} (exit {proc.returncode}): {shlex.join(map(str, proc.args))}\n"
-                f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
-
-
-def signal_groups(proc: subprocess.Popen, sig: int) -> None:
-    """`sig` to every process group of the session: mpirun's and each rank's."""
-    groups = {proc.pid}
-    for pid in session_pids(proc.pid):
-        try:
-            groups.add(os.getpgid(pid))
-        except ProcessLookupError:
-            pass
-    for pgid in groups:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def signal_ranks(proc: subprocess.Popen, sig: int) -> list[int]:
-    """`sig` to the ranks only (every process of the session but mpirun)."""
-    ranks = [pid for pid in session_pids(proc.pid) if pid != proc.pid]
-    for pid in ranks:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    return ranks
-
-
-class Sweep:
+class Sweep(SessionJob):
     """`mpirun -np P moesim sweep CONFIG --out OUT` in a session of its own, output to files."""
 
     def __init__(self, tmp_path: Path, cmd, config: Path, out: Path, tag: str):
-        self.cmd = cmd.mpirun_command(P, "sweep", config, "--out", out)
-        self.stdout_path = tmp_path / f"{tag}.stdout"
-        self.stderr_path = tmp_path / f"{tag}.stderr"
-        self._out = open(self.stdout_path, "w")
-        self._err = open(self.stderr_path, "w")
         # Killed ranks cannot remove their shared-memory segments: keep them in tmp_path.
         env = cmd.env({"OMPI_MCA_btl_vader_backing_directory": str(tmp_path)})
-        self.proc = subprocess.Popen(self.cmd, stdout=self._out, stderr=self._err,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-
-    def output(self) -> tuple[str, str]:
-        self._out.flush()
-        self._err.flush()
-        return self.stdout_path.read_text(), self.stderr_path.read_text()
-
-    def describe(self) -> str:
-        out, err = self.output()
-        return (f"{shlex.join(map(str, self.cmd))}\n--- stdout\n{out[-3000:]}\n"
-                f"--- stderr\n{err[-3000:]}")
-
-    def wait_gone(self, timeout: float = 30) -> int:
-        rc = self.proc.wait(timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while session_pids(self.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not session_pids(self.proc.pid), "ranks outlived mpirun"
-        return rc
-
-    def close(self) -> None:
-        signal_groups(self.proc, signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + 10
-        while session_pids(self.proc.pid) and time.monotonic() < deadline:
-            signal_groups(self.proc, signal.SIGKILL)
-            time.sleep(0.05)
-        self._out.close()
-        self._err.close()
+        super().__init__(cmd.mpirun_command(P, "sweep", config, "--out", out), tmp_path, tag, env)
 
 
 @pytest.fixture
@@ -198,18 +105,9 @@ def sweep_job(tmp_path, moesim_cmd):
             s.close()
 
 
-def rows(path: Path) -> int:
-    """Steps written to a run file that is being written (0 if not readable yet)."""
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["metrics/step"].shape[0])
-    except Exception:  # not created yet, or caught mid-write
-        return 0
-
-
 def is_complete(path: Path) -> bool:
     try:
-        return attrs(path).get("complete") == 1
+        return root_attrs(path).get("complete") == 1
     except Exception:
         return False
 
@@ -225,7 +123,7 @@ def wait_inside_point(s: Sweep, points: list[dict], out: Path, min_done: int,
         done = 0
         while done < len(points) and is_complete(run_file(out, points[done])):
             done += 1
-        if done >= min_done and done < len(points) and rows(run_file(out, points[done])) >= min_rows:
+        if done >= min_done and done < len(points) and steps_written(run_file(out, points[done])) >= min_rows:
             return done
         time.sleep(0.02)
     pytest.fail(f"sweep did not get {min_done} points done and {min_rows} steps into the next "
@@ -366,7 +264,7 @@ def test_sweep_writes_every_point_and_a_matching_summary(tmp_path, mpirun, moesi
     finals = []
     for p in points:
         f = run_file(out, p)
-        a = attrs(f)
+        a = root_attrs(f)
         assert a["complete"] == 1, f
         assert a["kind"] == "moe"
         assert a["ranks"] == P
@@ -428,7 +326,7 @@ def test_index_runs_exactly_one_point(tmp_path, mpirun, moesim_direct):
     assert proc.stdout.count(": running") == 1
     assert f"[sweep 3/4] {points[2]['id']}: running" in proc.stdout
     assert sorted(x.name for x in out.iterdir()) == sorted([points[2]["id"] + ".h5", "sweep.h5", "checkpoints"])
-    assert attrs(run_file(out, points[2]))["complete"] == 1
+    assert root_attrs(run_file(out, points[2]))["complete"] == 1
     assert read_summary(out)["status"] == ["pending", "pending", "complete", "pending"]
     assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == \
         ["pending", "pending", "complete", "pending"]
@@ -453,13 +351,13 @@ def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, mpirun, moesi
     bad = points[1]
     assert bad["swept"] == {"experts": "3"}
     assert re.search(rf"\[sweep\] {bad['id']} failed: .*divisible", proc.stderr), proc.stderr
-    a = attrs(run_file(out, bad))
+    a = root_attrs(run_file(out, bad))
     assert a["status"] == "failed"
     assert "divisible" in a["error"]
     assert a["complete"] == 0
     assert a["sweep_point_id"] == bad["id"]
     for p in (points[0], points[2]):  # before and after the failure
-        assert attrs(run_file(out, p))["complete"] == 1
+        assert root_attrs(run_file(out, p))["complete"] == 1
     s = read_summary(out)
     assert s["status"] == ["complete", "failed", "complete"]
     assert "divisible" in s["error"][1] and s["error"][0] == s["error"][2] == ""
@@ -489,13 +387,13 @@ def test_resume_after_sigkill(tmp_path, sweep_job, mpirun, moesim_direct):
     running = wait_inside_point(s, points, out, min_done=1)
     assert running == 1
     t_kill = time.time()
-    signal_groups(s.proc, signal.SIGKILL)
+    signal_job(s.proc, signal.SIGKILL)
     assert s.wait_gone() != 0
     done, interrupted, later = points[:running], points[running], points[running + 1:]
     statuses = [p["status"] for p in list_points(moesim_direct, cfg, out)[2]]
     assert statuses == ["complete"] * running + ["incomplete"] + ["pending"] * len(later), statuses
-    before = {p["id"]: (attrs(run_file(out, p))["start_time"], stat_key(run_file(out, p))) for p in done}
-    rows_at_kill = rows(run_file(out, interrupted))
+    before = {p["id"]: (root_attrs(run_file(out, p))["start_time"], stat_key(run_file(out, p))) for p in done}
+    rows_at_kill = steps_written(run_file(out, interrupted))
     assert 0 < rows_at_kill < LONG_STEPS
 
     r = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
@@ -505,18 +403,18 @@ def test_resume_after_sigkill(tmp_path, sweep_job, mpirun, moesim_direct):
         assert f"{p['id']}: complete, skipped" in r.stdout
         assert f"{p['id']}: running" not in r.stdout
         # Not run again: same file, same start time.
-        assert (attrs(run_file(out, p))["start_time"], stat_key(run_file(out, p))) == before[p["id"]]
+        assert (root_attrs(run_file(out, p))["start_time"], stat_key(run_file(out, p))) == before[p["id"]]
     for p in [interrupted, *later]:
         assert f"{p['id']}: running" in r.stdout
     # The interrupted point was run again from scratch: one row per step, no leftovers of the
     # first attempt, and started after the kill.
-    a = attrs(run_file(out, interrupted))
+    a = root_attrs(run_file(out, interrupted))
     assert a["complete"] == 1
     assert iso_seconds(a["start_time"]) >= int(t_kill)
     with h5py.File(run_file(out, interrupted), "r") as f:
         np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, LONG_STEPS + 1))
         assert f["final"].attrs["steps_done"] == LONG_STEPS
-    assert all(attrs(run_file(out, p))["complete"] == 1 for p in points)
+    assert all(root_attrs(run_file(out, p))["complete"] == 1 for p in points)
     assert read_summary(out)["status"] == ["complete"] * len(points)
 
 
@@ -527,7 +425,7 @@ def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, mpirun, moes
     s = sweep_job(cfg, out, "term")
     running = wait_inside_point(s, points, out, min_done=1)
     assert running == 1
-    rows_seen = rows(run_file(out, points[running]))
+    rows_seen = steps_written(run_file(out, points[running]))
     ranks = signal_ranks(s.proc, signal.SIGTERM)
     assert len(ranks) == P, f"expected {P} ranks in the session, found {ranks}"
     t0 = time.monotonic()
@@ -538,7 +436,7 @@ def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, mpirun, moes
 
     # The current point stopped at a step boundary and is incomplete.
     cur = points[running]
-    a = attrs(run_file(out, cur))
+    a = root_attrs(run_file(out, cur))
     assert a["complete"] == 0
     stopped = int(a["stopped_at_step"])
     assert rows_seen <= stopped < LONG_STEPS
@@ -549,7 +447,7 @@ def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, mpirun, moes
     for p in points[running + 1:]:
         assert not run_file(out, p).exists(), f"{p['id']} was started after SIGTERM"
         assert f"{p['id']}: running" not in out_text
-    assert all(attrs(run_file(out, p))["complete"] == 1 for p in points[:running])
+    assert all(root_attrs(run_file(out, p))["complete"] == 1 for p in points[:running])
     # The summary was still rebuilt, and says so.
     s_ = read_summary(out)
     assert s_["status"] == (["complete"] * running + ["incomplete"] +
@@ -560,7 +458,7 @@ def test_sigterm_stops_the_point_and_the_sweep(tmp_path, sweep_job, mpirun, moes
         assert f.attrs["complete"] == 1 and f.attrs["step"] == stopped
     r = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
     assert r.returncode == 0, r.stderr
-    a = attrs(run_file(out, cur))
+    a = root_attrs(run_file(out, cur))
     assert a["complete"] == 1 and a["resumed_at_step"] == stopped
     with h5py.File(run_file(out, cur), "r") as f:
         np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, LONG_STEPS + 1))
@@ -577,7 +475,7 @@ def test_sigterm_after_the_last_step_starts_no_further_point(tmp_path, sweep_job
     s = sweep_job(cfg, out, "term_eval")
     first = run_file(out, points[0])
     deadline = time.monotonic() + 60
-    while not (rows(first) == 5 and not is_complete(first)):
+    while not (steps_written(first) == 5 and not is_complete(first)):
         if s.proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"never saw point 0 in its final validation:\n{s.describe()}")
         time.sleep(0.01)

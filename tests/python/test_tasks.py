@@ -7,14 +7,13 @@ a file given by --data; teacher learns a random MoE. Both must give the same res
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_mpi
+from moesim_testing import QUICK_EXIT_ENV, REPO_ROOT, error_lines, run_mpi
 
 DEFAULT_CORPUS = Path("/usr/share/games/fortunes")
 RANKS = (1, 2, 4)
@@ -23,7 +22,6 @@ LM = dict(task="lm", experts=4, top_k=2, d_model=32, d_ff=64, layers=2, context=
 TEACHER = dict(task="teacher", experts=4, top_k=1, gate="switch", d_model=32, d_ff=32, layers=1,
                input_dim=8, teacher_experts=4, teacher_top_k=1, batch_tokens=256,
                val_tokens=2048, lr=1e-2, seed=5, teacher_seed=11, capacity_factor=0)
-ENV = {"OMPI_MCA_odls_base_sigkill_timeout": "0"}
 
 
 def read(path):
@@ -174,7 +172,7 @@ def test_teacher_classification(tmp_path, run_moe):
 
 def _rejected(proc, out, words):
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [ln for ln in proc.stderr.splitlines() if "moesim" in ln and "error" in ln]
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
@@ -208,14 +206,14 @@ def test_lm_bad_data_is_rejected_on_every_rank(tmp_path, case):
             "--batch-tokens", "32", "--val-tokens", "32", "--quiet", "--out", str(out)]
     if not extra:
         args += ["--context", "8"]
-    proc = run_mpi(2, *args, *extra, timeout=30, env=ENV)
+    proc = run_mpi(2, *args, *extra, timeout=30, env=QUICK_EXIT_ENV)
     _rejected(proc, out, words)
 
 
 def test_teacher_bad_options_are_rejected(tmp_path):
     out = tmp_path / "run.h5"
     proc = run_mpi(2, "moe", "--task", "teacher", "--teacher-experts", "2", "--teacher-top-k", "3",
-                   "--experts", "2", "--quiet", "--out", str(out), timeout=30, env=ENV)
+                   "--experts", "2", "--quiet", "--out", str(out), timeout=30, env=QUICK_EXIT_ENV)
     _rejected(proc, out, ["--teacher-top-k"])
 
 

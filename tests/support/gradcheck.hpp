@@ -5,19 +5,12 @@
 
 #include <gtest/gtest.h>
 
-#include "core/rng.hpp"
 #include "core/tensor.hpp"
 #include "nn/param.hpp"
+#include "support/random.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim::test {
-
-inline Mat<double> random_matrix(Index r, Index c, std::uint64_t key, double scale = 1.0) {
-  Rng rng(key);
-  Mat<double> m(r, c);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = scale * rng.normal();
-  return m;
-}
 
 // Numerical gradient of loss() w.r.t. every element of `m` (m is perturbed in place
 // and restored).

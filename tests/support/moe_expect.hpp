@@ -1,0 +1,40 @@
+#pragma once
+// Checks of an expert-parallel MoeLayer's gradients against its serial reference
+// (support/moe_reference.hpp).
+#include <vector>
+
+#include "moe/moe_layer.hpp"
+#include "moe/reference_moe.hpp"
+#include "support/test_support.hpp"
+
+namespace moesim::test {
+
+// COLLECTIVE. A replicated gradient summed over ranks (what the trainer's all-reduce does).
+inline Mat<double> summed(const Mat<double>& g) {
+  Mat<double> s = g;
+  world().allreduce_sum(s.data(), static_cast<int>(s.size()));
+  return s;
+}
+
+// COLLECTIVE. Every local expert's gradients against the reference's for its global index;
+// the shared experts' (replicated) summed over ranks.
+inline void expect_expert_grads(MoeLayer<double>& layer, const std::vector<ReferenceExpert>& dexperts,
+                                const std::vector<ReferenceExpert>& dshared, double abs_tol, double rel_tol) {
+  for (int le = 0; le < layer.local_experts(); ++le) {
+    const ReferenceExpert& de = dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    Ffn<double>& ex = layer.local_expert(le);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "expert dW1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b1().grad, de.b1, abs_tol, rel_tol, "expert db1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w2().grad, de.w2, abs_tol, rel_tol, "expert dW2");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "expert db2");
+  }
+  for (std::size_t s = 0; s < dshared.size(); ++s) {
+    Ffn<double>& se = layer.shared_expert(static_cast<int>(s));
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.w1().grad), dshared[s].w1, abs_tol, rel_tol, "shared dW1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.b1().grad), dshared[s].b1, abs_tol, rel_tol, "shared db1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.w2().grad), dshared[s].w2, abs_tol, rel_tol, "shared dW2");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.b2().grad), dshared[s].b2, abs_tol, rel_tol, "shared db2");
+  }
+}
+
+}  // namespace moesim::test
