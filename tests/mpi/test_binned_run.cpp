@@ -9,6 +9,7 @@
 #include "binned/binned_run.hpp"
 #include "core/error.hpp"
 #include "io/hdf5.hpp"
+#include "support/shared_dir.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -16,15 +17,6 @@ namespace {
 
 using test::world;
 
-std::string shared_temp_dir() {
-  std::string dir;
-  if (world().rank() == 0) {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "moesim_binnedrun_XXXXXX").string();
-    dir = mkdtemp(tmpl.data());
-  }
-  world().broadcast(dir, 0);
-  return dir;
-}
 
 TEST(BinnedRun, CsvWithoutTargetIsAConfigError) {
   BinnedInputSpec in;
@@ -38,7 +30,8 @@ TEST(BinnedRun, CsvWithoutTargetIsAConfigError) {
 }
 
 TEST(BinnedRun, RunFileReadsBack) {
-  const std::string dir = shared_temp_dir();
+  const test::SharedDir tmp;
+  const std::string& dir = tmp.path();
   BinnedRunSettings s;
   s.input.rows = 900;
   s.input.regimes.d_in = 4;
@@ -84,7 +77,6 @@ TEST(BinnedRun, RunFileReadsBack) {
     EXPECT_GT(h5::read_attr_double(fin.id(), "bytes_communicated"), world().size() > 1 ? 0.0 : -1.0);
   }
   world().barrier();
-  if (world().rank() == 0) std::filesystem::remove_all(dir);
 }
 
 }  // namespace

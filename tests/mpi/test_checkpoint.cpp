@@ -8,6 +8,7 @@
 
 #include "train/checkpoint.hpp"
 #include "moe/model.hpp"
+#include "support/shared_dir.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -27,15 +28,6 @@ ModelConfig small_config(std::uint64_t seed) {
   return c;
 }
 
-std::string shared_temp_path(const Communicator& comm) {
-  std::string dir;
-  if (comm.rank() == 0) {
-    char tmpl[] = "/tmp/moesim_ckpt_XXXXXX";
-    dir = mkdtemp(tmpl);
-  }
-  comm.broadcast(dir, 0);
-  return dir;
-}
 
 template <class T>
 bool same_bits(const Mat<T>& a, const Mat<T>& b) {
@@ -46,7 +38,8 @@ bool same_bits(const Mat<T>& a, const Mat<T>& b) {
 template <class T>
 void round_trip() {
   const Communicator& comm = test::world();
-  const std::string dir = shared_temp_path(comm);
+  const test::SharedDir tmp;
+  const std::string& dir = tmp.path();
   const std::string path = dir + "/ckpt.h5";
   Model<T> a(comm, small_config(1));
   // Moments that differ per element and per rank's experts, as after training.
@@ -103,7 +96,6 @@ void round_trip() {
     EXPECT_NE(std::string(e.what()).find("does not match"), std::string::npos) << e.what();
   }
   comm.barrier();
-  if (comm.rank() == 0) std::filesystem::remove_all(dir);
 }
 
 TEST(Checkpoint, RoundTripIsBitExactFp32) { round_trip<float>(); }

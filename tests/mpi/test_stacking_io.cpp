@@ -18,6 +18,7 @@
 #include "data/writers.hpp"
 #include "io/hdf5.hpp"
 #include "stacking/stack_run.hpp"
+#include "support/shared_dir.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -25,25 +26,7 @@ namespace {
 
 using test::world;
 
-// COLLECTIVE. A fresh directory every rank sees; removed when the test ends.
-class SharedDir {
- public:
-  SharedDir() {
-    if (world().rank() == 0) {
-      std::string tmpl = (std::filesystem::temp_directory_path() / "moesim_stackio_XXXXXX").string();
-      path_ = mkdtemp(tmpl.data());
-    }
-    world().broadcast(path_, 0);
-  }
-  ~SharedDir() {
-    world().barrier();
-    if (world().rank() == 0) std::filesystem::remove_all(path_);
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using test::SharedDir;
 
 // Cell of global row i, column j: exact in decimal, distinct per (row, column).
 double cell(std::int64_t i, int j) { return static_cast<double>(i) * 10 + j + 0.5; }

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from moesim_testing import REPO_ROOT
 
 P = 2
 STEPS = 6
