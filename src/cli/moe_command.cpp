@@ -20,4 +20,10 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
   return moe_run(comm, moe_run_config(p.vm, comm.size()));
 }
 
+void check_moe(const std::vector<std::string>& args, const std::string& preset, int ranks) {
+  if (binned_task_requested(args, preset)) return;
+  const Parsed p = parse("moe", args, moe_options(), preset);
+  if (!p.help) moe_run_config(p.vm, ranks);  // pure option checks; data is read by moe_run
+}
+
 }  // namespace moesim::cli

@@ -80,7 +80,21 @@ BlendOptions settings(const po::variables_map& vm, bool blend, bool classificati
   return o;
 }
 
+// The checks run_stack makes before it reads any data.
+void check_general(const po::variables_map& vm) {
+  MOESIM_CONFIG_CHECK(vm["blas-threads"].as<I>() >= 1, "--blas-threads must be >= 1");
+  MOESIM_CONFIG_CHECK(!vm["out"].as<std::string>().empty(), "--out must name a file");
+}
+
 }  // namespace
+
+void check_stack(const std::vector<std::string>& args, bool blend, const std::string& preset) {
+  const Parsed p = parse(blend ? "blend" : "stack", args, stack_options(blend), preset);
+  if (p.help) return;
+  check_general(p.vm);
+  const StackingInputSpec spec = input_spec(p.vm, !blend);
+  settings(p.vm, blend, spec.table.classification);
+}
 
 int run_stack(const Communicator& comm, const std::vector<std::string>& args, bool blend,
               const std::string& preset) {
@@ -96,8 +110,7 @@ int run_stack(const Communicator& comm, const std::vector<std::string>& args, bo
     return 0;
   }
   const po::variables_map& vm = p.vm;
-  MOESIM_CONFIG_CHECK(vm["blas-threads"].as<I>() >= 1, "--blas-threads must be >= 1");
-  MOESIM_CONFIG_CHECK(!vm["out"].as<std::string>().empty(), "--out must name a file");
+  check_general(vm);
   set_blas_threads(static_cast<int>(vm["blas-threads"].as<I>()));
   Stopwatch wall;
   comm.reset_tally();

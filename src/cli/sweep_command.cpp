@@ -16,7 +16,8 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
   d.add_options()
       ("sweep-config", po::value<std::string>(), "the sweep's config file (also the first positional argument)")
       ("out", po::value<std::string>(), "directory for the run files DIR/<point id>.h5 and the summary DIR/sweep.h5")
-      ("list", po::bool_switch()->default_value(false), "print the grid (index, id, status, swept values) and exit")
+      ("list", po::bool_switch()->default_value(false),
+       "print the grid (index, id, status, swept values, `# reason` of invalid and failed points) and exit")
       ("index", po::value<I>()->default_value(-1), "run only point I (0-based; for job arrays)")
       ("summary-only", po::bool_switch()->default_value(false), "only rebuild DIR/sweep.h5 from the run files");
   // The positional CONFIG is folded into --sweep-config before the shared parser runs.
@@ -33,7 +34,10 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
       print_help("sweep CONFIG --out DIR",
                  "Run a grid of moe (or stack/blend) runs. CONFIG holds any options of the command; a value may be\n"
                  "a comma-separated list, and `zip = a,b` makes the lists of a and b advance together.\n"
-                 "`command = moe|stack|blend` picks the command (default moe).",
+                 "`command = moe|stack|blend` picks the command (default moe). A point whose options can never\n"
+                 "run on this many ranks (top-k > experts, ...) is invalid: listed and recorded with its reason, not\n"
+                 "run. Exit code: 0 when every valid point completed, 3 when one failed (or no point can run),\n"
+                 "143 when a signal stopped the sweep.",
                  d);
     return 0;
   }
@@ -49,8 +53,15 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
   MOESIM_CONFIG_CHECK(index >= -1 && index < static_cast<I>(points.size()),
                       "--index " << index << " is outside the grid of " << points.size() << " points (0.."
                                  << points.size() - 1 << ")");
+  // A point is invalid when the command's option checks alone refuse it (for this job's rank
+  // count); errors found later, reading data, are failures of a point that could run.
+  const PointValidator check = [&](const std::string& command, const std::vector<std::string>& run_args,
+                                   const std::string& preset) {
+    if (command == "moe") check_moe(run_args, preset, comm.size());
+    else check_stack(run_args, command == "blend", preset);
+  };
   if (vm["list"].as<bool>()) {
-    print_grid(comm, cfg, points, dir);
+    print_grid(comm, cfg, points, dir, check);
     return 0;
   }
   return moesim::run_sweep(comm, cfg, points, dir, index, vm["summary-only"].as<bool>(),
@@ -58,7 +69,8 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
                                const std::string& preset) {
                              return command == "moe" ? run_moe(comm, run_args, preset)
                                                      : run_stack(comm, run_args, command == "blend", preset);
-                           });
+                           },
+                           check);
 }
 
 }  // namespace moesim::cli

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "comm/stop_request.hpp"
+#include "core/error.hpp"
 #include "core/stop_signal.hpp"
 #include "sweep/summary.hpp"
 
@@ -34,21 +35,56 @@ SweepConfig read_sweep_config(const Communicator& comm, const std::string& path)
   return parse_sweep_config(text, path);
 }
 
+std::vector<std::string> point_args(const SweepConfig& cfg, const SweepPoint& p, const std::string& dir) {
+  std::vector<std::string> args{"--out", run_file_of(dir, p)};
+  if (cfg.command == "moe") {
+    // An interrupted point continues from its checkpoint instead of from scratch.
+    bool own = false;
+    for (const auto& [k, v] : p.values) own = own || (k == "checkpoint" && !v.empty());
+    if (!own) args.insert(args.end(), {"--checkpoint", checkpoint_of(dir, p)});
+    args.push_back("--resume");
+  }
+  return args;
+}
+
+std::vector<std::string> invalid_reasons(const Communicator& comm, const SweepConfig& cfg,
+                                         const std::vector<SweepPoint>& points, const std::string& dir,
+                                         const PointValidator& check) {
+  std::vector<std::string> reasons(points.size());
+  for (std::size_t i = 0; i < points.size(); ++i) {
+    if (comm.rank() == 0) {
+      try {
+        check(cfg.command, point_args(cfg, points[i], dir), point_preset(points[i]));
+      } catch (const ConfigError& e) {
+        reasons[i] = e.what();
+        if (reasons[i].empty()) reasons[i] = "invalid options";
+      }
+    }
+    comm.broadcast(reasons[i], 0);
+  }
+  return reasons;
+}
+
 void print_grid(const Communicator& comm, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
-                const std::string& dir) {
+                const std::string& dir, const PointValidator& check) {
+  const std::vector<std::string> invalid = invalid_reasons(comm, cfg, points, dir, check);
   if (comm.rank() != 0) return;
   std::printf("%zu points (command %s)\n", points.size(), cfg.command.c_str());
   for (const SweepPoint& pt : points) {
     std::string swept;
     for (const auto& [k, v] : pt.swept) swept += " " + k + "=" + v;
-    std::printf("%4zu  %-40s %-10s%s\n", pt.index, pt.id.c_str(), point_status(run_file_of(dir, pt)).status.c_str(),
-                swept.c_str());
+    const PointStatus st = sweep_status(run_file_of(dir, pt), invalid[pt.index]);
+    // '#' never occurs in a swept value (the config parser strips comments), so the reason
+    // after it cannot be mistaken for one.
+    const std::string why = st.error.empty() ? "" : "  # " + st.error;
+    std::printf("%4zu  %-40s %-10s%s%s\n", pt.index, pt.id.c_str(), st.status.c_str(), swept.c_str(), why.c_str());
   }
   std::fflush(stdout);
 }
 
 int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
-              const std::string& dir, std::int64_t index, bool summary_only, const PointRunner& run) {
+              const std::string& dir, std::int64_t index, bool summary_only, const PointRunner& run,
+              const PointValidator& check) {
   std::string error;
   if (comm.rank() == 0) {
     std::error_code ec;
@@ -56,6 +92,7 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
     if (ec) error = "cannot create sweep directory '" + dir + "': " + ec.message();
   }
   comm.agree_or_throw(error.empty(), error);
+  const std::vector<std::string> invalid = invalid_reasons(comm, cfg, points, dir, check);
 
   int rc = 0;
   bool any_failed = false;
@@ -77,20 +114,23 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
         if (comm.rank() == 0) std::printf("[sweep %zu/%zu] %s: complete, skipped\n", pt.index + 1, points.size(), pt.id.c_str());
         continue;
       }
+      if (!invalid[pt.index].empty()) {
+        // Not a failure: these options can never run, so the point is recorded and left out.
+        if (comm.rank() == 0) {
+          std::printf("[sweep %zu/%zu] %s: invalid, not run: %s\n", pt.index + 1, points.size(), pt.id.c_str(),
+                      invalid[pt.index].c_str());
+          std::fflush(stdout);
+          record_invalid(file, pt, cfg.command, invalid[pt.index]);
+        }
+        comm.barrier();
+        continue;
+      }
       if (comm.rank() == 0) {
         std::printf("[sweep %zu/%zu] %s: running\n", pt.index + 1, points.size(), pt.id.c_str());
         std::fflush(stdout);
       }
-      std::vector<std::string> run_args{"--out", file};
-      if (cfg.command == "moe") {
-        // An interrupted point continues from its checkpoint instead of from scratch.
-        bool own = false;
-        for (const auto& [k, v] : pt.values) own = own || (k == "checkpoint" && !v.empty());
-        if (!own) run_args.insert(run_args.end(), {"--checkpoint", checkpoint_of(dir, pt)});
-        run_args.push_back("--resume");
-      }
       try {
-        rc = run(cfg.command, run_args, point_preset(pt));
+        rc = run(cfg.command, point_args(cfg, pt, dir), point_preset(pt));
       } catch (const ConfigError& e) {
         // Deterministic on every rank; the sweep records it and goes on.
         if (comm.rank() == 0) {
@@ -104,15 +144,26 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
       if (rc != 0) break;  // stopped by a signal: leave the rest for the requeued job
     }
   }
+  int none_valid = 0;
   if (comm.rank() == 0) {
-    write_summary(dir, cfg, points);
-    std::size_t done = 0;
-    for (const SweepPoint& pt : points) done += point_status(run_file_of(dir, pt)).status == "complete";
-    std::printf("[sweep] %zu/%zu points complete; summary: %s/sweep.h5\n", done, points.size(), dir.c_str());
+    write_summary(dir, cfg, points, invalid);
+    std::size_t done = 0, not_runnable = 0;
+    for (const SweepPoint& pt : points) {
+      const std::string s = sweep_status(run_file_of(dir, pt), invalid[pt.index]).status;
+      done += s == "complete";
+      not_runnable += s == "invalid";
+    }
+    std::printf("[sweep] %zu/%zu points complete", done, points.size());
+    if (not_runnable > 0) std::printf(", %zu invalid (not run)", not_runnable);
+    std::printf("; summary: %s/sweep.h5\n", dir.c_str());
     std::fflush(stdout);
+    // A whole grid none of whose points can run is a mistake (a misspelt option, say), not
+    // a sweep whose every valid point completed.
+    none_valid = index < 0 && !summary_only && !points.empty() && not_runnable == points.size();
+    if (none_valid) std::fprintf(stderr, "[sweep] no point of the grid can run: every point is invalid\n");
   }
-  comm.barrier();
-  return rc != 0 ? rc : any_failed ? 3 : 0;
+  comm.broadcast(&none_valid, 1, 0);
+  return rc != 0 ? rc : (any_failed || none_valid) ? 3 : 0;
 }
 
 }  // namespace moesim

@@ -51,16 +51,27 @@ PointStatus point_status(const std::string& run_file) {
   try {
     h5::Handle f = h5::open_file(run_file, false);
     if (H5Aexists(f.id(), "complete") > 0 && h5::read_attr_int(f.id(), "complete") == 1) return {"complete", ""};
-    if (H5Aexists(f.id(), "status") > 0 && h5::read_attr_string(f.id(), "status") == "failed")
-      return {"failed", H5Aexists(f.id(), "error") > 0 ? h5::read_attr_string(f.id(), "error") : ""};
+    if (H5Aexists(f.id(), "status") > 0) {
+      const std::string st = h5::read_attr_string(f.id(), "status");
+      if (st == "failed" || st == "invalid")
+        return {st, H5Aexists(f.id(), "error") > 0 ? h5::read_attr_string(f.id(), "error") : ""};
+    }
     return {"incomplete", ""};
   } catch (const std::exception& e) {
     return {"incomplete", std::string("unreadable: ") + e.what()};
   }
 }
 
-void record_failure(const std::string& run_file, const SweepPoint& p, const std::string& command,
-                    const std::string& error) {
+PointStatus sweep_status(const std::string& run_file, const std::string& invalid_reason) {
+  PointStatus st = point_status(run_file);
+  if (!invalid_reason.empty() && st.status != "complete") st = {"invalid", invalid_reason};
+  return st;
+}
+
+namespace {
+
+void record_status(const std::string& run_file, const SweepPoint& p, const std::string& command,
+                   const std::string& status, const std::string& error) {
   h5::silence_default_error_printing();
   h5::Handle f;
   if (std::filesystem::exists(run_file)) {
@@ -83,13 +94,26 @@ void record_failure(const std::string& run_file, const SweepPoint& p, const std:
       h5::write_attr(f.id(), key, v);
     }
   }
-  h5::write_attr(f.id(), "status", std::string("failed"));
+  h5::write_attr(f.id(), "status", status);
   h5::write_attr(f.id(), "error", error);
   h5::write_attr(f.id(), "sweep_point_id", p.id);
   h5::flush(f.id());
 }
 
-void write_summary(const std::string& dir, const SweepConfig& cfg, const std::vector<SweepPoint>& points) {
+}  // namespace
+
+void record_failure(const std::string& run_file, const SweepPoint& p, const std::string& command,
+                    const std::string& error) {
+  record_status(run_file, p, command, "failed", error);
+}
+
+void record_invalid(const std::string& run_file, const SweepPoint& p, const std::string& command,
+                    const std::string& reason) {
+  record_status(run_file, p, command, "invalid", reason);
+}
+
+void write_summary(const std::string& dir, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
+                   const std::vector<std::string>& invalid_reasons) {
   h5::silence_default_error_printing();
   char host[128] = {0};
   gethostname(host, sizeof host - 1);
@@ -101,10 +125,11 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
   std::vector<std::int64_t> index;
   std::vector<std::map<std::string, double>> finals(n);
   std::set<std::string> final_keys;
-  std::int64_t complete = 0;
+  std::int64_t complete = 0, invalid = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const std::string file = run_file_of(dir, points[i]);
-    const PointStatus st = point_status(file);
+    const PointStatus st = sweep_status(file, i < invalid_reasons.size() ? invalid_reasons[i] : "");
+    invalid += st.status == "invalid";
     ids.push_back(points[i].id);
     index.push_back(static_cast<std::int64_t>(points[i].index));
     status.push_back(st.status);
@@ -132,6 +157,7 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
     h5::write_attr(f.id(), "config", cfg.path);
     h5::write_attr(f.id(), "points", static_cast<std::int64_t>(n));
     h5::write_attr(f.id(), "points_complete", complete);
+    h5::write_attr(f.id(), "points_invalid", invalid);
     h5::write_attr(f.id(), "rebuilt_at", iso_time_now());
     std::string swept;
     if (!points.empty())

@@ -9,20 +9,32 @@
 namespace moesim {
 
 struct PointStatus {
-  std::string status;  // complete | failed | incomplete | pending
-  std::string error;
+  std::string status;  // complete | failed | invalid | incomplete | pending
+  std::string error;   // failed: the error; invalid: why the point can never run
 };
 
 // Reads the point's run file (absent, unreadable or incomplete files are not complete).
 PointStatus point_status(const std::string& run_file);
+
+// The point's status in the sweep: its run file's, except that a point whose options can
+// never run (`invalid_reason` not empty, judged for this job's rank count) is invalid unless
+// it has a complete run.
+PointStatus sweep_status(const std::string& run_file, const std::string& invalid_reason);
 
 // Marks `run_file` as failed with `error`, creating it (with the point's options) if
 // the failure came before the run created it. Never marks a complete file.
 void record_failure(const std::string& run_file, const SweepPoint& p, const std::string& command,
                     const std::string& error);
 
-// Writes DIR/sweep.h5 atomically (a temporary file renamed into place).
-void write_summary(const std::string& dir, const SweepConfig& cfg, const std::vector<SweepPoint>& points);
+// Marks `run_file` as invalid (status "invalid", `reason` as its error) the same way: the
+// point was not run because its options can never run.
+void record_invalid(const std::string& run_file, const SweepPoint& p, const std::string& command,
+                    const std::string& reason);
+
+// Writes DIR/sweep.h5 atomically (a temporary file renamed into place). `invalid_reasons`:
+// per point, why it can never run ("" when it can), as sweep_status takes it.
+void write_summary(const std::string& dir, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
+                   const std::vector<std::string>& invalid_reasons);
 
 std::string run_file_of(const std::string& dir, const SweepPoint& p);
 

@@ -1,5 +1,6 @@
-// The sweep's point loop (sweep/runner) with a stand-in for the commands: which points run,
-// with which arguments, how failures are recorded and finished points skipped.
+// The sweep's point loop (sweep/runner) with a stand-in for the commands and their option
+// checks: which points run, with which arguments, how failures and invalid points are
+// recorded, finished points skipped, and the exit code.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "io/hdf5.hpp"
 #include "io/run_file.hpp"
 #include "support/shared_dir.hpp"
 #include "support/test_support.hpp"
@@ -42,6 +44,37 @@ PointRunner fake_command(std::vector<Call>& calls, const std::string& fail) {
   };
 }
 
+// Option checks that refuse (ConfigError, as the commands' checks do) the points whose preset
+// names `refuse`; every call is counted.
+PointValidator fake_check(std::vector<Call>& checked, const std::string& refuse) {
+  return [&checked, refuse](const std::string& command, const std::vector<std::string>& args, const std::string& preset) {
+    checked.push_back({command, preset, args});
+    if (!refuse.empty() && preset.find(refuse) != std::string::npos) throw ConfigError("cannot run " + refuse);
+  };
+}
+
+PointValidator accept_all() {
+  return [](const std::string&, const std::vector<std::string>&, const std::string&) {};
+}
+
+// points/<name> of DIR/sweep.h5 (variable-length strings, as h5::write_strings writes them).
+std::vector<std::string> summary_strings(const std::string& dir, const std::string& name) {
+  h5::Handle f = h5::open_file(dir + "/sweep.h5", false);
+  h5::Handle d(H5Dopen2(f.id(), ("points/" + name).c_str(), H5P_DEFAULT), H5Dclose);
+  h5::Handle type(H5Dget_type(d.id()), H5Tclose);
+  h5::Handle space(H5Dget_space(d.id()), H5Sclose);
+  std::vector<char*> raw(static_cast<std::size_t>(H5Sget_simple_extent_npoints(space.id())), nullptr);
+  EXPECT_GE(H5Dread(d.id(), type.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()), 0);
+  std::vector<std::string> out(raw.begin(), raw.end());
+  EXPECT_GE(H5Dvlen_reclaim(type.id(), space.id(), H5P_DEFAULT, raw.data()), 0);
+  return out;
+}
+
+std::int64_t summary_attr(const std::string& dir, const std::string& name) {
+  h5::Handle f = h5::open_file(dir + "/sweep.h5", false);
+  return h5::read_attr_int(f.id(), name);
+}
+
 TEST(SweepRunner, RunsEveryPointRecordsFailuresAndSkipsFinishedOnes) {
   const test::SharedDir dir;
   const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
@@ -49,7 +82,7 @@ TEST(SweepRunner, RunsEveryPointRecordsFailuresAndSkipsFinishedOnes) {
   ASSERT_EQ(points.size(), 3u);
 
   std::vector<Call> calls;
-  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, "experts = 2")), 3);
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, "experts = 2"), accept_all()), 3);
   ASSERT_EQ(calls.size(), 3u);
   for (std::size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(calls[i].command, "moe");
@@ -69,7 +102,7 @@ TEST(SweepRunner, RunsEveryPointRecordsFailuresAndSkipsFinishedOnes) {
 
   // Again: only the failed point runs.
   calls.clear();
-  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, "")), 0);
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, ""), accept_all()), 0);
   ASSERT_EQ(calls.size(), 1u);
   EXPECT_EQ(calls[0].preset, point_preset(points[1]));
   world().barrier();
@@ -80,11 +113,11 @@ TEST(SweepRunner, IndexRunsOnePointAndSummaryOnlyRunsNone) {
   const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
   const std::vector<SweepPoint> points = expand_grid(cfg);
   std::vector<Call> calls;
-  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), 2, false, fake_command(calls, "")), 0);
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), 2, false, fake_command(calls, ""), accept_all()), 0);
   ASSERT_EQ(calls.size(), 1u);
   EXPECT_EQ(calls[0].preset, point_preset(points[2]));
   calls.clear();
-  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, true, fake_command(calls, "")), 0);
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, true, fake_command(calls, ""), accept_all()), 0);
   EXPECT_TRUE(calls.empty());
   if (world().rank() == 0) {
     EXPECT_TRUE(std::filesystem::exists(dir.file("sweep.h5")));
@@ -97,11 +130,108 @@ TEST(SweepRunner, StackPointsGetNoCheckpoint) {
   const SweepConfig cfg = parse_sweep_config("command = blend\nseed = 1,2\n", "grid.ini");
   const std::vector<SweepPoint> points = expand_grid(cfg);
   std::vector<Call> calls;
-  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, "")), 0);
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, ""), accept_all()), 0);
   ASSERT_EQ(calls.size(), 2u);
   for (const Call& c : calls) {
     EXPECT_EQ(c.command, "blend");
     EXPECT_EQ(value_of(c.args, "--checkpoint"), "");
+  }
+  world().barrier();
+}
+
+TEST(SweepRunner, InvalidPointsAreRecordedNotRunAndDoNotFailTheSweep) {
+  const test::SharedDir dir;
+  const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
+  const std::vector<SweepPoint> points = expand_grid(cfg);
+  std::vector<Call> calls, checked;
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, ""),
+                      fake_check(checked, "experts = 3")),
+            0);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].preset, point_preset(points[0]));
+  EXPECT_EQ(calls[1].preset, point_preset(points[1]));
+  if (world().rank() == 0) {
+    // The check sees exactly what the run would: the same command, preset and arguments.
+    ASSERT_EQ(checked.size(), 3u);
+    for (std::size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(checked[i].command, calls[i].command);
+      EXPECT_EQ(checked[i].args, calls[i].args);
+      EXPECT_EQ(checked[i].preset, calls[i].preset);
+    }
+    const PointStatus st = point_status(run_file_of(dir.path(), points[2]));
+    EXPECT_EQ(st.status, "invalid");
+    EXPECT_EQ(st.error, "cannot run experts = 3");
+    EXPECT_EQ(summary_strings(dir.path(), "status"), (std::vector<std::string>{"complete", "complete", "invalid"}));
+    EXPECT_EQ(summary_strings(dir.path(), "error"), (std::vector<std::string>{"", "", "cannot run experts = 3"}));
+    EXPECT_EQ(summary_attr(dir.path(), "points_complete"), 2);
+    EXPECT_EQ(summary_attr(dir.path(), "points_invalid"), 1);
+  } else {
+    EXPECT_TRUE(checked.empty()) << "only rank 0 checks; the verdict is broadcast";
+  }
+
+  // Again: nothing runs, the invalid point stays invalid, still a success.
+  calls.clear();
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, ""),
+                      fake_check(checked, "experts = 3")),
+            0);
+  EXPECT_TRUE(calls.empty());
+
+  // With --index the invalid point alone: not run, not a failure.
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), 2, false, fake_command(calls, ""),
+                      fake_check(checked, "experts = 3")),
+            0);
+  EXPECT_TRUE(calls.empty());
+  world().barrier();
+}
+
+TEST(SweepRunner, AFailedValidPointStillFailsTheSweepBesideInvalidOnes) {
+  const test::SharedDir dir;
+  const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
+  const std::vector<SweepPoint> points = expand_grid(cfg);
+  std::vector<Call> calls, checked;
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, "experts = 1"),
+                      fake_check(checked, "experts = 3")),
+            3);
+  EXPECT_EQ(calls.size(), 2u);
+  if (world().rank() == 0) {
+    EXPECT_EQ(summary_strings(dir.path(), "status"), (std::vector<std::string>{"failed", "complete", "invalid"}));
+  }
+  world().barrier();
+}
+
+TEST(SweepRunner, AGridOfOnlyInvalidPointsIsAFailure) {
+  const test::SharedDir dir;
+  const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
+  const std::vector<SweepPoint> points = expand_grid(cfg);
+  std::vector<Call> calls, checked;
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, ""),
+                      fake_check(checked, "steps = 5")),
+            3);
+  EXPECT_TRUE(calls.empty());
+  if (world().rank() == 0) {
+    EXPECT_EQ(summary_strings(dir.path(), "status"), (std::vector<std::string>(3, "invalid")));
+  }
+  // Rebuilding the summary runs nothing and is no failure.
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, true, fake_command(calls, ""),
+                      fake_check(checked, "steps = 5")),
+            0);
+  world().barrier();
+}
+
+TEST(SweepRunner, InvalidReasonsAreTheSameOnEveryRank) {
+  const test::SharedDir dir;
+  const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
+  const std::vector<SweepPoint> points = expand_grid(cfg);
+  std::vector<Call> checked;
+  const std::vector<std::string> reasons =
+      invalid_reasons(world(), cfg, points, dir.path(), fake_check(checked, "experts = 2"));
+  EXPECT_EQ(reasons, (std::vector<std::string>{"", "cannot run experts = 2", ""}));
+  // A complete run of a point judged invalid (say, under another rank count) stays complete.
+  RunFile::create(world(), run_file_of(dir.path(), points[1]), "moe")->mark_complete();
+  if (world().rank() == 0) {
+    EXPECT_EQ(sweep_status(run_file_of(dir.path(), points[1]), reasons[1]).status, "complete");
+    EXPECT_EQ(sweep_status(run_file_of(dir.path(), points[2]), "no").status, "invalid");
+    EXPECT_EQ(sweep_status(run_file_of(dir.path(), points[2]), "").status, "pending");
   }
   world().barrier();
 }
