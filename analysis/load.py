@@ -5,6 +5,9 @@ every attribute of group `final` (as `final_<name>` only where the name is alrea
 and `file`, `id` (the file's stem: the sweep point id), `kind`, `status`, `error` and a
 boolean `complete`. Runs that failed, stopped, are still being written or cannot be read are
 kept and flagged (`complete` False); `usable_runs` is what fits and figures use to drop them.
+A sweep point whose options can never run (status `invalid`: a record written by
+`moesim sweep`, not a run) is kept as a row with its reason in `error`; `usable_runs` leaves
+it out and counts it apart from the runs it drops.
 """
 from __future__ import annotations
 
@@ -91,9 +94,9 @@ def read_run(path: PathLike) -> dict:
     except Exception as exc:  # noqa: BLE001  (a file being written, truncated or not HDF5)
         row["error"] = f"unreadable: {exc}"
         return row
-    complete = root.get("complete") == 1 and root.get("status") != "failed"
-    if root.get("status") == "failed":
-        status = "failed"
+    complete = root.get("complete") == 1 and root.get("status") not in ("failed", "invalid")
+    if root.get("status") in ("failed", "invalid"):
+        status = root["status"]
     elif complete:
         status = "complete"
     elif "stopped_at_step" in root:
@@ -140,9 +143,13 @@ def usable_runs(df: pd.DataFrame, loss: str | None = "val_loss", kind: str | Non
     """Complete runs of `kind` with a finite positive `loss` (and finite `require` columns).
 
     Returns (rows, note); the note says how many runs were dropped and why ("" if none).
+    Invalid sweep points were never runs: they are counted apart ("n invalid grid points").
     """
     if df.empty:
         return df, ""
+    invalid = df["status"] == "invalid"
+    n_invalid = int(invalid.sum())
+    df = df[~invalid]
     keep = df["complete"].astype(bool)
     reasons: dict[str, int] = {}
     for status, n in df.loc[~keep, "status"].value_counts().items():
@@ -160,11 +167,13 @@ def usable_runs(df: pd.DataFrame, loss: str | None = "val_loss", kind: str | Non
             reasons[f"no finite positive {col}" if col == loss else f"no {col}"] = int(bad.sum())
         keep &= ok
     dropped = int((~keep).sum())
-    note = ""
+    notes = []
     if dropped:
         detail = ", ".join(f"{n} {why}" for why, n in reasons.items())
-        note = f"dropped {dropped} of {len(df)} runs ({detail})"
-    return df[keep].copy(), note
+        notes.append(f"dropped {dropped} of {len(df)} runs ({detail})")
+    if n_invalid:
+        notes.append(f"skipped {n_invalid} invalid grid point{'s' if n_invalid > 1 else ''} (never run)")
+    return df[keep].copy(), "; ".join(notes)
 
 
 def load_steps(file: PathLike) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""`moesim sweep`: grid expansion, stable ids, run files and the summary, failures, resume.
+"""`moesim sweep`: grid expansion, stable ids, run files and the summary, invalid points,
+failures, resume.
 
 Grid tests use `--list` on one rank (no launcher). Runs use 2 ranks with mpirun. The long
 sweeps (resume, SIGTERM) are started in a session of their own and killed, like test_kill.py:
@@ -10,6 +11,7 @@ import calendar
 import itertools
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from moesim_testing import (SessionJob, attrs_of, fail_with, root_attrs, signal_job, signal_ranks, steps_written,
+from moesim_testing import (REPO_ROOT, SessionJob, attrs_of, fail_with, root_attrs, signal_job, signal_ranks, steps_written,
                             strings)
 
 P = 2
@@ -34,7 +36,8 @@ val-tokens = 256
 quiet = true
 """
 
-LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s+(pending|complete|incomplete|failed)\s*(.*)$")
+# INDEX ID STATUS key=value...  [# reason, for invalid and failed points]
+LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s+(pending|complete|incomplete|failed|invalid)\s*([^#]*?)\s*(?:#\s*(.*))?$")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -59,7 +62,7 @@ def list_points(moesim_direct, config, out) -> tuple[int, str, list[dict]]:
         assert pm, f"unexpected --list line: {line!r}"
         swept = dict(kv.split("=", 1) for kv in pm.group(4).split())
         points.append({"index": int(pm.group(1)), "id": pm.group(2), "status": pm.group(3),
-                       "swept": swept})
+                       "swept": swept, "reason": pm.group(5) or ""})
     assert [p["index"] for p in points] == list(range(len(points)))
     return int(m.group(1)), m.group(2), points
 
@@ -342,35 +345,125 @@ def test_index_runs_exactly_one_point(tmp_path, mpirun, moesim_direct):
 
 
 def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, mpirun, moesim_direct):
-    # 3 experts cannot be split over 2 ranks: a configuration error of that point only.
-    cfg = write_config(tmp_path, BASE + "steps = 5\nexperts = 2,3,4\n")
+    # The second point's corpus does not exist: its options are fine, reading its data fails.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    cfg = write_config(tmp_path, BASE + "steps = 5\nexperts = 2\ntask = lm\ncontext = 4\n"
+                       f"data = {corpus},{tmp_path / 'missing.txt'},{corpus}\nseed = 1,2,3\nzip = data,seed\n")
     out = tmp_path / "out"
     _, _, points = list_points(moesim_direct, cfg, out)
+    assert [p["status"] for p in points] == ["pending"] * 3, "a missing file is not found by the option checks"
     proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
     assert proc.returncode == 3, f"expected exit code 3:\n{proc.stdout}\n{proc.stderr}"
     bad = points[1]
-    assert bad["swept"] == {"experts": "3"}
-    assert re.search(rf"\[sweep\] {bad['id']} failed: .*divisible", proc.stderr), proc.stderr
+    assert bad["swept"]["seed"] == "2"
+    assert re.search(rf"\[sweep\] {bad['id']} failed: .*missing.txt", proc.stderr), proc.stderr
     a = root_attrs(run_file(out, bad))
     assert a["status"] == "failed"
-    assert "divisible" in a["error"]
+    assert "missing.txt" in a["error"]
     assert a["complete"] == 0
     assert a["sweep_point_id"] == bad["id"]
     for p in (points[0], points[2]):  # before and after the failure
         assert root_attrs(run_file(out, p))["complete"] == 1
     s = read_summary(out)
     assert s["status"] == ["complete", "failed", "complete"]
-    assert "divisible" in s["error"][1] and s["error"][0] == s["error"][2] == ""
+    assert "missing.txt" in s["error"][1] and s["error"][0] == s["error"][2] == ""
     assert s["attrs"]["points_complete"] == 2
+    assert s["attrs"]["points_invalid"] == 0
     assert np.isnan(s["final"]["val_loss"][1]) and np.all(np.isfinite(s["final"]["val_loss"][[0, 2]]))
-    assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == \
-        ["complete", "failed", "complete"]
+    listed = list_points(moesim_direct, cfg, out)[2]
+    assert [p["status"] for p in listed] == ["complete", "failed", "complete"]
+    assert "missing.txt" in listed[1]["reason"]
 
     # Again: the complete points are skipped, the failed one is tried again (and fails again).
     again = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
     assert again.returncode == 3
     assert again.stdout.count("complete, skipped") == 2
     assert f"{bad['id']}: running" in again.stdout
+
+
+def test_invalid_points_are_listed_recorded_and_not_run(tmp_path, mpirun, moesim_direct):
+    # top-k 4 of 2 experts can never run; the other three points can.
+    cfg = write_config(tmp_path, BASE.replace("top-k = 1\n", "") + "steps = 5\ntop-k = 1,4\nexperts = 2,4\n")
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    assert [(p["swept"]["top-k"], p["swept"]["experts"]) for p in points] == \
+        [("1", "2"), ("1", "4"), ("4", "2"), ("4", "4")]
+    assert [p["status"] for p in points] == ["pending", "pending", "invalid", "pending"]
+    bad = points[2]
+    assert "--top-k (4) must not exceed --experts (2)" in bad["reason"], bad
+    assert all(p["reason"] == "" for p in points if p is not bad)
+    assert not out.exists(), "--list must not create the output directory"
+
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert proc.returncode == 0, f"invalid points must not fail the sweep:\n{proc.stdout}\n{proc.stderr}"
+    assert f"{bad['id']}: invalid, not run: --top-k (4) must not exceed --experts (2)" in proc.stdout
+    assert f"{bad['id']}: running" not in proc.stdout
+    assert "[sweep] 3/4 points complete, 1 invalid (not run)" in proc.stdout
+    assert "failed" not in proc.stderr
+    for p in points:
+        a = root_attrs(run_file(out, p))
+        if p is bad:
+            # A record of the point, not a run: no metrics, no checkpoint.
+            assert (a["status"], a["complete"], a["sweep_point_id"]) == ("invalid", 0, bad["id"])
+            assert "must not exceed" in a["error"]
+            with h5py.File(run_file(out, p), "r") as f:
+                assert "metrics" not in f and "final" not in f
+            assert not (out / "checkpoints" / f"{p['id']}.h5").exists()
+        else:
+            assert a["complete"] == 1
+    s = read_summary(out)
+    assert s["status"] == ["complete", "complete", "invalid", "complete"]
+    assert "--top-k (4) must not exceed --experts (2)" in s["error"][2]
+    assert s["attrs"]["points_complete"] == 3 and s["attrs"]["points_invalid"] == 1
+    assert np.isnan(s["final"]["val_loss"][2])
+    assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == \
+        ["complete", "complete", "invalid", "complete"]
+
+    # The analysis skips the invalid point: three runs, no "unreadable" or "failed" row.
+    sys.path.insert(0, str(REPO_ROOT))
+    from analysis.load import load_runs, usable_runs
+    runs = load_runs(out)
+    assert sorted(runs["status"]) == ["complete", "complete", "complete", "invalid"]
+    usable, note = usable_runs(runs)
+    assert len(usable) == 3 and bad["id"] not in set(usable["id"])
+    assert "failed" not in note and "unreadable" not in note
+
+    # Again: nothing runs, still a success; the invalid point alone (a job array task) too.
+    again = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "running" not in again.stdout
+    one = mpirun(P, "sweep", cfg, "--out", out, "--index", 2, timeout=120)
+    assert one.returncode == 0, one.stderr
+    assert f"{bad['id']}: invalid, not run" in one.stdout
+
+
+def test_a_grid_of_only_invalid_points_fails(tmp_path, mpirun, moesim_direct):
+    cfg = write_config(tmp_path, BASE.replace("top-k = 1\n", "") + "steps = 5\nexperts = 2\ntop-k = 3,4\n")
+    out = tmp_path / "out"
+    assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == ["invalid", "invalid"]
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert proc.returncode == 3, f"expected exit code 3:\n{proc.stdout}\n{proc.stderr}"
+    assert "no point of the grid can run" in proc.stderr
+    assert "running" not in proc.stdout
+    assert read_summary(out)["status"] == ["invalid", "invalid"]
+
+
+def test_stack_points_with_impossible_options_are_invalid(tmp_path, mpirun, moesim_direct):
+    # --folds 1 is refused by stack's option checks; the data file is only read by a run.
+    data = tmp_path / "t.csv"
+    synth = moesim_direct("synth", "--rows", 200, "--features", 4, "--informative", 2, "--classes", 2,
+                          "--out", data, timeout=60)
+    assert synth.returncode == 0, synth.stderr
+    cfg = write_config(tmp_path, f"command = stack\ndata = {data}\ntarget = target\nlearners = nb\n"
+                       "quiet = true\nfolds = 1,3\n")
+    out = tmp_path / "out"
+    points = list_points(moesim_direct, cfg, out)[2]
+    assert [p["status"] for p in points] == ["invalid", "pending"]
+    assert "--folds must be >= 2 (got 1)" in points[0]["reason"]
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert read_summary(out)["status"] == ["invalid", "complete"]
 
 
 # Three points; the middle one is long enough to be caught inside (a few seconds on a loaded
