@@ -16,11 +16,17 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", default="params_active", choices=["params_active", "params_total"],
                    help="parameter count N (default params_active: parameters one token uses)")
     p.add_argument("--saturating", action="store_true",
-                   help="use Clark et al.'s saturating Ê instead of E (eq. 9)")
-    p.add_argument("--e-start", type=float, help="E_start of the saturating Ê (default 1.847, S-BASE)")
-    p.add_argument("--e-max", type=float, help="E_max of the saturating Ê (default 314.883, S-BASE)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+                   help="use Clark et al.'s saturating Ê instead of E (eq. 9), its E_start and E_max "
+                        "fitted with intervals (unless fixed by --e-start / --e-max)")
+    p.add_argument("--e-start", type=float,
+                   help="fix E_start of the saturating Ê (implies --saturating; S-BASE: 1.847)")
+    p.add_argument("--e-max", type=float,
+                   help="fix E_max of the saturating Ê (implies --saturating; S-BASE: 314.883)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples (points, then seeds within points; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 3 when the fit is not identified (any warning), after printing it")
 
 
 def _ranks(text: str) -> list[int]:
@@ -83,19 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _saturation(a) -> dict:
-    from .scaling import E_MAX_SBASE, E_START_SBASE
-    return {"e_start": E_START_SBASE if a.e_start is None else a.e_start,
-            "e_max": E_MAX_SBASE if a.e_max is None else a.e_max}
+    """Ê's options: a fixed E_start or E_max implies the transform; the rest is fitted."""
+    for name, v in (("--e-start", a.e_start), ("--e-max", a.e_max)):
+        if v is not None and not v > 0:
+            raise ValueError(f"{name} must be > 0 (got {v:g})")
+    return {"saturating": bool(a.saturating or a.e_start is not None or a.e_max is not None),
+            "e_start": a.e_start, "e_max": a.e_max}
 
 
 def cmd_fit(a) -> int:
     from .load import require_runs
     from .scaling import fit_scaling_law
     runs = require_runs(a.dir)
-    fit = fit_scaling_law(runs, loss=a.loss, n=a.n, saturating=a.saturating, **_saturation(a),
-                          bootstrap=a.bootstrap, seed=a.seed)
+    fit = fit_scaling_law(runs, loss=a.loss, n=a.n, **_saturation(a), bootstrap=a.bootstrap,
+                          seed=a.seed)
     print(fit.format())
-    return 0
+    return 3 if a.strict and fit.warnings else 0
 
 
 def cmd_table(a) -> int:
@@ -115,10 +124,12 @@ def cmd_table(a) -> int:
 
 def cmd_report(a) -> int:
     from .report import write_report
-    path = write_report(a.dir, a.out, loss=a.loss, n=a.n, saturating=a.saturating,
-                        bootstrap=a.bootstrap, seed=a.seed, **_saturation(a))
+    path, warnings = write_report(a.dir, a.out, loss=a.loss, n=a.n, bootstrap=a.bootstrap,
+                                  seed=a.seed, **_saturation(a))
+    for w in warnings:
+        print(w)
     print(f"report written: {path} (and {path.with_name('index.md')})")
-    return 0
+    return 3 if a.strict and warnings else 0
 
 
 def cmd_simulate(a) -> int:

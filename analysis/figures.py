@@ -57,32 +57,124 @@ def _size_label(keys, values, n_mean) -> str:
     return " ".join(parts) + f" (N≈{n_mean:,.0f})"
 
 
+def _band_label(ax, color="0.5") -> None:
+    """A legend entry for the seed bands."""
+    ax.fill_between([], [], [], color=color, alpha=0.2, label="band: min to max over seeds")
+
+
 def loss_vs_experts(runs: pd.DataFrame, path, *, loss: str = "val_loss", n: str = "params_active",
                     fit: ScalingFit | None = None) -> str:
-    """Loss against experts (log x), one line per model size; the fitted law dashed if given."""
+    """Loss against experts (log x), one line per model size (Clark et al. 2022, Fig. 1a): the
+    mean over seeds with a band from the lowest to the highest seed, each run a dot, the dense
+    (E = 1) runs of a size as a dotted horizontal reference, the fitted law dashed if given."""
     use, note = usable_runs(runs, loss=loss, kind="moe", require=["experts"])
     if use.empty:
         raise ValueError(f"no complete MoE runs with {loss}" + (f" ({note})" if note else ""))
     keys = _size_groups(use)
     groups = use.groupby(keys, sort=True) if keys else [((), use)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.8, 4.8), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    dense_drawn = banded = False
     for i, (values, g) in enumerate(groups):
         c = colors[i % len(colors)]
-        mean = g.groupby("experts")[loss].mean()
+        by_e = g.groupby("experts")[loss]
+        mean, low, high = by_e.mean(), by_e.min(), by_e.max()
         n_mean = float(g[n].mean()) if n in g else float("nan")
         ax.plot(mean.index, mean.values, "-o", color=c, label=_size_label(keys, values, n_mean))
+        if (by_e.size() > 1).any():
+            ax.fill_between(mean.index, low.values, high.values, color=c, alpha=0.2, lw=0)
+            banded = True
         ax.scatter(g["experts"], g[loss], color=c, s=12, alpha=0.5)
+        if 1 in mean.index:
+            ax.axhline(mean.loc[1], color=c, ls=":", lw=1.2,
+                       label=None if dense_drawn else "dense baseline (E = 1), per size")
+            dense_drawn = True
         if fit is not None and np.isfinite(n_mean):
             Es = np.geomspace(g["experts"].min(), g["experts"].max(), 50)
             ax.plot(Es, fit.predict(n_mean, Es), "--", color=c, lw=1)
+    if banded:
+        _band_label(ax)
     ax.set_xscale("log", base=2)
     _plain_log_y(ax)
     ax.set_xlabel("experts E")
-    ax.set_ylabel(loss)
-    title = f"{loss} against experts" + (" (dashed: fitted law)" if fit is not None else "")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.set_ylabel(f"{loss} (mean over seeds)")
+    ax.set_title(f"{loss} against experts" + (" (dashed: fitted law)" if fit is not None else ""))
+    ax.legend(fontsize=7)
+    if note:
+        fig.suptitle(note, fontsize=7)
+    return _finish(fig, [ax], path)
+
+
+def effective_params(runs: pd.DataFrame, fit: ScalingFit, path, *, loss: str | None = None) -> str:
+    """Clark et al.'s effective parameter count over the real number of parameters, N̄/N,
+    against experts, one line per model size, the band its interval over the fit's bootstrap."""
+    loss = loss or fit.loss
+    use, note = usable_runs(runs, loss=loss, kind="moe", require=["experts", fit.n_column])
+    if use.empty:
+        raise ValueError("no complete MoE runs to draw")
+    keys = _size_groups(use)
+    groups = use.groupby(keys, sort=True) if keys else [((), use)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    level = fit.level
+    for i, (values, g) in enumerate(groups):
+        c = colors[i % len(colors)]
+        pts = g.groupby("experts")[fit.n_column].mean()
+        E, N = pts.index.to_numpy(float), pts.to_numpy(float)
+        ratio = fit.effective_params(N, E) / N
+        if not np.isfinite(ratio).any():
+            continue
+        ax.plot(E, ratio, "-o", color=c, label=_size_label(keys, values, float(N.mean())))
+        if len(fit.boot) >= 2:
+            e_draws = fit.boot_e if fit.saturating and fit.boot_e is not None else [(None, None)] * len(fit.boot)
+            draws = np.array([fit.effective_params(N, E, b, *e) for b, e in zip(fit.boot, e_draws)]) / N
+            if np.isfinite(draws).any():
+                lo, hi = np.nanquantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+                ax.fill_between(E, lo, hi, color=c, alpha=0.2, lw=0)
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    ax.set_xlabel("experts E")
+    ax.set_ylabel("effective parameters / parameters  (N̄ / N)")
+    ax.set_title(f"effective parameter count of the fitted law (band: {100 * level:g}% bootstrap interval)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    if note:
+        fig.suptitle(note, fontsize=7)
+    return _finish(fig, [ax], path)
+
+
+def loss_vs_compute(runs: pd.DataFrame, path, *, loss: str = "val_loss") -> str:
+    """Loss against training compute, FLOPs per token x tokens trained (log-log), one line per
+    expert count through the model sizes; the mean over seeds with min-max bars."""
+    use, note = usable_runs(runs, loss=loss, kind="moe", require=["experts", "flops_per_token", "batch_tokens"])
+    if use.empty:
+        raise ValueError(f"no complete MoE runs with {loss}, flops_per_token and batch_tokens")
+    steps = use["steps_done"] if "steps_done" in use else use["steps"]
+    use = use.assign(_compute=use["flops_per_token"].astype(float) * use["batch_tokens"].astype(float)
+                     * pd.to_numeric(steps, errors="coerce"))
+    use = use[np.isfinite(use["_compute"]) & (use["_compute"] > 0)]
+    if use.empty:
+        raise ValueError("no run has a positive compute (FLOPs per token x tokens trained)")
+    keys = ["experts"] + _size_groups(use)
+    fig, ax = plt.subplots(figsize=(6.8, 4.8), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    Es = sorted(use["experts"].unique())
+    for i, e in enumerate(Es):
+        g = use[use["experts"] == e]
+        pts = g.groupby(keys, sort=True).agg(x=("_compute", "mean"), y=(loss, "mean"),
+                                             lo=(loss, "min"), hi=(loss, "max")).sort_values("x")
+        c = cmap(i / max(len(Es) - 1, 1))
+        ax.errorbar(pts["x"], pts["y"], yerr=[pts["y"] - pts["lo"], pts["hi"] - pts["y"]],
+                    fmt="-o" if e != 1 else "--s", color=c, ms=4, capsize=2,
+                    label=f"E = {e:g}" + (" (dense)" if e == 1 else ""))
+    ax.set_xscale("log")
+    _plain_log_y(ax)
+    ax.set_xlabel("training compute: FLOPs per token x tokens trained")
+    ax.set_ylabel(f"{loss} (mean over seeds, bars: min to max)")
+    ax.set_title(f"{loss} against compute, one line per expert count")
+    ax.legend(fontsize=7)
     if note:
         fig.suptitle(note, fontsize=7)
     return _finish(fig, [ax], path)
@@ -131,17 +223,18 @@ def _family(g: pd.DataFrame) -> dict:
 
 def iso_loss_contours(runs: pd.DataFrame, fit: ScalingFit, path, *, loss: str | None = None,
                       grid: int = 80) -> str:
-    """Iso-loss contours of the fitted law over (parameters, experts) and over (parameter
-    utilization ratio, experts), one column of panels per top_k, runs overlaid (Clark et al.
-    2022, Fig. 1/2 style; seed 003). The grid varies D (F/D fixed at the runs' ratio) and E."""
+    """Iso-loss contours of the fitted law over (parameters N, experts E), one panel per top_k,
+    the points' mean losses overlaid (Clark et al. 2022, Fig. 1b). The grid varies D (F/D fixed
+    at the runs' ratio) and E. (A second row over parameter utilization, params_total / FLOPs
+    per token, used to be drawn: at fixed K that ratio grows with E alone, so every run fell on
+    one diagonal and the panel showed nothing the first row does not.)"""
     loss = loss or fit.loss
     use, note = usable_runs(runs, loss=loss, kind="moe",
-                            require=["experts", "d_model", "d_ff", "top_k", fit.n_column,
-                                     "param_utilization"])
+                            require=["experts", "d_model", "d_ff", "top_k", fit.n_column])
     if use.empty:
         raise ValueError("no complete MoE runs to draw")
     ks = sorted(use["top_k"].unique())
-    fig, axes = plt.subplots(2, len(ks), figsize=(4.6 * len(ks) + 1.2, 8), squeeze=False,
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.8 * len(ks) + 1.2, 4.4), squeeze=False,
                              layout="constrained")
     lo, hi = np.log(use[loss].min()), np.log(use[loss].max())
     pad = 0.15 * (hi - lo if hi > lo else 1.0)
@@ -156,23 +249,21 @@ def iso_loss_contours(runs: pd.DataFrame, fit: ScalingFit, path, *, loss: str | 
         DD, EE = np.meshgrid(D, E)
         row = fam["row"].copy()
         row["d_model"], row["d_ff"], row["experts"], row["top_k"] = DD, DD * fam["ratio"], EE, k
-        total, active, flops = counts_of_run(row)
+        total, active, _ = counts_of_run(row)
         N = active if fit.n_column == "params_active" else total
         Z = fit.predict(N, EE)
-        for r, (X, xcol, xlabel) in enumerate([(N, fit.n_column, f"parameters N ({fit.n_column})"),
-                                                (total / flops, "param_utilization",
-                                                 "parameter utilization (params_total / FLOPs per token)")]):
-            ax = axes[r, col]
-            cs = ax.contour(X, EE, Z, levels=levels, cmap=cmap, norm=norm, linewidths=1)
-            ax.clabel(cs, fontsize=6, fmt=lambda v: f"{v:.3g}")
-            sc = ax.scatter(g[xcol], g["experts"], c=g[loss], cmap=cmap, norm=norm,
-                            edgecolors="k", s=28, zorder=3)
-            ax.set_xscale("log")
-            ax.set_yscale("log", base=2)
-            ax.set_xlabel(xlabel, fontsize=8)
-            ax.set_ylabel("experts E")
-            ax.set_title(f"K = {k}: iso-{loss}", fontsize=9)
-    cb = fig.colorbar(sc, ax=axes.ravel().tolist(), label=f"{loss} (runs: dots; law: contours)")
+        ax = axes[0, col]
+        cs = ax.contour(N, EE, Z, levels=levels, cmap=cmap, norm=norm, linewidths=1)
+        ax.clabel(cs, fontsize=6, fmt=lambda v: f"{v:.3g}")
+        pts = g.groupby([fit.n_column, "experts"], as_index=False)[loss].mean()
+        sc = ax.scatter(pts[fit.n_column], pts["experts"], c=pts[loss], cmap=cmap, norm=norm,
+                        edgecolors="k", s=28, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel(f"parameters N ({fit.n_column})", fontsize=8)
+        ax.set_ylabel("experts E")
+        ax.set_title(f"K = {k}: iso-{loss}", fontsize=9)
+    cb = fig.colorbar(sc, ax=axes.ravel().tolist(), label=f"{loss} (points: mean over seeds; law: contours)")
     cb.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
     cb.ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
     if note:

@@ -82,7 +82,8 @@ def _coerce(value):
 
 
 def read_run(path: PathLike) -> dict:
-    """One run file -> dict of columns (see module docstring). Never raises for a bad file."""
+    """One run file -> dict of columns (see module docstring), and `_final_columns`: the names
+    that came from its `final` group. Never raises for a bad file."""
     path = Path(path)
     row: dict = {"id": path.stem, "file": str(path), "kind": None, "status": "unreadable",
                  "complete": False, "error": ""}
@@ -110,21 +111,75 @@ def read_run(path: PathLike) -> dict:
                error=str(root.get("error", "")))
     if steps is not None:
         row["steps_logged"] = steps
+    names = []
     for key, value in final.items():
-        row[f"final_{key}" if key in row else key] = value
+        names.append(f"final_{key}" if key in row else key)
+        row[names[-1]] = value
+    row["_final_columns"] = names
     return row
 
 
 def load_runs(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
-    """One row per run file; see the module docstring for the columns."""
+    """One row per run file; see the module docstring for the columns. The names of the
+    columns that came from `final` groups (results, not options) are in
+    `df.attrs["final_columns"]`."""
     rows = [read_run(p) for p in run_files(path_or_paths)]
+    finals: set = set()
+    for r in rows:
+        finals |= set(r.pop("_final_columns", ()))
     df = pd.DataFrame(rows)
     for col in BASE_COLUMNS:
         if col not in df.columns:
             df[col] = pd.Series(dtype=object)
     df["complete"] = df["complete"].fillna(False).astype(bool)
     rest = [c for c in df.columns if c not in BASE_COLUMNS]
-    return df[BASE_COLUMNS + rest].reset_index(drop=True)
+    df = df[BASE_COLUMNS + rest].reset_index(drop=True)
+    df.attrs["final_columns"] = sorted(finals)
+    return df
+
+
+# Results a run file stores under `final` (used when a table carries no attrs["final_columns"],
+# e.g. one built by hand).
+KNOWN_RESULTS = {"val_loss", "train_loss", "val_accuracy", "test_score", "params_total",
+                 "params_active", "flops_per_token", "param_utilization", "tokens_per_s",
+                 "wall_seconds", "a2a_seconds", "compute_seconds", "a2a_bytes", "dropped_fraction",
+                 "steps_done", "token_bytes", "steps_logged"}
+# The model seed: runs that differ only in it are replicates of one grid point.
+SEED_OPTIONS = ("seed",)
+
+
+def point_columns(df: pd.DataFrame, extra: Iterable[str] = ()) -> list[str]:
+    """The options that vary across `df` apart from the model seed (and where or how loudly a
+    run ran), plus `extra`: runs equal in all of them are seeds of one grid point."""
+    results = set(df.attrs.get("final_columns", ())) | KNOWN_RESULTS
+    skip = set(BASE_COLUMNS) | PROVENANCE | NON_SCIENCE_OPTIONS | results | set(SEED_OPTIONS)
+    cols = [c for c in df.columns
+            if c not in skip and not c.startswith(("final_", "_"))
+            and df[c].astype(str).nunique(dropna=False) > 1]
+    return list(dict.fromkeys(list(extra) + cols))
+
+
+def aggregate_seeds(df: pd.DataFrame, loss: str, by: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per grid point (runs equal in `by`, default point_columns): the first run's
+    columns, `seeds` (runs averaged), `{loss}` their mean, `{loss}_sd` (sample standard
+    deviation, NaN for one seed), `{loss}_min`, `{loss}_max`, `ids` (comma-joined) and
+    `_losses` (the runs' losses, for resampling)."""
+    by = list(point_columns(df) if by is None else by)
+    if df.empty:
+        return df.assign(seeds=pd.Series(dtype=int))
+    grouped = df.groupby(by, dropna=False, sort=True) if by else [((), df)]
+    rows = []
+    for _, g in grouped:
+        values = pd.to_numeric(g[loss], errors="coerce").to_numpy(float)
+        row = g.iloc[0].to_dict()
+        sd = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+        row.update({loss: float(values.mean()), f"{loss}_sd": sd, f"{loss}_min": float(values.min()), f"{loss}_max": float(values.max()),
+                    "seeds": len(values), "ids": ",".join(map(str, g["id"])) if "id" in g else "",
+                    "_losses": values})
+        rows.append(row)
+    out = pd.DataFrame(rows).reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
 
 
 def require_runs(directory: PathLike) -> pd.DataFrame:

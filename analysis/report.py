@@ -1,5 +1,6 @@
 """`python3 -m analysis report DIR`: DIR/report/index.md and index.html with the figures, the
-fitted scaling law (or why there is none) and a table of the runs."""
+fitted scaling law (its identification warnings above its table, or why there is none) and a
+table of the runs."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -12,7 +13,7 @@ import pandas as pd
 
 from .load import (NON_SCIENCE_OPTIONS, PROVENANCE, _py, load_expert_load, require_runs,
                    usable_runs)
-from .scaling import E_MAX_SBASE, E_START_SBASE, ScalingFit, fit_scaling_law
+from .scaling import ScalingFit, fit_scaling_law
 
 MIN_FIT_RUNS = 5
 ALWAYS_OPTIONS = ["experts", "top_k", "d_model", "d_ff", "seed"]
@@ -91,6 +92,19 @@ def _sweep_summary(directory: Path) -> str:
             + ", ".join(f"{n} {s}" for s, n in counts.items()))
 
 
+POINTS_TEXT = ("Points (runs equal but for the seed): loss is the mean over seeds, loss_sd their "
+               "standard deviation; residual = log L − predicted log L; N_eff is Clark et al.'s "
+               "effective parameter count, the dense (E = 1) model size with the same predicted loss.")
+
+
+def _points(fit: ScalingFit) -> pd.DataFrame:
+    """The fit's per-point table with the run ids shortened (a point may hold many seeds)."""
+    t = fit.residuals.copy()
+    if "ids" in t:
+        t["ids"] = [x if len(x) <= 60 else x[:57] + "..." for x in t["ids"].astype(str)]
+    return t
+
+
 def _pick_heatmap_runs(use: pd.DataFrame, loss: str, k: int) -> list[str]:
     """The best run, the one with the most experts and the most unevenly loaded one."""
     if use.empty or k <= 0:
@@ -119,6 +133,7 @@ ROUTERS_TEXT = ("The sweep varies the gate: mean loss per gate (rows) and number
 
 def _router_comparison(moe: pd.DataFrame, loss: str, n: str, saturating, e_start, e_max,
                        bootstrap, seed):
+    # Per-gate fits use the full fit's own options; their warnings are not repeated here.
     """When runs differ in `gate`: (mean loss per size, gate and E; per-gate fitted law or
     None); None when they do not."""
     if moe.empty or "gate" not in moe or moe["gate"].nunique() < 2:
@@ -141,9 +156,11 @@ def _router_comparison(moe: pd.DataFrame, loss: str, n: str, saturating, e_start
 
 
 def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "params_active",
-                 saturating: bool = False, e_start: float = E_START_SBASE,
-                 e_max: float = E_MAX_SBASE, bootstrap: int = 1000, seed: int = 0, heatmaps: int = 3, max_curves: int = 12, max_stack: int = 6) -> Path:
-    """Write the report; returns the path of index.html."""
+                 saturating: bool = False, e_start: float | None = None,
+                 e_max: float | None = None, bootstrap: int = 1000, seed: int = 0, heatmaps: int = 3,
+                 max_curves: int = 12, max_stack: int = 6) -> tuple[Path, list[str]]:
+    """Write the report; returns the path of index.html and the fit's warnings (each line
+    starts with "warning:"; the report shows them above the coefficient table)."""
     from . import figures  # matplotlib only when drawing
 
     directory = Path(directory)
@@ -156,6 +173,8 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
     moe, drop_note = usable_runs(runs, loss=loss, kind="moe")
     fit: ScalingFit | None = None
     if len(moe) >= MIN_FIT_RUNS and moe["experts"].nunique() > 1:
+        # Warned about, not refused: the numbers show how far the design is from identifying
+        # the law, and the warnings say what to add.
         try:
             fit = fit_scaling_law(runs, loss=loss, n=n, saturating=saturating, e_start=e_start,
                                   e_max=e_max, bootstrap=bootstrap, seed=seed)
@@ -181,9 +200,12 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
         if routers is not None:
             add("Routers side by side", figures.routers_vs_experts, "routers_vs_experts.png", runs,
                 loss=loss, n=n)
+        add("Loss against compute", figures.loss_vs_compute, "loss_vs_compute.png", runs, loss=loss)
         if fit is not None:
             add("Iso-loss contours of the fitted law", figures.iso_loss_contours,
                 "iso_loss.png", runs, fit, loss=loss)
+            add("Effective parameter count (Clark et al. 2022)", figures.effective_params,
+                "effective_params.png", runs, fit, loss=loss)
         curves = moe.sort_values("id")["file"].tolist()
         add("Loss curves", figures.loss_curves, "loss_curves.png", curves, max_runs=max_curves)
         picked = _pick_heatmap_runs(moe, loss, heatmaps)
@@ -207,13 +229,15 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
     if sweep:
         md += ["", sweep]
     md += ["", "## Scaling law", ""]
+    warnings = list(fit.warnings) if fit is not None else []
     if fit is not None:
+        for w in warnings:
+            md += [w, ""]
         md += [f"`{fit.describe()}`", ""]
         if fit.note:
             md += [fit.note, ""]
-        md += [markdown_table(fit.coefficient_table(), index=True), "",
-               "Residuals (log L − predicted log L):", "",
-               markdown_table(fit.residuals, index=False)]
+        md += [markdown_table(fit.coefficient_table(), index=True), "", POINTS_TEXT, "",
+               markdown_table(_points(fit), index=False)]
     if routers is not None:
         md += ["", "## Routers", "", ROUTERS_TEXT, "", markdown_table(routers[0]), ""]
         if routers[1] is not None:
@@ -230,18 +254,19 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
          f"<title>moesim report: {e(str(directory))}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
          "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-         "img{max-width:100%}</style></head><body>",
+         "img{max-width:100%}.warning{color:#a00;font-weight:bold}</style></head><body>",
          f"<h1>moesim report: {e(directory.name or str(directory))}</h1>",
          f"<p>Generated {e(stamp)}.</p>", f"<p>{e(header)}</p>"]
     if sweep:
         h.append(f"<p>{e(sweep)}</p>")
     h.append("<h2>Scaling law</h2>")
     if fit is not None:
+        h += [f"<p class='warning'>{e(w)}</p>" for w in warnings]
         h.append(f"<p><code>{e(fit.describe())}</code></p>")
         if fit.note:
             h.append(f"<p>{e(fit.note)}</p>")
         h += [html_table(fit.coefficient_table(), index=True),
-              "<p>Residuals (log L − predicted log L):</p>", html_table(fit.residuals)]
+              f"<p>{e(POINTS_TEXT)}</p>", html_table(_points(fit))]
     if routers is not None:
         h += ["<h2>Routers</h2>", f"<p>{e(ROUTERS_TEXT)}</p>", html_table(routers[0])]
         if routers[1] is not None:
@@ -253,4 +278,4 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
         h.append(f"<h3>{e(title)}</h3><img src='{e(name)}' alt='{e(title)}'>")
     h += ["<h2>Runs</h2>", html_table(table), "</body></html>"]
     (out / "index.html").write_text("\n".join(h))
-    return out / "index.html"
+    return out / "index.html", warnings

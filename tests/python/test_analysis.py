@@ -1,5 +1,7 @@
 """The analysis package (analysis/): loading a real sweep made by the binary, the scaling-law
-fit on synthetic losses with known coefficients, figures, and the report/fit/table commands."""
+fit on synthetic losses with known coefficients (arrays, and run directories written with h5py:
+identified and under-identified grids, seeds, the fitted saturating transform), figures, and the
+report/fit/table commands."""
 from __future__ import annotations
 
 import shutil
@@ -13,18 +15,20 @@ from moesim_testing import REPO_ROOT, analysis_cli, run_mpi
 
 sys.path.insert(0, str(REPO_ROOT))
 from analysis import figures, load_expert_load, load_runs, load_steps  # noqa: E402
-from analysis.load import usable_runs  # noqa: E402
-from analysis.params import counts_of_run  # noqa: E402
-from analysis.scaling import fit_arrays, fit_scaling_law, saturating_experts  # noqa: E402
+from analysis.load import aggregate_seeds, usable_runs  # noqa: E402
+from analysis.params import counts_of_run, model_counts  # noqa: E402
+from analysis.scaling import (E_MAX_SBASE, E_START_SBASE, fit_arrays, fit_scaling_law,  # noqa: E402
+                              saturating_experts)
 
 STEPS = 20
-# experts = 3 cannot be split over 2 ranks: the sweep records those points as failed.
+# top-k 4 of 2 experts can never run: the sweep records those points as invalid, runs the rest.
 SWEEP = f"""\
-experts = 2,3,4,8
+experts = 2,4,8,2
+top-k = 1,1,1,4
+zip = experts,top-k
 d-model = 16,32
 d-ff = 32,64
 zip = d-model,d-ff
-top-k = 1
 layers = 2
 steps = {STEPS}
 batch-tokens = 256
@@ -42,7 +46,7 @@ def sweep(moesim, tmp_path_factory):
     cfg.write_text(SWEEP)
     out = d / "sweep"
     proc = run_mpi(2, "sweep", cfg, "--out", out, timeout=180)
-    assert proc.returncode == 3, f"a point should fail (exit 3)\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"invalid points do not fail a sweep\n{proc.stdout}\n{proc.stderr}"
     return out
 
 
@@ -73,28 +77,35 @@ def test_one_row_per_run_file_with_options_and_finals(sweep, runs):
         assert (total, active, flops) == (row["params_total"], row["params_active"], row["flops_per_token"])
 
 
-def test_failed_points_are_kept_and_flagged(runs):
+def test_invalid_points_are_kept_apart(runs):
     bad = runs[~runs["complete"]]
     assert len(bad) == 2
-    assert (bad["status"] == "failed").all()
-    assert (bad["experts"] == 3).all()  # options of a failure record are typed like the others
-    assert bad["error"].str.contains("divisible").all()
+    assert (bad["status"] == "invalid").all()
+    assert (bad["top_k"] == 4).all()  # options of an invalid record are typed like the others
+    assert bad["error"].str.contains("must not exceed").all()
     use, note = usable_runs(runs)
-    assert len(use) == 6 and "dropped 2 of 8 runs (2 failed)" in note
+    assert len(use) == 6
+    assert note == "skipped 2 invalid grid points (never run)"  # not runs, so none is "dropped"
 
 
-def test_incomplete_and_unreadable_files_are_flagged(sweep, runs, tmp_path):
+def test_failed_incomplete_and_unreadable_files_are_flagged(sweep, runs, tmp_path):
     src = runs[runs["complete"]]["file"].iloc[0]
     shutil.copy(src, tmp_path / "half.h5")
     with h5py.File(tmp_path / "half.h5", "r+") as f:
         f.attrs["complete"] = 0
+    with h5py.File(tmp_path / "bad.h5", "w") as f:  # as `moesim sweep` records a failure
+        f.attrs.update({"complete": 0, "kind": "moe", "status": "failed", "error": "no corpus",
+                        "experts": "4"})
     (tmp_path / "broken.h5").write_bytes(b"not an HDF5 file")
     shutil.copy(sweep / "sweep.h5", tmp_path / "sweep.h5")
     df = load_runs(tmp_path).set_index("id")
-    assert sorted(df.index) == ["broken", "half"]  # sweep.h5 is not a run
+    assert sorted(df.index) == ["bad", "broken", "half"]  # sweep.h5 is not a run
     assert df.loc["half", "status"] == "incomplete" and not df.loc["half", "complete"]
+    assert df.loc["bad", "status"] == "failed" and df.loc["bad", "experts"] == 4
     assert df.loc["broken", "status"] == "unreadable" and not df.loc["broken", "complete"]
     assert "unreadable" in df.loc["broken", "error"]
+    _, note = usable_runs(df.reset_index())
+    assert note.startswith("dropped 3 of 3 runs (") and "1 failed" in note
 
 
 def test_load_steps_and_expert_load(runs):
@@ -130,7 +141,9 @@ def synthetic(saturating=False, noise=0.003, seed=0):
 @pytest.mark.parametrize("saturating", [False, True])
 def test_fit_recovers_known_coefficients(saturating):
     N, E, L = synthetic(saturating)
-    fit = fit_arrays(N, E, L, saturating=saturating, bootstrap=400, seed=1)
+    # With the transform: Clark's S-BASE values fixed, as the data were made.
+    fixed = {"e_start": E_START_SBASE, "e_max": E_MAX_SBASE} if saturating else {}
+    fit = fit_arrays(N, E, L, saturating=saturating, **fixed, bootstrap=400, seed=1)
     for k, v in TRUE.items():
         lo, hi = fit.ci[k]
         assert lo <= v <= hi, (k, v, fit.ci[k])
@@ -138,9 +151,11 @@ def test_fit_recovers_known_coefficients(saturating):
     assert fit.r2 > 0.99
     assert fit.residuals["residual"].abs().max() < 0.02
     assert fit.bootstrap_used > 300
+    assert fit.warnings == []
     text = fit.format()
     for k in "abcd":
         assert f"\n{k} " in text
+    assert "warning" not in text
 
 
 def test_fit_of_a_table_drops_incomplete_runs_and_says_so():
@@ -161,10 +176,54 @@ def test_fit_needs_two_sizes_and_two_expert_counts():
         fit_arrays([1e4] * 6, [1, 2, 4, 8, 16, 32], np.linspace(1, 2, 6), bootstrap=10)
 
 
+def test_fitted_saturation_recovers_e_start_and_e_max():
+    # E up to 512, well past E_max = 40: the saturation is in the data.
+    true = {"e_start": 2.5, "e_max": 40.0}
+    rng = np.random.default_rng(3)
+    N, E = (x.ravel() for x in np.meshgrid(np.geomspace(1e4, 1e7, 5), 2.0 ** np.arange(10)))
+    Eh = saturating_experts(E, **true)
+    L = np.exp(TRUE["a"] * np.log(N) + TRUE["b"] * np.log(Eh) + TRUE["c"] * np.log(N) * np.log(Eh)
+               + TRUE["d"] + rng.normal(0, 0.001, N.size))
+    fit = fit_arrays(N, E, L, saturating=True, bootstrap=200, seed=2)
+    assert fit.fitted == ("E_start", "E_max")
+    for name, key in (("E_start", "e_start"), ("E_max", "e_max")):
+        lo, hi = fit.e_ci[name]
+        assert lo <= true[key] <= hi, (name, fit.e_ci[name])
+        assert getattr(fit, key) == pytest.approx(true[key], rel=0.2)
+    for k, v in TRUE.items():
+        assert fit.ci[k][0] <= v <= fit.ci[k][1], (k, fit.ci[k])
+    assert fit.warnings == []
+    tab = fit.coefficient_table()
+    assert list(tab.index) == ["a", "b", "c", "d", "E_start", "E_max"]
+    # Either may be fixed instead; a fixed value is not a row of the table.
+    half = fit_arrays(N, E, L, saturating=True, e_start=2.5, bootstrap=50, seed=2)
+    assert half.fitted == ("E_max",) and half.e_start == 2.5
+    assert half.e_max == pytest.approx(40.0, rel=0.2)
+
+
+def test_under_identified_designs_warn():
+    # Two sizes, four expert counts, noisy: the 2-size fit of the old default job.
+    rng = np.random.default_rng(0)
+    N, E = (x.ravel() for x in np.meshgrid([2500.0, 8000.0], [2.0, 4.0, 8.0, 16.0]))
+    L = np.exp(TRUE["a"] * np.log(N) + TRUE["b"] * np.log(E) + TRUE["c"] * np.log(N) * np.log(E)
+               + TRUE["d"] + rng.normal(0, 0.02, N.size))
+    fit = fit_arrays(N, E, L, bootstrap=200, seed=0)
+    assert fit.warnings and all(w.startswith("warning: ") for w in fit.warnings)
+    text = "\n".join(fit.warnings)
+    assert "only 2 distinct model sizes" in text
+    assert "interval of c" in text and "contains 0" in text
+    assert fit.format().startswith("warning: ")
+    # Three sizes within a few percent of each other: the levels are there, the spread is not.
+    N3, E3 = (x.ravel() for x in np.meshgrid([1e4, 1.05e4, 1.1e4], [1.0, 4.0, 16.0]))
+    L3 = np.exp(-0.08 * np.log(N3) - 0.1 * np.log(E3) + 1.1 + rng.normal(0, 0.001, N3.size))
+    assert any("condition number" in w for w in fit_arrays(N3, E3, L3, bootstrap=50).warnings)
+
+
 def test_fit_of_the_real_sweep(runs):
     fit = fit_scaling_law(runs, bootstrap=100)
-    assert len(fit.residuals) == 6 and "dropped 2" in fit.note
+    assert len(fit.residuals) == 6 and "skipped 2 invalid" in fit.note
     assert np.isfinite(list(fit.coef.values())).all()
+    assert any(w.startswith("warning: only 2 distinct model sizes") for w in fit.warnings)
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -183,7 +242,9 @@ def test_figures_are_written_and_not_empty(runs, tmp_path):
     paths = [figures.loss_vs_experts(runs, tmp_path / "a.png", fit=fit),
              figures.iso_loss_contours(runs, fit, tmp_path / "b.png"),
              figures.loss_curves(ok["file"], tmp_path / "c.png"),
-             figures.expert_load_heatmap(ok["file"].iloc[:2], tmp_path / "d.png")]
+             figures.expert_load_heatmap(ok["file"].iloc[:2], tmp_path / "d.png"),
+             figures.loss_vs_compute(runs, tmp_path / "e.png"),
+             figures.effective_params(runs, fit, tmp_path / "f.png")]
     for p in paths:
         assert_png(p)
 
@@ -226,7 +287,11 @@ def test_report_command(sweep):
         assert f"src='{x.name}'" in html and f"]({x.name})" in md
         assert_png(x)
     assert "<table>" in html and "| a |" in md  # coefficient table
-    assert "failed" in html and "failed" in md  # the runs table keeps failures
+    assert "invalid" in html and "invalid" in md  # the runs table keeps invalid points
+    # Two sizes: the warning comes first on the command line and above the table in the report.
+    assert p.stdout.startswith("warning: only 2 distinct model sizes"), p.stdout
+    assert md.index("warning: only 2 distinct model sizes") < md.index("| a |")
+    assert html.index("warning: only 2 distinct model sizes") < html.index("<th>estimate</th>")
 
 
 def test_report_without_enough_runs_says_why(runs, tmp_path):
@@ -240,18 +305,24 @@ def test_report_without_enough_runs_says_why(runs, tmp_path):
 
 
 def test_fit_command(sweep):
-    p = analysis_cli("fit", sweep, "--bootstrap", "100", "--saturating")
+    p = analysis_cli("fit", sweep, "--bootstrap", "100", "--e-start", "1.847", "--e-max", "314.883")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     for k in "abcd":
         assert any(ln.split()[:1] == [k] and len(ln.split()) == 4 for ln in lines), k
-    assert "residuals" in p.stdout and "saturating" in p.stdout
+    assert "residual" in p.stdout and "saturating" in p.stdout and "fixed at 1.847" in p.stdout
+    assert lines[0].startswith("warning: only 2 distinct model sizes")
+    strict = analysis_cli("fit", sweep, "--bootstrap", "20", "--strict")
+    assert strict.returncode == 3 and "warning:" in strict.stdout
+    # Six points cannot fit six parameters: a clear error, not a traceback.
+    p = analysis_cli("fit", sweep, "--bootstrap", "20", "--saturating")
+    assert p.returncode == 2 and "cannot fit 6 parameters" in p.stderr, p.stderr
 
 
 def test_table_command(sweep):
     p = analysis_cli("table", sweep)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count("complete") == 6 and p.stdout.count("failed") == 2
+    assert p.stdout.count("complete") == 6 and p.stdout.count("invalid") == 2
     assert "val_loss" in p.stdout and "tokens_per_s" in p.stdout
 
 
@@ -262,3 +333,153 @@ def test_missing_or_empty_directory_is_a_clear_error(tmp_path):
     p = analysis_cli("report", tmp_path)
     assert p.returncode != 0
     assert p.stderr.strip().count("\n") == 0 and "no run files" in p.stderr
+
+
+# --- synthetic run directories ---------------------------------------------------------------
+
+LAYERS = 2
+
+
+def write_run(directory, name, *, d_model, experts, seed, loss, top_k=1, steps=40, batch_tokens=256):
+    """A complete run file as `moesim moe` writes one (the attributes and datasets the analysis
+    reads), with a chosen validation loss."""
+    d_ff = 2 * d_model
+    total, active, flops = model_counts(d_model, d_ff, experts, top_k, layers=LAYERS)
+    with h5py.File(directory / f"{name}.h5", "w") as f:
+        f.attrs.update({"schema_version": 1, "kind": "moe", "complete": 1, "ranks": 2,
+                        "experts": experts, "top_k": top_k, "d_model": d_model, "d_ff": d_ff,
+                        "layers": LAYERS, "moe_every": 1, "input_dim": 16, "problem": "regression",
+                        "gate": "topk", "task": "regimes", "seed": seed, "lr": 0.003,
+                        "steps": steps, "batch_tokens": batch_tokens, "out": f"{name}.h5"})
+        g = f.create_group("final")
+        g.attrs.update({"val_loss": loss, "train_loss": loss * 0.98, "params_total": float(total),
+                        "params_active": float(active), "flops_per_token": float(flops),
+                        "param_utilization": float(total / flops), "steps_done": steps,
+                        "tokens_per_s": 1e5})
+        m = f.create_group("metrics")
+        m["step"] = np.arange(1, steps + 1)
+        m["train_loss"] = loss * (1 + 1.0 / np.arange(1, steps + 1))
+        m["val_step"] = np.array([steps])
+        m["val_loss"] = np.array([loss])
+        m["expert_tokens"] = np.full((steps, experts), batch_tokens * top_k * LAYERS // experts)
+
+
+def law(N, E):
+    return np.exp(TRUE["a"] * np.log(N) + TRUE["b"] * np.log(E) + TRUE["c"] * np.log(N) * np.log(E)
+                  + TRUE["d"])
+
+
+def synthetic_dir(directory, sizes, experts, seeds=(1, 2), noise=0.002, rng_seed=0):
+    """Run files of the known law on a grid of sizes (d_model), experts and seeds; returns the
+    (d_model, E) -> list of losses written."""
+    rng = np.random.default_rng(rng_seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for d in sizes:
+        for e in experts:
+            _, active, _ = model_counts(d, 2 * d, e, 1, layers=LAYERS)
+            for s in seeds:
+                loss = float(law(active, e) * np.exp(rng.normal(0, noise)))
+                write_run(directory, f"d{d}_e{e}_s{s}", d_model=d, experts=e, seed=s, loss=loss)
+                written.setdefault((d, e), []).append(loss)
+    return written
+
+
+@pytest.fixture(scope="module")
+def identified(tmp_path_factory):
+    d = tmp_path_factory.mktemp("identified") / "runs"
+    written = synthetic_dir(d, sizes=(8, 16, 32, 64), experts=(1, 2, 4, 8, 16))
+    return d, written
+
+
+def test_identified_synthetic_grid_fits_the_known_law_without_warnings(identified):
+    d, _ = identified
+    fit = fit_scaling_law(load_runs(d), bootstrap=300, seed=1)
+    assert fit.warnings == [], fit.warnings
+    assert (fit.sizes, fit.expert_counts, fit.runs, len(fit.residuals)) == (4, 5, 40, 20)
+    for k, v in TRUE.items():
+        lo, hi = fit.ci[k]
+        assert lo <= v <= hi, (k, v, fit.ci[k])
+    p = analysis_cli("fit", d, "--bootstrap", "200", "--strict")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "warning" not in p.stdout and "40 runs, 2 seed(s) per point" in p.stdout
+
+
+def test_seeds_are_aggregated_to_their_mean(identified):
+    d, written = identified
+    runs = load_runs(d)
+    fit = fit_scaling_law(runs, bootstrap=20)
+    t = fit.residuals
+    assert (t["seeds"] == 2).all()
+    for (dm, e), losses in written.items():
+        row = t[t["ids"].str.contains(f"d{dm}_e{e}_s1") & t["ids"].str.contains(f"d{dm}_e{e}_s2")]
+        assert len(row) == 1, (dm, e)
+        assert row["val_loss"].iloc[0] == pytest.approx(np.mean(losses), rel=1e-12)
+        assert row["val_loss_sd"].iloc[0] == pytest.approx(np.std(losses, ddof=1), rel=1e-9)
+    # The seed is the only option apart: other options that vary make other points.
+    pts = aggregate_seeds(usable_runs(runs)[0], "val_loss")
+    assert len(pts) == 20 and (pts["seeds"] == 2).all()
+    assert set(pts.columns) >= {"val_loss", "val_loss_sd", "val_loss_min", "val_loss_max", "ids"}
+
+
+def test_effective_parameter_count(identified):
+    d, _ = identified
+    fit = fit_scaling_law(load_runs(d), bootstrap=50)
+    N = fit.residuals["N"].to_numpy()
+    E = fit.residuals["E"].to_numpy()
+    dense = E == 1
+    np.testing.assert_allclose(fit.residuals["N_eff/N"][dense], 1.0, rtol=1e-9)
+    # Where the law predicts a loss, the dense model of size N_eff predicts the same.
+    np.testing.assert_allclose(fit.predict(fit.residuals["N_eff"], 1), fit.predict(N, E), rtol=1e-9)
+    # Experts are worth parameters exactly where the law's loss falls with E at that N.
+    helps = fit.coef["b"] + fit.coef["c"] * np.log(N) < 0
+    assert ((fit.residuals["N_eff/N"][~dense] > 1) == helps[~dense]).all()
+    assert helps[~dense].any()
+
+
+def test_report_of_an_identified_grid_draws_every_figure(identified):
+    d, _ = identified
+    p = analysis_cli("report", d, "--bootstrap", "100")
+    assert p.returncode == 0, p.stderr
+    assert "warning" not in p.stdout
+    rep = d / "report"
+    names = {x.name for x in rep.glob("*.png")}
+    assert names == {"loss_vs_experts.png", "loss_vs_compute.png", "iso_loss.png",
+                     "effective_params.png", "loss_curves.png", "expert_load.png"}, names
+    for x in rep.glob("*.png"):
+        assert_png(x)
+    md = (rep / "index.md").read_text()
+    assert "warning" not in md and "N_eff" in md
+
+
+def test_two_size_grid_warns_and_the_report_shows_it(tmp_path):
+    d = tmp_path / "runs"
+    synthetic_dir(d, sizes=(16, 32), experts=(1, 2, 4, 8), noise=0.01)
+    p = analysis_cli("fit", d, "--bootstrap", "200")
+    assert p.returncode == 0, p.stderr
+    warned = [ln for ln in p.stdout.splitlines() if ln.startswith("warning:")]
+    assert any("only 2 distinct model sizes" in w for w in warned), p.stdout
+    assert p.stdout.startswith("warning:")
+    r = analysis_cli("report", d, "--bootstrap", "200")  # the same fit as above
+    assert r.returncode == 0, r.stderr
+    md = (d / "report" / "index.md").read_text()
+    html = (d / "report" / "index.html").read_text()
+    for w in warned:
+        assert f"\n{w}\n" in md and md.index(w) < md.index("| a |")
+        assert html.index(w.split(":", 1)[1].strip()[:30]) < html.index("<th>estimate</th>")
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("warning:")] == warned
+
+
+def test_fitted_saturation_from_the_command_line(identified):
+    d, _ = identified
+    p = analysis_cli("fit", d, "--bootstrap", "50", "--saturating")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for k in ("E_start", "E_max"):
+        row = [ln for ln in lines if ln.split()[:1] == [k]]
+        assert len(row) == 1 and len(row[0].split()) == 4, lines
+    assert "E_start fitted at" in p.stdout and "E_max fitted at" in p.stdout
+    # E only up to 16 shows no saturation: E_max is not identified, and the fit says so.
+    assert any(ln.startswith("warning: E_max is not identified") for ln in lines), p.stdout
+    bad = analysis_cli("fit", d, "--e-start", "0")
+    assert bad.returncode == 2 and "--e-start must be > 0" in bad.stderr
