@@ -133,10 +133,9 @@ def effective_params(runs: pd.DataFrame, fit: ScalingFit, path, *, loss: str | N
                 ax.fill_between(E, lo, hi, color=c, alpha=0.2, lw=0)
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    _plain_log_y(ax)
     ax.set_xlabel("experts E")
-    ax.set_ylabel("effective parameters / parameters  (N̄ / N)")
+    ax.set_ylabel("effective parameters / parameters (N_eff / N)")
     ax.set_title(f"effective parameter count of the fitted law (band: {100 * level:g}% bootstrap interval)",
                  fontsize=9)
     ax.legend(fontsize=7)

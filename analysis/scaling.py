@@ -198,7 +198,7 @@ class ScalingFit:
         le = np.log(self.e_hat(E, e_start, e_max))
         log_loss = a * logN + b * le + c * logN * le + d
         slope = a + c * l1
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(all="ignore"):  # a bootstrap draw may put N_eff beyond any float
             out = np.exp((log_loss - d - b * l1) / slope)
         return np.where(slope < 0, out, np.nan)
 
