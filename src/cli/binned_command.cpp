@@ -148,4 +148,9 @@ int run_binned(const Communicator& comm, const std::vector<std::string>& args, c
   return 0;
 }
 
+void check_binned(const std::vector<std::string>& args, const std::string& preset) {
+  const Parsed p = parse("moe", args, binned_options(), preset);
+  if (!p.help) settings(p.vm);  // pure option checks; the table is read by the run
+}
+
 }  // namespace moesim::cli

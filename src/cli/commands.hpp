@@ -15,14 +15,14 @@ int run_stack(const Communicator& comm, const std::vector<std::string>& args, bo
               const std::string& preset = "");
 // The option checks of moe / stack / blend alone, for a sweep point that may never run:
 // ConfigError (the command's own text) when `args` with `preset` cannot run on `ranks` ranks.
-// No data is read and nothing is communicated. The binned mixture's options are not checked
-// here (its run checks them).
+// No data is read and nothing is communicated.
 void check_moe(const std::vector<std::string>& args, const std::string& preset, int ranks);
 void check_stack(const std::vector<std::string>& args, bool blend, const std::string& preset);
 // `moe --task binned` (seed 001's supervised-gate mixture, cli/binned_command.cpp):
 // whether args, preset or the --config file ask for it, and the run itself.
 bool binned_task_requested(const std::vector<std::string>& args, const std::string& preset);
 int run_binned(const Communicator& comm, const std::vector<std::string>& args, const std::string& preset);
+void check_binned(const std::vector<std::string>& args, const std::string& preset);
 int run_sweep(const Communicator& comm, const std::vector<std::string>& args);
 int run_merge(const Communicator& comm, const std::vector<std::string>& args);
 int run_synth(const Communicator& comm, const std::vector<std::string>& args);

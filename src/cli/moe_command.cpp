@@ -21,7 +21,7 @@ int run_moe(const Communicator& comm, const std::vector<std::string>& args, cons
 }
 
 void check_moe(const std::vector<std::string>& args, const std::string& preset, int ranks) {
-  if (binned_task_requested(args, preset)) return;
+  if (binned_task_requested(args, preset)) return check_binned(args, preset);
   const Parsed p = parse("moe", args, moe_options(), preset);
   if (!p.help) moe_run_config(p.vm, ranks);  // pure option checks; data is read by moe_run
 }

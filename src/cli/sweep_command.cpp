@@ -11,6 +11,24 @@ namespace moesim::cli {
 
 using I = std::int64_t;
 
+namespace {
+// The binned mixture (moe --task binned) fits in one pass and keeps no checkpoint, so its
+// points run without the checkpoint the sweep gives every moe point (a requeued one starts again).
+std::vector<std::string> for_moe(const std::vector<std::string>& args, const std::string& preset) {
+  if (!binned_task_requested(args, preset)) return args;
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--resume") continue;
+    if (args[i] == "--checkpoint") {
+      ++i;
+      continue;
+    }
+    out.push_back(args[i]);
+  }
+  return out;
+}
+}  // namespace
+
 int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
   po::options_description d("Sweep");
   d.add_options()
@@ -57,7 +75,7 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
   // count); errors found later, reading data, are failures of a point that could run.
   const PointValidator check = [&](const std::string& command, const std::vector<std::string>& run_args,
                                    const std::string& preset) {
-    if (command == "moe") check_moe(run_args, preset, comm.size());
+    if (command == "moe") check_moe(for_moe(run_args, preset), preset, comm.size());
     else check_stack(run_args, command == "blend", preset);
   };
   if (vm["list"].as<bool>()) {
@@ -67,7 +85,7 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
   return moesim::run_sweep(comm, cfg, points, dir, index, vm["summary-only"].as<bool>(),
                            [&](const std::string& command, const std::vector<std::string>& run_args,
                                const std::string& preset) {
-                             return command == "moe" ? run_moe(comm, run_args, preset)
+                             return command == "moe" ? run_moe(comm, for_moe(run_args, preset), preset)
                                                      : run_stack(comm, run_args, command == "blend", preset);
                            },
                            check);

@@ -580,3 +580,14 @@ def test_sigterm_after_the_last_step_starts_no_further_point(tmp_path, sweep_job
     assert f"{points[1]['id']}: running" not in out_text, \
         f"the sweep started point 1 after SIGTERM:\n{s.describe()}"
     assert not run_file(out, points[1]).exists(), "point 1 has a run file although SIGTERM came first"
+
+def test_binned_points_with_impossible_options_are_invalid(tmp_path, mpirun, moesim_direct):
+    # moe --task binned has options of its own; --bins 1 can never run.
+    cfg = write_config(tmp_path, "command = moe\ntask = binned\nrows = 600\nquiet = true\nbins = 1,3\n")
+    out = tmp_path / "out"
+    points = list_points(moesim_direct, cfg, out)[2]
+    assert [p["status"] for p in points] == ["invalid", "pending"]
+    assert "--bins must be in 2..100 (got 1)" in points[0]["reason"]
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert read_summary(out)["status"] == ["invalid", "complete"]
