@@ -53,7 +53,7 @@ po::options_description moe_options() {
       ("lr-decay", po::value<std::string>()->default_value("constant"),
        "after the warmup: constant (lr) | linear | cosine (from lr at step W to --min-lr at the last step)")
       ("min-lr", po::value<double>()->default_value(0.0), "learning rate at the last step of a linear or cosine decay")
-      ("adam-beta1", po::value<double>()->default_value(0.9), "Adam's first-moment decay, in [0, 1)")
+      ("adam-beta1", po::value<double>()->default_value(0.9, "0.9"), "Adam's first-moment decay, in [0, 1)")
       ("adam-beta2", po::value<double>()->default_value(0.999), "Adam's second-moment decay, in [0, 1)")
       ("adam-eps", po::value<double>()->default_value(1e-8, "1e-8"), "Adam's epsilon, > 0")
       ("weight-decay", po::value<double>()->default_value(0.0), "decoupled weight decay (AdamW)")
