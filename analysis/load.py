@@ -1,6 +1,7 @@
 """Reading moesim run files (README, "Run file") into pandas.
 
-`load_runs` gives one row per run file: every root attribute (options and provenance),
+`load_runs` gives one row per run file: every root attribute (options and provenance; a
+schema-1 moe run, whose `seed` drew the task too, gets `data_seed = seed`),
 every attribute of group `final` (as `final_<name>` only where the name is already a column),
 and `file`, `id` (the file's stem: the sweep point id), `kind`, `status`, `error` and a
 boolean `complete`. Runs that failed, stopped, are still being written or cannot be read are
@@ -109,6 +110,8 @@ def read_run(path: PathLike) -> dict:
             row[key] = value
     row.update(kind=root.get("kind"), status=status, complete=bool(complete),
                error=str(root.get("error", "")))
+    if row["kind"] == "moe" and "data_seed" not in row and "seed" in row and root.get("schema_version", 1) < 2:
+        row["data_seed"] = row["seed"]  # schema 1: --seed drew the task as well as the model
     if steps is not None:
         row["steps_logged"] = steps
     names = []

@@ -16,6 +16,24 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
   for (const std::string& s : v) out += (out.empty() ? "" : sep) + s;
   return out;
 }
+
+// The learning-rate schedule and its checks (Adam's betas and eps are checked here too).
+LrSchedule lr_schedule(const po::variables_map& vm) {
+  const I warmup = vm["lr-warmup-steps"].as<I>();
+  const double lr = vm["lr"].as<double>(), min_lr = vm["min-lr"].as<double>();
+  MOESIM_CONFIG_CHECK(warmup >= 0, "--lr-warmup-steps must be >= 0 (got " << warmup << ")");
+  MOESIM_CONFIG_CHECK(min_lr >= 0 && min_lr <= lr, "--min-lr must be in [0, --lr] (got " << min_lr << ")");
+  for (const char* k : {"adam-beta1", "adam-beta2"})
+    MOESIM_CONFIG_CHECK(vm[k].as<double>() >= 0 && vm[k].as<double>() < 1,
+                        "--" << k << " must be in [0, 1) (got " << vm[k].as<double>() << ")");
+  const double eps = vm["adam-eps"].as<double>();
+  MOESIM_CONFIG_CHECK(eps > 0 && std::isfinite(eps), "--adam-eps must be a finite number > 0 (got " << eps << ")");
+  LrSchedule s;
+  s.warmup_steps = warmup;
+  s.decay = parse_lr_decay(vm["lr-decay"].as<std::string>());
+  s.min_lr = min_lr;
+  return s;
+}
 }  // namespace
 
 MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
@@ -32,6 +50,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
     MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
   for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
     MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
+  const LrSchedule schedule = lr_schedule(vm);
   const I E_given = i("experts"), K_given = i("top-k"), M = i("granularity");
   MOESIM_CONFIG_CHECK(i("d-ff") % M == 0, "--d-ff (" << i("d-ff") << ") must be divisible by --granularity (" << M << ")");
   const I E = E_given * M, K = K_given * M;
@@ -74,7 +93,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   regimes.classes = cls ? static_cast<int>(i("classes")) : 0;
   regimes.noise_min = d("noise-min");
   regimes.noise_max = d("noise-max");
-  regimes.seed = static_cast<std::uint64_t>(i("seed"));
+  regimes.seed = static_cast<std::uint64_t>(i("data-seed"));  // the task; --seed is the model's
   m.task = task_config(vm, regimes);
   m.model.d_in = regimes.d_in;
   m.model.d_out = cls ? i("classes") : 1;
@@ -94,6 +113,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   m.model.moe.bias_update_rate = d("bias-update-rate");
   m.model.moe.eval_capacity_factor = eval_cf;
   m.model.moe.router.fp64 = s("router-precision") == "fp64";
+  m.model.moe.router.pre_softmax = vm["router-pre-softmax"].as<bool>();
   m.model.moe.router.importance_weight = d("importance-loss-weight");
   m.model.moe.router.load_weight = d("load-loss-weight");
   m.model.moe.router.sinkhorn_iters = static_cast<int>(i("sinkhorn-iters"));
@@ -115,6 +135,10 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   m.train.eval_every = i("eval-every");
   m.train.adam.lr = d("lr");
   m.train.adam.weight_decay = d("weight-decay");
+  m.train.adam.beta1 = d("adam-beta1");
+  m.train.adam.beta2 = d("adam-beta2");
+  m.train.adam.eps = d("adam-eps");
+  m.train.schedule = schedule;
   m.train.grad_clip = d("grad-clip");
   m.train.progress_interval = d("progress-interval");
   m.train.quiet = vm["quiet"].as<bool>();
@@ -128,11 +152,19 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   m.train.options = options_as_ini(vm, {"out", "checkpoint", "checkpoint-every", "resume"});
   m.options = options_as_attrs(vm);
   if (!vm.count("eval-capacity-factor")) m.options.emplace_back("eval_capacity_factor", eval_cf);
+  if (!vm.count("teacher-seed")) m.options.emplace_back("teacher_seed", i("data-seed"));
   return m;
 }
 
 MoeRunConfig moe_run_config(const std::string& ini, const std::vector<std::string>& overrides, int ranks) {
-  return moe_run_config(parse("moe", overrides, moe_options(), ini).vm, ranks);
+  const po::variables_map vm = parse("moe", overrides, moe_options(), ini).vm;
+  // Options stored before --data-seed existed (run-file schema 1): --seed drew the task too.
+  if (vm["data-seed"].defaulted() && vm["seed"].as<I>() != vm["data-seed"].as<I>()) {
+    std::vector<std::string> with_data_seed = overrides;
+    with_data_seed.insert(with_data_seed.end(), {"--data-seed", std::to_string(vm["seed"].as<I>())});
+    return moe_run_config(parse("moe", with_data_seed, moe_options(), ini).vm, ranks);
+  }
+  return moe_run_config(vm, ranks);
 }
 
 }  // namespace moesim::cli

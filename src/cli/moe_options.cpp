@@ -15,7 +15,7 @@ po::options_description moe_options() {
       ("experts", po::value<I>()->default_value(8), "E: experts per MoE layer (divisible by the rank count)")
       ("top-k", po::value<I>()->default_value(2), "K: experts per token, 1 <= K <= E")
       ("gate", po::value<std::string>()->default_value("topk"),
-       "topk (softmax over the K chosen logits; with K = 1 the gate is constant) | switch (K = 1, gate = softmax "
+       "topk (softmax over the K chosen logits; with K = 1 the gate is constant unless --router-pre-softmax) | switch (K = 1, gate = softmax "
        "probability) | noisy-topk (Shazeer 2017: top-k of logits plus learned Gaussian noise) | expert-choice "
        "(each expert takes its C best tokens) | hash (fixed map, see --hash-key) | sbase (top-k of a Sinkhorn-"
        "balanced plan, gate = softmax probability) | dense (every expert, weighted by the softmax; K and capacity do "
@@ -31,6 +31,9 @@ po::options_description moe_options() {
        "hash: input (signs of 16 fixed random projections of the layer input) | position (global token index in the batch)")
       ("router-precision", po::value<std::string>()->default_value("fp32"),
        "fp32 | fp64: router logits, softmax, selection and gradients in fp64 even in an fp32 model")
+      ("router-pre-softmax", po::bool_switch()->default_value(false),
+       "topk: weight the K chosen experts by their softmax over all E logits, not renormalised (Megatron's "
+       "pre-softmax; with K = 1 the router then learns from the task loss)")
       ("eval-capacity-factor", po::value<double>(), "capacity factor for validation (default: --capacity-factor)")
       ("mixture-loss", po::value<std::string>()->default_value("none"),
        "none | global (loss of the mixture sum_k g_k f_k: experts collapse) | per-expert (sum_k g_k loss(f_k): experts "
@@ -44,10 +47,21 @@ po::options_description moe_options() {
       ("moe-every", po::value<I>()->default_value(1), "every n-th block is an MoE block (1 = all, 0 = none)")
       ("steps", po::value<I>()->default_value(200), "S: optimizer steps")
       ("batch-tokens", po::value<I>()->default_value(1024), "B: tokens per step over all ranks")
-      ("lr", po::value<double>()->default_value(3e-3), "Adam learning rate")
+      ("lr", po::value<double>()->default_value(3e-3), "Adam learning rate (the peak of the schedule)")
+      ("lr-warmup-steps", po::value<I>()->default_value(0),
+       "W: linear warmup, step s <= W uses lr * s / W (0 = none)")
+      ("lr-decay", po::value<std::string>()->default_value("constant"),
+       "after the warmup: constant (lr) | linear | cosine (from lr at step W to --min-lr at the last step)")
+      ("min-lr", po::value<double>()->default_value(0.0), "learning rate at the last step of a linear or cosine decay")
+      ("adam-beta1", po::value<double>()->default_value(0.9, "0.9"), "Adam's first-moment decay, in [0, 1)")
+      ("adam-beta2", po::value<double>()->default_value(0.999), "Adam's second-moment decay, in [0, 1)")
+      ("adam-eps", po::value<double>()->default_value(1e-8, "1e-8"), "Adam's epsilon, > 0")
       ("weight-decay", po::value<double>()->default_value(0.0), "decoupled weight decay (AdamW)")
       ("grad-clip", po::value<double>()->default_value(1.0), "clip the global gradient norm to this (0 = off)")
-      ("seed", po::value<I>()->default_value(1), "seed for data and initialisation")
+      ("seed", po::value<I>()->default_value(1), "seed of the model: initialisation, router noise, hash projections")
+      ("data-seed", po::value<I>()->default_value(1),
+       "seed of the task: regimes clusters, functions and noise, the teacher (unless --teacher-seed) and its "
+       "inputs, lm positions, the training and validation streams")
       ("capacity-factor", po::value<double>()->default_value(1.25),
        "C: expert capacity = ceil(C * B * K / E) slots over the global batch (0 = dropless)")
       ("aux-loss-weight", po::value<double>()->default_value(0.01), "weight of the Switch load-balancing loss per MoE layer")

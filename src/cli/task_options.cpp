@@ -22,7 +22,8 @@ po::options_description task_options() {
       ("teacher-experts", po::value<I>()->default_value(4), "teacher: E_t, experts of the teacher MoE")
       ("teacher-top-k", po::value<I>()->default_value(1), "teacher: K_t, experts per token of the teacher")
       ("teacher-hidden", po::value<I>()->default_value(16), "teacher: hidden width of each teacher expert")
-      ("teacher-seed", po::value<I>()->default_value(1), "teacher: seed of the teacher's weights (--seed draws the inputs)")
+      ("teacher-seed", po::value<I>(),
+       "teacher: seed of the teacher's weights (default: --data-seed, which also draws the inputs)")
       ("teacher-noise", po::value<double>()->default_value(0.01), "teacher: target noise std (regression)")
       ("teacher-router-scale", po::value<double>()->default_value(3.0),
        "teacher: std of the teacher's router logits (larger = more decisive routing)");
@@ -62,7 +63,8 @@ TaskConfig task_config(const po::variables_map& vm, const RegimesConfig& regimes
     c.teacher.classes = regimes.classes;
     c.teacher.noise = d("teacher-noise");
     c.teacher.router_scale = d("teacher-router-scale");
-    c.teacher.teacher_seed = static_cast<std::uint64_t>(i("teacher-seed"));
+    // The teacher is part of the task: its weights follow --data-seed unless --teacher-seed fixes them.
+    c.teacher.teacher_seed = vm.count("teacher-seed") ? static_cast<std::uint64_t>(i("teacher-seed")) : regimes.seed;
     c.teacher.seed = regimes.seed;
   }
   return c;

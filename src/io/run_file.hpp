@@ -1,5 +1,6 @@
 #pragma once
-// One HDF5 file per run. Layout (schema_version 1):
+// One HDF5 file per run. Layout (schema_version 2; version 1 had no data_seed: `seed` drew
+// both the task and the model):
 //   /            attributes: schema_version, complete, kind, every resolved option,
 //                provenance (version, git_revision, ranks, host, start/end time, slurm_*)
 //   /metrics/*   per-step datasets, first axis = step, appended as the run goes
@@ -18,7 +19,7 @@
 
 namespace moesim {
 
-constexpr std::int64_t kSchemaVersion = 1;
+constexpr std::int64_t kSchemaVersion = 2;
 
 using AttrList = std::vector<std::pair<std::string, h5::AttrValue>>;
 

@@ -31,8 +31,22 @@ void MoeLayerConfig::validate(int ranks, int granularity) const {
   MOESIM_CONFIG_CHECK(balance != BalanceKind::kBias || g.bias,
                       "--balance bias needs a gate that picks experts per token by score (" << bias_gate_names()
                           << "); --gate " << name << " balances by construction");
+  MOESIM_CONFIG_CHECK(!router.pre_softmax || gate == GateKind::kTopK,
+                      "--router-pre-softmax applies to --gate topk only (got '" << name
+                                                                               << "'): the other gates fix their own gate weights");
   MOESIM_CONFIG_CHECK(router.sinkhorn_iters >= 1, "--sinkhorn-iters must be >= 1 (got " << router.sinkhorn_iters << ")");
   MOESIM_CONFIG_CHECK(shared_experts >= 0, "--shared-experts must be >= 0 (got " << shared_experts << ")");
+}
+
+std::string MoeLayerConfig::router_warning() const {
+  // With one chosen expert, a softmax over the chosen logits is the constant 1.
+  const bool renormalised = (gate == GateKind::kTopK && !router.pre_softmax) || gate == GateKind::kNoisyTopK;
+  if (!renormalised || top_k != 1 || experts < 2) return "";
+  const std::string from = gate == GateKind::kNoisyTopK ? "its load loss" : "the balancing loss";
+  return std::string("--gate ") + gate_name(gate) +
+         " with one expert per token gives every token the gate weight 1, so the router gets no gradient from the "
+         "task loss, only from " + from + "; --router-pre-softmax (topk) or --gate switch weights it by its "
+         "softmax probability";
 }
 
 }  // namespace moesim

@@ -20,6 +20,7 @@ struct RouterOptions {
   double load_weight = 0;         // noisy top-k: w * CV(load)^2
   int sinkhorn_iters = 8;         // S-BASE
   HashKey hash_key = HashKey::kInput;
+  bool pre_softmax = false;       // topk: gate = softmax over all E logits of the chosen (Megatron)
   std::uint64_t seed = 1;         // noise and hash keys
   int layer_id = 0;
 };
@@ -51,6 +52,12 @@ struct MoeLayerConfig {
   // from this. `granularity`: E and K are the user's values times this (--granularity),
   // so messages can name the values the user gave.
   void validate(int ranks, int granularity = 1) const;
+
+  // Empty, or why the router of this layer gets no gradient from the task loss (gate weights
+  // that are constant: topk or noisy-topk choosing one expert without --router-pre-softmax),
+  // one line in the cli's words. Gates without a trained router (hash, constant) and E = 1
+  // (nothing to route) give none.
+  std::string router_warning() const;
 };
 
 }  // namespace moesim

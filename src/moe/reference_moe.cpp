@@ -105,7 +105,7 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
     if (!ec && !all && K < E) fw.next_choice[t] = order[K];
     order.resize(static_cast<std::size_t>(slots));
     std::vector<double> gt(static_cast<std::size_t>(slots));
-    if (g == GateKind::kTopK || g == GateKind::kNoisyTopK) {
+    if ((g == GateKind::kTopK && !pre_softmax) || g == GateKind::kNoisyTopK) {
       RowVec<double> chosen_h(slots);
       for (int j = 0; j < slots; ++j) chosen_h(j) = h[t](order[j]);
       const RowVec<double> s = softmax(chosen_h);
@@ -222,7 +222,7 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
       dnl = RowVec<double>::Zero(E);
     }
     RowVec<double> dlogits = RowVec<double>::Zero(E);
-    if (g == GateKind::kTopK || g == GateKind::kNoisyTopK) {
+    if ((g == GateKind::kTopK && !pre_softmax) || g == GateKind::kNoisyTopK) {
       // Softmax over the chosen (noisy) logits; importance = sum of gates.
       if (noisy && importance_weight != 0)
         for (int j = 0; j < slots; ++j) dgate(j) += importance_weight * fw.dimportance[fw.chosen[t][j]];

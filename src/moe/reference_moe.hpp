@@ -23,6 +23,7 @@ struct ReferenceMoe {
   double z_loss_weight = 0;
   // Other gates (switch_gate above is the same as gate = kSwitch).
   GateKind gate = GateKind::kTopK;
+  bool pre_softmax = false;           // topk: gate = p_e of the chosen (--router-pre-softmax)
   Mat<double> router_noise;           // noisy top-k: W_noise, D x E
   Mat<double> noise;                  // noisy top-k: the draws eps, B x E (empty: no noise)
   double importance_weight = 0, load_weight = 0;

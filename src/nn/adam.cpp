@@ -1,8 +1,28 @@
 #include "nn/adam.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <numbers>
+
+#include "core/error.hpp"
 
 namespace moesim {
+
+LrDecay parse_lr_decay(const std::string& name) {
+  if (name == "constant") return LrDecay::kConstant;
+  if (name == "linear") return LrDecay::kLinear;
+  if (name == "cosine") return LrDecay::kCosine;
+  throw ConfigError("--lr-decay must be constant, linear or cosine (got '" + name + "')");
+}
+
+double scheduled_lr(double lr, const LrSchedule& s, std::int64_t step, std::int64_t steps) {
+  const std::int64_t W = s.warmup_steps;
+  if (step <= W) return lr * static_cast<double>(step) / static_cast<double>(W);
+  if (s.decay == LrDecay::kConstant || steps <= W) return lr;
+  const double u = std::min(1.0, static_cast<double>(step - W) / static_cast<double>(steps - W));
+  if (s.decay == LrDecay::kLinear) return s.min_lr + (lr - s.min_lr) * (1.0 - u);
+  return s.min_lr + (lr - s.min_lr) * 0.5 * (1.0 + std::cos(std::numbers::pi * u));
+}
 
 template <class T>
 void Adam<T>::step(const ParamList<T>& params, double grad_scale) {

@@ -97,6 +97,13 @@ int moe_run(const Communicator& comm, MoeRunConfig m) {
   AttrList task_facts;
   const std::unique_ptr<Task> task = make_task(comm, m.task, task_facts);  // bad data fails here, before any file
   fit_model_to_task(*task, m.task, m.model);
+  bool moe_blocks = false;
+  for (int l = 0; l < m.model.layers; ++l) moe_blocks = moe_blocks || m.model.is_moe_block(l);
+  const std::string warning = moe_blocks ? m.model.moe.router_warning() : std::string();
+  if (!warning.empty() && comm.rank() == 0) {
+    std::fprintf(stderr, "moesim moe: warning: %s\n", warning.c_str());
+    std::fflush(stderr);
+  }
   int found = 0;
   if (m.resume && comm.rank() == 0) found = std::filesystem::exists(m.train.checkpoint) ? 1 : 0;
   comm.broadcast(&found, 1, 0);

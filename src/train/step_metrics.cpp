@@ -213,6 +213,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
 
   const double B = static_cast<double>(in.batch_tokens);
   m.train_loss = sums[0] / B;
+  m.lr = in.lr;
   m.stop = sums[1] > 0;
   m.padding_bytes = sums[2];
   m.prediction_loss = sums[3] / B;
@@ -257,6 +258,7 @@ void append_step_metrics(RunFile& out, const MetricContext& context, std::int64_
   using I = std::vector<std::int64_t>;
   put("step", I{step});
   put("train_loss", D{m.train_loss});
+  put("lr", D{m.lr});
   put("aux_loss", D{m.aux_loss});
   put("z_loss", D{m.z_loss});
   put("gate_entropy", D{m.gate_entropy});

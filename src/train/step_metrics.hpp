@@ -42,6 +42,8 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
     {"step", "", true, "step", MetricWhen::kAlways, "step number, 1-based"},
     {"train_loss", "", false, "nats or MSE", MetricWhen::kAlways,
      "training objective over the global batch: the task loss (MSE, or cross-entropy in nats), or the `--mixture-loss` objective"},
+    {"lr", "", false, "1", MetricWhen::kAlways,
+     "learning rate of the step's Adam update (`--lr` under `--lr-warmup-steps` and `--lr-decay`)"},
     {"aux_loss", "", false, "1", MetricWhen::kAlways,
      "load-balancing loss, mean over MoE layers, before its weight (1 = balanced)"},
     {"z_loss", "", false, "1", MetricWhen::kAlways,
@@ -144,7 +146,7 @@ class MetricWriter {
 // One step's metrics, reduced over MoE layers and ranks; `traffic` and
 // `rank_expert_tokens` are gathered to rank 0 only (zeros elsewhere).
 struct StepMetrics {
-  double train_loss = 0, aux_loss = 0, z_loss = 0, gate_entropy = 0;
+  double train_loss = 0, lr = 0, aux_loss = 0, z_loss = 0, gate_entropy = 0;
   double max_over_mean_load = 0, load_cv = 0;
   std::int64_t unused_experts = 0, starved_experts = 0;
   std::vector<double> gate_mass;                      // E
@@ -170,6 +172,7 @@ struct StepInput {
   double reduce_seconds = 0;      // gradient all-reduce
   bool stop_signal = false;       // this rank received SIGTERM/SIGINT
   std::int64_t batch_tokens = 0;  // B, global
+  double lr = 0;                  // the learning rate Adam used
 };
 
 // COLLECTIVE. Aggregates the statistics of the step just run over the MoE layers and the

@@ -154,11 +154,13 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     Stopwatch step_clock;
     for (MoeLayer<T>* l : model.moe_layers()) l->comm_stats().reset(comm.size());
     Batch b = task.batch(Stream::kTrain, static_cast<std::uint64_t>(step), sh.first, sh.count);
+    StepInput in;
     Mat<T> x = b.x.cast<T>(), y;
     zero_grads(all);
     model.set_mode(true, step);
+    in.lr = scheduled_lr(cfg.adam.lr, cfg.schedule, step, cfg.steps);
+    adam.set_lr(in.lr);
     model.forward(x, y);
-    StepInput in;
     in.loss = model.loss_and_backward(y, b, task.classification(), cfg.batch_tokens);
     {
       ScopedTimer t(in.reduce_seconds);

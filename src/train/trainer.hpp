@@ -21,7 +21,8 @@ struct TrainConfig {
   std::int64_t batch_tokens = 1024;  // B, global
   std::int64_t val_tokens = 4096;
   std::int64_t eval_every = 0;       // 0: validate at the end only
-  AdamConfig adam;
+  AdamConfig adam;                   // adam.lr is the schedule's peak
+  LrSchedule schedule;               // the learning rate of step s: scheduled_lr(adam.lr, schedule, s, steps)
   double grad_clip = 1.0;            // global gradient-norm clip; 0 = off
   double progress_interval = 2.0;    // seconds between progress lines
   bool quiet = false;

@@ -30,6 +30,7 @@ struct GateCase {
   BalanceKind balance = BalanceKind::kAux;
   HashKey key = HashKey::kInput;
   bool training = true;
+  bool pre_softmax = false;  // topk: --router-pre-softmax
 };
 
 MoeLayerConfig make_cfg(const GateCase& c) {
@@ -49,6 +50,7 @@ MoeLayerConfig make_cfg(const GateCase& c) {
   cfg.router.load_weight = 0.2;
   cfg.router.sinkhorn_iters = 6;
   cfg.router.hash_key = c.key;
+  cfg.router.pre_softmax = c.pre_softmax;
   return cfg;
 }
 
@@ -154,7 +156,13 @@ INSTANTIATE_TEST_SUITE_P(
                       GateCase{"sbase_k2", GateKind::kSBase, 8, 2, 0.0, 40},
                       GateCase{"topk_bias", GateKind::kTopK, 4, 2, 1.0, 39, BalanceKind::kBias},
                       GateCase{"switch_bias", GateKind::kSwitch, 8, 1, 1.0, 33, BalanceKind::kBias},
-                      GateCase{"noisy_bias", GateKind::kNoisyTopK, 4, 1, 1.0, 31, BalanceKind::kBias}),
+                      GateCase{"noisy_bias", GateKind::kNoisyTopK, 4, 1, 1.0, 31, BalanceKind::kBias},
+                      GateCase{"topk_pre_softmax_k1", GateKind::kTopK, 4, 1, 1.0, 38, BalanceKind::kAux,
+                               HashKey::kInput, true, true},
+                      GateCase{"topk_pre_softmax_k2_drop", GateKind::kTopK, 8, 2, 0.75, 42, BalanceKind::kAux,
+                               HashKey::kInput, true, true},
+                      GateCase{"topk_pre_softmax_bias", GateKind::kTopK, 4, 2, 1.0, 35, BalanceKind::kBias,
+                               HashKey::kInput, true, true}),
     [](const ::testing::TestParamInfo<GateCase>& tp) { return std::string(tp.param.name); });
 
 // S-BASE's plan balances the load: on a batch where top-1 crowds the experts, the
@@ -236,7 +244,7 @@ TEST_P(GateGradients, FiniteDifferencesAcrossRanks) {
   Mat<double> x = xg.middleRows(sh.first, sh.count);
   const Mat<double> r = rg.middleRows(sh.first, sh.count);
   Mat<double> y, dx;
-  const bool switch_aux = c.gate == GateKind::kSBase;
+  const bool switch_aux = c.gate == GateKind::kSBase || c.gate == GateKind::kTopK;
   auto loss = [&] {
     layer.forward(x, y);
     const MoeLayerStats& s = layer.stats();
@@ -264,8 +272,42 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(GateCase{"noisy_k2", GateKind::kNoisyTopK, 4, 2, 1.0, 20},
                       GateCase{"noisy_k1", GateKind::kNoisyTopK, 4, 1, 0.0, 16},
                       GateCase{"expert_choice", GateKind::kExpertChoice, 4, 2, 1.0, 18},
-                      GateCase{"sbase_k2", GateKind::kSBase, 4, 2, 1.0, 20}),
+                      GateCase{"sbase_k2", GateKind::kSBase, 4, 2, 1.0, 20},
+                      GateCase{"topk_pre_softmax_k1", GateKind::kTopK, 4, 1, 1.0, 18, BalanceKind::kAux,
+                               HashKey::kInput, true, true},
+                      GateCase{"topk_pre_softmax_k2", GateKind::kTopK, 4, 2, 0.0, 17, BalanceKind::kAux,
+                               HashKey::kInput, true, true}),
     [](const ::testing::TestParamInfo<GateCase>& tp) { return std::string(tp.param.name); });
+
+// --router-pre-softmax with K = 1: the gate is the chosen expert's softmax probability,
+// below 1, so the task loss reaches the router; without it the gate is 1 and the router's
+// gradient is the balancing loss's alone.
+TEST(PreSoftmax, TopOneGateCarriesTheTaskGradient) {
+  const Communicator& comm = world();
+  const std::int64_t B = 24;
+  auto router_grad = [&](bool pre_softmax, double aux_weight, double* max_gate) {
+    GateCase c{"", GateKind::kTopK, 4, 1, 0.0, B};
+    c.pre_softmax = pre_softmax;
+    MoeLayerConfig cfg = make_cfg(c);
+    cfg.aux_loss_weight = aux_weight;
+    cfg.z_loss_weight = 0;
+    MoeLayer<double> layer(comm, "moe", cfg, kSeed, kLayer);
+    const Mat<double> xg = test::random_matrix(B, cfg.d_model, 301), dyg = test::random_matrix(B, cfg.d_model, 302);
+    const Shard sh = shard_of(B, comm.rank(), comm.size());
+    Mat<double> y, dx;
+    layer.forward(xg.middleRows(sh.first, sh.count), y);
+    *max_gate = comm.allreduce_max(layer.routing().gate.size() > 0 ? layer.routing().gate.maxCoeff() : 0.0);
+    layer.router().weight().grad.setZero();
+    layer.backward(dyg.middleRows(sh.first, sh.count), dx);
+    return test::summed(layer.router().weight().grad).norm();
+  };
+  if (4 % comm.size() != 0) GTEST_SKIP();
+  double gate_max = 0;
+  EXPECT_EQ(router_grad(false, 0.0, &gate_max), 0.0) << "top-1 without pre-softmax: no task gradient";
+  EXPECT_EQ(gate_max, 1.0);
+  EXPECT_GT(router_grad(true, 0.0, &gate_max), 0.0);
+  EXPECT_LT(gate_max, 1.0);
+}
 
 }  // namespace
 }  // namespace moesim

@@ -51,6 +51,7 @@ TEST(TorchReference, MoeLayerMatchesPyTorch) {
     cfg.top_k = static_cast<int>(h5::read_attr_int(g.id(), "K"));
     cfg.capacity_factor = h5::read_attr_double(g.id(), "capacity_factor");
     cfg.aux_loss_weight = h5::read_attr_double(g.id(), "aux_loss_weight");
+    cfg.router.pre_softmax = h5::read_attr_int(g.id(), "pre_softmax") != 0;
     if (cfg.experts % comm.size() != 0) continue;
     SCOPED_TRACE("case" + std::to_string(i));
     ++ran;

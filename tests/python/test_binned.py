@@ -63,7 +63,7 @@ def rmse(a, b):
 def test_run_file_layout_and_root_attributes(regimes):
     r = regimes[1]
     a = r["attrs"]
-    assert a["complete"] == 1 and a["schema_version"] == 1 and a["kind"] == "binned"
+    assert a["complete"] == 1 and a["schema_version"] == 2 and a["kind"] == "binned"
     assert a["task"] == "binned" and a["gate_learner"] == "gbdt" and a["expert_learner"] == "gbdt"
     assert a["ranks"] == 1 and a["rows"] == 3000
     B = int(r["final"]["bins"])

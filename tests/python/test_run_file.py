@@ -55,7 +55,8 @@ def info_text(mpirun):
 
 def test_root_attributes_and_completion(main_run, info_text):
     _, path, root, _, _, _ = main_run
-    assert root["schema_version"] == 1
+    assert root["schema_version"] == 2
+    assert root["data_seed"] == 1  # schema 2: the task's seed, apart from the model's `seed`
     assert root["complete"] == 1
     assert root["kind"] == "moe"
     # Every resolved option is stored under its own name, dashes as underscores.

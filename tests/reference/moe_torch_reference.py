@@ -1,6 +1,7 @@
 """Writes the PyTorch reference for the MoE layer test (tests/mpi/test_torch_reference.cpp).
 
-A straightforward PyTorch MoE layer in float64 (top-k softmax router, capacity in the
+A straightforward PyTorch MoE layer in float64 (top-k softmax router, or with pre_softmax the
+chosen experts' probabilities over all E logits (Megatron's pre-softmax), capacity in the
 global (choice, token) order, GELU experts, Switch load-balancing loss) with autograd
 gradients, for a few shapes. The C++ layer loads the same weights and inputs and must
 reproduce the outputs and every gradient.
@@ -20,16 +21,18 @@ CASES = [
     dict(B=48, D=6, F=5, E=4, K=1, capacity_factor=1.0, aux_loss_weight=0.01),
     dict(B=40, D=5, F=7, E=8, K=2, capacity_factor=0.75, aux_loss_weight=0.1),
     dict(B=36, D=4, F=6, E=4, K=2, capacity_factor=0.0, aux_loss_weight=0.0),
+    dict(B=44, D=5, F=6, E=4, K=1, capacity_factor=1.0, aux_loss_weight=0.05, pre_softmax=1),
+    dict(B=40, D=6, F=5, E=8, K=2, capacity_factor=0.75, aux_loss_weight=0.01, pre_softmax=1),
 ]
 
 
-def moe_forward(x, router, w1, b1, w2, b2, K, capacity_factor, aux_loss_weight):
+def moe_forward(x, router, w1, b1, w2, b2, K, capacity_factor, aux_loss_weight, pre_softmax=0):
     B, _ = x.shape
     E = router.shape[1]
     logits = x @ router
     probs = torch.softmax(logits, dim=-1)
     top_logits, top_idx = torch.topk(logits, K, dim=-1)
-    gate = torch.softmax(top_logits, dim=-1)
+    gate = probs.gather(1, top_idx) if pre_softmax else torch.softmax(top_logits, dim=-1)
     cap = math.ceil(capacity_factor * B * K / E) if capacity_factor > 0 else None
     kept = np.ones((B, K), dtype=bool)
     used = np.zeros(E, dtype=np.int64)
@@ -74,12 +77,14 @@ def main():
             w1, b1 = t(E, D, Fh, s=1 / math.sqrt(D)), t(E, Fh, s=0.2)
             w2, b2 = t(E, Fh, D, s=1 / math.sqrt(Fh)), t(E, D, s=0.2)
             y, aux, kept, used = moe_forward(x, router, w1, b1, w2, b2, K,
-                                             c["capacity_factor"], c["aux_loss_weight"])
+                                             c["capacity_factor"], c["aux_loss_weight"],
+                                             c.get("pre_softmax", 0))
             loss = (y * dy.detach()).sum() + c["aux_loss_weight"] * aux
             loss.backward()
             g = out.create_group(f"case{i}")
             for k, v in c.items():
                 g.attrs[k] = v
+            g.attrs["pre_softmax"] = int(c.get("pre_softmax", 0))
             g.attrs["aux_loss"] = float(aux)
             g.attrs["dropped"] = int((~kept).sum())
             for name, v in dict(x=x, dy=dy, router=router, w1=w1, b1=b1, w2=w2, b2=b2).items():

@@ -27,6 +27,7 @@ inline ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig
   ReferenceMoe ref;
   ref.router = layer.router().weight().value;
   ref.gate = cfg.gate;
+  ref.pre_softmax = cfg.router.pre_softmax;
   ref.K = cfg.top_k;
   ref.capacity_factor = cfg.capacity_factor;
   ref.aux_loss_weight = cfg.balance == BalanceKind::kAux ? cfg.aux_loss_weight : 0.0;
