@@ -16,7 +16,7 @@ from .load import (NON_SCIENCE_OPTIONS, PROVENANCE, _py, load_expert_load, requi
 from .scaling import ScalingFit, fit_scaling_law
 
 MIN_FIT_RUNS = 5
-ALWAYS_OPTIONS = ["experts", "top_k", "d_model", "d_ff", "seed"]
+ALWAYS_OPTIONS = ["experts", "top_k", "d_model", "d_ff", "seed", "data_seed"]
 RESULT_COLUMNS = ["val_loss", "test_score", "params_total", "params_active", "tokens_per_s"]
 
 
