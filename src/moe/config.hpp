@@ -41,6 +41,9 @@ struct MoeLayerConfig {
   GateKind gate = GateKind::kTopK;  // kDense / kConstant: K = E, capacity does not apply
   int shared_experts = 0;           // always-active replicated experts, D -> d_ff -> D
   DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
+  // N (--ep-size): ranks per expert group; tokens are exchanged inside a group of N,
+  // each group holds all E experts (comm/expert_groups.hpp). 0: gcd(E, P).
+  int ep_size = 0;
   // Routing options (README, "Gates"); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor
   BalanceKind balance = BalanceKind::kAux;
@@ -51,6 +54,8 @@ struct MoeLayerConfig {
   // from this. `granularity`: E and K are the user's values times this (--granularity),
   // so messages can name the values the user gave.
   void validate(int ranks, int granularity = 1) const;
+  // N on `ranks` ranks: ep_size, or gcd(E, P) when it is 0.
+  int ep_size_for(int ranks) const;
 };
 
 }  // namespace moesim
