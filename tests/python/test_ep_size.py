@@ -176,3 +176,10 @@ def test_checkpoint_written_under_one_ep_size_resumes_under_any_other(run_moe, t
         with h5py.File(ckpt, "r") as f:
             assert f.attrs["step"] == 12 and f.attrs["ranks"] == p
             assert f["experts/block0.moe.expert.w1/value"].shape == (4, 16, 32)
+
+
+def test_help_documents_ep_size(mpirun):
+    out = mpirun(1, "moe", "--help", check=True).stdout
+    assert "--ep-size" in out and "--expert-model-parallel-size" in out
+    text = " ".join(out.split())
+    assert "default gcd(E, P)" in text and "N must divide P and E" in text
