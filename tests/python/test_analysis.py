@@ -18,8 +18,9 @@ from analysis.params import counts_of_run  # noqa: E402
 from analysis.scaling import fit_arrays, fit_scaling_law, saturating_experts  # noqa: E402
 
 STEPS = 20
-# experts = 3 cannot be split over 2 ranks: the sweep records those points as failed.
+# experts = 3 cannot be split over groups of 2 ranks: the sweep records those points as failed.
 SWEEP = f"""\
+ep-size = 2
 experts = 2,3,4,8
 d-model = 16,32
 d-ff = 32,64

@@ -342,8 +342,8 @@ def test_index_runs_exactly_one_point(tmp_path, mpirun, moesim_direct):
 
 
 def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, mpirun, moesim_direct):
-    # 3 experts cannot be split over 2 ranks: a configuration error of that point only.
-    cfg = write_config(tmp_path, BASE + "steps = 5\nexperts = 2,3,4\n")
+    # 3 experts cannot be split over groups of 2 ranks: a configuration error of that point only.
+    cfg = write_config(tmp_path, BASE + "steps = 5\nep-size = 2\nexperts = 2,3,4\n")
     out = tmp_path / "out"
     _, _, points = list_points(moesim_direct, cfg, out)
     proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
