@@ -1,9 +1,10 @@
 """A network cost model for moesim's expert-parallel all-to-all exchanges.
 
 From a run's routing (metrics/rank_expert_tokens) it builds the bytes each rank sends to each
-rank in one training step, for any rank count P' and expert placement, and prices the exchanges
-with an alpha-beta model on a described cluster for three all-to-all algorithms (pairwise
-exchange, Bruck, hierarchical). `python3 -m analysis simulate RUN.h5 ...` prints the prediction,
+rank in one training step, for any rank count P', expert group size N' (--ep-size) and expert
+placement, and prices the exchanges with an alpha-beta model on a described cluster for three
+all-to-all algorithms (pairwise exchange, Bruck, hierarchical), and the all-reduce of expert
+gradients across the replica groups. `python3 -m analysis simulate RUN.h5 ...` prints the prediction,
 `python3 -m analysis calibrate RUNS...` fits the intra-node link to measured runs and reports
 the prediction error. The assumptions (also printed by `simulate --assumptions`):
 """
@@ -23,7 +24,7 @@ ASSUMPTIONS = """\
 Cost model assumptions (analysis/costmodel.py):
  1. Traffic. metrics/rank_expert_tokens[s, p, e] counts the token rows rank p sent to expert e
     at step s (kept assignments, summed over MoE layers). Rank j receives the rows of the
-    experts it holds. Every MoE layer runs four exchanges of rows of token_bytes = D x the
+    experts it holds, from the ranks of its expert group (11). Every MoE layer runs four exchanges of rows of token_bytes = D x the
     size of one number (final/token_bytes): forward dispatch (i -> owner of the expert),
     forward combine (the reverse way), backward dispatch of output gradients (as forward
     dispatch) and backward combine of input gradients (as forward combine). So one step sends
@@ -35,15 +36,16 @@ Cost model assumptions (analysis/costmodel.py):
     summed over source ranks and averaged over steps. Each of the P' ranks holds B'/P' tokens
     (B' = the run's batch B, or P' x --tokens-per-rank) with that same distribution, so rank
     i sends (rows per step for expert e) / P' rows to expert e; rows per step scale with B'/B
-    (same K and drop rate). Experts are placed in contiguous blocks of E'/P' (rank r holds
-    [r E'/P', (r+1) E'/P'), as moesim does) or round-robin (e on rank e mod P'); E' must be
-    divisible by P'. With --experts-per-rank m, E' = m P' and the run's load profile over
+    (same K and drop rate). Inside each expert group of N' ranks (11) experts are placed in
+    contiguous blocks of E'/N' (group rank r holds [r E'/N', (r+1) E'/N'), as moesim does) or
+    round-robin (e on group rank e mod N'); E' must be divisible by N' and N' must divide P'.
+    With --experts-per-rank m, E' = m P' and the run's load profile over
     expert index is stretched or squeezed: expert k of E' takes the share of the run's
     experts between k/E' and (k+1)/E' of the index range (piecewise-linear cumulative share),
     so a run expert split into f children gives each 1/f of its load.
  3. Exchanges priced. Each MoE layer's routing is the step total divided by the number of MoE
     layers (the file sums layers). A step's exchange time is, per MoE layer, one all-to-all of
-    the per-expert counts (E'/P' 4-byte integers per rank pair) plus two exchanges of the
+    the per-expert counts (E'/N' 4-byte integers per rank pair) plus two exchanges of the
     dispatch matrix and two of its transpose, each a separate collective priced on its own
     (each pays its own latencies).
  4. Links (alpha-beta). A message of b bytes between ranks i and j costs alpha + b / beta,
@@ -81,6 +83,21 @@ Cost model assumptions (analysis/costmodel.py):
     is compared with the run's metrics/traffic (off-diagonal totals over all steps).
 10. Rows are averages, not integers: with B'/P' below one token per rank the projection still
     spreads fractional rows evenly (use --tokens-per-rank to scale the batch with P').
+11. Expert groups (--ep-size N). The P ranks form P/N groups of N consecutive ranks (group g =
+    ranks [gN, (g+1)N)); each group holds all E experts and a rank's rows go only to ranks of
+    its own group, so every exchange of (3) is P/N all-to-alls of N ranks, one per group, run
+    at the same time: an exchange costs its slowest group (groups sharing a link or a NIC do
+    not slow each other, as in 4). The run's N is the root attribute effective_ep_size (files
+    without it: N = P). Projected to P' ranks, N' is the run's --ep-size when it was given
+    (it must divide P' and E'), otherwise moesim's default gcd(E', P'). With N = 1 nothing
+    crosses ranks and the exchanges cost nothing.
+12. Expert-gradient all-reduce (column expert_allreduce_s, once per step, not part of the
+    all-to-all columns). With G = P/N > 1 the G ranks holding the same experts (ranks r,
+    r + N, ..., r + (G-1)N) sum their expert gradients, E/N experts x the parameters of one
+    expert over the MoE layers (2 D F_e + F_e + D each, F_e = effective_d_ff) x the bytes of a
+    number, by a ring all-reduce: 2(G-1) rounds, in each every rank sends 1/G of the bytes to
+    the next rank of its ring; a round costs its slowest message over all rings. The
+    all-reduce of the replicated parameters, over all P ranks whatever N, is not modelled.
 """
 __doc__ += "\n" + ASSUMPTIONS
 
@@ -122,22 +139,29 @@ class Cluster:
 
 # --- one exchange -------------------------------------------------------------------------
 
-def pairwise_round_costs(M: np.ndarray, cluster: Cluster) -> np.ndarray:
-    """Seconds of each of the P-1 rounds of a pairwise exchange of M (M[i, j] = bytes i sends j)."""
+def _rank_ids(P: int, ranks) -> np.ndarray:
+    """The world ranks of the rows of an exchange among P ranks (default 0..P-1); nodes follow them."""
+    return np.arange(P) if ranks is None else np.asarray(ranks)
+
+
+def pairwise_round_costs(M: np.ndarray, cluster: Cluster, ranks=None) -> np.ndarray:
+    """Seconds of each of the P-1 rounds of a pairwise exchange of M (M[i, j] = bytes i sends j)
+    among the world ranks `ranks` (default 0..P-1)."""
     P = M.shape[0]
     i = np.arange(P)
+    w = _rank_ids(P, ranks)
     out = np.empty(max(P - 1, 0))
     chunk = max(1, (1 << 22) // max(P, 1))  # rounds per vectorised batch, bounded memory
     for k0 in range(1, P, chunk):
         k = np.arange(k0, min(P, k0 + chunk))
         J = (i[None, :] + k[:, None]) % P
-        out[k - 1] = cluster.message_cost(i[None, :], J, M[i[None, :], J]).max(axis=1)
+        out[k - 1] = cluster.message_cost(w[i][None, :], w[J], M[i[None, :], J]).max(axis=1)
     return out
 
 
-def pairwise_time(M: np.ndarray, cluster: Cluster) -> float:
+def pairwise_time(M: np.ndarray, cluster: Cluster, ranks=None) -> float:
     """Pairwise exchange of the byte matrix M (diagonal ignored): the sum of its rounds."""
-    return float(pairwise_round_costs(M, cluster).sum())
+    return float(pairwise_round_costs(M, cluster, ranks).sum())
 
 
 def _offset_blocks(M: np.ndarray) -> np.ndarray:
@@ -167,34 +191,36 @@ def bruck_round_bytes(M: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def bruck_time(M: np.ndarray, cluster: Cluster) -> float:
+def bruck_time(M: np.ndarray, cluster: Cluster, ranks=None) -> float:
     P = M.shape[0]
     i = np.arange(P)
+    w = _rank_ids(P, ranks)
     total = 0.0
     for k, msg in enumerate(bruck_round_bytes(M)):
-        total += float(np.max(cluster.message_cost(i, (i + (1 << k)) % P, msg)))
+        total += float(np.max(cluster.message_cost(w[i], w[(i + (1 << k)) % P], msg)))
     return total
 
 
-def hierarchical_phases(M: np.ndarray, cluster: Cluster) -> dict:
+def hierarchical_phases(M: np.ndarray, cluster: Cluster, ranks=None) -> dict:
     """Seconds of the gather, leader exchange and scatter phases of the hierarchical exchange
-    (the last node may be partly filled)."""
+    among the world ranks `ranks` (default 0..P-1; a node may hold only some of them)."""
     P = M.shape[0]
-    R = cluster.ranks_per_node
-    nodes = -(-P // R)
-    off = np.zeros((nodes * R, nodes * R))
-    off[:P, :P] = M
+    node = _rank_ids(P, ranks) // cluster.ranks_per_node
+    _, leader_row, node_of = np.unique(node, return_index=True, return_inverse=True)
+    nodes = len(leader_row)
+    off = np.array(M, float)
     np.fill_diagonal(off, 0.0)
-    slot = np.arange(nodes * R)
-    local = (slot % R != 0) & (slot < P)  # real ranks other than their node's leader
+    local = np.ones(P, bool)
+    local[leader_row] = False  # ranks other than their node's leader (its first rank here)
 
     def serial_at_leader(nbytes):
         per_msg = np.where(local, cluster.intra_latency + nbytes / cluster.intra_bw, 0.0)
-        return float(per_msg.reshape(nodes, R).sum(axis=1).max())
+        return float(np.bincount(node_of, per_msg, minlength=nodes).max())
 
     gather = serial_at_leader(off.sum(axis=1))
     scatter = serial_at_leader(off.sum(axis=0))
-    A = off.reshape(nodes, R, nodes, R).sum(axis=(1, 3))
+    A = np.zeros((nodes, nodes))
+    np.add.at(A, (node_of[:, None], node_of[None, :]), off)
     n = np.arange(nodes)
     exchange = 0.0
     for k in range(1, nodes):
@@ -202,23 +228,34 @@ def hierarchical_phases(M: np.ndarray, cluster: Cluster) -> dict:
     return {"gather": gather, "exchange": exchange, "scatter": scatter}
 
 
-def hierarchical_time(M: np.ndarray, cluster: Cluster) -> float:
-    return sum(hierarchical_phases(M, cluster).values())
+def hierarchical_time(M: np.ndarray, cluster: Cluster, ranks=None) -> float:
+    return sum(hierarchical_phases(M, cluster, ranks).values())
 
 
 _COSTS = {"pairwise": pairwise_time, "bruck": bruck_time, "hierarchical": hierarchical_time}
 
 
-def exchange_time(M: np.ndarray, cluster: Cluster, algorithm: str) -> float:
+def exchange_time(M: np.ndarray, cluster: Cluster, algorithm: str, ranks=None) -> float:
+    """One all-to-all of M among the world ranks `ranks` (default 0..P-1)."""
     if algorithm not in _COSTS:
         raise ValueError(f"unknown algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
-    return _COSTS[algorithm](np.asarray(M, float), cluster)
+    return _COSTS[algorithm](np.asarray(M, float), cluster, ranks)
+
+
+def ring_allreduce_time(nbytes: float, P: int, N: int, cluster: Cluster) -> float:
+    """Assumption 12: every rank's `nbytes` summed over the P/N ranks r, r + N, ... by a ring."""
+    G = P // N
+    if G <= 1 or nbytes <= 0:
+        return 0.0
+    src = np.arange(P)
+    dst = (src + N) % P  # the next replica; the last one wraps to the first (r + N - P)
+    return 2 * (G - 1) * float(np.max(cluster.message_cost(src, dst, nbytes / G)))
 
 
 # --- routing -> byte matrices ----------------------------------------------------------------
 
 def expert_owner(E: int, P: int, placement: str = "contiguous") -> np.ndarray:
-    """Rank holding each of E experts on P ranks."""
+    """Rank holding each of E experts on P ranks (the ranks of one expert group)."""
     if E % P:
         raise ValueError(f"{E} experts are not divisible by {P} ranks")
     e = np.arange(E)
@@ -229,12 +266,41 @@ def expert_owner(E: int, P: int, placement: str = "contiguous") -> np.ndarray:
     raise ValueError(f"unknown placement {placement!r} (known: {', '.join(PLACEMENTS)})")
 
 
-def rank_rows(counts: np.ndarray, owner: np.ndarray, P: int) -> np.ndarray:
-    """(P x E) rows each rank sends each expert -> (P x P) rows rank i sends rank j."""
+def rank_rows(counts: np.ndarray, owner: np.ndarray, P: int, ep_size: int | None = None) -> np.ndarray:
+    """(P x E) rows each rank sends each expert -> (P x P) rows rank i sends rank j. With groups
+    of N = ep_size ranks, `owner` is the group rank holding each expert and rank i sends only
+    to the ranks of its group (assumption 11)."""
+    N = P if ep_size is None else int(ep_size)
+    return in_groups(group_rows(counts, owner, N), N)
+
+
+def group_rows(counts: np.ndarray, owner: np.ndarray, N: int) -> np.ndarray:
+    """(senders x E) rows for each expert -> (senders x N) rows for each rank of the group."""
     counts = np.asarray(counts, float)
     order = np.argsort(owner, kind="stable")
-    starts = np.searchsorted(owner[order], np.arange(P))  # every rank holds E/P >= 1 experts
+    starts = np.searchsorted(owner[order], np.arange(N))  # every rank holds E/N >= 1 experts
     return np.add.reduceat(counts[:, order], starts, axis=1)
+
+
+def in_groups(local: np.ndarray, N: int) -> np.ndarray:
+    """(P x N) rows rank i sends rank j of its group -> (P x P), zero between groups."""
+    P = local.shape[0]
+    if N == P:
+        return local
+    i = np.arange(P)
+    T = np.zeros((P, P))
+    T[i[:, None], (i // N * N)[:, None] + np.arange(N)[None, :]] = local
+    return T
+
+
+def group_size(E: int, P: int, given: int | None = None) -> int:
+    """N on P ranks: `given` (--ep-size), or moesim's default gcd(E, P); ValueError if invalid."""
+    N = math.gcd(E, P) if not given else int(given)
+    if P % N:
+        raise ValueError(f"{P} ranks are not divisible by ep-size {N}")
+    if E % N:
+        raise ValueError(f"{E} experts are not divisible by ep-size {N}")
+    return N
 
 
 def step_bytes(T: np.ndarray, token_bytes: float) -> np.ndarray:
@@ -244,15 +310,26 @@ def step_bytes(T: np.ndarray, token_bytes: float) -> np.ndarray:
 
 @dataclass
 class Workload:
-    """What one step moves: T[i, j] token rows i sends j per step (all MoE layers together)."""
+    """What one step moves: T[i, j] token rows i sends j per step (all MoE layers together),
+    inside expert groups of ep_size ranks (None: one group of all P)."""
     T: np.ndarray
     token_bytes: float
     moe_layers: int
     experts: int
+    ep_size: int | None = None
+    expert_bytes: float = 0.0  # one rank's expert gradients (E/N experts), assumption 12
 
     @property
     def P(self) -> int:
         return self.T.shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.P if self.ep_size is None else int(self.ep_size)
+
+    def group_ranks(self) -> list[np.ndarray]:
+        N = self.N
+        return [np.arange(g * N, (g + 1) * N) for g in range(self.P // N)]
 
     def step_bytes(self) -> np.ndarray:
         return step_bytes(self.T, self.token_bytes)
@@ -261,14 +338,20 @@ class Workload:
         """(how many per step, byte matrix) of every collective in a step."""
         L = max(1, self.moe_layers)
         per_layer = self.T * self.token_bytes / L
-        counts = np.full((self.P, self.P), COUNT_BYTES * self.experts / self.P)
+        counts = in_groups(np.full((self.P, self.N), COUNT_BYTES * self.experts / self.N), self.N)
         return [(self.moe_layers, counts), (2 * self.moe_layers, per_layer),
                 (2 * self.moe_layers, per_layer.T)]
 
     def time(self, cluster: Cluster, algorithm: str) -> float:
-        if self.moe_layers == 0 or self.P == 1:
+        """All-to-all seconds of a step: each exchange costs its slowest group (assumption 11)."""
+        if self.moe_layers == 0 or self.N == 1:
             return 0.0
-        return sum(m * exchange_time(M, cluster, algorithm) for m, M in self.exchanges())
+        return sum(m * max(exchange_time(M[np.ix_(r, r)], cluster, algorithm, r) for r in self.group_ranks())
+                   for m, M in self.exchanges())
+
+    def allreduce_time(self, cluster: Cluster) -> float:
+        """The expert-gradient all-reduce across the replica groups (assumption 12)."""
+        return ring_allreduce_time(self.expert_bytes, self.P, self.N, cluster)
 
 
 def stretch_shares(shares: np.ndarray, E_new: int) -> np.ndarray:
@@ -295,10 +378,21 @@ class RunRouting:
     top_k: int
     d_model: int
     dispatch: str = "alltoallv"
+    ep_size: int | None = None        # the run's N (effective_ep_size); None: P (older files)
+    ep_size_given: int | None = None  # --ep-size as given, kept when projecting
+    expert_params: int = 0            # parameters of one expert over all MoE layers
 
     @property
     def P(self) -> int:
         return self.rank_expert.shape[1]
+
+    @property
+    def N(self) -> int:
+        return self.P if self.ep_size is None else int(self.ep_size)
+
+    @property
+    def number_bytes(self) -> float:
+        return self.token_bytes / self.d_model if self.d_model else 0.0
 
     @property
     def E(self) -> int:
@@ -333,33 +427,43 @@ class RunRouting:
             every = int(root.get("moe_every", 1))
             layers_logged = sum(1 for l in range(int(root.get("layers", 0)))
                                 if every > 0 and (l + 1) % every == 0)
+        given = root.get("ep_size", root.get("expert_model_parallel_size"))
+        Fe = int(root.get("effective_d_ff", int(root.get("d_ff", 0)) // max(1, int(root.get("granularity", 1)))))
         return cls(file=str(file), rank_expert=re[:S].astype(float),
                    traffic=None if traffic is None else traffic[:S].astype(float),
                    a2a_seconds=None if a2a is None else a2a[:S].astype(float),
                    token_bytes=float(tb), moe_layers=int(layers_logged),
                    batch_tokens=int(root.get("batch_tokens", 0)), top_k=int(root.get("top_k", 0)),
-                   d_model=D, dispatch=str(root.get("dispatch", "alltoallv")))
+                   d_model=D, dispatch=str(root.get("dispatch", "alltoallv")),
+                   ep_size=int(root["effective_ep_size"]) if "effective_ep_size" in root else None,
+                   ep_size_given=int(given) if given is not None else None,
+                   expert_params=int(layers_logged) * (2 * D * Fe + Fe + D))
 
     def own_workload(self, step: int) -> Workload:
         """The run's own exchange at step index `step` (0-based), contiguous placement."""
-        T = rank_rows(self.rank_expert[step], expert_owner(self.E, self.P), self.P)
-        return Workload(T, self.token_bytes, self.moe_layers, self.E)
+        N = self.N
+        T = rank_rows(self.rank_expert[step], expert_owner(self.E, N), self.P, N)
+        return Workload(T, self.token_bytes, self.moe_layers, self.E, N,
+                        self.E // N * self.expert_params * self.number_bytes)
 
     def expert_rows(self) -> np.ndarray:
         """Rows per step for each expert, summed over source ranks, averaged over steps."""
         return self.rank_expert.sum(axis=1).mean(axis=0)
 
     def projected_workload(self, P: int, placement: str = "contiguous", experts: int | None = None,
-                           batch_tokens: int | None = None) -> Workload:
-        """The step on P ranks, assumptions 2 and 3 of ASSUMPTIONS."""
+                           batch_tokens: int | None = None, ep_size: int | None = None) -> Workload:
+        """The step on P ranks in groups of ep_size (default: assumption 11), assumptions 2,
+        3 and 11 of ASSUMPTIONS."""
         E_new = self.E if experts is None else int(experts)
         B_new = self.batch_tokens if batch_tokens is None else int(batch_tokens)
-        owner = expert_owner(E_new, P, placement)
+        N = group_size(E_new, P, ep_size or self.ep_size_given)
+        owner = expert_owner(E_new, N, placement)
         rows = self.expert_rows()
         total = rows.sum() * (B_new / self.batch_tokens if self.batch_tokens else 1.0)
         per_expert = stretch_shares(rows, E_new) * total if rows.sum() > 0 else np.zeros(E_new)
-        to_rank = rank_rows((per_expert / P)[None, :], owner, P)  # every rank routes alike
-        return Workload(np.repeat(to_rank, P, axis=0), self.token_bytes, self.moe_layers, E_new)
+        to_rank = group_rows((per_expert / P)[None, :], owner, N)  # every rank routes alike
+        return Workload(in_groups(np.repeat(to_rank, P, axis=0), N), self.token_bytes, self.moe_layers, E_new,
+                        N, E_new // N * self.expert_params * self.number_bytes)
 
     def reconstruction_error(self) -> dict:
         """Assumption 9: the step matrix from rank_expert_tokens against metrics/traffic."""
@@ -380,8 +484,10 @@ class RunRouting:
 
 def simulate(run: RunRouting, ranks: list[int], cluster: Cluster, algorithms=ALGORITHMS,
              placement: str = "contiguous", experts_per_rank: int | None = None,
-             tokens_per_rank: int | None = None) -> pd.DataFrame:
-    """Predicted exchange seconds per step for every P' and algorithm (one row per P')."""
+             tokens_per_rank: int | None = None, ep_size: int | None = None) -> pd.DataFrame:
+    """Predicted exchange seconds per step for every P' and algorithm (one row per P'), in
+    expert groups of ep_size ranks (default: assumption 11), and the expert-gradient
+    all-reduce across the groups."""
     rows = []
     for P in ranks:
         E_new = experts_per_rank * P if experts_per_rank else run.E
@@ -389,11 +495,13 @@ def simulate(run: RunRouting, ranks: list[int], cluster: Cluster, algorithms=ALG
         row = {"ranks": P, "experts": E_new, "nodes": math.ceil(P / cluster.ranks_per_node),
                "tokens_per_rank": B_new / P, "note": ""}
         try:
-            w = run.projected_workload(P, placement, E_new, B_new)
+            w = run.projected_workload(P, placement, E_new, B_new, ep_size)
         except ValueError as exc:
             row["note"] = str(exc)
             rows.append(row)
             continue
+        row["ep_size"] = w.N
+        row["groups"] = P // w.N
         sb = w.step_bytes()
         row["bytes_per_step"] = float(sb.sum() - np.trace(sb))
         row["max_rank_bytes_out"] = float((sb.sum(axis=1) - np.diag(sb)).max())
@@ -403,6 +511,7 @@ def simulate(run: RunRouting, ranks: list[int], cluster: Cluster, algorithms=ALG
             except ValueError as exc:
                 row[f"{alg}_s"] = float("nan")
                 row["note"] = (row["note"] + "; " if row["note"] else "") + str(exc)
+        row["expert_allreduce_s"] = w.allreduce_time(cluster)
         rows.append(row)
     df = pd.DataFrame(rows)
     return df[[c for c in df.columns if c != "note"] + ["note"]]
@@ -411,16 +520,18 @@ def simulate(run: RunRouting, ranks: list[int], cluster: Cluster, algorithms=ALG
 # --- calibration against measured runs ----------------------------------------------------------
 
 def _pairwise_features(w: Workload) -> tuple[float, float]:
-    """(rounds, sum over rounds of the largest message in bytes) of one step on one node."""
-    if w.moe_layers == 0 or w.P == 1:
+    """(rounds, sum over rounds of the largest message in bytes) of one step on one node; with
+    expert groups, of the group whose rounds carry the most (assumption 11)."""
+    if w.moe_layers == 0 or w.N == 1:
         return 0.0, 0.0
-    P = w.P
-    i = np.arange(P)
+    N = w.N
+    i = np.arange(N)
     rounds = 0.0
     biggest = 0.0
     for mult, M in w.exchanges():
-        rounds += mult * (P - 1)
-        biggest += mult * sum(float(np.max(M[i, (i + k) % P])) for k in range(1, P))
+        rounds += mult * (N - 1)
+        biggest += mult * max(sum(float(np.max(M[np.ix_(r, r)][i, (i + k) % N])) for k in range(1, N))
+                              for r in w.group_ranks())
     return rounds, biggest
 
 

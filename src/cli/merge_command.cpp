@@ -14,7 +14,7 @@ int run_merge(const Communicator& comm, const std::vector<std::string>& args) {
   po::options_description d("Merge (E experts per MoE layer -> E2)");
   d.add_options()
       ("run", po::value<std::string>(), "the trained run: its checkpoint file, or its run file (whose `checkpoint` attribute names the checkpoint)")
-      ("experts", po::value<I>(), "E2: experts per MoE layer after merging, E/2 <= E2 < E, divisible by the rank count (E counts fine-grained experts: --experts x --granularity of the run)")
+      ("experts", po::value<I>(), "E2: experts per MoE layer after merging, E/2 <= E2 < E (E counts fine-grained experts: --experts x --granularity of the run); the merged layers split over the ranks as any run (--ep-size of the run, else gcd(E2, P))")
       ("method", po::value<std::string>()->default_value("average"), "average (mean of the two weight tensors) | slerp (spherical interpolation at t = 0.5, per tensor)")
       ("pair-by", po::value<std::string>()->default_value("weights"),
        "weights (cosine of the flattened expert weights) | routing (cosine of the experts' router-probability columns over the validation tokens)")

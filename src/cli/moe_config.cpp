@@ -128,7 +128,18 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
                  {"effective_d_ff", i("d-ff") / M},
                  {"effective_capacity_factor", all_experts ? 0.0 : d("capacity-factor")}};
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));
-  m.model.moe.validate(P, static_cast<int>(M));  // top-k, ranks, what the gate needs, bias, sinkhorn
+  // --ep-size or Megatron's name for it; 0 lets the layer pick gcd(E, P).
+  MOESIM_CONFIG_CHECK(!vm.count("ep-size") || !vm.count("expert-model-parallel-size"),
+                      "--ep-size and --expert-model-parallel-size are the same option: give one");
+  const char* ep_key = vm.count("expert-model-parallel-size") ? "expert-model-parallel-size" : "ep-size";
+  if (vm.count(ep_key)) {
+    MOESIM_CONFIG_CHECK(i(ep_key) >= 1, "--ep-size must be >= 1 (got " << i(ep_key) << ")");
+    m.model.moe.ep_size = static_cast<int>(std::min<I>(i(ep_key), 1 << 30));
+  }
+  m.model.moe.validate(P, static_cast<int>(M));  // top-k, --ep-size, what the gate needs, bias, sinkhorn
+  const int N = m.model.moe.ep_size_for(P);
+  m.effective.emplace_back("effective_ep_size", static_cast<I>(N));
+  m.effective.emplace_back("effective_replica_groups", static_cast<I>(P / N));
   m.train.steps = i("steps");
   m.train.batch_tokens = i("batch-tokens");
   m.train.val_tokens = i("val-tokens");

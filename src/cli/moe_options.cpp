@@ -12,7 +12,7 @@ using I = std::int64_t;
 po::options_description moe_options() {
   po::options_description d("MoE run (letters as in README: E experts, K top-k, D, F, L, B tokens)");
   d.add_options()
-      ("experts", po::value<I>()->default_value(8), "E: experts per MoE layer (divisible by the rank count)")
+      ("experts", po::value<I>()->default_value(8), "E: experts per MoE layer (divisible by --ep-size)")
       ("top-k", po::value<I>()->default_value(2), "K: experts per token, 1 <= K <= E")
       ("gate", po::value<std::string>()->default_value("topk"),
        "topk (softmax over the K chosen logits; with K = 1 the gate is constant unless --router-pre-softmax) | switch (K = 1, gate = softmax "
@@ -71,6 +71,11 @@ po::options_description moe_options() {
       ("dispatch", po::value<std::string>()->default_value("alltoallv"),
        "token exchange: alltoallv (counts by all-to-all, then Alltoallv) | allgather (count matrix by all-gather, "
        "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall)")
+      ("ep-size", po::value<I>(),
+       "N: expert-data parallelism. The P ranks form P/N groups of N consecutive ranks; each group holds all E "
+       "experts (E/N per rank) and exchanges tokens only inside itself, the replicas of an expert (one per group) "
+       "sum their gradients. N must divide P and E; default gcd(E, P) (N = P when E is divisible by P)")
+      ("expert-model-parallel-size", po::value<I>(), "the same as --ep-size (Megatron's name)")
       ("task", po::value<std::string>()->default_value("regimes"),
        "regimes (clustered regression/classification) | teacher (learn a random MoE) | lm (next-byte language modelling) | "
        "binned (seed 001's supervised-gate mixture of stacking learners: moe --task binned --help)")
@@ -89,7 +94,7 @@ po::options_description moe_options() {
        "and every --checkpoint-every steps (empty = none)")
       ("checkpoint-every", po::value<I>()->default_value(0), "steps between checkpoints (0 = only when stopped and at the end)")
       ("resume", po::bool_switch()->default_value(false),
-       "continue from --checkpoint if that file exists (on any rank count dividing E); start afresh if it does not")
+       "continue from --checkpoint if that file exists (on any valid rank count and --ep-size); start afresh if it does not")
       ("progress-interval", po::value<double>()->default_value(2.0), "seconds between progress lines on rank 0")
       ("quiet", po::bool_switch()->default_value(false), "no progress lines or summary")
       ("blas-threads", po::value<I>()->default_value(1), "OpenBLAS threads per rank");

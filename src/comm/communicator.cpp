@@ -52,6 +52,13 @@ Communicator::Communicator(MPI_Comm parent) {
   MOESIM_MPI_CHECK(MPI_Comm_size(comm_, &size_));
 }
 
+Communicator::Communicator(const Communicator& parent, int color, int key) {
+  MOESIM_MPI_CHECK(MPI_Comm_split(parent.comm_, color, key, &comm_));
+  MOESIM_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  MOESIM_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  MOESIM_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+}
+
 Communicator::~Communicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);

@@ -55,6 +55,9 @@ class Communicator {
   // COLLECTIVE over `parent`. The library never works on the caller's communicator
   // directly, so its messages cannot match the caller's.
   explicit Communicator(MPI_Comm parent);
+  // COLLECTIVE over `parent`: the ranks of `parent` with the same `color`, ordered by
+  // `key` (MPI_Comm_split).
+  Communicator(const Communicator& parent, int color, int key);
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;

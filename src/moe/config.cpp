@@ -1,5 +1,8 @@
 #include "moe/config.hpp"
 
+#include <algorithm>
+#include <numeric>
+
 #include "core/error.hpp"
 
 namespace moesim {
@@ -18,10 +21,15 @@ void MoeLayerConfig::validate(int ranks, int granularity) const {
   MOESIM_CONFIG_CHECK(experts >= 1, "--experts must be >= 1 (got " << experts / M << ")");
   MOESIM_CONFIG_CHECK(top_k >= 1, "--top-k must be >= 1 (got " << top_k / M << ")");
   MOESIM_CONFIG_CHECK(top_k <= experts, "--top-k (" << top_k / M << ") must not exceed --experts (" << experts / M << ")");
-  MOESIM_CONFIG_CHECK(experts % ranks == 0,
+  // Expert-data parallelism: groups of N ranks, each holding all E experts, E/N per rank.
+  const int N = ep_size_for(ranks);
+  MOESIM_CONFIG_CHECK(ep_size >= 0, "--ep-size must be >= 1 (got " << ep_size << ")");
+  MOESIM_CONFIG_CHECK(ranks % N == 0, "--ep-size (" << N << ") must divide the number of ranks (" << ranks
+                                                    << "): ranks form groups of --ep-size ranks");
+  MOESIM_CONFIG_CHECK(experts % N == 0,
                       "--experts (" << experts / M << (M > 1 ? " x granularity " + std::to_string(M) : std::string())
-                                    << ") must be divisible by the number of ranks (" << ranks
-                                    << ") for expert parallelism");
+                                    << ") must be divisible by --ep-size (" << N
+                                    << "): each rank of an expert group holds E / ep-size experts");
   MOESIM_CONFIG_CHECK(!g.one_expert || top_k == 1, "--gate " << name << " routes to one expert: it needs --top-k 1"
                                                              << (M > 1 ? " and --granularity 1" : ""));
   const double eval_cf = eval_capacity_factor < 0 ? capacity_factor : eval_capacity_factor;
@@ -47,6 +55,10 @@ std::string MoeLayerConfig::router_warning() const {
          " with one expert per token gives every token the gate weight 1, so the router gets no gradient from the "
          "task loss, only from " + from + "; --router-pre-softmax (topk) or --gate switch weights it by its "
          "softmax probability";
+}
+
+int MoeLayerConfig::ep_size_for(int ranks) const {
+  return ep_size > 0 ? ep_size : std::gcd(std::max(experts, 1), std::max(ranks, 1));
 }
 
 }  // namespace moesim

@@ -42,6 +42,9 @@ struct MoeLayerConfig {
   GateKind gate = GateKind::kTopK;  // kDense / kConstant: K = E, capacity does not apply
   int shared_experts = 0;           // always-active replicated experts, D -> d_ff -> D
   DispatchAlgo dispatch = DispatchAlgo::kAlltoallv;
+  // N (--ep-size): ranks per expert group; tokens are exchanged inside a group of N,
+  // each group holds all E experts (comm/expert_groups.hpp). 0: gcd(E, P).
+  int ep_size = 0;
   // Routing options (README, "Gates"); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor
   BalanceKind balance = BalanceKind::kAux;
@@ -58,6 +61,9 @@ struct MoeLayerConfig {
   // one line in the cli's words. Gates without a trained router (hash, constant) and E = 1
   // (nothing to route) give none.
   std::string router_warning() const;
+
+  // N on `ranks` ranks: ep_size, or gcd(E, P) when it is 0.
+  int ep_size_for(int ranks) const;
 };
 
 }  // namespace moesim

@@ -27,6 +27,8 @@ namespace moesim {
 
 class Dispatcher {
  public:
+  // `comm`: the ranks that exchange tokens (an expert group); its rank r owns experts
+  // [r*E/n, (r+1)*E/n) of the n = comm.size() ranks.
   Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo = DispatchAlgo::kAlltoallv);
 
   // COLLECTIVE (exchanges counts, except padded). `expert` and `kept` hold n*K local

@@ -49,6 +49,8 @@ Model<T>::Model(const Communicator& comm, const ModelConfig& cfg)
   MOESIM_REQUIRE(cfg.mixture == MixtureLoss::kNone ||
                      (cfg.layers >= 1 && cfg.is_moe_block(cfg.layers - 1) && gate_uses_all_experts(cfg.moe.gate)),
                  "a mixture loss needs the last block to be an MoE block with the dense or constant gate");
+  cfg_.moe.validate(comm.size());  // before the split: a bad --ep-size is a ConfigError
+  groups_ = std::make_shared<const ExpertGroups>(comm, cfg_.moe.ep_size_for(comm.size()));
   Rng arng(cfg.seed, Stream::kReplicatedInit, 0, 0);
   adapter_.init(arng, 1.0 / std::sqrt(static_cast<double>(cfg.adapter_in())));
   if (cfg.vocab > 0) {
@@ -64,7 +66,7 @@ Model<T>::Model(const Communicator& comm, const ModelConfig& cfg)
     Block& b = blocks_[static_cast<std::size_t>(l)];
     b.norm = RmsNorm<T>(name + ".norm", cfg.d_model, Placement::kReplicated);
     if (cfg.is_moe_block(l)) {
-      b.moe = std::make_unique<MoeLayer<T>>(comm, name + ".moe", cfg_.moe, cfg.seed, l + 1);
+      b.moe = std::make_unique<MoeLayer<T>>(groups_, name + ".moe", cfg_.moe, cfg.seed, l + 1);
     } else {
       b.dense = std::make_unique<Ffn<T>>(name + ".ffn", cfg.d_model, cfg.d_ff,
                                          Placement::kReplicated);

@@ -63,6 +63,8 @@ class Model {
   ParamList<T> expert_params();
   std::vector<MoeLayer<T>*> moe_layers();
   const ModelConfig& config() const { return cfg_; }
+  // The ranks' expert groups (--ep-size), shared by every MoE layer.
+  const ExpertGroups& expert_groups() const { return *groups_; }
 
  private:
   struct Block {
@@ -75,6 +77,7 @@ class Model {
   void backward_blocks(Mat<T>& dh, std::size_t end);
 
   ModelConfig cfg_;
+  std::shared_ptr<const ExpertGroups> groups_;
   TokenEmbedding<T> embed_;  // token tasks only (vocab > 0)
   MixtureTail<T> tail_;
   Linear<T> adapter_;

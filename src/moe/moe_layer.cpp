@@ -11,14 +11,32 @@ const MoeLayerConfig& validated(const MoeLayerConfig& cfg, int ranks) {
   return cfg;
 }
 
+// Checked first, so that a bad --ep-size is a ConfigError, not a failed split.
+std::shared_ptr<const ExpertGroups> groups_for(const Communicator& comm, const MoeLayerConfig& cfg) {
+  cfg.validate(comm.size());
+  return std::make_shared<const ExpertGroups>(comm, cfg.ep_size_for(comm.size()));
+}
+
+const ExpertGroups& checked(const std::shared_ptr<const ExpertGroups>& g, const MoeLayerConfig& cfg) {
+  MOESIM_REQUIRE(g && g->group_size() == cfg.ep_size_for(g->world().size()),
+                 "MoE layer given expert groups of another size than its --ep-size");
+  return *g;
+}
+
 }  // namespace
 
 template <class T>
 MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
                       const MoeLayerConfig& cfg, std::uint64_t seed, int layer_id)
-    : comm_(comm),
-      cfg_(validated(cfg, comm.size())),
-      dispatcher_(comm, cfg.experts, cfg.dispatch),
+    : MoeLayer(groups_for(comm, cfg), name, cfg, seed, layer_id) {}
+
+template <class T>
+MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::string& name,
+                      const MoeLayerConfig& cfg, std::uint64_t seed, int layer_id)
+    : groups_(std::move(groups)),
+      comm_(groups_->world()),
+      cfg_(validated(cfg, comm_.size())),
+      dispatcher_(checked(groups_, cfg_).group(), cfg.experts, cfg.dispatch),
       router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, [&] {
         RouterOptions o = cfg.router;
         o.gate = cfg.gate;
@@ -47,7 +65,8 @@ MoeLayer<T>::MoeLayer(const Communicator& comm, const std::string& name,
              static_cast<std::uint64_t>(e));
     experts_.back().init(erng);
   }
-  comm_stats_.reset(comm.size());
+  comm_stats_.first_rank = groups_->first_rank();
+  comm_stats_.reset(comm_.size());
 }
 
 template <class T>
@@ -113,7 +132,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   stats_.dropped = cd.dropped;
   stats_.expert_tokens = cd.processed;
 
-  layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap});
+  layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap, comm_.size()});
   Mat<T> send(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) send.row(s) = x.row(layout_.send_token[s]);
   comm_stats_.phase = kForwardDispatch;

@@ -4,10 +4,16 @@
 // assignments contribute nothing (the block's residual carries the token).
 // Shared experts (DeepSeekMoE) are replicated dense FFNs every token passes through,
 // added to the routed output with weight 1.
+// Expert-data parallelism (--ep-size N): routing, capacity and the statistics are decided
+// over all P ranks (the global batch), tokens move only inside the rank's group of N,
+// which holds every expert; the replicas' expert gradients are summed by the caller
+// (expert_groups().replicas(), the trainer) before the optimizer step.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "comm/expert_groups.hpp"
 #include "moe/capacity.hpp"
 #include "moe/config.hpp"
 #include "moe/dispatcher.hpp"
@@ -38,6 +44,9 @@ class MoeLayer {
   // Expert e is initialised from (seed, layer_id, e) wherever it lives. ConfigError
   // (MoeLayerConfig::validate) on a configuration the layer cannot run.
   MoeLayer(const Communicator& comm, const std::string& name, const MoeLayerConfig& cfg,
+           std::uint64_t seed, int layer_id);
+  // The same on groups shared with other layers (their size must be cfg.ep_size_for(P)).
+  MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::string& name, const MoeLayerConfig& cfg,
            std::uint64_t seed, int layer_id);
 
   // COLLECTIVE. x: local tokens (n x D).
@@ -76,9 +85,11 @@ class MoeLayer {
   int local_experts() const { return static_cast<int>(experts_.size()); }
   Ffn<T>& shared_expert(int s) { return shared_[static_cast<std::size_t>(s)]; }
   const MoeLayerConfig& config() const { return cfg_; }
+  const ExpertGroups& expert_groups() const { return *groups_; }
 
  private:
-  const Communicator& comm_;
+  std::shared_ptr<const ExpertGroups> groups_;
+  const Communicator& comm_;  // all P ranks (groups_->world())
   MoeLayerConfig cfg_;
   Dispatcher dispatcher_;
   Router<T> router_;

@@ -23,22 +23,27 @@ Mat<T>& part(Param<T>& p, int i) {
 }
 
 // A rank's expert parameters grouped by key, each group sorted by global expert index.
+// With expert-data parallelism several ranks hold the same experts (replicas, one per
+// expert group): the lowest rank holding a block, which is in group 0, writes it.
 template <class T>
 struct ExpertGroup {
   std::vector<Param<T>*> params;
   int first = 0;
+  bool writer = true;  // this rank writes the block to checkpoints
 };
 
+// COLLECTIVE. Also sets `E`, the experts per key (0 without experts).
 template <class T>
-std::map<std::string, ExpertGroup<T>> group_experts(const Communicator& comm,
-                                                    const ParamList<T>& experts) {
+std::map<std::string, ExpertGroup<T>> group_experts(const Communicator& comm, const ParamList<T>& experts,
+                                                    std::int64_t& E) {
   std::map<std::string, std::vector<std::pair<int, Param<T>*>>> by_key;
   for (Param<T>* p : experts) {
     const ExpertKey k = expert_key(p->name);
     MOESIM_REQUIRE(k.index >= 0, "expert parameter '" << p->name << "' has no expert<N> in its name");
     by_key[k.key].emplace_back(k.index, p);
   }
-  // Every rank must hold the same keys, each a contiguous block of experts in rank order.
+  // Every rank must hold the same keys, each a contiguous block of experts; the blocks of
+  // the writers tile [0, E) in rank order.
   std::string names;
   for (const auto& [key, v] : by_key) names += key + "\n";
   std::int64_t h = static_cast<std::int64_t>(std::hash<std::string>{}(names) >> 1);
@@ -46,6 +51,7 @@ std::map<std::string, ExpertGroup<T>> group_experts(const Communicator& comm,
   comm.allreduce_min(&hmin, 1);
   comm.allreduce_max(&hmax, 1);
   MOESIM_REQUIRE(hmin == hmax, "ranks hold different expert parameters");
+  E = 0;
   std::map<std::string, ExpertGroup<T>> out;
   for (auto& [key, v] : by_key) {
     std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -56,9 +62,20 @@ std::map<std::string, ExpertGroup<T>> group_experts(const Communicator& comm,
                      "experts of '" << key << "' are not a contiguous block on rank " << comm.rank());
       g.params.push_back(v[i].second);
     }
-    std::int64_t n = static_cast<std::int64_t>(v.size()), before = 0;
-    comm.exscan_sum(&n, &before, 1);
-    MOESIM_REQUIRE(before == g.first, "experts of '" << key << "' are not placed in rank order");
+    const int block[2] = {g.first, static_cast<int>(v.size())};
+    std::vector<int> all(2 * static_cast<std::size_t>(comm.size()));
+    comm.allgather(block, 2, all.data());
+    for (int q = 0; q < comm.rank(); ++q) g.writer &= all[2 * static_cast<std::size_t>(q)] != g.first;
+    std::int64_t next = 0;  // the writers' blocks, in rank order, must tile [0, E)
+    for (int q = 0; q < comm.size(); ++q) {
+      bool first_holder = true;
+      for (int o = 0; o < q; ++o) first_holder &= all[2 * static_cast<std::size_t>(o)] != all[2 * static_cast<std::size_t>(q)];
+      if (!first_holder) continue;
+      MOESIM_REQUIRE(all[2 * static_cast<std::size_t>(q)] == next, "experts of '" << key << "' are not placed in rank order");
+      next += all[2 * static_cast<std::size_t>(q) + 1];
+    }
+    MOESIM_REQUIRE(E == 0 || E == next, "expert parameters disagree on the number of experts");
+    E = next;
     out.emplace(key, std::move(g));
   }
   return out;
@@ -128,10 +145,8 @@ void save_checkpoint(const Communicator& comm, const std::string& path,
     std::filesystem::remove(tmp, ec);
   }
   comm.agree_or_throw(error.empty(), "cannot write checkpoint '" + path + "': " + error);
-  const auto groups = group_experts(comm, experts);
   std::int64_t E = 0;
-  if (!groups.empty())
-    E = comm.allreduce_sum(static_cast<std::int64_t>(groups.begin()->second.params.size()));
+  const auto groups = group_experts(comm, experts, E);
   {
     h5::silence_default_error_printing();
     h5::Handle f;
@@ -188,7 +203,9 @@ void save_checkpoint(const Communicator& comm, const std::string& path,
         buf.clear();
         for (const Param<T>* p : g.params) buf.insert(buf.end(), part(*p, i).data(), part(*p, i).data() + part(*p, i).size());
         h5::Handle d = h5::create_dataset(kg.id(), kParts[i], dims, false);
-        h5::write_rows(d.id(), static_cast<hsize_t>(g.first), g.params.size(), buf.data(), false);
+        // One replica writes; the others join the collective write empty.
+        h5::write_rows(d.id(), g.writer ? static_cast<hsize_t>(g.first) : 0, g.writer ? g.params.size() : 0,
+                       buf.data(), false);
       }
     }
   }
@@ -287,9 +304,8 @@ TrainProgress load_params(const Communicator& comm, const std::string& path,
                           const ParamList<T>& replicated, const ParamList<T>& experts,
                           const StateList& state) {
   CheckpointReader r(comm, path);
-  const auto groups = group_experts(comm, experts);
-  const std::int64_t E =
-      groups.empty() ? 0 : comm.allreduce_sum(static_cast<std::int64_t>(groups.begin()->second.params.size()));
+  std::int64_t E = 0;
+  const auto groups = group_experts(comm, experts, E);
   // Every rank checks what it is about to read; the lowest failing rank's reason wins.
   std::string error;
   auto expect = [&](const std::string& ds, const std::vector<hsize_t>& want) {

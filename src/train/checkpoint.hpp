@@ -1,6 +1,7 @@
 #pragma once
 // Checkpoints: the whole training state of a run in one HDF5 file, written and read with
-// parallel HDF5 (every rank writes and reads its own experts' rows, collectively).
+// parallel HDF5 (collectively: every rank reads its own experts' rows; with --ep-size
+// N < P the experts have P/N replicas and only the first, expert group 0, writes them).
 //
 // Layout (checkpoint_version 1):
 //   /                attributes: kind = "checkpoint", checkpoint_version, step (steps done),
@@ -93,8 +94,8 @@ void save_checkpoint(const Communicator& comm, const std::string& path,
 constexpr const char* kEarlierMetrics = "metrics_until_step";
 
 // COLLECTIVE. Loads every parameter of the lists (values and Adam moments) by name and,
-// for expert parameters, by global expert index, so any rank count that divides E can
-// read a checkpoint written on any other. Rank 0 appends the stored metrics to `history`
+// for expert parameters, by global expert index, so any valid (ranks, --ep-size) can
+// read a checkpoint written under any other. Rank 0 appends the stored metrics to `history`
 // (may be null); the series in `per_rank_series` (shaped by P) go to kEarlierMetrics<step>
 // instead when P changed. ConfigError on every rank when the file is missing, incomplete,
 // of another precision, or lacks a parameter or holds it with another shape.

@@ -178,8 +178,6 @@ int merge_run(const Communicator& comm, const MergeConfig& m, const std::string&
   MOESIM_CONFIG_CHECK(2 * E2 >= E, "--experts " << E2 << " is not reachable from E = " << E
                                                << " by merging disjoint pairs (needs E2 >= " << (E + 1) / 2 << ")");
   MOESIM_CONFIG_CHECK(E2 >= K, "--experts " << E2 << " is below the run's top-k K = " << K);
-  MOESIM_CONFIG_CHECK(E % P == 0 && E2 % P == 0, "the rank count (" << P << ") must divide both E = " << E
-                                                                    << " and --experts " << E2);
   MOESIM_CONFIG_CHECK(std::filesystem::absolute(m.out) != std::filesystem::absolute(ckpt) &&
                           std::filesystem::absolute(m.out) != std::filesystem::absolute(m.run),
                       "--out must not overwrite the run or its checkpoint");
@@ -189,6 +187,13 @@ int merge_run(const Communicator& comm, const MergeConfig& m, const std::string&
   fit_model_to_task(*task, source.task, source.model);
   MoeRunConfig merged = source;
   merged.model.moe.experts = static_cast<int>(E2);
+  // The merged layers split over this job's ranks like any run's (--ep-size of the source,
+  // else gcd(E2, P)); the source's own layout is checked when it is built.
+  try {
+    merged.model.moe.validate(static_cast<int>(P), source.model.granularity);
+  } catch (const ConfigError& e) {
+    throw ConfigError(std::string("--experts ") + std::to_string(E2) + " cannot run here: " + e.what());
+  }
 
   auto rf = RunFile::create(comm, m.out, "merge");
   AttrList attrs = m.options;

@@ -133,6 +133,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   ParamList<T> all = replicated;
   all.insert(all.end(), experts.begin(), experts.end());
   const MetricContext metrics = metric_context(comm, model, cfg.eval_every > 0);
+  const ExpertGroups& groups = model.expert_groups();
   Adam<T> adam(cfg.adam);
   adam.set_steps_taken(static_cast<long>(cfg.start.adam_t));
   std::vector<T> grad_buf;
@@ -165,10 +166,13 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     {
       ScopedTimer t(in.reduce_seconds);
       allreduce_grads(comm, replicated, grad_buf);
+      // Each replica of an expert saw only its group's tokens: sum over the replicas.
+      if (groups.groups() > 1) allreduce_grads(groups.replicas(), experts, grad_buf);
     }
     double scale = 1.0;
     if (cfg.grad_clip > 0) {
-      const double norm = std::sqrt(sum_squares(replicated) + comm.allreduce_sum(sum_squares(experts)));
+      // One group holds every expert once.
+      const double norm = std::sqrt(sum_squares(replicated) + groups.group().allreduce_sum(sum_squares(experts)));
       if (norm > cfg.grad_clip) scale = cfg.grad_clip / norm;
     }
     adam.step(all, scale);

@@ -32,7 +32,8 @@ def _write_unknown_key_config(tmp_path):
 # (id, overrides of BASE, extra args, words the error line must contain)
 CASES = [
     ("top-k>experts", {"--top-k": "5", "--experts": "4"}, [], ["--top-k", "5", "4"]),
-    ("experts-not-divisible", {"--experts": "3"}, [], ["--experts", "3", "divisible"]),
+    ("experts-not-divisible", {"--experts": "3"}, ["--ep-size", "2"], ["--experts", "3", "divisible", "--ep-size"]),
+    ("ep-size-not-dividing-ranks", {}, ["--ep-size", "4"], ["--ep-size", "4", "ranks (2)"]),
     ("d-model-zero", {"--d-model": "0"}, [], ["--d-model"]),
     ("steps-negative", {"--steps": "-1"}, [], ["--steps", "-1"]),
     ("batch-tokens-zero", {"--batch-tokens": "0"}, [], ["--batch-tokens"]),
@@ -78,12 +79,18 @@ def test_bad_input_single_rank_mpirun(tmp_path, mpirun):
 
 
 def test_divisibility_depends_on_rank_count(tmp_path, mpirun):
-    """--experts 3 is fine on one rank; it is the rank count that makes it wrong on two."""
-    args, out = build_args(tmp_path, {"--experts": "3"}, [])
+    """--ep-size 2 is fine on two ranks; it is the rank count that makes it wrong on one.
+    --experts 3 runs on any rank count with the default --ep-size gcd(E, P)."""
+    args, out = build_args(tmp_path, {"--experts": "4"}, ["--ep-size", "2"])
+    proc = mpirun(2, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
+    assert proc.returncode == 0, proc.stderr
     proc = mpirun(1, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
+    check_rejected(proc, ["--ep-size", "2", "ranks (1)"])
+    args, out = build_args(tmp_path, {"--experts": "3"}, [])
+    proc = mpirun(2, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     assert proc.returncode == 0, proc.stderr
     with h5py.File(out, "r") as f:
-        assert f.attrs["complete"] == 1
+        assert f.attrs["complete"] == 1 and f.attrs["effective_ep_size"] == 1
 
 
 def test_error_does_not_clobber_existing_run_file(tmp_path, mpirun, run_moe):

@@ -140,6 +140,71 @@ def test_workload_time_sums_the_exchanges_of_a_step():
     assert w.time(cl, "pairwise") == pytest.approx(want, rel=1e-12)
 
 
+def test_groups_send_only_inside_themselves():
+    counts = np.array([[10, 20], [1, 2], [3, 4], [5, 6]], float)  # 4 ranks x 2 experts, N = 2
+    T = cm.rank_rows(counts, cm.expert_owner(2, 2), 4, ep_size=2)
+    np.testing.assert_array_equal(T, [[10, 20, 0, 0], [1, 2, 0, 0], [0, 0, 3, 4], [0, 0, 5, 6]])
+    np.testing.assert_array_equal(cm.rank_rows(counts, cm.expert_owner(2, 1), 4, ep_size=1), np.diag([30, 3, 7, 11]))
+    assert cm.group_size(4, 3) == 1 and cm.group_size(8, 4) == 4 and cm.group_size(8, 4, 2) == 2
+    with pytest.raises(ValueError, match="4 ranks are not divisible by ep-size 3"):
+        cm.group_size(6, 4, 3)
+    with pytest.raises(ValueError, match="2 experts are not divisible by ep-size 4"):
+        cm.group_size(2, 4, 4)
+
+
+def test_workload_time_is_the_slowest_group():
+    P, N, E, L, tb, rows = 4, 2, 4, 2, 100.0, 50.0
+    T = cm.in_groups(np.full((P, N), rows), N)
+    T[2, 3] = 4 * rows  # group 1 carries more in one direction
+    w = cm.Workload(T, tb, L, E, ep_size=N)
+    assert [list(r) for r in w.group_ranks()] == [[0, 1], [2, 3]]
+    per_layer, big = rows * tb / L, 4 * rows * tb / L
+    count_bytes = 4 * E / N
+    # N - 1 = 1 round per exchange; dispatch twice carries 2->3's big block, combine twice 3->2's
+    want = L * (A_E + count_bytes / B_E) + 4 * L * (A_E + big / B_E)
+    assert w.time(cluster(1), "pairwise") == pytest.approx(want, rel=1e-12)
+    # Groups of 2 on nodes of 2: every message stays on its node.
+    want_intra = L * (A_I + count_bytes / B_I) + 4 * L * (A_I + big / B_I)
+    assert w.time(cluster(2), "pairwise") == pytest.approx(want_intra, rel=1e-12)
+    assert w.time(cluster(2), "bruck") == pytest.approx(want_intra, rel=1e-12)  # 1 round as well
+    # Hierarchical on nodes of 2: each group is one node (no leader exchange); the leader
+    # (first rank) gathers the other rank's block and scatters the block bound for it; in
+    # group 1 one of the two is the big block, whichever way the exchange goes.
+    small = rows * tb / L
+    gathered = 2 * L * (A_I + count_bytes / B_I) + 4 * L * (2 * A_I + (small + big) / B_I)
+    assert w.time(cluster(2), "hierarchical") == pytest.approx(gathered, rel=1e-12)
+    assert cm.Workload(T, tb, L, E, ep_size=1).time(cluster(1), "pairwise") == 0.0
+    # N = P: one group of all ranks, as before.
+    full = cm.Workload(np.full((P, P), rows), tb, L, E)
+    assert full.time(cluster(1), "pairwise") == pytest.approx(
+        L * 3 * (A_E + 4 * E / P / B_E) + 4 * L * 3 * (A_E + per_layer / B_E), rel=1e-12)
+
+
+def test_exchanges_of_a_group_use_its_world_ranks():
+    """A group of ranks 2, 3 on nodes of 2 is one node, whatever its index in the group."""
+    b = 1e6
+    assert cm.pairwise_time(uniform(2, b), cluster(2), ranks=[2, 3]) == pytest.approx(A_I + b / B_I)
+    assert cm.pairwise_time(uniform(2, b), cluster(2), ranks=[1, 2]) == pytest.approx(A_E + b / B_E)
+    assert cm.bruck_time(uniform(2, b), cluster(2), ranks=[1, 2]) == pytest.approx(A_E + b / B_E)
+    ph = cm.hierarchical_phases(uniform(2, b), cluster(2), ranks=[1, 2])  # two nodes, one rank each
+    assert ph["gather"] == 0 and ph["scatter"] == 0
+    assert ph["exchange"] == pytest.approx(A_E + b / B_E)
+    # ranks=None is 0..P-1
+    M = np.arange(36, dtype=float).reshape(6, 6) * 1e3
+    for alg in cm.ALGORITHMS:
+        assert cm.exchange_time(M, cluster(4), alg) == cm.exchange_time(M, cluster(4), alg, np.arange(6))
+
+
+def test_expert_gradient_ring_allreduce_by_hand():
+    b = 8e6
+    # P = 4, N = 2: rings {0, 2} and {1, 3}, 2 (G - 1) = 2 rounds of b / 2
+    assert cm.ring_allreduce_time(b, 4, 2, cluster(1)) == pytest.approx(2 * (A_E + b / 2 / B_E), rel=1e-12)
+    # P = 4, N = 1: one ring of 4, 6 rounds of b / 4; nodes of 2 put 1 -> 2 and 3 -> 0 across nodes
+    assert cm.ring_allreduce_time(b, 4, 1, cluster(2)) == pytest.approx(6 * (A_E + b / 4 / B_E), rel=1e-12)
+    assert cm.ring_allreduce_time(b, 4, 1, cluster(4)) == pytest.approx(6 * (A_I + b / 4 / B_I), rel=1e-12)
+    assert cm.ring_allreduce_time(b, 4, 4, cluster(1)) == 0.0
+
+
 def test_stretch_shares_keeps_the_load_profile():
     s = np.array([0.4, 0.3, 0.2, 0.1])
     np.testing.assert_allclose(cm.stretch_shares(s, 8), [0.2, 0.2, 0.15, 0.15, 0.1, 0.1, 0.05, 0.05])
@@ -154,6 +219,43 @@ def real_run(moesim, tmp_path_factory):
     d = tmp_path_factory.mktemp("costmodel")
     _, path = run_moe(d, 2, experts=4, top_k=2, steps=20, d_model=16, d_ff=32)
     return path
+
+
+@pytest.fixture(scope="module")
+def ep_run(moesim, tmp_path_factory):
+    """E = 4 on 4 ranks in 2 groups of 2 (--ep-size 2)."""
+    d = tmp_path_factory.mktemp("costmodel_ep")
+    _, path = run_moe(d, 4, experts=4, top_k=2, steps=20, d_model=16, d_ff=32, ep_size=2)
+    return path
+
+
+def test_groups_of_a_real_run(ep_run):
+    run = cm.RunRouting.from_file(ep_run)
+    assert (run.P, run.E, run.N, run.ep_size_given) == (4, 4, 2, 2)
+    assert run.expert_params == 2 * (2 * 16 * 32 + 32 + 16)
+    rec = run.reconstruction_error()
+    assert rec["measured_bytes"] > 0
+    assert abs(rec["relative_error"]) < 0.02 and rec["max_element_relative_error"] < 0.02
+    w = run.own_workload(0)
+    assert w.N == 2 and np.all(w.step_bytes()[:2, 2:] == 0) and np.all(w.step_bytes()[2:, :2] == 0)
+    assert w.expert_bytes == 2 * run.expert_params * 4
+    # Projections keep the given N: 8 ranks are 4 groups of 2, each moving a quarter of the rows.
+    big = run.projected_workload(8)
+    assert big.N == 2 and big.T.sum() == pytest.approx(run.expert_rows().sum())
+    assert np.all(big.T[np.arange(8)[:, None] // 2 != np.arange(8)[None, :] // 2] == 0)
+    table = cm.simulate(run, [2, 4, 8], cluster(2))
+    assert list(table["ep_size"]) == [2, 2, 2] and list(table["groups"]) == [1, 2, 4]
+    assert table.loc[0, "expert_allreduce_s"] == 0 and (table.loc[1:, "expert_allreduce_s"] > 0).all()
+    # Groups of 2 on nodes of 2 never cross a node: at equal tokens per rank the all-to-all
+    # time does not grow with P' (weak scaling by replica groups).
+    weak = cm.simulate(run, [2, 4, 8], cluster(2), tokens_per_rank=run.batch_tokens // run.P)
+    assert weak["pairwise_s"].iloc[2] == pytest.approx(weak["pairwise_s"].iloc[0], rel=1e-9)
+    assert weak["pairwise_s"].iloc[1] == pytest.approx(weak["pairwise_s"].iloc[0], rel=1e-9)
+    # An explicit N overrides the run's.
+    assert cm.simulate(run, [8], cluster(2), ep_size=4).loc[0, "ep_size"] == 4
+    p = analysis_cli("simulate", ep_run, "--ranks", "4,8")
+    assert p.returncode == 0, p.stderr
+    assert "ep_size" in p.stdout and "expert_allreduce_s" in p.stdout and "relative error 0.000%" in p.stdout
 
 
 def test_traffic_reconstruction_matches_the_run(real_run):
@@ -188,8 +290,18 @@ def test_simulate_cli(real_run):
     assert {ln[0] for ln in lines} == {"4", "8"}
 
 
-def test_simulate_cli_refuses_an_indivisible_rank_count(real_run):
+def test_simulate_cli_default_ep_size_on_an_indivisible_rank_count(real_run):
+    """E = 4 on 3 ranks: moesim's default N = gcd(4, 3) = 1, so nothing crosses ranks."""
     p = analysis_cli("simulate", real_run, "--ranks", "3")
+    assert p.returncode == 0, p.stderr
+    row = cm.simulate(cm.RunRouting.from_file(real_run), [3], cluster(1)).iloc[0]
+    assert row["ep_size"] == 1 and row["groups"] == 3 and row["bytes_per_step"] == 0
+    assert row["pairwise_s"] == 0 and row["expert_allreduce_s"] > 0
+
+
+def test_simulate_cli_refuses_an_indivisible_rank_count(ep_run):
+    """A run's explicit --ep-size 2 is kept when projecting; 3 ranks cannot hold groups of 2."""
+    p = analysis_cli("simulate", ep_run, "--ranks", "3")
     assert p.returncode == 2
     assert "not divisible" in p.stdout + p.stderr
 
@@ -207,25 +319,31 @@ def pairwise_reference(M, alpha, beta):
     return sum(max(alpha + M[i, (i + k) % P] / beta for i in range(P)) for k in range(1, P))
 
 
-def write_synthetic_run(path, P, E, D, seed, alpha, beta, steps=6, L=2):
+def write_synthetic_run(path, P, E, D, seed, alpha, beta, steps=6, L=2, N=None):
+    """A run file whose a2a seconds are the pairwise exchanges, by hand; with N, in groups of
+    N ranks, each costing its slowest group."""
     rng = np.random.default_rng(seed)
     re = rng.integers(10, 200, (steps, P, E))
     tb = 4 * D
     a2a = []
-    owner = np.arange(E) // (E // P)
+    G = N or P
+    owner = np.arange(E) // (E // G)
     for s in range(steps):
-        T = np.zeros((P, P))
+        T = np.zeros((P, G))
         for i in range(P):
             for e in range(E):
                 T[i, owner[e]] += re[s, i, e]
-        per_layer = T * tb / L
-        t = L * pairwise_reference(np.full((P, P), 4.0 * E / P), alpha, beta)
-        t += 2 * L * pairwise_reference(per_layer, alpha, beta)
-        t += 2 * L * pairwise_reference(per_layer.T, alpha, beta)
+        t = 0.0
+        ex = [(L, lambda g: np.full((G, G), 4.0 * E / G)), (2 * L, lambda g: T[g * G:(g + 1) * G] * tb / L),
+              (2 * L, lambda g: (T[g * G:(g + 1) * G] * tb / L).T)]
+        for mult, block in ex:
+            t += mult * max(pairwise_reference(block(g), alpha, beta) for g in range(P // G))
         a2a.append(t)
     with h5py.File(path, "w") as f:
         f.attrs.update({"kind": "moe", "complete": 1, "d_model": D, "batch_tokens": 256,
                         "top_k": 2, "layers": L, "moe_every": 1, "host": "synthetic"})
+        if N:
+            f.attrs.update({"effective_ep_size": N, "ep_size": N})
         f.create_group("final").attrs["token_bytes"] = tb
         f["metrics/rank_expert_tokens"] = re
         f["metrics/a2a_seconds"] = np.array(a2a)
@@ -242,3 +360,14 @@ def test_calibration_recovers_a_known_link(tmp_path):
     assert cal.table["held_out_rel_error"].abs().max() < 1e-6
     held = cm.calibrate(tmp_path, fit_ranks=[2])  # fit on P=2, predict P=4
     assert held.table.loc[held.table["P"] == 4, "held_out_rel_error"].abs().max() < 1e-6
+
+
+def test_calibration_with_expert_groups(tmp_path):
+    """Runs in groups of N < P: the fit sees each run's slowest group and recovers the link."""
+    alpha, beta = 3e-6, 5e9
+    for k, (P, E, D, N) in enumerate([(4, 4, 16, 2), (4, 8, 64, 2), (4, 8, 32, 4), (2, 4, 128, None)]):
+        write_synthetic_run(tmp_path / f"g{k}.h5", P, E, D, 10 + k, alpha, beta, N=N)
+    cal = cm.calibrate(tmp_path)
+    assert cal.alpha == pytest.approx(alpha, rel=1e-6)
+    assert cal.beta == pytest.approx(beta, rel=1e-6)
+    assert cal.table["rel_error"].abs().max() < 1e-6

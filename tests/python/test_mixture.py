@@ -108,7 +108,8 @@ BAD = [
     ({"--d-ff": "8"}, ["--granularity", "3"], ["--d-ff", "8", "--granularity", "3"]),
     ({}, ["--granularity", "0"], ["--granularity"]),
     ({}, ["--shared-experts", "-1"], ["--shared-experts"]),
-    ({"--experts": "3", "--d-ff": "9"}, ["--granularity", "3"], ["--experts", "divisible", "granularity 3"]),
+    ({"--experts": "3", "--d-ff": "9"}, ["--granularity", "3", "--ep-size", "2"],
+     ["--experts", "divisible", "granularity 3", "--ep-size (2)"]),
     ({"--top-k": "1"}, ["--gate", "switch", "--granularity", "2"], ["switch", "granularity"]),
 ]
 

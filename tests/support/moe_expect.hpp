@@ -16,17 +16,25 @@ inline Mat<double> summed(const Mat<double>& g) {
   return s;
 }
 
-// COLLECTIVE. Every local expert's gradients against the reference's for its global index;
-// the shared experts' (replicated) summed over ranks.
+// COLLECTIVE. An expert gradient summed over the expert's replicas (one per expert group,
+// --ep-size), what the trainer's all-reduce does; the gradient itself when N = P.
+inline Mat<double> replica_summed(const MoeLayer<double>& layer, const Mat<double>& g) {
+  Mat<double> s = g;
+  layer.expert_groups().replicas().allreduce_sum(s.data(), static_cast<int>(s.size()));
+  return s;
+}
+
+// COLLECTIVE. Every local expert's gradients (summed over its replicas) against the
+// reference's for its global index; the shared experts' (replicated) summed over ranks.
 inline void expect_expert_grads(MoeLayer<double>& layer, const std::vector<ReferenceExpert>& dexperts,
                                 const std::vector<ReferenceExpert>& dshared, double abs_tol, double rel_tol) {
   for (int le = 0; le < layer.local_experts(); ++le) {
     const ReferenceExpert& de = dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
     Ffn<double>& ex = layer.local_expert(le);
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, de.w1, abs_tol, rel_tol, "expert dW1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b1().grad, de.b1, abs_tol, rel_tol, "expert db1");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w2().grad, de.w2, abs_tol, rel_tol, "expert dW2");
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b2().grad, de.b2, abs_tol, rel_tol, "expert db2");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(replica_summed(layer, ex.w1().grad), de.w1, abs_tol, rel_tol, "expert dW1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(replica_summed(layer, ex.b1().grad), de.b1, abs_tol, rel_tol, "expert db1");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(replica_summed(layer, ex.w2().grad), de.w2, abs_tol, rel_tol, "expert dW2");
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(replica_summed(layer, ex.b2().grad), de.b2, abs_tol, rel_tol, "expert db2");
   }
   for (std::size_t s = 0; s < dshared.size(); ++s) {
     Ffn<double>& se = layer.shared_expert(static_cast<int>(s));

@@ -45,10 +45,35 @@ TEST(MoeLayerConfig, TopKAndExpertsInTheUsersValues) {
   EXPECT_EQ(rejection(with(GateKind::kTopK, 4, 6), 1, 2), "--top-k (3) must not exceed --experts (2)");
   EXPECT_EQ(rejection(with(GateKind::kTopK, 4, 0)), "--top-k must be >= 1 (got 0)");
   EXPECT_EQ(rejection(with(GateKind::kTopK, 0, 1)), "--experts must be >= 1 (got 0)");
-  EXPECT_EQ(rejection(with(GateKind::kTopK, 6, 2), 4),
-            "--experts (6) must be divisible by the number of ranks (4) for expert parallelism");
-  EXPECT_EQ(rejection(with(GateKind::kTopK, 6, 2), 4, 2),
-            "--experts (3 x granularity 2) must be divisible by the number of ranks (4) for expert parallelism");
+}
+
+// Expert-data parallelism: N = --ep-size (default gcd(E, P)) must divide P and E, so any
+// E runs on any P by default.
+TEST(MoeLayerConfig, EpSizeDividesRanksAndExperts) {
+  EXPECT_EQ(rejection(with(GateKind::kTopK, 6, 2), 4), "");  // N = gcd(6, 4) = 2
+  EXPECT_EQ(rejection(with(GateKind::kTopK, 1, 1), 4), "");  // a dense model on 4 ranks: N = 1
+  EXPECT_EQ(rejection(with(GateKind::kTopK, 3, 1), 2), "");
+  EXPECT_EQ(with(GateKind::kTopK, 6, 2).ep_size_for(4), 2);
+  EXPECT_EQ(with(GateKind::kTopK, 8, 2).ep_size_for(4), 4);
+  EXPECT_EQ(with(GateKind::kTopK, 1, 1).ep_size_for(4), 1);
+  EXPECT_EQ(with(GateKind::kTopK, 3, 1).ep_size_for(1), 1);
+  MoeLayerConfig c = with(GateKind::kTopK, 8, 2);
+  for (int n : {1, 2, 4}) {
+    c.ep_size = n;
+    EXPECT_EQ(rejection(c, 4), "") << n;
+    EXPECT_EQ(c.ep_size_for(4), n);
+  }
+  c.ep_size = 8;
+  EXPECT_EQ(rejection(c, 4), "--ep-size (8) must divide the number of ranks (4): ranks form groups of --ep-size ranks");
+  c.ep_size = 3;
+  EXPECT_EQ(rejection(c, 6), "--experts (8) must be divisible by --ep-size (3): each rank of an expert group holds "
+                             "E / ep-size experts");
+  c.experts = 6;
+  c.ep_size = 4;
+  EXPECT_EQ(rejection(c, 4, 2), "--experts (3 x granularity 2) must be divisible by --ep-size (4): each rank of an "
+                                "expert group holds E / ep-size experts");
+  c.ep_size = -1;
+  EXPECT_EQ(rejection(c, 4), "--ep-size must be >= 1 (got -1)");
 }
 
 TEST(MoeLayerConfig, GateRequirements) {

@@ -21,6 +21,7 @@ namespace moesim {
 struct DispatchLimits {
   std::int64_t tokens = 0;    // B, global tokens of the batch (a rank holds at most ceil(B/P))
   std::int64_t capacity = 0;  // C, slots per expert (0 = dropless)
+  int token_ranks = 0;        // ranks the B tokens are sharded over (0: the exchanging ranks)
 };
 
 class DispatchAlgorithm {
@@ -96,9 +97,9 @@ class PhaseTimer {
   Stopwatch sw_;
 };
 
-// Counts `bytes` sent from rank `self` to `dest` into the stats.
+// Counts `bytes` sent from rank `self` to `dest` (ranks of the exchanging group) into the stats.
 inline void count_bytes(CommStats& s, int self, int dest, double bytes) {
-  s.bytes_to_rank[static_cast<std::size_t>(dest)] += bytes;
+  s.bytes_to_rank[static_cast<std::size_t>(s.first_rank + dest)] += bytes;
   if (dest != self) s.phase_bytes[s.phase] += bytes;
 }
 

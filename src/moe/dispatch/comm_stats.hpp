@@ -1,5 +1,6 @@
 #pragma once
-// What the token exchanges of one layer cost one rank, per exchange phase.
+// What the token exchanges of one layer cost one rank, per exchange phase. Exchanges run
+// inside an expert group (comm/expert_groups.hpp); bytes are counted by world rank.
 #include <cstddef>
 #include <vector>
 
@@ -10,7 +11,8 @@ enum Phase { kForwardDispatch = 0, kForwardCombine = 1, kBackwardDispatch = 2, k
 
 struct CommStats {
   double seconds = 0;                   // time inside exchange calls (counts included)
-  std::vector<double> bytes_to_rank;    // bytes this rank sent to each rank (padding included)
+  std::vector<double> bytes_to_rank;    // bytes this rank sent to each world rank (padding included)
+  int first_rank = 0;                   // world rank of the exchanging group's rank 0 (kept by reset)
   double padding_bytes = 0;             // padded dispatch: bytes of unused slot rows and headers sent
   double phase_seconds[4] = {0, 0, 0, 0};
   double phase_bytes[4] = {0, 0, 0, 0};  // bytes sent to other ranks, per phase

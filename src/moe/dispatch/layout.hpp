@@ -3,7 +3,8 @@
 // where, built once per layer and step and reused by forward dispatch/combine and
 // backward dispatch/combine.
 //
-// NOTES: rank r owns experts [r*E/P, (r+1)*E/P). Rows leave in (expert, token) order
+// NOTES: P here is the exchanging group's size (N of --ep-size, comm/expert_groups.hpp):
+// group rank r owns experts [r*E/P, (r+1)*E/P). Rows leave in (expert, token) order
 // and land grouped by (source rank, local expert); they are then placed so that each
 // local expert sees one contiguous block in global token order, which makes expert
 // GEMMs identical whatever the rank count or algorithm.

@@ -14,9 +14,11 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
   using DispatchAlgorithmOf::DispatchAlgorithmOf;
 
   // No rank sends one expert more than the capacity or than its own tokens (at most
-  // ceil(B/P) by shard_of), so S is known everywhere without communication.
+  // ceil(B/P) by shard_of, P the ranks holding tokens), so S is known everywhere without
+  // communication.
   void plan(DispatchLayout& L, const DispatchLimits& limits, CommStats&) const override {
-    const std::int64_t n_max = (limits.tokens + L.P - 1) / L.P;
+    const std::int64_t P = limits.token_ranks > 0 ? limits.token_ranks : L.P;
+    const std::int64_t n_max = (limits.tokens + P - 1) / P;
     L.slot_rows = static_cast<Index>(limits.capacity > 0 ? std::min(limits.capacity, n_max) : n_max);
     for (int e = 0; e < L.E; ++e)
       MOESIM_REQUIRE(L.send_expert_counts[static_cast<std::size_t>(e)] <= L.slot_rows,
