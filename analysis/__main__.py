@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inter-latency", type=float, default=2.0, help="inter-node latency, us")
     p.add_argument("--algorithm", default="all", choices=list(ALGORITHMS) + ["all"])
     p.add_argument("--placement", default="contiguous", choices=list(PLACEMENTS))
+    p.add_argument("--ep-size", type=int,
+                   help="expert group size N' (default: the run's --ep-size, else gcd(E', P'))")
     p.add_argument("--experts-per-rank", type=int,
                    help="scale experts with P' (E' = this x P'); default: the run's E")
     p.add_argument("--tokens-per-rank", type=int,
@@ -152,7 +154,7 @@ def cmd_simulate(a) -> int:
         cal = costmodel.calibrate(a.calibrate)
         print(cal.format())
         cluster = costmodel.replace_intra(cluster, cal)
-    print(f"run {a.run}: P={run.P}, E={run.E}, K={run.top_k}, B={run.batch_tokens}, "
+    print(f"run {a.run}: P={run.P}, N={run.N}, E={run.E}, K={run.top_k}, B={run.batch_tokens}, "
           f"D={run.d_model}, token_bytes={run.token_bytes:g}, MoE layers={run.moe_layers}, "
           f"steps={run.steps}")
     if run.dispatch == "padded":
@@ -171,7 +173,7 @@ def cmd_simulate(a) -> int:
     print(f"cluster: {cluster.describe()}; placement {a.placement}")
     algs = costmodel.ALGORITHMS if a.algorithm == "all" else (a.algorithm,)
     table = costmodel.simulate(run, a.ranks or [run.P], cluster, algs, a.placement,
-                               a.experts_per_rank, a.tokens_per_rank)
+                               a.experts_per_rank, a.tokens_per_rank, ep_size=a.ep_size)
     with pd.option_context("display.width", 200, "display.max_columns", None,
                            "display.max_colwidth", 80):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -147,8 +147,10 @@ KNOWN_RESULTS = {"val_loss", "train_loss", "val_accuracy", "test_score", "params
                  "params_active", "flops_per_token", "param_utilization", "tokens_per_s",
                  "wall_seconds", "a2a_seconds", "compute_seconds", "a2a_bytes", "dropped_fraction",
                  "steps_done", "token_bytes", "steps_logged"}
-# The model seed: runs that differ only in it are replicates of one grid point.
-SEED_OPTIONS = ("seed",)
+# The model's and the task's seeds: runs that differ only in them are replicates of one grid
+# point. The spread then measures initialisation alone (data_seed fixed), or initialisation and
+# task (data_seed varies too; schema-1 files, whose seed drew both, always do).
+SEED_OPTIONS = ("seed", "data_seed")
 
 
 def point_columns(df: pd.DataFrame, extra: Iterable[str] = ()) -> list[str]:
