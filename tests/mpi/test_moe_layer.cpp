@@ -69,11 +69,7 @@ TEST_P(MoeLayerVsReference, ForwardBackwardAndStats) {
   layer.forward(x, y);
   const ReferenceMoe::Forward fw = ref.forward(xg);
   constexpr double abs_tol = 1e-12, rel_tol = 1e-10;
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(y, fw.y.middleRows(sh.first, sh.count), abs_tol, rel_tol, "Y");
-  EXPECT_NEAR(layer.stats().aux_loss, fw.aux_loss, 1e-12);
-  EXPECT_NEAR(layer.stats().z_loss, fw.z_loss, 1e-12 * std::max(1.0, fw.z_loss));
-  EXPECT_EQ(layer.stats().dropped, fw.dropped);
-  for (int e = 0; e < c.E; ++e) EXPECT_EQ(layer.stats().expert_tokens[e], fw.expert_tokens[e]) << "expert " << e;
+  test::expect_forward_matches(layer, y, fw, sh, abs_tol, rel_tol);
   if (c.capacity_factor > 0 && c.capacity_factor < 1) {
     EXPECT_GT(fw.dropped, 0) << "case meant to drop tokens";
   }

@@ -92,13 +92,7 @@ TEST_P(GateVsReference, ForwardBackwardAndStats) {
   layer.forward(x, y);
   const ReferenceMoe::Forward fw = ref.forward(xg);
   constexpr double abs_tol = 1e-12, rel_tol = 1e-9;
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(y, fw.y.middleRows(sh.first, sh.count), abs_tol, rel_tol, "Y");
-  EXPECT_NEAR(layer.stats().aux_loss, fw.aux_loss, 1e-12);
-  EXPECT_NEAR(layer.stats().z_loss, fw.z_loss, 1e-12 * std::max(1.0, fw.z_loss));
-  EXPECT_NEAR(layer.stats().importance_loss, fw.importance_loss, 1e-12);
-  EXPECT_NEAR(layer.stats().load_loss, fw.load_loss, 1e-12);
-  EXPECT_EQ(layer.stats().dropped, fw.dropped);
-  for (int e = 0; e < c.E; ++e) EXPECT_EQ(layer.stats().expert_tokens[e], fw.expert_tokens[e]) << "expert " << e;
+  test::expect_forward_matches(layer, y, fw, sh, abs_tol, rel_tol);
   if (c.gate == GateKind::kNoisyTopK && c.training) {
     EXPECT_GT(fw.importance_loss, 0.0);
     if (c.K < c.E) {

@@ -1,8 +1,10 @@
 #pragma once
 // Checks of an expert-parallel MoeLayer's gradients against its serial reference
 // (support/moe_reference.hpp).
+#include <algorithm>
 #include <vector>
 
+#include "core/shard.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
 #include "support/test_support.hpp"
@@ -43,6 +45,21 @@ inline void expect_expert_grads(MoeLayer<double>& layer, const std::vector<Refer
     MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.w2().grad), dshared[s].w2, abs_tol, rel_tol, "shared dW2");
     MOESIM_EXPECT_CLOSE_ALL_RANKS(summed(se.b2().grad), dshared[s].b2, abs_tol, rel_tol, "shared db2");
   }
+}
+
+// COLLECTIVE. The layer's output on this rank's tokens (rows `sh` of the global batch) and its
+// statistics against the serial reference's forward pass.
+inline void expect_forward_matches(const MoeLayer<double>& layer, const Mat<double>& y,
+                                   const ReferenceMoe::Forward& fw, const Shard& sh, double abs_tol,
+                                   double rel_tol) {
+  MOESIM_EXPECT_CLOSE_ALL_RANKS(y, fw.y.middleRows(sh.first, sh.count), abs_tol, rel_tol, "Y");
+  EXPECT_NEAR(layer.stats().aux_loss, fw.aux_loss, 1e-12);
+  EXPECT_NEAR(layer.stats().z_loss, fw.z_loss, 1e-12 * std::max(1.0, fw.z_loss));
+  EXPECT_NEAR(layer.stats().importance_loss, fw.importance_loss, 1e-12);
+  EXPECT_NEAR(layer.stats().load_loss, fw.load_loss, 1e-12);
+  EXPECT_EQ(layer.stats().dropped, fw.dropped);
+  for (std::size_t e = 0; e < fw.expert_tokens.size(); ++e)
+    EXPECT_EQ(layer.stats().expert_tokens[e], fw.expert_tokens[e]) << "expert " << e;
 }
 
 }  // namespace moesim::test
