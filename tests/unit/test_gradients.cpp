@@ -7,6 +7,7 @@
 #include "moe/router.hpp"
 #include "nn/layers.hpp"
 #include "support/gradcheck.hpp"
+#include "support/router_check.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -67,19 +68,7 @@ class RouterGradients : public ::testing::TestWithParam<int> {};
 TEST_P(RouterGradients, GatesAndProbabilities) {
   const int K = GetParam(), E = 5;
   TopKRouter<double> router("r", 4, E, K);
-  Rng rng(41);
-  router.init(rng, 3.0);  // large enough that the top-k choice is far from ties
-  Mat<double> x = random_matrix(7, 4, 42), rg = random_matrix(7, K, 43), rp = random_matrix(7, E, 44);
-  Routing<double> routing;
-  auto loss = [&] {
-    router.forward(x, routing);
-    return routing.gate.cwiseProduct(rg).sum() + routing.probs.cwiseProduct(rp).sum();
-  };
-  loss();
-  Mat<double> dx;
-  router.backward(routing, rg, rp, dx);
-  EXPECT_GRAD_CLOSE(dx, numerical_grad(x, loss), "dX");
-  EXPECT_GRAD_CLOSE(router.weight().grad, numerical_grad(router.weight().value, loss), "dW");
+  test::expect_router_grads(router, K, E, 41);
 }
 
 INSTANTIATE_TEST_SUITE_P(TopK, RouterGradients, ::testing::Values(1, 2, 5));
@@ -87,20 +76,9 @@ INSTANTIATE_TEST_SUITE_P(TopK, RouterGradients, ::testing::Values(1, 2, 5));
 TEST(Gradients, SwitchGate) {
   const int E = 5;
   TopKRouter<double> router("r", 4, E, 1, GateKind::kSwitch);
-  Rng rng(61);
-  router.init(rng, 3.0);
-  Mat<double> x = random_matrix(7, 4, 62), rg = random_matrix(7, 1, 63), rp = random_matrix(7, E, 64);
-  Routing<double> routing;
-  auto loss = [&] {
-    router.forward(x, routing);
-    return routing.gate.cwiseProduct(rg).sum() + routing.probs.cwiseProduct(rp).sum();
-  };
-  loss();
-  for (Index t = 0; t < 7; ++t) EXPECT_LT(routing.gate(t, 0), 1.0) << "switch gate is the probability, not 1";
-  Mat<double> dx;
-  router.backward(routing, rg, rp, dx);
-  EXPECT_GRAD_CLOSE(dx, numerical_grad(x, loss), "dX");
-  EXPECT_GRAD_CLOSE(router.weight().grad, numerical_grad(router.weight().value, loss), "dW");
+  test::expect_router_grads(router, 1, E, 61, [](const Routing<double>& routing) {
+    for (Index t = 0; t < 7; ++t) EXPECT_LT(routing.gate(t, 0), 1.0) << "switch gate is the probability, not 1";
+  });
 }
 
 TEST(Gradients, TaskLosses) {

@@ -7,6 +7,7 @@
 #include "moe/model.hpp"
 #include "moe/router.hpp"
 #include "support/gradcheck.hpp"
+#include "support/router_check.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -20,25 +21,14 @@ using test::random_matrix;
 TEST(DenseGate, GatesAreTheSoftmaxAndGradientsMatch) {
   const int E = 5;
   TopKRouter<double> router("r", 4, E, 2, GateKind::kDense);
-  Rng rng(71);
-  router.init(rng, 3.0);
-  Mat<double> x = random_matrix(7, 4, 72), rg = random_matrix(7, E, 73), rp = random_matrix(7, E, 74);
-  Routing<double> routing;
-  auto loss = [&] {
-    router.forward(x, routing);
-    return routing.gate.cwiseProduct(rg).sum() + routing.probs.cwiseProduct(rp).sum();
-  };
-  loss();
-  ASSERT_EQ(routing.K, E) << "the dense gate routes every token to every expert, whatever --top-k";
-  for (Index t = 0; t < 7; ++t)
-    for (int j = 0; j < E; ++j) {
-      EXPECT_EQ(routing.expert_of(t, j), j);
-      EXPECT_DOUBLE_EQ(routing.gate(t, j), routing.probs(t, j));
-    }
-  Mat<double> dx;
-  router.backward(routing, rg, rp, dx);
-  EXPECT_GRAD_CLOSE(dx, numerical_grad(x, loss), "dX");
-  EXPECT_GRAD_CLOSE(router.weight().grad, numerical_grad(router.weight().value, loss), "dW");
+  test::expect_router_grads(router, E, E, 71, [&](const Routing<double>& routing) {
+    ASSERT_EQ(routing.K, E) << "the dense gate routes every token to every expert, whatever --top-k";
+    for (Index t = 0; t < 7; ++t)
+      for (int j = 0; j < E; ++j) {
+        EXPECT_EQ(routing.expert_of(t, j), j);
+        EXPECT_DOUBLE_EQ(routing.gate(t, j), routing.probs(t, j));
+      }
+  });
 }
 
 TEST(ConstantGate, EqualWeightsAndNothingToTrain) {

@@ -7,6 +7,7 @@
 #include "moe/config.hpp"
 #include "moe/router.hpp"
 #include "support/gradcheck.hpp"
+#include "support/router_check.hpp"
 #include "support/test_support.hpp"
 
 namespace moesim {
@@ -27,30 +28,19 @@ class PreSoftmaxGradients : public ::testing::TestWithParam<int> {};
 TEST_P(PreSoftmaxGradients, GatesAndProbabilities) {
   const int K = GetParam(), E = 5;
   Router<double> router("r", 4, E, K, pre_softmax());
-  Rng rng(41);
-  router.init(rng, 3.0);  // large enough that the top-k choice is far from ties
-  Mat<double> x = random_matrix(7, 4, 42), rg = random_matrix(7, K, 43), rp = random_matrix(7, E, 44);
-  Routing<double> routing;
-  auto loss = [&] {
-    router.forward(x, routing);
-    return routing.gate.cwiseProduct(rg).sum() + routing.probs.cwiseProduct(rp).sum();
-  };
-  loss();
-  // The gate is the chosen expert's probability over all E, not renormalised.
-  for (Index t = 0; t < 7; ++t) {
-    double sum = 0;
-    for (int j = 0; j < K; ++j) {
-      EXPECT_EQ(routing.gate(t, j), routing.probs(t, routing.expert_of(t, j)));
-      sum += routing.gate(t, j);
+  test::expect_router_grads(router, K, E, 41, [&](const Routing<double>& routing) {
+    // The gate is the chosen expert's probability over all E, not renormalised.
+    for (Index t = 0; t < 7; ++t) {
+      double sum = 0;
+      for (int j = 0; j < K; ++j) {
+        EXPECT_EQ(routing.gate(t, j), routing.probs(t, routing.expert_of(t, j)));
+        sum += routing.gate(t, j);
+      }
+      if (K < E) {
+        EXPECT_LT(sum, 1.0) << "token " << t;
+      }
     }
-    if (K < E) {
-      EXPECT_LT(sum, 1.0) << "token " << t;
-    }
-  }
-  Mat<double> dx;
-  router.backward(routing, rg, rp, dx);
-  EXPECT_GRAD_CLOSE(dx, numerical_grad(x, loss), "dX");
-  EXPECT_GRAD_CLOSE(router.weight().grad, numerical_grad(router.weight().value, loss), "dW");
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(TopK, PreSoftmaxGradients, ::testing::Values(1, 2, 5));
