@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     _fit_options(p)
 
+    p = sub.add_parser("clark", help="Clark et al. (2022) beside the sweeps of scripts/run_clark.sh "
+                                     "(DIR/clark_lm, clark_lm_topk, clark_lm_routers): DIR/clark.md")
+    p.add_argument("dir")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
     p = sub.add_parser("table", help="print the table of runs")
     p.add_argument("dir")
     p.add_argument("--csv", action="store_true", help="every column, as CSV")
@@ -107,6 +113,14 @@ def cmd_fit(a) -> int:
                           seed=a.seed)
     print(fit.format())
     return 3 if a.strict and fit.warnings else 0
+
+
+def cmd_clark(a) -> int:
+    from .clark import clark_report
+    path, text = clark_report(a.dir, bootstrap=a.bootstrap, seed=a.seed)
+    print(text)
+    print(f"written: {path}")
+    return 0
 
 
 def cmd_table(a) -> int:
@@ -189,7 +203,7 @@ def cmd_calibrate(a) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "table": cmd_table, "report": cmd_report, "simulate": cmd_simulate,
+COMMANDS = {"fit": cmd_fit, "clark": cmd_clark, "table": cmd_table, "report": cmd_report, "simulate": cmd_simulate,
             "calibrate": cmd_calibrate}
 
 
@@ -197,7 +211,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
     where = getattr(a, "dir", None)
-    if where is not None:
+    if where is not None and a.command != "clark":  # clark's DIR holds sweep directories
         d = Path(where)
         problem = (f"no such directory: {d}" if not d.exists() else
                    f"no run files (*.h5 other than sweep.h5) in {d}"

@@ -340,16 +340,18 @@ def test_missing_or_empty_directory_is_a_clear_error(tmp_path):
 LAYERS = 2
 
 
-def write_run(directory, name, *, d_model, experts, seed, loss, top_k=1, steps=40, batch_tokens=256):
+def write_run(directory, name, *, d_model, experts, seed, loss, top_k=1, steps=40, batch_tokens=256,
+              d_ff=None, gate="topk"):
     """A complete run file as `moesim moe` writes one (the attributes and datasets the analysis
     reads), with a chosen validation loss."""
-    d_ff = 2 * d_model
+    d_ff = 2 * d_model if d_ff is None else d_ff
+    directory.mkdir(parents=True, exist_ok=True)
     total, active, flops = model_counts(d_model, d_ff, experts, top_k, layers=LAYERS)
     with h5py.File(directory / f"{name}.h5", "w") as f:
         f.attrs.update({"schema_version": 1, "kind": "moe", "complete": 1, "ranks": 2,
                         "experts": experts, "top_k": top_k, "d_model": d_model, "d_ff": d_ff,
                         "layers": LAYERS, "moe_every": 1, "input_dim": 16, "problem": "regression",
-                        "gate": "topk", "task": "regimes", "seed": seed, "lr": 0.003,
+                        "gate": gate, "task": "regimes", "seed": seed, "lr": 0.003,
                         "steps": steps, "batch_tokens": batch_tokens, "out": f"{name}.h5"})
         g = f.create_group("final")
         g.attrs.update({"val_loss": loss, "train_loss": loss * 0.98, "params_total": float(total),
@@ -483,3 +485,54 @@ def test_fitted_saturation_from_the_command_line(identified):
     assert any(ln.startswith("warning: E_max is not identified") for ln in lines), p.stdout
     bad = analysis_cli("fit", d, "--e-start", "0")
     assert bad.returncode == 2 and "--e-start must be > 0" in bad.stderr
+
+
+def test_clark_command_states_each_finding_by_its_rule(tmp_path):
+    """`analysis clark` on the three sweeps' layout: a main grid of the known law (c > 0), a K
+    sweep whose K = 2 runs are 0.2% worse (far less than a doubling of E gains), and a router
+    sweep with hash 3% worse than sbase and top-k in between. (At D = 64 the known law's slope
+    in E turns positive, so the sizes stop at 32.)"""
+    synthetic_dir(tmp_path / "clark_lm", sizes=(8, 16, 32), experts=(1, 2, 4, 8, 16))
+    for d in (8, 16, 32):
+        for e in (2, 4, 8):
+            _, active, _ = model_counts(d, 2 * d, e, 1, layers=LAYERS)
+            base = float(law(active, e))
+            write_run(tmp_path / "clark_lm_topk", f"k1_d{d}_e{e}", d_model=d, experts=e, seed=1,
+                      loss=base, top_k=1)
+            write_run(tmp_path / "clark_lm_topk", f"k2_d{d}_e{e}", d_model=d, d_ff=d, experts=e,
+                      seed=1, loss=base * 1.002, top_k=2)
+            for gate, worse in (("sbase", 1.0), ("topk", 1.01), ("hash", 1.03)):
+                write_run(tmp_path / "clark_lm_routers", f"{gate}_d{d}_e{e}", d_model=d, experts=e,
+                          seed=1, loss=base * worse * (1 + 0.001 * e), gate=gate)
+    p = analysis_cli("clark", tmp_path, "--bootstrap", "200")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = (tmp_path / "clark.md").read_text()
+    assert "## 1. Loss falls with E at fixed N: reproduced" in out
+    assert "## 2. The gain shrinks as N grows (c > 0): reproduced" in out
+    assert "## 3. K matters little at equal compute: reproduced" in out
+    c10 = TRUE["c"] * np.log(10)
+    assert f"c = {c10:.3g}"[:8] in out, out
+    ranks = [line for line in out.splitlines()
+             if line.startswith("| 16 | ") and line.split(" | ")[1] in ("hash", "sbase", "topk")]
+    assert [r.split(" | ")[1] for r in ranks] == ["hash", "sbase", "topk"], ranks
+    assert [r.split(" | ")[-1].rstrip(" |") for r in ranks] == ["3", "1", "2"], ranks
+    for png in ("clark_loss_vs_experts", "clark_slope_vs_size", "clark_k", "clark_routers"):
+        assert_png(tmp_path / f"{png}.png")
+
+
+def test_clark_command_says_when_a_finding_is_not_reproduced(tmp_path):
+    """K = 2 runs 10% worse: more than a doubling of E gains, so finding 3 is not reproduced."""
+    synthetic_dir(tmp_path / "clark_lm", sizes=(8, 16, 32, 64), experts=(1, 2, 4, 8, 16))
+    for d in (8, 16, 32):
+        for e in (2, 4):
+            _, active, _ = model_counts(d, 2 * d, e, 1, layers=LAYERS)
+            write_run(tmp_path / "clark_lm_topk", f"k1_d{d}_e{e}", d_model=d, experts=e, seed=1,
+                      loss=float(law(active, e)))
+            write_run(tmp_path / "clark_lm_topk", f"k2_d{d}_e{e}", d_model=d, d_ff=d, experts=e,
+                      seed=1, loss=float(law(active, e)) * 1.1, top_k=2)
+    p = analysis_cli("clark", tmp_path, "--bootstrap", "100")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "## 3. K matters little at equal compute: not reproduced" in p.stdout
+    assert "## Routers" not in p.stdout
+    p = analysis_cli("clark", tmp_path / "nowhere")
+    assert p.returncode == 2 and "run scripts/run_clark.sh first" in p.stderr, p.stderr
