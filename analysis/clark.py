@@ -229,6 +229,10 @@ def clark_report(directory, bootstrap: int = 1000, seed: int = 0) -> tuple[Path,
         lines += [markdown_table(ktab), "", f"![K = 1 against K = 2]({Path(figs['k']).name})", ""]
     if (directory / SWEEPS[2]).is_dir():
         rruns = _runs(directory, SWEEPS[2])
+        # S-BASE's runs of these shapes are the main grid's (seed 1, the same options).
+        same = (main["gate"] == "sbase") & (main["seed"] == 1) & main["d_model"].isin(rruns["d_model"]) \
+            & main["experts"].isin(rruns["experts"])
+        rruns = pd.concat([rruns, main[same]], ignore_index=True)
         figs["routers"] = figures.routers_vs_experts(rruns, directory / "clark_routers.png", loss=LOSS)
         per_gate = []
         for gate, g in rruns.groupby("gate"):
