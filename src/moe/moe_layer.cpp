@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "comm/exact_sum.hpp"
+
 namespace moesim {
 
 namespace {
@@ -92,20 +94,22 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   // One all-reduce for P_e (load balance), the z-loss sum and the gate entropy sum.
   // The next slot counts tokens with no kept assignment, then tokens per top expert
   // (largest gate).
-  std::vector<double> P(2 * static_cast<std::size_t>(E) + 3, 0.0);
+  // Exact sums (comm/exact_sum), so that the statistics do not depend on the layout.
+  std::vector<FixedSum> S(2 * static_cast<std::size_t>(E) + 3);
   for (Index t = 0; t < n; ++t) {
-    P[static_cast<std::size_t>(E + 3 + routing_.top_expert(t))] += 1.0;
+    S[static_cast<std::size_t>(E + 3 + routing_.top_expert(t))] += 1.0;
     bool routed = false;
     for (int j = 0; j < K; ++j) routed |= cd.kept[static_cast<std::size_t>(t * K + j)] != 0;
-    P[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
+    S[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
     for (int e = 0; e < E; ++e) {
       const double p = routing_.probs(t, e);
-      P[static_cast<std::size_t>(e)] += p;
-      if (p > 0) P[static_cast<std::size_t>(E) + 1] -= p * std::log(p);
+      S[static_cast<std::size_t>(e)] += p;
+      if (p > 0) S[static_cast<std::size_t>(E) + 1] -= p * std::log(p);
     }
-    P[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
+    S[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
-  comm_.allreduce_sum(P.data(), static_cast<int>(P.size()));
+  std::vector<double> P(S.size());
+  allreduce_exact(comm_, S, P.data());
   stats_.top_expert_tokens.assign(static_cast<std::size_t>(E), 0);
   for (int e = 0; e < E; ++e)
     stats_.top_expert_tokens[static_cast<std::size_t>(e)] =
@@ -149,7 +153,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   shared_out_ = Mat<T>::Zero(n, D);
   Mat<T> s_out(n, D);
   for (auto& se : shared_) {
-    se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D));
+    se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D), chunk_);
     shared_out_ += s_out;
   }
 }
@@ -247,7 +251,7 @@ void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T
   dx += dx_router;
   Mat<T> ds(n, D);
   for (auto& se : shared_) {
-    se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D));
+    se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D), chunk_);
     dx += ds;
   }
 

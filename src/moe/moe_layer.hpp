@@ -65,6 +65,12 @@ class MoeLayer {
     training_ = training;
     step_ = step;
   }
+  // Token rows per product block of the router and shared experts (core/row_chunks.hpp);
+  // their gradients then go to the parameters' trees. Expert blocks are not chunked.
+  void set_chunk(Index chunk) {
+    chunk_ = chunk;
+    router_.set_chunk(chunk);
+  }
 
   const MoeLayerStats& stats() const { return stats_; }
   CommStats& comm_stats() { return comm_stats_; }
@@ -91,6 +97,7 @@ class MoeLayer {
   std::shared_ptr<const ExpertGroups> groups_;
   const Communicator& comm_;  // all P ranks (groups_->world())
   MoeLayerConfig cfg_;
+  Index chunk_ = 0;
   Dispatcher dispatcher_;
   Router<T> router_;
   std::vector<Ffn<T>> experts_;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/row_chunks.hpp"
 
 namespace moesim {
 
@@ -21,17 +22,31 @@ void Linear<T>::init(Rng& rng, double stddev) {
 }
 
 template <class T>
-void Linear<T>::forward(const Mat<T>& x, Mat<T>& y) {
+void Linear<T>::forward(const Mat<T>& x, Mat<T>& y, Index chunk) {
   x_ = x;
-  y.noalias() = x * w_.value;
+  y.resize(x.rows(), w_.value.cols());
+  for_row_chunks(x.rows(), chunk, [&](Index b, Index r) {
+    y.middleRows(b, r).noalias() = x.middleRows(b, r) * w_.value;
+  });
   y.rowwise() += b_.value.row(0);
 }
 
 template <class T>
-void Linear<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
-  w_.grad.noalias() += x_.transpose() * dy;
-  b_.grad.row(0) += dy.colwise().sum();
-  dx.noalias() = dy * w_.value.transpose();
+void Linear<T>::backward(const Mat<T>& dy, Mat<T>& dx, Index chunk) {
+  dx.resize(dy.rows(), w_.value.rows());
+  if (chunk <= 0) {
+    w_.grad.noalias() += x_.transpose() * dy;
+    b_.grad.row(0) += dy.colwise().sum();
+  }
+  for_row_chunks(dy.rows(), chunk, [&](Index b, Index r) {
+    if (chunk > 0) {
+      w_.leaf().noalias() = x_.middleRows(b, r).transpose() * dy.middleRows(b, r);
+      w_.tree.push();
+      b_.leaf().row(0) = dy.middleRows(b, r).colwise().sum();
+      b_.tree.push();
+    }
+    dx.middleRows(b, r).noalias() = dy.middleRows(b, r) * w_.value.transpose();
+  });
 }
 
 template <class T>
@@ -57,31 +72,70 @@ void Ffn<T>::init(Rng& rng) {
 }
 
 // GELU on whole blocks with Eigen's vectorised tanh; the tanh is kept for backward.
+// Chunked (chunk > 0), every product and the vectorised tanh see blocks of `chunk` rows
+// that start at aligned rows (chunk is a multiple of 8), the same on any rank count.
 template <class T>
-void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y) {
+void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk) {
   constexpr T k = T(0.7978845608028654), c = T(0.044715);
   x_ = x;
-  pre_.noalias() = x * w1_.value;
-  pre_.rowwise() += b1_.value.row(0);
-  tanh_ = (k * (pre_.array() + c * pre_.array().cube())).tanh();
-  h_ = (T(0.5) * pre_.array() * (T(1) + tanh_.array())).matrix();
-  y.noalias() = h_ * w2_.value;
-  y.rowwise() += b2_.value.row(0);
+  if (chunk <= 0) {
+    pre_.noalias() = x * w1_.value;
+    pre_.rowwise() += b1_.value.row(0);
+    tanh_ = (k * (pre_.array() + c * pre_.array().cube())).tanh();
+    h_ = (T(0.5) * pre_.array() * (T(1) + tanh_.array())).matrix();
+    y.noalias() = h_ * w2_.value;
+    y.rowwise() += b2_.value.row(0);
+    return;
+  }
+  const Index n = x.rows();
+  pre_.resize(n, w1_.value.cols());
+  tanh_.resize(n, w1_.value.cols());
+  h_.resize(n, w1_.value.cols());
+  for_row_chunks(n, chunk, [&](Index b, Index r) {
+    auto pre = pre_.middleRows(b, r);
+    pre.noalias() = x.middleRows(b, r) * w1_.value;
+    pre.rowwise() += b1_.value.row(0);
+    tanh_.middleRows(b, r) = (k * (pre.array() + c * pre.array().cube())).tanh();
+    h_.middleRows(b, r) = (T(0.5) * pre.array() * (T(1) + tanh_.middleRows(b, r).array())).matrix();
+    y.middleRows(b, r).noalias() = h_.middleRows(b, r) * w2_.value;
+    y.middleRows(b, r).rowwise() += b2_.value.row(0);
+  });
 }
 
 template <class T>
-void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx) {
+void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
   constexpr T k = T(0.7978845608028654), c = T(0.044715);
-  w2_.grad.noalias() += h_.transpose() * dy;
-  b2_.grad.row(0) += dy.colwise().sum();
-  Mat<T> dpre = dy * w2_.value.transpose();
-  const auto a = pre_.array();
-  const auto th = tanh_.array();
-  dpre.array() *= T(0.5) * (T(1) + th) +
-                  T(0.5) * a * (T(1) - th.square()) * k * (T(1) + T(3) * c * a.square());
-  w1_.grad.noalias() += x_.transpose() * dpre;
-  b1_.grad.row(0) += dpre.colwise().sum();
-  dx.noalias() = dpre * w1_.value.transpose();
+  if (chunk <= 0) {
+    w2_.grad.noalias() += h_.transpose() * dy;
+    b2_.grad.row(0) += dy.colwise().sum();
+    Mat<T> dpre = dy * w2_.value.transpose();
+    const auto a = pre_.array();
+    const auto th = tanh_.array();
+    dpre.array() *= T(0.5) * (T(1) + th) +
+                    T(0.5) * a * (T(1) - th.square()) * k * (T(1) + T(3) * c * a.square());
+    w1_.grad.noalias() += x_.transpose() * dpre;
+    b1_.grad.row(0) += dpre.colwise().sum();
+    dx.noalias() = dpre * w1_.value.transpose();
+    return;
+  }
+  Mat<T> dpre;
+  for_row_chunks(dy.rows(), chunk, [&](Index b, Index r) {
+    const auto dyc = dy.middleRows(b, r);
+    w2_.leaf().noalias() = h_.middleRows(b, r).transpose() * dyc;
+    w2_.tree.push();
+    b2_.leaf().row(0) = dyc.colwise().sum();
+    b2_.tree.push();
+    dpre.noalias() = dyc * w2_.value.transpose();
+    const auto a = pre_.middleRows(b, r).array();
+    const auto th = tanh_.middleRows(b, r).array();
+    dpre.array() *= T(0.5) * (T(1) + th) +
+                    T(0.5) * a * (T(1) - th.square()) * k * (T(1) + T(3) * c * a.square());
+    w1_.leaf().noalias() = x_.middleRows(b, r).transpose() * dpre;
+    w1_.tree.push();
+    b1_.leaf().row(0) = dpre.colwise().sum();
+    b1_.tree.push();
+    dx.middleRows(b, r).noalias() = dpre * w1_.value.transpose();
+  });
 }
 
 template <class T>
@@ -106,9 +160,16 @@ void RmsNorm<T>::forward(const Mat<T>& x, Mat<T>& y) {
 }
 
 template <class T>
-void RmsNorm<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
+void RmsNorm<T>::backward(const Mat<T>& dy, Mat<T>& dx, Index chunk) {
   const Index n = dy.rows(), d = dy.cols();
-  g_.grad.row(0) += dy.cwiseProduct(xhat_).colwise().sum();
+  if (chunk <= 0) {
+    g_.grad.row(0) += dy.cwiseProduct(xhat_).colwise().sum();
+  } else {
+    for_row_chunks(n, chunk, [&](Index b, Index r) {
+      g_.leaf().row(0) = dy.middleRows(b, r).cwiseProduct(xhat_.middleRows(b, r)).colwise().sum();
+      g_.tree.push();
+    });
+  }
   Mat<T> dxhat = dy.array().rowwise() * g_.value.row(0).array();
   dx.resize(n, d);
   for (Index i = 0; i < n; ++i) {

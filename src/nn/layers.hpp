@@ -15,9 +15,11 @@ class Linear {
   Linear() = default;
   Linear(const std::string& name, Index in, Index out, Placement where);
   void init(Rng& rng, double stddev);
-  void forward(const Mat<T>& x, Mat<T>& y);
+  // chunk > 0: products in blocks of `chunk` rows, and backward pushes one gradient per
+  // block into the parameters' trees (core/row_chunks.hpp) instead of adding to grad.
+  void forward(const Mat<T>& x, Mat<T>& y, Index chunk = 0);
   // Returns dX; accumulates dW, db.
-  void backward(const Mat<T>& dy, Mat<T>& dx);
+  void backward(const Mat<T>& dy, Mat<T>& dx, Index chunk = 0);
   void params(ParamList<T>& out) { out.push_back(&w_); out.push_back(&b_); }
   Param<T>& weight() { return w_; }
   Param<T>& bias() { return b_; }
@@ -35,8 +37,8 @@ class Ffn {
   Ffn() = default;
   Ffn(const std::string& name, Index d_model, Index d_ff, Placement where);
   void init(Rng& rng);
-  void forward(const ConstMatMap<T>& x, MatMap<T> y);
-  void backward(const ConstMatMap<T>& dy, MatMap<T> dx);
+  void forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk = 0);
+  void backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk = 0);
   void params(ParamList<T>& out) {
     out.push_back(&w1_); out.push_back(&b1_); out.push_back(&w2_); out.push_back(&b2_);
   }
@@ -58,7 +60,7 @@ class RmsNorm {
   RmsNorm() = default;
   RmsNorm(const std::string& name, Index d, Placement where);
   void forward(const Mat<T>& x, Mat<T>& y);
-  void backward(const Mat<T>& dy, Mat<T>& dx);
+  void backward(const Mat<T>& dy, Mat<T>& dx, Index chunk = 0);
   void params(ParamList<T>& out) { out.push_back(&g_); }
   Param<T>& gain() { return g_; }
 
