@@ -147,7 +147,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(i("chunk-tokens") >= 0, "--chunk-tokens must be >= 0 (got " << i("chunk-tokens") << ")");
   // Where bit-identity on any rank count holds (train/trainer.hpp); elsewhere the run
   // falls back to the layout-dependent sums and says why.
-  const RankInvariance ri = rank_invariance(i("chunk-tokens"), m.train.batch_tokens, m.train.val_tokens, P, P / N);
+  const RankInvariance ri = rank_invariance(i("chunk-tokens"), m.train.batch_tokens, m.train.val_tokens, P);
   m.train.chunk_tokens = ri.chunk_tokens;
   m.effective.emplace_back("bit_identical", static_cast<I>(ri.identical ? 1 : 0));
   m.effective.emplace_back("bit_identical_reason", ri.reason);

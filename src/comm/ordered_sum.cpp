@@ -70,32 +70,53 @@ bool TreeSum<T>::result(T* out) const {
 }
 
 template <class T>
-void tree_allreduce(const Communicator& comm, T* data, std::size_t n, bool nonempty) {
+void tree_allreduce(const Communicator& comm, T* data, const std::vector<std::size_t>& sizes,
+                    std::vector<char>& nonempty) {
   const int P = comm.size(), r = comm.rank();
   MOESIM_REQUIRE(is_power_of_two(P), "tree_allreduce needs a power of two of ranks, not " << P);
+  MOESIM_REQUIRE(nonempty.size() == sizes.size(), "tree_allreduce: one flag per segment");
   if (P == 1) return;
-  // The flag travels as the last value, so both partners know whether to add.
-  std::vector<T> mine(n + 1), theirs(n + 1);
+  std::size_t n = 0;
+  for (std::size_t s : sizes) n += s;
+  const std::size_t S = sizes.size();
+  // The flags travel as the last S values, so both partners know whether to add.
+  std::vector<T> mine(n + S), theirs(n + S);
   std::copy(data, data + n, mine.begin());
-  mine[n] = nonempty ? T(1) : T(0);
+  for (std::size_t k = 0; k < S; ++k) mine[n + k] = nonempty[k] ? T(1) : T(0);
   for (int bit = 1; bit < P; bit <<= 1) {
     const int partner = r ^ bit;
-    comm.sendrecv(mine.data(), static_cast<int>(n + 1), partner, theirs.data(), static_cast<int>(n + 1),
+    comm.sendrecv(mine.data(), static_cast<int>(n + S), partner, theirs.data(), static_cast<int>(n + S),
                   partner, 7100 + bit);
     // Both partners compute left + right; IEEE addition is commutative, so the same bits.
-    if (theirs[n] != T(0)) {
-      if (mine[n] != T(0))
-        for (std::size_t i = 0; i < n; ++i) mine[i] += theirs[i];
-      else
-        mine.swap(theirs);
+    std::size_t off = 0;
+    for (std::size_t k = 0; k < S; ++k) {
+      if (theirs[n + k] != T(0)) {
+        if (mine[n + k] != T(0))
+          for (std::size_t i = off; i < off + sizes[k]; ++i) mine[i] += theirs[i];
+        else
+          std::copy(theirs.begin() + static_cast<std::ptrdiff_t>(off),
+                    theirs.begin() + static_cast<std::ptrdiff_t>(off + sizes[k]),
+                    mine.begin() + static_cast<std::ptrdiff_t>(off));
+        mine[n + k] = T(1);
+      }
+      off += sizes[k];
     }
   }
   std::copy(mine.begin(), mine.begin() + static_cast<std::ptrdiff_t>(n), data);
+  for (std::size_t k = 0; k < S; ++k) nonempty[k] = mine[n + k] != T(0);
+}
+
+template <class T>
+void tree_allreduce(const Communicator& comm, T* data, std::size_t n, bool nonempty) {
+  std::vector<char> flag{static_cast<char>(nonempty)};
+  tree_allreduce(comm, data, std::vector<std::size_t>{n}, flag);
 }
 
 template class TreeSum<float>;
 template class TreeSum<double>;
 template void tree_allreduce<float>(const Communicator&, float*, std::size_t, bool);
 template void tree_allreduce<double>(const Communicator&, double*, std::size_t, bool);
+template void tree_allreduce<float>(const Communicator&, float*, const std::vector<std::size_t>&, std::vector<char>&);
+template void tree_allreduce<double>(const Communicator&, double*, const std::vector<std::size_t>&, std::vector<char>&);
 
 }  // namespace moesim

@@ -53,6 +53,11 @@ class TreeSum {
 // every rank gets the sum of all nodes in the tree order. comm.size() a power of two.
 template <class T>
 void tree_allreduce(const Communicator& comm, T* data, std::size_t n, bool nonempty);
+// The same for consecutive segments of data (sizes), each with its own nonempty flag
+// (updated: whether any rank's node was nonempty), in one message per tree level.
+template <class T>
+void tree_allreduce(const Communicator& comm, T* data, const std::vector<std::size_t>& sizes,
+                    std::vector<char>& nonempty);
 
 // True if x is a power of two (x >= 1).
 inline bool is_power_of_two(long long x) { return x > 0 && (x & (x - 1)) == 0; }

@@ -142,11 +142,14 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   comm_stats_.phase = kForwardDispatch;
   Mat<T> blocks = dispatcher_.dispatch(layout_, send, comm_stats_);
   Mat<T> out_blocks(blocks.rows(), D);
+  if (chunk_ > 0) plan_expert_chunks(n);
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
-    experts_[le].forward(ConstMatMap<T>(blocks.data() + off * D, rows, D),
-                         MatMap<T>(out_blocks.data() + off * D, rows, D));
+    const ConstMatMap<T> in(blocks.data() + off * D, rows, D);
+    const MatMap<T> out(out_blocks.data() + off * D, rows, D);
+    if (chunk_ > 0) experts_[le].forward(in, out, expert_chunks_[static_cast<std::size_t>(le)]);
+    else experts_[le].forward(in, out);
   }
   comm_stats_.phase = kForwardCombine;
   combined_ = dispatcher_.combine(layout_, out_blocks, comm_stats_);
@@ -155,6 +158,32 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   for (auto& se : shared_) {
     se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D), chunk_);
     shared_out_ += s_out;
+  }
+}
+
+// A block holds the expert's rows from each source rank of the group in turn, each in
+// token order, so the rows of a token chunk are contiguous; the counts per (chunk,
+// expert) come from the senders (one small all-gather in the group). The expert then
+// computes and sums per chunk, whatever group the chunk landed in.
+template <class T>
+void MoeLayer<T>::plan_expert_chunks(Index n) {
+  const int E = cfg_.experts;
+  const Index m = (n + chunk_ - 1) / chunk_;
+  std::vector<std::int64_t> mine(static_cast<std::size_t>(m * E), 0);
+  Index s = 0;
+  for (int e = 0; e < E; ++e)
+    for (int i = 0; i < layout_.send_expert_counts[static_cast<std::size_t>(e)]; ++i, ++s)
+      ++mine[static_cast<std::size_t>(layout_.send_token[static_cast<std::size_t>(s)] / chunk_ * E + e)];
+  const Communicator& group = groups_->group();
+  std::vector<std::int64_t> all(mine.size() * static_cast<std::size_t>(group.size()));
+  group.allgather(mine.data(), static_cast<int>(mine.size()), all.data());
+  expert_chunks_.assign(static_cast<std::size_t>(local_experts()), {});
+  for (int le = 0; le < local_experts(); ++le) {
+    const int e = dispatcher_.first_local_expert() + le;
+    for (int q = 0; q < group.size(); ++q)
+      for (Index c = 0; c < m; ++c)
+        expert_chunks_[static_cast<std::size_t>(le)].push_back(
+            static_cast<Index>(all[static_cast<std::size_t>((q * m + c) * E + e)]));
   }
 }
 
@@ -219,8 +248,10 @@ void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
-    experts_[le].backward(ConstMatMap<T>(dblocks.data() + off * D, rows, D),
-                          MatMap<T>(dx_blocks.data() + off * D, rows, D));
+    const ConstMatMap<T> dy(dblocks.data() + off * D, rows, D);
+    const MatMap<T> dxb(dx_blocks.data() + off * D, rows, D);
+    if (chunk_ > 0) experts_[le].backward(dy, dxb, expert_chunks_[static_cast<std::size_t>(le)]);
+    else experts_[le].backward(dy, dxb);
   }
   comm_stats_.phase = kBackwardCombine;
   Mat<T> dx_rows = dispatcher_.combine(layout_, dx_blocks, comm_stats_);

@@ -65,8 +65,8 @@ class MoeLayer {
     training_ = training;
     step_ = step;
   }
-  // Token rows per product block of the router and shared experts (core/row_chunks.hpp);
-  // their gradients then go to the parameters' trees. Expert blocks are not chunked.
+  // Token rows per product block (core/row_chunks.hpp) of the router, the shared experts
+  // and, per token chunk, the experts; their gradients then go to the parameters' trees.
   void set_chunk(Index chunk) {
     chunk_ = chunk;
     router_.set_chunk(chunk);
@@ -105,6 +105,9 @@ class MoeLayer {
 
   // Router, capacity, dispatch, experts, combine (into combined_), shared experts.
   void run_experts(const Mat<T>& x);
+  // Chunked: each local expert's block rows per token chunk of the group, in block order.
+  void plan_expert_chunks(Index n);
+  std::vector<std::vector<Index>> expert_chunks_;
   // The rest of backward given the send rows' and gates' gradients.
   void backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
 

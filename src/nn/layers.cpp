@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/error.hpp"
 #include "core/row_chunks.hpp"
 
 namespace moesim {
@@ -72,13 +73,12 @@ void Ffn<T>::init(Rng& rng) {
 }
 
 // GELU on whole blocks with Eigen's vectorised tanh; the tanh is kept for backward.
-// Chunked (chunk > 0), every product and the vectorised tanh see blocks of `chunk` rows
-// that start at aligned rows (chunk is a multiple of 8), the same on any rank count.
+// chunk > 0: blocks of `chunk` rows (the block version below).
 template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk) {
   constexpr T k = T(0.7978845608028654), c = T(0.044715);
-  x_ = x;
   if (chunk <= 0) {
+    x_ = x;
     pre_.noalias() = x * w1_.value;
     pre_.rowwise() += b1_.value.row(0);
     tanh_ = (k * (pre_.array() + c * pre_.array().cube())).tanh();
@@ -87,19 +87,35 @@ void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk) {
     y.rowwise() += b2_.value.row(0);
     return;
   }
-  const Index n = x.rows();
-  pre_.resize(n, w1_.value.cols());
-  tanh_.resize(n, w1_.value.cols());
-  h_.resize(n, w1_.value.cols());
-  for_row_chunks(n, chunk, [&](Index b, Index r) {
-    auto pre = pre_.middleRows(b, r);
+  forward(x, y, row_chunk_sizes(x.rows(), chunk));
+}
+
+// Each block's products and tanh run on fresh (aligned) matrices, so that neither the
+// BLAS call nor the vectorised tanh depends on where the block sits in the rank's rows.
+template <class T>
+void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks) {
+  constexpr T k = T(0.7978845608028654), c = T(0.044715);
+  x_ = x;
+  const Index n = x.rows(), F = w1_.value.cols();
+  pre_.resize(n, F);
+  tanh_.resize(n, F);
+  h_.resize(n, F);
+  Mat<T> pre, th, h, out;
+  Index b = 0;
+  for (const Index r : blocks) {
     pre.noalias() = x.middleRows(b, r) * w1_.value;
     pre.rowwise() += b1_.value.row(0);
-    tanh_.middleRows(b, r) = (k * (pre.array() + c * pre.array().cube())).tanh();
-    h_.middleRows(b, r) = (T(0.5) * pre.array() * (T(1) + tanh_.middleRows(b, r).array())).matrix();
-    y.middleRows(b, r).noalias() = h_.middleRows(b, r) * w2_.value;
-    y.middleRows(b, r).rowwise() += b2_.value.row(0);
-  });
+    th = (k * (pre.array() + c * pre.array().cube())).tanh();
+    h = (T(0.5) * pre.array() * (T(1) + th.array())).matrix();
+    out.noalias() = h * w2_.value;
+    out.rowwise() += b2_.value.row(0);
+    pre_.middleRows(b, r) = pre;
+    tanh_.middleRows(b, r) = th;
+    h_.middleRows(b, r) = h;
+    y.middleRows(b, r) = out;
+    b += r;
+  }
+  MOESIM_REQUIRE(b == n, "Ffn: blocks of " << b << " rows for " << n << " rows");
 }
 
 template <class T>
@@ -118,8 +134,19 @@ void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
     dx.noalias() = dpre * w1_.value.transpose();
     return;
   }
-  Mat<T> dpre;
-  for_row_chunks(dy.rows(), chunk, [&](Index b, Index r) {
+  backward(dy, dx, row_chunk_sizes(dy.rows(), chunk));
+}
+
+template <class T>
+void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, const std::vector<Index>& blocks) {
+  constexpr T k = T(0.7978845608028654), c = T(0.044715);
+  Mat<T> dpre, dxb;
+  Index b = 0;
+  for (const Index r : blocks) {
+    if (r == 0) {
+      for (Param<T>* p : {&w1_, &b1_, &w2_, &b2_}) p->tree.push_empty();
+      continue;
+    }
     const auto dyc = dy.middleRows(b, r);
     w2_.leaf().noalias() = h_.middleRows(b, r).transpose() * dyc;
     w2_.tree.push();
@@ -134,8 +161,11 @@ void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
     w1_.tree.push();
     b1_.leaf().row(0) = dpre.colwise().sum();
     b1_.tree.push();
-    dx.middleRows(b, r).noalias() = dpre * w1_.value.transpose();
-  });
+    dxb.noalias() = dpre * w1_.value.transpose();
+    dx.middleRows(b, r) = dxb;
+    b += r;
+  }
+  MOESIM_REQUIRE(b == dy.rows(), "Ffn: blocks of " << b << " rows for " << dy.rows() << " rows");
 }
 
 template <class T>

@@ -2,6 +2,7 @@
 // Dense building blocks with hand-written backward passes. Each layer caches
 // what its backward needs from the last forward; gradients accumulate (+=).
 #include <string>
+#include <vector>
 
 #include "core/rng.hpp"
 #include "nn/param.hpp"
@@ -39,6 +40,10 @@ class Ffn {
   void init(Rng& rng);
   void forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk = 0);
   void backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk = 0);
+  // The same in consecutive blocks of the given row counts (an expert's rows of each
+  // token chunk; a block may be empty and then pushes an empty gradient).
+  void forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks);
+  void backward(const ConstMatMap<T>& dy, MatMap<T> dx, const std::vector<Index>& blocks);
   void params(ParamList<T>& out) {
     out.push_back(&w1_); out.push_back(&b1_); out.push_back(&w2_); out.push_back(&b2_);
   }

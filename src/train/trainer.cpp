@@ -79,14 +79,19 @@ FixedSum sum_squares(const ParamList<T>& ps) {
 template <class T>
 void tree_reduce_grads(const Communicator& comm, const ParamList<T>& ps, std::vector<T>& buf) {
   std::size_t total = 0;
-  for (Param<T>* p : ps) total += static_cast<std::size_t>(p->size());
+  std::vector<std::size_t> sizes;
+  for (Param<T>* p : ps) {
+    total += static_cast<std::size_t>(p->size());
+    sizes.push_back(static_cast<std::size_t>(p->size()));
+  }
   buf.resize(total);
+  std::vector<char> nonempty;
   std::size_t off = 0;
   for (Param<T>* p : ps) {
-    p->tree.result(buf.data() + off);
+    nonempty.push_back(p->tree.result(buf.data() + off) ? 1 : 0);
     off += static_cast<std::size_t>(p->size());
   }
-  tree_allreduce(comm, buf.data(), total, true);
+  tree_allreduce(comm, buf.data(), sizes, nonempty);
   off = 0;
   for (Param<T>* p : ps) {
     std::copy(buf.data() + off, buf.data() + off + p->size(), p->grad.data());
@@ -115,8 +120,7 @@ void allreduce_grads(const Communicator& comm, const ParamList<T>& ps, std::vect
 
 }  // namespace
 
-RankInvariance rank_invariance(std::int64_t chunk, std::int64_t B, std::int64_t val_tokens, int P,
-                               int groups) {
+RankInvariance rank_invariance(std::int64_t chunk, std::int64_t B, std::int64_t val_tokens, int P) {
   RankInvariance r;
   auto no = [&](const std::string& why) {
     r.reason = why;
@@ -133,9 +137,6 @@ RankInvariance rank_invariance(std::int64_t chunk, std::int64_t B, std::int64_t 
   const std::int64_t tail = val_tokens % B;
   if (tail % (chunk * P) != 0)
     return no("the last validation batch (" + std::to_string(tail) + " tokens) is not whole chunks on every rank");
-  if (groups > 1)
-    return no(std::to_string(groups) + " expert replica groups (--ep-size below the rank count): expert "
-              "gradients are summed over replicas in the layout's order");
   r.identical = true;
   r.chunk_tokens = chunk;
   return r;
@@ -222,7 +223,8 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       if (chunked) tree_reduce_grads(comm, replicated, grad_buf);
       else allreduce_grads(comm, replicated, grad_buf);
       // Each replica of an expert saw only its group's tokens: sum over the replicas.
-      if (groups.groups() > 1) allreduce_grads(groups.replicas(), experts, grad_buf);
+      if (chunked) tree_reduce_grads(groups.replicas(), experts, grad_buf);
+      else if (groups.groups() > 1) allreduce_grads(groups.replicas(), experts, grad_buf);
     }
     double scale = 1.0;
     if (cfg.grad_clip > 0) {

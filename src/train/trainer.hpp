@@ -52,18 +52,18 @@ struct TrainSummary {
   std::vector<std::int64_t> routing_counts;
 };
 
-// Whether a run's results are bit-identical on any rank count: products over token rows
-// run in blocks of `chunk_tokens` global tokens and replicated gradients are summed in one
-// binary tree over the chunks (comm/ordered_sum), which needs B / chunk a power of two,
-// P a power of two dividing it, one expert group (expert gradients are then whole on
-// their owner), and validation batches that are whole chunks on every rank.
+// Whether a run's results are bit-identical on any rank count and --ep-size: every product
+// over token rows runs in blocks of `chunk_tokens` global tokens (an expert's rows per
+// block too), and every gradient is summed in one binary tree over the blocks
+// (comm/ordered_sum), which needs B / chunk a power of two, P a power of two dividing
+// it, and validation batches that are whole chunks on every rank.
 struct RankInvariance {
   bool identical = false;
   std::string reason;            // why not (empty when identical)
   std::int64_t chunk_tokens = 0; // the chunk the run uses: 0 when not identical
 };
 RankInvariance rank_invariance(std::int64_t chunk_tokens, std::int64_t batch_tokens,
-                               std::int64_t val_tokens, int ranks, int replica_groups);
+                               std::int64_t val_tokens, int ranks);
 
 template <class T>
 TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
