@@ -1,5 +1,7 @@
 #include "comm/exact_sum.hpp"
 
+#include <algorithm>
+
 namespace moesim {
 
 namespace {
@@ -12,8 +14,10 @@ constexpr std::int64_t kLimbMask = (std::int64_t{1} << kLimbBits) - 1;
 
 }  // namespace
 
-void allreduce_exact(const Communicator& comm, FixedSum* sums, int n) {
-  std::vector<std::int64_t> limbs(static_cast<std::size_t>(4 * n));
+void allreduce_exact(const Communicator& comm, FixedSum* sums, int n, std::vector<std::int64_t>* ints) {
+  const std::size_t extra = ints ? ints->size() : 0;
+  std::vector<std::int64_t> limbs(static_cast<std::size_t>(4 * n) + extra);
+  if (ints) std::copy(ints->begin(), ints->end(), limbs.begin() + 4 * n);
   for (int i = 0; i < n; ++i) {
     const Int128 v = sums[i].raw();
     std::int64_t* l = limbs.data() + 4 * i;
@@ -22,7 +26,8 @@ void allreduce_exact(const Communicator& comm, FixedSum* sums, int n) {
     l[2] = static_cast<std::int64_t>(v >> (2 * kLimbBits));  // arithmetic shift keeps the sign
     l[3] = sums[i].bad() ? 1 : 0;
   }
-  comm.allreduce_sum(limbs.data(), 4 * n);
+  comm.allreduce_sum(limbs.data(), static_cast<int>(limbs.size()));
+  if (ints) std::copy(limbs.begin() + 4 * n, limbs.end(), ints->begin());
   for (int i = 0; i < n; ++i) {
     const std::int64_t* l = limbs.data() + 4 * i;
     const Int128 v = (static_cast<Int128>(l[2]) << (2 * kLimbBits)) +

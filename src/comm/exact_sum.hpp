@@ -12,7 +12,8 @@
 namespace moesim {
 
 // COLLECTIVE. In place: every rank gets the exact sums over all ranks. At most 2^20 ranks.
-void allreduce_exact(const Communicator& comm, FixedSum* sums, int n);
+// `ints` (optional) are summed in the same all-reduce, saving a collective.
+void allreduce_exact(const Communicator& comm, FixedSum* sums, int n, std::vector<std::int64_t>* ints = nullptr);
 inline void allreduce_exact(const Communicator& comm, std::vector<FixedSum>& sums) {
   allreduce_exact(comm, sums.data(), static_cast<int>(sums.size()));
 }

@@ -108,8 +108,20 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
     }
     S[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
+  // Chunked runs also count kept assignments per (global token chunk, expert), in the same
+  // all-reduce: the expert owners cut their blocks at chunk boundaries with them.
+  std::vector<std::int64_t> chunk_counts;
+  if (chunk_ > 0) {
+    const std::int64_t first = comm_.rank() * ((n + chunk_ - 1) / chunk_);
+    chunk_counts.assign(static_cast<std::size_t>((B + chunk_ - 1) / chunk_ * E), 0);
+    for (Index t = 0; t < n; ++t)
+      for (int j = 0; j < K; ++j)
+        if (cd.kept[static_cast<std::size_t>(t * K + j)])
+          ++chunk_counts[static_cast<std::size_t>((first + t / chunk_) * E + routing_.expert[static_cast<std::size_t>(t * K + j)])];
+  }
+  allreduce_exact(comm_, S.data(), static_cast<int>(S.size()), chunk_counts.empty() ? nullptr : &chunk_counts);
   std::vector<double> P(S.size());
-  allreduce_exact(comm_, S, P.data());
+  for (std::size_t i = 0; i < S.size(); ++i) P[i] = S[i].value();
   stats_.top_expert_tokens.assign(static_cast<std::size_t>(E), 0);
   for (int e = 0; e < E; ++e)
     stats_.top_expert_tokens[static_cast<std::size_t>(e)] =
@@ -142,7 +154,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   comm_stats_.phase = kForwardDispatch;
   Mat<T> blocks = dispatcher_.dispatch(layout_, send, comm_stats_);
   Mat<T> out_blocks(blocks.rows(), D);
-  if (chunk_ > 0) plan_expert_chunks(n);
+  if (chunk_ > 0) plan_expert_chunks(chunk_counts);
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
@@ -162,28 +174,19 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
 }
 
 // A block holds the expert's rows from each source rank of the group in turn, each in
-// token order, so the rows of a token chunk are contiguous; the counts per (chunk,
-// expert) come from the senders (one small all-gather in the group). The expert then
-// computes and sums per chunk, whatever group the chunk landed in.
+// token order, so the rows of a token chunk are contiguous, and the group's ranks hold
+// consecutive chunks. The expert then computes and sums per chunk, whatever group the
+// chunk landed in.
 template <class T>
-void MoeLayer<T>::plan_expert_chunks(Index n) {
+void MoeLayer<T>::plan_expert_chunks(const std::vector<std::int64_t>& counts) {
   const int E = cfg_.experts;
-  const Index m = (n + chunk_ - 1) / chunk_;
-  std::vector<std::int64_t> mine(static_cast<std::size_t>(m * E), 0);
-  Index s = 0;
-  for (int e = 0; e < E; ++e)
-    for (int i = 0; i < layout_.send_expert_counts[static_cast<std::size_t>(e)]; ++i, ++s)
-      ++mine[static_cast<std::size_t>(layout_.send_token[static_cast<std::size_t>(s)] / chunk_ * E + e)];
-  const Communicator& group = groups_->group();
-  std::vector<std::int64_t> all(mine.size() * static_cast<std::size_t>(group.size()));
-  group.allgather(mine.data(), static_cast<int>(mine.size()), all.data());
+  const std::int64_t chunks = static_cast<std::int64_t>(counts.size()) / E;
+  const std::int64_t per_group = chunks / groups_->groups(), first = groups_->group_index() * per_group;
   expert_chunks_.assign(static_cast<std::size_t>(local_experts()), {});
   for (int le = 0; le < local_experts(); ++le) {
     const int e = dispatcher_.first_local_expert() + le;
-    for (int q = 0; q < group.size(); ++q)
-      for (Index c = 0; c < m; ++c)
-        expert_chunks_[static_cast<std::size_t>(le)].push_back(
-            static_cast<Index>(all[static_cast<std::size_t>((q * m + c) * E + e)]));
+    for (std::int64_t c = first; c < first + per_group; ++c)
+      expert_chunks_[static_cast<std::size_t>(le)].push_back(static_cast<Index>(counts[static_cast<std::size_t>(c * E + e)]));
   }
 }
 

@@ -105,8 +105,9 @@ class MoeLayer {
 
   // Router, capacity, dispatch, experts, combine (into combined_), shared experts.
   void run_experts(const Mat<T>& x);
-  // Chunked: each local expert's block rows per token chunk of the group, in block order.
-  void plan_expert_chunks(Index n);
+  // Chunked: each local expert's block rows per token chunk of the group, in block order,
+  // from the kept assignments per (global chunk, expert) summed over all ranks.
+  void plan_expert_chunks(const std::vector<std::int64_t>& chunk_expert_counts);
   std::vector<std::vector<Index>> expert_chunks_;
   // The rest of backward given the send rows' and gates' gradients.
   void backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
