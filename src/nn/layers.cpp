@@ -1,6 +1,8 @@
 #include "nn/layers.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "core/error.hpp"
 #include "core/row_chunks.hpp"
@@ -90,19 +92,38 @@ void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk) {
   forward(x, y, row_chunk_sizes(x.rows(), chunk));
 }
 
-// Each block's products and tanh run on fresh (aligned) matrices, so that neither the
-// BLAS call nor the vectorised tanh depends on where the block sits in the rank's rows.
+template <class T>
+MatMap<T> Ffn<T>::scratch(int which, Index rows, Index cols, Index max_rows, Index max_cols) {
+  const Index slot = (max_rows * max_cols + 15) / 16 * 16;
+  // The first view of a block (which = 0) sizes the buffer for four.
+  if (which == 0 && static_cast<Index>(scratch_.size()) < 4 * slot + 16)
+    scratch_.resize(static_cast<std::size_t>(4 * slot + 16));
+  MOESIM_REQUIRE(static_cast<Index>(scratch_.size()) >= (which + 1) * slot + 16, "Ffn scratch: view " << which << " first");
+  // Aligned to 16 values wherever the vector's memory lies, so each view's alignment (which
+  // decides Eigen's scalar head in vectorised loops) is the same for every block.
+  T* base = scratch_.data();
+  const auto mis = (reinterpret_cast<std::uintptr_t>(base) / sizeof(T)) % 16;
+  base += mis ? 16 - mis : 0;
+  return MatMap<T>(base + which * slot, rows, cols);
+}
+
+// Each block's products and tanh run on aligned per-block views, so that neither the BLAS
+// call nor the vectorised tanh depends on where the block sits in the rank's rows.
 template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks) {
   constexpr T k = T(0.7978845608028654), c = T(0.044715);
   x_ = x;
-  const Index n = x.rows(), F = w1_.value.cols();
+  const Index n = x.rows(), F = w1_.value.cols(), D = w2_.value.cols();
   pre_.resize(n, F);
   tanh_.resize(n, F);
   h_.resize(n, F);
-  Mat<T> pre, th, h, out;
+  Index most = 0;
+  for (const Index r : blocks) most = std::max(most, r);
   Index b = 0;
   for (const Index r : blocks) {
+    if (r == 0) continue;
+    MatMap<T> pre = scratch(0, r, F, most, std::max(F, D)), th = scratch(1, r, F, most, std::max(F, D));
+    MatMap<T> h = scratch(2, r, F, most, std::max(F, D)), out = scratch(3, r, D, most, std::max(F, D));
     pre.noalias() = x.middleRows(b, r) * w1_.value;
     pre.rowwise() += b1_.value.row(0);
     th = (k * (pre.array() + c * pre.array().cube())).tanh();
@@ -140,7 +161,9 @@ void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
 template <class T>
 void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, const std::vector<Index>& blocks) {
   constexpr T k = T(0.7978845608028654), c = T(0.044715);
-  Mat<T> dpre, dxb;
+  const Index F = w1_.value.cols(), D = w2_.value.cols();
+  Index most = 0;
+  for (const Index r : blocks) most = std::max(most, r);
   Index b = 0;
   for (const Index r : blocks) {
     if (r == 0) {
@@ -152,6 +175,7 @@ void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, const std::vector<
     w2_.tree.push();
     b2_.leaf().row(0) = dyc.colwise().sum();
     b2_.tree.push();
+    MatMap<T> dpre = scratch(0, r, F, most, std::max(F, D)), dxb = scratch(1, r, D, most, std::max(F, D));
     dpre.noalias() = dyc * w2_.value.transpose();
     const auto a = pre_.middleRows(b, r).array();
     const auto th = tanh_.middleRows(b, r).array();

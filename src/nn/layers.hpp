@@ -56,6 +56,10 @@ class Ffn {
  private:
   Param<T> w1_, b1_, w2_, b2_;
   Mat<T> x_, pre_, tanh_, h_;
+  // Per-block temporaries: up to four views of up to max_rows x max_cols, 16-value aligned,
+  // into one kept buffer (no allocation per block); view 0 first, it sizes the buffer.
+  std::vector<T> scratch_;
+  MatMap<T> scratch(int which, Index rows, Index cols, Index max_rows, Index max_cols);
 };
 
 // RMSNorm with a learnable gain: y = x / sqrt(mean(x^2) + eps) * g.
