@@ -21,7 +21,9 @@ class FixedSum {
 
   // Values out of range (|x| >= 2^62) or not finite make the sum NaN (bad), never wrap.
   FixedSum& operator+=(double x) {
-    if (!(std::fabs(x) < 0x1p62)) {
+    // isfinite first: an ordered comparison with NaN would raise FE_INVALID (trapped in
+    // the debug and asan builds).
+    if (!std::isfinite(x) || std::fabs(x) >= 0x1p62) {
       bad_ = true;
       return *this;
     }
