@@ -3,6 +3,8 @@
 #include <benchmark/benchmark.h>
 
 #include "comm/communicator.hpp"
+#include "comm/ordered_sum.hpp"
+#include "core/fixed_sum.hpp"
 #include "core/blas.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
@@ -85,12 +87,48 @@ void BM_ReferenceMoeFwdBwd(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * T);
 }
 
+// Combining m per-chunk gradients of n floats, per value and chunk (issue 12's choice):
+// 0 the layout-dependent baseline (plain +=), 1 the fixed tree (comm/ordered_sum), 2 exact
+// 128-bit fixed-point sums (core/fixed_sum). The tree costs about the baseline; the exact
+// sum's conversions cost several times more, which is why gradients use the tree.
+void BM_ChunkGradientSum(benchmark::State& state) {
+  const Index n = state.range(0), m = state.range(1);
+  const int how = static_cast<int>(state.range(2));
+  const Mat<float> g = random_tokens(m, n, 5);
+  std::vector<float> acc(static_cast<std::size_t>(n));
+  std::vector<FixedSum> exact(static_cast<std::size_t>(n));
+  TreeSum<float> tree;
+  for (auto _ : state) {
+    if (how == 0) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (Index c = 0; c < m; ++c)
+        for (Index i = 0; i < n; ++i) acc[static_cast<std::size_t>(i)] += g(c, i);
+    } else if (how == 1) {
+      tree.reset(static_cast<std::size_t>(n));
+      for (Index c = 0; c < m; ++c) {
+        std::copy(g.row(c).data(), g.row(c).data() + n, tree.leaf());
+        tree.push();
+      }
+      tree.result(acc.data());
+    } else {
+      std::fill(exact.begin(), exact.end(), FixedSum());
+      for (Index c = 0; c < m; ++c)
+        for (Index i = 0; i < n; ++i) exact[static_cast<std::size_t>(i)] += static_cast<double>(g(c, i));
+      for (Index i = 0; i < n; ++i) acc[static_cast<std::size_t>(i)] = static_cast<float>(exact[static_cast<std::size_t>(i)].value());
+    }
+    benchmark::DoNotOptimize(acc.data());
+  }
+  state.SetItemsProcessed(state.iterations() * n * m);
+}
+
 // T, D, F
 BENCHMARK(BM_ExpertBlockGemm)->Args({256, 64, 256})->Args({1024, 128, 512});
 BENCHMARK(BM_ExpertTokenByToken)->Args({256, 64, 256})->Args({1024, 128, 512});
 // T, D, F, E, K
 BENCHMARK(BM_MoeLayerFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
 BENCHMARK(BM_ReferenceMoeFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
+// values (an expert's 2 D F + F + D at D = 64, F = 128), chunks, method
+BENCHMARK(BM_ChunkGradientSum)->Args({16576, 8, 0})->Args({16576, 8, 1})->Args({16576, 8, 2});
 
 }  // namespace
 }  // namespace moesim

@@ -5,6 +5,7 @@
 
 #include "cli/moe_options.hpp"
 #include "cli/task_options.hpp"
+#include "train/trainer.hpp"
 
 namespace moesim::cli {
 
@@ -143,6 +144,13 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   m.train.steps = i("steps");
   m.train.batch_tokens = i("batch-tokens");
   m.train.val_tokens = i("val-tokens");
+  MOESIM_CONFIG_CHECK(i("chunk-tokens") >= 0, "--chunk-tokens must be >= 0 (got " << i("chunk-tokens") << ")");
+  // Where bit-identity on any rank count holds (train/trainer.hpp); elsewhere the run
+  // falls back to the layout-dependent sums and says why.
+  const RankInvariance ri = rank_invariance(i("chunk-tokens"), m.train.batch_tokens, m.train.val_tokens, P);
+  m.train.chunk_tokens = ri.chunk_tokens;
+  m.effective.emplace_back("bit_identical", static_cast<I>(ri.identical ? 1 : 0));
+  m.effective.emplace_back("bit_identical_reason", ri.reason);
   m.train.eval_every = i("eval-every");
   m.train.adam.lr = d("lr");
   m.train.adam.weight_decay = d("weight-decay");

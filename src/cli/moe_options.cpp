@@ -86,6 +86,11 @@ po::options_description moe_options() {
       ("noise-min", po::value<double>()->default_value(0.01), "regimes: noise of the cleanest cluster")
       ("noise-max", po::value<double>()->default_value(0.5), "regimes: noise of the noisiest cluster")
       ("val-tokens", po::value<I>()->default_value(4096), "validation tokens (a separate stream)")
+      ("chunk-tokens", po::value<I>()->default_value(64),
+       "C: rank-count invariant sums: products over tokens run in blocks of C global tokens and gradients "
+       "are summed in one tree over the blocks, so losses, metrics and the model are bit-identical on any "
+       "power-of-two rank count dividing B / C (B / C a power of two, C a multiple of 8, one expert group); "
+       "the run file's bit_identical says whether they hold (0 = off: layout-dependent sums)")
       ("eval-every", po::value<I>()->default_value(0), "validate every n steps as well as at the end (0 = end only)")
       ("out", po::value<std::string>()->default_value("moe_run.h5"), "run file (HDF5) to write")
       ("flush-every", po::value<I>()->default_value(50), "steps between run-file flushes")

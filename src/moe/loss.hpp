@@ -1,13 +1,14 @@
 #pragma once
 // Task losses, normalised by the global token count so that summing per-rank
 // contributions gives the mean over the global batch.
+#include "core/fixed_sum.hpp"
 #include "core/tensor.hpp"
 #include "nn/batch.hpp"
 
 namespace moesim {
 
 struct LossResult {
-  double sum = 0;      // local sum of per-token losses
+  FixedSum sum;        // local sum of per-token losses, exact (rank-count invariant totals)
   Index correct = 0;   // classification: local correct predictions
 };
 

@@ -122,13 +122,13 @@ MixtureLossResult mixture_loss(MixtureLoss kind, const Mat<T>& F, const Mat<T>& 
 template <class T>
 void MixtureTail<T>::forward(RmsNorm<T>& norm, Linear<T>& head, const Mat<T>& h,
                              const Mat<T>& U, const Mat<T>& G, bool classification,
-                             Mat<T>& pred) {
+                             Mat<T>& pred, Index chunk) {
   const Index n = h.rows(), K = G.cols();
   Mat<T> z(n * K, h.cols()), zn;
   for (Index t = 0; t < n; ++t)
     for (Index k = 0; k < K; ++k) z.row(t * K + k) = h.row(t) + U.row(t * K + k);
   norm.forward(z, zn);
-  head.forward(zn, F_);
+  head.forward(zn, F_, chunk * K);
   G_ = G;
   // The prediction alone: the same formulas as the loss, without targets.
   const Index O = F_.cols();
@@ -153,13 +153,14 @@ template <class T>
 MixtureLossResult MixtureTail<T>::loss_backward(RmsNorm<T>& norm, Linear<T>& head,
                                                 MixtureLoss kind, const Batch& batch,
                                                 bool classification, std::int64_t B_global,
-                                                Mat<T>& dh, Mat<T>& dU, Mat<T>& dG) {
+                                                Mat<T>& dh, Mat<T>& dU, Mat<T>& dG,
+                                                Index chunk) {
   Mat<T> dF, dzn;
   const MixtureLossResult r =
       mixture_loss<T>(kind, F_, G_, batch, classification, B_global, nullptr, &dF, &dG);
-  head.backward(dF, dzn);
-  norm.backward(dzn, dU);
   const Index n = G_.rows(), K = G_.cols();
+  head.backward(dF, dzn, chunk * K);
+  norm.backward(dzn, dU, chunk * K);
   dh = Mat<T>::Zero(n, dU.cols());
   for (Index t = 0; t < n; ++t)
     for (Index k = 0; k < K; ++k) dh.row(t) += dU.row(t * K + k);

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/fixed_sum.hpp"
 #include "nn/batch.hpp"
 #include "nn/layers.hpp"
 
@@ -24,9 +25,10 @@ MixtureLoss parse_mixture_loss(const std::string& name);  // ConfigError on unkn
 const char* mixture_loss_name(MixtureLoss m);
 
 struct MixtureLossResult {
-  double objective = 0;   // local sum over tokens of the training loss above
-  double prediction = 0;  // local sum of the task loss of the mixture's prediction
-  double spread = 0;      // local sum of sum_k g_k ||q_k - qbar||^2, q = f (regression) or p
+  // Exact sums (core/fixed_sum.hpp), so that totals over ranks do not depend on the layout.
+  FixedSum objective;   // local sum over tokens of the training loss above
+  FixedSum prediction;  // local sum of the task loss of the mixture's prediction
+  FixedSum spread;      // local sum of sum_k g_k ||q_k - qbar||^2, q = f (regression) or p
   Index correct = 0;      // classification: argmax of the mixture's probabilities
 };
 
@@ -43,13 +45,15 @@ MixtureLossResult mixture_loss(MixtureLoss kind, const Mat<T>& F, const Mat<T>& 
 template <class T>
 class MixtureTail {
  public:
-  // h: n x D; U: n*K x D branch outputs of the MoE layer; G: n x K.
+  // h: n x D; U: n*K x D branch outputs of the MoE layer; G: n x K. chunk: tokens per
+  // product block (nn/layers.hpp), K times as many branch rows.
   void forward(RmsNorm<T>& norm, Linear<T>& head, const Mat<T>& h, const Mat<T>& U,
-               const Mat<T>& G, bool classification, Mat<T>& pred);
+               const Mat<T>& G, bool classification, Mat<T>& pred, Index chunk = 0);
   // Accumulates the norm's and head's gradients; returns dh, dU, dG.
   MixtureLossResult loss_backward(RmsNorm<T>& norm, Linear<T>& head, MixtureLoss kind,
                                   const Batch& batch, bool classification,
-                                  std::int64_t B_global, Mat<T>& dh, Mat<T>& dU, Mat<T>& dG);
+                                  std::int64_t B_global, Mat<T>& dh, Mat<T>& dU, Mat<T>& dG,
+                                  Index chunk = 0);
 
  private:
   Mat<T> F_, G_;

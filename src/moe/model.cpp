@@ -82,9 +82,9 @@ void Model<T>::forward(const Mat<T>& x, Mat<T>& out) {
   if (cfg_.vocab > 0) {
     Mat<T> e;
     embed_.forward(x, e);
-    adapter_.forward(e, h);
+    adapter_.forward(e, h, chunk_);
   } else {
-    adapter_.forward(x, h);
+    adapter_.forward(x, h, chunk_);
   }
   for (std::size_t l = 0; l < blocks_.size(); ++l) {
     Block& b = blocks_[l];
@@ -92,7 +92,7 @@ void Model<T>::forward(const Mat<T>& x, Mat<T>& out) {
     if (cfg_.mixture != MixtureLoss::kNone && l + 1 == blocks_.size()) {
       Mat<T> branches, gates;
       b.moe->forward_branches(b.normed, branches, gates);
-      tail_.forward(final_norm_, head_, h, branches, gates, cfg_.classification, out);
+      tail_.forward(final_norm_, head_, h, branches, gates, cfg_.classification, out, chunk_);
       return;
     }
     if (b.moe) {
@@ -100,21 +100,21 @@ void Model<T>::forward(const Mat<T>& x, Mat<T>& out) {
     } else {
       u.resize(b.normed.rows(), b.normed.cols());
       b.dense->forward(ConstMatMap<T>(b.normed.data(), b.normed.rows(), b.normed.cols()),
-                       MatMap<T>(u.data(), u.rows(), u.cols()));
+                       MatMap<T>(u.data(), u.rows(), u.cols()), chunk_);
     }
     h += u;
   }
   Mat<T> hn;
   final_norm_.forward(h, hn);
-  head_.forward(hn, out);
+  head_.forward(hn, out, chunk_);
 }
 
 template <class T>
 void Model<T>::backward(const Mat<T>& dout) {
   MOESIM_REQUIRE(cfg_.mixture == MixtureLoss::kNone, "a mixture model trains through loss_and_backward");
   Mat<T> dhn, dh;
-  head_.backward(dout, dhn);
-  final_norm_.backward(dhn, dh);
+  head_.backward(dout, dhn, chunk_);
+  final_norm_.backward(dhn, dh, chunk_);
   backward_blocks(dh, blocks_.size());
 }
 
@@ -126,17 +126,17 @@ MixtureLossResult Model<T>::loss_and_backward(const Mat<T>& out, const Batch& ba
     const LossResult lr = task_loss<T>(out, batch, classification, B_global, &dout);
     backward(dout);
     MixtureLossResult r;
-    r.objective = r.prediction = lr.sum;
+    r.objective = r.prediction = lr.sum;  // exact sums, copied
     r.correct = lr.correct;
     return r;
   }
   MOESIM_REQUIRE(classification == cfg_.classification, "the mixture's prediction and loss disagree on the problem");
   Mat<T> dh, dbranches, dgates, du, dnormed;
   const MixtureLossResult r = tail_.loss_backward(final_norm_, head_, cfg_.mixture, batch,
-                                                  classification, B_global, dh, dbranches, dgates);
+                                                  classification, B_global, dh, dbranches, dgates, chunk_);
   Block& b = blocks_.back();
   b.moe->backward_branches(dbranches, dgates, du);
-  b.norm.backward(du, dnormed);
+  b.norm.backward(du, dnormed, chunk_);
   dh += dnormed;
   backward_blocks(dh, blocks_.size() - 1);
   return r;
@@ -152,14 +152,21 @@ void Model<T>::backward_blocks(Mat<T>& dh, std::size_t end) {
     } else {
       du.resize(dh.rows(), dh.cols());
       b.dense->backward(ConstMatMap<T>(dh.data(), dh.rows(), dh.cols()),
-                        MatMap<T>(du.data(), du.rows(), du.cols()));
+                        MatMap<T>(du.data(), du.rows(), du.cols()), chunk_);
     }
-    b.norm.backward(du, dnormed);
+    b.norm.backward(du, dnormed, chunk_);
     dh += dnormed;  // residual path
   }
   Mat<T> dx;
-  adapter_.backward(dh, dx);
-  if (cfg_.vocab > 0) embed_.backward(dx);
+  adapter_.backward(dh, dx, chunk_);
+  if (cfg_.vocab > 0) embed_.backward(dx, chunk_);
+}
+
+template <class T>
+void Model<T>::set_chunk(Index chunk) {
+  chunk_ = chunk;
+  for (Block& b : blocks_)
+    if (b.moe) b.moe->set_chunk(chunk);
 }
 
 template <class T>

@@ -54,6 +54,11 @@ class Model {
   void backward(const Mat<T>& dout);
   // Training or evaluation (router noise, capacity factor), and the step keying the noise.
   void set_mode(bool training, std::int64_t step);
+  // Rank-count invariant sums: every product over token rows in blocks of `chunk` global
+  // tokens, and every replicated gradient pushed into its parameter's tree, one leaf per
+  // block (comm/ordered_sum). 0: one block per rank, gradients added to grad.
+  void set_chunk(Index chunk);
+  Index chunk() const { return chunk_; }
   // COLLECTIVE. After forward: the training loss (task loss, or the mixture loss) and its
   // backward pass, normalised by the global token count B_global.
   MixtureLossResult loss_and_backward(const Mat<T>& out, const Batch& batch, bool classification,
@@ -77,6 +82,7 @@ class Model {
   void backward_blocks(Mat<T>& dh, std::size_t end);
 
   ModelConfig cfg_;
+  Index chunk_ = 0;
   std::shared_ptr<const ExpertGroups> groups_;
   TokenEmbedding<T> embed_;  // token tasks only (vocab > 0)
   MixtureTail<T> tail_;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "comm/exact_sum.hpp"
+
 namespace moesim {
 
 namespace {
@@ -92,20 +94,34 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   // One all-reduce for P_e (load balance), the z-loss sum and the gate entropy sum.
   // The next slot counts tokens with no kept assignment, then tokens per top expert
   // (largest gate).
-  std::vector<double> P(2 * static_cast<std::size_t>(E) + 3, 0.0);
+  // Exact sums (comm/exact_sum), so that the statistics do not depend on the layout.
+  std::vector<FixedSum> S(2 * static_cast<std::size_t>(E) + 3);
   for (Index t = 0; t < n; ++t) {
-    P[static_cast<std::size_t>(E + 3 + routing_.top_expert(t))] += 1.0;
+    S[static_cast<std::size_t>(E + 3 + routing_.top_expert(t))] += 1.0;
     bool routed = false;
     for (int j = 0; j < K; ++j) routed |= cd.kept[static_cast<std::size_t>(t * K + j)] != 0;
-    P[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
+    S[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
     for (int e = 0; e < E; ++e) {
       const double p = routing_.probs(t, e);
-      P[static_cast<std::size_t>(e)] += p;
-      if (p > 0) P[static_cast<std::size_t>(E) + 1] -= p * std::log(p);
+      S[static_cast<std::size_t>(e)] += p;
+      if (p > 0) S[static_cast<std::size_t>(E) + 1] -= p * std::log(p);
     }
-    P[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
+    S[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
-  comm_.allreduce_sum(P.data(), static_cast<int>(P.size()));
+  // Chunked runs also count kept assignments per (global token chunk, expert), in the same
+  // all-reduce: the expert owners cut their blocks at chunk boundaries with them.
+  std::vector<std::int64_t> chunk_counts;
+  if (chunk_ > 0) {
+    const std::int64_t first = comm_.rank() * ((n + chunk_ - 1) / chunk_);
+    chunk_counts.assign(static_cast<std::size_t>((B + chunk_ - 1) / chunk_ * E), 0);
+    for (Index t = 0; t < n; ++t)
+      for (int j = 0; j < K; ++j)
+        if (cd.kept[static_cast<std::size_t>(t * K + j)])
+          ++chunk_counts[static_cast<std::size_t>((first + t / chunk_) * E + routing_.expert[static_cast<std::size_t>(t * K + j)])];
+  }
+  allreduce_exact(comm_, S.data(), static_cast<int>(S.size()), chunk_counts.empty() ? nullptr : &chunk_counts);
+  std::vector<double> P(S.size());
+  for (std::size_t i = 0; i < S.size(); ++i) P[i] = S[i].value();
   stats_.top_expert_tokens.assign(static_cast<std::size_t>(E), 0);
   for (int e = 0; e < E; ++e)
     stats_.top_expert_tokens[static_cast<std::size_t>(e)] =
@@ -138,19 +154,39 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   comm_stats_.phase = kForwardDispatch;
   Mat<T> blocks = dispatcher_.dispatch(layout_, send, comm_stats_);
   Mat<T> out_blocks(blocks.rows(), D);
+  if (chunk_ > 0) plan_expert_chunks(chunk_counts);
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
-    experts_[le].forward(ConstMatMap<T>(blocks.data() + off * D, rows, D),
-                         MatMap<T>(out_blocks.data() + off * D, rows, D));
+    const ConstMatMap<T> in(blocks.data() + off * D, rows, D);
+    const MatMap<T> out(out_blocks.data() + off * D, rows, D);
+    if (chunk_ > 0) experts_[le].forward(in, out, expert_chunks_[static_cast<std::size_t>(le)]);
+    else experts_[le].forward(in, out);
   }
   comm_stats_.phase = kForwardCombine;
   combined_ = dispatcher_.combine(layout_, out_blocks, comm_stats_);
   shared_out_ = Mat<T>::Zero(n, D);
   Mat<T> s_out(n, D);
   for (auto& se : shared_) {
-    se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D));
+    se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D), chunk_);
     shared_out_ += s_out;
+  }
+}
+
+// A block holds the expert's rows from each source rank of the group in turn, each in
+// token order, so the rows of a token chunk are contiguous, and the group's ranks hold
+// consecutive chunks. The expert then computes and sums per chunk, whatever group the
+// chunk landed in.
+template <class T>
+void MoeLayer<T>::plan_expert_chunks(const std::vector<std::int64_t>& counts) {
+  const int E = cfg_.experts;
+  const std::int64_t chunks = static_cast<std::int64_t>(counts.size()) / E;
+  const std::int64_t per_group = chunks / groups_->groups(), first = groups_->group_index() * per_group;
+  expert_chunks_.assign(static_cast<std::size_t>(local_experts()), {});
+  for (int le = 0; le < local_experts(); ++le) {
+    const int e = dispatcher_.first_local_expert() + le;
+    for (std::int64_t c = first; c < first + per_group; ++c)
+      expert_chunks_[static_cast<std::size_t>(le)].push_back(static_cast<Index>(counts[static_cast<std::size_t>(c * E + e)]));
   }
 }
 
@@ -215,8 +251,10 @@ void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
-    experts_[le].backward(ConstMatMap<T>(dblocks.data() + off * D, rows, D),
-                          MatMap<T>(dx_blocks.data() + off * D, rows, D));
+    const ConstMatMap<T> dy(dblocks.data() + off * D, rows, D);
+    const MatMap<T> dxb(dx_blocks.data() + off * D, rows, D);
+    if (chunk_ > 0) experts_[le].backward(dy, dxb, expert_chunks_[static_cast<std::size_t>(le)]);
+    else experts_[le].backward(dy, dxb);
   }
   comm_stats_.phase = kBackwardCombine;
   Mat<T> dx_rows = dispatcher_.combine(layout_, dx_blocks, comm_stats_);
@@ -247,7 +285,7 @@ void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T
   dx += dx_router;
   Mat<T> ds(n, D);
   for (auto& se : shared_) {
-    se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D));
+    se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D), chunk_);
     dx += ds;
   }
 

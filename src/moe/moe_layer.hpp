@@ -65,6 +65,12 @@ class MoeLayer {
     training_ = training;
     step_ = step;
   }
+  // Token rows per product block (core/row_chunks.hpp) of the router, the shared experts
+  // and, per token chunk, the experts; their gradients then go to the parameters' trees.
+  void set_chunk(Index chunk) {
+    chunk_ = chunk;
+    router_.set_chunk(chunk);
+  }
 
   const MoeLayerStats& stats() const { return stats_; }
   CommStats& comm_stats() { return comm_stats_; }
@@ -91,6 +97,7 @@ class MoeLayer {
   std::shared_ptr<const ExpertGroups> groups_;
   const Communicator& comm_;  // all P ranks (groups_->world())
   MoeLayerConfig cfg_;
+  Index chunk_ = 0;
   Dispatcher dispatcher_;
   Router<T> router_;
   std::vector<Ffn<T>> experts_;
@@ -98,6 +105,10 @@ class MoeLayer {
 
   // Router, capacity, dispatch, experts, combine (into combined_), shared experts.
   void run_experts(const Mat<T>& x);
+  // Chunked: each local expert's block rows per token chunk of the group, in block order,
+  // from the kept assignments per (global chunk, expert) summed over all ranks.
+  void plan_expert_chunks(const std::vector<std::int64_t>& chunk_expert_counts);
+  std::vector<std::vector<Index>> expert_chunks_;
   // The rest of backward given the send rows' and gates' gradients.
   void backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
 

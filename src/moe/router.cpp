@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/row_chunks.hpp"
 
 namespace moesim {
 
@@ -67,8 +68,11 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   const Index n = x.rows();
   const int E = static_cast<int>(w_.value.cols());
   const Mat<R> xr = x.template cast<R>();
-  const Mat<R> logits = gate_traits(opt_.gate).matrices == 0 ? Mat<R>::Zero(n, E)
-                                                             : Mat<R>(xr * w_.value.template cast<R>());
+  Mat<R> logits = Mat<R>::Zero(n, E);
+  if (gate_traits(opt_.gate).matrices > 0) {
+    const Mat<R> w = w_.value.template cast<R>();
+    for_row_chunks(n, chunk_, [&](Index b, Index rows) { logits.middleRows(b, rows).noalias() = xr.middleRows(b, rows) * w; });
+  }
   r.n = n;
   r.K = K_;
   r.E = E;
@@ -94,7 +98,9 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
     }
     r.lse[static_cast<std::size_t>(t)] = static_cast<double>(mx) + std::log(static_cast<double>(z));
   }
-  GateForward<T, R> f{x, xr, logits, probs_, ctx, opt_, bias_, w_noise_.value, r};
+  RouteContext c = ctx;
+  c.chunk = chunk_;
+  GateForward<T, R> f{x, xr, logits, probs_, c, opt_, bias_, w_noise_.value, r};
   gate_->route(f);
 }
 
@@ -122,12 +128,29 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     if (!dlse.empty()) dlogits.row(t) += static_cast<R>(dlse[static_cast<std::size_t>(t)]) * p;
   }
   const Mat<R> xr = x_.template cast<R>();
-  Mat<R> dxr = dlogits * w_.value.template cast<R>().transpose();
-  w_.grad += (xr.transpose() * dlogits).template cast<T>();
-  if (dnoise.cols() > 0) {  // the gate used W_noise
-    dxr.noalias() += dnoise * w_noise_.value.template cast<R>().transpose();
-    w_noise_.grad += (xr.transpose() * dnoise).template cast<T>();
+  const Mat<R> w = w_.value.template cast<R>();
+  if (chunk_ <= 0) {
+    Mat<R> dxr = dlogits * w.transpose();
+    w_.grad += (xr.transpose() * dlogits).template cast<T>();
+    if (dnoise.cols() > 0) {  // the gate used W_noise
+      dxr.noalias() += dnoise * w_noise_.value.template cast<R>().transpose();
+      w_noise_.grad += (xr.transpose() * dnoise).template cast<T>();
+    }
+    dx = dxr.template cast<T>();
+    return;
   }
+  Mat<R> dxr(n, w.rows());
+  const Mat<R> wn = dnoise.cols() > 0 ? Mat<R>(w_noise_.value.template cast<R>()) : Mat<R>();
+  for_row_chunks(n, chunk_, [&](Index b0, Index rows) {
+    dxr.middleRows(b0, rows).noalias() = dlogits.middleRows(b0, rows) * w.transpose();
+    w_.leaf() = (xr.middleRows(b0, rows).transpose() * dlogits.middleRows(b0, rows)).template cast<T>();
+    w_.tree.push();
+    if (dnoise.cols() > 0) {
+      dxr.middleRows(b0, rows).noalias() += dnoise.middleRows(b0, rows) * wn.transpose();
+      w_noise_.leaf() = (xr.middleRows(b0, rows).transpose() * dnoise.middleRows(b0, rows)).template cast<T>();
+      w_noise_.tree.push();
+    }
+  });
   dx = dxr.template cast<T>();
 }
 

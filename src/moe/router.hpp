@@ -49,6 +49,8 @@ class Router {
   const RouterOptions& options() const { return opt_; }
   // Whether forward needs ctx.first_token (the layer computes it with an exscan).
   bool needs_token_index() const { return gate_->needs_token_index(); }
+  // Rows per product block (core/row_chunks.hpp); gradients go to the parameters' trees.
+  void set_chunk(Index chunk) { chunk_ = chunk; }
 
  private:
   template <class R> void forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>& r);
@@ -57,6 +59,7 @@ class Router {
 
   Param<T> w_, w_noise_;  // W, and W_noise for gates with two matrices
   int K_ = 1;
+  Index chunk_ = 0;
   RouterOptions opt_;
   std::vector<double> bias_;
   GatePtr<T> gate_;

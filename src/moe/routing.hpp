@@ -39,6 +39,7 @@ struct RouteContext {
   std::int64_t step = 0;
   bool training = false;
   std::int64_t capacity = 0;           // expert choice: tokens per expert
+  Index chunk = 0;                     // rows per product block (core/row_chunks.hpp); 0: all
 };
 
 // The hash gate's expert for a key; a pure function of (seed, layer, key).

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/row_chunks.hpp"
 
 namespace moesim {
 
@@ -31,14 +32,24 @@ void TokenEmbedding<T>::forward(const Mat<T>& ids, Mat<T>& y) {
 }
 
 template <class T>
-void TokenEmbedding<T>::backward(const Mat<T>& dy) {
+void TokenEmbedding<T>::backward(const Mat<T>& dy, Index chunk) {
   const Index n = dy.rows(), C = context_, De = dim();
   MOESIM_REQUIRE(dy.cols() == C * De && static_cast<std::size_t>(n * C) == ids_.size(),
                  "embedding backward: dy is " << dy.rows() << " x " << dy.cols()
                                               << ", forward saw " << C << " slots of width " << De);
-  for (Index i = 0; i < n; ++i)
-    for (Index j = 0; j < C; ++j)
-      table_.grad.row(ids_[static_cast<std::size_t>(i * C + j)]) += dy.block(i, j * De, 1, De);
+  if (chunk <= 0) {
+    for (Index i = 0; i < n; ++i)
+      for (Index j = 0; j < C; ++j)
+        table_.grad.row(ids_[static_cast<std::size_t>(i * C + j)]) += dy.block(i, j * De, 1, De);
+    return;
+  }
+  for_row_chunks(n, chunk, [&](Index b, Index r) {
+    MatMap<T> g = table_.leaf();
+    g.setZero();
+    for (Index i = b; i < b + r; ++i)
+      for (Index j = 0; j < C; ++j) g.row(ids_[static_cast<std::size_t>(i * C + j)]) += dy.block(i, j * De, 1, De);
+    table_.tree.push();
+  });
 }
 
 template class TokenEmbedding<float>;

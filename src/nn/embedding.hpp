@@ -20,7 +20,8 @@ class TokenEmbedding {
   void forward(const Mat<T>& ids, Mat<T>& y);
   // Accumulates the table gradient (scatter-add of dy's slots); token ids are not
   // differentiable, so there is no dX.
-  void backward(const Mat<T>& dy);
+  // chunk > 0: one gradient per block of `chunk` rows into the table's tree (nn/layers.hpp).
+  void backward(const Mat<T>& dy, Index chunk = 0);
   void params(ParamList<T>& out) { out.push_back(&table_); }
   Param<T>& table() { return table_; }
   Index vocab() const { return table_.value.rows(); }

@@ -2,6 +2,7 @@
 // Dense building blocks with hand-written backward passes. Each layer caches
 // what its backward needs from the last forward; gradients accumulate (+=).
 #include <string>
+#include <vector>
 
 #include "core/rng.hpp"
 #include "nn/param.hpp"
@@ -15,9 +16,11 @@ class Linear {
   Linear() = default;
   Linear(const std::string& name, Index in, Index out, Placement where);
   void init(Rng& rng, double stddev);
-  void forward(const Mat<T>& x, Mat<T>& y);
+  // chunk > 0: products in blocks of `chunk` rows, and backward pushes one gradient per
+  // block into the parameters' trees (core/row_chunks.hpp) instead of adding to grad.
+  void forward(const Mat<T>& x, Mat<T>& y, Index chunk = 0);
   // Returns dX; accumulates dW, db.
-  void backward(const Mat<T>& dy, Mat<T>& dx);
+  void backward(const Mat<T>& dy, Mat<T>& dx, Index chunk = 0);
   void params(ParamList<T>& out) { out.push_back(&w_); out.push_back(&b_); }
   Param<T>& weight() { return w_; }
   Param<T>& bias() { return b_; }
@@ -35,8 +38,12 @@ class Ffn {
   Ffn() = default;
   Ffn(const std::string& name, Index d_model, Index d_ff, Placement where);
   void init(Rng& rng);
-  void forward(const ConstMatMap<T>& x, MatMap<T> y);
-  void backward(const ConstMatMap<T>& dy, MatMap<T> dx);
+  void forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk = 0);
+  void backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk = 0);
+  // The same in consecutive blocks of the given row counts (an expert's rows of each
+  // token chunk; a block may be empty and then pushes an empty gradient).
+  void forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks);
+  void backward(const ConstMatMap<T>& dy, MatMap<T> dx, const std::vector<Index>& blocks);
   void params(ParamList<T>& out) {
     out.push_back(&w1_); out.push_back(&b1_); out.push_back(&w2_); out.push_back(&b2_);
   }
@@ -49,6 +56,10 @@ class Ffn {
  private:
   Param<T> w1_, b1_, w2_, b2_;
   Mat<T> x_, pre_, tanh_, h_;
+  // Per-block temporaries: up to four views of up to max_rows x max_cols, 16-value aligned,
+  // into one kept buffer (no allocation per block); view 0 first, it sizes the buffer.
+  std::vector<T> scratch_;
+  MatMap<T> scratch(int which, Index rows, Index cols, Index max_rows, Index max_cols);
 };
 
 // RMSNorm with a learnable gain: y = x / sqrt(mean(x^2) + eps) * g.
@@ -58,7 +69,7 @@ class RmsNorm {
   RmsNorm() = default;
   RmsNorm(const std::string& name, Index d, Placement where);
   void forward(const Mat<T>& x, Mat<T>& y);
-  void backward(const Mat<T>& dy, Mat<T>& dx);
+  void backward(const Mat<T>& dy, Mat<T>& dx, Index chunk = 0);
   void params(ParamList<T>& out) { out.push_back(&g_); }
   Param<T>& gain() { return g_; }
 

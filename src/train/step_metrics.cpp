@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "comm/exact_sum.hpp"
 #include "core/error.hpp"
 
 namespace moesim {
@@ -193,17 +194,19 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   // Sums: loss, stop flag, padding bytes, prediction loss, mixture spread, then bytes per
   // (layer, phase); maxima: step, exchange and compute seconds, then seconds per (layer, phase).
   constexpr std::size_t kPhaseSums = 5, kPhaseMaxes = 3;
-  std::vector<double> sums{in.loss.objective, in.stop_signal ? 1.0 : 0.0, 0.0, in.loss.prediction,
-                           in.loss.spread};
+  // Exact sums (comm/exact_sum): the losses must not depend on the layout.
+  std::vector<FixedSum> exact{in.loss.objective, FixedSum(in.stop_signal ? 1.0 : 0.0), FixedSum(), in.loss.prediction,
+                              in.loss.spread};
   std::vector<double> maxes{in.step_seconds, a2a_seconds, in.step_seconds - a2a_seconds - in.reduce_seconds};
   for (MoeLayer<T>* l : moe) {
-    sums[2] += l->comm_stats().padding_bytes;
+    exact[2] += l->comm_stats().padding_bytes;
     for (int ph = 0; ph < 4; ++ph) {
-      sums.push_back(l->comm_stats().phase_bytes[ph]);
+      exact.emplace_back(l->comm_stats().phase_bytes[ph]);
       maxes.push_back(l->comm_stats().phase_seconds[ph]);
     }
   }
-  comm.allreduce_sum(sums.data(), static_cast<int>(sums.size()));
+  std::vector<double> sums(exact.size());
+  allreduce_exact(comm, exact, sums.data());
   comm.allreduce_max(maxes.data(), static_cast<int>(maxes.size()));
   std::vector<std::int64_t> row_bytes(to_rank.begin(), to_rank.end());
   m.traffic.assign(static_cast<std::size_t>(P * P), 0);

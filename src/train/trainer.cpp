@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "comm/exact_sum.hpp"
+#include "comm/ordered_sum.hpp"
 #include "core/shard.hpp"
 #include "core/stop_signal.hpp"
 #include "core/timer.hpp"
@@ -58,14 +60,43 @@ void set_totals(TrainSummary& sum, const TrainProgress& t) {
 
 template <class T>
 void zero_grads(const ParamList<T>& ps) {
-  for (Param<T>* p : ps) p->grad.setZero();
+  for (Param<T>* p : ps) {
+    p->grad.setZero();
+    p->tree.reset(static_cast<std::size_t>(p->size()));
+  }
 }
 
+// Exact (comm/exact_sum): the sum over ranks must not depend on how many hold the terms.
 template <class T>
-double sum_squares(const ParamList<T>& ps) {
-  double s = 0;
+FixedSum sum_squares(const ParamList<T>& ps) {
+  FixedSum s;
   for (Param<T>* p : ps) s += static_cast<double>(p->grad.squaredNorm());
   return s;
+}
+
+// Chunked gradients: each parameter's local tree, then one tree over the ranks' nodes
+// (comm/ordered_sum), for every replicated gradient in one buffer.
+template <class T>
+void tree_reduce_grads(const Communicator& comm, const ParamList<T>& ps, std::vector<T>& buf) {
+  std::size_t total = 0;
+  std::vector<std::size_t> sizes;
+  for (Param<T>* p : ps) {
+    total += static_cast<std::size_t>(p->size());
+    sizes.push_back(static_cast<std::size_t>(p->size()));
+  }
+  buf.resize(total);
+  std::vector<char> nonempty;
+  std::size_t off = 0;
+  for (Param<T>* p : ps) {
+    nonempty.push_back(p->tree.result(buf.data() + off) ? 1 : 0);
+    off += static_cast<std::size_t>(p->size());
+  }
+  tree_allreduce(comm, buf.data(), sizes, nonempty);
+  off = 0;
+  for (Param<T>* p : ps) {
+    std::copy(buf.data() + off, buf.data() + off + p->size(), p->grad.data());
+    off += static_cast<std::size_t>(p->size());
+  }
 }
 
 // One all-reduce for every replicated gradient.
@@ -89,12 +120,34 @@ void allreduce_grads(const Communicator& comm, const ParamList<T>& ps, std::vect
 
 }  // namespace
 
+RankInvariance rank_invariance(std::int64_t chunk, std::int64_t B, std::int64_t val_tokens, int P) {
+  RankInvariance r;
+  auto no = [&](const std::string& why) {
+    r.reason = why;
+    return r;
+  };
+  if (chunk <= 0) return no("--chunk-tokens 0 (layout-dependent sums)");
+  if (chunk % 8 != 0) return no("--chunk-tokens " + std::to_string(chunk) + " is not a multiple of 8");
+  if (B % chunk != 0 || !is_power_of_two(B / chunk))
+    return no("--batch-tokens " + std::to_string(B) + " is not a power of two times --chunk-tokens " +
+              std::to_string(chunk));
+  if (!is_power_of_two(P) || (B / chunk) % P != 0)
+    return no(std::to_string(P) + " ranks: not a power of two dividing the " + std::to_string(B / chunk) +
+              " chunks of a batch");
+  const std::int64_t tail = val_tokens % B;
+  if (tail % (chunk * P) != 0)
+    return no("the last validation batch (" + std::to_string(tail) + " tokens) is not whole chunks on every rank");
+  r.identical = true;
+  r.chunk_tokens = chunk;
+  return r;
+}
+
 template <class T>
 std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
                                    const Task& task, std::int64_t tokens,
                                    std::int64_t chunk, std::vector<std::int64_t>* routing_counts,
                                    const std::function<void()>& after_forward) {
-  double sums[2] = {0, 0};  // loss, correct
+  FixedSum sums[2];  // loss, correct: exact, so the means do not depend on the layout
   model.set_mode(false, 0);
   const std::vector<MoeLayer<T>*> moe = model.moe_layers();
   const int E = model.config().moe.experts, S = task.sources();
@@ -117,11 +170,11 @@ std::pair<double, double> evaluate(const Communicator& comm, Model<T>& model,
     sums[0] += lr.sum;
     sums[1] += static_cast<double>(lr.correct);
   }
-  comm.allreduce_sum(sums, 2);
+  allreduce_exact(comm, sums, 2);
   if (routing_counts && !routing_counts->empty())
     comm.allreduce_sum(routing_counts->data(), static_cast<int>(routing_counts->size()));
   const double denom = tokens > 0 ? static_cast<double>(tokens) : 1.0;
-  return {sums[0] / denom, task.classification() ? sums[1] / denom : -1.0};
+  return {sums[0].value() / denom, task.classification() ? sums[1].value() / denom : -1.0};
 }
 
 template <class T>
@@ -150,6 +203,8 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     save_checkpoint(comm, cfg.checkpoint, replicated, experts, p, cfg.options, &out, model_state(model));
   };
   const Shard sh = shard_of(cfg.batch_tokens, comm.rank(), comm.size());
+  const bool chunked = cfg.chunk_tokens > 0;
+  model.set_chunk(static_cast<Index>(cfg.chunk_tokens));
 
   for (std::int64_t step = first_step; step <= cfg.steps; ++step) {
     Stopwatch step_clock;
@@ -165,14 +220,19 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     in.loss = model.loss_and_backward(y, b, task.classification(), cfg.batch_tokens);
     {
       ScopedTimer t(in.reduce_seconds);
-      allreduce_grads(comm, replicated, grad_buf);
+      if (chunked) tree_reduce_grads(comm, replicated, grad_buf);
+      else allreduce_grads(comm, replicated, grad_buf);
       // Each replica of an expert saw only its group's tokens: sum over the replicas.
-      if (groups.groups() > 1) allreduce_grads(groups.replicas(), experts, grad_buf);
+      if (chunked) tree_reduce_grads(groups.replicas(), experts, grad_buf);
+      else if (groups.groups() > 1) allreduce_grads(groups.replicas(), experts, grad_buf);
     }
     double scale = 1.0;
     if (cfg.grad_clip > 0) {
       // One group holds every expert once.
-      const double norm = std::sqrt(sum_squares(replicated) + groups.group().allreduce_sum(sum_squares(experts)));
+      FixedSum sq = sum_squares(experts);
+      allreduce_exact(groups.group(), &sq, 1);
+      sq += sum_squares(replicated);
+      const double norm = std::sqrt(sq.value());
       if (norm > cfg.grad_clip) scale = cfg.grad_clip / norm;
     }
     adam.step(all, scale);

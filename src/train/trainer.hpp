@@ -30,6 +30,8 @@ struct TrainConfig {
   std::string checkpoint;            // checkpoint file; empty: none
   std::int64_t checkpoint_every = 0; // steps between checkpoints (0: only when stopped and at the end)
   std::string options;               // the run's options (INI text), stored in checkpoints
+  std::int64_t chunk_tokens = 0;     // rank-count invariant sums in chunks of this many tokens
+                                     // (rank_invariance(): 0 where they cannot hold)
   TrainProgress start;               // a resumed run continues after start.step
 };
 
@@ -49,6 +51,19 @@ struct TrainSummary {
   // expert, source), L_moe x E x S row-major.
   std::vector<std::int64_t> routing_counts;
 };
+
+// Whether a run's results are bit-identical on any rank count and --ep-size: every product
+// over token rows runs in blocks of `chunk_tokens` global tokens (an expert's rows per
+// block too), and every gradient is summed in one binary tree over the blocks
+// (comm/ordered_sum), which needs B / chunk a power of two, P a power of two dividing
+// it, and validation batches that are whole chunks on every rank.
+struct RankInvariance {
+  bool identical = false;
+  std::string reason;            // why not (empty when identical)
+  std::int64_t chunk_tokens = 0; // the chunk the run uses: 0 when not identical
+};
+RankInvariance rank_invariance(std::int64_t chunk_tokens, std::int64_t batch_tokens,
+                               std::int64_t val_tokens, int ranks);
 
 template <class T>
 TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,

@@ -92,7 +92,7 @@ TEST(Gradients, TaskLosses) {
     Mat<double> out = random_matrix(6, task.output_width(), 51), dout;
     const std::int64_t B = 10;  // as if the global batch were larger than this shard
     task_loss<double>(out, b, task.classification(), B, &dout);
-    auto loss = [&] { return task_loss<double>(out, b, task.classification(), B, nullptr).sum / B; };
+    auto loss = [&] { return task_loss<double>(out, b, task.classification(), B, nullptr).sum.value() / B; };
     EXPECT_GRAD_CLOSE(dout, numerical_grad(out, loss), classes ? "cross-entropy" : "MSE");
   }
 }
@@ -130,7 +130,7 @@ TEST(Gradients, WholeModelOneRank) {
         aux += l->stats().aux_loss;
         z += l->stats().z_loss;
       }
-      return task_loss<double>(out, b, task.classification(), 9, nullptr).sum / 9 +
+      return task_loss<double>(out, b, task.classification(), 9, nullptr).sum.value() / 9 +
              mc.moe.aux_loss_weight * aux + mc.moe.z_loss_weight * z;
     };
     loss();

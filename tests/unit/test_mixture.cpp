@@ -74,22 +74,23 @@ TEST_P(MixtureLossGradients, ExpertPredictionsAndGates) {
   const bool cls = classes > 0;
   Mat<double> dF, dG, pred;
   const MixtureLossResult r = mixture_loss<double>(kind, F, G, b, cls, B, &pred, &dF, &dG);
-  auto loss = [&] { return mixture_loss<double>(kind, F, G, b, cls, B, nullptr, nullptr, nullptr).objective / B; };
+  auto loss = [&] { return mixture_loss<double>(kind, F, G, b, cls, B, nullptr, nullptr, nullptr).objective.value() / B; };
   EXPECT_GRAD_CLOSE(dF, numerical_grad(F, loss), "dF");
   EXPECT_GRAD_CLOSE(dG, numerical_grad(G, loss), "dG");
   // The prediction's ordinary task loss is the mixture's loss (global objective).
   const LossResult tl = task_loss<double>(pred, b, cls, B, nullptr);
-  EXPECT_NEAR(tl.sum, r.prediction, 1e-12 * std::max(1.0, r.prediction));
+  const double obj = r.objective.value(), prediction = r.prediction.value(), spread = r.spread.value();
+  EXPECT_NEAR(tl.sum.value(), prediction, 1e-12 * std::max(1.0, prediction));
   if (kind == MixtureLoss::kGlobal) {
-    EXPECT_NEAR(r.objective, r.prediction, 1e-12 * std::max(1.0, r.prediction));
+    EXPECT_NEAR(obj, prediction, 1e-12 * std::max(1.0, prediction));
   }
   // Regression: per-expert = global + gate-weighted spread of the predictions.
   if (!cls && kind == MixtureLoss::kPerExpert) {
-    EXPECT_NEAR(r.objective, r.prediction + r.spread, 1e-12 * r.objective);
+    EXPECT_NEAR(obj, prediction + spread, 1e-12 * obj);
   }
   // Classification: the mixture's log-likelihood is at least the mean of the experts' (Jensen).
   if (cls && kind == MixtureLoss::kPerExpert) {
-    EXPECT_GE(r.objective, r.prediction - 1e-12);
+    EXPECT_GE(obj, prediction - 1e-12);
   }
 }
 
@@ -145,10 +146,10 @@ TEST_P(WholeModelVariants, FiniteDifferences) {
     double extra = 0;
     for (auto* l : model.moe_layers())
       extra += mc.moe.aux_loss_weight * l->stats().aux_loss + mc.moe.z_loss_weight * l->stats().z_loss;
-    if (c.mixture == MixtureLoss::kNone) return task_loss<double>(out, b, cls, 7, nullptr).sum / 7 + extra;
+    if (c.mixture == MixtureLoss::kNone) return task_loss<double>(out, b, cls, 7, nullptr).sum.value() / 7 + extra;
     std::vector<Mat<double>> keep;
     for (auto* p : all) keep.push_back(p->grad);
-    const double obj = model.loss_and_backward(out, b, cls, 7).objective;
+    const double obj = model.loss_and_backward(out, b, cls, 7).objective.value();
     for (std::size_t i = 0; i < all.size(); ++i) all[i]->grad = keep[i];
     return obj / 7 + extra;
   };

@@ -112,7 +112,7 @@ TEST(Gradients, TokenModelOnLmBatch) {
     model.forward(b.x, out);
     double aux = 0;
     for (auto* l : model.moe_layers()) aux += l->stats().aux_loss;
-    return task_loss<double>(out, b, true, 7, nullptr).sum / 7 + mc.moe.aux_loss_weight * aux;
+    return task_loss<double>(out, b, true, 7, nullptr).sum.value() / 7 + mc.moe.aux_loss_weight * aux;
   };
   loss();
   task_loss<double>(out, b, true, 7, &dout);

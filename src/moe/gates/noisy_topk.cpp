@@ -47,7 +47,9 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
     Mat<R> h = f.logits;
     noisy_ = f.ctx.training;
     if (noisy_) {
-      const Mat<R> nl = f.xr * f.noise_weight.template cast<R>();
+      Mat<R> nl(n, E);
+      const Mat<R> wn = f.noise_weight.template cast<R>();
+      for_row_chunks(n, f.ctx.chunk, [&](Index b, Index r) { nl.middleRows(b, r).noalias() = f.xr.middleRows(b, r) * wn; });
       noise_logits_ = nl.template cast<double>();
       eps_.resize(n, E);
       for (Index t = 0; t < n; ++t)
@@ -109,9 +111,10 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
     const Index n = r.n;
     const int E = r.E, K = r.K;
     std::vector<double> sums(static_cast<std::size_t>(2 * E), 0.0);
+    std::vector<FixedSum> fixed(static_cast<std::size_t>(2 * E));
     load_z_ = Mat<double>::Zero(n, E);
     for (Index t = 0; t < n; ++t) {
-      for (int j = 0; j < K; ++j) sums[static_cast<std::size_t>(r.expert_of(t, j))] += static_cast<double>(r.gate(t, j));
+      for (int j = 0; j < K; ++j) fixed[static_cast<std::size_t>(r.expert_of(t, j))] += static_cast<double>(r.gate(t, j));
       if (K == E) continue;
       const double kth = static_cast<double>(sel(t, r.expert_of(t, K - 1)));
       const double next = static_cast<double>(sel(t, next_order_[static_cast<std::size_t>(t)]));
@@ -121,10 +124,12 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
             static_cast<double>(f.logits(t, e)) + (f.opt.bias_selection ? f.bias[static_cast<std::size_t>(e)] : 0.0);
         const double z = (clean - thr) / softplus(noise_logits_(t, e));
         load_z_(t, e) = z;
-        sums[static_cast<std::size_t>(E + e)] += normal_cdf(z);
+        fixed[static_cast<std::size_t>(E + e)] += normal_cdf(z);
       }
     }
-    if (f.ctx.comm) f.ctx.comm->allreduce_sum(sums.data(), 2 * E);
+    // Exact sums: the losses' gradients depend on them, and must not depend on the layout.
+    if (f.ctx.comm) allreduce_exact(*f.ctx.comm, fixed, sums.data());
+    else for (int i = 0; i < 2 * E; ++i) sums[static_cast<std::size_t>(i)] = fixed[static_cast<std::size_t>(i)].value();
     r.importance_loss = cv_squared(sums.data(), E, dimportance_);
     if (K < E) r.load_loss = cv_squared(sums.data() + E, E, dload_);
     else dload_.assign(static_cast<std::size_t>(E), 0.0);

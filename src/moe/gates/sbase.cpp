@@ -34,10 +34,12 @@ class SBaseGate final : public GateOf<T, SBaseGate<T>> {
         for (int e = 0; e < E; ++e) s += k(t, e) * v[static_cast<std::size_t>(e)];
         u[static_cast<std::size_t>(t)] = 1.0 / s;
       }
-      std::fill(col.begin(), col.end(), 0.0);
+      // Exact column sums: the plan, hence the routing, must not depend on the layout.
+      std::vector<FixedSum> fixed(static_cast<std::size_t>(E));
       for (Index t = 0; t < n; ++t)
-        for (int e = 0; e < E; ++e) col[static_cast<std::size_t>(e)] += k(t, e) * u[static_cast<std::size_t>(t)];
-      if (f.ctx.comm) f.ctx.comm->allreduce_sum(col.data(), E);
+        for (int e = 0; e < E; ++e) fixed[static_cast<std::size_t>(e)] += k(t, e) * u[static_cast<std::size_t>(t)];
+      if (f.ctx.comm) allreduce_exact(*f.ctx.comm, fixed, col.data());
+      else for (int e = 0; e < E; ++e) col[static_cast<std::size_t>(e)] = fixed[static_cast<std::size_t>(e)].value();
       for (int e = 0; e < E; ++e)
         if (col[static_cast<std::size_t>(e)] > 0) v[static_cast<std::size_t>(e)] = target / col[static_cast<std::size_t>(e)];
     }

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "comm/exact_sum.hpp"
+#include "core/row_chunks.hpp"
 #include "moe/gates/gate.hpp"
 
 namespace moesim {
