@@ -3,7 +3,7 @@
 # (the scaling grid, K = 1 vs 2 at equal compute, routers side by side) on local ranks, then
 # writes each one's report and the comparison with the published fits.
 #   scripts/run_clark.sh [OUT (default runs/clark)] [RANKS (default 2)]
-# About an hour on a 2-core machine; a killed run resumes where it stopped when started again.
+# About two hours on a 2-core machine; a killed run resumes where it stopped when started again.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$ROOT/scripts/setup.sh"
