@@ -21,7 +21,7 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e-start", type=float,
                    help="fix E_start of the saturating Ê (implies --saturating; S-BASE: 1.847)")
     p.add_argument("--e-max", type=float,
-                   help="fix E_max of the saturating Ê (implies --saturating; S-BASE: 314.883)")
+                   help="fix E_max of the saturating Ê (implies --saturating; S-BASE: 314.478)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples (points, then seeds within points; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")

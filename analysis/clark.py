@@ -25,7 +25,7 @@ from . import figures
 from .figures import plt
 from .load import load_runs, usable_runs
 from .report import markdown_table
-from .scaling import ScalingFit, fit_scaling_law
+from .scaling import E_MAX_SBASE, E_START_SBASE, ScalingFit, fit_scaling_law
 
 SWEEPS = ("clark_lm", "clark_lm_topk", "clark_lm_routers")
 LN10 = float(np.log(10.0))
@@ -33,7 +33,8 @@ LOSS = "val_loss"
 # Eq. (1) with the saturating Ê, per router, as quoted by secondary sources (a table of the
 # paper's fits in a public notes file, and its E_start/E_max): not checked against the paper here.
 PUBLISHED = {
-    "S-BASE": {"a": -0.082, "b": -0.108, "c": 0.009, "d": 1.104, "E_start": 1.847, "E_max": 314.478},
+    "S-BASE": {"a": -0.082, "b": -0.108, "c": 0.009, "d": 1.104, "E_start": E_START_SBASE,
+               "E_max": E_MAX_SBASE},
     "RL-R": {"a": -0.083, "b": -0.126, "c": 0.012, "d": 1.111, "E_start": 1.880, "E_max": 469.982},
     "Hash": {"a": -0.087, "b": -0.136, "c": 0.012, "d": 1.157, "E_start": 4.175, "E_max": 477.741},
 }

@@ -13,8 +13,8 @@ either E itself or the saturating transform
 which is ~E for small E, equals E_start at E = 1 and saturates at E_max. With the transform,
 E_start and E_max are fitted (least squares over all six parameters: for each (E_start, E_max)
 the four coefficients are linear, so the two are found by minimising the profile's residual sum
-of squares), or fixed to given values, e.g. E_start = 1.847, E_max = 314.883 (the values quoted
-for S-BASE from Clark et al., Table 4, from memory of the paper: not checked against it here).
+of squares), or fixed to given values, e.g. E_start = 1.847, E_max = 314.478 (the values quoted
+for S-BASE from Clark et al. by secondary sources: not checked against the paper here; analysis.clark holds every router's).
 Natural logarithms throughout.
 
 Seeds. Runs that differ only in the model seed are one grid point: the fit uses the log of each
@@ -51,7 +51,7 @@ import pandas as pd
 from .load import aggregate_seeds, point_columns, usable_runs
 
 E_START_SBASE = 1.847
-E_MAX_SBASE = 314.883
+E_MAX_SBASE = 314.478
 COEFFICIENTS = ("a", "b", "c", "d")
 SIGNED = ("a", "b", "c")          # coefficients whose sign the study is about
 MIN_LEVELS = 3                    # distinct model sizes and expert counts an identified fit needs
