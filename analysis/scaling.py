@@ -308,6 +308,11 @@ def fit_arrays(N, E, loss, *, saturating: bool = False, e_start: float | None = 
         raise ValueError(f"need 0 < E_start < E_max (got E_start={e_start}, E_max={e_max})")
     ids = np.asarray(ids if ids is not None else np.arange(len(L)), dtype=object)
     labels = (pd.Series(list(zip(N, E))) if points is None else pd.Series(list(points))).astype(str)
+    # One canonical order (N, E, point, id), so that the bootstrap's draws, and so the
+    # intervals, do not depend on the order in which run files were named or listed.
+    order = np.lexsort((ids.astype(str), labels.to_numpy(), E, N))
+    N, E, L, ids = N[order], E[order], L[order], ids[order]
+    labels = labels.iloc[order].reset_index(drop=True)
     codes, uniq = pd.factorize(labels, sort=False)
     P = len(uniq)
     members = [np.flatnonzero(codes == p) for p in range(P)]
@@ -365,7 +370,7 @@ def fit_arrays(N, E, loss, *, saturating: bool = False, e_start: float | None = 
         loss_name: np.exp(yp), f"{loss_name}_sd": [x.std(ddof=1) if len(x) > 1 else np.nan for x in losses],
         "predicted": np.exp(pred), "residual": resid})
     if files is not None:
-        files = np.asarray(files, dtype=object)
+        files = np.asarray(files, dtype=object)[order]
         table.insert(1, "files", [",".join(map(str, files[m])) for m in members])
     fit = ScalingFit(coef=dict(zip(COEFFICIENTS, map(float, beta))),
                      ci={k: (float(lo[i]), float(hi[i])) for i, k in enumerate(COEFFICIENTS)},

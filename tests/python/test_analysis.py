@@ -158,6 +158,21 @@ def test_fit_recovers_known_coefficients(saturating):
     assert "warning" not in text
 
 
+def test_fit_intervals_do_not_depend_on_the_order_of_runs():
+    # Two seeds per point, listed in two different orders (as two namings of the run files
+    # would list them): the bootstrap must draw the same resamples, so equal intervals.
+    N, E, L = synthetic(noise=0.02)
+    N2, E2 = np.concatenate([N, N]), np.concatenate([E, E])
+    L2 = np.concatenate([L, L * np.exp(np.random.default_rng(5).normal(0, 0.02, L.size))])
+    ids = np.array([f"run{i:03d}" for i in range(L2.size)], dtype=object)
+    perm = np.random.default_rng(7).permutation(L2.size)
+    a = fit_arrays(N2, E2, L2, ids=ids, bootstrap=200, seed=3)
+    b = fit_arrays(N2[perm], E2[perm], L2[perm], ids=ids[perm], bootstrap=200, seed=3)
+    for k in "abcd":
+        assert a.ci[k] == b.ci[k], k
+    assert a.residuals["ids"].tolist() == b.residuals["ids"].tolist()
+
+
 def test_fit_of_a_table_drops_incomplete_runs_and_says_so():
     import pandas as pd
     N, E, L = synthetic()
