@@ -7,8 +7,9 @@ ranks, from getrusage; on a loaded machine the steadier measure, startup include
 Prints one line per (shape, P) with both ratios.
 
 usage: python3 bench/repro_cost.py [--ranks 1,4] [--steps 300] [--repeats 3] [--chunk 64]
-Shapes: the default job's (experiments/quick.sweep.ini: D = 16..64, E up to 16, B = 512,
-switch routing, 2 layers) and D = 256.
+Shapes: the default job's (experiments/quick.sweep.ini: teacher task, D = 16..64, E = 1..32,
+B = 512, switch routing, 2 layers) and D = 256. With the default --expert-chunks, an expert's
+gradient has B / C / gcd(E, B / C) leaves: 8 at E = 1, one at E >= 8 (B / C = 8).
 """
 import argparse
 import os
@@ -25,11 +26,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" 
 from moesim_testing import moesim_path, mpiexec_prefix  # noqa: E402
 
 COMMON = ["--gate", "switch", "--top-k", "1", "--layers", "2", "--batch-tokens", "512", "--lr", "0.005",
-          "--capacity-factor", "1.25", "--task", "regimes", "--clusters", "32", "--val-tokens", "512"]
+          "--capacity-factor", "1.25", "--task", "teacher", "--teacher-experts", "64", "--teacher-hidden", "32",
+          "--teacher-noise", "0", "--val-tokens", "512"]
 SHAPES = {  # name: (D, F, E)
-    "quick D=16 E=16": (16, 32, 16),
+    "quick D=16 E=32": (16, 32, 32),
     "quick D=32 E=4": (32, 64, 4),
-    "quick D=64 E=16": (64, 128, 16),
+    "quick D=64 E=1": (64, 128, 1),
+    "quick D=64 E=32": (64, 128, 32),
     "D=256 E=16": (256, 512, 16),
 }
 

@@ -147,8 +147,11 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(i("chunk-tokens") >= 0, "--chunk-tokens must be >= 0 (got " << i("chunk-tokens") << ")");
   // Where bit-identity on any rank count holds (train/trainer.hpp); elsewhere the run
   // falls back to the layout-dependent sums and says why.
-  const RankInvariance ri = rank_invariance(i("chunk-tokens"), m.train.batch_tokens, m.train.val_tokens, P);
+  const RankInvariance ri = rank_invariance(i("chunk-tokens"), m.train.batch_tokens, m.train.val_tokens, P,
+                                            m.model.moe.experts, N, i("expert-chunks"));
   m.train.chunk_tokens = ri.chunk_tokens;
+  m.train.expert_chunks = ri.expert_chunks;
+  m.effective.emplace_back("effective_expert_chunks", static_cast<I>(ri.expert_chunks));
   m.effective.emplace_back("bit_identical", static_cast<I>(ri.identical ? 1 : 0));
   m.effective.emplace_back("bit_identical_reason", ri.reason);
   m.train.eval_every = i("eval-every");

@@ -91,6 +91,11 @@ po::options_description moe_options() {
        "are summed in one tree over the blocks, so losses, metrics and the model are bit-identical on any "
        "power-of-two rank count dividing B / C (B / C a power of two, C a multiple of 8, one expert group); "
        "the run file's bit_identical says whether they hold (0 = off: layout-dependent sums)")
+      ("expert-chunks", po::value<I>()->default_value(0),
+       "leaves of each expert's gradient per batch (runs of whole token chunks; a power of two dividing "
+       "B / C); bit-identity needs each expert's replica groups P / ep-size to divide it. 0: B / C / "
+       "gcd(E, B / C), enough for the default ep-size on every rank count and one block per expert when "
+       "E >= B / C (few leaves are cheap: each costs a product and a tree node per expert)")
       ("eval-every", po::value<I>()->default_value(0), "validate every n steps as well as at the end (0 = end only)")
       ("out", po::value<std::string>()->default_value("moe_run.h5"), "run file (HDF5) to write")
       ("flush-every", po::value<I>()->default_value(50), "steps between run-file flushes")

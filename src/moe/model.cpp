@@ -163,10 +163,10 @@ void Model<T>::backward_blocks(Mat<T>& dh, std::size_t end) {
 }
 
 template <class T>
-void Model<T>::set_chunk(Index chunk) {
+void Model<T>::set_chunk(Index chunk, Index expert_chunks) {
   chunk_ = chunk;
   for (Block& b : blocks_)
-    if (b.moe) b.moe->set_chunk(chunk);
+    if (b.moe) b.moe->set_chunk(chunk, expert_chunks);
 }
 
 template <class T>

@@ -57,7 +57,8 @@ class Model {
   // Rank-count invariant sums: every product over token rows in blocks of `chunk` global
   // tokens, and every replicated gradient pushed into its parameter's tree, one leaf per
   // block (comm/ordered_sum). 0: one block per rank, gradients added to grad.
-  void set_chunk(Index chunk);
+  // `expert_chunks`: the leaves of each expert's gradient tree in a whole batch (MoeLayer).
+  void set_chunk(Index chunk, Index expert_chunks = 0);
   Index chunk() const { return chunk_; }
   // COLLECTIVE. After forward: the training loss (task loss, or the mixture loss) and its
   // backward pass, normalised by the global token count B_global.

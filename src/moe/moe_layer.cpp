@@ -1,5 +1,6 @@
 #include "moe/moe_layer.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "comm/exact_sum.hpp"
@@ -175,18 +176,32 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
 
 // A block holds the expert's rows from each source rank of the group in turn, each in
 // token order, so the rows of a token chunk are contiguous, and the group's ranks hold
-// consecutive chunks. The expert then computes and sums per chunk, whatever group the
-// chunk landed in.
+// consecutive chunks. The expert computes and sums per leaf: a run of consecutive chunks
+// that is the same on every layout, whatever group it landed in. A batch of L chunks has
+// min(expert_leaves_, largest power of two dividing L) leaves, so the validation's last,
+// shorter batch is cut the same way on every layout too; a group holds whole leaves as long
+// as the replica groups G divide that count (rank_invariance() sees to it).
 template <class T>
 void MoeLayer<T>::plan_expert_chunks(const std::vector<std::int64_t>& counts) {
   const int E = cfg_.experts;
-  const std::int64_t chunks = static_cast<std::int64_t>(counts.size()) / E;
-  const std::int64_t per_group = chunks / groups_->groups(), first = groups_->group_index() * per_group;
+  const std::int64_t chunks = static_cast<std::int64_t>(counts.size()) / E, G = groups_->groups();
+  std::int64_t leaves = chunks & -chunks;
+  if (expert_leaves_ > 0) leaves = std::min<std::int64_t>(leaves, expert_leaves_);
+  leaves = std::max(leaves, G);
+  MOESIM_REQUIRE(chunks % leaves == 0 && leaves % G == 0,
+                 "expert leaves: " << leaves << " for " << chunks << " token chunks and " << G << " replica groups");
+  const std::int64_t span = chunks / leaves, per_group = leaves / G;
+  const std::int64_t first = groups_->group_index() * per_group * span;
   expert_chunks_.assign(static_cast<std::size_t>(local_experts()), {});
   for (int le = 0; le < local_experts(); ++le) {
     const int e = dispatcher_.first_local_expert() + le;
-    for (std::int64_t c = first; c < first + per_group; ++c)
-      expert_chunks_[static_cast<std::size_t>(le)].push_back(static_cast<Index>(counts[static_cast<std::size_t>(c * E + e)]));
+    auto& rows = expert_chunks_[static_cast<std::size_t>(le)];
+    for (std::int64_t l = 0; l < per_group; ++l) {
+      Index r = 0;
+      for (std::int64_t c = first + l * span; c < first + (l + 1) * span; ++c)
+        r += static_cast<Index>(counts[static_cast<std::size_t>(c * E + e)]);
+      rows.push_back(r);
+    }
   }
 }
 

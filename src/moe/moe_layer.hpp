@@ -65,10 +65,14 @@ class MoeLayer {
     training_ = training;
     step_ = step;
   }
-  // Token rows per product block (core/row_chunks.hpp) of the router, the shared experts
-  // and, per token chunk, the experts; their gradients then go to the parameters' trees.
-  void set_chunk(Index chunk) {
+  // Token rows per product block (core/row_chunks.hpp) of the router and the shared
+  // experts; their gradients then go to the parameters' trees. The experts' blocks are
+  // coarser: `expert_chunks` leaves per whole batch (0: one per token chunk), each a run
+  // of consecutive token chunks, so that an expert's few rows per token chunk do not each
+  // cost a product and a tree node (see plan_expert_chunks).
+  void set_chunk(Index chunk, Index expert_chunks = 0) {
     chunk_ = chunk;
+    expert_leaves_ = expert_chunks;
     router_.set_chunk(chunk);
   }
 
@@ -98,6 +102,7 @@ class MoeLayer {
   const Communicator& comm_;  // all P ranks (groups_->world())
   MoeLayerConfig cfg_;
   Index chunk_ = 0;
+  Index expert_leaves_ = 0;
   Dispatcher dispatcher_;
   Router<T> router_;
   std::vector<Ffn<T>> experts_;
@@ -105,8 +110,8 @@ class MoeLayer {
 
   // Router, capacity, dispatch, experts, combine (into combined_), shared experts.
   void run_experts(const Mat<T>& x);
-  // Chunked: each local expert's block rows per token chunk of the group, in block order,
-  // from the kept assignments per (global chunk, expert) summed over all ranks.
+  // Chunked: each local expert's block rows per leaf (a run of token chunks) of the group,
+  // in block order, from the kept assignments per (global chunk, expert) summed over all ranks.
   void plan_expert_chunks(const std::vector<std::int64_t>& chunk_expert_counts);
   std::vector<std::vector<Index>> expert_chunks_;
   // The rest of backward given the send rows' and gates' gradients.

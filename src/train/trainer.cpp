@@ -1,5 +1,6 @@
 #include "train/trainer.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -120,7 +121,8 @@ void allreduce_grads(const Communicator& comm, const ParamList<T>& ps, std::vect
 
 }  // namespace
 
-RankInvariance rank_invariance(std::int64_t chunk, std::int64_t B, std::int64_t val_tokens, int P) {
+RankInvariance rank_invariance(std::int64_t chunk, std::int64_t B, std::int64_t val_tokens, int P,
+                               int E, int N, std::int64_t expert_chunks) {
   RankInvariance r;
   auto no = [&](const std::string& why) {
     r.reason = why;
@@ -137,8 +139,20 @@ RankInvariance rank_invariance(std::int64_t chunk, std::int64_t B, std::int64_t 
   const std::int64_t tail = val_tokens % B;
   if (tail % (chunk * P) != 0)
     return no("the last validation batch (" + std::to_string(tail) + " tokens) is not whole chunks on every rank");
-  r.identical = true;
+  const std::int64_t L = B / chunk;
+  MOESIM_CONFIG_CHECK(expert_chunks >= 0 && (expert_chunks == 0 || (is_power_of_two(expert_chunks) && L % expert_chunks == 0)),
+                      "--expert-chunks (" << expert_chunks << ") must be 0 (automatic) or a power of two dividing the "
+                                          << L << " token chunks of a batch (--batch-tokens / --chunk-tokens)");
+  const std::int64_t e2 = std::min<std::int64_t>(static_cast<std::int64_t>(E) & -static_cast<std::int64_t>(E), L);
+  const std::int64_t leaves = expert_chunks > 0 ? expert_chunks : L / std::max<std::int64_t>(e2, 1);
+  const std::int64_t G = N > 0 ? P / N : 1;
   r.chunk_tokens = chunk;
+  r.expert_chunks = std::max(leaves, G);
+  if (G > leaves)
+    return no("--ep-size " + std::to_string(N) + " makes " + std::to_string(G) +
+              " replica groups of each expert, more than its " + std::to_string(leaves) +
+              " gradient leaves per batch (--expert-chunks " + std::to_string(G) + " or more restores bit-identity)");
+  r.identical = true;
   return r;
 }
 
@@ -204,7 +218,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   };
   const Shard sh = shard_of(cfg.batch_tokens, comm.rank(), comm.size());
   const bool chunked = cfg.chunk_tokens > 0;
-  model.set_chunk(static_cast<Index>(cfg.chunk_tokens));
+  model.set_chunk(static_cast<Index>(cfg.chunk_tokens), static_cast<Index>(cfg.expert_chunks));
 
   for (std::int64_t step = first_step; step <= cfg.steps; ++step) {
     Stopwatch step_clock;

@@ -32,6 +32,7 @@ struct TrainConfig {
   std::string options;               // the run's options (INI text), stored in checkpoints
   std::int64_t chunk_tokens = 0;     // rank-count invariant sums in chunks of this many tokens
                                      // (rank_invariance(): 0 where they cannot hold)
+  std::int64_t expert_chunks = 0;    // leaves per batch of each expert's gradient (rank_invariance())
   TrainProgress start;               // a resumed run continues after start.step
 };
 
@@ -53,17 +54,23 @@ struct TrainSummary {
 };
 
 // Whether a run's results are bit-identical on any rank count and --ep-size: every product
-// over token rows runs in blocks of `chunk_tokens` global tokens (an expert's rows per
-// block too), and every gradient is summed in one binary tree over the blocks
-// (comm/ordered_sum), which needs B / chunk a power of two, P a power of two dividing
-// it, and validation batches that are whole chunks on every rank.
+// over token rows runs in blocks of `chunk_tokens` global tokens, an expert's rows in
+// blocks of `expert_chunks` leaves per batch (runs of whole token chunks), and every
+// gradient is summed in one binary tree over its blocks (comm/ordered_sum). That needs
+// B / chunk a power of two, P a power of two dividing it, validation batches that are
+// whole chunks on every rank, and each expert's replica groups (P / ep-size) dividing its
+// leaves. Leaves default to B / chunk / gcd(E, B / chunk): enough for every layout with
+// the default ep-size gcd(E, P), and one block per expert when E >= B / chunk.
 struct RankInvariance {
   bool identical = false;
-  std::string reason;            // why not (empty when identical)
-  std::int64_t chunk_tokens = 0; // the chunk the run uses: 0 when not identical
+  std::string reason;             // why not (empty when identical)
+  std::int64_t chunk_tokens = 0;  // the chunk the run uses: 0 when the chunk conditions fail
+  std::int64_t expert_chunks = 0; // the experts' leaves per batch the run uses
 };
+// expert_chunks: --expert-chunks (0 = the default above); experts E, ep_size N of P ranks.
 RankInvariance rank_invariance(std::int64_t chunk_tokens, std::int64_t batch_tokens,
-                               std::int64_t val_tokens, int ranks);
+                               std::int64_t val_tokens, int ranks, int experts = 1, int ep_size = 1,
+                               std::int64_t expert_chunks = 0);
 
 template <class T>
 TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,

@@ -1,7 +1,7 @@
 """Bit-identical training on 1, 2 and 4 ranks (issue 12): with --chunk-tokens (default 64)
 every per-step metric, the validation loss and the final model (parameters and Adam moments
 in the checkpoint) are the same bits for any power-of-two rank count dividing B / C and any
---ep-size, in fp32, over enough steps for a drift to show. Where the conditions fail the run
+--ep-size whose replica groups divide --expert-chunks, in fp32, over enough steps for a drift to show. Where the conditions fail the run
 file says so (bit_identical = 0 and the reason).
 """
 from __future__ import annotations
@@ -15,14 +15,16 @@ STEPS = 320
 BASE = dict(d_model=16, d_ff=32, layers=2, steps=STEPS, batch_tokens=256, val_tokens=512, seed=7,
             precision="fp32", lr=0.01)
 # Representative: each gate family, every dispatch algorithm, replica groups (--ep-size below
-# P), shared and fine-grained experts, the mixture loss, the teacher and LM tasks, fp64 once.
+# P, with --expert-chunks B / C so that every replica group holds whole leaves; the other
+# configurations use the default, fewer leaves), shared and fine-grained experts, the mixture
+# loss, the teacher and LM tasks, fp64 once.
 CONFIGS = {
     "topk-alltoallv-zloss": dict(experts=4, top_k=2, capacity_factor=1.0, z_loss=0.01),
     "sbase-padded-shared-fine-ep1": dict(experts=4, top_k=2, gate="sbase", dispatch="padded", shared_experts=1,
-                                         granularity=2, ep_size=1),
+                                         granularity=2, ep_size=1, expert_chunks=4),
     "noisy-p2p-teacher": dict(experts=4, top_k=2, gate="noisy-topk", dispatch="p2p", task="teacher"),
     "dense-mixture-allgather-ep2": dict(experts=4, gate="dense", mixture_loss="global", dispatch="allgather",
-                                        ep_size={1: None, 2: 2, 4: 2}, problem="classification"),
+                                        ep_size={1: None, 2: 2, 4: 2}, expert_chunks=4, problem="classification"),
     "expert-choice-lm": dict(experts=4, gate="expert-choice", task="lm", context=4, embed_dim=4),
     "switch-bias-fp64": dict(experts=4, top_k=1, gate="switch", balance="bias", precision="fp64", steps=120),
 }

@@ -2,7 +2,9 @@
 consecutive ranks, each group holding every expert and exchanging tokens only inside itself.
 
 The same seed gives the same training run for every (P, N): per-step losses, expert token
-counts and drops identical bit for bit (--chunk-tokens, the default); E = 1 and
+counts and drops identical bit for bit (--chunk-tokens, the default, with --expert-chunks
+B / C: every expert's gradient in as many leaves as token chunks, so that any N keeps them
+whole; the default, fewer leaves, covers the default N only, tested below); E = 1 and
 E < P run on any P; the run file records the effective N and the number of groups;
 `metrics/traffic` stays P x P with bytes inside groups only; checkpoints written under one
 (P, N) resume under any other. Run with `pytest -s` to see the measured errors.
@@ -19,7 +21,7 @@ import pytest
 from moesim_testing import error_lines
 
 CFG = dict(d_model=16, d_ff=32, layers=2, steps=20, batch_tokens=256, val_tokens=512,
-           seed=7, capacity_factor=1.0)
+           seed=7, capacity_factor=1.0, expert_chunks=4)
 # (E, P, N); N = 0: the default gcd(E, P). Every valid N on 2 and 4 ranks for E = 1, 2, 4.
 PAIRS = [(1, 2, 0), (1, 4, 0),
          (2, 2, 1), (2, 2, 2), (2, 4, 1), (2, 4, 0),
@@ -126,6 +128,28 @@ def test_traffic_stays_inside_groups(runs):
         np.testing.assert_array_equal(m["rank_expert_tokens"].sum(axis=1), ref["rank_expert_tokens"].sum(axis=1))
 
 
+def test_default_expert_chunks_cover_the_default_ep_size_only(run_moe, tmp_path):
+    # E = 4, B / C = 4 token chunks: by default one leaf per expert (E >= B / C). The default
+    # N = gcd(E, P) keeps one replica group on any P and matches 1 rank bit for bit; N = 2 on
+    # 4 ranks makes 2 groups, which one leaf cannot serve: the run says so and how to fix it.
+    opts = dict(CFG, steps=30, experts=4, top_k=1, gate="switch", precision="fp32")
+    del opts["expert_chunks"]
+    _, one = run_moe(tmp_path, 1, **opts, out=tmp_path / "one.h5")
+    _, four = run_moe(tmp_path, 4, **opts, out=tmp_path / "four.h5")
+    _, split = run_moe(tmp_path, 4, **opts, ep_size=2, out=tmp_path / "split.h5")
+    (m1, a1), (m4, a4), (ms, as_) = read(one), read(four), read(split)
+    assert a1["effective_expert_chunks"] == 1 and a4["effective_expert_chunks"] == 1
+    assert a4["bit_identical"] == 1, a4["bit_identical_reason"]
+    np.testing.assert_array_equal(m4["train_loss"], m1["train_loss"])
+    assert m4["val_loss"] == m1["val_loss"]
+    assert as_["bit_identical"] == 0 and as_["effective_expert_chunks"] == 2
+    assert "--expert-chunks 2 or more restores bit-identity" in as_["bit_identical_reason"]
+    proc, _ = run_moe(tmp_path, 1, check=False, **opts, expert_chunks=3, out=tmp_path / "bad.h5")
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "--expert-chunks (3) must be 0 (automatic) or a power of two" in lines[0], proc.stderr
+
+
 def test_alias_and_rejected_ep_sizes(run_moe, tmp_path):
     opts = dict(CFG, steps=3, experts=4, top_k=2)
     _, a = run_moe(tmp_path, 4, **opts, ep_size=2, out=tmp_path / "a.h5")
@@ -148,7 +172,7 @@ def test_alias_and_rejected_ep_sizes(run_moe, tmp_path):
 
 
 RESUME = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, batch_tokens=256, val_tokens=256,
-              precision="fp64", steps=12, flush_every=1, capacity_factor=1.0)
+              precision="fp64", steps=12, flush_every=1, capacity_factor=1.0, expert_chunks=4)
 
 
 def test_checkpoint_written_under_one_ep_size_resumes_under_any_other(run_moe, tmp_path):
