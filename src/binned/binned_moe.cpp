@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "binned/bins.hpp"
+#include "comm/exact_sum.hpp"
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "core/timer.hpp"
@@ -47,18 +48,20 @@ Rows pick(const Table& t, const std::vector<std::int64_t>& id, const std::vector
 }
 
 // COLLECTIVE. Weighted RMSE of pred against y over the rows where keep is set; NaN
-// when those rows weigh nothing.
+// when those rows weigh nothing. Every sum over rows in this file is exact (FixedSum,
+// comm/exact_sum), so the diagnostics are the same bits on any rank count.
 double rmse(const Communicator& comm, const std::vector<double>& pred, const std::vector<double>& y,
             const std::vector<double>& w, const std::vector<char>& keep) {
-  double s[2] = {0, 0};
+  std::vector<FixedSum> s(2);
   for (std::size_t i = 0; i < pred.size(); ++i)
     if (keep[i]) {
       const double e = pred[i] - y[i];
       s[0] += w[i] * e * e;
       s[1] += w[i];
     }
-  comm.allreduce_sum(s, 2);
-  return s[1] > 0 ? std::sqrt(s[0] / s[1]) : kNaN;
+  double t[2];
+  allreduce_exact(comm, s, t);
+  return t[1] > 0 ? std::sqrt(t[0] / t[1]) : kNaN;
 }
 
 std::vector<char> where(const std::vector<int>& v, int value) {
@@ -266,12 +269,13 @@ void score_splits(const Communicator& comm, const Table& data, const BinnedOptio
     res.gate_log_loss = s.log_loss;
   }
   // Chance: always answering the bin that weighs most among the training rows.
-  std::vector<double> bin_weight(static_cast<std::size_t>(2 * B), 0.0);  // sp.train, sp.test
+  std::vector<FixedSum> bin_sums(static_cast<std::size_t>(2 * B));  // sp.train, sp.test
   for (std::size_t i = 0; i < N; ++i) {
-    if (sp.train[i]) bin_weight[static_cast<std::size_t>(res.bin[i])] += w[i];
-    if (sp.test[i]) bin_weight[static_cast<std::size_t>(B + res.bin[i])] += w[i];
+    if (sp.train[i]) bin_sums[static_cast<std::size_t>(res.bin[i])] += w[i];
+    if (sp.test[i]) bin_sums[static_cast<std::size_t>(B + res.bin[i])] += w[i];
   }
-  comm.allreduce_sum(bin_weight.data(), 2 * B);
+  std::vector<double> bin_weight(bin_sums.size());
+  allreduce_exact(comm, bin_sums, bin_weight.data());
   const auto majority = std::max_element(bin_weight.begin(), bin_weight.begin() + B) - bin_weight.begin();
   double test_weight = 0;
   for (int k = 0; k < B; ++k) test_weight += bin_weight[static_cast<std::size_t>(B + k)];
@@ -289,7 +293,7 @@ void gate_diagnostics(const Communicator& comm, const Table& data, const BinnedO
   const std::size_t BB = static_cast<std::size_t>(B) * static_cast<std::size_t>(B);
   res.confusion.assign(BB, 0);
   res.histogram.assign(BB * static_cast<std::size_t>(H), 0);
-  std::vector<double> prob_sum(BB + static_cast<std::size_t>(B), 0.0);  // then the weight per true bin
+  std::vector<FixedSum> prob_acc(BB + static_cast<std::size_t>(B));  // then the weight per true bin
   for (Index i = 0; i < n; ++i) {
     const std::size_t s = static_cast<std::size_t>(i);
     if (!sp.test[s]) continue;
@@ -302,13 +306,14 @@ void gate_diagnostics(const Communicator& comm, const Table& data, const BinnedO
       const int h = std::clamp(static_cast<int>(std::floor(p * H)), 0, H - 1);
       ++res.histogram[(k * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)) * static_cast<std::size_t>(H) +
                       static_cast<std::size_t>(h)];
-      prob_sum[k * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)] += w[s] * p;
+      prob_acc[k * static_cast<std::size_t>(B) + static_cast<std::size_t>(j)] += w[s] * p;
     }
-    prob_sum[BB + k] += w[s];
+    prob_acc[BB + k] += w[s];
   }
   comm.allreduce_sum(res.confusion.data(), static_cast<int>(BB));
   comm.allreduce_sum(res.histogram.data(), static_cast<int>(res.histogram.size()));
-  comm.allreduce_sum(prob_sum.data(), static_cast<int>(prob_sum.size()));
+  std::vector<double> prob_sum(prob_acc.size());
+  allreduce_exact(comm, prob_acc, prob_sum.data());
   res.mean_probability.assign(BB, kNaN);
   for (std::size_t k = 0; k < static_cast<std::size_t>(B); ++k)
     for (std::size_t j = 0; j < static_cast<std::size_t>(B); ++j)
@@ -325,15 +330,16 @@ void expert_diagnostics(const Communicator& comm, const Table& data, const Split
   res.expert_loss.assign(static_cast<std::size_t>(B) * 5, kNaN);
   const std::size_t BB = static_cast<std::size_t>(B) * static_cast<std::size_t>(B);
   res.expert_rmse_by_bin.assign(BB, kNaN);
-  double test_w = 0;
-  std::vector<double> mass(static_cast<std::size_t>(B), 0.0);
+  std::vector<FixedSum> acc(static_cast<std::size_t>(B) + 1);  // gate mass per expert, then the test weight
   for (Index i = 0; i < n; ++i)
     if (sp.test[static_cast<std::size_t>(i)]) {
-      test_w += w[static_cast<std::size_t>(i)];
-      for (int k = 0; k < B; ++k) mass[static_cast<std::size_t>(k)] += w[static_cast<std::size_t>(i)] * res.gate(i, k);
+      acc[static_cast<std::size_t>(B)] += w[static_cast<std::size_t>(i)];
+      for (int k = 0; k < B; ++k) acc[static_cast<std::size_t>(k)] += w[static_cast<std::size_t>(i)] * res.gate(i, k);
     }
-  comm.allreduce_sum(mass.data(), B);
-  test_w = comm.allreduce_sum(test_w);
+  std::vector<double> mass(acc.size());
+  allreduce_exact(comm, acc, mass.data());
+  const double test_w = mass[static_cast<std::size_t>(B)];
+  mass.pop_back();
   for (int k = 0; k < B; ++k) {
     std::vector<double> f(N);
     for (std::size_t i = 0; i < N; ++i) f[i] = res.experts(static_cast<Index>(i), k);

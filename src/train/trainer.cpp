@@ -59,10 +59,11 @@ void set_totals(TrainSummary& sum, const TrainProgress& t) {
   sum.dropped_fraction = t.step > 0 ? t.dropped_sum / static_cast<double>(t.step) : 0.0;
 }
 
+// Chunked runs overwrite every grad with its tree's result, so only the trees restart.
 template <class T>
-void zero_grads(const ParamList<T>& ps) {
+void zero_grads(const ParamList<T>& ps, bool chunked) {
   for (Param<T>* p : ps) {
-    p->grad.setZero();
+    if (!chunked) p->grad.setZero();
     p->tree.reset(static_cast<std::size_t>(p->size()));
   }
 }
@@ -79,6 +80,10 @@ FixedSum sum_squares(const ParamList<T>& ps) {
 // (comm/ordered_sum), for every replicated gradient in one buffer.
 template <class T>
 void tree_reduce_grads(const Communicator& comm, const ParamList<T>& ps, std::vector<T>& buf) {
+  if (comm.size() == 1) {  // the local tree is the whole tree: no buffer, no copy
+    for (Param<T>* p : ps) p->tree.result(p->grad.data());
+    return;
+  }
   std::size_t total = 0;
   std::vector<std::size_t> sizes;
   for (Param<T>* p : ps) {
@@ -226,7 +231,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     Batch b = task.batch(Stream::kTrain, static_cast<std::uint64_t>(step), sh.first, sh.count);
     StepInput in;
     Mat<T> x = b.x.cast<T>(), y;
-    zero_grads(all);
+    zero_grads(all, chunked);
     model.set_mode(true, step);
     in.lr = scheduled_lr(cfg.adam.lr, cfg.schedule, step, cfg.steps);
     adam.set_lr(in.lr);
