@@ -143,11 +143,14 @@ Mat<double> NaiveBayesLearner::predict(const LearnerContext& ctx, const Mat<doub
     // zero-variance class) the priors are the only information left.
     const double mx = out.row(i).maxCoeff();
     if (!(mx > -HUGE_VAL)) {
-      out.row(i) = log_prior_.array().exp().matrix();
+      for (Index c = 0; c < C; ++c) out(i, c) = std::exp(log_prior_(c));
       continue;
     }
-    out.row(i) = (out.row(i).array() - mx).exp().matrix();
-    out.row(i) /= out.row(i).sum();
+    // Scalar loops: vectorised exp and sums peel by alignment, so a row's bits would
+    // depend on its position in the batch.
+    double sum = 0;
+    for (Index c = 0; c < C; ++c) sum += (out(i, c) = std::exp(out(i, c) - mx));
+    for (Index c = 0; c < C; ++c) out(i, c) /= sum;
   }
   return out;
 }

@@ -17,8 +17,9 @@ Scores score(const Communicator& comm, const Mat<double>& pred, const std::vecto
     const double wi = w[static_cast<std::size_t>(i)], yi = y[static_cast<std::size_t>(i)];
     t(i, 0) = wi;
     if (classes >= 2) {
-      Index best = 0;
-      pred.row(i).maxCoeff(&best);
+      Index best = 0;  // the first largest
+      for (Index c = 1; c < pred.cols(); ++c)
+        if (pred(i, c) > pred(i, best)) best = c;
       t(i, 1) = wi * (best == static_cast<Index>(yi) ? 1.0 : 0.0);
       double total = 0;
       for (Index c = 0; c < pred.cols(); ++c) total += pred(i, c);

@@ -133,14 +133,17 @@ TEST_P(ExactLearner, FitAndPredictionsMatchOneRank) {
   std::unique_ptr<Learner> a = make_learner(c.learner, opt), b = make_learner(c.learner, opt);
   a->fit(LearnerContext{world(), c.classes, 1}, mine.view());
   b->fit(LearnerContext{self(), c.classes, 1}, all.view());
-  // Local queries: training rows and fresh rows, predicted by both models.
-  const Mat<double> q_train = mine.X;
-  const Rows fresh = shard(6, c.p, c.classes, 203, c.offset);
-  for (const Mat<double>* q : {&q_train, &fresh.X}) {
-    const Mat<double> pa = a->predict(LearnerContext{world(), c.classes, 1}, *q);
-    const Mat<double> pb = b->predict(LearnerContext{self(), c.classes, 1}, *q);
-    EXPECT_BITWISE_ALL_RANKS(pa, pb, std::string(c.name) + " predictions");
-  }
+  // Training rows and fresh rows: this rank's shard predicted by the sharded model, all
+  // rows by the one-rank model (so a row sits elsewhere in its batch).
+  const std::int64_t Q = 203;
+  const Rows fresh_all = make_rows(6, c.p, c.classes, 0, Q, c.offset), fresh = shard(6, c.p, c.classes, Q, c.offset);
+  const Shard st = shard_of(kRows, world().rank(), world().size()), sq = shard_of(Q, world().rank(), world().size());
+  const Mat<double> pa_train = a->predict(LearnerContext{world(), c.classes, 1}, mine.X);
+  const Mat<double> pb_train = b->predict(LearnerContext{self(), c.classes, 1}, all.X);
+  EXPECT_BITWISE_ALL_RANKS(pa_train, pb_train.middleRows(st.first, st.count), std::string(c.name) + " training predictions");
+  const Mat<double> pa = a->predict(LearnerContext{world(), c.classes, 1}, fresh.X);
+  const Mat<double> pb = b->predict(LearnerContext{self(), c.classes, 1}, fresh_all.X);
+  EXPECT_BITWISE_ALL_RANKS(pa, pb.middleRows(sq.first, sq.count), std::string(c.name) + " predictions");
   if (auto* r = dynamic_cast<RidgeLearner*>(a.get()))
     EXPECT_BITWISE_ALL_RANKS(r->raw_coefficients(), dynamic_cast<RidgeLearner*>(b.get())->raw_coefficients(),
                              std::string(c.name) + " coefficients");
@@ -212,11 +215,11 @@ TEST_P(ExactMeta, FitPredictionsAndScoresMatchOneRank) {
   a->fit(LearnerContext{world(), c.classes, 1}, Zmine, mine.y, mine.w, blocks, width);
   b->fit(LearnerContext{self(), c.classes, 1}, Zall, all.y, all.w, blocks, width);
   EXPECT_BITWISE_ALL_RANKS(a->coefficients(nullptr), b->coefficients(nullptr), std::string(c.name) + " coefficients");
+  // This rank's rows by the sharded model, all rows by the one-rank model.
   const Mat<double> pa = a->predict(LearnerContext{world(), c.classes, 1}, Zmine);
-  const Mat<double> pb = b->predict(LearnerContext{self(), c.classes, 1}, Zmine);
-  EXPECT_BITWISE_ALL_RANKS(pa, pb, std::string(c.name) + " predictions");
-  // Scores of the sharded predictions against those of all rows on one rank.
   const Mat<double> pall = b->predict(LearnerContext{self(), c.classes, 1}, Zall);
+  EXPECT_BITWISE_ALL_RANKS(pa, pall.middleRows(sh.first, sh.count), std::string(c.name) + " predictions");
+  // Scores of the sharded predictions against those of all rows on one rank.
   EXPECT_BITWISE_ALL_RANKS(as_mat(score(world(), pa, mine.y, mine.w, c.classes)),
                            as_mat(score(self(), pall, all.y, all.w, c.classes)), std::string(c.name) + " scores");
 }
