@@ -1,13 +1,20 @@
 // Micro-benchmarks of the stacking base learners on one process. Each fast path runs
 // next to its baseline in the same binary, so bench/compare.py can report ratios:
 // KNN with the float distance GEMM against the double one (same neighbours, see
-// knn.hpp).
+// knn.hpp). The fits of the statistics-based learners (ridge, logistic, naive Bayes) and
+// the stacking scores time the exact, rank-invariant sums they are built from.
 #include <benchmark/benchmark.h>
+
+#include <memory>
+#include <string>
 
 #include "comm/communicator.hpp"
 #include "core/blas.hpp"
 #include "core/rng.hpp"
 #include "learners/knn.hpp"
+#include "learners/linear.hpp"
+#include "learners/nb.hpp"
+#include "stacking/metrics.hpp"
 #include "support/rows.hpp"
 
 namespace moesim {
@@ -54,6 +61,46 @@ void BM_KnnPredictDoubleGemm(benchmark::State& state) { knn_predict(state, true)
 // Q, N, p
 BENCHMARK(BM_KnnPredictFloatGemm)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KnnPredictDoubleGemm)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
+
+// Fit of one learner on N rows of p features (classes 2 or 3; 0: regression).
+void learner_fit(benchmark::State& state, const std::string& name) {
+  Communicator self(MPI_COMM_SELF);
+  const Index N = state.range(0), p = state.range(1);
+  const int classes = static_cast<int>(state.range(2));
+  Rows train = make_rows(N, p, 3);
+  if (classes == 0) for (Index i = 0; i < N; ++i) train.y[static_cast<std::size_t>(i)] = train.X(i, 0) + 0.5 * train.X(i, 1);
+  if (classes == 3) for (Index i = 0; i < N; ++i) train.y[static_cast<std::size_t>(i)] += train.X(i, 2) > 0.5 ? 1 : 0;
+  const LearnerContext ctx{self, classes, 1};
+  for (auto _ : state) {
+    std::unique_ptr<Learner> l = make_learner(name, LearnerOptions{});
+    l->fit(ctx, train.view());
+    benchmark::DoNotOptimize(l.get());
+  }
+  state.SetItemsProcessed(state.iterations() * N);
+}
+
+void BM_RidgeFit(benchmark::State& state) { learner_fit(state, "ridge"); }
+void BM_LogisticFit(benchmark::State& state) { learner_fit(state, "logistic"); }
+void BM_NaiveBayesFit(benchmark::State& state) { learner_fit(state, "nb"); }
+
+// N, p, classes
+BENCHMARK(BM_RidgeFit)->Args({20000, 50, 0})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LogisticFit)->Args({20000, 50, 2})->Args({20000, 20, 3})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_NaiveBayesFit)->Args({20000, 50, 3})->Unit(benchmark::kMillisecond);
+
+// Scores of N predictions of C classes.
+void BM_Score(benchmark::State& state) {
+  Communicator self(MPI_COMM_SELF);
+  const Index N = state.range(0);
+  const Rows r = make_rows(N, 3, 4);
+  Mat<double> pred = r.X.array().abs().matrix();
+  for (auto _ : state) {
+    const Scores s = score(self, pred, r.y, r.w, 3);
+    benchmark::DoNotOptimize(s.log_loss);
+  }
+  state.SetItemsProcessed(state.iterations() * N);
+}
+BENCHMARK(BM_Score)->Arg(100000)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace moesim

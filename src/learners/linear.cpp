@@ -1,8 +1,11 @@
-// Ridge regression and multinomial logistic regression, trained from all-reduced
-// statistics of the training rows: a Gram matrix (ridge), gradients and Hessians
-// (logistic, Newton's method). Features are standardised with training statistics.
+// Ridge regression and multinomial logistic regression, trained from statistics of the
+// training rows summed exactly over ranks (the same bits on any number of ranks): a Gram
+// matrix (ridge), gradients and Hessians (logistic, Newton's method). Features are
+// standardised with training statistics.
 #include <Eigen/Cholesky>
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "learners/learner.hpp"
 #include "learners/linear.hpp"
@@ -21,6 +24,41 @@ Mat<double> target_matrix(const std::vector<double>& y, int classes) {
   return Y;
 }
 
+// Row i of A times B, each entry summed in index order: a row's bits do not depend on
+// which other rows share the matrix (a GEMM's kernels and alignment peeling could).
+Mat<double> row_products(const Mat<double>& A, const Mat<double>& B) {
+  const Index n = A.rows(), k = A.cols(), m = B.cols();
+  Mat<double> out(n, m);
+  for (Index i = 0; i < n; ++i)
+    for (Index c = 0; c < m; ++c) {
+      double s = 0;
+      for (Index j = 0; j < k; ++j) s += A(i, j) * B(j, c);
+      out(i, c) = s;
+    }
+  return out;
+}
+
+// Softmax of each row in place, in scalar loops (same reason as row_products).
+void softmax_rows_in_place(Mat<double>& S) {
+  for (Index i = 0; i < S.rows(); ++i) {
+    double* r = S.data() + i * S.cols();
+    double mx = r[0], sum = 0;
+    for (Index c = 1; c < S.cols(); ++c) mx = std::max(mx, r[c]);
+    for (Index c = 0; c < S.cols(); ++c) sum += (r[c] = std::exp(r[c] - mx));
+    for (Index c = 0; c < S.cols(); ++c) r[c] /= sum;
+  }
+}
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+RowVec<double> column_max_abs(const Mat<double>& M) {
+  return M.rows() > 0 ? RowVec<double>(M.cwiseAbs().colwise().maxCoeff()) : RowVec<double>::Zero(M.cols());
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------- ridge
@@ -34,40 +72,63 @@ void RidgeLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const Mat<double> Z = scaler_.apply(X);
   const Mat<double> Y = target_matrix(y, classes_);
   const Index p = Z.cols(), m = Y.cols();
-  // Weighted sums for centring and the Gram system, in one all-reduce:
-  // [sum w | sum w y (m) | Z^T W Z (p x p) | Z^T W Y (p x m) | sum w z (p)].
-  const Eigen::Map<const Eigen::VectorXd> wv(w.data(), static_cast<Index>(w.size()));
-  std::vector<double> buf(static_cast<std::size_t>(1 + m + p * p + p * m + p), 0.0);
-  buf[0] = wv.sum();
-  Eigen::Map<RowVec<double>>(buf.data() + 1, m) = wv.transpose() * Y;
-  Eigen::Map<Mat<double>>(buf.data() + 1 + m, p, p) = Z.transpose() * wv.asDiagonal() * Z;
-  Eigen::Map<Mat<double>>(buf.data() + 1 + m + p * p, p, m) = Z.transpose() * wv.asDiagonal() * Y;
-  Eigen::Map<RowVec<double>>(buf.data() + 1 + m + p * p + p * m, p) = wv.transpose() * Z;
-  ctx.comm.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
+  // Weighted sums for centring and the Gram system, exact (the same bits on any number
+  // of ranks), in one reduction:
+  // [sum w | sum w y (m) | upper triangle of Z^T W Z (row by row) | Z^T W Y (p x m) | sum w z (p)].
+  const Index n = Z.rows(), tri = p * (p + 1) / 2;
+  const auto o_y = std::size_t{1}, o_g = o_y + static_cast<std::size_t>(m);
+  const auto o_r = o_g + static_cast<std::size_t>(tri), o_z = o_r + static_cast<std::size_t>(p * m);
+  const double wmax = max_abs(w);
+  const RowVec<double> zmax = column_max_abs(Z), ymax = column_max_abs(Y);
+  std::vector<double> bound(o_z + static_cast<std::size_t>(p));
+  bound[0] = wmax;
+  for (Index c = 0; c < m; ++c) bound[o_y + static_cast<std::size_t>(c)] = wmax * ymax(c);
+  for (Index j = 0, k = 0; j < p; ++j) {
+    for (Index l = j; l < p; ++l, ++k) bound[o_g + static_cast<std::size_t>(k)] = wmax * zmax(j) * zmax(l);
+    for (Index c = 0; c < m; ++c) bound[o_r + static_cast<std::size_t>(j * m + c)] = wmax * zmax(j) * ymax(c);
+    bound[o_z + static_cast<std::size_t>(j)] = wmax * zmax(j);
+  }
+  ExactRowSums sums(ctx.comm, std::move(bound));
+  for (Index i = 0; i < n; ++i) {
+    const double wi = w[static_cast<std::size_t>(i)];
+    const double* z = Z.data() + i * p;
+    const double* yr = Y.data() + i * m;
+    sums.add(0, wi);
+    sums.add_products(o_y, wi, yr, static_cast<std::size_t>(m));
+    for (Index j = 0, k = 0; j < p; k += p - j, ++j) {
+      const double wz = wi * z[j];
+      sums.add_products(o_g + static_cast<std::size_t>(k), wz, z + j, static_cast<std::size_t>(p - j));
+      sums.add_products(o_r + static_cast<std::size_t>(j * m), wz, yr, static_cast<std::size_t>(m));
+    }
+    sums.add_products(o_z, wi, z, static_cast<std::size_t>(p));
+    sums.end_row();
+  }
+  const std::vector<double> buf = sums.totals(ctx.comm);
   const double sw = buf[0] > 0 ? buf[0] : 1.0;
-  const RowVec<double> ymean = Eigen::Map<RowVec<double>>(buf.data() + 1, m) / sw;
-  const RowVec<double> zmean = Eigen::Map<RowVec<double>>(buf.data() + 1 + m + p * p + p * m, p) / sw;
+  const RowVec<double> ymean = ConstMatMap<double>(buf.data() + o_y, 1, m) / sw;
+  const RowVec<double> zmean = ConstMatMap<double>(buf.data() + o_z, 1, p) / sw;
   // Centred system: (Z^T W Z - sw zm^T zm + alpha I) B = Z^T W Y - sw zm^T ym.
-  Mat<double> G = Eigen::Map<Mat<double>>(buf.data() + 1 + m, p, p);
+  Mat<double> G(p, p);
+  for (Index j = 0, k = 0; j < p; ++j)
+    for (Index l = j; l < p; ++l, ++k) G(j, l) = G(l, j) = buf[o_g + static_cast<std::size_t>(k)];
   G -= sw * zmean.transpose() * zmean;
   G.diagonal().array() += alpha_;
-  Mat<double> R = Eigen::Map<Mat<double>>(buf.data() + 1 + m + p * p, p, m);
+  Mat<double> R = ConstMatMap<double>(buf.data() + o_r, p, m);
   R -= sw * zmean.transpose() * ymean;
   coef_ = G.ldlt().solve(R);
   intercept_ = ymean - zmean * coef_;
 }
 
 Mat<double> RidgeLearner::predict(const LearnerContext&, const Mat<double>& X) {
-  Mat<double> out = scaler_.apply(X) * coef_;
+  Mat<double> out = row_products(scaler_.apply(X), coef_);
   out.rowwise() += intercept_;
   if (classes_ >= 2) {
     // One-vs-rest regression scores turned into a distribution: clip to [0, 1] and
-    // normalise (uniform when every score is <= 0).
+    // normalise (uniform when every score is <= 0); scalar loops, as row_products.
     for (Index i = 0; i < out.rows(); ++i) {
-      out.row(i) = out.row(i).cwiseMax(0.0).cwiseMin(1.0);
-      const double s = out.row(i).sum();
-      if (s > 0) out.row(i) /= s;
-      else out.row(i).setConstant(1.0 / static_cast<double>(classes_));
+      double s = 0;
+      for (Index c = 0; c < out.cols(); ++c) s += (out(i, c) = std::clamp(out(i, c), 0.0, 1.0));
+      for (Index c = 0; c < out.cols(); ++c) out(i, c) = s > 0 ? out(i, c) / s : 1.0 / static_cast<double>(classes_);
     }
   }
   return out;
@@ -92,58 +153,70 @@ void LogisticLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const double lambda = 1.0 / c_;
   auto penalty_diag = [&](Index k) { return (k % q == q - 1) ? 1e-10 : lambda; };
 
+  const double wmax = max_abs(w);
+  const RowVec<double> amax = column_max_abs(A);
+  const auto uq = static_cast<std::size_t>(q), tri = uq * (uq + 1) / 2;
+
   auto softmax_rows = [&](const Mat<double>& W) {
-    Mat<double> S = A * W;
-    for (Index i = 0; i < n; ++i) {
-      const double mx = S.row(i).maxCoeff();
-      S.row(i) = (S.row(i).array() - mx).exp().matrix();
-      S.row(i) /= S.row(i).sum();
-    }
+    Mat<double> S = row_products(A, W);
+    softmax_rows_in_place(S);
     return S;
   };
+  // Every sum over rows below is exact (ExactRowSums): the same bits on any number of ranks.
   auto objective = [&](const Mat<double>& W) {
     const Mat<double> P = softmax_rows(W);
-    double local = 0;
+    Mat<double> loss(n, 1);
     for (Index i = 0; i < n; ++i)
-      local -= w[static_cast<std::size_t>(i)] *
-               std::log(std::max(P(i, static_cast<Index>(y[static_cast<std::size_t>(i)])), 1e-300));
-    const double total = ctx.comm.allreduce_sum(local);
-    return total + 0.5 * lambda * W.topRows(q - 1).squaredNorm();
+      loss(i, 0) = -w[static_cast<std::size_t>(i)] *
+                   std::log(std::max(P(i, static_cast<Index>(y[static_cast<std::size_t>(i)])), 1e-300));
+    return exact_column_sums(ctx.comm, loss)[0] + 0.5 * lambda * W.topRows(q - 1).squaredNorm();
   };
 
   const Eigen::Map<const Eigen::VectorXd> wv(w.data(), n);
   if (C == 2) {
     // Two classes: the multinomial optimum has W_1 = -W_0 = beta / 2 (the likelihood
     // sees only W_1 - W_0; the penalty is least when the halves are opposite), so Newton
-    // runs on beta alone with penalty 0.25 lambda ||beta||^2: a q x q Hessian from one
-    // symmetric rank-n update instead of three (2q)-wide blocks, a sixth of the flops.
+    // runs on beta alone with penalty 0.25 lambda ||beta||^2: a q x q Hessian instead of
+    // three (2q)-wide blocks, a sixth of the terms.
     const Eigen::VectorXd yv = Y.col(1);
+    auto scores = [&](const Eigen::VectorXd& b) { return Eigen::VectorXd(row_products(A, b)); };
     auto probs = [&](const Eigen::VectorXd& b) {
-      Eigen::VectorXd pr = A * b;
+      Eigen::VectorXd pr = scores(b);
       for (Index i = 0; i < n; ++i) pr(i) = pr(i) >= 0 ? 1 / (1 + std::exp(-pr(i))) : std::exp(pr(i)) / (1 + std::exp(pr(i)));
       return pr;
     };
     auto objective2 = [&](const Eigen::VectorXd& b) {
-      const Eigen::VectorXd s = A * b;
-      double local = 0;
+      const Eigen::VectorXd s = scores(b);
+      Mat<double> loss(n, 1);
       for (Index i = 0; i < n; ++i)  // -log sigmoid(+-s) = log1p(exp(-|s|)) + max(-+s, 0)
-        local += wv(i) * (std::log1p(std::exp(-std::abs(s(i)))) + std::max(yv(i) > 0.5 ? -s(i) : s(i), 0.0));
-      return ctx.comm.allreduce_sum(local) + 0.25 * lambda * b.head(q - 1).squaredNorm();
+        loss(i, 0) = wv(i) * (std::log1p(std::exp(-std::abs(s(i)))) + std::max(yv(i) > 0.5 ? -s(i) : s(i), 0.0));
+      return exact_column_sums(ctx.comm, loss)[0] + 0.25 * lambda * b.head(q - 1).squaredNorm();
     };
+    // [gradient (q) | upper triangle of the Hessian, row by row]; |p - y| <= 1, p (1 - p) <= 1/4.
+    std::vector<double> bound(uq + tri);
+    for (Index j = 0, k = 0; j < q; ++j) {
+      bound[static_cast<std::size_t>(j)] = wmax * amax(j);
+      for (Index l = j; l < q; ++l, ++k) bound[uq + static_cast<std::size_t>(k)] = 0.25 * wmax * amax(j) * amax(l);
+    }
+    const ExactRowSums empty_sums(ctx.comm, std::move(bound));
     Eigen::VectorXd beta = Eigen::VectorXd::Zero(q);
     double f2 = objective2(beta);
-    Mat<double> B(n, q);
     for (iterations_ = 0; iterations_ < max_iter_; ++iterations_) {
       const Eigen::VectorXd pr = probs(beta);
-      std::vector<double> buf(static_cast<std::size_t>(q + q * q), 0.0);
-      Eigen::Map<Eigen::VectorXd> grad(buf.data(), q);
-      Eigen::Map<Mat<double>> H(buf.data() + q, q, q);
-      grad = A.transpose() * (wv.array() * (pr - yv).array()).matrix();
-      for (Index i = 0; i < n; ++i) B.row(i) = A.row(i) * std::sqrt(wv(i) * pr(i) * (1 - pr(i)));
-      H.selfadjointView<Eigen::Lower>().rankUpdate(B.transpose());
-      ctx.comm.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
-      H.triangularView<Eigen::StrictlyUpper>() = H.transpose();
-      Eigen::VectorXd g = grad;
+      ExactRowSums sums = empty_sums;
+      for (Index i = 0; i < n; ++i) {
+        const double* a = A.data() + i * q;
+        const double h = wv(i) * pr(i) * (1 - pr(i));
+        sums.add_products(0, wv(i) * (pr(i) - yv(i)), a, uq);
+        for (Index j = 0, k = 0; j < q; k += q - j, ++j)
+          sums.add_products(uq + static_cast<std::size_t>(k), h * a[j], a + j, static_cast<std::size_t>(q - j));
+        sums.end_row();
+      }
+      const std::vector<double> tot = sums.totals(ctx.comm);
+      Eigen::VectorXd g = Eigen::Map<const Eigen::VectorXd>(tot.data(), q);
+      Mat<double> H(q, q);
+      for (Index j = 0, k = 0; j < q; ++j)
+        for (Index l = j; l < q; ++l, ++k) H(j, l) = H(l, j) = tot[uq + static_cast<std::size_t>(k)];
       for (Index j = 0; j + 1 < q; ++j) {
         g(j) += 0.5 * lambda * beta(j);
         H(j, j) += 0.5 * lambda;
@@ -166,29 +239,54 @@ void LogisticLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     W_.col(0) = -0.5 * beta;
     return;
   }
+  // Gradient (class-major: c q + j <-> W(j, c)) and the upper block triangle of the
+  // Hessian (blocks c,d = A^T diag(w p_c (d_cd - p_d)) A; the diagonal blocks' upper
+  // triangles), in one exact reduction. |p - y| <= 1 and |p_c (d_cd - p_d)| <= 1.
+  const Index dim = q * C;
+  std::vector<std::size_t> block(static_cast<std::size_t>(C * C));  // offset of block (c, d), c <= d
+  std::vector<double> bound(static_cast<std::size_t>(dim));
+  for (Index c = 0; c < C; ++c)
+    for (Index j = 0; j < q; ++j) bound[static_cast<std::size_t>(c * q + j)] = wmax * amax(j);
+  for (Index c = 0; c < C; ++c)
+    for (Index d = c; d < C; ++d) {
+      block[static_cast<std::size_t>(c * C + d)] = bound.size();
+      for (Index j = 0; j < q; ++j)
+        for (Index l = c == d ? j : 0; l < q; ++l) bound.push_back(wmax * amax(j) * amax(l));
+    }
+  const ExactRowSums empty_sums(ctx.comm, std::move(bound));
   double f = objective(W_);
   for (iterations_ = 0; iterations_ < max_iter_; ++iterations_) {
     const Mat<double> P = softmax_rows(W_);
-    // Gradient (q x C) and Hessian ((qC) x (qC), blocks c,d = A^T diag(w p_c (d_cd - p_d)) A),
-    // one all-reduce for both; only the upper block triangle is formed.
-    const Index dim = q * C;
-    std::vector<double> buf(static_cast<std::size_t>(dim + dim * dim), 0.0);
-    Eigen::Map<Mat<double>> grad(buf.data(), q, C);
-    Eigen::Map<Mat<double>> H(buf.data() + dim, dim, dim);
-    grad = A.transpose() * (wv.asDiagonal() * (P - Y));
+    ExactRowSums sums = empty_sums;
+    for (Index i = 0; i < n; ++i) {
+      const double* a = A.data() + i * q;
+      const double wi = wv(i);
+      for (Index c = 0; c < C; ++c) {
+        sums.add_products(static_cast<std::size_t>(c * q), wi * (P(i, c) - Y(i, c)), a, uq);
+        for (Index d = c; d < C; ++d) {
+          const double sc = wi * P(i, c) * ((c == d ? 1.0 : 0.0) - P(i, d));
+          std::size_t k = block[static_cast<std::size_t>(c * C + d)];
+          for (Index j = 0; j < q; ++j) {
+            const Index l0 = c == d ? j : 0;
+            sums.add_products(k, sc * a[j], a + l0, static_cast<std::size_t>(q - l0));
+            k += static_cast<std::size_t>(q - l0);
+          }
+        }
+      }
+      sums.end_row();
+    }
+    const std::vector<double> tot = sums.totals(ctx.comm);
+    Mat<double> H(dim, dim);
     for (Index c = 0; c < C; ++c)
       for (Index d = c; d < C; ++d) {
-        Eigen::VectorXd s = wv.array() * P.col(c).array() * ((c == d ? 1.0 : 0.0) - P.col(d).array());
-        H.block(c * q, d * q, q, q) = A.transpose() * s.asDiagonal() * A;
+        std::size_t k = block[static_cast<std::size_t>(c * C + d)];
+        for (Index j = 0; j < q; ++j)
+          for (Index l = c == d ? j : 0; l < q; ++l, ++k) H(c * q + j, d * q + l) = H(d * q + l, c * q + j) = tot[k];
       }
-    ctx.comm.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
-    for (Index c = 0; c < C; ++c)
-      for (Index d = 0; d < c; ++d) H.block(c * q, d * q, q, q) = H.block(d * q, c * q, q, q).transpose();
-    // Parameters ordered class-major: index c*q + j  <->  W(j, c).
     Eigen::VectorXd g(dim);
     for (Index c = 0; c < C; ++c)
       for (Index j = 0; j < q; ++j) {
-        g(c * q + j) = grad(j, c) + (j == q - 1 ? 0.0 : lambda * W_(j, c));
+        g(c * q + j) = tot[static_cast<std::size_t>(c * q + j)] + (j == q - 1 ? 0.0 : lambda * W_(j, c));
         H(c * q + j, c * q + j) += penalty_diag(j);
       }
     if (g.lpNorm<Eigen::Infinity>() < tol_) break;
@@ -210,13 +308,9 @@ void LogisticLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
 }
 
 Mat<double> LogisticLearner::predict(const LearnerContext&, const Mat<double>& X) {
-  Mat<double> S = scaler_.apply(X) * W_.topRows(X.cols());
+  Mat<double> S = row_products(scaler_.apply(X), W_.topRows(X.cols()));
   S.rowwise() += W_.row(X.cols());
-  for (Index i = 0; i < S.rows(); ++i) {
-    const double mx = S.row(i).maxCoeff();
-    S.row(i) = (S.row(i).array() - mx).exp().matrix();
-    S.row(i) /= S.row(i).sum();
-  }
+  softmax_rows_in_place(S);
   return S;
 }
 

@@ -1,4 +1,4 @@
-// Gaussian naive Bayes from all-reduced per-class statistics.
+// Gaussian naive Bayes from per-class statistics summed exactly over ranks.
 #include "learners/nb.hpp"
 
 #include <algorithm>
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "learners/standardize.hpp"
 
 namespace moesim {
 
@@ -53,15 +54,26 @@ void NaiveBayesLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   auto w = [&](Index i) { return rows.w[static_cast<std::size_t>(i)]; };
   auto cls = [&](Index i) { return static_cast<Index>(rows.y[static_cast<std::size_t>(i)]); };
 
-  // Pass 1: [sum w per class (C) | sum w x per class (C x p)].
-  std::vector<double> s1(static_cast<std::size_t>(C + C * p), 0.0);
-  Eigen::Map<Eigen::VectorXd> sw(s1.data(), C);
-  MatMap<double> swx(s1.data() + C, C, p);
-  for (Index i = 0; i < n; ++i) {
-    sw(cls(i)) += w(i);
-    swx.row(cls(i)) += w(i) * rows.X.row(i);
+  double wmax = 0;
+  for (Index i = 0; i < n; ++i) wmax = std::max(wmax, w(i));
+  const auto uC = static_cast<std::size_t>(C), up = static_cast<std::size_t>(p);
+  auto at = [&](Index c, Index j) { return static_cast<std::size_t>(c * p + j); };
+
+  // Pass 1, exact sums: [sum w per class (C) | sum w x per class (C x p)].
+  std::vector<double> b1(uC + uC * up, wmax);
+  for (Index j = 0; j < p && n > 0; ++j) {
+    const double b = wmax * rows.X.col(j).cwiseAbs().maxCoeff();
+    for (Index c = 0; c < C; ++c) b1[uC + at(c, j)] = b;
   }
-  comm.allreduce_sum(s1.data(), static_cast<int>(s1.size()));
+  ExactRowSums s1(comm, b1);
+  for (Index i = 0; i < n; ++i) {
+    s1.add(static_cast<std::size_t>(cls(i)), w(i));
+    for (Index j = 0; j < p; ++j) s1.add(uC + at(cls(i), j), w(i) * rows.X(i, j));
+    s1.end_row();
+  }
+  const std::vector<double> t1 = s1.totals(comm);
+  const Eigen::Map<const Eigen::VectorXd> sw(t1.data(), C);
+  const ConstMatMap<double> swx(t1.data() + C, C, p);
   const double W = sw.sum();
   MOESIM_CONFIG_CHECK(W > 0, "nb: no training row has a positive weight");
   theta_ = Mat<double>::Zero(C, p);
@@ -69,15 +81,27 @@ void NaiveBayesLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     if (sw(c) > 0) theta_.row(c) = swx.row(c) / sw(c);
   const RowVec<double> mu = swx.colwise().sum() / W;
 
-  // Pass 2: [sum w (x - theta_c)^2 per class (C x p) | sum w (x - mu)^2 (p)].
-  std::vector<double> s2(static_cast<std::size_t>(C * p + p), 0.0);
-  MatMap<double> ssq(s2.data(), C, p);
-  Eigen::Map<RowVec<double>> gsq(s2.data() + C * p, p);
+  // Pass 2, exact sums: [sum w (x - theta_c)^2 per class (C x p) | sum w (x - mu)^2 (p)],
+  // bounded by the largest deviations (not |x|), so that offsets cost no resolution.
+  std::vector<double> b2(uC * up + up, 0.0);
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < p; ++j) {
+      const double dc = std::abs(rows.X(i, j) - theta_(cls(i), j)), dm = std::abs(rows.X(i, j) - mu(j));
+      b2[at(cls(i), j)] = std::max(b2[at(cls(i), j)], wmax * dc * dc);
+      b2[uC * up + static_cast<std::size_t>(j)] = std::max(b2[uC * up + static_cast<std::size_t>(j)], wmax * dm * dm);
+    }
+  ExactRowSums s2(comm, b2);
   for (Index i = 0; i < n; ++i) {
-    ssq.row(cls(i)) += w(i) * (rows.X.row(i) - theta_.row(cls(i))).array().square().matrix();
-    gsq += w(i) * (rows.X.row(i) - mu).array().square().matrix();
+    for (Index j = 0; j < p; ++j) {
+      const double dc = rows.X(i, j) - theta_(cls(i), j), dm = rows.X(i, j) - mu(j);
+      s2.add(at(cls(i), j), w(i) * dc * dc);
+      s2.add(uC * up + static_cast<std::size_t>(j), w(i) * dm * dm);
+    }
+    s2.end_row();
   }
-  comm.allreduce_sum(s2.data(), static_cast<int>(s2.size()));
+  const std::vector<double> t2 = s2.totals(comm);
+  const ConstMatMap<double> ssq(t2.data(), C, p);
+  const Eigen::Map<const RowVec<double>> gsq(t2.data() + C * p, p);
   const double max_var = p > 0 ? gsq.maxCoeff() / W : 0.0;
   // With every feature constant no variance separates the classes and any positive
   // one leaves the priors; var_smoothing = 0 may leave a class variance at 0, kept
@@ -119,11 +143,14 @@ Mat<double> NaiveBayesLearner::predict(const LearnerContext& ctx, const Mat<doub
     // zero-variance class) the priors are the only information left.
     const double mx = out.row(i).maxCoeff();
     if (!(mx > -HUGE_VAL)) {
-      out.row(i) = log_prior_.array().exp().matrix();
+      for (Index c = 0; c < C; ++c) out(i, c) = std::exp(log_prior_(c));
       continue;
     }
-    out.row(i) = (out.row(i).array() - mx).exp().matrix();
-    out.row(i) /= out.row(i).sum();
+    // Scalar loops: vectorised exp and sums peel by alignment, so a row's bits would
+    // depend on its position in the batch.
+    double sum = 0;
+    for (Index c = 0; c < C; ++c) sum += (out(i, c) = std::exp(out(i, c) - mx));
+    for (Index c = 0; c < C; ++c) out(i, c) /= sum;
   }
   return out;
 }

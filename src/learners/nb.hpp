@@ -8,8 +8,9 @@ namespace moesim {
 // var_smoothing x (largest feature variance over all training rows). That variance is
 // weighted here (scikit-learn ignores the weights in it), so that a weight-2 row is
 // exactly a repeated row.
-// Statistics come from two all-reduces: weights and weighted sums first, then sums of
-// squares centred on those means, which keeps them accurate when |mean| >> spread.
+// Statistics come from two exact reductions (the same bits on any number of ranks):
+// weights and weighted sums first, then sums of squares centred on those means, which
+// keeps them accurate when |mean| >> spread.
 // A class without training weight gets probability 0.
 class NaiveBayesLearner : public Learner {
  public:

@@ -1,28 +1,95 @@
 #include "learners/standardize.hpp"
 
+#include <algorithm>
 #include <cmath>
+
+#include "comm/exact_sum.hpp"
 
 namespace moesim {
 
-void Standardizer::fit(const Communicator& comm, const Mat<double>& X, const std::vector<double>& w) {
-  const Index p = X.cols();
-  // [sum w, sum w x, sum w x^2] in one all-reduce.
-  std::vector<double> s(static_cast<std::size_t>(1 + 2 * p), 0.0);
-  for (Index i = 0; i < X.rows(); ++i) {
-    const double wi = w[static_cast<std::size_t>(i)];
-    s[0] += wi;
-    for (Index j = 0; j < p; ++j) {
-      s[1 + j] += wi * X(i, j);
-      s[1 + p + j] += wi * X(i, j) * X(i, j);
-    }
+ExactRowSums::ExactRowSums(const Communicator& comm, std::vector<double> local_bounds)
+    : sum_(local_bounds.size()), scale_(local_bounds.size(), 1.0), hi_(local_bounds.size(), 0.0),
+      lo_(local_bounds.size(), 0.0) {
+  if (!local_bounds.empty()) comm.allreduce_max(local_bounds.data(), static_cast<int>(local_bounds.size()));
+  for (std::size_t k = 0; k < local_bounds.size(); ++k) {
+    const double b = local_bounds[k];
+    // A bound of 0 has only zero terms; a non-finite one makes the total NaN anyway.
+    if (!(b > 0) || !std::isfinite(b)) continue;
+    int e = 0;
+    std::frexp(b, &e);  // b < 2^e
+    scale_[k] = std::ldexp(1.0, -e);
   }
-  comm.allreduce_sum(s.data(), static_cast<int>(s.size()));
+}
+
+void ExactRowSums::flush() {
+  // Both partial sums are multiples of 2^-64 well inside FixedSum's range: added exactly.
+  for (std::size_t k = 0; k < sum_.size(); ++k) {
+    sum_[k] += hi_[k];
+    sum_[k] += lo_[k];
+    hi_[k] = lo_[k] = 0.0;
+  }
+  rows_ = 0;
+}
+
+std::vector<double> ExactRowSums::totals(const Communicator& comm) {
+  flush();
+  std::vector<double> out(sum_.size());
+  allreduce_exact(comm, sum_, out.data());
+  // Undoing the power-of-two scale is exact.
+  for (std::size_t k = 0; k < out.size(); ++k) out[k] /= scale_[k];
+  return out;
+}
+
+std::vector<double> exact_column_sums(const Communicator& comm, const Mat<double>& terms) {
+  const Index k = terms.cols();
+  std::vector<double> bound(static_cast<std::size_t>(k), 0.0);
+  for (Index j = 0; j < k && terms.rows() > 0; ++j) bound[static_cast<std::size_t>(j)] = terms.col(j).cwiseAbs().maxCoeff();
+  ExactRowSums s(comm, bound);
+  for (Index i = 0; i < terms.rows(); ++i) {
+    for (Index j = 0; j < k; ++j) s.add(static_cast<std::size_t>(j), terms(i, j));
+    s.end_row();
+  }
+  return s.totals(comm);
+}
+
+void Standardizer::fit(const Communicator& comm, const Mat<double>& X, const std::vector<double>& w) {
+  const Index n = X.rows(), p = X.cols();
+  const auto up = static_cast<std::size_t>(p);
+  auto wt = [&](Index i) { return w[static_cast<std::size_t>(i)]; };
+  // Pass 1: [sum w | sum w x (p)].
+  double wmax = 0;
+  for (Index i = 0; i < n; ++i) wmax = std::max(wmax, std::abs(wt(i)));
+  std::vector<double> bound(1 + up, wmax);
+  for (Index j = 0; j < p && n > 0; ++j) bound[1 + static_cast<std::size_t>(j)] = wmax * X.col(j).cwiseAbs().maxCoeff();
+  ExactRowSums s1(comm, bound);
+  for (Index i = 0; i < n; ++i) {
+    s1.add(0, wt(i));
+    for (Index j = 0; j < p; ++j) s1.add(1 + static_cast<std::size_t>(j), wt(i) * X(i, j));
+    s1.end_row();
+  }
+  const std::vector<double> t1 = s1.totals(comm);
+  const double sw = t1[0];
   mean.resize(p);
   scale.resize(p);
+  for (Index j = 0; j < p; ++j) mean(j) = sw > 0 ? t1[1 + static_cast<std::size_t>(j)] / sw : 0.0;
+  // Pass 2: sum w (x - mean)^2 (p), bounded by the largest deviation, not by |x|, so
+  // that a large offset costs no resolution.
+  std::vector<double> bound2(up, 0.0);
+  for (Index j = 0; j < p && n > 0; ++j) {
+    const double d = (X.col(j).array() - mean(j)).abs().maxCoeff();
+    bound2[static_cast<std::size_t>(j)] = wmax * d * d;
+  }
+  ExactRowSums s2(comm, bound2);
+  for (Index i = 0; i < n; ++i) {
+    for (Index j = 0; j < p; ++j) {
+      const double d = X(i, j) - mean(j);
+      s2.add(static_cast<std::size_t>(j), wt(i) * d * d);
+    }
+    s2.end_row();
+  }
+  const std::vector<double> t2 = s2.totals(comm);
   for (Index j = 0; j < p; ++j) {
-    const double m = s[0] > 0 ? s[1 + j] / s[0] : 0.0;
-    const double var = s[0] > 0 ? std::max(0.0, s[1 + p + j] / s[0] - m * m) : 0.0;
-    mean(j) = m;
+    const double var = sw > 0 ? std::max(0.0, t2[static_cast<std::size_t>(j)] / sw) : 0.0;
     scale(j) = var > 1e-24 ? std::sqrt(var) : 1.0;
   }
 }

@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "learners/linear.hpp"
+#include "learners/standardize.hpp"
 #include "stacking/metrics.hpp"
 
 namespace moesim {
@@ -67,21 +68,25 @@ class SimplexMeta : public MetaLearner {
            const std::vector<double>& w, int blocks, int width) override {
     width_ = width;
     const Mat<double> Y = targets(y, ctx.classes);
-    const Index L = blocks;
-    std::vector<double> buf(static_cast<std::size_t>(L * L + L), 0.0);
-    for (Index a = 0; a < L; ++a) {
-      const auto Pa = Z.middleCols(a * width, width);
-      for (Index b = a; b < L; ++b) {
-        const auto Pb = Z.middleCols(b * width, width);
-        double s = 0;
-        for (Index i = 0; i < Z.rows(); ++i) s += w[static_cast<std::size_t>(i)] * Pa.row(i).dot(Pb.row(i));
-        buf[static_cast<std::size_t>(a * L + b)] = s;
+    const Index L = blocks, n = Z.rows(), wd = width;
+    // Per-row terms w Pa.Pb (a <= b, row-major upper triangle at a * L + b) and w Pa.Y,
+    // dot products in scalar loops, summed exactly: the same bits on any number of ranks.
+    auto dot = [&](const double* u, const double* v) {
+      double d = 0;
+      for (Index c = 0; c < wd; ++c) d += u[c] * v[c];
+      return d;
+    };
+    Mat<double> t = Mat<double>::Zero(n, L * L + L);
+    for (Index i = 0; i < n; ++i) {
+      const double wi = w[static_cast<std::size_t>(i)];
+      const double* zr = Z.data() + i * Z.cols();
+      const double* yr = Y.data() + i * Y.cols();
+      for (Index a = 0; a < L; ++a) {
+        for (Index b = a; b < L; ++b) t(i, a * L + b) = wi * dot(zr + a * wd, zr + b * wd);
+        t(i, L * L + a) = wi * dot(zr + a * wd, yr);
       }
-      double r = 0;
-      for (Index i = 0; i < Z.rows(); ++i) r += w[static_cast<std::size_t>(i)] * Pa.row(i).dot(Y.row(i));
-      buf[static_cast<std::size_t>(L * L + a)] = r;
     }
-    ctx.comm.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
+    const std::vector<double> buf = exact_column_sums(ctx.comm, t);
     Mat<double> G(L, L);
     for (Index a = 0; a < L; ++a)
       for (Index b = a; b < L; ++b) G(a, b) = G(b, a) = buf[static_cast<std::size_t>(a * L + b)];
@@ -118,24 +123,26 @@ class GreedyMeta : public SimplexMeta {
     Mat<double> sum = Mat<double>::Zero(Z.rows(), width);
     for (int it = 0; it < iterations_; ++it) {
       // Candidate scores for every block in one pass; the loss is log loss
-      // (classification) or squared error (regression), summed then all-reduced.
-      std::vector<double> loss(static_cast<std::size_t>(blocks), 0.0);
+      // (classification) or squared error (regression), summed exactly over ranks.
+      Mat<double> terms(Z.rows(), blocks);
       for (int l = 0; l < blocks; ++l) {
         const Mat<double> cand = (sum + Z.middleCols(static_cast<Index>(l) * width, width)) / static_cast<double>(it + 1);
-        double s = 0;
         for (Index i = 0; i < Z.rows(); ++i) {
           const double wi = w[static_cast<std::size_t>(i)];
+          double t = 0;
           if (cls) {
-            const double p = cand(i, static_cast<Index>(y[static_cast<std::size_t>(i)])) / std::max(cand.row(i).sum(), 1e-300);
-            s -= wi * std::log(std::clamp(p, 1e-15, 1.0));
+            double total = 0;  // a scalar loop: the same bits wherever the row sits
+            for (Index c = 0; c < width; ++c) total += cand(i, c);
+            const double p = cand(i, static_cast<Index>(y[static_cast<std::size_t>(i)])) / std::max(total, 1e-300);
+            t = -wi * std::log(std::clamp(p, 1e-15, 1.0));
           } else {
             const double e = cand(i, 0) - y[static_cast<std::size_t>(i)];
-            s += wi * e * e;
+            t = wi * e * e;
           }
+          terms(i, l) = t;
         }
-        loss[static_cast<std::size_t>(l)] = s;
       }
-      ctx.comm.allreduce_sum(loss.data(), blocks);
+      const std::vector<double> loss = exact_column_sums(ctx.comm, terms);
       const int best = static_cast<int>(std::min_element(loss.begin(), loss.end()) - loss.begin());
       ++counts[static_cast<std::size_t>(best)];
       sum += Z.middleCols(static_cast<Index>(best) * width, width);

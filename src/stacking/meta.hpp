@@ -33,7 +33,7 @@ class MetaLearner {
 std::unique_ptr<MetaLearner> make_meta(const MetaOptions& opt, bool classification, bool passthrough);
 
 // Non-negative weights summing to one minimising sum_i w_i ||sum_l a_l P_l(i) - Y(i)||^2
-// (SuperLearner), from the all-reduced L x L Gram matrix: projected gradient on the simplex.
+// (SuperLearner), from the L x L Gram matrix summed exactly over ranks: projected gradient on the simplex.
 std::vector<double> simplex_least_squares(const Mat<double>& gram, const std::vector<double>& rhs);
 
 }  // namespace moesim

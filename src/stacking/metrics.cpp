@@ -3,30 +3,36 @@
 #include <algorithm>
 #include <cmath>
 
+#include "learners/standardize.hpp"
+
 namespace moesim {
 
 Scores score(const Communicator& comm, const Mat<double>& pred, const std::vector<double>& y,
              const std::vector<double>& w, int classes) {
-  // [sum w, sum w*correct, sum w*logloss, sum w*err^2, sum w*y, sum w*y^2]
-  double s[6] = {0, 0, 0, 0, 0, 0};
+  // Per-row terms [w, w*correct, w*logloss, w*err^2, w*y, w*y^2], summed exactly: the
+  // same bits on any number of ranks. Row sums in scalar loops, so that a row's bits do
+  // not depend on its position (vectorised reductions peel by alignment).
+  Mat<double> t = Mat<double>::Zero(pred.rows(), 6);
   for (Index i = 0; i < pred.rows(); ++i) {
     const double wi = w[static_cast<std::size_t>(i)], yi = y[static_cast<std::size_t>(i)];
-    s[0] += wi;
+    t(i, 0) = wi;
     if (classes >= 2) {
-      Index best = 0;
-      pred.row(i).maxCoeff(&best);
-      s[1] += wi * (best == static_cast<Index>(yi) ? 1.0 : 0.0);
-      const double total = pred.row(i).sum();
+      Index best = 0;  // the first largest
+      for (Index c = 1; c < pred.cols(); ++c)
+        if (pred(i, c) > pred(i, best)) best = c;
+      t(i, 1) = wi * (best == static_cast<Index>(yi) ? 1.0 : 0.0);
+      double total = 0;
+      for (Index c = 0; c < pred.cols(); ++c) total += pred(i, c);
       const double p = total > 0 ? pred(i, static_cast<Index>(yi)) / total : 0.0;
-      s[2] -= wi * std::log(std::clamp(p, 1e-15, 1.0 - 1e-15));
+      t(i, 2) = -wi * std::log(std::clamp(p, 1e-15, 1.0 - 1e-15));
     } else {
       const double e = pred(i, 0) - yi;
-      s[3] += wi * e * e;
-      s[4] += wi * yi;
-      s[5] += wi * yi * yi;
+      t(i, 3) = wi * e * e;
+      t(i, 4) = wi * yi;
+      t(i, 5) = wi * yi * yi;
     }
   }
-  comm.allreduce_sum(s, 6);
+  const std::vector<double> s = exact_column_sums(comm, t);
   Scores sc;
   sc.weight = s[0];
   if (s[0] <= 0) return sc;
