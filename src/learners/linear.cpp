@@ -49,14 +49,19 @@ void softmax_rows_in_place(Mat<double>& S) {
   }
 }
 
-double max_abs(const std::vector<double>& v) {
+// COLLECTIVE, like column_max_abs. The largest |v| over every rank's entries. Bounds for
+// ExactRowSums are products of such maxima, and must be the same on any layout: the max of
+// local products (a rank's largest weight times its largest feature) is not.
+double max_abs(const Communicator& comm, const std::vector<double>& v) {
   double m = 0;
   for (double x : v) m = std::max(m, std::abs(x));
-  return m;
+  return comm.allreduce_max(m);
 }
 
-RowVec<double> column_max_abs(const Mat<double>& M) {
-  return M.rows() > 0 ? RowVec<double>(M.cwiseAbs().colwise().maxCoeff()) : RowVec<double>::Zero(M.cols());
+RowVec<double> column_max_abs(const Communicator& comm, const Mat<double>& M) {
+  RowVec<double> m = M.rows() > 0 ? RowVec<double>(M.cwiseAbs().colwise().maxCoeff()) : RowVec<double>::Zero(M.cols());
+  if (m.size() > 0) comm.allreduce_max(m.data(), static_cast<int>(m.size()));
+  return m;
 }
 
 }  // namespace
@@ -78,8 +83,8 @@ void RidgeLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const Index n = Z.rows(), tri = p * (p + 1) / 2;
   const auto o_y = std::size_t{1}, o_g = o_y + static_cast<std::size_t>(m);
   const auto o_r = o_g + static_cast<std::size_t>(tri), o_z = o_r + static_cast<std::size_t>(p * m);
-  const double wmax = max_abs(w);
-  const RowVec<double> zmax = column_max_abs(Z), ymax = column_max_abs(Y);
+  const double wmax = max_abs(ctx.comm, w);
+  const RowVec<double> zmax = column_max_abs(ctx.comm, Z), ymax = column_max_abs(ctx.comm, Y);
   std::vector<double> bound(o_z + static_cast<std::size_t>(p));
   bound[0] = wmax;
   for (Index c = 0; c < m; ++c) bound[o_y + static_cast<std::size_t>(c)] = wmax * ymax(c);
@@ -153,8 +158,8 @@ void LogisticLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const double lambda = 1.0 / c_;
   auto penalty_diag = [&](Index k) { return (k % q == q - 1) ? 1e-10 : lambda; };
 
-  const double wmax = max_abs(w);
-  const RowVec<double> amax = column_max_abs(A);
+  const double wmax = max_abs(ctx.comm, w);
+  const RowVec<double> amax = column_max_abs(ctx.comm, A);
   const auto uq = static_cast<std::size_t>(q), tri = uq * (uq + 1) / 2;
 
   auto softmax_rows = [&](const Mat<double>& W) {

@@ -54,15 +54,20 @@ void NaiveBayesLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   auto w = [&](Index i) { return rows.w[static_cast<std::size_t>(i)]; };
   auto cls = [&](Index i) { return static_cast<Index>(rows.y[static_cast<std::size_t>(i)]); };
 
-  double wmax = 0;
-  for (Index i = 0; i < n; ++i) wmax = std::max(wmax, w(i));
+  // Every bound below is a product of global maxima (or a max over rows of a row's term
+  // times them), so that the bounds, and so the sums' rounding grid, are layout-free.
+  std::vector<double> mx(1 + static_cast<std::size_t>(p), 0.0);  // [max w | max |x_j|]
+  for (Index i = 0; i < n; ++i) mx[0] = std::max(mx[0], w(i));
+  for (Index j = 0; j < p && n > 0; ++j) mx[1 + static_cast<std::size_t>(j)] = rows.X.col(j).cwiseAbs().maxCoeff();
+  comm.allreduce_max(mx.data(), static_cast<int>(mx.size()));
+  const double wmax = mx[0];
   const auto uC = static_cast<std::size_t>(C), up = static_cast<std::size_t>(p);
   auto at = [&](Index c, Index j) { return static_cast<std::size_t>(c * p + j); };
 
   // Pass 1, exact sums: [sum w per class (C) | sum w x per class (C x p)].
   std::vector<double> b1(uC + uC * up, wmax);
-  for (Index j = 0; j < p && n > 0; ++j) {
-    const double b = wmax * rows.X.col(j).cwiseAbs().maxCoeff();
+  for (Index j = 0; j < p; ++j) {
+    const double b = wmax * mx[1 + static_cast<std::size_t>(j)];
     for (Index c = 0; c < C; ++c) b1[uC + at(c, j)] = b;
   }
   ExactRowSums s1(comm, b1);

@@ -57,10 +57,15 @@ void Standardizer::fit(const Communicator& comm, const Mat<double>& X, const std
   const auto up = static_cast<std::size_t>(p);
   auto wt = [&](Index i) { return w[static_cast<std::size_t>(i)]; };
   // Pass 1: [sum w | sum w x (p)].
-  double wmax = 0;
-  for (Index i = 0; i < n; ++i) wmax = std::max(wmax, std::abs(wt(i)));
+  // Bounds from global maxima of each factor, so that they (and the rounding grid) are the
+  // same on any layout; a max of local products would not be.
+  std::vector<double> mx(1 + up, 0.0);  // [max |w| | max |x_j|]
+  for (Index i = 0; i < n; ++i) mx[0] = std::max(mx[0], std::abs(wt(i)));
+  for (Index j = 0; j < p && n > 0; ++j) mx[1 + static_cast<std::size_t>(j)] = X.col(j).cwiseAbs().maxCoeff();
+  comm.allreduce_max(mx.data(), static_cast<int>(mx.size()));
+  const double wmax = mx[0];
   std::vector<double> bound(1 + up, wmax);
-  for (Index j = 0; j < p && n > 0; ++j) bound[1 + static_cast<std::size_t>(j)] = wmax * X.col(j).cwiseAbs().maxCoeff();
+  for (Index j = 0; j < p; ++j) bound[1 + static_cast<std::size_t>(j)] = wmax * mx[1 + static_cast<std::size_t>(j)];
   ExactRowSums s1(comm, bound);
   for (Index i = 0; i < n; ++i) {
     s1.add(0, wt(i));
