@@ -35,9 +35,11 @@ const Communicator& self() {
 
 // Rows [first, first + count) of a table whose row i is a pure function of (seed, i):
 // p features on unequal scales around an offset, a label (classes >= 2) or a value,
-// weights in [0.5, 2) with every seventh row 0.
+// weights in [0.5, 2) with every seventh row 0. spread >= 0: row 0 weighs 40 and row
+// `spread`'s features are 30 times larger, so the largest weight and the largest features
+// lie on different ranks (a bound made of rank-local maxima then moves with the layout).
 Rows make_rows(std::uint64_t seed, Index p, int classes, std::int64_t first, std::int64_t count,
-               double offset = 0.0) {
+               double offset = 0.0, std::int64_t spread = -1) {
   Rows r;
   r.X.resize(count, p);
   for (std::int64_t k = 0; k < count; ++k) {
@@ -48,15 +50,18 @@ Rows make_rows(std::uint64_t seed, Index p, int classes, std::int64_t first, std
       r.X(k, j) = offset + (1.0 + 0.7 * static_cast<double>(j)) * rng.normal() + 0.8 * label * (j % 2 ? 1 : -1);
     r.y.push_back(classes >= 2 ? label : std::sin(r.X(k, 0)) + 0.3 * r.X(k, p - 1) + 0.1 * rng.normal());
     r.w.push_back(i % 7 == 3 ? 0.0 : rng.uniform(0.5, 2.0));
+    if (spread >= 0 && i == 0) r.w.back() = 40.0;
+    if (i == spread) r.X.row(k) *= 30.0;
     r.id.push_back(i);
   }
   return r;
 }
 
 // This rank's shard of the N rows (uneven when P does not divide N).
-Rows shard(std::uint64_t seed, Index p, int classes, std::int64_t N, double offset = 0.0) {
+Rows shard(std::uint64_t seed, Index p, int classes, std::int64_t N, double offset = 0.0,
+           std::int64_t spread = -1) {
   const Shard sh = shard_of(N, world().rank(), world().size());
-  return make_rows(seed, p, classes, sh.first, sh.count, offset);
+  return make_rows(seed, p, classes, sh.first, sh.count, offset, spread);
 }
 
 template <class A, class B>
@@ -118,6 +123,7 @@ struct LinearCase {
   int classes;
   Index p;
   double offset;
+  bool spread = false;  // make_rows' spread: the maxima of weight and features apart
 };
 
 std::ostream& operator<<(std::ostream& os, const LinearCase& c) { return os << c.name; }
@@ -126,8 +132,9 @@ class ExactLearner : public ::testing::TestWithParam<LinearCase> {};
 
 TEST_P(ExactLearner, FitAndPredictionsMatchOneRank) {
   const LinearCase c = GetParam();
-  const Rows all = make_rows(5, c.p, c.classes, 0, kRows, c.offset);
-  const Rows mine = shard(5, c.p, c.classes, kRows, c.offset);
+  const std::int64_t spread = c.spread ? kRows - 1 : -1;
+  const Rows all = make_rows(5, c.p, c.classes, 0, kRows, c.offset, spread);
+  const Rows mine = shard(5, c.p, c.classes, kRows, c.offset, spread);
   LearnerOptions opt;
   opt.knn_k = 6;
   std::unique_ptr<Learner> a = make_learner(c.learner, opt), b = make_learner(c.learner, opt);
@@ -171,7 +178,10 @@ INSTANTIATE_TEST_SUITE_P(
                       LinearCase{"nb_classes3", "nb", 3, 5, 0.0},
                       LinearCase{"nb_offset", "nb", 2, 4, 1e6},
                       LinearCase{"knn_regression", "knn", 0, 4, 0.0},
-                      LinearCase{"knn_classes3", "knn", 3, 5, 0.0}),
+                      LinearCase{"knn_classes3", "knn", 3, 5, 0.0},
+                      LinearCase{"ridge_spread", "ridge", 0, 5, 0.0, true},
+                      LinearCase{"logistic_classes3_spread", "logistic", 3, 5, 0.0, true},
+                      LinearCase{"nb_spread", "nb", 3, 4, 0.0, true}),
     [](const ::testing::TestParamInfo<LinearCase>& param) { return std::string(param.param.name); });
 
 // Meta features: `blocks` blocks of `width` columns, class distributions (width = C) or
