@@ -9,6 +9,7 @@
 
 #include "learners/learner.hpp"
 #include "learners/linear.hpp"
+#include "comm/exact_row_sums.hpp"
 #include "learners/standardize.hpp"
 
 namespace moesim {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "comm/exact_row_sums.hpp"
 #include "learners/standardize.hpp"
 
 namespace moesim {

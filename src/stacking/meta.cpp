@@ -9,7 +9,7 @@
 
 #include "core/error.hpp"
 #include "learners/linear.hpp"
-#include "learners/standardize.hpp"
+#include "comm/exact_row_sums.hpp"
 #include "stacking/metrics.hpp"
 
 namespace moesim {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "learners/standardize.hpp"
+#include "comm/exact_row_sums.hpp"
 
 namespace moesim {
 

@@ -15,6 +15,7 @@
 #include "learners/knn.hpp"
 #include "learners/linear.hpp"
 #include "learners/nb.hpp"
+#include "comm/exact_row_sums.hpp"
 #include "learners/standardize.hpp"
 #include "stacking/meta.hpp"
 #include "stacking/metrics.hpp"
