@@ -232,10 +232,12 @@ StackResult run_blend(const Communicator& comm, const Table& data, const Table& 
   for (const std::string& l : opt.learners) make_learner(l, opt.learner);
   make_meta(opt.meta, cls, opt.passthrough);
 
-  // Split by global row: 0 train, 1 validation, 2 hold-out, 3 test.
+  // Split by global row (the row's place among all ranks' rows of `data`, which may be a
+  // selection without file row numbers): 0 train, 1 validation, 2 hold-out, 3 test.
+  const std::vector<std::int64_t> row = global_ids(comm, data.n());
   std::vector<int> split(static_cast<std::size_t>(data.n()));
   for (Index i = 0; i < data.n(); ++i) {
-    const double u = Rng(opt.seed, Stream::kTest, 0xB1E9D, static_cast<std::uint64_t>(data.first + i)).uniform();
+    const double u = Rng(opt.seed, Stream::kTest, 0xB1E9D, static_cast<std::uint64_t>(row[static_cast<std::size_t>(i)])).uniform();
     split[static_cast<std::size_t>(i)] = u < f_tr ? 0 : u < f_tr + f_va ? 1 : u < f_tr + f_va + f_ho ? 2 : 3;
   }
   if (split_of_row) *split_of_row = split;
