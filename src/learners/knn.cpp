@@ -137,7 +137,9 @@ void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     const auto ui = static_cast<std::size_t>(i);
     if (!(rows.w[ui] > 0)) continue;
     xa_.row(r).head(p_) = -2.0 * Z.row(i);
-    xa_(r, p_) = Z.row(i).squaredNorm();
+    double norm2 = 0;  // in index order: a vectorised norm peels by the row's alignment
+    for (Index j = 0; j < p_; ++j) norm2 += Z(i, j) * Z(i, j);
+    xa_(r, p_) = norm2;
     max_norm2_ = std::max(max_norm2_, xa_(r, p_));
     y_.push_back(rows.y[ui]);
     w_.push_back(rows.w[ui]);
