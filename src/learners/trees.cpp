@@ -387,10 +387,15 @@ Mat<double> GbdtLearner::predict(const LearnerContext&, const Mat<double>& X) {
     }
     return out;
   }
+  // Scalar loops: Eigen's vectorised exp and sum take a different path by a row's
+  // alignment, so the same row would round differently at another position or rank.
   for (Index i = 0; i < n; ++i) {
-    const double mx = s.row(i).maxCoeff();
-    s.row(i) = (s.row(i).array() - mx).exp().matrix();
-    s.row(i) /= s.row(i).sum();
+    double* r = s.data() + i * K;
+    double mx = r[0];
+    for (int k = 1; k < K; ++k) mx = std::max(mx, r[k]);
+    double z = 0;
+    for (int k = 0; k < K; ++k) z += r[k] = std::exp(r[k] - mx);
+    for (int k = 0; k < K; ++k) r[k] /= z;
   }
   return s;
 }

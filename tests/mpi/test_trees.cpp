@@ -552,6 +552,7 @@ const Communicator& solo() {
 struct Fitted {
   TreeEnsemble model;
   Mat<double> pred;
+  Mat<double> pred_shifted;  // the queries but the first: each row at another address
   std::vector<double> loss;
 };
 
@@ -562,6 +563,7 @@ Fitted fit_on(const Communicator& comm, const std::string& name, const LearnerOp
   l->fit(ctx, rows.view());
   Fitted f;
   f.pred = l->predict(ctx, Xq);
+  f.pred_shifted = l->predict(ctx, Xq.bottomRows(Xq.rows() - 1));
   if (const auto* t = dynamic_cast<const TreeLearner*>(l.get())) f.model = t->model();
   if (const auto* t = dynamic_cast<const ForestLearner*>(l.get())) f.model = t->model();
   if (const auto* g = dynamic_cast<const GbdtLearner*>(l.get())) {
@@ -584,6 +586,10 @@ long count_differences(const Fitted& a, const Fitted& b) {
   for (std::size_t k = 0; k < a.model.values.size(); ++k) bad += a.model.values[k] != b.model.values[k];
   for (std::size_t k = 0; k < a.loss.size(); ++k) bad += a.loss[k] != b.loss[k];
   for (Index i = 0; i < a.pred.size(); ++i) bad += a.pred.data()[i] != b.pred.data()[i];
+  // A row's prediction does not depend on where it sits in the query matrix.
+  for (const Fitted* f : {&a, &b})
+    for (Index i = 0; i < f->pred_shifted.size(); ++i)
+      bad += f->pred_shifted.data()[i] != f->pred.data()[f->pred.cols() + i];
   return bad;
 }
 
