@@ -51,9 +51,9 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
   // depend on how rows are spread over ranks.
   const std::int64_t rows = comm.allreduce_sum(static_cast<std::int64_t>(n));
   const int expo = fixed_exponent(ext[2 * P], static_cast<double>(rows));
-  const double unit = std::ldexp(1.0, -expo);
+  const double unit = std::ldexp(1.0, -expo), wscale = std::ldexp(1.0, expo);
   std::vector<Fixed> wq(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) wq[static_cast<std::size_t>(i)] = to_fixed(w[static_cast<std::size_t>(i)], expo);
+  for (Index i = 0; i < n; ++i) wq[static_cast<std::size_t>(i)] = to_fixed(w[static_cast<std::size_t>(i)], wscale);
   std::vector<double> lo(P), hi(P), scale(P, 0.0);
   std::vector<char> active(P);
   for (std::size_t f = 0; f < P; ++f) {

@@ -41,7 +41,9 @@ inline int fixed_exponent(double max_abs, double rows) {
   std::frexp(std::max(rows, 1.0), &c);    // rows < 2^c
   return std::clamp(62 - e - c, -900, 900);
 }
-inline Fixed to_fixed(double x, int k) { return static_cast<Fixed>(std::nearbyint(std::ldexp(x, k))); }
+// x 2^k rounded to the nearest integer; `scale` = 2^k (k in [-900, 900], so the
+// product is exact, as ldexp, and cheaper).
+inline Fixed to_fixed(double x, double scale) { return static_cast<Fixed>(std::llrint(x * scale)); }
 // A sum back as a double, rounded once: v * unit with unit = 2^-k (exact scaling).
 inline double from_fixed(Fixed v, double unit) { return static_cast<double>(v) * unit; }
 

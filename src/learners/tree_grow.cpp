@@ -596,15 +596,16 @@ void Grower<BinT>::quantise(FixedSum* extra, int n_extra) {
   bool finite = true;
   for (double v : mx) finite = finite && std::isfinite(v);
   MOESIM_REQUIRE(finite, "tree statistics must be finite");
-  std::vector<int> expo(S);
+  std::vector<double> scale(S);
   unit_.assign(nt, std::vector<double>(S));
   fixed_totals_.assign(nt, {});
   for (std::size_t k = 0; k < nt; ++k) {
     GrowTree& t = trees_[k];
     // Integer statistics with small sums (exact_in_float) are summed unscaled.
     for (std::size_t s = 0; s < S; ++s) {
-      expo[s] = prm_.exact_in_float ? 0 : fixed_exponent(mx[k * S + s], static_cast<double>(rows[k]));
-      unit_[k][s] = std::ldexp(1.0, -expo[s]);
+      const int e = prm_.exact_in_float ? 0 : fixed_exponent(mx[k * S + s], static_cast<double>(rows[k]));
+      scale[s] = std::ldexp(1.0, e);
+      unit_[k][s] = std::ldexp(1.0, -e);
     }
     Ordered& o = ord_[k];
     const std::size_t cnt = t.rows.size();
@@ -613,13 +614,13 @@ void Grower<BinT>::quantise(FixedSum* extra, int n_extra) {
       o.wt[0].resize(cnt);
       for (std::size_t j = 0; j < cnt; ++j) {
         o.lab[0][j] = t.label[t.rows[j]];
-        o.wt[0][j] = to_fixed(t.weight[t.rows[j]], expo[0]);
+        o.wt[0][j] = to_fixed(t.weight[t.rows[j]], scale[0]);
       }
     } else {
       o.st[0].resize(cnt * S);
       for (std::size_t j = 0; j < cnt; ++j) {
         const double* st = t.stat + static_cast<std::size_t>(t.rows[j]) * S;
-        for (std::size_t s = 0; s < S; ++s) o.st[0][j * S + s] = to_fixed(st[s], expo[s]);
+        for (std::size_t s = 0; s < S; ++s) o.st[0][j * S + s] = to_fixed(st[s], scale[s]);
       }
     }
   }
