@@ -315,7 +315,7 @@ class Grower {
   std::unique_ptr<Fixed[]> arena_;  // uninitialised: build() zeroes what it uses
   std::size_t arena_size_ = 0;
   std::vector<Fixed> derived_;
-  std::vector<std::int32_t> narrow_;  // exact_in_float transport
+  std::vector<std::int32_t> narrow_;  // narrow_integers transport
   std::vector<std::vector<Fixed>> retained_;
   // Scratch.
   std::vector<Fixed> left_, right_, best_left_, best_right_, spill_d_;
@@ -601,9 +601,9 @@ void Grower<BinT>::quantise(FixedSum* extra, int n_extra) {
   fixed_totals_.assign(nt, {});
   for (std::size_t k = 0; k < nt; ++k) {
     GrowTree& t = trees_[k];
-    // Integer statistics with small sums (exact_in_float) are summed unscaled.
+    // Integer statistics with small sums (narrow_integers) are summed unscaled.
     for (std::size_t s = 0; s < S; ++s) {
-      const int e = prm_.exact_in_float ? 0 : fixed_exponent(mx[k * S + s], static_cast<double>(rows[k]));
+      const int e = prm_.narrow_integers ? 0 : fixed_exponent(mx[k * S + s], static_cast<double>(rows[k]));
       scale[s] = std::ldexp(1.0, e);
       unit_[k][s] = std::ldexp(1.0, -e);
     }
@@ -712,7 +712,7 @@ void Grower<BinT>::run(FixedSum* extra, int n_extra) {
       }
       for (std::size_t k = i; k < j; ++k)
         if (!level[k].derive) build(level[k], arena_.get() + level[k].offset);
-      if (prm_.exact_in_float) {
+      if (prm_.narrow_integers) {
         // Unscaled integers whose sums stay below 2^24 travel in half the bytes.
         Fixed* a = arena_.get();
         narrow_.resize(used);

@@ -70,7 +70,7 @@ struct GrowParams {
   // The caller guarantees that every row statistic is an integer and that every sum of
   // them over rows stays below 2^24: histograms then sum unscaled and travel as int32,
   // in half the bytes (the forest's counts of bootstrap draws with integer weights).
-  bool exact_in_float = false;
+  bool narrow_integers = false;
 };
 
 // One tree of a batch grown together.

@@ -117,7 +117,7 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
   const std::vector<std::int32_t> labels = clf ? labels_of(rows.y) : std::vector<std::int32_t>{};
   if (clf) {
     // Integer weights (unit weights included): class counts x bootstrap draws (at most
-    // 32 a row) are integers, so histograms can travel as float if their sums fit.
+    // 32 a row) are integers, so histograms can travel as int32 if their sums fit.
     double integer = 1;
     FixedSum wsum;  // exact, so that every rank count takes the same decision
     for (double w : rows.w) {
@@ -127,7 +127,7 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
     const double all_integer = -ctx.comm.allreduce_max(-integer);
     allreduce_exact(ctx.comm, &wsum, 1);
     const double bound = (bootstrap ? 32.0 : 1.0) * std::max(wsum.value(), fb.rows);
-    prm.exact_in_float = all_integer > 0 && bound < 16777216.0;  // 2^24
+    prm.narrow_integers = all_integer > 0 && bound < 16777216.0;  // 2^24
   }
 
   // From global counts, so that every rank forms the same batches.

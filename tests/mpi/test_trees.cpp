@@ -95,6 +95,9 @@ Mat<double> fit_predict(const std::string& name, const LearnerOptions& opt, int 
   return l->predict(ctx, Xq);
 }
 
+// Against the serial reference, which sums doubles in row order: the learners sum
+// statistics exactly in fixed point (a row's statistic rounded to about 2^-62 N of the
+// largest, a sum of N rows to 2^-62 N^2), so the two differ by rounding, far below this.
 constexpr double kAbs = 1e-9, kRel = 1e-9;
 
 // ------------------------------------------------------------------- binning
@@ -273,9 +276,10 @@ TEST(TreeGrow, ChunkingAndRetentionDoNotChangeTrees) {
     }
 }
 
-// Integer weights: the forest's histograms travel as float (exact_in_float) and give
-// exactly the trees of double transport, and the serial reference's predictions.
-TEST(TreeGrow, FloatTransportOfIntegerHistogramsIsExact) {
+// Integer weights: the forest's histograms sum unscaled and travel as int32
+// (narrow_integers) and give exactly the trees of scaled int64 sums, and the serial
+// reference's predictions.
+TEST(TreeGrow, Int32TransportOfIntegerHistogramsIsExact) {
   const Data all = make_data(0, 500, 3, 28, Weights::kSmallInt);
   const Data local = my_shard(all);
   const FeatureBins fb = fit_feature_bins(world(), local.X, local.w, 32);
@@ -290,7 +294,7 @@ TEST(TreeGrow, FloatTransportOfIntegerHistogramsIsExact) {
       prm.stats = 3;
       prm.max_depth = 7;
       prm.features_per_split = m;
-      prm.exact_in_float = narrow;
+      prm.narrow_integers = narrow;
       std::vector<GrowTree> trees(2);
       for (std::size_t k = 0; k < trees.size(); ++k) {
         trees[k].key = k;
