@@ -35,16 +35,25 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
   const std::size_t P = static_cast<std::size_t>(p);
   const double inf = std::numeric_limits<double>::infinity();
 
-  // Global range: [max | -min] in one all-reduce.
-  std::vector<double> ext(2 * P, -inf);
-  for (Index i = 0; i < n; ++i)
+  // Global range and largest weight: [max | -min | max w] in one all-reduce.
+  std::vector<double> ext(2 * P + 1, -inf);
+  for (Index i = 0; i < n; ++i) {
+    ext[2 * P] = std::max(ext[2 * P], std::abs(w[static_cast<std::size_t>(i)]));
     for (int f = 0; f < p; ++f) {
       const double x = X(i, f);
       if (std::isnan(x)) continue;
       ext[static_cast<std::size_t>(f)] = std::max(ext[static_cast<std::size_t>(f)], x);
       ext[P + static_cast<std::size_t>(f)] = std::max(ext[P + static_cast<std::size_t>(f)], -x);
     }
-  comm.allreduce_max(ext.data(), 2 * p);
+  }
+  comm.allreduce_max(ext.data(), 2 * p + 1);
+  // Masses are summed exactly (fixed point, tree_binning.hpp): the edges then do not
+  // depend on how rows are spread over ranks.
+  const std::int64_t rows = comm.allreduce_sum(static_cast<std::int64_t>(n));
+  const int expo = fixed_exponent(ext[2 * P], static_cast<double>(rows));
+  const double unit = std::ldexp(1.0, -expo), wscale = std::ldexp(1.0, expo);
+  std::vector<Fixed> wq(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) wq[static_cast<std::size_t>(i)] = to_fixed(w[static_cast<std::size_t>(i)], wscale);
   std::vector<double> lo(P), hi(P), scale(P, 0.0);
   std::vector<char> active(P);
   for (std::size_t f = 0; f < P; ++f) {
@@ -54,19 +63,20 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
     if (active[f]) scale[f] = K1 / (hi[f] - lo[f]);
   }
 
-  // Pass 1: weighted mass per coarse cell, and the row count in the last slot.
-  std::vector<double> m1(P * K1 + 1, 0.0);
+  // Pass 1: weighted mass per coarse cell.
+  std::vector<Fixed> q1(P * K1, 0);
   for (Index i = 0; i < n; ++i) {
-    const double wi = w[static_cast<std::size_t>(i)];
+    const Fixed wi = wq[static_cast<std::size_t>(i)];
     for (int f = 0; f < p; ++f) {
       const std::size_t fs = static_cast<std::size_t>(f);
       const double x = X(i, f);
       if (!active[fs] || std::isnan(x)) continue;
-      m1[fs * K1 + static_cast<std::size_t>(coarse_cell(cell_position(x, lo[fs], scale[fs])))] += wi;
+      q1[fs * K1 + static_cast<std::size_t>(coarse_cell(cell_position(x, lo[fs], scale[fs])))] += wi;
     }
   }
-  m1[P * K1] = static_cast<double>(n);
-  comm.allreduce_sum(m1.data(), static_cast<int>(m1.size()));
+  comm.allreduce_sum(q1.data(), static_cast<int>(q1.size()));
+  std::vector<double> m1(q1.size());
+  for (std::size_t j = 0; j < q1.size(); ++j) m1[j] = from_fixed(q1[j], unit);
 
   // Cells where a cut k W / B falls get a slot of K2 fine cells.
   const int B = max_bins;
@@ -92,9 +102,9 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
   }
 
   // Pass 2: weighted mass per fine cell of the refined cells.
-  std::vector<double> m2(static_cast<std::size_t>(slots) * K2, 0.0);
+  std::vector<Fixed> q2(static_cast<std::size_t>(slots) * K2, 0);
   for (Index i = 0; i < n; ++i) {
-    const double wi = w[static_cast<std::size_t>(i)];
+    const Fixed wi = wq[static_cast<std::size_t>(i)];
     for (int f = 0; f < p; ++f) {
       const std::size_t fs = static_cast<std::size_t>(f);
       const double x = X(i, f);
@@ -102,15 +112,17 @@ FeatureBins fit_feature_bins(const Communicator& comm, const Mat<double>& X,
       const double pos = cell_position(x, lo[fs], scale[fs]);
       const int c = coarse_cell(pos);
       const int s = slot_of[fs * K1 + static_cast<std::size_t>(c)];
-      if (s >= 0) m2[static_cast<std::size_t>(s) * K2 + static_cast<std::size_t>(fine_cell(pos, c))] += wi;
+      if (s >= 0) q2[static_cast<std::size_t>(s) * K2 + static_cast<std::size_t>(fine_cell(pos, c))] += wi;
     }
   }
-  comm.allreduce_sum(m2.data(), static_cast<int>(m2.size()));
+  comm.allreduce_sum(q2.data(), static_cast<int>(q2.size()));
+  std::vector<double> m2(q2.size());
+  for (std::size_t j = 0; j < q2.size(); ++j) m2[j] = from_fixed(q2[j], unit);
 
   // Walk the pieces (whole cells, or fine cells of refined ones) in order; cut k lies at
   // the upper edge of the first piece whose cumulative mass reaches k W / B.
   FeatureBins out;
-  out.rows = m1[P * K1];
+  out.rows = static_cast<double>(rows);
   out.thresholds.resize(P);
   for (std::size_t f = 0; f < P; ++f) {
     if (!active[f] || !(total[f] > 0)) continue;

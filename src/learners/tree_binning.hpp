@@ -27,6 +27,26 @@ struct FeatureBins {
   int bins(int f) const { return static_cast<int>(thresholds[static_cast<std::size_t>(f)].size()) + 1; }
 };
 
+// Exact sums across ranks for the binning and the histogram trees: a value x is summed
+// as the integer round(x 2^k), k agreed over ranks from the global max |x| and row count
+// so that no sum of those rows' terms reaches 2^62. Each term's rounding depends only on
+// its row and k, and int64 sums do not depend on their order or on how rows are spread
+// over ranks, so every sum is the same bits on any rank count (as LightGBM's quantised
+// gradients, with 62 bits instead of 8 to 32).
+using Fixed = std::int64_t;
+inline int fixed_exponent(double max_abs, double rows) {
+  if (!(max_abs > 0) || !std::isfinite(max_abs)) return 0;
+  int e = 0, c = 0;
+  std::frexp(max_abs, &e);                // max_abs < 2^e
+  std::frexp(std::max(rows, 1.0), &c);    // rows < 2^c
+  return std::clamp(62 - e - c, -900, 900);
+}
+// x 2^k rounded to the nearest integer; `scale` = 2^k (k in [-900, 900], so the
+// product is exact, as ldexp, and cheaper).
+inline Fixed to_fixed(double x, double scale) { return static_cast<Fixed>(std::llrint(x * scale)); }
+// A sum back as a double, rounded once: v * unit with unit = 2^-k (exact scaling).
+inline double from_fixed(Fixed v, double unit) { return static_cast<double>(v) * unit; }
+
 // NaN goes to the last bin, as "x <= t" is false for it at every split.
 inline int bin_of(const std::vector<double>& t, double x) {
   if (std::isnan(x)) return static_cast<int>(t.size());

@@ -20,6 +20,7 @@
 #include <memory>
 #include <numeric>
 
+#include "comm/exact_sum.hpp"
 #include "core/error.hpp"
 
 namespace moesim {
@@ -55,7 +56,7 @@ namespace {
 // Column-wise kernels: one feature's bins for the node's rows.
 template <class BinT>
 void hist_gini_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
-                   const std::int32_t* lab, const double* wt, double* h, std::size_t C) {
+                   const std::int32_t* lab, const Fixed* wt, Fixed* h, std::size_t C) {
   for (std::size_t j = 0; j < cnt; ++j)
     h[static_cast<std::size_t>(col[rows[j]]) * C + static_cast<std::size_t>(lab[j])] += wt[j];
 }
@@ -63,11 +64,11 @@ void hist_gini_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
 // SN > 0: S known at compile time; SN = 0: S = Srt.
 template <int SN, class BinT>
 void hist_moments_col(const BinT* col, const std::uint32_t* rows, std::size_t cnt,
-                      const double* st, double* h, std::size_t Srt) {
+                      const Fixed* st, Fixed* h, std::size_t Srt) {
   const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : Srt;
   for (std::size_t j = 0; j < cnt; ++j) {
-    double* hb = h + static_cast<std::size_t>(col[rows[j]]) * S;
-    const double* s = st + j * S;
+    Fixed* hb = h + static_cast<std::size_t>(col[rows[j]]) * S;
+    const Fixed* s = st + j * S;
     for (std::size_t k = 0; k < S; ++k) hb[k] += s[k];
   }
 }
@@ -75,17 +76,17 @@ void hist_moments_col(const BinT* col, const std::uint32_t* rows, std::size_t cn
 // Four features per pass: the node's statistics are read once for all four.
 template <int SN, class BinT>
 void hist_moments_col4(const BinT* const* col, const std::uint32_t* rows, std::size_t cnt,
-                       const double* st, double* const* h, std::size_t Srt) {
+                       const Fixed* st, Fixed* const* h, std::size_t Srt) {
   const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : Srt;
   for (std::size_t j = 0; j < cnt; ++j) {
     const std::size_t r = rows[j];
-    const double* s = st + j * S;
-    double* h0 = h[0] + static_cast<std::size_t>(col[0][r]) * S;
-    double* h1 = h[1] + static_cast<std::size_t>(col[1][r]) * S;
-    double* h2 = h[2] + static_cast<std::size_t>(col[2][r]) * S;
-    double* h3 = h[3] + static_cast<std::size_t>(col[3][r]) * S;
+    const Fixed* s = st + j * S;
+    Fixed* h0 = h[0] + static_cast<std::size_t>(col[0][r]) * S;
+    Fixed* h1 = h[1] + static_cast<std::size_t>(col[1][r]) * S;
+    Fixed* h2 = h[2] + static_cast<std::size_t>(col[2][r]) * S;
+    Fixed* h3 = h[3] + static_cast<std::size_t>(col[3][r]) * S;
     for (std::size_t k = 0; k < S; ++k) {
-      const double v = s[k];
+      const Fixed v = s[k];
       h0[k] += v;
       h1[k] += v;
       h2[k] += v;
@@ -96,10 +97,10 @@ void hist_moments_col4(const BinT* const* col, const std::uint32_t* rows, std::s
 
 template <class BinT>
 void hist_gini_col4(const BinT* const* col, const std::uint32_t* rows, std::size_t cnt,
-                    const std::int32_t* lab, const double* wt, double* const* h, std::size_t C) {
+                    const std::int32_t* lab, const Fixed* wt, Fixed* const* h, std::size_t C) {
   for (std::size_t j = 0; j < cnt; ++j) {
     const std::size_t r = rows[j], c = static_cast<std::size_t>(lab[j]);
-    const double v = wt[j];
+    const Fixed v = wt[j];
     h[0][static_cast<std::size_t>(col[0][r]) * C + c] += v;
     h[1][static_cast<std::size_t>(col[1][r]) * C + c] += v;
     h[2][static_cast<std::size_t>(col[2][r]) * C + c] += v;
@@ -111,24 +112,24 @@ void hist_gini_col4(const BinT* const* col, const std::uint32_t* rows, std::size
 // forest reads a few sampled features of every row, streaming through memory.
 template <class BinT>
 void hist_gini_rows(const BinT* x, std::size_t p, std::size_t cnt, const std::int32_t* lab,
-                    const double* wt, const int* feats, const std::size_t* hoff, std::size_t m,
-                    double* h, std::size_t C) {
+                    const Fixed* wt, const int* feats, const std::size_t* hoff, std::size_t m,
+                    Fixed* h, std::size_t C) {
   for (std::size_t j = 0; j < cnt; ++j, x += p) {
-    double* hj = h + static_cast<std::size_t>(lab[j]);
-    const double wj = wt[j];
+    Fixed* hj = h + static_cast<std::size_t>(lab[j]);
+    const Fixed wj = wt[j];
     for (std::size_t k = 0; k < m; ++k) hj[hoff[k] + static_cast<std::size_t>(x[feats[k]]) * C] += wj;
   }
 }
 
 template <int SN, class BinT>
-void hist_moments_rows(const BinT* x, std::size_t p, std::size_t cnt, const double* st,
-                       const int* feats, const std::size_t* hoff, std::size_t m, double* h,
+void hist_moments_rows(const BinT* x, std::size_t p, std::size_t cnt, const Fixed* st,
+                       const int* feats, const std::size_t* hoff, std::size_t m, Fixed* h,
                        std::size_t Srt) {
   const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : Srt;
   for (std::size_t j = 0; j < cnt; ++j, x += p) {
-    const double* s = st + j * S;
+    const Fixed* s = st + j * S;
     for (std::size_t k = 0; k < m; ++k) {
-      double* hb = h + hoff[k] + static_cast<std::size_t>(x[feats[k]]) * S;
+      Fixed* hb = h + hoff[k] + static_cast<std::size_t>(x[feats[k]]) * S;
       for (std::size_t q = 0; q < S; ++q) hb[q] += s[q];
     }
   }
@@ -189,16 +190,18 @@ class Grower {
     right_.resize(S);
     best_left_.resize(S);
     best_right_.resize(S);
+    real_l_.resize(S);
+    real_r_.resize(S);
   }
 
-  void run(double* extra, int n_extra);
+  void run(FixedSum* extra, int n_extra);
 
  private:
   struct Work {
     int tree = 0, node = 0, depth = 0;
     std::uint64_t heap = 1;     // 1 for a root, children 2h and 2h + 1
     std::vector<int> feats;     // sampled candidates; empty: every feature
-    std::size_t size = 0;       // doubles in its histogram
+    std::size_t size = 0;       // values in its histogram
     int parent_hist = -1;       // retained_ index of the parent's histogram
     bool pair_head = false;     // this and the next work are siblings sharing parent_hist
     bool derive = false;        // histogram = parent - sibling
@@ -213,8 +216,8 @@ class Grower {
   // rows forward from the front, right rows backward from the back).
   struct Ordered {
     std::vector<std::int32_t> lab[2];  // kGini
-    std::vector<double> wt[2];         // kGini
-    std::vector<double> st[2];         // others, S per row
+    std::vector<Fixed> wt[2];          // kGini
+    std::vector<Fixed> st[2];          // others, S per row
     std::vector<BinT> bins[2];         // sampled: the rows' bins, stride_ per row
     std::vector<std::uint32_t> rows[2];  // sampled: row ids
   };
@@ -254,12 +257,16 @@ class Grower {
     return true;
   }
 
-  void build(const Work& w, double* h);
+  // Agrees every tree's fixed-point exponents and stores its rows' statistics in them.
+  void quantise(FixedSum* extra, int n_extra);
+  // Node `node` of `tree` gets the integer totals q (and their doubles in GrowTree::totals).
+  void set_totals(int tree, int node, const Fixed* q);
+  void build(const Work& w, Fixed* h);
   void partition(const Work& w, int f, int b, std::uint32_t& mid);
-  void finish(const Work& w, const double* h, std::vector<Work>& next,
-              std::vector<std::vector<double>>& retained_next, std::size_t& retained_used);
+  void finish(const Work& w, const Fixed* h, std::vector<Work>& next,
+              std::vector<std::vector<Fixed>>& retained_next, std::size_t& retained_used);
   template <SplitScore K, int SN>
-  bool evaluate(const Work& w, const double* h, const double* T, int& best_f, int& best_b);
+  bool evaluate(const Work& w, const Fixed* h, const Fixed* T, int& best_f, int& best_b);
   template <SplitScore K>
   static double weight(const double* s, std::size_t S) {
     if constexpr (K == SplitScore::kGini) {
@@ -303,13 +310,16 @@ class Grower {
   std::size_t stride_ = 0;  // bins per row of Ordered::bins (p, padded to 8 bytes)
   std::vector<int> all_;
   std::vector<Ordered> ord_;
-  std::unique_ptr<double[]> arena_;  // uninitialised: build() zeroes what it uses
+  std::vector<std::vector<double>> unit_;  // per tree, S values 2^-k (tree_binning.hpp)
+  std::vector<std::vector<Fixed>> fixed_totals_;  // per tree, S per node
+  std::unique_ptr<Fixed[]> arena_;  // uninitialised: build() zeroes what it uses
   std::size_t arena_size_ = 0;
-  std::vector<double> derived_;
-  std::vector<float> narrow_;  // exact_in_float transport
-  std::vector<std::vector<double>> retained_;
+  std::vector<Fixed> derived_;
+  std::vector<std::int32_t> narrow_;  // narrow_integers transport
+  std::vector<std::vector<Fixed>> retained_;
   // Scratch.
-  std::vector<double> left_, right_, best_left_, best_right_, spill_d_;
+  std::vector<Fixed> left_, right_, best_left_, best_right_, spill_d_;
+  std::vector<double> real_l_, real_r_;
   std::vector<std::size_t> hoff_;
   std::vector<char> goes_left_;
   std::vector<std::uint32_t> spill_u_;
@@ -317,14 +327,14 @@ class Grower {
 };
 
 template <class BinT>
-void Grower<BinT>::build(const Work& w, double* h) {
+void Grower<BinT>::build(const Work& w, Fixed* h) {
   const GrowTree& t = trees_[static_cast<std::size_t>(w.tree)];
   const Ordered& o = ord_[static_cast<std::size_t>(w.tree)];
   const GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   const std::uint32_t* rows = t.rows.data() + node.begin;
   const std::size_t cnt = node.end - node.begin, S = static_cast<std::size_t>(S_);
   // Zeroed here rather than with the whole buffer, so its lines are in cache.
-  std::fill(h, h + w.size, 0.0);
+  std::fill(h, h + w.size, Fixed{0});
   if (cnt == 0) return;
   const std::vector<int>& fl = features(w);
   const std::size_t m = fl.size();
@@ -336,8 +346,8 @@ void Grower<BinT>::build(const Work& w, double* h) {
   const bool gini = lab_;
   const int side = sampled_ ? w.depth % 2 : 0;
   const std::int32_t* lab = gini ? o.lab[side].data() + node.begin : nullptr;
-  const double* wt = gini ? o.wt[side].data() + node.begin : nullptr;
-  const double* st = gini ? nullptr : o.st[side].data() + node.begin * S;
+  const Fixed* wt = gini ? o.wt[side].data() + node.begin : nullptr;
+  const Fixed* st = gini ? nullptr : o.st[side].data() + node.begin * S;
   if (sampled_) {
     const BinT* x = o.bins[side].data() + node.begin * stride_;
     const std::size_t p = stride_;
@@ -350,7 +360,7 @@ void Grower<BinT>::build(const Work& w, double* h) {
   std::size_t k = 0;
   for (; k + 4 <= m; k += 4) {
     const BinT* cols[4];
-    double* hs[4];
+    Fixed* hs[4];
     for (std::size_t q = 0; q < 4; ++q) {
       cols[q] = cm_ + static_cast<std::size_t>(fl[k + q]) * n_;
       hs[q] = h + hoff_[k + q];
@@ -362,7 +372,7 @@ void Grower<BinT>::build(const Work& w, double* h) {
   }
   for (; k < m; ++k) {
     const BinT* col = cm_ + static_cast<std::size_t>(fl[k]) * n_;
-    double* hf = h + hoff_[k];
+    Fixed* hf = h + hoff_[k];
     if (gini) hist_gini_col(col, rows, cnt, lab, wt, hf, S);
     else if (S == 2) hist_moments_col<2>(col, rows, cnt, st, hf, S);
     else if (S == 3) hist_moments_col<3>(col, rows, cnt, st, hf, S);
@@ -372,15 +382,21 @@ void Grower<BinT>::build(const Work& w, double* h) {
 
 template <class BinT>
 template <SplitScore K, int SN>
-bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int& best_f,
+bool Grower<BinT>::evaluate(const Work& w, const Fixed* h, const Fixed* T, int& best_f,
                             int& best_b) {
   // SN > 0: S known at compile time, so the per-bin loops unroll into registers.
   const std::size_t S = SN > 0 ? static_cast<std::size_t>(SN) : static_cast<std::size_t>(S_);
-  double lbuf[SN > 0 ? SN : 1], rbuf[SN > 0 ? SN : 1];
-  double* L = SN > 0 ? lbuf : left_.data();
-  double* R = SN > 0 ? rbuf : right_.data();
+  Fixed lbuf[SN > 0 ? SN : 1], rbuf[SN > 0 ? SN : 1];
+  double ldbuf[SN > 0 ? SN : 1], rdbuf[SN > 0 ? SN : 1];
+  Fixed* L = SN > 0 ? lbuf : left_.data();
+  Fixed* R = SN > 0 ? rbuf : right_.data();
+  // Left and right sums are exact integers; their doubles (one rounding each) score.
+  double* Ld = SN > 0 ? ldbuf : real_l_.data();
+  double* Rd = SN > 0 ? rdbuf : real_r_.data();
+  const double* unit = unit_[static_cast<std::size_t>(w.tree)].data();
   const std::size_t C = C_;  // a Gini weight sums the class entries, not the row count
-  const double W = weight<K>(T, C);
+  const double* Td = totals(w);
+  const double W = weight<K>(Td, C);
   // Newton's weight is its row count; the others count rows only with count_rows.
   const double minw = K == SplitScore::kNewton ? std::max(prm_.min_leaf, kSplitMinChildRel * W)
                                                : kSplitMinChildRel * W;
@@ -391,21 +407,26 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
   std::size_t off = 0;
   for (int f : features(w)) {
     const int nb = X_.nbins[static_cast<std::size_t>(f)];
-    const double* hf = h + off;
+    const Fixed* hf = h + off;
     off += static_cast<std::size_t>(nb) * S;
     for (std::size_t s = 0; s < S; ++s) L[s] = 0;
     for (int b = 0; b + 1 < nb; ++b) {
-      const double* hb = hf + static_cast<std::size_t>(b) * S;
+      const Fixed* hb = hf + static_cast<std::size_t>(b) * S;
       // An empty bin repeats the previous cut, which wins the tie.
       bool empty = true;
       for (std::size_t s = 0; s < S; ++s) {
         L[s] += hb[s];
         empty = empty && hb[s] == 0;
       }
-      if (empty || weight<K>(L, C) < minw || (count && L[S - 1] < minr)) continue;
-      for (std::size_t s = 0; s < S; ++s) R[s] = T[s] - L[s];
-      if (weight<K>(R, C) < minw || (count && R[S - 1] < minr)) break;
-      const double score = term<K>(L, C) + term<K>(R, C);
+      if (empty) continue;
+      for (std::size_t s = 0; s < S; ++s) Ld[s] = from_fixed(L[s], unit[s]);
+      if (weight<K>(Ld, C) < minw || (count && Ld[S - 1] < minr)) continue;
+      for (std::size_t s = 0; s < S; ++s) {
+        R[s] = T[s] - L[s];
+        Rd[s] = from_fixed(R[s], unit[s]);
+      }
+      if (weight<K>(Rd, C) < minw || (count && Rd[S - 1] < minr)) break;
+      const double score = term<K>(Ld, C) + term<K>(Rd, C);
       if (!have || score > best + kSplitTieRel * std::abs(best)) {
         have = true;
         best = score;
@@ -416,7 +437,7 @@ bool Grower<BinT>::evaluate(const Work& w, const double* h, const double* T, int
       }
     }
   }
-  return have && best - term<K>(T, C) > kSplitMinGainRel * std::abs(best);
+  return have && best - term<K>(Td, C) > kSplitMinGainRel * std::abs(best);
 }
 
 template <class BinT>
@@ -467,22 +488,24 @@ void Grower<BinT>::partition(const Work& w, int f, int b, std::uint32_t& mid) {
 }
 
 template <class BinT>
-void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& next,
-                          std::vector<std::vector<double>>& retained_next,
+void Grower<BinT>::finish(const Work& w, const Fixed* h, std::vector<Work>& next,
+                          std::vector<std::vector<Fixed>>& retained_next,
                           std::size_t& retained_used) {
   GrowTree& t = trees_[static_cast<std::size_t>(w.tree)];
   const std::size_t S = static_cast<std::size_t>(S_);
-  double* T = t.totals.data() + static_cast<std::size_t>(w.node) * S;
   if (w.depth == 0) {
-    // A root's totals come from its own histogram (any one feature's bins sum to them).
-    std::fill(T, T + S, 0.0);
+    // A root's totals come from its own histogram (every feature's bins sum to them).
+    std::vector<Fixed>& q = left_;
+    std::fill(q.begin(), q.end(), Fixed{0});
     if (!features(w).empty()) {
       const int f0 = features(w)[0];
       for (int b = 0; b < X_.nbins[static_cast<std::size_t>(f0)]; ++b)
-        for (std::size_t s = 0; s < S; ++s) T[s] += h[static_cast<std::size_t>(b) * S + s];
+        for (std::size_t s = 0; s < S; ++s) q[s] += h[static_cast<std::size_t>(b) * S + s];
     }
-    if (!splittable(T)) return;
+    set_totals(w.tree, w.node, q.data());
+    if (!splittable(totals(w))) return;
   }
+  const Fixed* T = fixed_totals_[static_cast<std::size_t>(w.tree)].data() + static_cast<std::size_t>(w.node) * S;
   int f = -1, b = -1;
   bool ok = false;
   switch (prm_.score) {
@@ -500,13 +523,16 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
   if (!ok) return;
 
   const bool deeper = w.depth + 1 < prm_.max_depth;
-  const bool split_l = deeper && splittable(best_left_.data());
-  const bool split_r = deeper && splittable(best_right_.data());
+  const int left = static_cast<int>(t.nodes.size());
+  set_totals(w.tree, left, best_left_.data());
+  set_totals(w.tree, left + 1, best_right_.data());
+  const double* child = t.totals.data() + static_cast<std::size_t>(left) * S;
+  const bool split_l = deeper && splittable(child);
+  const bool split_r = deeper && splittable(child + S);
   // Rows of two leaves need no partition unless the caller wants them by leaf.
   std::uint32_t mid = 0;
   const bool move_rows = prm_.keep_leaf_rows || split_l || split_r;
   if (move_rows) partition(w, f, b, mid);
-  const int left = static_cast<int>(t.nodes.size());
   GrowTree::Node& node = t.nodes[static_cast<std::size_t>(w.node)];
   node.feature = f;
   node.bin = b;
@@ -515,8 +541,6 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
   if (!move_rows) mid = 0;
   t.nodes.push_back({-1, -1, -1, begin, mid, w.depth + 1});
   t.nodes.push_back({-1, -1, -1, mid, end, w.depth + 1});
-  t.totals.insert(t.totals.end(), best_left_.begin(), best_left_.end());
-  t.totals.insert(t.totals.end(), best_right_.begin(), best_right_.end());
   int parent_hist = -1;
   if (!sampled_ && split_l && split_r && retained_used + w.size <= prm_.retain_doubles) {
     parent_hist = static_cast<int>(retained_next.size());
@@ -533,28 +557,87 @@ void Grower<BinT>::finish(const Work& w, const double* h, std::vector<Work>& nex
 }
 
 template <class BinT>
-void Grower<BinT>::run(double* extra, int n_extra) {
+void Grower<BinT>::set_totals(int tree, int node, const Fixed* q) {
+  const std::size_t S = static_cast<std::size_t>(S_), at = static_cast<std::size_t>(node) * S;
+  std::vector<Fixed>& fq = fixed_totals_[static_cast<std::size_t>(tree)];
+  std::vector<double>& d = trees_[static_cast<std::size_t>(tree)].totals;
+  if (fq.size() < at + S) fq.resize(at + S);
+  if (d.size() < at + S) d.resize(at + S);
+  const double* unit = unit_[static_cast<std::size_t>(tree)].data();
+  for (std::size_t s = 0; s < S; ++s) {
+    fq[at + s] = q[s];
+    d[at + s] = from_fixed(q[s], unit[s]);
+  }
+}
+
+template <class BinT>
+void Grower<BinT>::quantise(FixedSum* extra, int n_extra) {
+  const std::size_t S = static_cast<std::size_t>(S_), nt = trees_.size();
+  // Per tree: max |statistic| per column (every class column: max weight, with labels),
+  // and its row count; the extras ride on the count's all-reduce.
+  std::vector<double> mx(nt * S, 0.0);
+  std::vector<std::int64_t> rows(nt);
+  for (std::size_t k = 0; k < nt; ++k) {
+    const GrowTree& t = trees_[k];
+    double* m = mx.data() + k * S;
+    rows[k] = static_cast<std::int64_t>(t.rows.size());
+    for (std::uint32_t r : t.rows) {
+      if (lab_) {
+        m[0] = std::max(m[0], std::abs(t.weight[r]));
+      } else {
+        const double* st = t.stat + static_cast<std::size_t>(r) * S;
+        for (std::size_t s = 0; s < S; ++s) m[s] = std::max(m[s], std::abs(st[s]));
+      }
+    }
+    if (lab_) std::fill(m + 1, m + S, m[0]);
+  }
+  comm_.allreduce_max(mx.data(), static_cast<int>(mx.size()));
+  allreduce_exact(comm_, extra, std::max(n_extra, 0), &rows);
+  bool finite = true;
+  for (double v : mx) finite = finite && std::isfinite(v);
+  MOESIM_REQUIRE(finite, "tree statistics must be finite");
+  std::vector<double> scale(S);
+  unit_.assign(nt, std::vector<double>(S));
+  fixed_totals_.assign(nt, {});
+  for (std::size_t k = 0; k < nt; ++k) {
+    GrowTree& t = trees_[k];
+    // Integer statistics with small sums (narrow_integers) are summed unscaled.
+    for (std::size_t s = 0; s < S; ++s) {
+      const int e = prm_.narrow_integers ? 0 : fixed_exponent(mx[k * S + s], static_cast<double>(rows[k]));
+      scale[s] = std::ldexp(1.0, e);
+      unit_[k][s] = std::ldexp(1.0, -e);
+    }
+    Ordered& o = ord_[k];
+    const std::size_t cnt = t.rows.size();
+    if (lab_) {
+      o.lab[0].resize(cnt);
+      o.wt[0].resize(cnt);
+      for (std::size_t j = 0; j < cnt; ++j) {
+        o.lab[0][j] = t.label[t.rows[j]];
+        o.wt[0][j] = to_fixed(t.weight[t.rows[j]], scale[0]);
+      }
+    } else {
+      o.st[0].resize(cnt * S);
+      for (std::size_t j = 0; j < cnt; ++j) {
+        const double* st = t.stat + static_cast<std::size_t>(t.rows[j]) * S;
+        for (std::size_t s = 0; s < S; ++s) o.st[0][j * S + s] = to_fixed(st[s], scale[s]);
+      }
+    }
+  }
+}
+
+template <class BinT>
+void Grower<BinT>::run(FixedSum* extra, int n_extra) {
   const std::size_t S = static_cast<std::size_t>(S_);
   const bool gini = lab_;
   ord_.assign(trees_.size(), Ordered{});
+  quantise(extra, n_extra);
   for (std::size_t k = 0; k < trees_.size(); ++k) {
     GrowTree& t = trees_[k];
     t.nodes.assign(1, GrowTree::Node{-1, -1, -1, 0, static_cast<std::uint32_t>(t.rows.size()), 0});
     t.totals.assign(S, 0.0);
     Ordered& o = ord_[k];
     const std::size_t cnt = t.rows.size();
-    if (gini) {
-      o.lab[0].resize(cnt);
-      o.wt[0].resize(cnt);
-      for (std::size_t j = 0; j < cnt; ++j) {
-        o.lab[0][j] = t.label[t.rows[j]];
-        o.wt[0][j] = t.weight[t.rows[j]];
-      }
-    } else {
-      o.st[0].resize(cnt * S);
-      for (std::size_t j = 0; j < cnt; ++j)
-        std::copy_n(t.stat + static_cast<std::size_t>(t.rows[j]) * S, S, o.st[0].data() + j * S);
-    }
     if (sampled_) {
       const std::size_t p = static_cast<std::size_t>(p_);
       o.bins[0].assign(cnt * stride_, 0);
@@ -568,30 +651,25 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       o.st[1].resize(o.st[0].size());
     }
   }
-  const std::size_t ne = static_cast<std::size_t>(std::max(n_extra, 0));
   if (prm_.max_depth <= 0 || trees_.empty()) {
-    // Leaves only: their totals (and the extras) in one all-reduce.
-    std::vector<double> buf(trees_.size() * S + ne, 0.0);
+    // Leaves only: their totals in one all-reduce.
+    std::vector<Fixed> buf(trees_.size() * S, 0);
     for (std::size_t k = 0; k < trees_.size(); ++k) {
       const Ordered& o = ord_[k];
-      double* T = buf.data() + k * S;
+      Fixed* T = buf.data() + k * S;
       for (std::size_t j = 0; j < trees_[k].rows.size(); ++j) {
         if (gini) T[o.lab[0][j]] += o.wt[0][j];
         else
           for (std::size_t s = 0; s < S; ++s) T[s] += o.st[0][j * S + s];
       }
     }
-    std::copy_n(extra, ne, buf.data() + trees_.size() * S);
     comm_.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
-    for (std::size_t k = 0; k < trees_.size(); ++k)
-      std::copy_n(buf.data() + k * S, S, trees_[k].totals.data());
-    std::copy_n(buf.data() + trees_.size() * S, ne, extra);
+    for (std::size_t k = 0; k < trees_.size(); ++k) set_totals(static_cast<int>(k), 0, buf.data() + k * S);
     return;
   }
 
   std::vector<Work> level;
   for (std::size_t k = 0; k < trees_.size(); ++k) level.push_back(make_work(static_cast<int>(k), 0, 0, 1));
-  bool first = true;
   while (!level.empty()) {
     // Siblings that both split: accumulate the lighter one (by global weight, so every
     // rank agrees; the left one on a tie), derive the other.
@@ -609,7 +687,7 @@ void Grower<BinT>::run(double* extra, int n_extra) {
       ++i;
     }
     std::vector<Work> next;
-    std::vector<std::vector<double>> retained_next;
+    std::vector<std::vector<Fixed>> retained_next;
     std::size_t retained_used = 0;
     for (std::size_t i = 0; i < level.size();) {
       // A chunk of whole sibling pairs whose accumulated histograms fit one all-reduce.
@@ -627,32 +705,28 @@ void Grower<BinT>::run(double* extra, int n_extra) {
           }
         j += unit;
       }
-      const std::size_t extras = first ? ne : 0;
-      MOESIM_REQUIRE(used + extras <= static_cast<std::size_t>(INT_MAX), "histogram too large for one all-reduce");
-      if (arena_size_ < used + extras) {
-        arena_size_ = std::max(used + extras, 2 * arena_size_);
-        arena_.reset(new double[arena_size_]);
+      MOESIM_REQUIRE(used <= static_cast<std::size_t>(INT_MAX), "histogram too large for one all-reduce");
+      if (arena_size_ < used) {
+        arena_size_ = std::max(used, 2 * arena_size_);
+        arena_.reset(new Fixed[arena_size_]);
       }
       for (std::size_t k = i; k < j; ++k)
         if (!level[k].derive) build(level[k], arena_.get() + level[k].offset);
-      std::copy_n(extra, extras, arena_.get() + used);
-      if (prm_.exact_in_float && extras == 0) {
-        // Integers below 2^24 convert and sum exactly in float: the same histograms.
-        double* a = arena_.get();
+      if (prm_.narrow_integers) {
+        // Unscaled integers whose sums stay below 2^24 travel in half the bytes.
+        Fixed* a = arena_.get();
         narrow_.resize(used);
-        for (std::size_t q = 0; q < used; ++q) narrow_[q] = static_cast<float>(a[q]);
+        for (std::size_t q = 0; q < used; ++q) narrow_[q] = static_cast<std::int32_t>(a[q]);
         comm_.allreduce_sum(narrow_.data(), static_cast<int>(used));
-        for (std::size_t q = 0; q < used; ++q) a[q] = static_cast<double>(narrow_[q]);
+        for (std::size_t q = 0; q < used; ++q) a[q] = narrow_[q];
       } else {
-        comm_.allreduce_sum(arena_.get(), static_cast<int>(used + extras));
+        comm_.allreduce_sum(arena_.get(), static_cast<int>(used));
       }
-      std::copy_n(arena_.get() + used, extras, extra);
-      first = false;
       for (std::size_t k = i; k < j; ++k) {
         const Work& w = level[k];
         if (w.derive) {
-          const std::vector<double>& parent = retained_[static_cast<std::size_t>(w.parent_hist)];
-          const double* sib = arena_.get() + level[w.sibling].offset;
+          const std::vector<Fixed>& parent = retained_[static_cast<std::size_t>(w.parent_hist)];
+          const Fixed* sib = arena_.get() + level[w.sibling].offset;
           derived_.resize(w.size);
           for (std::size_t q = 0; q < w.size; ++q) derived_[q] = parent[q] - sib[q];
           finish(w, derived_.data(), next, retained_next, retained_used);
@@ -676,7 +750,7 @@ void Grower<BinT>::run(double* extra, int n_extra) {
 }  // namespace
 
 void grow_trees(const Communicator& comm, const BinnedMatrix& X, const GrowParams& prm,
-                std::vector<GrowTree>& trees, double* extra, int n_extra) {
+                std::vector<GrowTree>& trees, FixedSum* extra, int n_extra) {
   MOESIM_REQUIRE(prm.score != SplitScore::kGini || prm.stats >= 1, "Gini needs S = classes >= 1");
   MOESIM_REQUIRE(prm.score != SplitScore::kVariance || prm.stats == 2 + (prm.count_rows ? 1 : 0),
                  "variance needs S = 2 (3 with count_rows)");

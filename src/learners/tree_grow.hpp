@@ -22,6 +22,10 @@
 //   - Score of a candidate: term(left) + term(right), with term = sum_c n_c^2 / n
 //     (Gini), (sum w y)^2 / sum w (variance), G^2 / (H + lambda) (Newton / XGBoost).
 //     Maximising it maximises the impurity decrease (resp. the XGBoost gain).
+//   - Sums are exact: every statistic is summed as an integer in a fixed point agreed per
+//     tree and statistic (tree_binning.hpp), so histograms, totals and their
+//     differences are the same bits on any rank count; each is rounded to a double once
+//     before scoring. This quantises a row's statistic to 2^-62 N of the largest one.
 //   - Ties: a later candidate wins only if its score exceeds the best by a relative
 //     1e-12, so the lowest feature, then the lowest bin, wins ties and floating-point
 //     summation order cannot flip the choice between equal candidates.
@@ -31,6 +35,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "core/fixed_sum.hpp"
 #include "core/rng.hpp"
 #include "learners/tree_binning.hpp"
 
@@ -58,14 +63,14 @@ struct GrowParams {
   std::uint64_t seed = 1;
   bool keep_leaf_rows = true;   // false: leaves' row ranges may be left empty (saves moves)
   // Memory bounds, which change the number of all-reduces but not the trees: histogram
-  // doubles per all-reduce (whole sibling pairs, so one pair may exceed it), and parent
+  // values per all-reduce (whole sibling pairs, so one pair may exceed it), and parent
   // histograms kept for the subtraction trick.
   std::size_t reduce_doubles = std::size_t{1} << 21;  // 16 MiB
   std::size_t retain_doubles = std::size_t{1} << 23;  // 64 MiB
   // The caller guarantees that every row statistic is an integer and that every sum of
-  // them over rows stays below 2^24: histograms then travel as float, exactly, in half
-  // the bytes (the forest's counts of bootstrap draws with integer weights).
-  bool exact_in_float = false;
+  // them over rows stays below 2^24: histograms then sum unscaled and travel as int32,
+  // in half the bytes (the forest's counts of bootstrap draws with integer weights).
+  bool narrow_integers = false;
 };
 
 // One tree of a batch grown together.
@@ -85,13 +90,13 @@ struct GrowTree {
     int depth = 0;
   };
   std::vector<Node> nodes;
-  std::vector<double> totals;          // S global statistics per node
+  std::vector<double> totals;          // S global statistics per node (exact sums, rounded)
 };
 
-// COLLECTIVE. Grows every tree of the batch. `extra` (n_extra local values) is summed
+// COLLECTIVE. Grows every tree of the batch. `extra` (n_extra local exact sums) is summed
 // over ranks in the first all-reduce, so callers can fold a reduction in for free.
 void grow_trees(const Communicator& comm, const BinnedMatrix& X, const GrowParams& prm,
-                std::vector<GrowTree>& trees, double* extra = nullptr, int n_extra = 0);
+                std::vector<GrowTree>& trees, FixedSum* extra = nullptr, int n_extra = 0);
 
 // Weight of a statistics vector; C = the class entries of a kGini vector.
 inline double stats_weight(SplitScore score, const double* s, int C) {

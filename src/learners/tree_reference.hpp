@@ -2,7 +2,8 @@
 // Serial reference of the tree learners for tests: the same rules (tree_binning.hpp,
 // tree_grow.hpp, trees.hpp) written plainly on the full data set: no histograms
 // shared across ranks, no batching, no subtraction, recursive growth, prediction by
-// walking raw thresholds. The distributed learners must match it to rounding.
+// walking raw thresholds, double sums in row order. The distributed learners sum in
+// fixed point (tree_binning.hpp) and must match it to rounding.
 #include <cstdint>
 #include <string>
 #include <vector>

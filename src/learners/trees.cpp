@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "comm/exact_sum.hpp"
 #include "core/error.hpp"
 #include "learners/tree_binning.hpp"
 #include "learners/tree_grow.hpp"
@@ -116,17 +117,17 @@ void fit_bagged(const LearnerContext& ctx, const TrainRows& rows, const FeatureB
   const std::vector<std::int32_t> labels = clf ? labels_of(rows.y) : std::vector<std::int32_t>{};
   if (clf) {
     // Integer weights (unit weights included): class counts x bootstrap draws (at most
-    // 32 a row) are integers, so histograms can travel as float if their sums fit.
-    double integer = 1, wsum = 0;
+    // 32 a row) are integers, so histograms can travel as int32 if their sums fit.
+    double integer = 1;
+    FixedSum wsum;  // exact, so that every rank count takes the same decision
     for (double w : rows.w) {
       integer = integer > 0 && w == std::floor(w) && w <= 1e6 ? 1 : 0;
       wsum += w;
     }
-    double agreed[2] = {-integer, wsum};
-    ctx.comm.allreduce_max(agreed, 1);
-    ctx.comm.allreduce_sum(agreed + 1, 1);
-    const double bound = (bootstrap ? 32.0 : 1.0) * std::max(agreed[1], fb.rows);
-    prm.exact_in_float = -agreed[0] > 0 && bound < 16777216.0;  // 2^24
+    const double all_integer = -ctx.comm.allreduce_max(-integer);
+    allreduce_exact(ctx.comm, &wsum, 1);
+    const double bound = (bootstrap ? 32.0 : 1.0) * std::max(wsum.value(), fb.rows);
+    prm.narrow_integers = all_integer > 0 && bound < 16777216.0;  // 2^24
   }
 
   // From global counts, so that every rank forms the same batches.
@@ -259,20 +260,21 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const int K = C >= 3 ? C : 1;  // outputs, and trees per round
   const std::size_t Ks = static_cast<std::size_t>(K);
 
-  // Initial scores from the global weighted mean or class priors.
-  std::vector<double> buf(static_cast<std::size_t>(std::max(C, 2)), 0.0);
+  // Initial scores from the global weighted mean or class priors (exact sums).
+  std::vector<FixedSum> sums(static_cast<std::size_t>(std::max(C, 2)));
+  FixedSum total;
   for (std::size_t i = 0; i < nz; ++i) {
-    if (C >= 2) buf[static_cast<std::size_t>(y[i])] += w[i];
-    else {
-      buf[0] += w[i];
-      buf[1] += w[i] * y[i];
-    }
+    total += w[i];
+    if (C >= 2) sums[static_cast<std::size_t>(y[i])] += w[i];
+    else sums[1] += w[i] * y[i];
   }
-  ctx.comm.allreduce_sum(buf.data(), static_cast<int>(buf.size()));
-  double wsum = 0;
+  sums.push_back(total);
+  allreduce_exact(ctx.comm, sums);
+  std::vector<double> buf(sums.size());
+  for (std::size_t c = 0; c < sums.size(); ++c) buf[c] = sums[c].value();
+  double wsum = buf.back();
   init_.assign(Ks, 0.0);
   if (C >= 2) {
-    for (double b : buf) wsum += b;
     auto log_prior = [&](int c) {
       return std::log(std::max(wsum > 0 ? buf[static_cast<std::size_t>(c)] / wsum : 1.0 / C, 1e-15));
     };
@@ -280,7 +282,6 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     else
       for (int c = 0; c < C; ++c) init_[static_cast<std::size_t>(c)] = log_prior(c);
   } else {
-    wsum = buf[0];
     init_[0] = wsum > 0 ? buf[1] / wsum : 0.0;
   }
 
@@ -303,9 +304,10 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   std::vector<double> prob(Ks);
   const std::vector<std::uint32_t> active = rows_with_weight(w);
 
-  // Gradients and Hessians (weighted) of the current scores; returns the local loss.
+  // Gradients and Hessians (weighted) of the current scores; returns the local loss,
+  // summed exactly so that the history does not depend on the rank count.
   auto gradients = [&]() {
-    double loss = 0;
+    FixedSum loss;
     for (std::uint32_t r : active) {
       const std::size_t i = r;
       const double* f = F.data() + i * Ks;
@@ -341,7 +343,7 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const double norm = wsum > 0 ? wsum : 1.0;
   std::vector<GrowTree> grow(Ks);
   for (int round = 0; round < opt_.gbdt_trees; ++round) {
-    double loss = gradients();
+    FixedSum loss = gradients();
     for (std::size_t k = 0; k < Ks; ++k) {
       grow[k].stat = stat[k].data();
       grow[k].key = static_cast<std::uint64_t>(round) * Ks + k;
@@ -349,7 +351,7 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     }
     // The loss of the previous round rides on this round's first all-reduce.
     grow_trees(ctx.comm, bm, prm, grow, &loss, 1);
-    loss_history_.push_back(loss / norm);
+    loss_history_.push_back(loss.value() / norm);
     for (std::size_t k = 0; k < Ks; ++k) {
       const GrowTree& g = grow[k];
       const std::vector<std::int32_t> leaf =
@@ -362,7 +364,9 @@ void GbdtLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
       }
     }
   }
-  loss_history_.push_back(ctx.comm.allreduce_sum(gradients()) / norm);
+  FixedSum last = gradients();
+  allreduce_exact(ctx.comm, &last, 1);
+  loss_history_.push_back(last.value() / norm);
 }
 
 Mat<double> GbdtLearner::predict(const LearnerContext&, const Mat<double>& X) {
@@ -383,10 +387,15 @@ Mat<double> GbdtLearner::predict(const LearnerContext&, const Mat<double>& X) {
     }
     return out;
   }
+  // Scalar loops: Eigen's vectorised exp and sum take a different path by a row's
+  // alignment, so the same row would round differently at another position or rank.
   for (Index i = 0; i < n; ++i) {
-    const double mx = s.row(i).maxCoeff();
-    s.row(i) = (s.row(i).array() - mx).exp().matrix();
-    s.row(i) /= s.row(i).sum();
+    double* r = s.data() + i * K;
+    double mx = r[0];
+    for (int k = 1; k < K; ++k) mx = std::max(mx, r[k]);
+    double z = 0;
+    for (int k = 0; k < K; ++k) z += r[k] = std::exp(r[k] - mx);
+    for (int k = 0; k < K; ++k) r[k] /= z;
   }
   return s;
 }

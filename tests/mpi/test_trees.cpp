@@ -95,6 +95,9 @@ Mat<double> fit_predict(const std::string& name, const LearnerOptions& opt, int 
   return l->predict(ctx, Xq);
 }
 
+// Against the serial reference, which sums doubles in row order: the learners sum
+// statistics exactly in fixed point (a row's statistic rounded to about 2^-62 N of the
+// largest, a sum of N rows to 2^-62 N^2), so the two differ by rounding, far below this.
 constexpr double kAbs = 1e-9, kRel = 1e-9;
 
 // ------------------------------------------------------------------- binning
@@ -273,9 +276,10 @@ TEST(TreeGrow, ChunkingAndRetentionDoNotChangeTrees) {
     }
 }
 
-// Integer weights: the forest's histograms travel as float (exact_in_float) and give
-// exactly the trees of double transport, and the serial reference's predictions.
-TEST(TreeGrow, FloatTransportOfIntegerHistogramsIsExact) {
+// Integer weights: the forest's histograms sum unscaled and travel as int32
+// (narrow_integers) and give exactly the trees of scaled int64 sums, and the serial
+// reference's predictions.
+TEST(TreeGrow, Int32TransportOfIntegerHistogramsIsExact) {
   const Data all = make_data(0, 500, 3, 28, Weights::kSmallInt);
   const Data local = my_shard(all);
   const FeatureBins fb = fit_feature_bins(world(), local.X, local.w, 32);
@@ -290,7 +294,7 @@ TEST(TreeGrow, FloatTransportOfIntegerHistogramsIsExact) {
       prm.stats = 3;
       prm.max_depth = 7;
       prm.features_per_split = m;
-      prm.exact_in_float = narrow;
+      prm.narrow_integers = narrow;
       std::vector<GrowTree> trees(2);
       for (std::size_t k = 0; k < trees.size(); ++k) {
         trees[k].key = k;
@@ -533,6 +537,149 @@ TEST(TreeLearners, NamesCloneAndEmptyQueries) {
     EXPECT_EQ(none.rows(), 0);
     EXPECT_EQ(none.cols(), 2);
   }
+}
+
+}  // namespace
+}  // namespace moesim
+
+namespace moesim {
+namespace {
+
+// ------------------------------------------------- rank-count invariance, bit for bit
+
+// Every rank alone: a communicator of one rank.
+const Communicator& solo() {
+  static const Communicator c(world(), world().rank(), 0);
+  return c;
+}
+
+struct Fitted {
+  TreeEnsemble model;
+  Mat<double> pred;
+  Mat<double> pred_shifted;  // the queries but the first: each row at another address
+  std::vector<double> loss;
+};
+
+Fitted fit_on(const Communicator& comm, const std::string& name, const LearnerOptions& opt,
+              int classes, const Data& rows, const Mat<double>& Xq) {
+  LearnerContext ctx{comm, classes, 13};
+  std::unique_ptr<Learner> l = make_learner(name, opt);
+  l->fit(ctx, rows.view());
+  Fitted f;
+  f.pred = l->predict(ctx, Xq);
+  f.pred_shifted = l->predict(ctx, Xq.bottomRows(Xq.rows() - 1));
+  if (const auto* t = dynamic_cast<const TreeLearner*>(l.get())) f.model = t->model();
+  if (const auto* t = dynamic_cast<const ForestLearner*>(l.get())) f.model = t->model();
+  if (const auto* g = dynamic_cast<const GbdtLearner*>(l.get())) {
+    f.model = g->model();
+    f.loss = g->loss_history();
+  }
+  return f;
+}
+
+// Differences between two fits, every value compared with == (bit for bit).
+long count_differences(const Fitted& a, const Fitted& b) {
+  long bad = a.model.nodes.size() != b.model.nodes.size() || a.model.values.size() != b.model.values.size() ||
+             a.model.roots != b.model.roots || a.loss.size() != b.loss.size() ||
+             a.pred.rows() != b.pred.rows() || a.pred.cols() != b.pred.cols();
+  if (bad) return bad;
+  for (std::size_t k = 0; k < a.model.nodes.size(); ++k) {
+    const TreeEnsemble::Node &x = a.model.nodes[k], &y = b.model.nodes[k];
+    bad += x.feature != y.feature || x.next != y.next || x.threshold != y.threshold;
+  }
+  for (std::size_t k = 0; k < a.model.values.size(); ++k) bad += a.model.values[k] != b.model.values[k];
+  for (std::size_t k = 0; k < a.loss.size(); ++k) bad += a.loss[k] != b.loss[k];
+  for (Index i = 0; i < a.pred.size(); ++i) bad += a.pred.data()[i] != b.pred.data()[i];
+  // A row's prediction does not depend on where it sits in the query matrix.
+  for (const Fitted* f : {&a, &b})
+    for (Index i = 0; i < f->pred_shifted.size(); ++i)
+      bad += f->pred_shifted.data()[i] != f->pred.data()[f->pred.cols() + i];
+  return bad;
+}
+
+class TreeRankInvariance : public ::testing::TestWithParam<RefCase> {};
+
+// A fit on P ranks equals, bit for bit, the fit of the same rows on one rank: splits,
+// thresholds, leaf values, the GBDT loss history and the predictions (real weights, so
+// every sum is inexact in double).
+TEST_P(TreeRankInvariance, BitIdenticalToOneRank) {
+  const RefCase c = GetParam();
+  const Data all = make_data(0, 500, c.classes, 81);
+  const Data query = make_data(80000, 80, c.classes, 81);
+  for (const int min_leaf : {1, 3}) {
+    LearnerOptions opt = small_options();
+    opt.tree_min_samples_leaf = min_leaf;
+    opt.forest_max_features = min_leaf == 1 ? 0.5 : 0.0;
+    opt.max_bins = min_leaf == 1 ? 300 : 32;  // two-byte bins, then one-byte
+    const Fitted p = fit_on(world(), c.learner, opt, c.classes, my_shard(all), query.X);
+    const Fitted one = fit_on(solo(), c.learner, opt, c.classes, all, query.X);
+    EXPECT_GE(p.model.nodes.size(), 7u) << "too few splits to mean anything";
+    EXPECT_EQ(world().allreduce_sum(count_differences(p, one)), 0)
+        << c.learner << " classes=" << c.classes << " min_leaf=" << min_leaf << " on "
+        << world().size() << " ranks vs 1";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, TreeRankInvariance,
+                         ::testing::Values(RefCase{"tree", 2}, RefCase{"tree", 3}, RefCase{"tree", 0},
+                                           RefCase{"forest", 2}, RefCase{"forest", 3},
+                                           RefCase{"forest", 0}, RefCase{"gbdt", 2},
+                                           RefCase{"gbdt", 3}, RefCase{"gbdt", 0}),
+                         [](const ::testing::TestParamInfo<RefCase>& pi) {
+                           return std::string(pi.param.learner) + "_c" + std::to_string(pi.param.classes);
+                         });
+
+// A near tie: feature 1 copies feature 0 except that one row of weight eps crosses the
+// best cut, so splitting on feature 1 gains a score proportional to eps. Bisecting eps
+// (on one rank) to where feature 1 starts to beat feature 0 by the tie rule's 1e-12
+// puts the two candidates as close as doubles can; summation order would decide them.
+TEST(TreeRankInvariance, NearTiedSplitDoesNotFlip) {
+  const std::int64_t n = 400;
+  auto make = [&](double eps) {
+    Data d;
+    d.X.resize(n, 3);
+    for (std::int64_t i = 0; i < n; ++i) {
+      Rng rng(91, Stream::kTest, static_cast<std::uint64_t>(i));
+      const double x = rng.uniform();
+      d.X.row(i) << x, x, rng.uniform();
+      d.y.push_back((x > 0.5 ? 1.0 : 0.0) + 0.3 * rng.normal());
+      d.w.push_back(0.5 + rng.uniform());
+      d.id.push_back(i);
+    }
+    // The moved row: left of the cut on feature 0, right on feature 1, target right-like.
+    d.X.row(0) << 0.1, 0.95, 0.5;
+    d.y[0] = 3.0;
+    d.w[0] = eps;
+    return d;
+  };
+  LearnerOptions opt;
+  opt.tree_max_depth = 1;
+  opt.tree_min_samples_leaf = 1;
+  opt.max_bins = 64;
+  const Mat<double> q = make(1).X.topRows(20);
+  auto feature_on = [&](const Communicator& comm, const Data& d) {
+    return fit_on(comm, "tree", opt, 0, d, q).model.nodes[0].feature;
+  };
+  double lo = 1e-14, hi = 1e-4;  // feature 0 at lo, feature 1 at hi
+  ASSERT_EQ(feature_on(solo(), make(lo)), 0);
+  ASSERT_EQ(feature_on(solo(), make(hi)), 1);
+  for (int it = 0; it < 200 && std::nextafter(lo, hi) < hi; ++it) {
+    const double mid = std::sqrt(lo * hi) > lo && std::sqrt(lo * hi) < hi ? std::sqrt(lo * hi) : lo + (hi - lo) / 2;
+    (feature_on(solo(), make(mid)) == 0 ? lo : hi) = mid;
+  }
+  long bad = 0;
+  for (double eps : {lo, hi, std::nextafter(lo, 0.0), std::nextafter(hi, 1.0)}) {
+    const Data all = make(eps);
+    const Fitted p = fit_on(world(), "tree", opt, 0, my_shard(all), q);
+    const Fitted one = fit_on(solo(), "tree", opt, 0, all, q);
+    bad += count_differences(p, one);
+    for (const char* name : {"gbdt", "forest"}) {
+      LearnerOptions o = small_options();
+      o.max_bins = 64;
+      bad += count_differences(fit_on(world(), name, o, 0, my_shard(all), q), fit_on(solo(), name, o, 0, all, q));
+    }
+  }
+  EXPECT_EQ(world().allreduce_sum(bad), 0) << "near tie at eps " << lo;
 }
 
 }  // namespace
