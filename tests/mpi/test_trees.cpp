@@ -165,14 +165,18 @@ TEST_P(TreeVsReference, RowsOnOneRankOnly) {
   MOESIM_EXPECT_CLOSE_ALL_RANKS(got, ref, kAbs, kRel, std::string(c.learner) + " predictions");
 }
 
+// Each tree learner on binary, 3-class and regression problems.
+const auto kEveryLearnerAndProblem =
+    ::testing::Values(RefCase{"tree", 2}, RefCase{"tree", 3}, RefCase{"tree", 0}, RefCase{"forest", 2},
+                      RefCase{"forest", 3}, RefCase{"forest", 0}, RefCase{"gbdt", 2}, RefCase{"gbdt", 3},
+                      RefCase{"gbdt", 0});
+
+std::string case_name(const ::testing::TestParamInfo<RefCase>& pi) {
+  return std::string(pi.param.learner) + "_c" + std::to_string(pi.param.classes);
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, TreeVsReference,
-                         ::testing::Values(RefCase{"tree", 2}, RefCase{"tree", 3}, RefCase{"tree", 0},
-                                           RefCase{"forest", 2}, RefCase{"forest", 3},
-                                           RefCase{"forest", 0}, RefCase{"gbdt", 2},
-                                           RefCase{"gbdt", 3}, RefCase{"gbdt", 0}),
-                         [](const ::testing::TestParamInfo<RefCase>& pi) {
-                           return std::string(pi.param.learner) + "_c" + std::to_string(pi.param.classes);
-                         });
+                         kEveryLearnerAndProblem, case_name);
 
 // More than 256 bins: two-byte bins throughout.
 TEST(TreeVsReferenceWideBins, PredictionsMatch) {
@@ -621,13 +625,7 @@ TEST_P(TreeRankInvariance, BitIdenticalToOneRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, TreeRankInvariance,
-                         ::testing::Values(RefCase{"tree", 2}, RefCase{"tree", 3}, RefCase{"tree", 0},
-                                           RefCase{"forest", 2}, RefCase{"forest", 3},
-                                           RefCase{"forest", 0}, RefCase{"gbdt", 2},
-                                           RefCase{"gbdt", 3}, RefCase{"gbdt", 0}),
-                         [](const ::testing::TestParamInfo<RefCase>& pi) {
-                           return std::string(pi.param.learner) + "_c" + std::to_string(pi.param.classes);
-                         });
+                         kEveryLearnerAndProblem, case_name);
 
 // A near tie: feature 1 copies feature 0 except that one row of weight eps crosses the
 // best cut, so splitting on feature 1 gains a score proportional to eps. Bisecting eps
