@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -26,7 +27,15 @@ Parsed parse(const std::string& command, const std::vector<std::string>& args,
   all.add(common_options()).add(desc);
   Parsed p;
   try {
-    po::store(po::command_line_parser(args).options(all).run(), p.vm);
+    const po::parsed_options parsed = po::command_line_parser(args).options(all).run();
+    // Boost keeps words that belong to no option as positional values and store() drops
+    // them: `--experts 8 16` or `--learners ridge nb` would run without the 16 or the nb.
+    for (const po::option& o : parsed.options)
+      if (o.position_key >= 0 || o.string_key.empty())
+        throw ConfigError("unexpected argument '" + (o.value.empty() ? std::string() : o.value.front()) +
+                          "': every value follows its --option, and a list is one comma-separated word "
+                          "(see moesim " + command + " --help)");
+    po::store(parsed, p.vm);
     if (p.vm.count("help")) {
       p.help = true;
       return p;
@@ -37,6 +46,9 @@ Parsed parse(const std::string& command, const std::vector<std::string>& args,
     }
     if (p.vm.count("config")) {
       const std::string path = p.vm["config"].as<std::string>();
+      std::error_code ec;
+      // A directory opens as a stream that reads nothing: it would be silently ignored.
+      if (std::filesystem::is_directory(path, ec)) throw ConfigError("config file '" + path + "' is a directory");
       std::ifstream in(path);
       if (!in) throw ConfigError("cannot open config file '" + path + "'");
       po::store(po::parse_config_file(in, desc, false), p.vm);

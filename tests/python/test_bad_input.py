@@ -46,6 +46,9 @@ CASES = [
     ("task-unknown", {}, ["--task", "nonsense"], ["nonsense"]),
     ("experts-non-numeric", {"--experts": "four"}, [], ["--experts", "four"]),
     ("precision-unknown", {}, ["--precision", "fp16"], ["--precision", "fp16"]),
+    # Words that belong to no option were dropped (the run trained E = 8 and ignored 16).
+    ("stray-word", {"--experts": "8"}, ["16"], ["unexpected argument '16'", "comma-separated"]),
+    ("config-directory", {}, ["--config", "@TMP@"], ["is a directory"]),
 ]
 
 

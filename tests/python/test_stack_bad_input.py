@@ -116,3 +116,15 @@ def test_error_keeps_an_existing_run_file(tmp_path, files, mpirun):
     with h5py.File(out, "r") as f:
         assert f.attrs["complete"] == 1
         assert f.attrs["data"] == str(files["good"])
+
+
+@pytest.mark.parametrize("command", ["stack", "blend"])
+def test_stray_word_is_an_error(tmp_path, files, mpirun, command):
+    """`--learners ridge nb` once ran ridge alone: a word that belongs to no option is refused."""
+    opts = {k: v for k, v in BASE.items() if k != "learners" and not (command == "blend" and k == "folds")}
+    out = tmp_path / "stray.h5"
+    args = [command, "--quiet", "--data", str(files["good"]), *cli_args(opts), "--learners", "ridge", "nb",
+            "--out", str(out)]
+    proc = mpirun(NP, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
+    check_rejected(proc, ["unexpected argument 'nb'"], command)
+    assert_no_complete_run_file(out)

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from moesim_testing import (REPO_ROOT, SessionJob, attrs_of, fail_with, root_attrs, signal_job, signal_ranks, steps_written,
+from moesim_testing import (REPO_ROOT, check_rejected, SessionJob, attrs_of, fail_with, root_attrs, signal_job, signal_ranks, steps_written,
                             strings)
 
 P = 2
@@ -211,6 +211,14 @@ def test_bad_grid_is_a_clear_error(tmp_path, moesim_direct, extra, message):
     proc = moesim_direct("sweep", cfg, "--out", tmp_path / "out", "--list", timeout=60)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+    assert "points" not in proc.stdout
+
+
+def test_second_config_file_is_an_error(tmp_path, moesim_direct):
+    """`moesim sweep a.ini b.ini` once ran a.ini and ignored b.ini."""
+    cfg = write_config(tmp_path, BASE + "experts = 2,4\n")
+    proc = moesim_direct("sweep", cfg, cfg, "--out", tmp_path / "out", "--list", timeout=60)
+    check_rejected(proc, ["unexpected argument", str(cfg)], "sweep")
     assert "points" not in proc.stdout
 
 
