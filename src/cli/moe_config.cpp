@@ -46,6 +46,11 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
     MOESIM_CONFIG_CHECK(i(k) >= 1, "--" << k << " must be >= 1 (got " << i(k) << ")");
   for (const char* k : {"moe-every", "eval-every", "flush-every", "checkpoint-every", "shared-experts"})
     MOESIM_CONFIG_CHECK(i(k) >= 0, "--" << k << " must be >= 0 (got " << i(k) << ")");
+  // Counts held as int: a larger value would be cut (--experts 4294967300 trained E = 4).
+  constexpr I kMaxCount = I{1} << 20;
+  for (const char* k : {"experts", "top-k", "granularity", "layers", "shared-experts", "clusters", "input-dim",
+                        "blas-threads", "moe-every"})
+    MOESIM_CONFIG_CHECK(i(k) <= kMaxCount, "--" << k << " must be <= " << kMaxCount << " (got " << i(k) << ")");
   for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
                         "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight"})
     MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
@@ -55,6 +60,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   const I E_given = i("experts"), K_given = i("top-k"), M = i("granularity");
   MOESIM_CONFIG_CHECK(i("d-ff") % M == 0, "--d-ff (" << i("d-ff") << ") must be divisible by --granularity (" << M << ")");
   const I E = E_given * M, K = K_given * M;
+  MOESIM_CONFIG_CHECK(E <= kMaxCount, "--experts x --granularity must be <= " << kMaxCount << " (got " << E << ")");
   const GateKind gate = parse_gate(s("gate"));
   const BalanceKind balance = parse_balance(s("balance"));
   const double eval_cf = vm.count("eval-capacity-factor") ? d("eval-capacity-factor") : d("capacity-factor");

@@ -1,12 +1,15 @@
 #include "moe/capacity.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace moesim {
 
 std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int E) {
   if (capacity_factor <= 0.0) return 0;
-  const double c = std::ceil(capacity_factor * static_cast<double>(B) * K / E);
+  // An expert gets at most one of each token's K distinct choices, so B is room for all;
+  // clamping first also keeps a huge factor from overflowing the cast (1e17 gave 1).
+  const double c = std::min(std::ceil(capacity_factor * static_cast<double>(B) * K / E), static_cast<double>(B));
   return std::max<std::int64_t>(1, static_cast<std::int64_t>(c));
 }
 

@@ -49,6 +49,8 @@ CASES = [
     # Words that belong to no option were dropped (the run trained E = 8 and ignored 16).
     ("stray-word", {"--experts": "8"}, ["16"], ["unexpected argument '16'", "comma-separated"]),
     ("config-directory", {}, ["--config", "@TMP@"], ["is a directory"]),
+    # Counts beyond an int were cut silently (4294967300 trained E = 4 and recorded 4294967300).
+    ("experts-beyond-int", {"--experts": "4294967300"}, [], ["--experts", "<= 1048576", "4294967300"]),
 ]
 
 
@@ -112,3 +114,11 @@ def test_unknown_command(mpirun):
     assert proc.returncode == 2
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "frobnicate" in lines[0], proc.stderr
+
+
+def test_huge_capacity_factor_drops_nothing(tmp_path, run_moe):
+    """--capacity-factor 1e17 overflowed the capacity's cast to 1 and dropped 99% of tokens."""
+    _, out = run_moe(tmp_path, 2, capacity_factor=1e17, experts=4, top_k=1, steps=3)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"] == 1
+        assert float(f["metrics/dropped_fraction"][()].max()) == 0.0

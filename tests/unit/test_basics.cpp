@@ -83,6 +83,8 @@ TEST(Capacity, Formula) {
   EXPECT_EQ(expert_capacity(1.0, 1024, 2, 8), 256);
   EXPECT_EQ(expert_capacity(1.25, 1000, 1, 8), 157);  // ceil(156.25)
   EXPECT_EQ(expert_capacity(0.0, 1000, 1, 8), 0);     // dropless
+  EXPECT_EQ(expert_capacity(4.0, 1000, 2, 4), 1000);  // room for every token, not 2000
+  EXPECT_EQ(expert_capacity(1e17, 1000, 1, 8), 1000); // no overflow of the cast
   EXPECT_EQ(expert_capacity(0.001, 10, 1, 8), 1);
 }
 
