@@ -82,7 +82,7 @@ BinnedOptions settings(const po::variables_map& vm) {
   o.clip_min = d("clip-min");
   o.clip_max = d("clip-max");
   o.baseline = vm["baseline"].as<bool>();
-  o.histogram_bins = static_cast<int>(i("histogram-bins"));
+  o.histogram_bins = int_option(vm, "histogram-bins");
   o.seed = static_cast<std::uint64_t>(i("seed"));
   o.quiet = vm["quiet"].as<bool>();
   validate_binned(o);
@@ -95,7 +95,7 @@ BinnedInputSpec input_spec(const po::variables_map& vm) {
   in.target = vm["target"].as<std::string>();
   in.weight_column = vm["weight-column"].as<std::string>();
   in.regimes.d_in = vm["input-dim"].as<I>();
-  in.regimes.clusters = static_cast<int>(vm["clusters"].as<I>());
+  in.regimes.clusters = int_option(vm, "clusters");
   in.regimes.noise_min = vm["noise-min"].as<double>();
   in.regimes.noise_max = vm["noise-max"].as<double>();
   in.regimes.seed = static_cast<std::uint64_t>(vm["seed"].as<I>());
@@ -143,7 +143,7 @@ int run_binned(const Communicator& comm, const std::vector<std::string>& args, c
   rs.input = input_spec(vm);
   rs.out = vm["out"].as<std::string>();
   rs.option_attrs = options_as_attrs(vm);
-  set_blas_threads(static_cast<int>(vm["blas-threads"].as<I>()));
+  set_blas_threads(int_option(vm, "blas-threads"));
   run_binned_file(comm, rs);
   return 0;
 }

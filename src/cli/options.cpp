@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 namespace moesim::cli {
@@ -58,6 +59,13 @@ Parsed parse(const std::string& command, const std::vector<std::string>& args,
     throw ConfigError(std::string(e.what()) + " (see moesim " + command + " --help)");
   }
   return p;
+}
+
+int int_option(const po::variables_map& vm, const char* key) {
+  const std::int64_t v = vm[key].as<std::int64_t>();
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    throw ConfigError("--" + std::string(key) + " (" + std::to_string(v) + ") is out of range");
+  return static_cast<int>(v);
 }
 
 AttrList options_as_attrs(const po::variables_map& vm) {

@@ -26,6 +26,10 @@ Parsed parse(const std::string& command, const std::vector<std::string>& args,
 // Every resolved option as an attribute, dashes turned into underscores.
 AttrList options_as_attrs(const po::variables_map& vm);
 
+// An integer option held as int: ConfigError when it does not fit (a plain cast would cut
+// --folds 100000000000 to 1215752192 and go on).
+int int_option(const po::variables_map& vm, const char* key);
+
 // The resolved options as INI text (`key = value`, long names), without those in `skip`:
 // what a checkpoint stores so that a run can be rebuilt from it.
 std::string options_as_ini(const po::variables_map& vm, const std::vector<std::string>& skip);

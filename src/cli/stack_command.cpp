@@ -49,7 +49,7 @@ BlendOptions settings(const po::variables_map& vm, bool blend, bool classificati
   o.meta.kind = vm["meta"].as<std::string>();
   o.meta.c = vm["meta-c"].as<double>();
   o.meta.alpha = vm["meta-alpha"].as<double>();
-  o.meta.greedy_iterations = static_cast<int>(vm["greedy-iterations"].as<I>());
+  o.meta.greedy_iterations = int_option(vm, "greedy-iterations");
   o.passthrough = vm["passthrough"].as<bool>();
   o.seed = static_cast<std::uint64_t>(vm["seed"].as<I>());
   o.quiet = vm["quiet"].as<bool>();
@@ -66,8 +66,8 @@ BlendOptions settings(const po::variables_map& vm, bool blend, bool classificati
     o.holdout_fraction = vm["holdout-fraction"].as<double>();
     return o;
   }
-  o.folds = static_cast<int>(vm["folds"].as<I>());
-  o.repeats = static_cast<int>(vm["repeats"].as<I>());
+  o.folds = int_option(vm, "folds");
+  o.repeats = int_option(vm, "repeats");
   o.level2 = split_list(vm["level2"].as<std::string>());
   const std::string tp = vm["test-predictions"].as<std::string>();
   MOESIM_CONFIG_CHECK(tp == "refit" || tp == "average", "--test-predictions must be refit or average");
@@ -111,7 +111,7 @@ int run_stack(const Communicator& comm, const std::vector<std::string>& args, bo
   }
   const po::variables_map& vm = p.vm;
   check_general(vm);
-  set_blas_threads(static_cast<int>(vm["blas-threads"].as<I>()));
+  set_blas_threads(int_option(vm, "blas-threads"));
   Stopwatch wall;
   comm.reset_tally();
   // Blending splits the whole table itself, so no stacking test share is cut off.

@@ -1,5 +1,6 @@
 // `moesim synth`: options of a synthetic table (data/synthetic, sklearn
 // make_classification-like) written as HDF5 or CSV (data/writers).
+#include <cmath>
 #include <cstdio>
 
 #include "cli/commands.hpp"
@@ -39,16 +40,19 @@ int run_synth(const Communicator& comm, const std::vector<std::string>& args) {
   MOESIM_CONFIG_CHECK(kind == "classification" || kind == "regression", "--kind must be classification or regression");
   s.classification = kind == "classification";
   s.rows = vm["rows"].as<I>();
-  s.features = static_cast<int>(vm["features"].as<I>());
-  s.informative = static_cast<int>(vm["informative"].as<I>());
-  s.redundant = static_cast<int>(vm["redundant"].as<I>());
-  s.classes = static_cast<int>(vm["classes"].as<I>());
-  s.clusters_per_class = static_cast<int>(vm["clusters-per-class"].as<I>());
+  s.features = int_option(vm, "features");
+  s.informative = int_option(vm, "informative");
+  s.redundant = int_option(vm, "redundant");
+  s.classes = int_option(vm, "classes");
+  s.clusters_per_class = int_option(vm, "clusters-per-class");
   s.class_sep = vm["class-sep"].as<double>();
   s.label_noise = vm["label-noise"].as<double>();
   s.noise = vm["noise"].as<double>();
   s.seed = static_cast<std::uint64_t>(vm["seed"].as<I>());
   MOESIM_CONFIG_CHECK(s.redundant >= 0, "--redundant must be >= 0");
+  // A NaN or infinite scale would write a table of NaN cells that looks complete.
+  for (const char* k : {"class-sep", "label-noise", "noise"})
+    MOESIM_CONFIG_CHECK(std::isfinite(vm[k].as<double>()), "--" << k << " must be a finite number (got " << vm[k].as<double>() << ")");
   const Table t = make_synthetic(comm, s);
   const std::string out = vm["out"].as<std::string>();
   write_table(comm, t, out);

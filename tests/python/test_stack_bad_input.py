@@ -70,6 +70,8 @@ CASES = [
     ("unknown-target", "stack", "good", {"target": "nosuch"}, ["'nosuch'", "good.csv"]),
     ("unknown-learner", "stack", "good", {"learners": "logistic,bogus"}, ["'bogus'"]),
     ("folds-1", "stack", "good", {"folds": "1"}, ["--folds", "1"]),
+    # Cut to 1215752192 by an int cast, once.
+    ("folds-beyond-int", "stack", "good", {"folds": "100000000000"}, ["--folds", "100000000000", "out of range"]),
     ("meta-logistic-regression", "stack", "reg", {"problem": "regression"},
      ["--meta logistic", "--problem classification"]),
     ("passthrough-nnls", "stack", "good", {"meta": "nnls", "passthrough": True}, ["--passthrough", "nnls"]),
@@ -128,3 +130,12 @@ def test_stray_word_is_an_error(tmp_path, files, mpirun, command):
     proc = mpirun(NP, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, ["unexpected argument 'nb'"], command)
     assert_no_complete_run_file(out)
+
+
+@pytest.mark.parametrize("option", ["--class-sep", "--noise", "--label-noise"])
+def test_synth_refuses_non_finite_scales(tmp_path, mpirun, option):
+    """`synth --class-sep nan` once wrote a table of 70,000 NaN cells."""
+    out = tmp_path / "synth.csv"
+    proc = mpirun(NP, "synth", "--rows", "100", option, "nan", "--out", str(out), timeout=TIMEOUT, env=QUICK_EXIT_ENV)
+    check_rejected(proc, [option, "finite", "nan"], "synth")
+    assert not out.exists()
