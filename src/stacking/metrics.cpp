@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "comm/exact_row_sums.hpp"
 
@@ -35,7 +36,10 @@ Scores score(const Communicator& comm, const Mat<double>& pred, const std::vecto
   const std::vector<double> s = exact_column_sums(comm, t);
   Scores sc;
   sc.weight = s[0];
-  if (s[0] <= 0) return sc;
+  if (s[0] <= 0) {  // nothing scored (e.g. --test-fraction 0): NaN, never a score of 0
+    sc.accuracy = sc.log_loss = sc.rmse = sc.r2 = std::numeric_limits<double>::quiet_NaN();
+    return sc;
+  }
   if (classes >= 2) {
     sc.accuracy = s[1] / s[0];
     sc.log_loss = s[2] / s[0];

@@ -6,6 +6,8 @@ must travel to rank 0, which prints it.
 """
 from __future__ import annotations
 
+import math
+
 import h5py
 import numpy as np
 import pytest
@@ -139,3 +141,18 @@ def test_synth_refuses_non_finite_scales(tmp_path, mpirun, option):
     proc = mpirun(NP, "synth", "--rows", "100", option, "nan", "--out", str(out), timeout=TIMEOUT, env=QUICK_EXIT_ENV)
     check_rejected(proc, [option, "finite", "nan"], "synth")
     assert not out.exists()
+
+
+def test_no_test_rows_score_nan_not_zero(tmp_path, files, mpirun):
+    """`--test-fraction 0` once recorded test scores of 0.0 for zero test rows."""
+    out = tmp_path / "no_test.h5"
+    args = ["stack", "--quiet", "--data", str(files["good"]), *cli_args(BASE), "--test-fraction", "0",
+            "--out", str(out)]
+    proc = mpirun(NP, *args, timeout=60, env=QUICK_EXIT_ENV)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        assert f.attrs["complete"] == 1
+        fin = f["final"].attrs
+        assert fin["test_rows"] == 0
+        for k in ("test_score", "test_accuracy", "test_log_loss"):
+            assert math.isnan(fin[k]), (k, fin[k])
