@@ -109,6 +109,12 @@ int moe_run(const Communicator& comm, MoeRunConfig m) {
   comm.broadcast(&found, 1, 0);
   if (m.resume && !found && comm.rank() == 0 && !m.train.quiet)
     std::printf("moesim moe: no checkpoint %s yet, starting at step 1\n", m.train.checkpoint.c_str());
+  if (found) {  // before the run file exists: a refused resume must leave --out alone
+    const std::int64_t done = CheckpointReader(comm, m.train.checkpoint).info().step;
+    MOESIM_CONFIG_CHECK(done <= m.train.steps, "--steps (" << m.train.steps << ") is below the " << done
+                                                 << " steps checkpoint " << m.train.checkpoint
+                                                 << " holds: give --steps >= " << done << " to resume it");
+  }
   set_blas_threads(m.blas_threads);
 
   auto rf = RunFile::create(comm, m.out, "moe");

@@ -83,6 +83,20 @@ def test_resume_gives_the_uninterrupted_losses_on_any_rank_count(run_moe, tmp_pa
             assert f.attrs["step"] == 12 and f.attrs["ranks"] == max(np_, 1)
 
 
+def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(run_moe, tmp_path):
+    """A checkpoint at step 6 resumed with --steps 3 once wrote steps = 3 beside 6 rows of
+    metrics. It is refused before --out is touched: the earlier complete run file survives."""
+    ckpt = tmp_path / "six.h5"
+    _, out = run_moe(tmp_path, 2, **{**RUN, "steps": 6}, checkpoint=ckpt, out=tmp_path / "run.h5")
+    proc, _ = run_moe(tmp_path, 2, check=False, **{**RUN, "steps": 3}, checkpoint=ckpt, resume=True,
+                      out=tmp_path / "run.h5")
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "--steps (3) is below the 6 steps" in lines[0], proc.stderr
+    _, root, fin = metrics(out)
+    assert root["complete"] == 1 and root["steps"] == 6 and fin["steps_done"] == 6
+
+
 def test_resume_without_a_checkpoint_starts_afresh(run_moe, tmp_path):
     ckpt = tmp_path / "none_yet.h5"
     proc, out = run_moe(tmp_path, 2, **{**RUN, "steps": 4, "quiet": False}, checkpoint=ckpt, resume=True)
