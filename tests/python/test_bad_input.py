@@ -117,8 +117,8 @@ def test_unknown_command(mpirun):
 
 
 def test_huge_capacity_factor_drops_nothing(tmp_path, run_moe):
-    """--capacity-factor 1e17 overflowed the capacity's cast to 1 and dropped 99% of tokens."""
-    _, out = run_moe(tmp_path, 2, capacity_factor=1e17, experts=4, top_k=1, steps=3)
+    """--capacity-factor 1e18 overflowed the capacity's cast to 1 and dropped 98% of tokens."""
+    _, out = run_moe(tmp_path, 2, capacity_factor=1e18, experts=4, top_k=1, steps=3)
     with h5py.File(out, "r") as f:
         assert f.attrs["complete"] == 1
         assert float(f["metrics/dropped_fraction"][()].max()) == 0.0
