@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "comm/exact_sum.hpp"
 #include "comm/ordered_sum.hpp"
@@ -225,6 +226,8 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   const bool chunked = cfg.chunk_tokens > 0;
   model.set_chunk(static_cast<Index>(cfg.chunk_tokens), static_cast<Index>(cfg.expert_chunks));
 
+  constexpr double kDivergenceFactor = 1e3;
+  double first_loss = std::numeric_limits<double>::quiet_NaN();  // this invocation's first step
   for (std::int64_t step = first_step; step <= cfg.steps; ++step) {
     Stopwatch step_clock;
     for (MoeLayer<T>* l : model.moe_layers()) l->comm_stats().reset(comm.size());
@@ -263,6 +266,14 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     if (!std::isfinite(m.train_loss))
       throw ConfigError("training diverged at step " + std::to_string(step) +
                         " (loss is not finite); lower --lr or set --grad-clip");
+    // A loss that grew by orders of magnitude has diverged too, finite or not (--lr 1e30 in
+    // fp64 once ran to a validation loss of 4e119 and was marked complete). The loss is the
+    // same on every rank, so every rank stops here together.
+    if (std::isnan(first_loss)) first_loss = m.train_loss;
+    else if (first_loss > 0 && m.train_loss > kDivergenceFactor * first_loss)
+      MOESIM_CONFIG_CHECK(false, "training diverged at step " << step << " (loss " << m.train_loss << ", over "
+                                     << kDivergenceFactor << " times the first step's " << first_loss
+                                     << "); lower --lr or set --grad-clip");
     add_step(totals, step, m, step > 1 || cfg.steps == 1);
     append_step_metrics(out, metrics, step, m);
 

@@ -122,3 +122,13 @@ def test_huge_capacity_factor_drops_nothing(tmp_path, run_moe):
     with h5py.File(out, "r") as f:
         assert f.attrs["complete"] == 1
         assert float(f["metrics/dropped_fraction"][()].max()) == 0.0
+
+
+def test_a_loss_grown_by_orders_of_magnitude_stops_the_run(tmp_path, mpirun):
+    """--lr 1e3 in fp64 stays finite (train loss 5 -> 1e14, validation 5e11) and was marked
+    complete; it is a divergence: one error line naming the step, exit 2, complete = 0."""
+    args, out = build_args(tmp_path, {"--experts": "4", "--d-model": "16", "--d-ff": "32", "--batch-tokens": "256",
+                                      "--steps": "20"}, ["--lr", "1e3", "--precision", "fp64"])
+    proc = mpirun(2, *args, timeout=60, env=QUICK_EXIT_ENV)
+    check_rejected(proc, ["training diverged at step 2", "times the first step's", "--lr"])
+    assert_no_complete_run_file(out)
