@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <numbers>
 
 #include "core/blas.hpp"
@@ -109,6 +110,24 @@ int moe_run(const Communicator& comm, MoeRunConfig m) {
   comm.broadcast(&found, 1, 0);
   if (m.resume && !found && comm.rank() == 0 && !m.train.quiet)
     std::printf("moesim moe: no checkpoint %s yet, starting at step 1\n", m.train.checkpoint.c_str());
+  if (!m.train.checkpoint.empty()) {
+    // Checkpoints are written as <path>.tmp and renamed: probe that now, not after the whole
+    // run (an unwritable path was found at the first checkpoint, the run's work lost).
+    std::string why;
+    if (comm.rank() == 0) {
+      const std::string probe = m.train.checkpoint + ".tmp";
+      const std::filesystem::path parent = std::filesystem::path(probe).parent_path();
+      std::error_code ec;
+      if (!parent.empty()) std::filesystem::create_directories(parent, ec);  // as the writer does
+      const bool existed = std::filesystem::exists(probe);
+      std::ofstream f(probe, std::ios::app);
+      if (ec) why = "cannot create directory " + parent.string() + ": " + ec.message();
+      else if (!f) why = "cannot create " + probe;
+      f.close();
+      if (why.empty() && !existed) std::filesystem::remove(probe, ec);
+    }
+    comm.agree_or_throw(why.empty(), "cannot write --checkpoint '" + m.train.checkpoint + "': " + why);
+  }
   if (found) {  // before the run file exists: a refused resume must leave --out alone
     const std::int64_t done = CheckpointReader(comm, m.train.checkpoint).info().step;
     MOESIM_CONFIG_CHECK(done <= m.train.steps, "--steps (" << m.train.steps << ") is below the " << done

@@ -51,6 +51,8 @@ CASES = [
     ("config-directory", {}, ["--config", "@TMP@"], ["is a directory"]),
     # Counts beyond an int were cut silently (4294967300 trained E = 4 and recorded 4294967300).
     ("experts-beyond-int", {"--experts": "4294967300"}, [], ["--experts", "<= 1048576", "4294967300"]),
+    # Found only at the first checkpoint, after the run's work, once.
+    ("unwritable-checkpoint", {}, ["--checkpoint", "/proc/forbidden/c.h5"], ["--checkpoint", "/proc/forbidden/c.h5"]),
 ]
 
 
