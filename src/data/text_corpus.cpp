@@ -50,6 +50,12 @@ std::string manifest(const std::string& path, std::string& error) {
       return {};
     }
   } else {
+    // A directory's binary files are skipped; one given by name would be trained on
+    // silently (an executable or an HDF5 file passed by mistake), so it is refused.
+    if (looks_binary(path)) {
+      error = "--data '" + path + "' is not a text file (a NUL byte in its first 4096 bytes)";
+      return {};
+    }
     files.push_back(path);
   }
   std::ostringstream os;

@@ -179,7 +179,7 @@ def _rejected(proc, out, words):
     assert not Path(out).exists(), "no run file may be created for bad data"
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "short", "context0", "directory"])
+@pytest.mark.parametrize("case", ["missing", "empty", "short", "context0", "directory", "binary-file"])
 def test_lm_bad_data_is_rejected_on_every_rank(tmp_path, case):
     data = tmp_path / "text.txt"
     extra = []
@@ -196,6 +196,10 @@ def test_lm_bad_data_is_rejected_on_every_rank(tmp_path, case):
         data.write_bytes(b"hello world " * 100)
         extra = ["--context", "0"]
         words = ["--context must be >= 1"]
+    elif case == "binary-file":  # named directly it was trained on, once; a directory skips it
+        data = tmp_path / "model.h5"
+        data.write_bytes(b"\x89HDF\r\n\x1a\n\0\0\0\0" + b"abc" * 400)
+        words = ["is not a text file", str(data)]
     else:
         data = tmp_path / "bin"
         data.mkdir()
