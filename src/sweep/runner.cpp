@@ -1,5 +1,6 @@
 #include "sweep/runner.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -85,6 +86,13 @@ void print_grid(const Communicator& comm, const SweepConfig& cfg, const std::vec
 int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
               const std::string& dir, std::int64_t index, bool summary_only, const PointRunner& run,
               const PointValidator& check) {
+  const std::vector<std::string> invalid = invalid_reasons(comm, cfg, points, dir, check);
+  // Every point refused for one reason (an unknown key, say) is a bad config, not a grid of
+  // invalid points: one error before anything is written. (The reasons are the same on
+  // every rank, broadcast by invalid_reasons.)
+  const bool one_reason = !summary_only && !points.empty() && !invalid[0].empty() &&
+                          std::all_of(invalid.begin(), invalid.end(), [&](const std::string& r) { return r == invalid[0]; });
+  MOESIM_CONFIG_CHECK(!one_reason, "every point of the grid is refused: " << invalid[0]);
   std::string error;
   if (comm.rank() == 0) {
     std::error_code ec;
@@ -92,7 +100,6 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
     if (ec) error = "cannot create sweep directory '" + dir + "': " + ec.message();
   }
   comm.agree_or_throw(error.empty(), error);
-  const std::vector<std::string> invalid = invalid_reasons(comm, cfg, points, dir, check);
 
   int rc = 0;
   bool any_failed = false;

@@ -457,6 +457,16 @@ def test_a_grid_of_only_invalid_points_fails(tmp_path, mpirun, moesim_direct):
     assert read_summary(out)["status"] == ["invalid", "invalid"]
 
 
+def test_a_key_no_point_can_take_is_one_error_up_front(tmp_path, mpirun):
+    """An unknown key once made every point invalid (a run file each, exit 3): it is a bad
+    config, refused with one error line and exit 2 before the directory exists."""
+    cfg = write_config(tmp_path, BASE + "experts = 2,4\nbogus-key = 3\n")
+    out = tmp_path / "out"
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    check_rejected(proc, ["every point of the grid is refused", "bogus-key"], "sweep")
+    assert not out.exists()
+
+
 def test_stack_points_with_impossible_options_are_invalid(tmp_path, mpirun, moesim_direct):
     # --folds 1 is refused by stack's option checks; the data file is only read by a run.
     data = tmp_path / "t.csv"
