@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -204,17 +205,34 @@ TEST(SweepRunner, AGridOfOnlyInvalidPointsIsAFailure) {
   const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
   const std::vector<SweepPoint> points = expand_grid(cfg);
   std::vector<Call> calls, checked;
-  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, ""),
-                      fake_check(checked, "steps = 5")),
-            3);
+  // Every point refused, each for its own reason (its preset): recorded invalid, exit 3.
+  const PointValidator refuse_each = [&checked](const std::string& command, const std::vector<std::string>& args,
+                                                const std::string& preset) {
+    checked.push_back({command, preset, args});
+    throw ConfigError("cannot run " + preset);
+  };
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, false, fake_command(calls, ""), refuse_each), 3);
   EXPECT_TRUE(calls.empty());
   if (world().rank() == 0) {
     EXPECT_EQ(summary_strings(dir.path(), "status"), (std::vector<std::string>(3, "invalid")));
   }
   // Rebuilding the summary runs nothing and is no failure.
-  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, true, fake_command(calls, ""),
-                      fake_check(checked, "steps = 5")),
-            0);
+  EXPECT_EQ(run_sweep(world(), cfg, points, dir.path(), -1, true, fake_command(calls, ""), refuse_each), 0);
+  world().barrier();
+}
+
+TEST(SweepRunner, EveryPointRefusedForOneReasonIsOneErrorUpFront) {
+  const test::SharedDir dir;
+  const SweepConfig cfg = parse_sweep_config(kGrid, "grid.ini");
+  const std::vector<SweepPoint> points = expand_grid(cfg);
+  std::vector<Call> calls, checked;
+  const std::string sub = (std::filesystem::path(dir.path()) / "never").string();
+  // "steps = 5" is in every point: a bad config (an unknown key, say), refused on every rank
+  // before the sweep directory exists.
+  EXPECT_THROW(run_sweep(world(), cfg, points, sub, -1, false, fake_command(calls, ""), fake_check(checked, "steps = 5")),
+               ConfigError);
+  EXPECT_TRUE(calls.empty());
+  EXPECT_FALSE(std::filesystem::exists(sub));
   world().barrier();
 }
 
