@@ -21,7 +21,9 @@ namespace moesim {
 class ExactRowSums {
  public:
   // COLLECTIVE. `local_bounds[k]` >= |every term of slot k| on this rank; the bounds are
-  // all-reduced with max, so any rank (or none) may hold the largest.
+  // all-reduced with max, so any rank (or none) may hold the largest. Their max over ranks
+  // must not depend on the layout (it sets the rounding grid): a max of terms is fine, a
+  // product of rank-local maxima of different factors is not (use global maxima).
   ExactRowSums(const Communicator& comm, std::vector<double> local_bounds);
   std::size_t size() const { return sum_.size(); }
   // At most one term per slot and row; end_row() after each row.
