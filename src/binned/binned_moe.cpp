@@ -7,6 +7,7 @@
 
 #include "binned/bins.hpp"
 #include "comm/exact_sum.hpp"
+#include "core/row_order.hpp"
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "core/timer.hpp"
@@ -62,20 +63,6 @@ double rmse(const Communicator& comm, const std::vector<double>& pred, const std
   double t[2];
   allreduce_exact(comm, s, t);
   return t[1] > 0 ? std::sqrt(t[0] / t[1]) : kNaN;
-}
-
-// Row reductions in index order: Eigen's vectorised sum and dot peel by the row's memory
-// alignment, so a row's bits would depend on its place in the rank's matrix.
-double row_sum(const Mat<double>& M, Index i) {
-  double s = 0;
-  for (Index j = 0; j < M.cols(); ++j) s += M(i, j);
-  return s;
-}
-
-double row_dot(const Mat<double>& A, const Mat<double>& B, Index i) {
-  double s = 0;
-  for (Index j = 0; j < A.cols(); ++j) s += A(i, j) * B(i, j);
-  return s;
 }
 
 std::vector<char> where(const std::vector<int>& v, int value) {
@@ -184,7 +171,7 @@ void fit_gate(const Communicator& comm, const Table& data, const BinnedOptions& 
   res.gate = gate->predict(ctx, data.X);
   MOESIM_REQUIRE(res.gate.rows() == n && res.gate.cols() == B, "gate predicted " << res.gate.cols() << " columns");
   for (Index i = 0; i < n; ++i) {
-    const double s = row_sum(res.gate, i);
+    const double s = ordered_sum(res.gate.data() + i * B, B);  // index order: layout-free bits
     if (s > 0) res.gate.row(i) /= s;
     else res.gate.row(i).setConstant(1.0 / B);
   }
@@ -228,7 +215,8 @@ void mix_and_calibrate(const Communicator& comm, const Table& data, const Binned
   for (Index i = 0; i < n; ++i) {
     Index best = 0;
     res.gate.row(i).maxCoeff(&best);
-    res.mixture[static_cast<std::size_t>(i)] = row_dot(res.gate, res.experts, i);
+    res.mixture[static_cast<std::size_t>(i)] =
+        ordered_dot(res.gate.data() + i * res.bins, res.experts.data() + i * res.bins, res.bins);
     res.hard[static_cast<std::size_t>(i)] = res.experts(i, best);
   }
   {

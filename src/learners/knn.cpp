@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "core/error.hpp"
+#include "core/row_order.hpp"
 
 namespace moesim {
 
@@ -137,9 +138,8 @@ void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     const auto ui = static_cast<std::size_t>(i);
     if (!(rows.w[ui] > 0)) continue;
     xa_.row(r).head(p_) = -2.0 * Z.row(i);
-    double norm2 = 0;  // in index order: a vectorised norm peels by the row's alignment
-    for (Index j = 0; j < p_; ++j) norm2 += Z(i, j) * Z(i, j);
-    xa_(r, p_) = norm2;
+    const double* z = Z.data() + i * Z.cols();
+    xa_(r, p_) = ordered_dot(z, z, p_);  // a vectorised norm would round by the row's alignment
     max_norm2_ = std::max(max_norm2_, xa_(r, p_));
     y_.push_back(rows.y[ui]);
     w_.push_back(rows.w[ui]);

@@ -10,6 +10,7 @@
 #include "learners/learner.hpp"
 #include "learners/linear.hpp"
 #include "comm/exact_row_sums.hpp"
+#include "core/row_order.hpp"
 #include "learners/standardize.hpp"
 
 namespace moesim {
@@ -39,15 +40,9 @@ Mat<double> row_products(const Mat<double>& A, const Mat<double>& B) {
   return out;
 }
 
-// Softmax of each row in place, in scalar loops (same reason as row_products).
+// Softmax of each row in place, in index order (core/row_order.hpp).
 void softmax_rows_in_place(Mat<double>& S) {
-  for (Index i = 0; i < S.rows(); ++i) {
-    double* r = S.data() + i * S.cols();
-    double mx = r[0], sum = 0;
-    for (Index c = 1; c < S.cols(); ++c) mx = std::max(mx, r[c]);
-    for (Index c = 0; c < S.cols(); ++c) sum += (r[c] = std::exp(r[c] - mx));
-    for (Index c = 0; c < S.cols(); ++c) r[c] /= sum;
-  }
+  for (Index i = 0; i < S.rows(); ++i) ordered_softmax(S.data() + i * S.cols(), S.cols());
 }
 
 // COLLECTIVE, like column_max_abs. The largest |v| over every rank's entries. Bounds for

@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "comm/exact_row_sums.hpp"
+#include "core/row_order.hpp"
 #include "learners/standardize.hpp"
 
 namespace moesim {
@@ -152,11 +153,7 @@ Mat<double> NaiveBayesLearner::predict(const LearnerContext& ctx, const Mat<doub
       for (Index c = 0; c < C; ++c) out(i, c) = std::exp(log_prior_(c));
       continue;
     }
-    // Scalar loops: vectorised exp and sums peel by alignment, so a row's bits would
-    // depend on its position in the batch.
-    double sum = 0;
-    for (Index c = 0; c < C; ++c) sum += (out(i, c) = std::exp(out(i, c) - mx));
-    for (Index c = 0; c < C; ++c) out(i, c) /= sum;
+    ordered_softmax(out.data() + i * C, C);  // index order: a row's bits do not depend on its place
   }
   return out;
 }

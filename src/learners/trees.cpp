@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "comm/exact_sum.hpp"
+#include "core/row_order.hpp"
 #include "core/error.hpp"
 #include "learners/tree_binning.hpp"
 #include "learners/tree_grow.hpp"
@@ -387,16 +388,8 @@ Mat<double> GbdtLearner::predict(const LearnerContext&, const Mat<double>& X) {
     }
     return out;
   }
-  // Scalar loops: Eigen's vectorised exp and sum take a different path by a row's
-  // alignment, so the same row would round differently at another position or rank.
-  for (Index i = 0; i < n; ++i) {
-    double* r = s.data() + i * K;
-    double mx = r[0];
-    for (int k = 1; k < K; ++k) mx = std::max(mx, r[k]);
-    double z = 0;
-    for (int k = 0; k < K; ++k) z += r[k] = std::exp(r[k] - mx);
-    for (int k = 0; k < K; ++k) r[k] /= z;
-  }
+  // In index order (core/row_order.hpp): the same row gives the same bits at any position.
+  for (Index i = 0; i < n; ++i) ordered_softmax(s.data() + i * K, K);
   return s;
 }
 

@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "learners/linear.hpp"
 #include "comm/exact_row_sums.hpp"
+#include "core/row_order.hpp"
 #include "stacking/metrics.hpp"
 
 namespace moesim {
@@ -71,11 +72,7 @@ class SimplexMeta : public MetaLearner {
     const Index L = blocks, n = Z.rows(), wd = width;
     // Per-row terms w Pa.Pb (a <= b, row-major upper triangle at a * L + b) and w Pa.Y,
     // dot products in scalar loops, summed exactly: the same bits on any number of ranks.
-    auto dot = [&](const double* u, const double* v) {
-      double d = 0;
-      for (Index c = 0; c < wd; ++c) d += u[c] * v[c];
-      return d;
-    };
+    auto dot = [&](const double* u, const double* v) { return ordered_dot(u, v, wd); };
     Mat<double> t = Mat<double>::Zero(n, L * L + L);
     for (Index i = 0; i < n; ++i) {
       const double wi = w[static_cast<std::size_t>(i)];

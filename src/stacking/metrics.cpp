@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "comm/exact_row_sums.hpp"
+#include "core/row_order.hpp"
 
 namespace moesim {
 
@@ -22,8 +23,7 @@ Scores score(const Communicator& comm, const Mat<double>& pred, const std::vecto
       for (Index c = 1; c < pred.cols(); ++c)
         if (pred(i, c) > pred(i, best)) best = c;
       t(i, 1) = wi * (best == static_cast<Index>(yi) ? 1.0 : 0.0);
-      double total = 0;
-      for (Index c = 0; c < pred.cols(); ++c) total += pred(i, c);
+      const double total = ordered_sum(pred.data() + i * pred.cols(), pred.cols());
       const double p = total > 0 ? pred(i, static_cast<Index>(yi)) / total : 0.0;
       t(i, 2) = -wi * std::log(std::clamp(p, 1e-15, 1.0 - 1e-15));
     } else {
