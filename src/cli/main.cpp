@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "io/hdf5.hpp"
 
 namespace {
 
@@ -43,7 +44,14 @@ void keep_freed_memory() {
 
 int main(int argc, char** argv) {
   keep_freed_memory();
+  // HDF5 starts before MPI, so that it shuts down at exit, not inside MPI_Finalize; and
+  // it is not shut down at all: every file is closed by its owner, and a file whose flush
+  // failed (a full disk) cannot be closed: HDF5's shutdown crashes on it.
+  moesim::h5::start_without_shutdown();
   moesim::MpiEnvironment env(&argc, &argv);
+  // Every HDF5 call is checked and its error carries HDF5's innermost reason: its own
+  // stack dumps (a hundred lines for one corrupt file) would bury that one line.
+  moesim::h5::silence_default_error_printing();
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   const std::string command = argc > 1 ? argv[1] : "";

@@ -1,5 +1,6 @@
 #include "io/hdf5.hpp"
 
+#include <algorithm>
 #include <numeric>
 
 namespace moesim::h5 {
@@ -15,10 +16,24 @@ herr_t walk_innermost(unsigned n, const H5E_error2_t* err, void* out) {
 std::string last_error() {
   std::string msg;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_innermost, &msg);
-  return msg.empty() ? "no HDF5 error description" : msg;
+  if (msg.empty()) return "no HDF5 error description";
+  // A failed system call: HDF5 dumps its whole state; keep its first words and the cause.
+  const std::string key = "error message = '";
+  const auto at = msg.find(key);
+  if (at != std::string::npos) {
+    const auto end = msg.find('\'', at + key.size());
+    return msg.substr(0, std::min(msg.find(':'), msg.find(','))) + ": " +
+           msg.substr(at + key.size(), end == std::string::npos ? std::string::npos : end - at - key.size());
+  }
+  return msg;
 }
 
 void silence_default_error_printing() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+void start_without_shutdown() {
+  MOESIM_H5_CHECK(H5dont_atexit());
+  MOESIM_H5_CHECK(H5open());
+}
 
 Handle create_file(const std::string& path) {
   return Handle(MOESIM_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)),

@@ -15,6 +15,8 @@ namespace moesim::h5 {
 
 std::string last_error();
 void silence_default_error_printing();
+// Before MPI_Init: opens the library without its shutdown hooks (see cli/main.cpp).
+void start_without_shutdown();
 
 }  // namespace moesim::h5
 
@@ -54,6 +56,12 @@ class Handle {
     if (id_ >= 0 && closer_) closer_(id_);
     id_ = H5I_INVALID_HID;
   }
+  // Gives the id up without closing it (a parallel file that cannot be closed safely).
+  hid_t release() {
+    const hid_t id = id_;
+    id_ = H5I_INVALID_HID;
+    return id;
+  }
 
  private:
   hid_t id_ = H5I_INVALID_HID;
@@ -81,6 +89,7 @@ class Series {
   Series(hid_t loc, const std::string& name, std::vector<hsize_t> inner, bool integer);
   void append(const void* rows, hsize_t n);
   hsize_t rows() const { return rows_; }
+  void release() { dset_.release(); }  // see Handle::release
 
  private:
   Handle dset_;

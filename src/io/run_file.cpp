@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "core/build_info.hpp"
+#include "io/parallel_write.hpp"
 
 namespace moesim {
 
@@ -44,6 +45,7 @@ AttrList provenance_attrs(const Communicator& comm) {
 std::unique_ptr<RunFile> RunFile::create(const Communicator& comm, const std::string& path,
                                          const std::string& kind) {
   std::unique_ptr<RunFile> rf(new RunFile());
+  rf->comm_ = &comm;
   rf->path_ = path;
   std::string error;
   if (comm.rank() == 0) {
@@ -52,7 +54,7 @@ std::unique_ptr<RunFile> RunFile::create(const Communicator& comm, const std::st
       std::error_code ec;
       if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
       if (ec) throw RuntimeError("cannot create directory '" + p.parent_path().string() + "': " + ec.message());
-      h5::silence_default_error_printing();
+      rf->lock_ = OutputLock(path);
       rf->file_ = h5::create_file(path);
       h5::write_attr(rf->file_.id(), "schema_version", kSchemaVersion);
       h5::write_attr(rf->file_.id(), "complete", std::int64_t{0});
@@ -70,6 +72,7 @@ std::unique_ptr<RunFile> RunFile::create(const Communicator& comm, const std::st
 RunFile::~RunFile() {
   groups_.clear();
   series_.clear();
+  file_.reset();  // before the lock goes
 }
 
 hid_t RunFile::group(const std::string& name) {
@@ -152,37 +155,64 @@ void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& d
 }
 
 void RunFile::write_row_blocks(const Communicator& comm, const std::vector<RowBlock>& blocks) {
-  // Everything rank 0 holds must be on disk before the file changes hands.
+  std::vector<std::int64_t> before(blocks.size()), total(blocks.size());
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    std::int64_t local = blocks[i].rows;
+    comm.exscan_sum(&local, &before[i], 1);
+    total[i] = comm.allreduce_sum(local);
+  }
+  // Rank 0 writes what it buffered, lays the datasets out and closes its handle (the
+  // file then changes hands); every rank writes its rows; rank 0 reopens it.
+  auto layout = [&] {
+    flush_local();
+    std::vector<DatasetSpec> specs;
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      std::vector<hsize_t> dims{static_cast<hsize_t>(total[i])};
+      dims.insert(dims.end(), blocks[i].inner.begin(), blocks[i].inner.end());
+      specs.push_back({blocks[i].path, dims, blocks[i].integer});
+    }
+    create_allocated(file_.id(), specs);
+    series_.clear();
+    groups_.clear();
+    file_.reset();
+  };
+  write_rows_reserved(comm, path_, "'" + path_ + "'", layout, blocks.size(), [&](std::size_t i) {
+    return RowWrite{blocks[i].path, static_cast<hsize_t>(before[i]), static_cast<hsize_t>(blocks[i].rows),
+                    blocks[i].data, blocks[i].integer};
+  });
   std::string error;
-  if (writer()) {
+  if (comm.rank() == 0) {
     try {
-      flush();
-      series_.clear();
-      groups_.clear();
-      file_.reset();
+      file_ = h5::open_file(path_, true);
     } catch (const std::exception& e) {
       error = e.what();
     }
   }
-  comm.agree_or_throw(error.empty(), "cannot write " + path_ + ": " + error);
-  {
-    h5::Handle f = h5::open_file_mpi(comm.raw(), path_, true);
-    for (const RowBlock& b : blocks) {
-      std::int64_t local = b.rows, before = 0;
-      comm.exscan_sum(&local, &before, 1);
-      const std::int64_t total = comm.allreduce_sum(local);
-      std::vector<hsize_t> dims{static_cast<hsize_t>(total)};
-      dims.insert(dims.end(), b.inner.begin(), b.inner.end());
-      h5::Handle d = h5::create_dataset(f.id(), b.path, dims, b.integer);
-      h5::write_rows(d.id(), static_cast<hsize_t>(before), static_cast<hsize_t>(local), b.data, b.integer);
-    }
-  }
-  if (comm.rank() == 0) file_ = h5::open_file(path_, true);
-  comm.barrier();
+  comm.agree_or_throw(error.empty(), "cannot reopen '" + path_ + "': " + error);
 }
 
 void RunFile::flush() {
+  std::string error;
+  try {
+    flush_local();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  comm_->agree_or_throw(error.empty(), "cannot write '" + path_ + "': " + error);
+}
+
+void RunFile::flush_local() {
   if (!writer()) return;
+  // A write HDF5 finds no space for leaves a file it can neither close nor read back, so
+  // the space is checked first: the rows, a fresh chunk per series and room for metadata.
+  std::uintmax_t need = 64 << 10;
+  for (const auto& [name, p] : series_)
+    need += 8 * (p.dbuf.size() + p.ibuf.size() + (64 + (p.created ? 0 : 64)) * p.row_size);
+  std::error_code ec;
+  const std::filesystem::space_info sp = std::filesystem::space(path_, ec);
+  if (!ec && sp.available < need)
+    throw ConfigError("no space left on its device: " + std::to_string(sp.available >> 10) + " KiB free, " +
+                      std::to_string(need >> 10) + " KiB needed for the next rows");
   const hid_t metrics = series_.empty() ? file_.id() : group("metrics");
   for (auto& [name, p] : series_) {
     if (!p.created) {
@@ -197,18 +227,41 @@ void RunFile::flush() {
       p.dbuf.clear();
     }
   }
-  h5::flush(file_.id());
+  try {
+    h5::flush(file_.id());
+  } catch (...) {
+    abandon();
+    throw;
+  }
+}
+
+void RunFile::abandon() {
+  // After a failed flush HDF5 cannot close the file (H5Fclose fails half-way and its
+  // library shutdown in MPI_Finalize then crashes on the remains); left open, the
+  // shutdown's own close fails quietly. What reached the disk stays, complete = 0.
+  for (auto& [name, p] : series_) p.series.release();
+  for (auto& [name, g] : groups_) g.release();
+  series_.clear();
+  groups_.clear();
+  file_.release();
 }
 
 void RunFile::mark_complete() {
-  if (!writer()) return;
   flush();
-  h5::write_attr(file_.id(), "end_time", iso_time_now());
-  h5::write_attr(file_.id(), "complete", std::int64_t{1});
-  series_.clear();
-  groups_.clear();
-  h5::flush(file_.id());
-  file_.reset();
+  std::string error;
+  if (writer()) {
+    try {
+      h5::write_attr(file_.id(), "end_time", iso_time_now());
+      h5::write_attr(file_.id(), "complete", std::int64_t{1});
+      series_.clear();
+      groups_.clear();
+      h5::flush(file_.id());
+      file_.reset();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  comm_->agree_or_throw(error.empty(), "cannot complete '" + path_ + "': " + error);
 }
 
 }  // namespace moesim

@@ -16,6 +16,7 @@
 #include "comm/communicator.hpp"
 #include "core/tensor.hpp"
 #include "io/hdf5.hpp"
+#include "io/output_lock.hpp"
 
 namespace moesim {
 
@@ -29,8 +30,10 @@ std::string iso_time_now();
 
 class RunFile {
  public:
-  // COLLECTIVE. Rank 0 creates the file (and its directory); any failure becomes a
-  // ConfigError on every rank. Other ranks get an inert object.
+  // COLLECTIVE. Rank 0 takes the file's OutputLock (another run writing it is refused
+  // before anything is touched) and creates the file (and its directory); any failure
+  // becomes a ConfigError on every rank. Other ranks get an inert object. `comm` must
+  // outlive the RunFile.
   static std::unique_ptr<RunFile> create(const Communicator& comm, const std::string& path,
                                          const std::string& kind);
   ~RunFile();
@@ -65,11 +68,12 @@ class RunFile {
   // e.g. the history a checkpoint carries into a resumed run's file.
   void append_rows(const std::string& name, const std::vector<hsize_t>& inner, bool integer,
                    const void* data, hsize_t rows);
-  // Writes buffered rows and flushes the file to disk.
+  // COLLECTIVE. Writes buffered rows and flushes the file to disk; a failure (a full
+  // disk) is a ConfigError on every rank.
   void flush();
   // The open file on the writer (rank 0), after flush(): for copying its groups elsewhere.
   hid_t file_id() const { return file_.id(); }
-  // Flushes, then sets complete = 1 and closes.
+  // COLLECTIVE. Flushes, then sets complete = 1 and closes.
   void mark_complete();
   const std::string& path() const { return path_; }
 
@@ -87,7 +91,11 @@ class RunFile {
   Pending& pending(const std::string& name, const std::vector<hsize_t>& inner, bool integer,
                    std::size_t row_len);
   hid_t group(const std::string& name);
+  void flush_local();  // rank 0's part of flush()
+  void abandon();
 
+  const Communicator* comm_ = nullptr;
+  OutputLock lock_;
   std::string path_;
   h5::Handle file_;
   std::map<std::string, h5::Handle> groups_;

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <functional>
 #include <map>
 
 #include "core/build_info.hpp"
+#include "io/parallel_write.hpp"
 
 namespace moesim {
 
@@ -147,16 +149,17 @@ void save_checkpoint(const Communicator& comm, const std::string& path,
   comm.agree_or_throw(error.empty(), "cannot write checkpoint '" + path + "': " + error);
   std::int64_t E = 0;
   const auto groups = group_experts(comm, experts, E);
-  {
-    h5::silence_default_error_printing();
-    h5::Handle f;
-    try {
-      f = h5::create_file_mpi(comm.raw(), tmp);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-    comm.agree_or_throw(error.empty(), "cannot create checkpoint '" + tmp + "': " + error);
-    // Metadata (groups, datasets, attributes) is created by every rank with equal values.
+  auto param_dims = [](const Param<T>& p) {
+    return std::vector<hsize_t>{static_cast<hsize_t>(p.value.rows()), static_cast<hsize_t>(p.value.cols())};
+  };
+  auto expert_dims = [&](const ExpertGroup<T>& g) {
+    return std::vector<hsize_t>{static_cast<hsize_t>(E), static_cast<hsize_t>(g.params.front()->value.rows()),
+                                static_cast<hsize_t>(g.params.front()->value.cols())};
+  };
+  // Rank 0 lays the whole file out (attributes, progress, every dataset) and the ranks
+  // then fill in values: replicated ones from rank 0, each expert block from one replica.
+  auto layout = [&] {
+    h5::Handle f = h5::create_file(tmp);
     h5::write_attr(f.id(), "kind", std::string("checkpoint"));
     h5::write_attr(f.id(), "checkpoint_version", kCheckpointVersion);
     h5::write_attr(f.id(), "complete", std::int64_t{0});
@@ -173,46 +176,61 @@ void save_checkpoint(const Communicator& comm, const std::string& path,
       h5::Handle g = h5::create_group(f.id(), "train");
       write_progress(g.id(), progress);
     }
-    h5::Handle rep = h5::create_group(f.id(), "replicated");
-    std::vector<double> buf;
-    for (Param<T>* p : replicated) {
-      h5::Handle g = h5::create_group(rep.id(), p->name);
-      const std::vector<hsize_t> dims{static_cast<hsize_t>(p->value.rows()),
-                                      static_cast<hsize_t>(p->value.cols())};
-      for (int i = 0; i < 3; ++i) {
-        const Mat<T>& m = part(*p, i);
-        buf.assign(m.data(), m.data() + m.size());
-        h5::Handle d = h5::create_dataset(g.id(), kParts[i], dims, false);
-        // Replicated values are identical everywhere: rank 0 writes, the others join empty.
-        h5::write_rows(d.id(), 0, comm.rank() == 0 ? dims[0] : 0, buf.data(), false);
-      }
+    std::vector<DatasetSpec> specs;
+    h5::create_group(f.id(), "replicated");
+    for (const Param<T>* p : replicated)
+      for (const char* part_name : kParts) specs.push_back({"replicated/" + p->name + "/" + part_name, param_dims(*p)});
+    h5::create_group(f.id(), "state");
+    for (const auto& [name, v] : state)
+      if (!v->empty()) specs.push_back({"state/" + name, {v->size()}});
+    h5::create_group(f.id(), "experts");
+    for (const auto& [key, g] : groups)
+      for (const char* part_name : kParts) specs.push_back({"experts/" + key + "/" + part_name, expert_dims(g)});
+    create_allocated(f.id(), specs);
+  };
+  // The datasets in the order of `layout`, one at a time, so only one is copied to float64.
+  struct Source {
+    std::string path;
+    std::function<void(std::vector<double>&)> fill;
+    hsize_t first = 0, count = 0;
+  };
+  std::vector<Source> sources;
+  for (const Param<T>* p : replicated)
+    for (int i = 0; i < 3; ++i) {
+      const bool writes = comm.rank() == 0;  // replicated values are identical everywhere
+      sources.push_back({"replicated/" + p->name + "/" + kParts[i],
+                         [p, i](std::vector<double>& b) { b.assign(part(*p, i).data(), part(*p, i).data() + part(*p, i).size()); },
+                         0, writes ? static_cast<hsize_t>(p->value.rows()) : 0});
     }
-    h5::Handle st = h5::create_group(f.id(), "state");
-    for (const auto& [name, v] : state) {
-      if (v->empty()) continue;
-      h5::Handle d = h5::create_dataset(st.id(), name, {v->size()}, false);
-      h5::write_rows(d.id(), 0, comm.rank() == 0 ? v->size() : 0, v->data(), false);
-    }
-    h5::Handle ex = h5::create_group(f.id(), "experts");
-    for (const auto& [key, g] : groups) {
-      h5::Handle kg = h5::create_group(ex.id(), key);
-      const Param<T>& p0 = *g.params.front();
-      const std::vector<hsize_t> dims{static_cast<hsize_t>(E), static_cast<hsize_t>(p0.value.rows()),
-                                      static_cast<hsize_t>(p0.value.cols())};
-      for (int i = 0; i < 3; ++i) {
-        buf.clear();
-        for (const Param<T>* p : g.params) buf.insert(buf.end(), part(*p, i).data(), part(*p, i).data() + part(*p, i).size());
-        h5::Handle d = h5::create_dataset(kg.id(), kParts[i], dims, false);
-        // One replica writes; the others join the collective write empty.
-        h5::write_rows(d.id(), g.writer ? static_cast<hsize_t>(g.first) : 0, g.writer ? g.params.size() : 0,
-                       buf.data(), false);
-      }
-    }
+  for (const auto& [name, v] : state)
+    if (!v->empty())
+      sources.push_back({"state/" + name, [v = v](std::vector<double>& b) { b = *v; }, 0,
+                         comm.rank() == 0 ? static_cast<hsize_t>(v->size()) : 0});
+  for (const auto& [key, g] : groups)
+    for (int i = 0; i < 3; ++i)
+      sources.push_back({"experts/" + key + "/" + kParts[i],
+                         [&g = g, i](std::vector<double>& b) {
+                           b.clear();
+                           for (const Param<T>* p : g.params)
+                             b.insert(b.end(), part(*p, i).data(), part(*p, i).data() + part(*p, i).size());
+                         },
+                         g.writer ? static_cast<hsize_t>(g.first) : 0, g.writer ? g.params.size() : 0});
+  std::vector<double> buf;
+  try {
+    write_rows_reserved(comm, tmp, "checkpoint '" + tmp + "'", layout, sources.size(), [&](std::size_t k) {
+      const Source& s = sources[k];
+      if (s.count > 0) s.fill(buf);
+      return RowWrite{s.path, s.first, s.count, buf.data(), false};
+    });
+  } catch (const ConfigError&) {
+    std::error_code ec;
+    if (comm.rank() == 0) std::filesystem::remove(tmp, ec);
+    throw;
   }
   // Rank 0 adds the metric history and the completeness flag, then renames into place.
+  if (history) history->flush();
   if (comm.rank() == 0) {
     try {
-      if (history) history->flush();
       h5::Handle f = h5::open_file(tmp, true);
       if (history && history->writer())
         for (const std::string& g : h5::list_links(history->file_id()))
@@ -224,6 +242,8 @@ void save_checkpoint(const Communicator& comm, const std::string& path,
       std::filesystem::rename(tmp, path);
     } catch (const std::exception& e) {
       error = e.what();
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);  // the previous checkpoint, if any, stays in place
     }
   }
   comm.agree_or_throw(error.empty(), "cannot write checkpoint '" + path + "': " + error);
