@@ -46,6 +46,12 @@ Handle open_file(const std::string& path, bool writable) {
                 H5Fclose);
 }
 
+Handle open_user_file(const std::string& path) {
+  const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0) throw ConfigError("not a readable HDF5 file (" + last_error() + ")");
+  return Handle(id, H5Fclose);
+}
+
 Handle create_group(hid_t loc, const std::string& name) {
   return Handle(MOESIM_H5_CHECK(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)),
                 H5Gclose);

@@ -72,6 +72,9 @@ using AttrValue = std::variant<std::int64_t, double, std::string>;
 
 Handle create_file(const std::string& path);  // truncates
 Handle open_file(const std::string& path, bool writable);
+// Read-only, for a file the user named: one that HDF5 cannot open (truncated, corrupt, not
+// HDF5) is bad input, a ConfigError with HDF5's reason.
+Handle open_user_file(const std::string& path);
 Handle create_group(hid_t loc, const std::string& name);
 Handle open_group(hid_t loc, const std::string& name);
 bool exists(hid_t loc, const std::string& name);

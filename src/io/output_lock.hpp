@@ -11,8 +11,12 @@ namespace moesim {
 class OutputLock {
  public:
   OutputLock() = default;
-  // Takes the lock of `path` or throws ConfigError naming the holder.
+  // Takes the lock of file `path` or throws ConfigError naming the holder.
   explicit OutputLock(const std::string& path);
+  // The lock of a sweep directory: a whole sweep holds it alone (`whole`); runs of single
+  // points (array tasks) share it, with each other but not with a whole sweep. Its file
+  // (DIR/.sweep.lock) stays: removing a shared lock's file would let a third run in.
+  static OutputLock sweep(const std::string& dir, bool whole);
   ~OutputLock();
   OutputLock(OutputLock&& o) noexcept;
   OutputLock& operator=(OutputLock&& o) noexcept;
@@ -21,9 +25,14 @@ class OutputLock {
   bool held() const { return fd_ >= 0; }
 
  private:
+  OutputLock(const std::string& lock_path, bool shared, bool remove, const std::string& busy);
   void release();
   std::string lock_path_;
+  bool remove_ = true;
   int fd_ = -1;
 };
+
+// Whether another process holds the lock of file `path` (it is being written now).
+bool output_locked(const std::string& path);
 
 }  // namespace moesim

@@ -9,6 +9,7 @@
 #include "comm/stop_request.hpp"
 #include "core/error.hpp"
 #include "core/stop_signal.hpp"
+#include "io/output_lock.hpp"
 #include "sweep/summary.hpp"
 
 namespace moesim {
@@ -39,10 +40,20 @@ SweepConfig read_sweep_config(const Communicator& comm, const std::string& path)
 std::vector<std::string> point_args(const SweepConfig& cfg, const SweepPoint& p, const std::string& dir) {
   std::vector<std::string> args{"--out", run_file_of(dir, p)};
   if (cfg.command == "moe") {
-    // An interrupted point continues from its checkpoint instead of from scratch.
-    bool own = false;
-    for (const auto& [k, v] : p.values) own = own || (k == "checkpoint" && !v.empty());
-    if (!own) args.insert(args.end(), {"--checkpoint", checkpoint_of(dir, p)});
+    // An interrupted point continues from its checkpoint instead of from scratch. A
+    // checkpoint the config names once, for every point, becomes one file per point: a
+    // shared one would resume each point from the one before.
+    std::string own;
+    bool swept = false;
+    for (const auto& [k, v] : p.values) if (k == "checkpoint") own = v;
+    for (const auto& [k, v] : p.swept) swept = swept || k == "checkpoint";
+    if (own.empty()) {
+      args.insert(args.end(), {"--checkpoint", checkpoint_of(dir, p)});
+    } else if (!swept) {
+      const std::filesystem::path f(own);
+      args.insert(args.end(), {"--checkpoint", (f.parent_path() / (f.stem().string() + "." + p.id +
+                                                                    f.extension().string())).string()});
+    }
     args.push_back("--resume");
   }
   return args;
@@ -98,6 +109,17 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) error = "cannot create sweep directory '" + dir + "': " + ec.message();
+  }
+  comm.agree_or_throw(error.empty(), error);
+  // Two whole sweeps in one directory would fight over every point; single points (array
+  // tasks) may run side by side, each point's run file locked by the run writing it.
+  OutputLock lock;
+  if (comm.rank() == 0 && !summary_only) {
+    try {
+      lock = OutputLock::sweep(dir, index < 0);
+    } catch (const ConfigError& e) {
+      error = e.what();
+    }
   }
   comm.agree_or_throw(error.empty(), error);
 

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "io/hdf5.hpp"
+#include "io/output_lock.hpp"
 #include "io/run_file.hpp"
 
 namespace moesim {
@@ -72,7 +73,8 @@ namespace {
 
 void record_status(const std::string& run_file, const SweepPoint& p, const std::string& command,
                    const std::string& status, const std::string& error) {
-  h5::silence_default_error_printing();
+  // A point another run is writing now (a concurrent array task) is that run's to record.
+  if (output_locked(run_file)) return;
   h5::Handle f;
   if (std::filesystem::exists(run_file)) {
     try {

@@ -256,7 +256,7 @@ CheckpointReader::CheckpointReader(const Communicator& comm, const std::string& 
     h5::silence_default_error_printing();
     try {
       if (!std::filesystem::exists(path)) throw ConfigError("no such file");
-      h5::Handle f = h5::open_file(path, false);
+      h5::Handle f = h5::open_user_file(path);
       if (H5Aexists(f.id(), "kind") <= 0 || h5::read_attr_string(f.id(), "kind") != "checkpoint")
         throw ConfigError("not a moesim checkpoint (root attribute kind != 'checkpoint')");
       if (h5::read_attr_int(f.id(), "checkpoint_version") > kCheckpointVersion)
@@ -374,22 +374,24 @@ TrainProgress load_params(const Communicator& comm, const std::string& path,
 template <class T>
 TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
                               const ParamList<T>& replicated, const ParamList<T>& experts,
-                              RunFile* history, const std::vector<std::string>& per_rank_series,
                               const StateList& state) {
-  const TrainProgress progress = load_params(comm, path, replicated, experts, state);
-  // The metric history goes into the new run file, so it reads as one uninterrupted run.
+  return load_params(comm, path, replicated, experts, state);
+}
+
+void append_checkpoint_history(const Communicator& comm, const std::string& path, RunFile& history,
+                               const std::vector<std::string>& per_rank_series, std::int64_t step) {
   std::string error;
-  if (history && history->writer()) {
+  if (history.writer()) {
     try {
       h5::Handle f = h5::open_file(path, false);
-      const hid_t out = history->file_id();
+      const hid_t out = history.file_id();
       const bool same_ranks = h5::read_attr_int(f.id(), "ranks") == comm.size();
       for (const std::string& g : h5::list_links(f.id()))
         if (g.rfind(kEarlierMetrics, 0) == 0)
           MOESIM_H5_CHECK(H5Ocopy(f.id(), g.c_str(), out, g.c_str(), H5P_DEFAULT, H5P_DEFAULT));
       if (h5::exists(f.id(), "metrics")) {
         h5::Handle g = h5::open_group(f.id(), "metrics");
-        const std::string earlier = kEarlierMetrics + std::to_string(progress.step);
+        const std::string earlier = kEarlierMetrics + std::to_string(step);
         for (const std::string& name : h5::list_links(g.id())) {
           if (!same_ranks && std::find(per_rank_series.begin(), per_rank_series.end(), name) !=
                                  per_rank_series.end()) {
@@ -400,7 +402,7 @@ TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
             const hsize_t rows = h5::dataset_dims(g.id(), name)[0];
             std::vector<std::int64_t> steps(static_cast<std::size_t>(rows));
             for (hsize_t r = 0; r < rows; ++r)
-              steps[r] = progress.step - static_cast<std::int64_t>(rows) + 1 + static_cast<std::int64_t>(r);
+              steps[r] = step - static_cast<std::int64_t>(rows) + 1 + static_cast<std::int64_t>(r);
             const std::string step_name = name + "_step";
             if (!h5::exists(e.id(), step_name)) h5::write_array(e.id(), step_name, {rows}, steps.data());
             continue;
@@ -412,7 +414,7 @@ TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
           if (integer) i = h5::read_array_int(g.id(), name, &dims);
           else d = h5::read_array(g.id(), name, &dims);
           const std::vector<hsize_t> inner(dims.begin() + 1, dims.end());
-          history->append_rows(name, inner, integer, integer ? static_cast<const void*>(i.data()) : d.data(), dims[0]);
+          history.append_rows(name, inner, integer, integer ? static_cast<const void*>(i.data()) : d.data(), dims[0]);
         }
       }
     } catch (const std::exception& e) {
@@ -420,7 +422,39 @@ TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
     }
   }
   comm.agree_or_throw(error.empty(), "cannot read the metrics of checkpoint '" + path + "': " + error);
-  return progress;
+}
+
+namespace {
+std::map<std::string, std::string> ini_values(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    const std::size_t eq = line.find(" = ");
+    if (eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 3);
+    start = end + 1;
+  }
+  return out;
+}
+}  // namespace
+
+void check_same_run(const std::string& path, const CheckpointInfo& info, const std::string& options) {
+  const auto there = ini_values(info.options), here = ini_values(options);
+  std::string diff;
+  int n = 0;
+  for (const auto& [key, value] : here) {
+    const auto it = there.find(key);
+    if (it == there.end() || it->second == value ||
+        std::find(kResumeMayChange.begin(), kResumeMayChange.end(), key) != kResumeMayChange.end())
+      continue;
+    if (n++ < 3) diff += std::string(diff.empty() ? "" : ", ") + "--" + key + " " + it->second + " there, " + value + " here";
+  }
+  if (n > 3) diff += " and " + std::to_string(n - 3) + " more";
+  MOESIM_CONFIG_CHECK(n == 0, "checkpoint '" << path << "' was written by another run (" << diff
+                                             << "): resume it only with the options that wrote it (--steps may grow), "
+                                                "or give this run its own --checkpoint");
 }
 
 template void save_checkpoint<float>(const Communicator&, const std::string&, const ParamList<float>&,
@@ -430,10 +464,8 @@ template void save_checkpoint<double>(const Communicator&, const std::string&, c
                                       const ParamList<double>&, const TrainProgress&, const std::string&, RunFile*,
                                       const StateList&);
 template TrainProgress load_checkpoint<float>(const Communicator&, const std::string&, const ParamList<float>&,
-                                              const ParamList<float>&, RunFile*, const std::vector<std::string>&,
-                                              const StateList&);
+                                              const ParamList<float>&, const StateList&);
 template TrainProgress load_checkpoint<double>(const Communicator&, const std::string&, const ParamList<double>&,
-                                               const ParamList<double>&, RunFile*, const std::vector<std::string>&,
-                                               const StateList&);
+                                               const ParamList<double>&, const StateList&);
 
 }  // namespace moesim

@@ -95,15 +95,29 @@ constexpr const char* kEarlierMetrics = "metrics_until_step";
 
 // COLLECTIVE. Loads every parameter of the lists (values and Adam moments) by name and,
 // for expert parameters, by global expert index, so any valid (ranks, --ep-size) can
-// read a checkpoint written under any other. Rank 0 appends the stored metrics to `history`
-// (may be null); the series in `per_rank_series` (shaped by P) go to kEarlierMetrics<step>
-// instead when P changed. ConfigError on every rank when the file is missing, incomplete,
-// of another precision, or lacks a parameter or holds it with another shape.
+// read a checkpoint written under any other. ConfigError on every rank when the file is
+// missing, incomplete, of another precision, or lacks a parameter or holds it with another
+// shape. Writes nothing, so a refused resume leaves every file as it was.
 template <class T>
 TrainProgress load_checkpoint(const Communicator& comm, const std::string& path,
                               const ParamList<T>& replicated, const ParamList<T>& experts,
-                              RunFile* history, const std::vector<std::string>& per_rank_series = {},
                               const StateList& state = {});
+
+// COLLECTIVE. Rank 0 appends the checkpoint's metrics (steps 1..step) to `history`, so
+// the resumed run's file reads as one run; the series in `per_rank_series` (shaped by P)
+// go to kEarlierMetrics<step> instead when P changed.
+void append_checkpoint_history(const Communicator& comm, const std::string& path, RunFile& history,
+                               const std::vector<std::string>& per_rank_series, std::int64_t step);
+
+// Options that may differ between a checkpoint and the run resuming it: they do not
+// change the trajectory (`--steps` may grow; with a decaying --lr-decay the schedule then
+// stretches from the resume step on).
+inline const std::vector<std::string> kResumeMayChange{"steps", "blas-threads", "flush-every",
+                                                       "progress-interval", "quiet", "dispatch", "ep-size"};
+
+// Throws ConfigError unless `options` (INI text, as save_checkpoint stores it) name the
+// run that wrote the checkpoint: every option both hold, except kResumeMayChange, equal.
+void check_same_run(const std::string& path, const CheckpointInfo& info, const std::string& options);
 
 // Read access for tools that reshape a model (merge). Construction and every read are
 // COLLECTIVE; construction throws ConfigError on every rank for a file that is missing,

@@ -58,7 +58,7 @@ template <class T>
 Evaluation before(const Communicator& comm, const MoeRunConfig& src, const Task& task, const std::string& ckpt,
                   std::vector<LayerState>& layers) {
   Model<T> model(comm, src.model);
-  load_checkpoint(comm, ckpt, model.replicated_params(), model.expert_params(), nullptr, {}, model_state(model));
+  load_checkpoint(comm, ckpt, model.replicated_params(), model.expert_params(), model_state(model));
   std::vector<MoeLayer<T>*> moe = model.moe_layers();
   layers.resize(moe.size());
   const Evaluation eval = evaluate_model(comm, model, task, src.train, &layers);
@@ -148,7 +148,7 @@ std::string resolve_checkpoint(const Communicator& comm, const std::string& run)
     h5::silence_default_error_printing();
     try {
       if (!std::filesystem::exists(run)) throw ConfigError("no such file");
-      h5::Handle f = h5::open_file(run, false);
+      h5::Handle f = h5::open_user_file(run);
       const std::string kind = H5Aexists(f.id(), "kind") > 0 ? h5::read_attr_string(f.id(), "kind") : "";
       if (kind == "checkpoint") {
         path = run;

@@ -45,21 +45,35 @@ void print_summary(const Communicator& comm, const MoeRunConfig& m, const TrainS
   std::fflush(stdout);
 }
 
+// The run file is created only here, after every check a resume can fail (the
+// checkpoint's kind, run, shapes), so a refused resume leaves --out as it was.
 template <class T>
-int train_and_log(const Communicator& comm, const MoeRunConfig& m, const Task& task, RunFile& rf, bool resuming) {
+int train_and_log(const Communicator& comm, const MoeRunConfig& m, const Task& task, const AttrList& task_facts,
+                  bool resuming) {
   Model<T> model(comm, m.model);
   const ParamCounts pc = count_params(m.model);
-  install_stop_handlers();
   TrainConfig tc = m.train;
+  if (resuming)
+    tc.start = load_checkpoint(comm, tc.checkpoint, model.replicated_params(), model.expert_params(),
+                               model_state(model));
+  auto file = RunFile::create(comm, m.out, "moe");
+  RunFile& rf = *file;
+  AttrList attrs = m.options;
+  const AttrList prov = provenance_attrs(comm);
+  attrs.insert(attrs.end(), prov.begin(), prov.end());
+  attrs.insert(attrs.end(), m.effective.begin(), m.effective.end());
+  rf.root_attrs(attrs);
+  rf.group_attrs("task", task_facts);
   if (resuming) {
-    tc.start = load_checkpoint(comm, tc.checkpoint, model.replicated_params(), model.expert_params(), &rf,
-                               kPerRankSeries, model_state(model));
+    append_checkpoint_history(comm, tc.checkpoint, rf, kPerRankSeries, tc.start.step);
     rf.root_attrs({{"resumed_at_step", tc.start.step}});
-    if (comm.rank() == 0 && !tc.quiet) {
-      std::printf("moesim moe: resuming from step %lld of %s\n", static_cast<long long>(tc.start.step),
-                  tc.checkpoint.c_str());
-      std::fflush(stdout);
-    }
+  }
+  rf.flush();
+  install_stop_handlers();
+  if (resuming && comm.rank() == 0 && !tc.quiet) {
+    std::printf("moesim moe: resuming from step %lld of %s\n", static_cast<long long>(tc.start.step),
+                tc.checkpoint.c_str());
+    std::fflush(stdout);
   }
   const TrainSummary s = train(comm, model, task, tc, rf);
   AttrList fin{{"steps_done", s.steps_done},
@@ -129,23 +143,16 @@ int moe_run(const Communicator& comm, MoeRunConfig m) {
     comm.agree_or_throw(why.empty(), "cannot write --checkpoint '" + m.train.checkpoint + "': " + why);
   }
   if (found) {  // before the run file exists: a refused resume must leave --out alone
-    const std::int64_t done = CheckpointReader(comm, m.train.checkpoint).info().step;
+    const CheckpointReader ckpt(comm, m.train.checkpoint);
+    check_same_run(m.train.checkpoint, ckpt.info(), m.train.options);
+    const std::int64_t done = ckpt.info().step;
     MOESIM_CONFIG_CHECK(done <= m.train.steps, "--steps (" << m.train.steps << ") is below the " << done
                                                  << " steps checkpoint " << m.train.checkpoint
                                                  << " holds: give --steps >= " << done << " to resume it");
   }
   set_blas_threads(m.blas_threads);
-
-  auto rf = RunFile::create(comm, m.out, "moe");
-  AttrList attrs = m.options;
-  const AttrList prov = provenance_attrs(comm);
-  attrs.insert(attrs.end(), prov.begin(), prov.end());
-  attrs.insert(attrs.end(), m.effective.begin(), m.effective.end());
-  rf->root_attrs(attrs);
-  rf->group_attrs("task", task_facts);
-  rf->flush();
-  return m.precision == "fp64" ? train_and_log<double>(comm, m, *task, *rf, found != 0)
-                               : train_and_log<float>(comm, m, *task, *rf, found != 0);
+  return m.precision == "fp64" ? train_and_log<double>(comm, m, *task, task_facts, found != 0)
+                               : train_and_log<float>(comm, m, *task, task_facts, found != 0);
 }
 
 void task_results(const Task& task, const TrainSummary& s, int E, AttrList& fin, RunFile& rf) {
