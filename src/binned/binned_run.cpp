@@ -126,12 +126,10 @@ BinnedResult run_binned_file(const Communicator& comm, const BinnedRunSettings& 
   comm.reset_tally();
   std::vector<int> cluster;
   const Table data = read_binned_table(comm, s.input, &cluster);
-  auto rf = RunFile::create(comm, s.out, "binned");
+  RunFile::check_creatable(comm, s.out);  // written once the results are in, as stack_run
   AttrList attrs = s.option_attrs;
   const AttrList prov = provenance_attrs(comm);
   attrs.insert(attrs.end(), prov.begin(), prov.end());
-  rf->root_attrs(attrs);
-  rf->flush();
   const I rows = comm.allreduce_sum(static_cast<I>(data.n()));
   if (comm.rank() == 0 && !o.quiet) {
     std::printf("moesim moe --task binned: %lld rows, %lld features, %d ranks\n", static_cast<long long>(rows),
@@ -140,6 +138,8 @@ BinnedResult run_binned_file(const Communicator& comm, const BinnedRunSettings& 
   }
   BinnedResult r = run_binned(comm, data, o);
   const double seconds = wall.seconds();
+  auto rf = RunFile::create(comm, s.out, "binned");
+  rf->root_attrs(attrs);
   write_binned_run(comm, *rf, r, o, cluster, seconds);
   print_summary(comm, r, o, s.out, seconds);
   return r;

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
@@ -67,6 +69,22 @@ std::unique_ptr<RunFile> RunFile::create(const Communicator& comm, const std::st
   }
   comm.agree_or_throw(error.empty(), "cannot create output file '" + path + "': " + error);
   return rf;
+}
+
+void RunFile::check_creatable(const Communicator& comm, const std::string& path) {
+  std::string error;
+  if (comm.rank() == 0) {
+    const std::filesystem::path p(path);
+    const std::filesystem::path dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) error = "cannot create directory '" + dir.string() + "': " + ec.message();
+    else if (std::filesystem::is_directory(p)) error = "it is a directory";
+    else if (output_locked(path)) error = "'" + path + "' is being written by another moesim run";
+    else if (::access(std::filesystem::exists(p) ? path.c_str() : dir.c_str(), W_OK) != 0)
+      error = std::string("not writable: ") + std::strerror(errno);
+  }
+  comm.agree_or_throw(error.empty(), "cannot create output file '" + path + "': " + error);
 }
 
 RunFile::~RunFile() {

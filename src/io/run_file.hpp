@@ -36,6 +36,10 @@ class RunFile {
   // outlive the RunFile.
   static std::unique_ptr<RunFile> create(const Communicator& comm, const std::string& path,
                                          const std::string& kind);
+  // COLLECTIVE. What create() would refuse (an uncreatable directory, an unwritable place,
+  // another run writing the file), found without touching the file: for runs that compute
+  // everything before they write, so that their errors leave an earlier file as it was.
+  static void check_creatable(const Communicator& comm, const std::string& path);
   ~RunFile();
 
   bool writer() const { return file_.valid(); }

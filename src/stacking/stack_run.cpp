@@ -106,12 +106,12 @@ void write_stack_run(const Communicator& comm, RunFile& rf, const StackResult& r
 StackResult run_stacking(const Communicator& comm, const StackingInputs& in, const StackRunSettings& s,
                          const Stopwatch& wall) {
   const std::string cmd = s.blend ? "blend" : "stack";
-  auto rf = RunFile::create(comm, s.out, cmd);
+  // The run file is written only once the results are in: an error on the way (a fold
+  // without a class, say) then leaves no half-written file, nor an earlier one emptied.
+  RunFile::check_creatable(comm, s.out);
   AttrList attrs = s.option_attrs;
   const AttrList prov = provenance_attrs(comm);
   attrs.insert(attrs.end(), prov.begin(), prov.end());
-  rf->root_attrs(attrs);
-  rf->flush();
   const std::int64_t n_data = comm.allreduce_sum(static_cast<std::int64_t>(in.train.n()));
   const std::int64_t n_test = comm.allreduce_sum(static_cast<std::int64_t>(in.test.n()));
   if (comm.rank() == 0 && !s.options.quiet) {
@@ -146,6 +146,8 @@ StackResult run_stacking(const Communicator& comm, const StackingInputs& in, con
     test_rows = comm.allreduce_sum(static_cast<std::int64_t>(in.test.n()));
   }
   const double seconds = wall.seconds();
+  auto rf = RunFile::create(comm, s.out, cmd);
+  rf->root_attrs(attrs);
   write_stack_run(comm, *rf, res, oof, train_rows, test_rows, seconds);
   if (!s.options.quiet) print_summary(comm, res, s.out, seconds);
   return res;

@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from moesim_testing import (SessionJob, check_rejected, cli_args, mpirun_command, root_attrs, run_moe, run_mpi,
-                            steps_written, subprocess_env)
+from moesim_testing import (SessionJob, blobs, check_rejected, cli_args, mpirun_command, root_attrs, run_moe, run_mpi,
+                            run_stack, steps_written, subprocess_env, write_csv)
 
 TIMEOUT = 120  # every case must end well inside this: a hang is the failure
 
@@ -244,3 +244,25 @@ def test_a_sweep_that_names_one_checkpoint_gives_each_point_its_own(tmp_path):
     # Run again: every point is complete and skipped, nothing resumed across points.
     again = run_mpi(2, "sweep", cfg, "--out", out, timeout=TIMEOUT)
     assert again.returncode == 0 and again.stdout.count("complete, skipped") == 4, again.stdout
+
+
+# --------------------------------------------------------------------------- late errors
+
+
+@pytest.mark.parametrize("np_", [1, 4])
+@pytest.mark.parametrize("command,opts,words", [
+    ("stack", {"folds": 40, "learners": "ridge"}, ["training rows for 40 folds"]),
+    ("blend", {"learners": "ridge", "val_fraction": 0.01, "train_fraction": 0.5}, ["validation split is empty"]),
+])
+def test_a_stacking_error_found_while_fitting_leaves_out_as_it_was(tmp_path, np_, command, opts, words):
+    X, y = blobs(30, 3, 2, seed=1)
+    data = write_csv(tmp_path / "small.csv", X, y)
+    proc, out = run_stack(tmp_path, np_, data, command=command, check=False, **opts)
+    check_rejected(proc, words, command=command)
+    assert not out.exists()  # no half-written run file
+    earlier = tmp_path / "earlier.h5"
+    run_stack(tmp_path, np_, data, command=command, out=earlier, learners="ridge")
+    before = digest(earlier)
+    proc, _ = run_stack(tmp_path, np_, data, command=command, check=False, out=earlier, **opts)
+    check_rejected(proc, words, command=command)
+    assert digest(earlier) == before
