@@ -20,8 +20,8 @@ run file (metrics/, routing_recovery/, ...) and the attributes of every group, b
 equal to the reference sweep's (one undisturbed sweep per rank count), except the wall-clock
 ones (TIMING, TIMING_ATTRS, WALL_CLOCK_ROOT) and the point's own paths (`out`, `checkpoint`,
 compared with the directory replaced); the final checkpoint's parameters, Adam moments and state
-byte for byte equal. With --mix-ranks every attempt of a trial picks its rank count afresh, so
-points resume on another P: they are compared with the last attempt's P's reference without the
+byte for byte equal. With --mix-ranks every attempt of a trial runs on another rank count than the one
+before, so points resume on another P: they are compared with the last attempt's P's reference without the
 series the layout shapes (LAYOUT, and the metrics_until_step* groups such a resume makes), as
 the README promises (`bit_identical = 1`). The references of the different P are compared the
 same way.
@@ -189,11 +189,12 @@ class Attempt:
 
 
 def attempt_with_kill(config: Path, out: Path, ids: list[str], spec: SweepSpec, np_: int, rng, log_dir: Path,
-                      tag: str, time_kills: float, expected_seconds: float, timeout: float) -> Attempt:
+                      tag: str, time_kills: float, expected_seconds: float, timeout: float,
+                      min_step: int = 1) -> Attempt:
     """Start the sweep, SIGKILL one random rank at the planned moment, wait for the job to end."""
     pending = [i for i in ids if not is_complete(out / f"{i}.h5")]
     if pending and rng.random() >= time_kills:
-        a = Attempt(np_, "step", point=str(rng.choice(pending)), step=int(rng.integers(1, spec.steps + 1)))
+        a = Attempt(np_, "step", point=str(rng.choice(pending)), step=int(rng.integers(min(min_step, spec.steps), spec.steps + 1)))
     else:
         a = Attempt(np_, "time", delay=float(rng.uniform(0, expected_seconds)))
     start_ns = time.time_ns()
@@ -383,6 +384,7 @@ class Trial:
     hung: bool = False
     lost: dict = field(default_factory=dict)
     resumed: int = 0              # points whose last attempt resumed from a checkpoint
+    resumed_across_ranks: int = 0  # ... written on another P (the run file has metrics_until_step*)
     leftovers: list = field(default_factory=list)
     seconds: float = 0.0
     directory: str = ""
@@ -407,6 +409,7 @@ class Report:
     points_checked: int = 0
     points_lost: int = 0
     points_resumed: int = 0
+    points_resumed_across_ranks: int = 0
     leftover_files: int = 0
     reference_seconds: dict = field(default_factory=dict)
     references_agree: bool = True
@@ -460,12 +463,17 @@ def run_trial(number: int, spec: SweepSpec, config: Path, workdir: Path, refs: d
     out = tdir / "sweep"
     t.directory = str(tdir)
     t0 = time.monotonic()
-    trial_p = int(rng.choice(ranks))
-    pick = (lambda: int(rng.choice(ranks))) if args.mix_ranks else (lambda: trial_p)
+    last = [int(rng.choice(ranks))]
+
+    def pick() -> int:
+        # Mixing: every attempt on another P than the one before, so points resume across P.
+        if args.mix_ranks and len(ranks) > 1:
+            last[0] = int(rng.choice([p for p in ranks if p != last[0]]))
+        return last[0]
     for k in range(int(rng.integers(1, args.max_kills + 1))):
         p = pick()
         a = attempt_with_kill(config, out, ids, spec, p, rng, tdir, f"kill{k}", args.time_kills,
-                              args.expected_seconds.get(p, 10.0), args.job_timeout)
+                              args.expected_seconds.get(p, 10.0), args.job_timeout, args.min_kill_step)
         t.attempts.append(a)
         if a.exit_code is None:
             t.hung = True
@@ -485,11 +493,18 @@ def run_trial(number: int, spec: SweepSpec, config: Path, workdir: Path, refs: d
         t.lost = check_sweep(out, refs[last_p], ids, layout_free)
         t.resumed = sum(1 for i in ids if is_complete(out / f"{i}.h5")
                         and "resumed_at_step" in mt.root_attrs(out / f"{i}.h5"))
+        t.resumed_across_ranks = sum(1 for i in ids if is_complete(out / f"{i}.h5")
+                                     and _resumed_across(out / f"{i}.h5"))
         t.leftovers = leftovers(out, ids)
     else:
         t.lost = {i: ["no sweep directory"] for i in ids}
     t.seconds = time.monotonic() - t0
     return t
+
+
+def _resumed_across(path: Path) -> bool:
+    with h5py.File(path, "r") as f:
+        return any(k.startswith("metrics_until_step") for k in f)
 
 
 def describe(t: Trial) -> str:
@@ -500,13 +515,13 @@ def describe(t: Trial) -> str:
         kills.append(f"P={a.ranks} [{plan}] {got} -> exit {a.exit_code}")
     state = "ok" if not t.lost and t.finished and not t.hung else "FAILED"
     return (f"trial {t.number}: {state}; " + "; ".join(kills) +
-            f"; reruns {t.reruns} on P={t.rerun_ranks}, resumed {t.resumed}, lost {len(t.lost)}"
+            f"; reruns {t.reruns} on P={t.rerun_ranks}, resumed {t.resumed} ({t.resumed_across_ranks} across P), lost {len(t.lost)}"
             f"{', hung' if t.hung else ''}, {t.seconds:.1f} s")
 
 
 def campaign(spec: SweepSpec, workdir: Path, *, trials: int, seed: int = 1, ranks=(2,), mix_ranks: bool = False,
-             max_kills: int = 3, max_reruns: int = 3, time_kills: float = 0.25, job_timeout: float = 180,
-             keep: bool = False, log=print) -> Report:
+             max_kills: int = 3, max_reruns: int = 3, time_kills: float = 0.25, min_kill_step: int = 1,
+             job_timeout: float = 180, keep: bool = False, log=print) -> Report:
     """References on every P in `ranks`, then `trials` trials; returns the figures."""
     ranks = list(ranks)
     workdir = Path(workdir).resolve()
@@ -518,7 +533,7 @@ def campaign(spec: SweepSpec, workdir: Path, *, trials: int, seed: int = 1, rank
     refs, ids = make_references(spec, config, workdir, ranks, job_timeout, report)
     report.points_per_trial = len(ids)
     args = argparse.Namespace(seed=seed, mix_ranks=mix_ranks, max_kills=max_kills, max_reruns=max_reruns,
-                              time_kills=time_kills, job_timeout=job_timeout,
+                              time_kills=time_kills, min_kill_step=min_kill_step, job_timeout=job_timeout,
                               expected_seconds=report.reference_seconds)
     log(f"references: {len(ids)} points, " +
         ", ".join(f"{s} s on {p} ranks" for p, s in report.reference_seconds.items()) +
@@ -540,6 +555,7 @@ def campaign(spec: SweepSpec, workdir: Path, *, trials: int, seed: int = 1, rank
         report.points_checked += len(ids)
         report.points_lost += len(t.lost)
         report.points_resumed += t.resumed
+        report.points_resumed_across_ranks += t.resumed_across_ranks
         report.leftover_files += len(t.leftovers)
         good = not t.lost and t.finished and not t.hung
         if good:
@@ -564,13 +580,14 @@ def summary_lines(r: Report) -> list[str]:
     p = ",".join(map(str, r.ranks))
     return [
         f"trials: {r.trials} ({r.points_per_trial} points each; ranks {p}, "
-        f"{'each attempt its own P' if r.mix_ranks else 'one P per trial'})",
+        f"{'each attempt on another P than the one before' if r.mix_ranks else 'one P per trial'})",
         f"kills delivered: {r.kills_delivered} of {r.kills_planned} planned "
         f"(by rank {dict(sorted(r.kills_by_rank.items()))}, by trigger {r.kills_by_plan}; "
         f"exit codes after a kill {r.exit_codes_after_kill})",
         f"kills survived: {r.kills_survived}",
         f"reruns needed: {r.reruns} (at most {r.max_reruns_in_a_trial} in a trial); trials never finishing: {r.unfinished}",
-        f"points checked: {r.points_checked}, resumed from a checkpoint in their last attempt: {r.points_resumed}",
+        f"points checked: {r.points_checked}, resumed from a checkpoint in their last attempt: {r.points_resumed}"
+        f" ({r.points_resumed_across_ranks} of them written on another P)",
         f"points lost (not complete or not bit-identical): {r.points_lost}",
         f"hangs: {r.hangs}",
         f"files left beside the points: {r.leftover_files}",
@@ -591,11 +608,12 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1, help="seeds every trial's choices (trial t: [seed, t])")
     ap.add_argument("--ranks", type=int_list, default=[2, 4], help="rank counts, e.g. 2,4")
-    ap.add_argument("--mix-ranks", action="store_true", help="every attempt of a trial picks its own P")
+    ap.add_argument("--mix-ranks", action="store_true", help="every attempt of a trial runs on another P than the one before")
     ap.add_argument("--max-kills", type=int, default=3, help="kills per trial: 1..N, drawn")
     ap.add_argument("--max-reruns", type=int, default=3, help="undisturbed reruns allowed to reach exit 0")
     ap.add_argument("--time-kills", type=float, default=0.25,
                     help="fraction of kills after a random delay instead of at a random step")
+    ap.add_argument("--min-kill-step", type=int, default=1, help="the earliest step a step-triggered kill waits for")
     ap.add_argument("--job-timeout", type=float, default=180, help="seconds before a job counts as hung")
     ap.add_argument("--experts", type=int_list, default=[2, 4])
     ap.add_argument("--seeds", type=int_list, default=[1, 2, 3])
@@ -622,7 +640,7 @@ def main(argv=None) -> int:
     print(f"fault injection: {shlex.join(mt.mpiexec_prefix())} ... {mt.moesim_path()} sweep; work in {workdir}")
     r = campaign(spec, workdir, trials=a.trials, seed=a.seed, ranks=a.ranks, mix_ranks=a.mix_ranks,
                  max_kills=a.max_kills, max_reruns=a.max_reruns, time_kills=a.time_kills,
-                 job_timeout=a.job_timeout, keep=a.keep)
+                 min_kill_step=a.min_kill_step, job_timeout=a.job_timeout, keep=a.keep)
     print("\n".join(summary_lines(r)))
     if a.json:
         Path(a.json).write_text(json.dumps({**asdict(r), "ok": r.ok, "spec": asdict(spec)}, indent=1))
