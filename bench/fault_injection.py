@@ -196,7 +196,9 @@ def attempt_with_kill(config: Path, out: Path, ids: list[str], spec: SweepSpec, 
     if pending and rng.random() >= time_kills:
         a = Attempt(np_, "step", point=str(rng.choice(pending)), step=int(rng.integers(min(min_step, spec.steps), spec.steps + 1)))
     else:
-        a = Attempt(np_, "time", delay=float(rng.uniform(0, expected_seconds)))
+        # Within what is left of the sweep (the undisturbed sweep's time, pro rata), after start-up.
+        left = expected_seconds * max(len(pending), 1) / len(ids)
+        a = Attempt(np_, "time", delay=float(rng.uniform(0, 1.0 + left)))
     start_ns = time.time_ns()
     job = mt.SessionJob(mt.mpirun_command(np_, "sweep", config, "--out", out), log_dir, tag, job_env(log_dir))
     t0 = time.monotonic()
