@@ -20,11 +20,11 @@ run file (metrics/, routing_recovery/, ...) and the attributes of every group, b
 equal to the reference sweep's (one undisturbed sweep per rank count), except the wall-clock
 ones (TIMING, TIMING_ATTRS, WALL_CLOCK_ROOT) and the point's own paths (`out`, `checkpoint`,
 compared with the directory replaced); the final checkpoint's parameters, Adam moments and state
-byte for byte equal. With --mix-ranks every attempt of a trial runs on another rank count than the one
-before, so points resume on another P: they are compared with the last attempt's P's reference without the
-series the layout shapes (LAYOUT, and the metrics_until_step* groups such a resume makes), as
-the README promises (`bit_identical = 1`). The references of the different P are compared the
-same way.
+byte for byte equal. With --mix-ranks every attempt of a trial runs on another rank count
+than the one before, so points resume on another P: they are compared with the reference of
+the last attempt's P without the series the layout shapes (LAYOUT, and the metrics_until_step*
+groups such a resume makes), as the README promises (`bit_identical = 1`). The references of
+the different P are compared the same way.
 
 Exit 0 when no point was lost (not complete after the reruns, or not identical), no job hung and
 every trial's reruns ended in exit 0; 1 otherwise. The directory of a failed trial is kept.
@@ -194,7 +194,8 @@ def attempt_with_kill(config: Path, out: Path, ids: list[str], spec: SweepSpec, 
     """Start the sweep, SIGKILL one random rank at the planned moment, wait for the job to end."""
     pending = [i for i in ids if not is_complete(out / f"{i}.h5")]
     if pending and rng.random() >= time_kills:
-        a = Attempt(np_, "step", point=str(rng.choice(pending)), step=int(rng.integers(min(min_step, spec.steps), spec.steps + 1)))
+        step = int(rng.integers(min(min_step, spec.steps), spec.steps + 1))
+        a = Attempt(np_, "step", point=str(rng.choice(pending)), step=step)
     else:
         # Within what is left of the sweep (the undisturbed sweep's time, pro rata), after start-up.
         left = expected_seconds * max(len(pending), 1) / len(ids)
@@ -517,7 +518,8 @@ def describe(t: Trial) -> str:
         kills.append(f"P={a.ranks} [{plan}] {got} -> exit {a.exit_code}")
     state = "ok" if not t.lost and t.finished and not t.hung else "FAILED"
     return (f"trial {t.number}: {state}; " + "; ".join(kills) +
-            f"; reruns {t.reruns} on P={t.rerun_ranks}, resumed {t.resumed} ({t.resumed_across_ranks} across P), lost {len(t.lost)}"
+            f"; reruns {t.reruns} on P={t.rerun_ranks}, resumed {t.resumed} ({t.resumed_across_ranks} across P),"
+            f" lost {len(t.lost)}"
             f"{', hung' if t.hung else ''}, {t.seconds:.1f} s")
 
 
@@ -587,7 +589,8 @@ def summary_lines(r: Report) -> list[str]:
         f"(by rank {dict(sorted(r.kills_by_rank.items()))}, by trigger {r.kills_by_plan}; "
         f"exit codes after a kill {r.exit_codes_after_kill})",
         f"kills survived: {r.kills_survived}",
-        f"reruns needed: {r.reruns} (at most {r.max_reruns_in_a_trial} in a trial); trials never finishing: {r.unfinished}",
+        f"reruns needed: {r.reruns} (at most {r.max_reruns_in_a_trial} in a trial); "
+        f"trials never finishing: {r.unfinished}",
         f"points checked: {r.points_checked}, resumed from a checkpoint in their last attempt: {r.points_resumed}"
         f" ({r.points_resumed_across_ranks} of them written on another P)",
         f"points lost (not complete or not bit-identical): {r.points_lost}",
@@ -610,7 +613,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1, help="seeds every trial's choices (trial t: [seed, t])")
     ap.add_argument("--ranks", type=int_list, default=[2, 4], help="rank counts, e.g. 2,4")
-    ap.add_argument("--mix-ranks", action="store_true", help="every attempt of a trial runs on another P than the one before")
+    ap.add_argument("--mix-ranks", action="store_true",
+                    help="every attempt of a trial runs on another P than the one before")
     ap.add_argument("--max-kills", type=int, default=3, help="kills per trial: 1..N, drawn")
     ap.add_argument("--max-reruns", type=int, default=3, help="undisturbed reruns allowed to reach exit 0")
     ap.add_argument("--time-kills", type=float, default=0.25,
