@@ -192,6 +192,15 @@ void Communicator::broadcast(std::string& s, int root) const {
 
 void Communicator::barrier() const { MOESIM_MPI_CHECK(MPI_Barrier(comm_)); }
 
+int Communicator::ranks_on_this_node() const {
+  MPI_Comm node = MPI_COMM_NULL;
+  MOESIM_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int n = 1;
+  MOESIM_MPI_CHECK(MPI_Comm_size(node, &n));
+  MOESIM_MPI_CHECK(MPI_Comm_free(&node));
+  return n;
+}
+
 void Communicator::agree_or_throw(bool ok, const std::string& message) const {
   int first_bad = ok ? size_ : rank_;
   MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first_bad, 1, MPI_INT, MPI_MIN, comm_));

@@ -102,6 +102,8 @@ class Communicator {
   // COLLECTIVE. Broadcast of a string from root.
   void broadcast(std::string& s, int root) const;
   void barrier() const;
+  // How many ranks of this communicator share this rank's node (its memory).
+  int ranks_on_this_node() const;
 
   // COLLECTIVE. Every rank learns whether all ranks passed `ok`; if not, every rank
   // throws ConfigError with the message of the lowest failing rank.

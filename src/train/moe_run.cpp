@@ -10,6 +10,7 @@
 #include "core/stop_signal.hpp"
 #include "data/source_recovery.hpp"
 #include "train/checkpoint.hpp"
+#include "train/memory_estimate.hpp"
 #include "train/step_metrics.hpp"
 
 namespace moesim {
@@ -119,6 +120,10 @@ int moe_run(const Communicator& comm, MoeRunConfig m) {
     std::fprintf(stderr, "moesim moe: warning: %s\n", warning.c_str());
     std::fflush(stderr);
   }
+  const MemoryEstimate need = estimate_memory(m.model, m.train.batch_tokens, m.train.val_tokens, comm.size(),
+                                              m.precision == "fp64" ? 8 : 4);
+  check_memory(comm, need);
+  m.effective.emplace_back("memory_estimate_bytes", need.total());
   int found = 0;
   if (m.resume && comm.rank() == 0) found = std::filesystem::exists(m.train.checkpoint) ? 1 : 0;
   comm.broadcast(&found, 1, 0);

@@ -266,3 +266,29 @@ def test_a_stacking_error_found_while_fitting_leaves_out_as_it_was(tmp_path, np_
     proc, _ = run_stack(tmp_path, np_, data, command=command, check=False, out=earlier, **opts)
     check_rejected(proc, words, command=command)
     assert digest(earlier) == before
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@pytest.mark.parametrize("np_", [1, 4])
+@pytest.mark.parametrize("opts,words", [
+    ({"experts": 1000000}, ["needs at least", "GiB per rank", "parameters", "--experts"]),
+    ({"batch_tokens": 100000000}, ["needs at least", "GiB per rank", "activations", "--batch-tokens"]),
+])
+def test_sizes_that_cannot_fit_are_refused_with_the_estimate(tmp_path, np_, opts, words):
+    proc, out = run_moe(tmp_path, np_, check=False, timeout=TIMEOUT, **{**SMALL, **opts})
+    check_rejected(proc, words)
+    assert not out.exists()
+
+
+def test_the_memory_estimate_is_a_lower_bound_of_what_a_run_uses(tmp_path):
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc, out = run_moe(tmp_path, 2, timeout=TIMEOUT, **{**SMALL, "steps": 3, "experts": 64, "d_model": 256,
+                                                          "d_ff": 1024, "batch_tokens": 4096})
+    used = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest rank's peak, bytes
+    assert used > before * 1024, "no child grew past the earlier peak; measure in a fresh process"
+    estimate = root_attrs(out)["memory_estimate_bytes"]
+    assert estimate <= used, (estimate, used)
+    assert estimate >= used / 4, (estimate, used)  # close enough to refuse what cannot fit
