@@ -21,11 +21,47 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-std::vector<std::string> split_list(const std::string& s) {
+// "a, b" -> {a, b}; a value that is itself a list is bracketed: "[ridge,nb], [ridge]" ->
+// {"ridge,nb", "ridge"} (a bracket anywhere else, or one left open, is an error).
+std::vector<std::string> split_list(const std::string& s, const std::string& where) {
   std::vector<std::string> out;
-  std::stringstream ss(s);
+  if (trim(s).empty()) return out;
   std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(trim(item));
+  bool open = false, bracketed = false;
+  auto finish = [&] {
+    const std::string t = trim(item);
+    MOESIM_CONFIG_CHECK(!bracketed || t.empty() || t.back() == ']',
+                        where << ": text after ']' in '" << trim(s) << "' (write a list value as [a,b])");
+    if (bracketed) {  // "[ridge, nb]" -> "ridge,nb", as the command line takes it
+      std::string inner = t.substr(0, t.size() - 1), joined;
+      std::stringstream ss(inner);
+      for (std::string part; std::getline(ss, part, ',');) joined += (joined.empty() ? "" : ",") + trim(part);
+      out.push_back(joined);
+    } else {
+      out.push_back(t);
+    }
+    item.clear();
+    bracketed = false;
+  };
+  for (char c : s) {
+    if (c == '[' && !open && trim(item).empty()) {
+      open = bracketed = true;
+      item.clear();
+    } else if (c == '[') {
+      throw ConfigError(where + ": unexpected '[' in '" + trim(s) + "' (a list value is one [a,b] item)");
+    } else if (c == ']' && open) {
+      open = false;
+      item += c;
+    } else if (c == ']') {
+      throw ConfigError(where + ": unmatched ']' in '" + trim(s) + "'");
+    } else if (c == ',' && !open) {
+      finish();
+    } else {
+      item += c;
+    }
+  }
+  MOESIM_CONFIG_CHECK(!open, where << ": '[' without ']' in '" << trim(s) << "'");
+  finish();
   return out;
 }
 
@@ -63,13 +99,13 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& path)
       continue;
     }
     if (key == "zip") {
-      cfg.zips.push_back(split_list(value));
+      cfg.zips.push_back(split_list(value, path + ": zip"));
       continue;
     }
     MOESIM_CONFIG_CHECK(key.find('.') == std::string::npos,
                         path << ": sections are not supported (key '" << key << "')");
     MOESIM_CONFIG_CHECK(seen.insert(key).second, path << ": option '" << key << "' is given twice");
-    std::vector<std::string> values = split_list(value);
+    std::vector<std::string> values = split_list(value, path + ": '" + key + "'");
     for (const std::string& v : values)
       MOESIM_CONFIG_CHECK(!v.empty(), path << ": empty value in the list for '" << key << "'");
     cfg.options.emplace_back(key, values.empty() ? std::vector<std::string>{""} : values);

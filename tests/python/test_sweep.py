@@ -205,6 +205,10 @@ def test_two_zip_groups(tmp_path, moesim_direct):
     ("experts = 2,4\nexperts = 8\n", "twice"),
     ("experts = 2,,4\n", "empty value"),
     ("experts = 2\nout = x.h5\n", "out"),
+    ("learners = [ridge,nb\n", "'[' without ']'"),
+    ("learners = ridge],nb\n", "unmatched ']'"),
+    ("learners = [ridge]x\n", "text after ']'"),
+    ("learners = a[b]\n", "unexpected '['"),
 ])
 def test_bad_grid_is_a_clear_error(tmp_path, moesim_direct, extra, message):
     cfg = write_config(tmp_path, BASE + extra)
@@ -482,6 +486,29 @@ def test_stack_points_with_impossible_options_are_invalid(tmp_path, mpirun, moes
     proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     assert read_summary(out)["status"] == ["invalid", "complete"]
+
+
+def test_a_list_valued_option_is_swept_as_bracketed_values(tmp_path, mpirun, moesim_direct):
+    """`learners = ridge,nb` is two points; `[ridge,nb], [ridge]` two points whose values are lists."""
+    data = tmp_path / "t.csv"
+    synth = moesim_direct("synth", "--rows", 200, "--features", 4, "--informative", 2, "--classes", 2,
+                          "--out", data, timeout=60)
+    assert synth.returncode == 0, synth.stderr
+    cfg = write_config(tmp_path, f"command = stack\ndata = {data}\ntarget = target\nquiet = true\nfolds = 3\n"
+                       "learners = [ridge, nb], [ridge], nb\n")
+    out = tmp_path / "out"
+    points = list_points(moesim_direct, cfg, out)[2]
+    assert [p["swept"]["learners"] for p in points] == ["ridge,nb", "ridge", "nb"]
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    learners = []
+    for p in sorted(out.glob("*.h5")):
+        if p.name == "sweep.h5":
+            continue
+        with h5py.File(p, "r") as f:
+            assert f.attrs["complete"] == 1
+            learners.append(str(f["scores"].attrs["learners"]))  # the learners the run fitted
+    assert sorted(learners) == ["nb", "ridge", "ridge,nb"], learners
 
 
 # Three points; the middle one is long enough to be caught inside (a few seconds on a loaded
