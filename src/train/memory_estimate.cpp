@@ -22,9 +22,10 @@ MemoryEstimate estimate_memory(const ModelConfig& c, std::int64_t batch_tokens, 
   MemoryEstimate m;
   m.parameters = 4 * held * value_bytes;  // value, gradient, Adam's two moments
   // Per token and block: the block's input, norm and output, and the FFN hidden units (an
-  // MoE block's experts see about capacity x K copies of a token, at least one).
+  // MoE block's experts see a token once per choice it keeps: at most K, and any capacity
+  // factor only drops choices).
   const double tokens = std::ceil(static_cast<double>(std::max(batch_tokens, val_tokens)) / P);
-  const double K = std::max(1.0, static_cast<double>(c.moe.top_k) * std::max(1.0, c.moe.capacity_factor));
+  const double K = std::max(1, gate_uses_all_experts(c.moe.gate) ? c.moe.experts : c.moe.top_k);
   double per_token = static_cast<double>(c.adapter_in() + c.d_out) + D;
   for (int l = 0; l < c.layers; ++l)
     per_token += c.is_moe_block(l) ? 3 * D + 2 * E + K * (2 * D + 2 * Fe) : 3 * D + 2 * F;
