@@ -273,7 +273,7 @@ def test_sweep_writes_every_point_and_a_matching_summary(tmp_path, mpirun, moesi
     assert "[sweep] 4/4 points complete" in proc.stdout
 
     # One complete run file per point, nothing else but the summary and the points' checkpoints.
-    assert sorted(x.name for x in out.iterdir()) == sorted([p["id"] + ".h5" for p in points] +
+    assert sorted(x.name for x in out.iterdir() if not x.name.startswith('.')) == sorted([p["id"] + ".h5" for p in points] +
                                                           ["sweep.h5", "checkpoints"])
     assert sorted(x.name for x in (out / "checkpoints").iterdir()) == sorted(p["id"] + ".h5" for p in points)
     finals = []
@@ -340,7 +340,7 @@ def test_index_runs_exactly_one_point(tmp_path, mpirun, moesim_direct):
         fail_with(proc, "sweep --index 2 failed")
     assert proc.stdout.count(": running") == 1
     assert f"[sweep 3/4] {points[2]['id']}: running" in proc.stdout
-    assert sorted(x.name for x in out.iterdir()) == sorted([points[2]["id"] + ".h5", "sweep.h5", "checkpoints"])
+    assert sorted(x.name for x in out.iterdir() if not x.name.startswith('.')) == sorted([points[2]["id"] + ".h5", "sweep.h5", "checkpoints"])
     assert root_attrs(run_file(out, points[2]))["complete"] == 1
     assert read_summary(out)["status"] == ["pending", "pending", "complete", "pending"]
     assert [p["status"] for p in list_points(moesim_direct, cfg, out)[2]] == \
