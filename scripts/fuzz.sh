@@ -14,9 +14,10 @@ export MOESIM_PRESET=fuzz
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$ROOT/scripts/setup.sh"
 
-# clang and libFuzzer's runtime (not needed by the normal build).
+# clang and libFuzzer's runtime (not needed by the normal build). Version 16: clang 14 and 15
+# cannot capture structured bindings in lambdas (C++20), which the library does.
 missing=()
-for p in clang libclang-rt-14-dev; do
+for p in clang-16 libclang-rt-16-dev; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then missing+=("$p"); fi
 done
 if [ ${#missing[@]} -gt 0 ]; then

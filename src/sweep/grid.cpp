@@ -120,6 +120,7 @@ std::vector<SweepPoint> expand_grid(const SweepConfig& cfg) {
   for (const Axis& a : axes) total *= a.length;
   std::vector<SweepPoint> points;
   points.reserve(total);
+  std::map<std::string, std::size_t> index_of_id;  // an id names the point's run file
   std::vector<std::size_t> choice(cfg.options.size(), 0);
   for (std::size_t idx = 0; idx < total; ++idx) {
     // The first axis varies slowest.
@@ -148,6 +149,9 @@ std::vector<SweepPoint> expand_grid(const SweepConfig& cfg) {
     char hash[17];
     std::snprintf(hash, sizeof hash, "%08llx", static_cast<unsigned long long>(hash_text(canonical) & 0xFFFFFFFFULL));
     p.id = (readable.empty() ? std::string("run") : readable) + "_" + hash;
+    const auto [same, fresh] = index_of_id.emplace(p.id, idx);
+    MOESIM_CONFIG_CHECK(fresh, cfg.path << ": points " << same->second << " and " << idx << " are the same run ('"
+                                        << p.id << "'): a list or zip group repeats a value");
     points.push_back(std::move(p));
   }
   return points;
