@@ -116,8 +116,16 @@ std::vector<SweepPoint> expand_grid(const SweepConfig& cfg) {
       axes.push_back({{i}, values.size()});
     }
   }
+  // Every point is checked before the sweep runs: a larger grid is a mistake, and the product of
+  // its list lengths could wrap around (64 lists of two gave a grid of 0 points).
+  constexpr std::size_t kMaxPoints = 10000;
   std::size_t total = 1;
-  for (const Axis& a : axes) total *= a.length;
+  for (const Axis& a : axes) {
+    MOESIM_CONFIG_CHECK(a.length <= kMaxPoints / total,
+                        cfg.path << ": the grid has more than " << kMaxPoints << " points (the product of its list "
+                                 << "lengths); split the sweep");
+    total *= a.length;
+  }
   std::vector<SweepPoint> points;
   points.reserve(total);
   std::map<std::string, std::size_t> index_of_id;  // an id names the point's run file
