@@ -4,8 +4,9 @@
 # their option checks), fuzz_sweep_grid (sweep configs and their grids), fuzz_csv (the CSV
 # reader). Sources and seeds in fuzz/.
 #   scripts/fuzz.sh [SECONDS per target (default 60)] [TARGET ... (default all three)]
-# One target at a time, each from its seeds (fuzz/corpus/<target>/) plus what earlier runs
-# found (build/fuzz/corpus/<target>/, kept out of the repository). A crash, sanitizer report,
+# One target at a time, each from its seeds (fuzz/corpus/<target>/), its saved crashes
+# (fuzz/regressions/<target>/, checked first) and what earlier runs found
+# (build/fuzz/corpus/<target>/, kept out of the repository). A crash, sanitizer report,
 # escaping exception, timeout (> 10 s per input) or memory blow-up (> 2 GiB) stops that
 # target; its input is minimised into fuzz/regressions/<target>/, which the test suite
 # replays (ctest -R fuzz_replay). Exit status 1 when any target found something.
@@ -37,6 +38,8 @@ build_moesim $(printf -- '--target fuzz_%s ' "${TARGETS[@]}")
 
 # Leaks: MPI_Init's allocations outlive every input; leaks inside an input are still checked.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
+symbolizer=$(command -v llvm-symbolizer-16 || command -v llvm-symbolizer || true)
+if [ -n "$symbolizer" ]; then export ASAN_SYMBOLIZER_PATH="$symbolizer"; fi  # stacks with file:line
 OUT="$BUILD_DIR/fuzz-runs/$(date +%Y%m%d-%H%M%S)"
 status=0
 summary=()
@@ -48,7 +51,8 @@ for t in "${TARGETS[@]}"; do
   echo "fuzz: $t for ${SECONDS_PER_TARGET} s (log $work/log)"
   start=$(date +%s)
   rc=0
-  "$exe" "$corpus" "$ROOT/fuzz/corpus/$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 \
+  mkdir -p "$ROOT/fuzz/regressions/$t"
+  "$exe" "$corpus" "$ROOT/fuzz/corpus/$t" "$ROOT/fuzz/regressions/$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$work/" >"$work/log" 2>&1 || rc=$?
   took=$(( $(date +%s) - start ))
   execs=$(awk '/stat::number_of_executed_units/ {print $2}' "$work/log" | tail -1)
