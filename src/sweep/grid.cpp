@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "core/strings.hpp"
 
 namespace moesim {
 
@@ -21,7 +22,7 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-std::vector<std::string> split_list(const std::string& s) {
+std::vector<std::string> split_values(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);
   std::string item;
@@ -52,7 +53,7 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& path)
   try {
     parsed = po::parse_config_file(in, none, true);
   } catch (const po::error& e) {
-    throw ConfigError(path + ": " + e.what());
+    throw ConfigError(path + ": " + program_options_error_text(e));
   }
   std::set<std::string> seen;
   for (const po::option& o : parsed.options) {
@@ -63,13 +64,13 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& path)
       continue;
     }
     if (key == "zip") {
-      cfg.zips.push_back(split_list(value));
+      cfg.zips.push_back(split_values(value));
       continue;
     }
     MOESIM_CONFIG_CHECK(key.find('.') == std::string::npos,
                         path << ": sections are not supported (key '" << key << "')");
     MOESIM_CONFIG_CHECK(seen.insert(key).second, path << ": option '" << key << "' is given twice");
-    std::vector<std::string> values = split_list(value);
+    std::vector<std::string> values = split_values(value);
     for (const std::string& v : values)
       MOESIM_CONFIG_CHECK(!v.empty(), path << ": empty value in the list for '" << key << "'");
     cfg.options.emplace_back(key, values.empty() ? std::vector<std::string>{""} : values);
