@@ -9,6 +9,8 @@
 #include <limits>
 #include <sstream>
 
+#include "core/strings.hpp"
+
 namespace moesim::cli {
 
 namespace {
@@ -56,7 +58,7 @@ Parsed parse(const std::string& command, const std::vector<std::string>& args,
     }
     po::notify(p.vm);
   } catch (const po::error& e) {
-    throw ConfigError(std::string(e.what()) + " (see moesim " + command + " --help)");
+    throw ConfigError(program_options_error_text(e) + " (see moesim " + command + " --help)");
   }
   return p;
 }

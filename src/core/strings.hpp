@@ -1,5 +1,9 @@
 #pragma once
-// Comma-separated lists, as option values and run-file attributes spell them.
+// Comma-separated lists, as option values and run-file attributes spell them, and the text
+// of an option parser's error.
+#include <algorithm>
+#include <boost/program_options/errors.hpp>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -44,6 +48,27 @@ inline std::vector<double> parse_number_list(const std::string& s, const std::st
     out.push_back(v);
   }
   return out;
+}
+
+// The text of a Boost.Program_options error. Boost fills its template by replacing each
+// %name% with the name's value until none is left, so a value holding its own placeholder
+// never ends (`--experts %value%`, the config lines `x%canonical_option% = 1` and
+// `%invalid_line%` hung): a '%' in a value is shown as '?'.
+inline std::string program_options_error_text(const boost::program_options::error& e) {
+  namespace po = boost::program_options;
+  const auto* named = dynamic_cast<const po::error_with_option_name*>(&e);
+  if (named == nullptr) return e.what();
+  struct Substitutions : po::error_with_option_name {  // reads the protected values, nothing else
+    static const std::map<std::string, std::string>& of(const po::error_with_option_name& x) {
+      return x.*&Substitutions::m_substitutions;
+    }
+  };
+  po::error_with_option_name safe = *named;
+  for (auto [name, value] : Substitutions::of(*named)) {
+    std::replace(value.begin(), value.end(), '%', '?');
+    safe.set_substitute(name, value);
+  }
+  return safe.what();
 }
 
 }  // namespace moesim

@@ -188,9 +188,11 @@ Table read_csv(const Communicator& comm, const std::string& path, const TableSpe
       if (error.empty() && group >= 0) {
         double v = 0;
         const std::string& s = cells[static_cast<std::size_t>(group)];
-        if (!parse_number(s, v) || v != std::floor(v) || !std::isfinite(v))
-          error = where(group) + ": group id '" + s + "' is not an integer";
-        t.group[static_cast<std::size_t>(row)] = static_cast<std::int64_t>(v);
+        // Beyond 2^53 a double no longer holds every integer (and NaN, 1e300 do not cast).
+        if (!parse_number(s, v) || v != std::floor(v) || !(std::fabs(v) <= 0x1p53))
+          error = where(group) + ": group id '" + s + "' is not an integer (|id| <= 2^53)";
+        else
+          t.group[static_cast<std::size_t>(row)] = static_cast<std::int64_t>(v);
       }
       if (!error.empty()) break;
       ++row;

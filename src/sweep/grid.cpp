@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "core/strings.hpp"
 
 namespace moesim {
 
@@ -23,7 +24,7 @@ std::string trim(const std::string& s) {
 
 // "a, b" -> {a, b}; a value that is itself a list is bracketed: "[ridge,nb], [ridge]" ->
 // {"ridge,nb", "ridge"} (a bracket anywhere else, or one left open, is an error).
-std::vector<std::string> split_list(const std::string& s, const std::string& where) {
+std::vector<std::string> split_values(const std::string& s, const std::string& where) {
   std::vector<std::string> out;
   if (trim(s).empty()) return out;
   std::string item;
@@ -88,7 +89,7 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& path)
   try {
     parsed = po::parse_config_file(in, none, true);
   } catch (const po::error& e) {
-    throw ConfigError(path + ": " + e.what());
+    throw ConfigError(path + ": " + program_options_error_text(e));
   }
   std::set<std::string> seen;
   for (const po::option& o : parsed.options) {
@@ -99,13 +100,13 @@ SweepConfig parse_sweep_config(const std::string& text, const std::string& path)
       continue;
     }
     if (key == "zip") {
-      cfg.zips.push_back(split_list(value, path + ": zip"));
+      cfg.zips.push_back(split_values(value, path + ": zip"));
       continue;
     }
     MOESIM_CONFIG_CHECK(key.find('.') == std::string::npos,
                         path << ": sections are not supported (key '" << key << "')");
     MOESIM_CONFIG_CHECK(seen.insert(key).second, path << ": option '" << key << "' is given twice");
-    std::vector<std::string> values = split_list(value, path + ": '" + key + "'");
+    std::vector<std::string> values = split_values(value, path + ": '" + key + "'");
     for (const std::string& v : values)
       MOESIM_CONFIG_CHECK(!v.empty(), path << ": empty value in the list for '" << key << "'");
     cfg.options.emplace_back(key, values.empty() ? std::vector<std::string>{""} : values);
@@ -152,10 +153,19 @@ std::vector<SweepPoint> expand_grid(const SweepConfig& cfg) {
       axes.push_back({{i}, values.size()});
     }
   }
+  // Every point is checked before the sweep runs: a larger grid is a mistake, and the product of
+  // its list lengths could wrap around (64 lists of two gave a grid of 0 points).
+  constexpr std::size_t kMaxPoints = 10000;
   std::size_t total = 1;
-  for (const Axis& a : axes) total *= a.length;
+  for (const Axis& a : axes) {
+    MOESIM_CONFIG_CHECK(a.length <= kMaxPoints / total,
+                        cfg.path << ": the grid has more than " << kMaxPoints << " points (the product of its list "
+                                 << "lengths); split the sweep");
+    total *= a.length;
+  }
   std::vector<SweepPoint> points;
   points.reserve(total);
+  std::map<std::string, std::size_t> index_of_id;  // an id names the point's run file
   std::vector<std::size_t> choice(cfg.options.size(), 0);
   for (std::size_t idx = 0; idx < total; ++idx) {
     // The first axis varies slowest.
@@ -184,6 +194,9 @@ std::vector<SweepPoint> expand_grid(const SweepConfig& cfg) {
     char hash[17];
     std::snprintf(hash, sizeof hash, "%08llx", static_cast<unsigned long long>(hash_text(canonical) & 0xFFFFFFFFULL));
     p.id = (readable.empty() ? std::string("run") : readable) + "_" + hash;
+    const auto [same, fresh] = index_of_id.emplace(p.id, idx);
+    MOESIM_CONFIG_CHECK(fresh, cfg.path << ": points " << same->second << " and " << idx << " are the same run ('"
+                                        << p.id << "'): a list or zip group repeats a value");
     points.push_back(std::move(p));
   }
   return points;
