@@ -4,16 +4,8 @@
 set(MOESIM_FUZZ_TARGETS config sweep_grid csv)
 set(MOESIM_FUZZ_DIR ${CMAKE_CURRENT_LIST_DIR})
 
-if(NOT TARGET moesim_fuzz_cli)
-  # src/cli is the moesim executable: its sources less main() are the config target's library.
-  file(GLOB _fuzz_cli_sources CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/cli/*.cpp)
-  list(REMOVE_ITEM _fuzz_cli_sources ${PROJECT_SOURCE_DIR}/src/cli/main.cpp)
-  add_library(moesim_fuzz_cli STATIC EXCLUDE_FROM_ALL ${_fuzz_cli_sources})
-  target_link_libraries(moesim_fuzz_cli PUBLIC moesim_lib PRIVATE moesim_warnings)
-endif()
-
 # Each target links only the folders its parser lives in (and those below them).
-set(MOESIM_FUZZ_LIBS_config moesim_fuzz_cli)
+set(MOESIM_FUZZ_LIBS_config moesim_cli)  # src/cli less main(), as the moesim executable links it
 set(MOESIM_FUZZ_LIBS_sweep_grid moesim_sweep)
 set(MOESIM_FUZZ_LIBS_csv moesim_data)
 

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the whole test suite (unit, MPI on 1/2/4 ranks, PyTorch
-# reference, end-to-end runs read back with h5py).
+# Sets up, builds and runs the whole test suite: the unit and MPI tests (1, 2, 4 ranks, the
+# PyTorch reference) under the address and undefined-behaviour sanitizers (preset asan), and
+# the end-to-end runs of the optimised binary read back with h5py, the fuzzers' saved inputs
+# (preset default). Arguments go to ctest on the default preset instead (e.g. -R py_test_sweep).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$ROOT/scripts/setup.sh"
-build_moesim
-cd "$ROOT" && ctest --preset "$PRESET" "$@"
+cd "$ROOT"
+if [ $# -gt 0 ]; then
+  build_moesim
+  exec ctest --preset "$PRESET" "$@"
+fi
+NATIVE='^(unit|mpi_np[124]|torch_reference_generate)$'
+cmake --preset asan >/dev/null && cmake --build --preset asan -j "$JOBS" --target unit_tests mpi_tests
+cmake --preset default >/dev/null && cmake --build --preset default -j "$JOBS" --target end_to_end
+status=0
+ctest --preset asan -R "$NATIVE" || status=1
+ctest --preset default -E "$NATIVE" || status=1
+exit $status
