@@ -8,6 +8,7 @@ are skipped with a message.
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
 import time
 import uuid
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from moesim_testing import (SessionJob, blobs, check_rejected, cli_args, mpirun_command, root_attrs, run_moe, run_mpi,
-                            run_stack, steps_written, subprocess_env, write_csv)
+                            run_stack, signal_job, steps_written, subprocess_env, write_csv)
 
 TIMEOUT = 120  # every case must end well inside this: a hang is the failure
 
@@ -125,19 +126,21 @@ def wait_for(pred, what: str, timeout: float = 60):
 @pytest.mark.parametrize("np_", [1, 4])
 def test_a_second_writer_of_one_out_is_refused_before_it_touches_the_file(tmp_path, np_):
     out = tmp_path / "shared.h5"
-    steps = 600
-    first = start(tmp_path, np_, "first", "moe", *cli_args({**SMALL, "steps": steps, "flush_every": 1}), "--out", out)
+    first = start(tmp_path, np_, "first", "moe", *cli_args({**SMALL, "steps": 1000000, "flush_every": 1}),
+                  "--out", out)
     try:
         wait_for(lambda: out.exists() and steps_written(out) >= 5, "the first run's rows")
         second = run_mpi(np_, "moe", *cli_args(SMALL), "--out", out, timeout=TIMEOUT)
         check_rejected(second, ["shared.h5", "being written by another moesim run"])
-        assert steps_written(out) >= 5  # not truncated
-        assert first.wait_gone(TIMEOUT) == 0, first.describe()
+        assert first.proc.poll() is None, "the first run must still be writing"
+        signal_job(first.proc, signal.SIGTERM)  # it stops at a step boundary, its file consistent
+        assert first.wait_gone(TIMEOUT) != 0, first.describe()  # stopped, not complete
     finally:
         first.close()
     with h5py.File(out, "r") as f:
-        assert f.attrs["complete"] == 1
-        np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, steps + 1))
+        stopped = int(f.attrs["stopped_at_step"])
+        assert stopped >= 5 and f.attrs["complete"] == 0
+        np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, stopped + 1))
     assert not Path(str(out) + ".lock").exists()
 
 

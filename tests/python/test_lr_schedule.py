@@ -61,7 +61,7 @@ def test_resume_continues_the_schedule(tmp_path, run_moe):
     _, straight = run_moe(tmp_path, 2, **run)
     ref, _ = metrics(straight)
     ckpt = tmp_path / "half.h5"
-    run_moe(tmp_path, 2, **{**run, "steps": 6, "lr_decay": "constant"}, checkpoint=ckpt)
+    run_moe(tmp_path, 2, **{**run, "steps": 6}, checkpoint=ckpt)
     _, resumed = run_moe(tmp_path, 2, **run, checkpoint=ckpt, resume=True)
     m, a = metrics(resumed)
     assert a["resumed_at_step"] == 6
