@@ -75,10 +75,11 @@ Cost model assumptions (analysis/costmodel.py):
     runs fitted). The error reported is (predicted - measured) / measured of the median
     seconds per step, in sample and held out (the run left out of the fit, or not in it).
     The prediction is pairwise whatever algorithm the MPI library chose for MPI_Alltoallv.
-    metrics/a2a_seconds is the slowest rank's time inside the exchanges, so it also holds the
-    time a rank waits for slower ranks to arrive (compute imbalance) and, with more ranks
-    than cores or a busy machine, time slicing by the OS scheduler; the model describes
-    neither.
+    metrics/a2a_seconds is the slowest rank's time inside the exchanges once the exchanging
+    ranks are synchronised (a barrier before each exchange; the time waiting there for a
+    more loaded rank is metrics/a2a_wait_seconds, left out of the fit), so imbalance is not
+    fitted as bandwidth. With more ranks than cores or a busy machine it still holds time
+    slicing by the OS scheduler, which the model does not describe.
  9. Reconstruction check: at the run's own P and contiguous placement the step matrix of (1)
     is compared with the run's metrics/traffic (off-diagonal totals over all steps).
 10. Rows are averages, not integers: with B'/P' below one token per rank the projection still

@@ -145,7 +145,7 @@ def load_runs(path_or_paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
 # e.g. one built by hand).
 KNOWN_RESULTS = {"val_loss", "train_loss", "val_accuracy", "test_score", "params_total",
                  "params_active", "flops_per_token", "param_utilization", "tokens_per_s",
-                 "wall_seconds", "a2a_seconds", "compute_seconds", "a2a_bytes", "dropped_fraction",
+                 "wall_seconds", "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "a2a_bytes", "dropped_fraction",
                  "steps_done", "token_bytes", "steps_logged"}
 # The model's and the task's seeds: runs that differ only in them are replicates of one grid
 # point. The spread then measures initialisation alone (data_seed fixed), or initialisation and

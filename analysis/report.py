@@ -41,7 +41,7 @@ def _option_columns(runs: pd.DataFrame) -> set:
     """Root-attribute columns: everything before the first `final` attribute is not knowable
     from the frame alone, so exclude known result names instead."""
     result_like = {"train_loss", "val_accuracy", "flops_per_token", "param_utilization",
-                   "wall_seconds", "a2a_seconds", "compute_seconds", "a2a_bytes", "dropped_fraction",
+                   "wall_seconds", "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "a2a_bytes", "dropped_fraction",
                    "steps_done", "token_bytes", "metric", "meta_train_score", "train_rows",
                    "test_rows", "seconds", "bytes_communicated", "comm_seconds", "test_accuracy",
                    "test_log_loss", "test_rmse", "test_r2", "meta_tuned_value"}

@@ -58,6 +58,7 @@ struct TrainProgress {
   std::int64_t tok_s_n = 0;
   double dropped_sum = 0;    // sum of per-step dropped fractions
   double a2a_seconds = 0, compute_seconds = 0, a2a_bytes = 0;
+  double a2a_wait_seconds = 0;
   double train_loss = 0;     // of the last step
   double wall_seconds = 0;   // of the earlier invocations together
 };

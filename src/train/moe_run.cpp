@@ -29,18 +29,20 @@ std::string human(double v) {
 }
 
 void print_summary(const Communicator& comm, const MoeRunConfig& m, const TrainSummary& s, const ParamCounts& pc) {
-  const double step_time = s.a2a_seconds + s.compute_seconds;
+  const double step_time = s.a2a_seconds + s.a2a_wait_seconds + s.compute_seconds;
   std::printf(
       "moesim moe: %lld steps on %d ranks in %.1f s\n"
       "  train loss %.5f | val loss %.5f%s\n"
       "  params %s total, %s active per token | %s FLOPs/token | utilization %.3f params/FLOP\n"
-      "  %s tokens/s | all-to-all %.1f%% of step time, %s B/step between ranks | dropped %.2f%%\n"
+      "  %s tokens/s | all-to-all %.1f%% of step time (+%.1f%% waiting for the slowest rank), %s B/step between "
+      "ranks | dropped %.2f%%\n"
       "  run file: %s\n",
       static_cast<long long>(s.steps_done), comm.size(), s.wall_seconds, s.final_train_loss, s.val_loss,
       s.val_accuracy >= 0 ? (" | val accuracy " + std::to_string(s.val_accuracy)).c_str() : "",
       human(static_cast<double>(pc.total)).c_str(), human(static_cast<double>(pc.active)).c_str(),
       human(static_cast<double>(pc.flops_per_token)).c_str(), pc.param_utilization(), human(s.tokens_per_s).c_str(),
       step_time > 0 ? 100.0 * s.a2a_seconds / step_time : 0.0,
+      step_time > 0 ? 100.0 * s.a2a_wait_seconds / step_time : 0.0,
       human(s.a2a_bytes / static_cast<double>(std::max<I>(1, s.steps_done))).c_str(), 100.0 * s.dropped_fraction,
       m.out.c_str());
   std::fflush(stdout);
@@ -86,6 +88,7 @@ int train_and_log(const Communicator& comm, const MoeRunConfig& m, const Task& t
                {"tokens_per_s", s.tokens_per_s},
                {"wall_seconds", s.wall_seconds},
                {"a2a_seconds", s.a2a_seconds},
+               {"a2a_wait_seconds", s.a2a_wait_seconds},
                {"compute_seconds", s.compute_seconds},
                {"a2a_bytes", s.a2a_bytes},
                {"dropped_fraction", s.dropped_fraction},

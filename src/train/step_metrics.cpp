@@ -147,7 +147,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   const int P = context.P, E = context.E, Lm = context.L_moe;
   const std::vector<MoeLayer<T>*> moe = model.moe_layers();
   StepMetrics m;
-  double a2a_seconds = 0;
+  double a2a_seconds = 0, wait_seconds = 0;
   std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
   double aux = 0, zl = 0, entropy = 0, max_over_mean = 0, cv = 0, importance = 0, load_loss = 0;
   double unrouted = 0, tokens_seen = 0;
@@ -159,6 +159,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
   for (MoeLayer<T>* l : moe) {
     a2a_seconds += l->comm_stats().seconds;
+    wait_seconds += l->comm_stats().wait_seconds;
     for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
     aux += l->stats().aux_loss;
     zl += l->stats().z_loss;
@@ -192,12 +193,14 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
                                      l->stats().expert_tokens.end());
   }
   // Sums: loss, stop flag, padding bytes, prediction loss, mixture spread, then bytes per
-  // (layer, phase); maxima: step, exchange and compute seconds, then seconds per (layer, phase).
-  constexpr std::size_t kPhaseSums = 5, kPhaseMaxes = 3;
+  // (layer, phase); maxima: step, exchange, compute and exchange-wait seconds, then seconds
+  // per (layer, phase).
+  constexpr std::size_t kPhaseSums = 5, kPhaseMaxes = 4;
   // Exact sums (comm/exact_sum): the losses must not depend on the layout.
   std::vector<FixedSum> exact{in.loss.objective, FixedSum(in.stop_signal ? 1.0 : 0.0), FixedSum(), in.loss.prediction,
                               in.loss.spread};
-  std::vector<double> maxes{in.step_seconds, a2a_seconds, in.step_seconds - a2a_seconds - in.reduce_seconds};
+  std::vector<double> maxes{in.step_seconds, a2a_seconds,
+                            in.step_seconds - a2a_seconds - wait_seconds - in.reduce_seconds, wait_seconds};
   for (MoeLayer<T>* l : moe) {
     exact[2] += l->comm_stats().padding_bytes;
     for (int ph = 0; ph < 4; ++ph) {
@@ -225,6 +228,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   m.step_seconds = maxes[0];
   m.a2a_seconds = maxes[1];
   m.compute_seconds = maxes[2];
+  m.a2a_wait_seconds = maxes[3];
   m.a2a_seconds_by_phase.assign(maxes.begin() + kPhaseMaxes, maxes.end());
   for (int i = 0; i < P; ++i)
     for (int j = 0; j < P; ++j)
@@ -278,6 +282,7 @@ void append_step_metrics(RunFile& out, const MetricContext& context, std::int64_
   put("tokens_per_s", D{m.tokens_per_s});
   put("a2a_bytes", D{m.a2a_bytes});
   put("a2a_seconds", D{m.a2a_seconds});
+  put("a2a_wait_seconds", D{m.a2a_wait_seconds});
   put("compute_seconds", D{m.compute_seconds});
   put("step_seconds", D{m.step_seconds});
   put("expert_tokens", m.expert_tokens);

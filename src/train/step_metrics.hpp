@@ -74,9 +74,11 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
     {"a2a_bytes", "", false, "bytes", MetricWhen::kAlways,
      "token payload bytes that crossed between different ranks, all MoE layers, forward and backward (the off-diagonal sum of `traffic`)"},
     {"a2a_seconds", "", false, "s", MetricWhen::kAlways,
-     "time inside the exchanges (counts and payloads), slowest rank"},
+     "time inside the exchanges (counts and payloads) once the exchanging ranks are synchronised, slowest rank: the transfer alone"},
+    {"a2a_wait_seconds", "", false, "s", MetricWhen::kAlways,
+     "time at the barrier before each exchange, waiting for the slowest rank of the group (load imbalance of the work before it), slowest rank"},
     {"compute_seconds", "", false, "s", MetricWhen::kAlways,
-     "step time minus exchange and gradient all-reduce time, slowest rank"},
+     "step time minus exchange, exchange-wait and gradient all-reduce time, slowest rank"},
     {"step_seconds", "", false, "s", MetricWhen::kAlways, "wall time of the step, slowest rank"},
     {"expert_tokens", "E", true, "assignments", MetricWhen::kAlways,
      "assignments each expert processed (after capacity), summed over MoE layers"},
@@ -153,7 +155,8 @@ struct StepMetrics {
   double dropped_fraction = 0, unrouted_fraction = 0;
   double importance_loss = 0, load_loss = 0;
   std::vector<double> balance_bias;                   // L_moe x E
-  double tokens_per_s = 0, a2a_bytes = 0, a2a_seconds = 0, compute_seconds = 0, step_seconds = 0;
+  double tokens_per_s = 0, a2a_bytes = 0, a2a_seconds = 0, a2a_wait_seconds = 0, compute_seconds = 0,
+         step_seconds = 0;
   std::vector<std::int64_t> expert_tokens;            // E
   std::vector<double> token_share, top_expert_share;  // E
   double prediction_loss = 0, mixture_spread = 0;

@@ -44,6 +44,7 @@ void add_step(TrainProgress& t, std::int64_t step, const StepMetrics& m, bool co
   }
   t.dropped_sum += m.dropped_fraction;
   t.a2a_seconds += m.a2a_seconds;
+  t.a2a_wait_seconds += m.a2a_wait_seconds;
   t.compute_seconds += m.compute_seconds;
   t.a2a_bytes += m.a2a_bytes;
   t.train_loss = m.train_loss;
@@ -54,6 +55,7 @@ void set_totals(TrainSummary& sum, const TrainProgress& t) {
   sum.steps_done = t.step;
   sum.final_train_loss = t.train_loss;
   sum.a2a_seconds = t.a2a_seconds;
+  sum.a2a_wait_seconds = t.a2a_wait_seconds;
   sum.compute_seconds = t.compute_seconds;
   sum.a2a_bytes = t.a2a_bytes;
   sum.tokens_per_s = t.tok_s_n > 0 ? t.tok_s_sum / static_cast<double>(t.tok_s_n) : 0.0;

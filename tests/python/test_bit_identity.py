@@ -29,7 +29,7 @@ CONFIGS = {
     "switch-bias-fp64": dict(experts=4, top_k=1, gate="switch", balance="bias", precision="fp64", steps=120),
 }
 # Timings and the traffic matrix depend on the layout by nature.
-LAYOUT_METRICS = {"step_seconds", "a2a_seconds", "compute_seconds", "tokens_per_s", "a2a_seconds_by_phase",
+LAYOUT_METRICS = {"step_seconds", "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "tokens_per_s", "a2a_seconds_by_phase",
                   "traffic", "rank_expert_tokens", "a2a_bytes", "a2a_bytes_by_phase", "padding_bytes"}
 MODEL_GROUPS = ("replicated", "experts", "state")
 

@@ -24,7 +24,7 @@ P = 2
 LONG_RUN = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, steps=100000,
                 batch_tokens=256, val_tokens=256, flush_every=1, progress_interval=0)
 SERIES_1D = ["step", "train_loss", "aux_loss", "dropped_fraction", "tokens_per_s", "a2a_bytes",
-             "a2a_seconds", "compute_seconds", "step_seconds"]
+             "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "step_seconds"]
 
 
 class Job(SessionJob):

@@ -18,7 +18,7 @@ CFG = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, steps=60, batch_to
            val_tokens=512, lr=3e-3, seed=3, capacity_factor=1.0, input_dim=16)
 
 SERIES_1D = ["step", "train_loss", "aux_loss", "dropped_fraction", "tokens_per_s", "a2a_bytes",
-             "a2a_seconds", "compute_seconds", "step_seconds"]
+             "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "step_seconds"]
 FINAL_ATTRS = ["val_loss", "params_total", "params_active", "flops_per_token",
                "param_utilization", "train_loss", "tokens_per_s", "steps_done", "dropped_fraction"]
 
@@ -128,6 +128,8 @@ def test_timing_metrics_plausible(main_run):
     assert np.all(m["a2a_seconds"] >= 0)
     assert np.all(m["compute_seconds"] >= 0)
     assert np.all(m["a2a_seconds"] <= m["step_seconds"])
+    assert np.all(m["a2a_wait_seconds"] >= 0)
+    assert np.all(m["a2a_wait_seconds"] <= m["step_seconds"])
     # tokens/s of a step is the global batch over that step's time.
     np.testing.assert_allclose(m["tokens_per_s"] * m["step_seconds"], CFG["batch_tokens"], rtol=1e-6)
     assert final["tokens_per_s"] > 0
