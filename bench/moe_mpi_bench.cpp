@@ -1,0 +1,360 @@
+// The MoE layer and its token exchange under mpirun, in the nccl-tests style: every rank runs
+// the same fixed number of iterations (Google Benchmark picks its count per process, which
+// cannot drive collectives), results are checked before anything is timed, and each figure is
+// the slowest rank's mean over the timed iterations.
+//
+//   mpirun -np 2 bench_moe_mpi [--shapes "64,256,8,2,4096;256,1024,8,2,4096"] [--iters 20]
+//                             [--warmup 3] [--json results.jsonl]
+//
+// A shape is D,F,E,K,B (B global tokens, B/P per rank). Per shape it times the router with
+// top-k, the capacity decision, the layout, the permutation into send order and the gate-
+// weighted unpermutation, each algorithm's dispatch and combine (whole call, and its MPI part
+// once the ranks are synchronised), a raw MPI_Alltoallv of exactly the dispatch's counts, the
+// expert GEMMs (forward and backward), the same six GEMMs as bare sgemm calls (the machine's
+// limit on the expert FLOPs), and the whole layer forward + backward.
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+#include "comm/communicator.hpp"
+#include "core/blas.hpp"
+#include "core/rng.hpp"
+#include "core/timer.hpp"
+#include "moe/capacity.hpp"
+#include "moe/dispatcher.hpp"
+#include "moe/moe_layer.hpp"
+
+namespace moesim {
+namespace {
+
+struct Shape {
+  Index D = 64, F = 256;
+  int E = 8, K = 2;
+  Index B = 4096;
+  std::string name() const {
+    std::ostringstream s;
+    s << "D" << D << " F" << F << " E" << E << " K" << K << " B" << B;
+    return s.str();
+  }
+};
+
+std::vector<Shape> parse_shapes(const std::string& text) {
+  std::vector<Shape> out;
+  std::stringstream all(text);
+  std::string one;
+  while (std::getline(all, one, ';')) {
+    if (one.empty()) continue;
+    Shape s;
+    char c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+    std::stringstream in(one);
+    in >> s.D >> c1 >> s.F >> c2 >> s.E >> c3 >> s.K >> c4 >> s.B;
+    if (!in || c1 != ',' || c2 != ',' || c3 != ',' || c4 != ',' || s.D < 1 || s.F < 1 || s.E < 1 || s.K < 1 ||
+        s.K > s.E || s.B < 1)
+      throw ConfigError("--shapes: '" + one + "' is not D,F,E,K,B with 1 <= K <= E");
+    out.push_back(s);
+  }
+  if (out.empty()) throw ConfigError("--shapes: no shape given");
+  return out;
+}
+
+Mat<float> random_rows(Index n, Index d, std::uint64_t key) {
+  Rng rng(key);
+  Mat<float> m(n, d);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.normal());
+  return m;
+}
+
+// One timed figure: the slowest rank's and the fastest rank's mean seconds per iteration.
+struct Timing {
+  double max_s = 0, min_s = 0;
+};
+
+class Harness {
+ public:
+  Harness(const Communicator& comm, int warmup, int iters) : comm_(comm), warmup_(warmup), iters_(iters) {}
+
+  // COLLECTIVE. Runs `f` warmup + iters times, each after a barrier, timing the iters;
+  // `timed_start` runs once before the first timed iteration (to reset counters).
+  Timing time(const std::function<void()>& f, const std::function<void()>& timed_start = {}) const {
+    double total = 0;
+    for (int i = 0; i < warmup_ + iters_; ++i) {
+      if (i == warmup_ && timed_start) timed_start();
+      comm_.barrier();
+      Stopwatch sw;
+      f();
+      if (i >= warmup_) total += sw.seconds();
+    }
+    return reduce(total / iters_);
+  }
+  // COLLECTIVE. A per-rank mean already measured (e.g. an MPI part inside a call).
+  Timing reduce(double mean) const {
+    Timing t;
+    t.max_s = comm_.allreduce_max(mean);
+    double neg = -mean;
+    comm_.allreduce_max(&neg, 1);
+    t.min_s = -neg;
+    return t;
+  }
+  int iters() const { return iters_; }
+
+ private:
+  const Communicator& comm_;
+  int warmup_, iters_;
+};
+
+class Report {
+ public:
+  Report(const Communicator& comm, const Shape& s, std::ofstream* json) : comm_(comm), shape_(s), json_(json) {
+    if (comm_.rank() == 0)
+      std::printf("\n%s on %d ranks\n%-28s %12s %12s  %s\n", s.name().c_str(), comm_.size(), "what",
+                  "max rank s", "min rank s", "figures");
+  }
+  void row(const std::string& what, const Timing& t, const std::string& figures = "",
+           const std::string& json_extra = "") {
+    if (comm_.rank() != 0) return;
+    std::printf("%-28s %12.6f %12.6f  %s\n", what.c_str(), t.max_s, t.min_s, figures.c_str());
+    if (json_)
+      *json_ << "{\"D\":" << shape_.D << ",\"F\":" << shape_.F << ",\"E\":" << shape_.E << ",\"K\":" << shape_.K
+             << ",\"B\":" << shape_.B << ",\"P\":" << comm_.size() << ",\"what\":\"" << what
+             << "\",\"max_s\":" << t.max_s << ",\"min_s\":" << t.min_s << json_extra << "}\n";
+  }
+
+ private:
+  const Communicator& comm_;
+  Shape shape_;
+  std::ofstream* json_;
+};
+
+std::string fmt(const char* f, double a, double b = 0) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, f, a, b);
+  return buf;
+}
+
+void check(const Communicator& comm, bool ok, const std::string& what) {
+  comm.agree_or_throw(ok, "correctness check failed before timing: " + what);
+}
+
+void bench_shape(const Communicator& comm, const Shape& s, const Harness& h, std::ofstream* json) {
+  const int P = comm.size();
+  if (s.E % P != 0) throw ConfigError("shape " + s.name() + ": E must be divisible by the ranks");
+  if (s.B % P != 0) throw ConfigError("shape " + s.name() + ": B must be divisible by the ranks");
+  const Index n = s.B / P, D = s.D;
+  MoeLayerConfig cfg;
+  cfg.d_model = D;
+  cfg.d_ff = s.F;
+  cfg.experts = s.E;
+  cfg.top_k = s.K;
+  cfg.ep_size = P;
+  MoeLayer<float> layer(comm, "moe", cfg, 1, 1);
+  const Mat<float> x = random_rows(n, D, 100 + static_cast<std::uint64_t>(comm.rank()));
+  const Mat<float> dy = random_rows(n, D, 200 + static_cast<std::uint64_t>(comm.rank()));
+  Report rep(comm, s, json);
+
+  // The layer's own routing and layout, as its forward builds them.
+  Mat<float> y, dx;
+  layer.set_mode(true, 1);
+  layer.forward(x, y);
+  layer.backward(dy, dx);
+  const Routing<float> routing = layer.routing();
+  const std::int64_t cap = expert_capacity(cfg.capacity_factor, s.B, s.K, s.E);
+  const CapacityDecision cd = decide_capacity(comm, routing.expert, n, s.K, s.E, cap);
+  const int El = s.E / P;
+
+  // Router + top-k, capacity, layout.
+  RouteContext ctx{&comm, s.B, 0, 1, true, cap};
+  Routing<float> r2;
+  rep.row("router+topk", h.time([&] { layer.router().forward(x, ctx, r2); }));
+  check(comm, r2.expert == routing.expert, "router: the same experts as the layer's forward");
+  rep.row("capacity", h.time([&] { decide_capacity(comm, routing.expert, n, s.K, s.E, cap); }));
+  rep.row("layout (local)", h.time([&] { send_layout(routing.expert, cd.kept, n, s.K, s.E, P); }));
+  DispatchLayout L = send_layout(routing.expert, cd.kept, n, s.K, s.E, P);
+
+  // Permute into send order, and the gate-weighted unpermute back.
+  Mat<float> send(L.rows_sent(), D);
+  rep.row("permute", h.time([&] {
+            for (Index r = 0; r < L.rows_sent(); ++r) send.row(r) = x.row(L.send_token[static_cast<std::size_t>(r)]);
+          }));
+  Mat<float> back(n, D);
+  rep.row("unpermute (gate-weighted)", h.time([&] {
+            back.setZero();
+            for (Index r = 0; r < L.rows_sent(); ++r) {
+              const Index t = L.send_token[static_cast<std::size_t>(r)];
+              back.row(t) += routing.gate(t, L.send_choice[static_cast<std::size_t>(r)]) * send.row(r);
+            }
+          }));
+
+  // The raw MPI_Alltoallv of the dispatch's counts (floats of D per row).
+  CommStats stats;
+  stats.reset(P);
+  Dispatcher ref_dispatcher(comm, s.E, DispatchAlgo::kAlltoallv);
+  DispatchLayout ref = ref_dispatcher.plan(routing.expert, cd.kept, n, s.K, stats);
+  std::vector<int> sc(P), sd(P), rc(P), rd(P);
+  for (int q = 0; q < P; ++q) {
+    sc[q] = ref.send_counts[q] * static_cast<int>(D);
+    sd[q] = ref.send_displs[q] * static_cast<int>(D);
+    rc[q] = ref.recv_counts[q] * static_cast<int>(D);
+    rd[q] = ref.recv_displs[q] * static_cast<int>(D);
+  }
+  Mat<float> raw_recv(ref.rows_received(), D);
+  auto raw = [&] {
+    MOESIM_MPI_CHECK(MPI_Alltoallv(send.data(), sc.data(), sd.data(), MPI_FLOAT, raw_recv.data(), rc.data(),
+                                   rd.data(), MPI_FLOAT, comm.raw()));
+  };
+  raw();
+  double off_rank_bytes = 0;
+  for (int q = 0; q < P; ++q)
+    if (q != comm.rank()) off_rank_bytes += static_cast<double>(sc[q]) * sizeof(float);
+  const double bytes_max = comm.allreduce_max(off_rank_bytes);
+  const Timing t_raw = h.time(raw);
+  rep.row("raw MPI_Alltoallv", t_raw, fmt("%.2f GB/s algbw (largest rank's bytes to others / time)",
+                                           t_raw.max_s > 0 ? bytes_max / t_raw.max_s / 1e9 : 0.0));
+  // The expert blocks as the reference permutation builds them from the raw receive.
+  Mat<float> ref_blocks(ref.rows_received(), D);
+  for (Index i = 0; i < ref.rows_received(); ++i)
+    ref_blocks.row(ref.recv_to_block[static_cast<std::size_t>(i)]) = raw_recv.row(i);
+
+  for (DispatchAlgo algo : {DispatchAlgo::kAlltoallv, DispatchAlgo::kAllgather, DispatchAlgo::kP2P,
+                            DispatchAlgo::kPadded}) {
+    const std::string name = dispatch_name(algo);
+    Dispatcher d(comm, s.E, algo);
+    CommStats st;
+    st.reset(P);
+    DispatchLimits limits{s.B, cap, P};
+    DispatchLayout lay = d.plan(routing.expert, cd.kept, n, s.K, st, limits);
+    Mat<float> blocks = d.dispatch(lay, send, st);
+    check(comm, blocks.rows() == ref_blocks.rows() && blocks == ref_blocks,
+          name + " dispatch: the same expert blocks as the raw MPI_Alltoallv");
+    Mat<float> round_trip = d.combine(lay, blocks, st);
+    check(comm, round_trip == send, name + " combine: the dispatched rows come back unchanged");
+    st.reset(P);
+    const Timing t_plan = h.time([&] { lay = d.plan(routing.expert, cd.kept, n, s.K, st, limits); });
+    rep.row(name + " plan (counts)", t_plan);
+    if (algo == DispatchAlgo::kPadded) d.dispatch(lay, send, st);  // padded learns its receive side here
+    for (int verb = 0; verb < 2; ++verb) {
+      const Timing t_call = h.time(
+          [&] {
+            if (verb == 0) blocks = d.dispatch(lay, send, st);
+            else round_trip = d.combine(lay, blocks, st);
+          },
+          [&] { st.reset(P); });
+      const Timing mpi = h.reduce(st.seconds / static_cast<double>(h.iters()));
+      const std::string verb_name = verb == 0 ? " dispatch" : " combine";
+      rep.row(name + verb_name, t_call,
+              fmt("MPI part %.6f s = %.2fx raw", mpi.max_s, t_raw.max_s > 0 ? mpi.max_s / t_raw.max_s : 0.0) +
+                  fmt(", whole call %.2fx raw", t_raw.max_s > 0 ? t_call.max_s / t_raw.max_s : 0.0),
+              ",\"mpi_max_s\":" + std::to_string(mpi.max_s) + ",\"raw_max_s\":" + std::to_string(t_raw.max_s));
+    }
+  }
+
+  // Expert GEMMs forward + backward over this rank's blocks, and the same six products as
+  // bare sgemm calls (through Eigen to OpenBLAS).
+  Dispatcher d(comm, s.E, DispatchAlgo::kAlltoallv);
+  CommStats st;
+  st.reset(P);
+  DispatchLayout lay = d.plan(routing.expert, cd.kept, n, s.K, st);
+  Mat<float> blocks = d.dispatch(lay, send, st);
+  Mat<float> out_blocks(blocks.rows(), D), dblocks = random_rows(blocks.rows(), D, 300), dxb(blocks.rows(), D);
+  auto experts = [&] {
+    for (int le = 0; le < El; ++le) {
+      const Index off = lay.block_offset[le], rows = lay.block_offset[le + 1] - off;
+      layer.local_expert(le).forward(ConstMatMap<float>(blocks.data() + off * D, rows, D),
+                                     MatMap<float>(out_blocks.data() + off * D, rows, D));
+      layer.local_expert(le).backward(ConstMatMap<float>(dblocks.data() + off * D, rows, D),
+                                      MatMap<float>(dxb.data() + off * D, rows, D));
+    }
+  };
+  const double flops = 12.0 * static_cast<double>(blocks.rows()) * static_cast<double>(D) * static_cast<double>(s.F);
+  const double flops_max = comm.allreduce_max(flops);
+  const Timing t_exp = h.time(experts);
+  Mat<float> w1 = random_rows(D, s.F, 400), w2 = random_rows(s.F, D, 401), hid(blocks.rows(), s.F),
+             dh(blocks.rows(), s.F), gw1(D, s.F), gw2(s.F, D), outp(blocks.rows(), D), dxp(blocks.rows(), D);
+  auto sgemm = [&] {
+    for (int le = 0; le < El; ++le) {
+      const Index off = lay.block_offset[le], rows = lay.block_offset[le + 1] - off;
+      if (rows == 0) continue;
+      auto X = blocks.middleRows(off, rows);
+      auto H = hid.middleRows(off, rows);
+      auto G = dblocks.middleRows(off, rows);
+      auto DH = dh.middleRows(off, rows);
+      H.noalias() = X * w1;
+      outp.middleRows(off, rows).noalias() = H * w2;
+      gw2.noalias() = H.transpose() * G;
+      DH.noalias() = G * w2.transpose();
+      gw1.noalias() = X.transpose() * DH;
+      dxp.middleRows(off, rows).noalias() = DH * w1.transpose();
+    }
+  };
+  const Timing t_sgemm = h.time(sgemm);
+  const double gf_limit = t_sgemm.max_s > 0 ? flops_max / t_sgemm.max_s / 1e9 : 0;
+  rep.row("sgemm limit (6 GEMMs)", t_sgemm, fmt("%.1f GFLOP/s per rank (largest rank's expert FLOPs)", gf_limit));
+  rep.row("expert GEMMs fwd+bwd", t_exp,
+          fmt("%.1f GFLOP/s per rank = %.2f of sgemm", t_exp.max_s > 0 ? flops_max / t_exp.max_s / 1e9 : 0.0,
+              t_exp.max_s > 0 ? t_sgemm.max_s / t_exp.max_s : 0.0));
+
+  // The whole layer.
+  Mat<float> y2, dx2;
+  layer.forward(x, y2);
+  check(comm, y2 == y, "layer forward: deterministic");
+  const Timing t_layer = h.time([&] {
+    layer.forward(x, y2);
+    layer.backward(dy, dx2);
+  });
+  const double tok_s = t_layer.max_s > 0 ? static_cast<double>(s.B) / t_layer.max_s : 0;
+  rep.row("layer fwd+bwd", t_layer,
+          fmt("%.0f tokens/s; expert FLOPs at %.2f of the sgemm limit", tok_s,
+              t_layer.max_s > 0 ? t_sgemm.max_s / t_layer.max_s : 0.0),
+          ",\"tokens_per_s\":" + std::to_string(tok_s) + ",\"sgemm_max_s\":" + std::to_string(t_sgemm.max_s));
+}
+
+}  // namespace
+}  // namespace moesim
+
+int main(int argc, char** argv) {
+  moesim::MpiEnvironment env(&argc, &argv);
+  namespace po = boost::program_options;
+  using namespace moesim;
+  Communicator world(MPI_COMM_WORLD);
+  try {
+    po::options_description desc("bench_moe_mpi options");
+    std::string shapes, json_path;
+    int iters = 20, warmup = 3, blas_threads = 1;
+    desc.add_options()("help", "this text")(
+        "shapes", po::value(&shapes)->default_value("64,256,8,2,4096;256,1024,8,2,4096;256,1024,64,2,4096;"
+                                                    "512,2048,16,1,2048;1024,4096,8,2,1024"),
+        "D,F,E,K,B;... (B global tokens)")("iters", po::value(&iters)->default_value(20), "timed iterations")(
+        "warmup", po::value(&warmup)->default_value(3), "untimed iterations first")(
+        "blas-threads", po::value(&blas_threads)->default_value(1), "OpenBLAS threads per rank")(
+        "json", po::value(&json_path), "also append one JSON object per figure to this file");
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    po::notify(vm);
+    if (vm.count("help")) {
+      if (world.rank() == 0) std::cout << desc << "\n";
+      return 0;
+    }
+    if (iters < 1 || warmup < 0) throw ConfigError("--iters must be >= 1 and --warmup >= 0");
+    set_blas_threads(blas_threads);
+    std::ofstream json;
+    if (world.rank() == 0 && !json_path.empty()) {
+      json.open(json_path, std::ios::app);
+      if (!json) throw ConfigError("cannot open --json file '" + json_path + "'");
+    }
+    const Harness h(world, warmup, iters);
+    for (const Shape& s : parse_shapes(shapes)) bench_shape(world, s, h, json.is_open() ? &json : nullptr);
+  } catch (const std::exception& e) {
+    if (world.rank() == 0) std::fprintf(stderr, "bench_moe_mpi: error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
