@@ -32,6 +32,7 @@
 #include "core/timer.hpp"
 #include "moe/capacity.hpp"
 #include "moe/dispatcher.hpp"
+#include "io/hdf5.hpp"
 #include "moe/moe_layer.hpp"
 
 namespace moesim {
@@ -145,7 +146,56 @@ void check(const Communicator& comm, bool ok, const std::string& what) {
   comm.agree_or_throw(ok, "correctness check failed before timing: " + what);
 }
 
-void bench_shape(const Communicator& comm, const Shape& s, const Harness& h, std::ofstream* json) {
+void put(hid_t f, const std::string& name, const Mat<float>& m, std::vector<hsize_t> dims = {}) {
+  if (dims.empty()) dims = {static_cast<hsize_t>(m.rows()), static_cast<hsize_t>(m.cols())};
+  const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> d = m.cast<double>();
+  h5::write_array(f, name, dims, d.data());
+}
+
+// The layer's inputs, weights and results on one rank, for a peer implementation to check
+// itself against (bench/compare_torch_moe.py): x, dy, router_w (D x E), w1 (E x D x F),
+// b1 (E x F), w2 (E x F x D), b2 (E x D), y, dx, and the options as attributes.
+void dump_layer(const std::string& path, const Shape& s, double capacity_factor) {
+  Communicator self(MPI_COMM_SELF);
+  MoeLayerConfig cfg;
+  cfg.d_model = s.D;
+  cfg.d_ff = s.F;
+  cfg.experts = s.E;
+  cfg.top_k = s.K;
+  cfg.capacity_factor = capacity_factor;
+  MoeLayer<float> layer(self, "moe", cfg, 1, 1);
+  const Mat<float> x = random_rows(s.B, s.D, 100), dy = random_rows(s.B, s.D, 200);
+  Mat<float> y, dx;
+  layer.set_mode(true, 1);
+  layer.forward(x, y);
+  layer.backward(dy, dx);
+  h5::Handle f = h5::create_file(path);
+  put(f.id(), "x", x);
+  put(f.id(), "dy", dy);
+  put(f.id(), "y", y);
+  put(f.id(), "dx", dx);
+  put(f.id(), "router_w", layer.router().weight().value);
+  Mat<float> w1(s.E, s.D * s.F), b1(s.E, s.F), w2(s.E, s.F * s.D), b2(s.E, s.D);
+  for (int e = 0; e < s.E; ++e) {
+    Ffn<float>& ex = layer.local_expert(e);
+    w1.row(e) = Eigen::Map<const RowVec<float>>(ex.w1().value.data(), s.D * s.F);
+    b1.row(e) = ex.b1().value.row(0);
+    w2.row(e) = Eigen::Map<const RowVec<float>>(ex.w2().value.data(), s.F * s.D);
+    b2.row(e) = ex.b2().value.row(0);
+  }
+  const auto E = static_cast<hsize_t>(s.E), D = static_cast<hsize_t>(s.D), F = static_cast<hsize_t>(s.F);
+  put(f.id(), "w1", w1, {E, D, F});
+  put(f.id(), "b1", b1);
+  put(f.id(), "w2", w2, {E, F, D});
+  put(f.id(), "b2", b2);
+  h5::write_attr(f.id(), "top_k", static_cast<std::int64_t>(s.K));
+  h5::write_attr(f.id(), "capacity_factor", capacity_factor);
+  h5::write_attr(f.id(), "aux_loss_weight", cfg.aux_loss_weight);
+  h5::write_attr(f.id(), "dropped", layer.stats().dropped);
+}
+
+void bench_shape(const Communicator& comm, const Shape& s, double capacity_factor, const Harness& h,
+                 std::ofstream* json) {
   const int P = comm.size();
   if (s.E % P != 0) throw ConfigError("shape " + s.name() + ": E must be divisible by the ranks");
   if (s.B % P != 0) throw ConfigError("shape " + s.name() + ": B must be divisible by the ranks");
@@ -156,6 +206,7 @@ void bench_shape(const Communicator& comm, const Shape& s, const Harness& h, std
   cfg.experts = s.E;
   cfg.top_k = s.K;
   cfg.ep_size = P;
+  cfg.capacity_factor = capacity_factor;
   MoeLayer<float> layer(comm, "moe", cfg, 1, 1);
   const Mat<float> x = random_rows(n, D, 100 + static_cast<std::uint64_t>(comm.rank()));
   const Mat<float> dy = random_rows(n, D, 200 + static_cast<std::uint64_t>(comm.rank()));
@@ -327,7 +378,8 @@ int main(int argc, char** argv) {
   Communicator world(MPI_COMM_WORLD);
   try {
     po::options_description desc("bench_moe_mpi options");
-    std::string shapes, json_path;
+    std::string shapes, json_path, dump_path;
+    double capacity_factor = 1.25;
     int iters = 20, warmup = 3, blas_threads = 1;
     desc.add_options()("help", "this text")(
         "shapes", po::value(&shapes)->default_value("64,256,8,2,4096;256,1024,8,2,4096;256,1024,64,2,4096;"
@@ -335,7 +387,10 @@ int main(int argc, char** argv) {
         "D,F,E,K,B;... (B global tokens)")("iters", po::value(&iters)->default_value(20), "timed iterations")(
         "warmup", po::value(&warmup)->default_value(3), "untimed iterations first")(
         "blas-threads", po::value(&blas_threads)->default_value(1), "OpenBLAS threads per rank")(
-        "json", po::value(&json_path), "also append one JSON object per figure to this file");
+        "json", po::value(&json_path), "also append one JSON object per figure to this file")(
+        "capacity-factor", po::value(&capacity_factor)->default_value(1.25), "as moesim moe's (0: dropless)")(
+        "dump", po::value(&dump_path),
+        "on one rank: write the first shape's inputs, weights and results to this HDF5 file and stop");
     po::variables_map vm;
     po::store(po::parse_command_line(argc, argv, desc), vm);
     po::notify(vm);
@@ -350,8 +405,15 @@ int main(int argc, char** argv) {
       json.open(json_path, std::ios::app);
       if (!json) throw ConfigError("cannot open --json file '" + json_path + "'");
     }
+    if (capacity_factor < 0) throw ConfigError("--capacity-factor must be >= 0");
+    if (!dump_path.empty()) {
+      if (world.size() != 1) throw ConfigError("--dump runs on one rank");
+      dump_layer(dump_path, parse_shapes(shapes).front(), capacity_factor);
+      return 0;
+    }
     const Harness h(world, warmup, iters);
-    for (const Shape& s : parse_shapes(shapes)) bench_shape(world, s, h, json.is_open() ? &json : nullptr);
+    for (const Shape& s : parse_shapes(shapes))
+      bench_shape(world, s, capacity_factor, h, json.is_open() ? &json : nullptr);
   } catch (const std::exception& e) {
     if (world.rank() == 0) std::fprintf(stderr, "bench_moe_mpi: error: %s\n", e.what());
     return 2;
