@@ -3,7 +3,7 @@ step of a random point, again on the next attempt for some trials, then rerun th
 exits 0 and check that every point is complete and bit-identical to an undisturbed sweep.
 
 usage: python3 bench/fault_injection.py [--trials 20] [--seed 1] [--ranks 2,4] [--mix-ranks]
-           [--max-kills 3] [--steps 300] [--experts 2,4] [--seeds 1,2,3] [--checkpoint-every 50]
+           [--max-kills 3] [--min-kill-step 1] [--max-kill-step 0] [--steps 300] [--experts 2,4] [--seeds 1,2,3] [--checkpoint-every 50]
            [--option KEY=VALUE ...] [--json FILE] [--keep] [--workdir DIR]
 
 Per trial (its own RNG, seeded by --seed and the trial number): 1..--max-kills attempts, each
@@ -190,11 +190,12 @@ class Attempt:
 
 def attempt_with_kill(config: Path, out: Path, ids: list[str], spec: SweepSpec, np_: int, rng, log_dir: Path,
                       tag: str, time_kills: float, expected_seconds: float, timeout: float,
-                      min_step: int = 1) -> Attempt:
+                      min_step: int = 1, max_step: int = 0) -> Attempt:
     """Start the sweep, SIGKILL one random rank at the planned moment, wait for the job to end."""
     pending = [i for i in ids if not is_complete(out / f"{i}.h5")]
     if pending and rng.random() >= time_kills:
-        step = int(rng.integers(min(min_step, spec.steps), spec.steps + 1))
+        last = min(max_step, spec.steps) if max_step > 0 else spec.steps
+        step = int(rng.integers(min(min_step, last), last + 1))
         a = Attempt(np_, "step", point=str(rng.choice(pending)), step=step)
     else:
         # Within what is left of the sweep (the undisturbed sweep's time, pro rata), after start-up.
@@ -476,7 +477,8 @@ def run_trial(number: int, spec: SweepSpec, config: Path, workdir: Path, refs: d
     for k in range(int(rng.integers(1, args.max_kills + 1))):
         p = pick()
         a = attempt_with_kill(config, out, ids, spec, p, rng, tdir, f"kill{k}", args.time_kills,
-                              args.expected_seconds.get(p, 10.0), args.job_timeout, args.min_kill_step)
+                              args.expected_seconds.get(p, 10.0), args.job_timeout, args.min_kill_step,
+                              args.max_kill_step)
         t.attempts.append(a)
         if a.exit_code is None:
             t.hung = True
@@ -525,7 +527,7 @@ def describe(t: Trial) -> str:
 
 def campaign(spec: SweepSpec, workdir: Path, *, trials: int, seed: int = 1, ranks=(2,), mix_ranks: bool = False,
              max_kills: int = 3, max_reruns: int = 3, time_kills: float = 0.25, min_kill_step: int = 1,
-             job_timeout: float = 180, keep: bool = False, log=print) -> Report:
+             max_kill_step: int = 0, job_timeout: float = 180, keep: bool = False, log=print) -> Report:
     """References on every P in `ranks`, then `trials` trials; returns the figures."""
     ranks = list(ranks)
     workdir = Path(workdir).resolve()
@@ -537,7 +539,8 @@ def campaign(spec: SweepSpec, workdir: Path, *, trials: int, seed: int = 1, rank
     refs, ids = make_references(spec, config, workdir, ranks, job_timeout, report)
     report.points_per_trial = len(ids)
     args = argparse.Namespace(seed=seed, mix_ranks=mix_ranks, max_kills=max_kills, max_reruns=max_reruns,
-                              time_kills=time_kills, min_kill_step=min_kill_step, job_timeout=job_timeout,
+                              time_kills=time_kills, min_kill_step=min_kill_step,
+                              max_kill_step=max_kill_step, job_timeout=job_timeout,
                               expected_seconds=report.reference_seconds)
     log(f"references: {len(ids)} points, " +
         ", ".join(f"{s} s on {p} ranks" for p, s in report.reference_seconds.items()) +
@@ -620,6 +623,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-kills", type=float, default=0.25,
                     help="fraction of kills after a random delay instead of at a random step")
     ap.add_argument("--min-kill-step", type=int, default=1, help="the earliest step a step-triggered kill waits for")
+    ap.add_argument("--max-kill-step", type=int, default=0,
+                    help="the latest step a step-triggered kill waits for (default 0: the last step)")
     ap.add_argument("--job-timeout", type=float, default=180, help="seconds before a job counts as hung")
     ap.add_argument("--experts", type=int_list, default=[2, 4])
     ap.add_argument("--seeds", type=int_list, default=[1, 2, 3])
@@ -646,7 +651,7 @@ def main(argv=None) -> int:
     print(f"fault injection: {shlex.join(mt.mpiexec_prefix())} ... {mt.moesim_path()} sweep; work in {workdir}")
     r = campaign(spec, workdir, trials=a.trials, seed=a.seed, ranks=a.ranks, mix_ranks=a.mix_ranks,
                  max_kills=a.max_kills, max_reruns=a.max_reruns, time_kills=a.time_kills,
-                 min_kill_step=a.min_kill_step, job_timeout=a.job_timeout, keep=a.keep)
+                 min_kill_step=a.min_kill_step, max_kill_step=a.max_kill_step, job_timeout=a.job_timeout, keep=a.keep)
     print("\n".join(summary_lines(r)))
     if a.json:
         Path(a.json).write_text(json.dumps({**asdict(r), "ok": r.ok, "spec": asdict(spec)}, indent=1))

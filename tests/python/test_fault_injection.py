@@ -48,9 +48,11 @@ def test_killed_sweeps_rerun_to_the_undisturbed_results(campaign):
 def test_resume_on_another_rank_count(tmp_path, moesim):
     """One kill on P ranks after a checkpoint (step >= 40 of 120: the rows of step 40 are out, so
     the checkpoint of step 30 is), the rerun on the other P resumes from it: metrics_until_step*
-    in the run file, the rest identical to the reference."""
+    in the run file, the rest identical to the reference. The kill waits for a step <= 60, so
+    that the poll of the run file sees it long before the point ends (a kill planned at step
+    105 once landed after the point had completed, and nothing was left to resume)."""
     r = fi.campaign(fi.SweepSpec(**SPEC), tmp_path, trials=1, seed=5, ranks=[1, 2], mix_ranks=True, max_kills=1,
-                    time_kills=0.0, min_kill_step=40, job_timeout=90, log=lambda line: None)
+                    time_kills=0.0, min_kill_step=40, max_kill_step=60, job_timeout=90, log=lambda line: None)
     assert r.references_agree, r.reference_differences
     assert r.kills_delivered == 1 and r.hangs == 0 and r.unfinished == 0, figures(r)
     assert r.points_resumed_across_ranks == 1, figures(r)
