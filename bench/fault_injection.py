@@ -3,7 +3,8 @@ step of a random point, again on the next attempt for some trials, then rerun th
 exits 0 and check that every point is complete and bit-identical to an undisturbed sweep.
 
 usage: python3 bench/fault_injection.py [--trials 20] [--seed 1] [--ranks 2,4] [--mix-ranks]
-           [--max-kills 3] [--min-kill-step 1] [--max-kill-step 0] [--steps 300] [--experts 2,4] [--seeds 1,2,3] [--checkpoint-every 50]
+           [--max-kills 3] [--min-kill-step 1] [--max-kill-step 0] [--steps 300] [--experts 2,4]
+           [--seeds 1,2,3] [--checkpoint-every 50]
            [--option KEY=VALUE ...] [--json FILE] [--keep] [--workdir DIR]
 
 Per trial (its own RNG, seeded by --seed and the trial number): 1..--max-kills attempts, each
