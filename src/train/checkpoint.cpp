@@ -97,6 +97,7 @@ void write_progress(hid_t g, const TrainProgress& p) {
   h5::write_attr(g, "dropped_sum", p.dropped_sum);
   h5::write_attr(g, "a2a_seconds", p.a2a_seconds);
   h5::write_attr(g, "a2a_wait_seconds", p.a2a_wait_seconds);
+  h5::write_attr(g, "logging_seconds", p.logging_seconds);
   h5::write_attr(g, "compute_seconds", p.compute_seconds);
   h5::write_attr(g, "a2a_bytes", p.a2a_bytes);
   h5::write_attr(g, "train_loss", p.train_loss);
@@ -111,10 +112,13 @@ TrainProgress read_progress(hid_t g) {
   p.tok_s_n = h5::read_attr_int(g, "tok_s_n");
   p.dropped_sum = h5::read_attr_double(g, "dropped_sum");
   p.a2a_seconds = h5::read_attr_double(g, "a2a_seconds");
-  // Checkpoints written before the wait was measured apart hold it inside a2a_seconds.
-  const htri_t has_wait = H5Aexists(g, "a2a_wait_seconds");
-  MOESIM_REQUIRE(has_wait >= 0, "checkpoint: cannot look up attribute a2a_wait_seconds");
-  if (has_wait > 0) p.a2a_wait_seconds = h5::read_attr_double(g, "a2a_wait_seconds");
+  // Checkpoints written before these were measured: 0 (the wait was inside a2a_seconds).
+  for (auto [name, value] : {std::pair{"a2a_wait_seconds", &p.a2a_wait_seconds},
+                             std::pair{"logging_seconds", &p.logging_seconds}}) {
+    const htri_t has = H5Aexists(g, name);
+    MOESIM_REQUIRE(has >= 0, "checkpoint: cannot look up attribute " << name);
+    if (has > 0) *value = h5::read_attr_double(g, name);
+  }
   p.compute_seconds = h5::read_attr_double(g, "compute_seconds");
   p.a2a_bytes = h5::read_attr_double(g, "a2a_bytes");
   p.train_loss = h5::read_attr_double(g, "train_loss");

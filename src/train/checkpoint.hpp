@@ -59,6 +59,7 @@ struct TrainProgress {
   double dropped_sum = 0;    // sum of per-step dropped fractions
   double a2a_seconds = 0, compute_seconds = 0, a2a_bytes = 0;
   double a2a_wait_seconds = 0;
+  double logging_seconds = 0;  // this rank's time appending and flushing metric rows
   double train_loss = 0;     // of the last step
   double wall_seconds = 0;   // of the earlier invocations together
 };

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <sys/resource.h>
+
 namespace moesim {
 
 MemoryEstimate estimate_memory(const ModelConfig& c, std::int64_t batch_tokens, std::int64_t val_tokens, int ranks,
@@ -65,8 +67,16 @@ double memory_per_rank(const Communicator& comm) {
 std::string human_bytes(double b) {
   char buf[32];
   if (b >= 1024.0 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.1f GiB", b / (1024.0 * 1024 * 1024));
-  else std::snprintf(buf, sizeof buf, "%.0f MiB", b / (1024.0 * 1024));
+  else if (b >= 1024.0 * 1024) std::snprintf(buf, sizeof buf, "%.0f MiB", b / (1024.0 * 1024));
+  else std::snprintf(buf, sizeof buf, "%.0f KiB", b / 1024.0);
   return buf;
+}
+
+double peak_resident_bytes(const Communicator& comm) {
+  rusage u{};
+  const int rc = getrusage(RUSAGE_SELF, &u);
+  MOESIM_REQUIRE(rc == 0, "getrusage failed");
+  return comm.allreduce_max(static_cast<double>(u.ru_maxrss) * 1024.0);  // Linux: KiB
 }
 
 void check_memory(const Communicator& comm, const MemoryEstimate& need) {

@@ -30,4 +30,7 @@ void check_memory(const Communicator& comm, const MemoryEstimate& need);
 
 std::string human_bytes(double bytes);
 
+// COLLECTIVE. The largest peak resident set size of any rank so far (bytes; getrusage).
+double peak_resident_bytes(const Communicator& comm);
+
 }  // namespace moesim

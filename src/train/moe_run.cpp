@@ -89,6 +89,8 @@ int train_and_log(const Communicator& comm, const MoeRunConfig& m, const Task& t
                {"wall_seconds", s.wall_seconds},
                {"a2a_seconds", s.a2a_seconds},
                {"a2a_wait_seconds", s.a2a_wait_seconds},
+               {"logging_seconds", comm.allreduce_max(s.logging_seconds)},
+               {"peak_rss_bytes", peak_resident_bytes(comm)},
                {"compute_seconds", s.compute_seconds},
                {"a2a_bytes", s.a2a_bytes},
                {"dropped_fraction", s.dropped_fraction},

@@ -56,6 +56,7 @@ void set_totals(TrainSummary& sum, const TrainProgress& t) {
   sum.final_train_loss = t.train_loss;
   sum.a2a_seconds = t.a2a_seconds;
   sum.a2a_wait_seconds = t.a2a_wait_seconds;
+  sum.logging_seconds = t.logging_seconds;
   sum.compute_seconds = t.compute_seconds;
   sum.a2a_bytes = t.a2a_bytes;
   sum.tokens_per_s = t.tok_s_n > 0 ? t.tok_s_sum / static_cast<double>(t.tok_s_n) : 0.0;
@@ -277,11 +278,13 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
                                      << kDivergenceFactor << " times the first step's " << first_loss
                                      << "); lower --lr or set --grad-clip");
     add_step(totals, step, m, step > 1 || cfg.steps == 1);
+    Stopwatch log_clock;
     append_step_metrics(out, metrics, step, m);
 
     if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps)
       append_validation(out, metrics, step, evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens).first);
     if (cfg.flush_every > 0 && step % cfg.flush_every == 0) out.flush();
+    totals.logging_seconds += log_clock.seconds();
 
     const double elapsed = wall.seconds();
     if (talk && (elapsed - last_print >= cfg.progress_interval || step == 1 ||
@@ -299,7 +302,11 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       break;
     }
   }
-  out.flush();
+  {
+    Stopwatch log_clock;
+    out.flush();
+    totals.logging_seconds += log_clock.seconds();
+  }
   if (!sum.interrupted) {
     const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens,
                                    task.sources() > 0 ? &sum.routing_counts : nullptr);

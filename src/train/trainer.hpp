@@ -46,6 +46,7 @@ struct TrainSummary {
   double wall_seconds = 0;
   double a2a_seconds = 0;            // sum over steps (max over ranks each step)
   double a2a_wait_seconds = 0;       // the same for the waits before the exchanges
+  double logging_seconds = 0;        // appending metric rows and flushing the run file (this rank)
   double compute_seconds = 0;
   double a2a_bytes = 0;
   double dropped_fraction = 0;       // mean over steps

@@ -20,7 +20,8 @@ CFG = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, steps=60, batch_to
 SERIES_1D = ["step", "train_loss", "aux_loss", "dropped_fraction", "tokens_per_s", "a2a_bytes",
              "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "step_seconds"]
 FINAL_ATTRS = ["val_loss", "params_total", "params_active", "flops_per_token",
-               "param_utilization", "train_loss", "tokens_per_s", "steps_done", "dropped_fraction"]
+               "param_utilization", "train_loss", "tokens_per_s", "steps_done", "dropped_fraction",
+               "a2a_wait_seconds", "logging_seconds", "peak_rss_bytes"]
 
 
 def expected_params(d_in, D, F, E, K, L, d_out=1):
@@ -172,6 +173,10 @@ def test_final_group(main_run):
     for key in FINAL_ATTRS:
         assert key in final, key
     assert final["steps_done"] == CFG["steps"]
+    # The slowest rank's HDF5 logging time is a part of the run's wall time; a rank holds at
+    # least its code and MPI (many MiB) resident.
+    assert 0 < final["logging_seconds"] < final["wall_seconds"]
+    assert final["peak_rss_bytes"] > 16 * 2**20
     assert final["train_loss"] == pytest.approx(m["train_loss"][-1], rel=1e-12)
     assert math.isfinite(final["val_loss"]) and final["val_loss"] > 0
     total, active, flops = expected_params(CFG["input_dim"], CFG["d_model"], CFG["d_ff"],
