@@ -8,6 +8,7 @@
 
 #include "comm/communicator.hpp"
 #include "core/blas.hpp"
+#include "core/heap.hpp"
 
 namespace {
 
@@ -20,6 +21,7 @@ class SilentReporter : public benchmark::BenchmarkReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moesim::keep_freed_memory();  // as the moesim binary does
   moesim::MpiEnvironment env(&argc, &argv);
   moesim::set_blas_threads(1);
   benchmark::Initialize(&argc, argv);

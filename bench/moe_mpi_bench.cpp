@@ -28,6 +28,7 @@
 
 #include "comm/communicator.hpp"
 #include "core/blas.hpp"
+#include "core/heap.hpp"
 #include "core/rng.hpp"
 #include "core/timer.hpp"
 #include "moe/capacity.hpp"
@@ -372,6 +373,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
 }  // namespace moesim
 
 int main(int argc, char** argv) {
+  moesim::keep_freed_memory();  // as the moesim binary does
   moesim::MpiEnvironment env(&argc, &argv);
   namespace po = boost::program_options;
   using namespace moesim;

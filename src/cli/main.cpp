@@ -1,12 +1,10 @@
 // moesim: subcommand dispatch and the one place errors become exit codes.
 #include <cstdio>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 #include <string>
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "core/heap.hpp"
 #include "io/hdf5.hpp"
 
 namespace {
@@ -27,23 +25,8 @@ const char* kUsage =
 
 }  // namespace
 
-namespace {
-
-// Every training step allocates and frees the same large temporaries. By default glibc
-// serves them with mmap and returns them on free, so each step pays page faults and TLB
-// flushes for fresh pages (measured: a third of the system time and up to 30% of a
-// small model's step). Keeping them in the heap, untrimmed, reuses the same pages.
-void keep_freed_memory() {
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
-#endif
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  keep_freed_memory();
+  moesim::keep_freed_memory();
   // HDF5 starts before MPI, so that it shuts down at exit, not inside MPI_Finalize; and
   // it is not shut down at all: every file is closed by its owner, and a file whose flush
   // failed (a full disk) cannot be closed: HDF5's shutdown crashes on it.
