@@ -75,10 +75,10 @@ Cost model assumptions (analysis/costmodel.py):
     runs fitted). The error reported is (predicted - measured) / measured of the median
     seconds per step, in sample and held out (the run left out of the fit, or not in it).
     The prediction is pairwise whatever algorithm the MPI library chose for MPI_Alltoallv.
-    metrics/a2a_seconds is the slowest rank's time inside the exchanges once the exchanging
-    ranks are synchronised (a barrier before each exchange; the time waiting there for a
-    more loaded rank is metrics/a2a_wait_seconds, left out of the fit), so imbalance is not
-    fitted as bandwidth. With more ranks than cores or a busy machine it still holds time
+    metrics/a2a_seconds is the exchanges' transfer: per layer and phase the least time any
+    rank spent inside it (the last rank to arrive waits for no one); the time ranks wait there
+    for a more loaded rank is metrics/a2a_wait_seconds, left out of the fit, so imbalance is
+    not fitted as bandwidth. With more ranks than cores or a busy machine it still holds time
     slicing by the OS scheduler, which the model does not describe.
  9. Reconstruction check: at the run's own P and contiguous placement the step matrix of (1)
     is compared with the run's metrics/traffic (off-diagonal totals over all steps).

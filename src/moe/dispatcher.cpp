@@ -1,7 +1,5 @@
 #include "moe/dispatcher.hpp"
 
-#include "core/timer.hpp"
-
 namespace moesim {
 
 Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo)
@@ -11,18 +9,10 @@ Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo)
   E_local_ = experts / comm.size();
 }
 
-void Dispatcher::wait_for_group(CommStats& stats) const {
-  if (comm_.size() == 1) return;
-  Stopwatch sw;
-  comm_.barrier();
-  stats.wait_seconds += sw.seconds();
-}
-
 DispatchLayout Dispatcher::plan(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
                                 CommStats& stats, const DispatchLimits& limits) const {
   DispatchLayout L = send_layout(expert, kept, n, K, E_, comm_.size());
   stats.phase = kForwardDispatch;
-  wait_for_group(stats);
   impl_->plan(L, limits, stats);
   return L;
 }
@@ -30,7 +20,6 @@ DispatchLayout Dispatcher::plan(const std::vector<int>& expert, const std::vecto
 template <class T>
 Mat<T> Dispatcher::dispatch(DispatchLayout& L, const Mat<T>& send_rows, CommStats& stats) const {
   MOESIM_REQUIRE(send_rows.rows() == L.rows_sent(), "dispatch: rows do not match the layout");
-  wait_for_group(stats);
   return impl_->dispatch(L, send_rows, stats);
 }
 
@@ -38,7 +27,6 @@ template <class T>
 Mat<T> Dispatcher::combine(const DispatchLayout& L, const Mat<T>& block_rows, CommStats& stats) const {
   MOESIM_REQUIRE(L.recv_known, "combine before the layout's first dispatch");
   MOESIM_REQUIRE(block_rows.rows() == L.rows_received(), "combine: rows do not match the layout");
-  wait_for_group(stats);
   return impl_->combine(L, block_rows, stats);
 }
 

@@ -53,8 +53,6 @@ class Dispatcher {
   int E_ = 1, E_local_ = 1;
   DispatchAlgo algo_ = DispatchAlgo::kAlltoallv;
   std::shared_ptr<const DispatchAlgorithm> impl_;  // stateless: copies may share it
-  // COLLECTIVE. Waits at a barrier for the group's slowest rank, into stats.wait_seconds.
-  void wait_for_group(CommStats& stats) const;
 };
 
 }  // namespace moesim

@@ -147,7 +147,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   const int P = context.P, E = context.E, Lm = context.L_moe;
   const std::vector<MoeLayer<T>*> moe = model.moe_layers();
   StepMetrics m;
-  double a2a_seconds = 0, wait_seconds = 0;
+  double a2a_seconds = 0;
   std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
   double aux = 0, zl = 0, entropy = 0, max_over_mean = 0, cv = 0, importance = 0, load_loss = 0;
   double unrouted = 0, tokens_seen = 0;
@@ -159,7 +159,6 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
   for (MoeLayer<T>* l : moe) {
     a2a_seconds += l->comm_stats().seconds;
-    wait_seconds += l->comm_stats().wait_seconds;
     for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
     aux += l->stats().aux_loss;
     zl += l->stats().z_loss;
@@ -193,21 +192,32 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
                                      l->stats().expert_tokens.end());
   }
   // Sums: loss, stop flag, padding bytes, prediction loss, mixture spread, then bytes per
-  // (layer, phase); maxima: step, exchange, compute and exchange-wait seconds, then seconds
-  // per (layer, phase).
-  constexpr std::size_t kPhaseSums = 5, kPhaseMaxes = 4;
+  // (layer, phase); maxima: step, exchange, compute and exchange-wait seconds.
+  constexpr std::size_t kPhaseSums = 5;
   // Exact sums (comm/exact_sum): the losses must not depend on the layout.
   std::vector<FixedSum> exact{in.loss.objective, FixedSum(in.stop_signal ? 1.0 : 0.0), FixedSum(), in.loss.prediction,
                               in.loss.spread};
-  std::vector<double> maxes{in.step_seconds, a2a_seconds,
-                            in.step_seconds - a2a_seconds - wait_seconds - in.reduce_seconds, wait_seconds};
+  // A rank's time in an exchange is its wait for the last rank to arrive plus the transfer;
+  // the last to arrive waits for no one, so the least time any rank spent in a (layer, phase)
+  // is its transfer, and the rest of each rank's time there is waiting (load imbalance of the
+  // work before it). Clock-free, and no barrier: one with more ranks than cores costs more
+  // than it measures.
+  std::vector<double> phase_seconds;
   for (MoeLayer<T>* l : moe) {
     exact[2] += l->comm_stats().padding_bytes;
     for (int ph = 0; ph < 4; ++ph) {
       exact.emplace_back(l->comm_stats().phase_bytes[ph]);
-      maxes.push_back(l->comm_stats().phase_seconds[ph]);
+      phase_seconds.push_back(l->comm_stats().phase_seconds[ph]);
     }
   }
+  std::vector<double> transfer = phase_seconds;
+  comm.allreduce_min(transfer.data(), static_cast<int>(transfer.size()));
+  double transfer_total = 0, wait = 0;
+  for (std::size_t i = 0; i < transfer.size(); ++i) {
+    transfer_total += transfer[i];
+    wait += phase_seconds[i] - transfer[i];
+  }
+  std::vector<double> maxes{in.step_seconds, a2a_seconds, in.step_seconds - a2a_seconds - in.reduce_seconds, wait};
   std::vector<double> sums(exact.size());
   allreduce_exact(comm, exact, sums.data());
   comm.allreduce_max(maxes.data(), static_cast<int>(maxes.size()));
@@ -226,10 +236,10 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   m.mixture_spread = sums[4] / B;
   m.a2a_bytes_by_phase.assign(sums.begin() + kPhaseSums, sums.end());
   m.step_seconds = maxes[0];
-  m.a2a_seconds = maxes[1];
+  m.a2a_seconds = transfer_total;
   m.compute_seconds = maxes[2];
   m.a2a_wait_seconds = maxes[3];
-  m.a2a_seconds_by_phase.assign(maxes.begin() + kPhaseMaxes, maxes.end());
+  m.a2a_seconds_by_phase = transfer;
   for (int i = 0; i < P; ++i)
     for (int j = 0; j < P; ++j)
       if (i != j) m.a2a_bytes += static_cast<double>(m.traffic[static_cast<std::size_t>(i * P + j)]);

@@ -10,10 +10,9 @@ namespace moesim {
 enum Phase { kForwardDispatch = 0, kForwardCombine = 1, kBackwardDispatch = 2, kBackwardCombine = 3 };
 
 struct CommStats {
-  double seconds = 0;                   // time inside exchange calls (counts included)
-  // Time at the barrier before each exchange, waiting for the group's slowest rank: the
-  // imbalance of the work before it, kept apart so that `seconds` is the transfer alone.
-  double wait_seconds = 0;
+  // Time inside exchange calls (counts included): the transfer, and before it the wait for
+  // the group's last rank to arrive (train/step_metrics tells them apart).
+  double seconds = 0;
   std::vector<double> bytes_to_rank;    // bytes this rank sent to each world rank (padding included)
   int first_rank = 0;                   // world rank of the exchanging group's rank 0 (kept by reset)
   double padding_bytes = 0;             // padded dispatch: bytes of unused slot rows and headers sent
@@ -21,7 +20,7 @@ struct CommStats {
   double phase_bytes[4] = {0, 0, 0, 0};  // bytes sent to other ranks, per phase
   int phase = kForwardDispatch;
   void reset(int P) {
-    seconds = wait_seconds = padding_bytes = 0;
+    seconds = padding_bytes = 0;
     bytes_to_rank.assign(static_cast<std::size_t>(P), 0.0);
     for (int i = 0; i < 4; ++i) phase_seconds[i] = phase_bytes[i] = 0;
     phase = kForwardDispatch;
