@@ -54,9 +54,11 @@ import moesim_testing as mt  # noqa: E402  (sets HDF5_USE_FILE_LOCKING before h5
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Wall-clock values: per-step datasets and `final` attributes that time the run.
+# Values of the machine, not the results: per-step datasets and `final` attributes that time
+# the run or measure its memory.
 TIMING = {"tokens_per_s", "step_seconds", "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "a2a_seconds_by_phase"}
-TIMING_ATTRS = {"tokens_per_s", "wall_seconds", "a2a_seconds", "a2a_wait_seconds", "compute_seconds"}
+TIMING_ATTRS = {"tokens_per_s", "wall_seconds", "a2a_seconds", "a2a_wait_seconds", "logging_seconds", "peak_rss_bytes",
+                "compute_seconds"}
 # Root attributes that say when (and whether) this attempt started: never the results.
 WALL_CLOCK_ROOT = {"start_time", "end_time", "resumed_at_step"}
 # What the rank count shapes by nature (as tests/python/test_bit_identity.py's LAYOUT_METRICS).

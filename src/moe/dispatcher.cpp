@@ -18,21 +18,25 @@ DispatchLayout Dispatcher::plan(const std::vector<int>& expert, const std::vecto
 }
 
 template <class T>
-Mat<T> Dispatcher::dispatch(DispatchLayout& L, const Mat<T>& send_rows, CommStats& stats) const {
+MatMap<T> Dispatcher::dispatch(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
+                               CommStats& stats) const {
   MOESIM_REQUIRE(send_rows.rows() == L.rows_sent(), "dispatch: rows do not match the layout");
-  return impl_->dispatch(L, send_rows, stats);
+  return impl_->dispatch(L, send_rows, out, stats);
 }
 
 template <class T>
-Mat<T> Dispatcher::combine(const DispatchLayout& L, const Mat<T>& block_rows, CommStats& stats) const {
+MatMap<T> Dispatcher::combine(const DispatchLayout& L, const ConstMatMap<T>& block_rows, RowBuffer<T>& out,
+                              CommStats& stats) const {
   MOESIM_REQUIRE(L.recv_known, "combine before the layout's first dispatch");
   MOESIM_REQUIRE(block_rows.rows() == L.rows_received(), "combine: rows do not match the layout");
-  return impl_->combine(L, block_rows, stats);
+  return impl_->combine(L, block_rows, out, stats);
 }
 
-#define MOESIM_INSTANTIATE(T)                                                                  \
-  template Mat<T> Dispatcher::dispatch(DispatchLayout&, const Mat<T>&, CommStats&) const;      \
-  template Mat<T> Dispatcher::combine(const DispatchLayout&, const Mat<T>&, CommStats&) const;
+#define MOESIM_INSTANTIATE(T)                                                                                  \
+  template MatMap<T> Dispatcher::dispatch(DispatchLayout&, const ConstMatMap<T>&, RowBuffer<T>&, CommStats&) \
+      const;                                                                                                   \
+  template MatMap<T> Dispatcher::combine(const DispatchLayout&, const ConstMatMap<T>&, RowBuffer<T>&,        \
+                                         CommStats&) const;
 MOESIM_INSTANTIATE(float)
 MOESIM_INSTANTIATE(double)
 MOESIM_INSTANTIATE(std::int64_t)

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "core/row_buffer.hpp"
 #include "core/tensor.hpp"
 #include "moe/dispatch/algorithm.hpp"
 #include "moe/dispatch/comm_stats.hpp"
@@ -36,13 +37,26 @@ class Dispatcher {
   // slots from them).
   DispatchLayout plan(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
                       CommStats& stats, const DispatchLimits& limits = {}) const;
-  // COLLECTIVE. Rows in send order -> rows in expert-block order on the owners.
-  // Padded completes the layout's receive side on its first call.
+  // COLLECTIVE. Rows in send order -> rows in expert-block order on the owners, written into
+  // `out` (its view returned). Padded completes the layout's receive side on its first call.
   template <class T>
-  Mat<T> dispatch(DispatchLayout& layout, const Mat<T>& send_rows, CommStats& stats) const;
-  // COLLECTIVE. Rows in expert-block order -> rows in send order on the token owners.
+  MatMap<T> dispatch(DispatchLayout& layout, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
+                     CommStats& stats) const;
+  // COLLECTIVE. Rows in expert-block order -> rows in send order on the token owners, into `out`.
   template <class T>
-  Mat<T> combine(const DispatchLayout& layout, const Mat<T>& block_rows, CommStats& stats) const;
+  MatMap<T> combine(const DispatchLayout& layout, const ConstMatMap<T>& block_rows, RowBuffer<T>& out,
+                    CommStats& stats) const;
+  // The same into fresh matrices (tests, one-off callers).
+  template <class T>
+  Mat<T> dispatch(DispatchLayout& layout, const Mat<T>& send_rows, CommStats& stats) const {
+    RowBuffer<T> out;
+    return dispatch(layout, ConstMatMap<T>(send_rows.data(), send_rows.rows(), send_rows.cols()), out, stats);
+  }
+  template <class T>
+  Mat<T> combine(const DispatchLayout& layout, const Mat<T>& block_rows, CommStats& stats) const {
+    RowBuffer<T> out;
+    return combine(layout, ConstMatMap<T>(block_rows.data(), block_rows.rows(), block_rows.cols()), out, stats);
+  }
 
   int experts_per_rank() const { return E_local_; }
   int first_local_expert() const { return comm_.rank() * E_local_; }
@@ -52,7 +66,8 @@ class Dispatcher {
   const Communicator& comm_;
   int E_ = 1, E_local_ = 1;
   DispatchAlgo algo_ = DispatchAlgo::kAlltoallv;
-  std::shared_ptr<const DispatchAlgorithm> impl_;  // stateless: copies may share it
+  // Copies share it: it holds only per-call scratch buffers (single-threaded use).
+  std::shared_ptr<const DispatchAlgorithm> impl_;
 };
 
 }  // namespace moesim

@@ -150,11 +150,12 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   stats_.expert_tokens = cd.processed;
 
   layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap, comm_.size()});
-  Mat<T> send(layout_.rows_sent(), D);
+  MatMap<T> send = send_buf_.view(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) send.row(s) = x.row(layout_.send_token[s]);
   comm_stats_.phase = kForwardDispatch;
-  Mat<T> blocks = dispatcher_.dispatch(layout_, send, comm_stats_);
-  Mat<T> out_blocks(blocks.rows(), D);
+  const MatMap<T> blocks = dispatcher_.dispatch(layout_, ConstMatMap<T>(send.data(), send.rows(), D), blocks_buf_,
+                                                comm_stats_);
+  MatMap<T> out_blocks = out_blocks_buf_.view(blocks.rows(), D);
   if (chunk_ > 0) plan_expert_chunks(chunk_counts);
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
@@ -165,7 +166,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
     else experts_[le].forward(in, out);
   }
   comm_stats_.phase = kForwardCombine;
-  combined_ = dispatcher_.combine(layout_, out_blocks, comm_stats_);
+  dispatcher_.combine(layout_, ConstMatMap<T>(out_blocks.data(), out_blocks.rows(), D), combined_buf_, comm_stats_);
   shared_out_ = Mat<T>::Zero(n, D);
   Mat<T> s_out(n, D);
   for (auto& se : shared_) {
@@ -209,9 +210,10 @@ template <class T>
 void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   run_experts(x);
   y = shared_out_;
+  const MatMap<T> comb = combined();
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
     const Index t = layout_.send_token[s];
-    y.row(t) += routing_.gate(t, layout_.send_choice[s]) * combined_.row(s);
+    y.row(t) += routing_.gate(t, layout_.send_choice[s]) * comb.row(s);
   }
 }
 
@@ -223,8 +225,9 @@ void MoeLayer<T>::forward_branches(const Mat<T>& x, Mat<T>& rows, Mat<T>& gates)
   rows.resize(x.rows() * K, x.cols());
   for (Index t = 0; t < x.rows(); ++t)
     for (int j = 0; j < K; ++j) rows.row(t * K + j) = shared_out_.row(t);
+  const MatMap<T> comb = combined();
   for (Index s = 0; s < layout_.rows_sent(); ++s)
-    rows.row(layout_.send_token[s] * K + layout_.send_choice[s]) += combined_.row(s);
+    rows.row(layout_.send_token[s] * K + layout_.send_choice[s]) += comb.row(s);
   gates = routing_.gate;
 }
 
@@ -232,11 +235,12 @@ template <class T>
 void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   const Index n = dy.rows(), D = dy.cols();
   Mat<T> dgate = Mat<T>::Zero(n, routing_.K);
-  Mat<T> dsend(layout_.rows_sent(), D);
+  MatMap<T> dsend = dsend_buf_.view(layout_.rows_sent(), D);
+  const MatMap<T> comb = combined();
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
     const Index t = layout_.send_token[s];
     const int j = layout_.send_choice[s];
-    dgate(t, j) = dy.row(t).dot(combined_.row(s));
+    dgate(t, j) = dy.row(t).dot(comb.row(s));
     dsend.row(s) = routing_.gate(t, j) * dy.row(t);
   }
   backprop(dsend, dgate, dy, dx);
@@ -246,7 +250,7 @@ template <class T>
 void MoeLayer<T>::backward_branches(const Mat<T>& drows, const Mat<T>& dgates, Mat<T>& dx) {
   const Index n = dgates.rows(), D = drows.cols();
   const int K = routing_.K;
-  Mat<T> dsend(layout_.rows_sent(), D);
+  MatMap<T> dsend = dsend_buf_.view(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s)
     dsend.row(s) = drows.row(layout_.send_token[s] * K + layout_.send_choice[s]);
   Mat<T> dshared = Mat<T>::Zero(n, D);
@@ -256,13 +260,14 @@ void MoeLayer<T>::backward_branches(const Mat<T>& drows, const Mat<T>& dgates, M
 }
 
 template <class T>
-void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared,
+void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared,
                            Mat<T>& dx) {
   const Index n = dgate.rows(), D = dsend.cols();
   const int E = cfg_.experts;
   comm_stats_.phase = kBackwardDispatch;
-  Mat<T> dblocks = dispatcher_.dispatch(layout_, dsend, comm_stats_);
-  Mat<T> dx_blocks(dblocks.rows(), D);
+  const MatMap<T> dblocks = dispatcher_.dispatch(layout_, ConstMatMap<T>(dsend.data(), dsend.rows(), D),
+                                                 dblocks_buf_, comm_stats_);
+  MatMap<T> dx_blocks = dx_blocks_buf_.view(dblocks.rows(), D);
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
@@ -272,7 +277,8 @@ void MoeLayer<T>::backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T
     else experts_[le].backward(dy, dxb);
   }
   comm_stats_.phase = kBackwardCombine;
-  Mat<T> dx_rows = dispatcher_.combine(layout_, dx_blocks, comm_stats_);
+  const MatMap<T> dx_rows = dispatcher_.combine(layout_, ConstMatMap<T>(dx_blocks.data(), dx_blocks.rows(), D),
+                                                dx_rows_buf_, comm_stats_);
   dx = Mat<T>::Zero(n, D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) dx.row(layout_.send_token[s]) += dx_rows.row(s);
 

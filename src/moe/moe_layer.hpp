@@ -108,19 +108,24 @@ class MoeLayer {
   std::vector<Ffn<T>> experts_;
   std::vector<Ffn<T>> shared_;
 
-  // Router, capacity, dispatch, experts, combine (into combined_), shared experts.
+  // Router, capacity, dispatch, experts, combine (into combined_buf_), shared experts.
   void run_experts(const Mat<T>& x);
   // Chunked: each local expert's block rows per leaf (a run of token chunks) of the group,
   // in block order, from the kept assignments per (global chunk, expert) summed over all ranks.
   void plan_expert_chunks(const std::vector<std::int64_t>& chunk_expert_counts);
   std::vector<std::vector<Index>> expert_chunks_;
   // The rest of backward given the send rows' and gates' gradients.
-  void backprop(const Mat<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
+  void backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
+  // Expert outputs in send order, from forward's combine (for the gate gradients).
+  MatMap<T> combined() { return combined_buf_.view(layout_.rows_sent(), cfg_.d_model); }
 
   // Saved by forward for backward.
   Routing<T> routing_;
   DispatchLayout layout_;
-  Mat<T> combined_;  // expert outputs in send order (for gate gradients)
+  // The exchanges' rows, kept from step to step (core/row_buffer.hpp): send order, expert
+  // blocks in and out, forward's combined outputs; backward's the same for the gradients.
+  RowBuffer<T> send_buf_, blocks_buf_, out_blocks_buf_, combined_buf_;
+  RowBuffer<T> dsend_buf_, dblocks_buf_, dx_blocks_buf_, dx_rows_buf_;
   Mat<T> shared_out_;  // n x D, sum of the shared experts' outputs
   std::vector<double> f_;  // global fraction of assignments per expert
   std::vector<std::int64_t> assigned_;  // global assignments per expert before dropping

@@ -4,13 +4,17 @@
 // algorithm leaves each expert block in the same order, so results are identical.
 //
 // To add one: derive from DispatchAlgorithmOf<YourClass> in dispatch/<name>.cpp, give it
-// plan() and the templates dispatch_rows / combine_rows, define its factory there and
+// plan() and the templates dispatch_rows / combine_rows (rows in, a RowBuffer to write the
+// result into, its view returned), define its factory there and
 // add one line to MOESIM_DISPATCH_ALGORITHMS (dispatch/registry.hpp).
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <tuple>
 
 #include "comm/communicator.hpp"
+#include "core/row_buffer.hpp"
 #include "core/timer.hpp"
 #include "moe/dispatch/comm_stats.hpp"
 #include "moe/dispatch/layout.hpp"
@@ -34,21 +38,39 @@ class DispatchAlgorithm {
   // COLLECTIVE. `L` has its send side; fill its receive side, or leave recv_known
   // false for the first dispatch to complete.
   virtual void plan(DispatchLayout& L, const DispatchLimits& limits, CommStats& stats) const = 0;
-  // COLLECTIVE. Rows in send order -> rows in expert-block order on the owners.
-  virtual Mat<float> dispatch(DispatchLayout& L, const Mat<float>& rows, CommStats& stats) const = 0;
-  virtual Mat<double> dispatch(DispatchLayout& L, const Mat<double>& rows, CommStats& stats) const = 0;
-  virtual Mat<std::int64_t> dispatch(DispatchLayout& L, const Mat<std::int64_t>& rows, CommStats& stats) const = 0;
-  // COLLECTIVE. Rows in expert-block order -> rows in send order on the token owners.
-  virtual Mat<float> combine(const DispatchLayout& L, const Mat<float>& blocks, CommStats& stats) const = 0;
-  virtual Mat<double> combine(const DispatchLayout& L, const Mat<double>& blocks, CommStats& stats) const = 0;
-  virtual Mat<std::int64_t> combine(const DispatchLayout& L, const Mat<std::int64_t>& blocks,
-                                    CommStats& stats) const = 0;
+  // COLLECTIVE. Rows in send order -> rows in expert-block order on the owners, written
+  // into `out` (its view of rows_received() rows is returned).
+  virtual MatMap<float> dispatch(DispatchLayout& L, const ConstMatMap<float>& rows, RowBuffer<float>& out,
+                                 CommStats& stats) const = 0;
+  virtual MatMap<double> dispatch(DispatchLayout& L, const ConstMatMap<double>& rows, RowBuffer<double>& out,
+                                  CommStats& stats) const = 0;
+  virtual MatMap<std::int64_t> dispatch(DispatchLayout& L, const ConstMatMap<std::int64_t>& rows,
+                                        RowBuffer<std::int64_t>& out, CommStats& stats) const = 0;
+  // COLLECTIVE. Rows in expert-block order -> rows in send order on the token owners, into
+  // `out` (its view of rows_sent() rows is returned).
+  virtual MatMap<float> combine(const DispatchLayout& L, const ConstMatMap<float>& blocks, RowBuffer<float>& out,
+                                CommStats& stats) const = 0;
+  virtual MatMap<double> combine(const DispatchLayout& L, const ConstMatMap<double>& blocks,
+                                 RowBuffer<double>& out, CommStats& stats) const = 0;
+  virtual MatMap<std::int64_t> combine(const DispatchLayout& L, const ConstMatMap<std::int64_t>& blocks,
+                                       RowBuffer<std::int64_t>& out, CommStats& stats) const = 0;
 
  protected:
   // Receive counts by one MPI_Alltoall of the per-expert send counts.
   void counts_by_alltoall(DispatchLayout& L, CommStats& stats) const;
+  // Temporaries of one call (which = 0, 1), kept from call to call so that MPI moves rows
+  // through the same memory every step.
+  template <class T>
+  RowBuffer<T>& scratch(int which) const {
+    return std::get<std::array<RowBuffer<T>, 2>>(scratch_)[static_cast<std::size_t>(which)];
+  }
 
   const Communicator& comm_;
+
+ private:
+  mutable std::tuple<std::array<RowBuffer<float>, 2>, std::array<RowBuffer<double>, 2>,
+                     std::array<RowBuffer<std::int64_t>, 2>>
+      scratch_;
 };
 
 // Virtual functions cannot be templates: this routes each element type to the
@@ -57,23 +79,29 @@ template <class Impl>
 class DispatchAlgorithmOf : public DispatchAlgorithm {
  public:
   using DispatchAlgorithm::DispatchAlgorithm;
-  Mat<float> dispatch(DispatchLayout& L, const Mat<float>& x, CommStats& s) const override {
-    return self().dispatch_rows(L, x, s);
+  MatMap<float> dispatch(DispatchLayout& L, const ConstMatMap<float>& x, RowBuffer<float>& out,
+                         CommStats& s) const override {
+    return self().dispatch_rows(L, x, out, s);
   }
-  Mat<double> dispatch(DispatchLayout& L, const Mat<double>& x, CommStats& s) const override {
-    return self().dispatch_rows(L, x, s);
+  MatMap<double> dispatch(DispatchLayout& L, const ConstMatMap<double>& x, RowBuffer<double>& out,
+                          CommStats& s) const override {
+    return self().dispatch_rows(L, x, out, s);
   }
-  Mat<std::int64_t> dispatch(DispatchLayout& L, const Mat<std::int64_t>& x, CommStats& s) const override {
-    return self().dispatch_rows(L, x, s);
+  MatMap<std::int64_t> dispatch(DispatchLayout& L, const ConstMatMap<std::int64_t>& x,
+                                RowBuffer<std::int64_t>& out, CommStats& s) const override {
+    return self().dispatch_rows(L, x, out, s);
   }
-  Mat<float> combine(const DispatchLayout& L, const Mat<float>& x, CommStats& s) const override {
-    return self().combine_rows(L, x, s);
+  MatMap<float> combine(const DispatchLayout& L, const ConstMatMap<float>& x, RowBuffer<float>& out,
+                        CommStats& s) const override {
+    return self().combine_rows(L, x, out, s);
   }
-  Mat<double> combine(const DispatchLayout& L, const Mat<double>& x, CommStats& s) const override {
-    return self().combine_rows(L, x, s);
+  MatMap<double> combine(const DispatchLayout& L, const ConstMatMap<double>& x, RowBuffer<double>& out,
+                         CommStats& s) const override {
+    return self().combine_rows(L, x, out, s);
   }
-  Mat<std::int64_t> combine(const DispatchLayout& L, const Mat<std::int64_t>& x, CommStats& s) const override {
-    return self().combine_rows(L, x, s);
+  MatMap<std::int64_t> combine(const DispatchLayout& L, const ConstMatMap<std::int64_t>& x,
+                               RowBuffer<std::int64_t>& out, CommStats& s) const override {
+    return self().combine_rows(L, x, out, s);
   }
 
  private:

@@ -25,30 +25,34 @@ void AlltoallvDispatch::exchange(const T* send, const std::vector<int>& send_row
 }
 
 template <class T>
-Mat<T> AlltoallvDispatch::dispatch_rows(DispatchLayout& L, const Mat<T>& send_rows, CommStats& stats) const {
+MatMap<T> AlltoallvDispatch::dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
+                                           CommStats& stats) const {
   const Index width = send_rows.cols();
-  Mat<T> received(L.rows_received(), width);
+  MatMap<T> received = scratch<T>(0).view(L.rows_received(), width);
   exchange(send_rows.data(), L.send_counts, L.send_displs, received.data(), L.recv_counts, L.recv_displs, width,
            stats);
-  Mat<T> blocks(L.rows_received(), width);
+  MatMap<T> blocks = out.view(L.rows_received(), width);
   for (Index i = 0; i < L.rows_received(); ++i) blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]) = received.row(i);
   return blocks;
 }
 
 template <class T>
-Mat<T> AlltoallvDispatch::combine_rows(const DispatchLayout& L, const Mat<T>& block_rows, CommStats& stats) const {
+MatMap<T> AlltoallvDispatch::combine_rows(const DispatchLayout& L, const ConstMatMap<T>& block_rows,
+                                          RowBuffer<T>& out, CommStats& stats) const {
   const Index width = block_rows.cols();
-  Mat<T> outgoing(L.rows_received(), width);
+  MatMap<T> outgoing = scratch<T>(0).view(L.rows_received(), width);
   for (Index i = 0; i < L.rows_received(); ++i)
     outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-  Mat<T> back(L.rows_sent(), width);
+  MatMap<T> back = out.view(L.rows_sent(), width);
   exchange(outgoing.data(), L.recv_counts, L.recv_displs, back.data(), L.send_counts, L.send_displs, width, stats);
   return back;
 }
 
-#define MOESIM_INSTANTIATE(T)                                                                            \
-  template Mat<T> AlltoallvDispatch::dispatch_rows(DispatchLayout&, const Mat<T>&, CommStats&) const;      \
-  template Mat<T> AlltoallvDispatch::combine_rows(const DispatchLayout&, const Mat<T>&, CommStats&) const;
+#define MOESIM_INSTANTIATE(T)                                                                                   \
+  template MatMap<T> AlltoallvDispatch::dispatch_rows(DispatchLayout&, const ConstMatMap<T>&, RowBuffer<T>&,     \
+                                                      CommStats&) const;                                        \
+  template MatMap<T> AlltoallvDispatch::combine_rows(const DispatchLayout&, const ConstMatMap<T>&, RowBuffer<T>&, \
+                                                     CommStats&) const;
 MOESIM_INSTANTIATE(float)
 MOESIM_INSTANTIATE(double)
 MOESIM_INSTANTIATE(std::int64_t)

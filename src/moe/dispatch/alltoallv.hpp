@@ -10,9 +10,11 @@ class AlltoallvDispatch : public DispatchAlgorithmOf<AlltoallvDispatch> {
   using DispatchAlgorithmOf::DispatchAlgorithmOf;
   void plan(DispatchLayout& L, const DispatchLimits& limits, CommStats& stats) const override;
   template <class T>
-  Mat<T> dispatch_rows(DispatchLayout& L, const Mat<T>& send_rows, CommStats& stats) const;
+  MatMap<T> dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
+                          CommStats& stats) const;
   template <class T>
-  Mat<T> combine_rows(const DispatchLayout& L, const Mat<T>& block_rows, CommStats& stats) const;
+  MatMap<T> combine_rows(const DispatchLayout& L, const ConstMatMap<T>& block_rows, RowBuffer<T>& out,
+                         CommStats& stats) const;
 
  private:
   template <class T>

@@ -17,10 +17,11 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
   }
 
   template <class T>
-  Mat<T> dispatch_rows(DispatchLayout& L, const Mat<T>& send_rows, CommStats& stats) const {
+  MatMap<T> dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
+                          CommStats& stats) const {
     const Index width = send_rows.cols();
     const int me = comm_.rank(), El = L.E_local;
-    Mat<T> blocks(L.rows_received(), width);
+    MatMap<T> blocks = out.view(L.rows_received(), width);
     PhaseTimer timer(stats);
     std::vector<MPI_Request> reqs;
     for (int q = 0; q < L.P; ++q)
@@ -46,10 +47,11 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
   }
 
   template <class T>
-  Mat<T> combine_rows(const DispatchLayout& L, const Mat<T>& blocks, CommStats& stats) const {
+  MatMap<T> combine_rows(const DispatchLayout& L, const ConstMatMap<T>& blocks, RowBuffer<T>& out,
+                         CommStats& stats) const {
     const Index width = blocks.cols();
     const int me = comm_.rank(), El = L.E_local;
-    Mat<T> back(L.rows_sent(), width);
+    MatMap<T> back = out.view(L.rows_sent(), width);
     PhaseTimer timer(stats);
     std::vector<MPI_Request> reqs;
     for (int e = 0; e < L.E; ++e) {

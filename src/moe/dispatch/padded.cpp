@@ -27,11 +27,13 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
   }
 
   template <class T>
-  Mat<T> dispatch_rows(DispatchLayout& L, const Mat<T>& send_rows, CommStats& stats) const {
+  MatMap<T> dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& result,
+                          CommStats& stats) const {
     const Index width = send_rows.cols(), slot = L.slot_rows + 1;  // header row + S rows
     const int El = L.E_local;
     const Index per_rank = static_cast<Index>(El) * slot;
-    Mat<T> out = Mat<T>::Zero(static_cast<Index>(L.P) * per_rank, width);
+    MatMap<T> out = scratch<T>(0).view(static_cast<Index>(L.P) * per_rank, width);
+    out.setZero();
     for (int e = 0; e < L.E; ++e) {
       const Index base = (static_cast<Index>(e / El) * El + e % El) * slot;
       const int rows = L.send_expert_counts[static_cast<std::size_t>(e)];
@@ -39,7 +41,7 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
       if (rows > 0) out.middleRows(base + 1, rows) = send_rows.middleRows(send_start(L, e), rows);
       count_slot(stats, e / El, rows, slot, width, sizeof(T));
     }
-    Mat<T> in = exchange(out, per_rank, stats);
+    MatMap<T> in = exchange(out, per_rank, stats);
     if (!L.recv_known) {
       for (int q = 0; q < L.P; ++q)
         for (int le = 0; le < El; ++le)
@@ -47,7 +49,7 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
               static_cast<int>(in((static_cast<Index>(q) * El + le) * slot, 0));
       complete_receive_side(L);
     }
-    Mat<T> blocks(L.rows_received(), width);
+    MatMap<T> blocks = result.view(L.rows_received(), width);
     for (int q = 0; q < L.P; ++q)
       for (int le = 0; le < El; ++le) {
         const int rows = L.recv_expert_counts[static_cast<std::size_t>(q * El + le)];
@@ -58,11 +60,13 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
   }
 
   template <class T>
-  Mat<T> combine_rows(const DispatchLayout& L, const Mat<T>& blocks, CommStats& stats) const {
+  MatMap<T> combine_rows(const DispatchLayout& L, const ConstMatMap<T>& blocks, RowBuffer<T>& result,
+                         CommStats& stats) const {
     const Index width = blocks.cols(), slot = L.slot_rows + 1;
     const int El = L.E_local;
     const Index per_rank = static_cast<Index>(El) * slot;
-    Mat<T> out = Mat<T>::Zero(static_cast<Index>(L.P) * per_rank, width);
+    MatMap<T> out = scratch<T>(0).view(static_cast<Index>(L.P) * per_rank, width);
+    out.setZero();
     for (int q = 0; q < L.P; ++q)
       for (int le = 0; le < El; ++le) {
         const int rows = L.recv_expert_counts[static_cast<std::size_t>(q * El + le)];
@@ -70,8 +74,8 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
         if (rows > 0) out.middleRows(base + 1, rows) = blocks.middleRows(block_start(L, q, le), rows);
         count_slot(stats, q, rows, slot, width, sizeof(T));
       }
-    Mat<T> in = exchange(out, per_rank, stats);
-    Mat<T> back(L.rows_sent(), width);
+    MatMap<T> in = exchange(out, per_rank, stats);
+    MatMap<T> back = result.view(L.rows_sent(), width);
     for (int e = 0; e < L.E; ++e) {
       const int rows = L.send_expert_counts[static_cast<std::size_t>(e)];
       if (rows > 0)
@@ -89,8 +93,8 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
   }
 
   template <class T>
-  Mat<T> exchange(const Mat<T>& out, Index per_rank, CommStats& stats) const {
-    Mat<T> in(out.rows(), out.cols());
+  MatMap<T> exchange(const MatMap<T>& out, Index per_rank, CommStats& stats) const {
+    MatMap<T> in = scratch<T>(1).view(out.rows(), out.cols());
     PhaseTimer timer(stats);
     comm_.alltoall_equal(out.data(), checked_int(per_rank * out.cols(), "padded all-to-all message"), in.data());
     return in;
