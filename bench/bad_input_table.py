@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
+from moesim_testing import moesim_path, mpiexec_prefix  # noqa: E402
 
 BASE = {"--steps": "20", "--batch-tokens": "256", "--d-model": "16", "--d-ff": "32",
         "--experts": "4"}
@@ -33,25 +35,11 @@ def moe(**changes) -> list[str]:
     return ["moe", "--quiet"] + [w for kv in opts.items() for w in kv]
 
 
-def moesim() -> str:
-    return os.environ.get("MOESIM_BIN", "build/default/src/moesim")
-
-
-def launcher() -> list[str]:
-    extra = os.environ.get("MOESIM_MPIEXEC")
-    if extra:
-        return shlex.split(extra)
-    cmd = ["mpirun", "--oversubscribe"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")
-    return cmd
-
-
 def run(np: int, args: list[str], cwd: Path) -> tuple[int, str, float]:
     env = dict(os.environ, OMPI_MCA_odls_base_sigkill_timeout="0", HDF5_USE_FILE_LOCKING="FALSE")
     t0 = time.monotonic()
     try:
-        p = subprocess.run(launcher() + ["-np", str(np), moesim()] + args, cwd=cwd, env=env,
+        p = subprocess.run(mpiexec_prefix() + ["-np", str(np), moesim_path()] + args, cwd=cwd, env=env,
                            capture_output=True, text=True, timeout=TIMEOUT)
         return p.returncode, p.stderr, time.monotonic() - t0
     except subprocess.TimeoutExpired:
@@ -155,10 +143,10 @@ def main() -> int:
     ap.add_argument("--ranks", default="1,4", help="comma-separated rank counts (default 1,4)")
     opts = ap.parse_args()
     ranks = [int(r) for r in opts.ranks.split(",")]
-    if not Path(moesim()).exists():
-        sys.exit(f"bad_input_table: no binary at {moesim()} (set MOESIM_BIN)")
+    if not Path(moesim_path()).exists():
+        sys.exit(f"bad_input_table: no binary at {moesim_path()} (set MOESIM_BIN)")
     work = Path(tempfile.mkdtemp(prefix="moesim_bad_input_"))
-    os.environ["MOESIM_BIN"] = str(Path(moesim()).resolve())
+    os.environ["MOESIM_BIN"] = str(Path(moesim_path()).resolve())
     try:
         prepare(work)
         print("| point | case | P | exit | s | file kept | rank 0's line |")

@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+TESTING = Path(__file__).resolve().parent.parent / "tests" / "python"
 
 SHAPES = "64,256,8,2,4096;256,1024,8,2,4096;256,1024,64,2,4096;512,2048,16,1,2048;1024,4096,8,2,1024"
 CHECK_SHAPE = "32,64,8,2,256"
@@ -38,13 +39,6 @@ CHECK_SHAPE = "32,64,8,2,256"
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int, int]]:
     return [tuple(int(v) for v in s.split(",")) for s in text.split(";") if s]
-
-
-def launcher(np: int) -> list[str]:
-    extra = os.environ.get("MOESIM_MPIEXEC")
-    cmd = shlex.split(extra) if extra else ["mpirun", "--oversubscribe"] + (
-        ["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    return cmd + ["-np", str(np)]
 
 
 # ---------------------------------------------------------------- the PyTorch layer (worker)
@@ -144,10 +138,17 @@ def run_torch(shape, intra: int, blas: int, iters: int, warmup: int) -> float:
 
 # ---------------------------------------------------------------- moesim
 
+def mpiexec_prefix() -> list[str]:
+    # The tests' launcher, loaded only here: the PyTorch workers have no use for it.
+    sys.path.insert(0, str(TESTING))
+    from moesim_testing import mpiexec_prefix as prefix
+    return prefix()
+
+
 def run_moesim(bench: str, cores: int, shapes: str, iters: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         js = Path(tmp) / "r.jsonl"
-        subprocess.run(launcher(cores) + [bench, "--shapes", shapes, "--capacity-factor", "0", "--iters", str(iters),
+        subprocess.run(mpiexec_prefix() + ["-np", str(cores), bench, "--shapes", shapes, "--capacity-factor", "0", "--iters", str(iters),
                                           "--warmup", str(warmup), "--json", str(js)],
                        check=True, capture_output=True, text=True)
         out = {}
@@ -161,7 +162,7 @@ def run_moesim(bench: str, cores: int, shapes: str, iters: int, warmup: int) -> 
 def check_equal(bench: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         dump = Path(tmp) / "layer.h5"
-        subprocess.run(launcher(1) + [bench, "--shapes", CHECK_SHAPE, "--capacity-factor", "0", "--dump", str(dump)],
+        subprocess.run(mpiexec_prefix() + ["-np", "1", bench, "--shapes", CHECK_SHAPE, "--capacity-factor", "0", "--dump", str(dump)],
                        check=True, capture_output=True, text=True)
         out = subprocess.run([sys.executable, __file__, "--worker", "--check", str(dump)],
                              env=dict(os.environ, OPENBLAS_NUM_THREADS="1"), check=True, capture_output=True,

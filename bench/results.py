@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,18 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
+from moesim_testing import mpiexec_prefix  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "default"
 SHAPES = "64,256,8,2,4096;256,1024,8,2,4096;256,1024,64,2,4096;512,2048,16,1,2048;1024,4096,8,2,1024"
 LARGEST = dict(d_model=1024, d_ff=4096, experts=8, top_k=2, batch_tokens=1024)
 ALGORITHMS = ("alltoallv", "allgather", "p2p", "padded")
-
-
-def launcher(np_: int) -> list[str]:
-    extra = os.environ.get("MOESIM_MPIEXEC")
-    cmd = shlex.split(extra) if extra else ["mpirun", "--oversubscribe"] + (
-        ["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    return cmd + ["-np", str(np_)]
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -81,7 +76,7 @@ def machine() -> dict:
 def harness(P: int, iters: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         js = Path(tmp) / "h.jsonl"
-        run(launcher(P) + [BUILD / "bench" / "bench_moe_mpi", "--shapes", SHAPES, "--iters", iters, "--json", js])
+        run(mpiexec_prefix() + ["-np", str(P), BUILD / "bench" / "bench_moe_mpi", "--shapes", SHAPES, "--iters", iters, "--json", js])
         return [json.loads(line) for line in js.read_text().splitlines()]
 
 
@@ -159,7 +154,7 @@ def default_job() -> tuple[list[str], dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp) / "quick"
         t0 = time.monotonic()
-        run(launcher(4) + [BUILD / "src" / "moesim", "sweep", ROOT / "experiments" / "quick.sweep.ini",
+        run(mpiexec_prefix() + ["-np", "4", BUILD / "src" / "moesim", "sweep", ROOT / "experiments" / "quick.sweep.ini",
                            "--out", out_dir])
         wall = time.monotonic() - t0
         sums = dict(step=0.0, a2a=0.0, wait=0.0, log=0.0, run_wall=0.0)
@@ -176,7 +171,7 @@ def default_job() -> tuple[list[str], dict]:
                 sums["run_wall"] += float(fin["wall_seconds"])
                 rss = max(rss, float(fin.get("peak_rss_bytes", np.nan)))
         largest = Path(tmp) / "largest.h5"
-        run(launcher(2) + [BUILD / "src" / "moesim", "moe", "--quiet", "--steps", "20", "--val-tokens", "1024",
+        run(mpiexec_prefix() + ["-np", "2", BUILD / "src" / "moesim", "moe", "--quiet", "--steps", "20", "--val-tokens", "1024",
                            "--out", largest] + [w for k, v in LARGEST.items() for w in (f"--{k.replace('_', '-')}",
                                                                                          str(v))])
         with h5py.File(largest, "r") as f:

@@ -147,7 +147,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   const int P = context.P, E = context.E, Lm = context.L_moe;
   const std::vector<MoeLayer<T>*> moe = model.moe_layers();
   StepMetrics m;
-  double a2a_seconds = 0;
+  double exchange_seconds = 0;  // this rank's time in exchange calls: transfer and wait
   std::vector<double> to_rank(static_cast<std::size_t>(P), 0.0);
   double aux = 0, zl = 0, entropy = 0, max_over_mean = 0, cv = 0, importance = 0, load_loss = 0;
   double unrouted = 0, tokens_seen = 0;
@@ -158,7 +158,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   m.expert_tokens.assign(static_cast<std::size_t>(E), 0);
   std::vector<std::int64_t> mine_to_expert(static_cast<std::size_t>(E), 0);
   for (MoeLayer<T>* l : moe) {
-    a2a_seconds += l->comm_stats().seconds;
+    exchange_seconds += l->comm_stats().seconds;
     for (int q = 0; q < P; ++q) to_rank[q] += l->comm_stats().bytes_to_rank[q];
     aux += l->stats().aux_loss;
     zl += l->stats().z_loss;
@@ -192,7 +192,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
                                      l->stats().expert_tokens.end());
   }
   // Sums: loss, stop flag, padding bytes, prediction loss, mixture spread, then bytes per
-  // (layer, phase); maxima: step, exchange, compute and exchange-wait seconds.
+  // (layer, phase); maxima: step, compute and exchange-wait seconds.
   constexpr std::size_t kPhaseSums = 5;
   // Exact sums (comm/exact_sum): the losses must not depend on the layout.
   std::vector<FixedSum> exact{in.loss.objective, FixedSum(in.stop_signal ? 1.0 : 0.0), FixedSum(), in.loss.prediction,
@@ -217,7 +217,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
     transfer_total += transfer[i];
     wait += phase_seconds[i] - transfer[i];
   }
-  std::vector<double> maxes{in.step_seconds, a2a_seconds, in.step_seconds - a2a_seconds - in.reduce_seconds, wait};
+  std::vector<double> maxes{in.step_seconds, in.step_seconds - exchange_seconds - in.reduce_seconds, wait};
   std::vector<double> sums(exact.size());
   allreduce_exact(comm, exact, sums.data());
   comm.allreduce_max(maxes.data(), static_cast<int>(maxes.size()));
@@ -237,8 +237,8 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   m.a2a_bytes_by_phase.assign(sums.begin() + kPhaseSums, sums.end());
   m.step_seconds = maxes[0];
   m.a2a_seconds = transfer_total;
-  m.compute_seconds = maxes[2];
-  m.a2a_wait_seconds = maxes[3];
+  m.compute_seconds = maxes[1];
+  m.a2a_wait_seconds = maxes[2];
   m.a2a_seconds_by_phase = transfer;
   for (int i = 0; i < P; ++i)
     for (int j = 0; j < P; ++j)

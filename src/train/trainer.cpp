@@ -278,13 +278,17 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
                                      << kDivergenceFactor << " times the first step's " << first_loss
                                      << "); lower --lr or set --grad-clip");
     add_step(totals, step, m, step > 1 || cfg.steps == 1);
-    Stopwatch log_clock;
-    append_step_metrics(out, metrics, step, m);
+    {
+      ScopedTimer t(totals.logging_seconds);
+      append_step_metrics(out, metrics, step, m);
+    }
 
     if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps)
       append_validation(out, metrics, step, evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens).first);
-    if (cfg.flush_every > 0 && step % cfg.flush_every == 0) out.flush();
-    totals.logging_seconds += log_clock.seconds();
+    if (cfg.flush_every > 0 && step % cfg.flush_every == 0) {
+      ScopedTimer t(totals.logging_seconds);
+      out.flush();
+    }
 
     const double elapsed = wall.seconds();
     if (talk && (elapsed - last_print >= cfg.progress_interval || step == 1 ||
@@ -303,9 +307,8 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     }
   }
   {
-    Stopwatch log_clock;
+    ScopedTimer t(totals.logging_seconds);
     out.flush();
-    totals.logging_seconds += log_clock.seconds();
   }
   if (!sum.interrupted) {
     const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens,
