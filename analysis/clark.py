@@ -8,7 +8,7 @@ depend on the base, c_10 = c_e ln 10, and d depends on the loss's unit (nats per
 per token there) and is not comparable. The slope of log L in log E at a size N, b + c log N,
 is what the first two findings are about; it is compared at the runs' own N.
 
-Each finding's verdict follows a rule fixed before the runs (README states it):
+Each finding's verdict follows a rule fixed before the runs (docs/analysis.md states it):
 1. loss falls with E at fixed N: the fitted slope's 95% interval lies below 0 at every size;
 2. the gain shrinks as N grows (c > 0): c's 95% interval lies above 0;
 3. K matters little at equal compute: at every size, |mean log(L_K2 / L_K1)| over E is smaller

@@ -1,4 +1,4 @@
-"""Reading moesim run files (README, "Run file") into pandas.
+"""Reading moesim run files (docs/run-file.md) into pandas.
 
 `load_runs` gives one row per run file: every root attribute (options and provenance; a
 schema-1 moe run, whose `seed` drew the task too, gets `data_seed = seed`),

@@ -11,9 +11,10 @@
 # submits only what is missing; if nothing is, it exits 0 and submits nothing.
 # sbatch options are passed to both jobs (the summary job also gets --ntasks=1 and a short time).
 #
-# Environment: MOESIM_BIN (default: moesim on PATH), SWEEP_SBATCH (default: sweep.sbatch next to
-# this script), SWEEP_ARRAY_LIMIT (optional: at most this many tasks at once, --array=...%N),
-# SWEEP_SUMMARY (1, default: submit the summary job; 0: don't).
+# Environment: MOESIM_BIN (default: moesim on PATH, as `cmake --install` puts it, else
+# build/default/src/moesim of the checkout this script is in), SWEEP_SBATCH (default:
+# sweep.sbatch next to this script), SWEEP_ARRAY_LIMIT (optional: at most this many tasks at
+# once, --array=...%N), SWEEP_SUMMARY (1, default: submit the summary job; 0: don't).
 # Prints: `array job JOBID: N tasks (INDICES)` and `summary job JOBID` (stdout, one per line).
 set -euo pipefail
 
@@ -25,7 +26,15 @@ CONFIG=$1
 OUT=$2
 shift 2
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-MOESIM_BIN=${MOESIM_BIN:-moesim}
+if [ -z "${MOESIM_BIN:-}" ]; then
+  MOESIM_BIN=$(command -v moesim || echo "$HERE/../build/default/src/moesim")
+fi
+if ! command -v "$MOESIM_BIN" >/dev/null; then
+  echo "submit_sweep: no moesim binary at '$MOESIM_BIN': set MOESIM_BIN, put moesim on PATH" \
+       "(cmake --install) or build build/default" >&2
+  exit 2
+fi
+MOESIM_BIN=$(command -v "$MOESIM_BIN")  # a path the jobs can use
 SWEEP_SBATCH=${SWEEP_SBATCH:-$HERE/sweep.sbatch}
 SWEEP_SUMMARY=${SWEEP_SUMMARY:-1}
 export MOESIM_BIN  # the jobs see the submitting environment (sbatch's default --export=ALL)

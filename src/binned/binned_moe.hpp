@@ -1,5 +1,6 @@
 #pragma once
-// Seed 001's supervised-gate mixture of experts over rows sharded across ranks:
+// A supervised-gate mixture of experts (Jacobs et al. 1991's sum_k p_k f_k with each expert's
+// region fixed by a bin of the target) over rows sharded across ranks:
 // the target is cut into B ordinal bins; a gate (a stacking-engine classifier) learns
 // the bin of each row and gives probabilities p_k; one expert per bin (a stacking-
 // engine regressor) learns from its bin's training rows only; the prediction is

@@ -1,6 +1,6 @@
 #pragma once
-// Ordinal bins of a regression target: the gate's class labels (seed 001's low /
-// medium / high score bands).
+// Ordinal bins of a regression target: the gate's class labels (low / medium / high score
+// bands, say).
 #include <cstdint>
 #include <vector>
 
@@ -9,7 +9,7 @@
 namespace moesim {
 
 // Bin of y for strictly increasing edges e_1 < ... < e_{B-1}: the number of edges <= y,
-// so bin 0 is y < e_1 and bin B-1 is y >= e_{B-1} (seed 001: y >= 4 -> 1, y >= 8 -> 2).
+// so bin 0 is y < e_1 and bin B-1 is y >= e_{B-1} (edges 4, 8: y >= 4 -> 1, y >= 8 -> 2).
 int bin_of(double y, const std::vector<double>& edges);
 
 // COLLECTIVE. The k-th smallest (0-based) of all ranks' values for each k, exactly and

@@ -1,4 +1,4 @@
-// `moesim moe --task binned`: options of seed 001's supervised-gate mixture, run and
+// `moesim moe --task binned`: options of the supervised-gate mixture, run and
 // logged by binned/binned_run on the regimes rows or on any table the readers accept.
 #include <cmath>
 #include <fstream>

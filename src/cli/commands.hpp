@@ -18,7 +18,7 @@ int run_stack(const Communicator& comm, const std::vector<std::string>& args, bo
 // No data is read and nothing is communicated.
 void check_moe(const std::vector<std::string>& args, const std::string& preset, int ranks);
 void check_stack(const std::vector<std::string>& args, bool blend, const std::string& preset);
-// `moe --task binned` (seed 001's supervised-gate mixture, cli/binned_command.cpp):
+// `moe --task binned` (the supervised-gate mixture, cli/binned_command.cpp):
 // whether args, preset or the --config file ask for it, and the run itself.
 bool binned_task_requested(const std::vector<std::string>& args, const std::string& preset);
 int run_binned(const Communicator& comm, const std::vector<std::string>& args, const std::string& preset);

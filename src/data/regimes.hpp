@@ -1,6 +1,6 @@
 #pragma once
 // The "regimes" task: inputs from C clusters, each cluster with its own target
-// function and its own noise level (seed 001's multimodal structure). An MoE
+// function and its own noise level (a multimodal target, as in score bands). An MoE
 // should learn to route each regime to its own experts.
 #include <cstdint>
 #include <vector>

@@ -3,7 +3,7 @@
 // appends under metrics/ (shape, unit, when it is written, what it means), the
 // aggregation of one step's statistics over MoE layers and ranks, and the writer, which
 // appends only what the table names, in the shape it states. `moesim info --metrics`
-// prints the table; README.md's per-step table is that output.
+// prints the table; the per-step table of docs/run-file.md is that output.
 #include <array>
 #include <cstdint>
 #include <string>
@@ -110,7 +110,7 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
 // The table entry for `name`; nullptr if the table has none.
 const MetricSpec* find_step_metric(std::string_view name);
 
-// The table as markdown (one row per dataset), for `moesim info --metrics` and the README.
+// The table as markdown (one row per dataset), for `moesim info --metrics` and docs/run-file.md.
 std::string step_metrics_markdown();
 
 // Per-step datasets whose shape depends on the rank count P (a resumed run on another P

@@ -1,7 +1,7 @@
-"""`moesim moe --task binned` (seed 001's supervised-gate mixture) end to end: real mpirun,
+"""`moesim moe --task binned` (the supervised-gate mixture) end to end: real mpirun,
 run files read back with h5py.
 
-- the run file holds what README promises, and its numbers agree with its own predictions;
+- the run file holds what docs/stacking.md promises, and its numbers agree with its own predictions;
 - the isotonic map is monotone, matches scikit-learn's IsotonicRegression fitted on the same
   validation rows, never raises the validation RMSE and raises the test RMSE by no more than
   two standard errors of the paired squared-error difference;
@@ -180,7 +180,7 @@ def test_rank_invariance(regimes):
 
 
 def seed001_table(n=1500, seed=3):
-    """Seed 001's shape: scores in [0, 10] in low / medium / high bands with their own noise."""
+    """Scores in [0, 10] in low / medium / high bands, each with its own noise."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 5))
     band = np.digitize(X[:, 0], [-0.5, 0.6])
@@ -246,7 +246,7 @@ def test_balanced_gate_class_weight(tmp_path):
 def test_experiment_config_runs(tmp_path):
     """experiments/binned.ini selects the binned task from the file alone."""
     ini = REPO_ROOT / "experiments" / "binned.ini"
-    assert "seed 001" in ini.read_text().lower()
+    assert "supervised-gate mixture" in ini.read_text().lower()
     out = tmp_path / "cfg.h5"
     proc = run_mpi(2, "moe", "--config", ini, "--rows", 1200, "--gbdt-trees", 5, "--quiet", "--out", out,
                    timeout=180, env=QUICK_EXIT_ENV)

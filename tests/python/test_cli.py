@@ -9,7 +9,7 @@ import pytest
 
 from moesim_testing import root_attrs
 
-# Options the run-file contract and the README talk about; all must be in --help.
+# Options the run-file contract and the docs talk about; all must be in --help.
 CONTRACT_OPTIONS = ["experts", "top-k", "d-model", "d-ff", "layers", "moe-every", "steps",
                     "batch-tokens", "lr", "seed", "capacity-factor", "task", "problem", "classes",
                     "precision", "input-dim", "val-tokens", "eval-every", "out", "flush-every",

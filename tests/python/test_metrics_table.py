@@ -1,6 +1,6 @@
 """The per-step metrics table (`moesim info --metrics`) describes the run files exactly:
 every dataset under metrics/ is in it with the stated shape and type, a dataset is written
-exactly when its "written" column says, and README.md carries the table verbatim."""
+exactly when its "written" column says, and docs/run-file.md carries the table verbatim."""
 from __future__ import annotations
 
 import h5py
@@ -108,7 +108,7 @@ def test_table_rows_are_complete(table):
         assert row["type"] in ("int64", "float64"), name
 
 
-def test_readme_carries_the_table_verbatim(table_text):
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert table_text in readme, ("README.md's per-step metrics table differs from "
-                                  "`moesim info --metrics`: paste that output into README.md")
+def test_docs_carry_the_table_verbatim(table_text):
+    page = (REPO_ROOT / "docs" / "run-file.md").read_text()
+    assert table_text in page, ("docs/run-file.md's per-step metrics table differs from "
+                                "`moesim info --metrics`: paste that output into docs/run-file.md")

@@ -1,6 +1,6 @@
 """Dense and constant gates, mixture losses, shared and fine-grained experts, end to end.
 
-The collapse pair in experiments/ (seed 000): the "global" loss of the combined prediction
+The collapse pair in experiments/ (Jacobs et al. 1991): the "global" loss of the combined prediction
 leaves the dense gate soft and the experts entangled; the per-expert loss makes the gate
 decisive and each expert a good predictor on its own tokens.
 """

@@ -26,7 +26,7 @@ def derive_key(seed: int, stream: int, a: int, b: int) -> int:
 
 
 def hash_expert(seed: int, layer_id: int, key: int, E: int) -> int:
-    """The hash router's map, written from the README's definition (stream 9)."""
+    """The hash router's map, written from the definition in docs/gates.md (stream 9)."""
     return derive_key(seed, 9, layer_id + 1, key) % E
 
 

@@ -32,7 +32,7 @@ CASES = {
     # tree thresholds between few distinct values; greedy meta-learner.
     "ties": dict(problem="classification", learners="knn,tree,nb", knn_k=7, meta="greedy", folds=3,
                  test_fraction=0.2, seed=31),
-    # Blending: splits by global row, every learner, a logistic meta-learner (README's claim
+    # Blending: splits by global row, every learner, a logistic meta-learner (the docs' claim
     # once failed here: the split hashed a selection's missing row numbers).
     "blend-classification": dict(command="blend", problem="classification",
                                  learners="ridge,logistic,knn,tree,forest,gbdt,nb", meta="logistic", seed=5,

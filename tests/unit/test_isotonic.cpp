@@ -134,7 +134,7 @@ TEST(IsotonicMap, FitAtTheDataEqualsPavOfSortedRows) {
 }
 
 TEST(Bins, EdgesAreLowerBoundsOfTheirBin) {
-  const std::vector<double> e = {4, 8};  // seed 001: y >= 4 -> 1, y >= 8 -> 2
+  const std::vector<double> e = {4, 8};  // three bins: y >= 4 -> 1, y >= 8 -> 2
   EXPECT_EQ(bin_of(-1, e), 0);
   EXPECT_EQ(bin_of(3.999, e), 0);
   EXPECT_EQ(bin_of(4, e), 1);
