@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "core/row_chunks.hpp"
+#include "nn/gelu_rows.hpp"
 
 namespace moesim {
 
@@ -74,66 +75,31 @@ void Ffn<T>::init(Rng& rng) {
   b2_.value.setZero();
 }
 
-// GELU on whole blocks with Eigen's vectorised tanh; the tanh is kept for backward.
-// chunk > 0: blocks of `chunk` rows (the block version below).
+// chunk <= 0: one block, gradients added to grad; chunk > 0: blocks of `chunk` rows, one
+// gradient per block pushed into each parameter's tree (the block version below).
 template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk) {
-  constexpr T k = T(0.7978845608028654), c = T(0.044715);
-  if (chunk <= 0) {
-    x_ = x;
-    pre_.noalias() = x * w1_.value;
-    pre_.rowwise() += b1_.value.row(0);
-    tanh_ = (k * (pre_.array() + c * pre_.array().cube())).tanh();
-    h_ = (T(0.5) * pre_.array() * (T(1) + tanh_.array())).matrix();
-    y.noalias() = h_ * w2_.value;
-    y.rowwise() += b2_.value.row(0);
-    return;
-  }
-  forward(x, y, row_chunk_sizes(x.rows(), chunk));
+  forward(x, y, chunk <= 0 ? std::vector<Index>{x.rows()} : row_chunk_sizes(x.rows(), chunk));
 }
 
-template <class T>
-MatMap<T> Ffn<T>::scratch(int which, Index rows, Index cols, Index max_rows, Index max_cols) {
-  const Index slot = (max_rows * max_cols + 15) / 16 * 16;
-  // The first view of a block (which = 0) sizes the buffer for four.
-  if (which == 0 && static_cast<Index>(scratch_.size()) < 4 * slot + 16)
-    scratch_.resize(static_cast<std::size_t>(4 * slot + 16));
-  MOESIM_REQUIRE(static_cast<Index>(scratch_.size()) >= (which + 1) * slot + 16, "Ffn scratch: view " << which << " first");
-  // Aligned to 16 values wherever the vector's memory lies, so each view's alignment (which
-  // decides Eigen's scalar head in vectorised loops) is the same for every block.
-  T* base = scratch_.data();
-  const auto mis = (reinterpret_cast<std::uintptr_t>(base) / sizeof(T)) % 16;
-  base += mis ? 16 - mis : 0;
-  return MatMap<T>(base + which * slot, rows, cols);
-}
-
-// Each block's products and tanh run on aligned per-block views, so that neither the BLAS
-// call nor the vectorised tanh depends on where the block sits in the rank's rows.
+// Per block: x W1 into the kept pre-activations, bias + GELU in one pass that keeps the tanh
+// for backward (nn/gelu_rows), h W2 straight into y, then b2. Kept buffers only grow, so a
+// step after the first allocates nothing here.
 template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks) {
-  constexpr T k = T(0.7978845608028654), c = T(0.044715);
-  x_ = x;
-  const Index n = x.rows(), F = w1_.value.cols(), D = w2_.value.cols();
-  pre_.resize(n, F);
-  tanh_.resize(n, F);
-  h_.resize(n, F);
-  Index most = 0;
-  for (const Index r : blocks) most = std::max(most, r);
+  const Index n = x.rows(), D = x.cols(), F = w1_.value.cols();
+  rows_ = n;
+  MatMap<T> xs = x_.view(n, D), pre = pre_.view(n, F), th = tanh_.view(n, F), h = h_.view(n, F);
+  xs = x;
   Index b = 0;
   for (const Index r : blocks) {
     if (r == 0) continue;
-    MatMap<T> pre = scratch(0, r, F, most, std::max(F, D)), th = scratch(1, r, F, most, std::max(F, D));
-    MatMap<T> h = scratch(2, r, F, most, std::max(F, D)), out = scratch(3, r, D, most, std::max(F, D));
-    pre.noalias() = x.middleRows(b, r) * w1_.value;
-    pre.rowwise() += b1_.value.row(0);
-    th = (k * (pre.array() + c * pre.array().cube())).tanh();
-    h = (T(0.5) * pre.array() * (T(1) + th.array())).matrix();
-    out.noalias() = h * w2_.value;
-    out.rowwise() += b2_.value.row(0);
-    pre_.middleRows(b, r) = pre;
-    tanh_.middleRows(b, r) = th;
-    h_.middleRows(b, r) = h;
-    y.middleRows(b, r) = out;
+    MatMap<T> pb(pre.row(b).data(), r, F), tb(th.row(b).data(), r, F), hb(h.row(b).data(), r, F);
+    MatMap<T> yb(y.row(b).data(), r, y.cols());
+    pb.noalias() = x.middleRows(b, r) * w1_.value;
+    bias_gelu_forward<T>(pb, b1_.value.data(), tb, hb);
+    yb.noalias() = hb * w2_.value;
+    yb.rowwise() += b2_.value.row(0);
     b += r;
   }
   MOESIM_REQUIRE(b == n, "Ffn: blocks of " << b << " rows for " << n << " rows");
@@ -141,18 +107,8 @@ void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Ind
 
 template <class T>
 void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
-  constexpr T k = T(0.7978845608028654), c = T(0.044715);
   if (chunk <= 0) {
-    w2_.grad.noalias() += h_.transpose() * dy;
-    b2_.grad.row(0) += dy.colwise().sum();
-    Mat<T> dpre = dy * w2_.value.transpose();
-    const auto a = pre_.array();
-    const auto th = tanh_.array();
-    dpre.array() *= T(0.5) * (T(1) + th) +
-                    T(0.5) * a * (T(1) - th.square()) * k * (T(1) + T(3) * c * a.square());
-    w1_.grad.noalias() += x_.transpose() * dpre;
-    b1_.grad.row(0) += dpre.colwise().sum();
-    dx.noalias() = dpre * w1_.value.transpose();
+    backward_block(dy, dx, 0, dy.rows(), false);
     return;
   }
   backward(dy, dx, row_chunk_sizes(dy.rows(), chunk));
@@ -160,36 +116,51 @@ void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
 
 template <class T>
 void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, const std::vector<Index>& blocks) {
-  constexpr T k = T(0.7978845608028654), c = T(0.044715);
-  const Index F = w1_.value.cols(), D = w2_.value.cols();
-  Index most = 0;
-  for (const Index r : blocks) most = std::max(most, r);
   Index b = 0;
   for (const Index r : blocks) {
     if (r == 0) {
       for (Param<T>* p : {&w1_, &b1_, &w2_, &b2_}) p->tree.push_empty();
       continue;
     }
-    const auto dyc = dy.middleRows(b, r);
-    w2_.leaf().noalias() = h_.middleRows(b, r).transpose() * dyc;
-    w2_.tree.push();
-    b2_.leaf().row(0) = dyc.colwise().sum();
-    b2_.tree.push();
-    MatMap<T> dpre = scratch(0, r, F, most, std::max(F, D)), dxb = scratch(1, r, D, most, std::max(F, D));
-    dpre.noalias() = dyc * w2_.value.transpose();
-    const auto a = pre_.middleRows(b, r).array();
-    const auto th = tanh_.middleRows(b, r).array();
-    dpre.array() *= T(0.5) * (T(1) + th) +
-                    T(0.5) * a * (T(1) - th.square()) * k * (T(1) + T(3) * c * a.square());
-    w1_.leaf().noalias() = x_.middleRows(b, r).transpose() * dpre;
-    w1_.tree.push();
-    b1_.leaf().row(0) = dpre.colwise().sum();
-    b1_.tree.push();
-    dxb.noalias() = dpre * w1_.value.transpose();
-    dx.middleRows(b, r) = dxb;
+    backward_block(dy, dx, b, r, true);
     b += r;
   }
   MOESIM_REQUIRE(b == dy.rows(), "Ffn: blocks of " << b << " rows for " << dy.rows() << " rows");
+}
+
+// Rows [b, b + r): into each parameter's next leaf (pushed) or added to its grad.
+template <class T>
+void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf) {
+  MOESIM_REQUIRE(dy.rows() == rows_, "Ffn backward: " << dy.rows() << " rows after a forward of " << rows_);
+  const Index D = w1_.value.rows(), F = w1_.value.cols();
+  const ConstMatMap<T> xb(x_.view(rows_, D).row(b).data(), r, D);
+  const ConstMatMap<T> pb(pre_.view(rows_, F).row(b).data(), r, F), tb(tanh_.view(rows_, F).row(b).data(), r, F);
+  const ConstMatMap<T> hb(h_.view(rows_, F).row(b).data(), r, F);
+  const auto dyb = dy.middleRows(b, r);
+  MatMap<T> dpre = dpre_.view(r, F);
+  MatMap<T> dxb(dx.row(b).data(), r, D);
+  if (leaf) {
+    w2_.leaf().noalias() = hb.transpose() * dyb;
+    w2_.tree.push();
+    b2_.leaf().row(0) = dyb.colwise().sum();
+    b2_.tree.push();
+  } else {
+    w2_.grad.noalias() += hb.transpose() * dyb;
+    b2_.grad.row(0) += dyb.colwise().sum();
+  }
+  dpre.noalias() = dyb * w2_.value.transpose();
+  if (leaf) {
+    MatMap<T> b1 = b1_.leaf();
+    b1.setZero();
+    gelu_backward<T>(dpre, pb, tb, b1.data());
+    w1_.leaf().noalias() = xb.transpose() * dpre;
+    w1_.tree.push();
+    b1_.tree.push();
+  } else {
+    gelu_backward<T>(dpre, pb, tb, b1_.grad.data());
+    w1_.grad.noalias() += xb.transpose() * dpre;
+  }
+  dxb.noalias() = dpre * w1_.value.transpose();
 }
 
 template <class T>

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/rng.hpp"
+#include "core/row_buffer.hpp"
 #include "nn/param.hpp"
 
 namespace moesim {
@@ -55,11 +56,11 @@ class Ffn {
 
  private:
   Param<T> w1_, b1_, w2_, b2_;
-  Mat<T> x_, pre_, tanh_, h_;
-  // Per-block temporaries: up to four views of up to max_rows x max_cols, 16-value aligned,
-  // into one kept buffer (no allocation per block); view 0 first, it sizes the buffer.
-  std::vector<T> scratch_;
-  MatMap<T> scratch(int which, Index rows, Index cols, Index max_rows, Index max_cols);
+  // The last forward's input, pre-activations, tanh and GELU output (rows_ rows), kept for
+  // backward; dpre_ is backward's per-block temporary.
+  RowBuffer<T> x_, pre_, tanh_, h_, dpre_;
+  Index rows_ = 0;
+  void backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
 };
 
 // RMSNorm with a learnable gain: y = x / sqrt(mean(x^2) + eps) * g.

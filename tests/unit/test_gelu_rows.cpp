@@ -1,0 +1,83 @@
+// The fused bias + GELU kernels against the scalar formula (nn/activations), and the property
+// the rank-count invariance needs: a row's result does not depend on where it sits in memory.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/rng.hpp"
+#include "nn/activations.hpp"
+#include "nn/gelu_rows.hpp"
+
+namespace moesim {
+namespace {
+
+template <class T>
+std::vector<T> normal_values(Index n, std::uint64_t stream) {
+  Rng rng(7 * 1000003 + stream);
+  std::vector<T> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = static_cast<T>(3.0 * rng.normal());
+  return v;
+}
+
+template <class T>
+void check_against_scalar(double tol) {
+  const Index rows = 5, cols = 37;  // not a multiple of the packet width
+  auto pre0 = normal_values<T>(rows * cols, 1), bias = normal_values<T>(cols, 2), dy = normal_values<T>(rows * cols, 3);
+  std::vector<T> pre = pre0, th(pre.size()), h(pre.size());
+  bias_gelu_forward<T>(MatMap<T>(pre.data(), rows, cols), bias.data(), MatMap<T>(th.data(), rows, cols),
+                       MatMap<T>(h.data(), rows, cols));
+  std::vector<T> dpre = dy, bgrad(static_cast<std::size_t>(cols), T(1));
+  gelu_backward<T>(MatMap<T>(dpre.data(), rows, cols), ConstMatMap<T>(pre.data(), rows, cols),
+                   ConstMatMap<T>(th.data(), rows, cols), bgrad.data());
+  for (Index i = 0; i < rows; ++i) {
+    for (Index j = 0; j < cols; ++j) {
+      const std::size_t at = static_cast<std::size_t>(i * cols + j);
+      const double x = double(pre0[at]) + double(bias[static_cast<std::size_t>(j)]);
+      EXPECT_NEAR(pre[at], x, tol * (1 + std::abs(x)));
+      EXPECT_NEAR(h[at], gelu(x), tol * (1 + std::abs(x))) << i << "," << j;
+      EXPECT_NEAR(dpre[at], double(dy[at]) * gelu_grad(x), tol * (1 + std::abs(double(dy[at]))));
+    }
+  }
+  for (Index j = 0; j < cols; ++j) {
+    double sum = 1;
+    for (Index i = 0; i < rows; ++i) sum += double(dpre[static_cast<std::size_t>(i * cols + j)]);
+    EXPECT_NEAR(bgrad[static_cast<std::size_t>(j)], sum, tol * 10);
+  }
+}
+
+// fp32: Eigen's fast tanh is a few ulp off, more in the derivative.
+TEST(GeluRows, Fp32MatchesTheScalarFormula) { check_against_scalar<float>(1e-5); }
+TEST(GeluRows, Fp64MatchesTheScalarFormula) { check_against_scalar<double>(1e-13); }
+
+// The same row at every offset in a buffer (so at every alignment, with the packet tail at a
+// different place in memory) gives the same bits.
+TEST(GeluRows, ResultDoesNotDependOnAlignment) {
+  const Index cols = 23;
+  const auto row = normal_values<float>(cols, 4), bias = normal_values<float>(cols, 5), dy = normal_values<float>(cols, 6);
+  std::vector<float> ref_h, ref_th, ref_d, ref_b;
+  for (Index off = 0; off < 8; ++off) {
+    std::vector<float> pre(static_cast<std::size_t>(cols + 8)), th(pre.size()), h(pre.size()), d(pre.size());
+    std::copy(row.begin(), row.end(), pre.begin() + off);
+    std::copy(dy.begin(), dy.end(), d.begin() + off);
+    bias_gelu_forward<float>(MatMap<float>(pre.data() + off, 1, cols), bias.data(), MatMap<float>(th.data() + off, 1, cols),
+                             MatMap<float>(h.data() + off, 1, cols));
+    std::vector<float> bgrad(static_cast<std::size_t>(cols + 8), 0.0f);
+    gelu_backward<float>(MatMap<float>(d.data() + off, 1, cols), ConstMatMap<float>(pre.data() + off, 1, cols),
+                         ConstMatMap<float>(th.data() + off, 1, cols), bgrad.data() + off);
+    std::vector<float> hh(h.begin() + off, h.begin() + off + cols), tt(th.begin() + off, th.begin() + off + cols),
+        dd(d.begin() + off, d.begin() + off + cols), bb(bgrad.begin() + off, bgrad.begin() + off + cols);
+    if (off == 0) {
+      ref_h = hh, ref_th = tt, ref_d = dd, ref_b = bb;
+      continue;
+    }
+    EXPECT_EQ(std::memcmp(hh.data(), ref_h.data(), hh.size() * sizeof(float)), 0) << "offset " << off;
+    EXPECT_EQ(std::memcmp(tt.data(), ref_th.data(), tt.size() * sizeof(float)), 0) << "offset " << off;
+    EXPECT_EQ(std::memcmp(dd.data(), ref_d.data(), dd.size() * sizeof(float)), 0) << "offset " << off;
+    EXPECT_EQ(std::memcmp(bb.data(), ref_b.data(), bb.size() * sizeof(float)), 0) << "offset " << off;
+  }
+}
+
+}  // namespace
+}  // namespace moesim
