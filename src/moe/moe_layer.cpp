@@ -168,7 +168,8 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   comm_stats_.phase = kForwardCombine;
   dispatcher_.combine(layout_, ConstMatMap<T>(out_blocks.data(), out_blocks.rows(), D), combined_buf_, comm_stats_);
   shared_out_ = Mat<T>::Zero(n, D);
-  Mat<T> s_out(n, D);
+  Mat<T>& s_out = shared_tmp_;
+  if (!shared_.empty()) s_out.resize(n, D);
   for (auto& se : shared_) {
     se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D), chunk_);
     shared_out_ += s_out;
@@ -234,7 +235,8 @@ void MoeLayer<T>::forward_branches(const Mat<T>& x, Mat<T>& rows, Mat<T>& gates)
 template <class T>
 void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   const Index n = dy.rows(), D = dy.cols();
-  Mat<T> dgate = Mat<T>::Zero(n, routing_.K);
+  Mat<T>& dgate = dgate_;
+  dgate.setZero(n, routing_.K);
   MatMap<T> dsend = dsend_buf_.view(layout_.rows_sent(), D);
   const MatMap<T> comb = combined();
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
@@ -282,7 +284,7 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   dx = Mat<T>::Zero(n, D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) dx.row(layout_.send_token[s]) += dx_rows.row(s);
 
-  Mat<T> dprobs;
+  Mat<T>& dprobs = dprobs_;  // empty: no gradient through the probabilities
   // Noisy top-k's own losses replace the Switch loss; gates without a learned
   // per-token choice are balanced by construction.
   const bool switch_aux = cfg_.balance == BalanceKind::kAux && gate_traits(cfg_.gate).switch_loss;
@@ -292,8 +294,11 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
     for (int e = 0; e < E; ++e)
       row(e) = static_cast<T>(cfg_.aux_loss_weight * E * f_[e] / static_cast<double>(stats_.tokens));
     dprobs = row.replicate(n, 1);
+  } else {
+    dprobs.resize(0, 0);
   }
-  std::vector<double> dlse;
+  std::vector<double>& dlse = dlse_;
+  dlse.clear();
   if (cfg_.z_loss_weight != 0.0 && stats_.tokens > 0) {
     // d(w * mean_t lse_t^2) / d lse_t = 2 w lse_t / B.
     dlse.resize(static_cast<std::size_t>(n));
@@ -301,10 +306,10 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
       dlse[static_cast<std::size_t>(t)] =
           2.0 * cfg_.z_loss_weight * routing_.lse[static_cast<std::size_t>(t)] / static_cast<double>(stats_.tokens);
   }
-  Mat<T> dx_router;
-  router_.backward(routing_, dgate, dprobs, dx_router, dlse);
-  dx += dx_router;
-  Mat<T> ds(n, D);
+  router_.backward(routing_, dgate, dprobs, dx_router_, dlse);
+  dx += dx_router_;
+  Mat<T>& ds = shared_tmp_;
+  if (!shared_.empty()) ds.resize(n, D);
   for (auto& se : shared_) {
     se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D), chunk_);
     dx += ds;

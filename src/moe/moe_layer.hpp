@@ -127,6 +127,9 @@ class MoeLayer {
   RowBuffer<T> send_buf_, blocks_buf_, out_blocks_buf_, combined_buf_;
   RowBuffer<T> dsend_buf_, dblocks_buf_, dx_blocks_buf_, dx_rows_buf_;
   Mat<T> shared_out_;  // n x D, sum of the shared experts' outputs
+  // Backward's temporaries, kept: a step of the same shapes allocates nothing.
+  Mat<T> dgate_, dprobs_, dx_router_, shared_tmp_;
+  std::vector<double> dlse_;
   std::vector<double> f_;  // global fraction of assignments per expert
   std::vector<std::int64_t> assigned_;  // global assignments per expert before dropping
   bool training_ = true;

@@ -67,10 +67,13 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   x_ = x;
   const Index n = x.rows();
   const int E = static_cast<int>(w_.value.cols());
-  const Mat<R> xr = x.template cast<R>();
-  Mat<R> logits = Mat<R>::Zero(n, E);
+  // Kept from step to step (same shapes, so no allocation); in the model's precision the
+  // input and weights are used as they are.
+  const Mat<R>& xr = as<R>(x, 0);
+  Mat<R>& logits = kept<R>(1);
+  logits.setZero(n, E);
   if (gate_traits(opt_.gate).matrices > 0) {
-    const Mat<R> w = w_.value.template cast<R>();
+    const Mat<R>& w = as<R>(w_.value, 2);
     for_row_chunks(n, chunk_, [&](Index b, Index rows) { logits.middleRows(b, rows).noalias() = xr.middleRows(b, rows) * w; });
   }
   r.n = n;
@@ -85,11 +88,11 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
 
   // Softmax over all logits in R (balancing loss, gates weighted by it) and its lse.
   probs_.resize(n, E);
+  RowVec<R> p(E);
   for (Index t = 0; t < n; ++t) {
     const auto row = logits.row(t);
     const R mx = row.maxCoeff();
     R z = 0;
-    RowVec<R> p(E);
     for (int e = 0; e < E; ++e) z += (p(e) = std::exp(row(e) - mx));
     p /= z;
     for (int e = 0; e < E; ++e) {
@@ -114,8 +117,12 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     dx = Mat<T>::Zero(n, w_.value.rows());
     return;
   }
-  Mat<R> dlogits = Mat<R>::Zero(n, E), dnoise;
-  Mat<R> dp_all = dprobs.size() > 0 ? Mat<R>(dprobs.template cast<R>()) : Mat<R>(Mat<R>::Zero(n, E));
+  Mat<R>& dlogits = kept<R>(3);
+  dlogits.setZero(n, E);
+  Mat<R> dnoise;  // set by the gates that use W_noise
+  Mat<R>& dp_all = kept<R>(4);
+  if (dprobs.size() > 0) dp_all = dprobs.template cast<R>();
+  else dp_all.setZero(n, E);
   GateBackward<T, R> b{r, dgate, opt_, dlogits, dp_all, dnoise};
   gate_->backward(b);
   // Through the softmax over all logits, and the z-loss through its lse.
@@ -127,8 +134,8 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     dlogits.row(t) += (p.array() * (dp.array() - pdot)).matrix();
     if (!dlse.empty()) dlogits.row(t) += static_cast<R>(dlse[static_cast<std::size_t>(t)]) * p;
   }
-  const Mat<R> xr = x_.template cast<R>();
-  const Mat<R> w = w_.value.template cast<R>();
+  const Mat<R>& xr = as<R>(x_, 6);
+  const Mat<R>& w = as<R>(w_.value, 7);
   if (chunk_ <= 0) {
     Mat<R> dxr = dlogits * w.transpose();
     w_.grad += (xr.transpose() * dlogits).template cast<T>();
@@ -139,15 +146,19 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     dx = dxr.template cast<T>();
     return;
   }
-  Mat<R> dxr(n, w.rows());
+  Mat<R>& dxr = kept<R>(5);
+  dxr.resize(n, w.rows());
+  Mat<R>& leaf = kept<R>(8);
   const Mat<R> wn = dnoise.cols() > 0 ? Mat<R>(w_noise_.value.template cast<R>()) : Mat<R>();
   for_row_chunks(n, chunk_, [&](Index b0, Index rows) {
     dxr.middleRows(b0, rows).noalias() = dlogits.middleRows(b0, rows) * w.transpose();
-    w_.leaf() = (xr.middleRows(b0, rows).transpose() * dlogits.middleRows(b0, rows)).template cast<T>();
+    leaf.noalias() = xr.middleRows(b0, rows).transpose() * dlogits.middleRows(b0, rows);
+    w_.leaf() = leaf.template cast<T>();
     w_.tree.push();
     if (dnoise.cols() > 0) {
       dxr.middleRows(b0, rows).noalias() += dnoise.middleRows(b0, rows) * wn.transpose();
-      w_noise_.leaf() = (xr.middleRows(b0, rows).transpose() * dnoise.middleRows(b0, rows)).template cast<T>();
+      leaf.noalias() = xr.middleRows(b0, rows).transpose() * dnoise.middleRows(b0, rows);
+      w_noise_.leaf() = leaf.template cast<T>();
       w_noise_.tree.push();
     }
   });

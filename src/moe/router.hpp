@@ -7,6 +7,7 @@
 // The router may compute in fp64 while the model is fp32 (weights keep the model's type).
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -66,6 +67,25 @@ class Router {
   // Saved by forward for backward (values exactly as computed, held in double).
   Mat<T> x_;
   Mat<double> probs_;  // n x E softmax in the router's precision
+  // Temporaries kept from step to step (the same shapes each step: no allocation), in the
+  // precision R of the router's arithmetic.
+  Mat<T> kept_t_[9];
+  Mat<double> kept_d_[9];
+  template <class R>
+  Mat<R>& kept(int i) {
+    if constexpr (std::is_same_v<R, T>) return kept_t_[i];
+    else return kept_d_[i];
+  }
+  // m in precision R: m itself, or a kept copy.
+  template <class R>
+  const Mat<R>& as(const Mat<T>& m, int i) {
+    if constexpr (std::is_same_v<R, T>) {
+      return m;
+    } else {
+      kept_d_[i] = m.template cast<R>();
+      return kept_d_[i];
+    }
+  }
 };
 
 // The name the first router had.

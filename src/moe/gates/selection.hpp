@@ -34,10 +34,10 @@ void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>* next = nul
 template <class T, class R>
 void gate_softmax_of_chosen(const Mat<R>& h, Routing<T>& r) {
   const int K = r.K;
+  RowVec<R> gk(K);
   for (Index t = 0; t < r.n; ++t) {
     R top = h(t, r.expert_of(t, 0));
     for (int j = 1; j < K; ++j) top = std::max(top, h(t, r.expert_of(t, j)));
-    RowVec<R> gk(K);
     for (int j = 0; j < K; ++j) gk(j) = std::exp(h(t, r.expert_of(t, j)) - top);
     gk /= gk.sum();
     for (int j = 0; j < K; ++j) r.gate(t, j) = static_cast<T>(gk(j));
