@@ -18,7 +18,7 @@ done
 echo "training: $(( $(date +%s) - start )) s on $RANKS ranks"
 cd "$ROOT"
 for sweep in clark_lm clark_lm_topk clark_lm_routers; do
-  "$PYTHON" -m analysis report "$OUT/$sweep"
+  "$PYTHON" -m moesim_analysis report "$OUT/$sweep"
 done
-"$PYTHON" -m analysis clark "$OUT"
+"$PYTHON" -m moesim_analysis clark "$OUT"
 echo "wall: $(( $(date +%s) - start )) s; reports: $OUT/*/report/index.html"

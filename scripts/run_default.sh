@@ -8,5 +8,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 build_moesim --target moesim
 OUT="${1:-$ROOT/runs/quick}"
 "${MPIRUN[@]}" -np 4 "$BUILD_DIR/src/moesim" sweep "$ROOT/experiments/quick.sweep.ini" --out "$OUT"
-cd "$ROOT" && "$PYTHON" -m analysis report "$OUT"
+cd "$ROOT" && "$PYTHON" -m moesim_analysis report "$OUT"
 echo "report: $OUT/report/index.html"

@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-h5py python3-numpy python3-pandas python3-scipy
   python3-matplotlib python3-pytest python3-sklearn python3-torch
+  python3-pip python3-venv python3-setuptools
   slurm-wlm munge
   fortunes  # the default text corpus of `moesim moe --task lm`
 )

@@ -151,8 +151,8 @@ def run_moe(directory, np: int, *, check: bool = True, timeout: float = DEFAULT_
 
 
 def analysis_cli(*args, timeout: float = DEFAULT_TIMEOUT) -> subprocess.CompletedProcess:
-    """`python -m analysis ARGS...` from the repository root."""
-    return subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=REPO_ROOT,
+    """`python -m moesim_analysis ARGS...` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "moesim_analysis", *map(str, args)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout, env=subprocess_env())
 
 

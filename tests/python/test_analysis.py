@@ -1,24 +1,30 @@
-"""The analysis package (analysis/): loading a real sweep made by the binary, the scaling-law
-fit on synthetic losses with known coefficients (arrays, and run directories written with h5py:
-identified and under-identified grids, seeds, the fitted saturating transform), figures, and the
-report/fit/table commands."""
+"""The analysis package (moesim_analysis/): loading a real sweep made by the binary (runs,
+sweep.h5, per-step series in long format, logged parameter counts), the scaling-law fit on
+synthetic losses with known coefficients (arrays, and run directories written with h5py:
+identified and under-identified grids, seeds, the fitted saturating transform), figures, the
+report/fit/table commands, and the package itself (an offline install into a venv, an import
+that changes nothing process-wide)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import textwrap
 
 import h5py
 import numpy as np
 import pytest
 
-from moesim_testing import REPO_ROOT, analysis_cli, run_mpi
+from moesim_testing import REPO_ROOT, analysis_cli, run_moe, run_mpi, subprocess_env
 
 sys.path.insert(0, str(REPO_ROOT))
-from analysis import figures, load_expert_load, load_runs, load_steps  # noqa: E402
-from analysis.load import aggregate_seeds, usable_runs  # noqa: E402
-from analysis.params import counts_of_run, model_counts  # noqa: E402
-from analysis.scaling import (E_MAX_SBASE, E_START_SBASE, fit_arrays, fit_scaling_law,  # noqa: E402
-                              saturating_experts)
+from moesim_analysis import (figures, load_expert_load, load_runs, load_steps,  # noqa: E402
+                             load_steps_long, load_sweep)
+from moesim_analysis.load import aggregate_seeds, natural_key, run_files, usable_runs  # noqa: E402
+from moesim_analysis.params import (counts_of_run, derive_counts, logged_counts,  # noqa: E402
+                                    model_counts)
+from moesim_analysis.scaling import (E_MAX_SBASE, E_START_SBASE, fit_arrays,  # noqa: E402
+                                     fit_scaling_law, saturating_experts)
 
 STEPS = 20
 # top-k 4 of 2 experts can never run: the sweep records those points as invalid, runs the rest.
@@ -71,10 +77,11 @@ def test_one_row_per_run_file_with_options_and_finals(sweep, runs):
     assert (ok["status"] == "complete").all() and (ok["kind"] == "moe").all()
     assert (ok["ranks"] == 2).all() and (ok["steps_done"] == STEPS).all()
     assert np.isfinite(ok["val_loss"]).all() and (ok["val_loss"] > 0).all()
-    # the parameter counts the binary logged are the ones analysis/params.py computes
+    # the counts a run logged are its counts, and moesim_analysis.params derives the same
     for _, row in ok.iterrows():
-        total, active, flops = counts_of_run(row)
-        assert (total, active, flops) == (row["params_total"], row["params_active"], row["flops_per_token"])
+        logged = (row["params_total"], row["params_active"], row["flops_per_token"])
+        assert tuple(counts_of_run(row)) == tuple(logged_counts(row["file"])) == logged
+        assert tuple(derive_counts(row)) == logged
 
 
 def test_invalid_points_are_kept_apart(runs):
@@ -251,6 +258,12 @@ def assert_png(path):
     assert img.shape[0] > 100 and img.shape[1] > 100 and img[..., :3].std() > 0.01
 
 
+# The figures of issue 15 (per-step series, traffic, routing) in every report that has their data.
+NEW_FIGURES = ("loss_curves.png", "loss_vs_wall_time.png", "routing_health.png",
+               "expert_load_per_layer.png", "routing_confusion.png", "traffic.png",
+               "exchange_phases.png")
+
+
 def test_figures_are_written_and_not_empty(runs, tmp_path):
     ok = runs[runs["complete"]]
     fit = fit_scaling_law(runs, bootstrap=50)
@@ -259,7 +272,13 @@ def test_figures_are_written_and_not_empty(runs, tmp_path):
              figures.loss_curves(ok["file"], tmp_path / "c.png"),
              figures.expert_load_heatmap(ok["file"].iloc[:2], tmp_path / "d.png"),
              figures.loss_vs_compute(runs, tmp_path / "e.png"),
-             figures.effective_params(runs, fit, tmp_path / "f.png")]
+             figures.effective_params(runs, fit, tmp_path / "f.png"),
+             figures.loss_vs_wall_time(runs, tmp_path / "g.png"),
+             figures.routing_health(ok, tmp_path / "h.png"),
+             figures.expert_load_per_layer(ok["file"].iloc[-1:], tmp_path / "i.png"),
+             figures.routing_confusion(ok["file"].iloc[-2:], tmp_path / "j.png"),
+             figures.traffic_heatmap(ok["file"].iloc[-1:], tmp_path / "k.png"),
+             figures.exchange_phases(ok, tmp_path / "l.png")]
     for p in paths:
         assert_png(p)
 
@@ -267,6 +286,14 @@ def test_figures_are_written_and_not_empty(runs, tmp_path):
 def test_figures_refuse_to_draw_nothing(runs, tmp_path):
     with pytest.raises(ValueError):
         figures.loss_vs_experts(runs[~runs["complete"]], tmp_path / "x.png")
+    # Invalid points hold no metrics: nothing to draw, nothing written.
+    for draw in (figures.loss_curves, figures.loss_vs_wall_time, figures.routing_health,
+                 figures.exchange_phases):
+        with pytest.raises(ValueError):
+            draw(runs[~runs["complete"]], tmp_path / "x.png")
+    for draw in (figures.routing_confusion, figures.traffic_heatmap, figures.expert_load_per_layer):
+        with pytest.raises(ValueError):
+            draw(runs[~runs["complete"]]["file"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -298,9 +325,16 @@ def test_report_command(sweep):
     pngs = sorted(rep.glob("*.png"))
     names = {x.name for x in pngs}
     assert {"loss_vs_experts.png", "iso_loss.png", "loss_curves.png"} <= names
+    # The per-step figures: every one has its data in these runs (regimes on 2 ranks).
+    assert set(NEW_FIGURES) <= names, set(NEW_FIGURES) - names
     for x in pngs:
         assert f"src='{x.name}'" in html and f"]({x.name})" in md
         assert_png(x)
+    for name in NEW_FIGURES:  # each with its caption, under its image
+        caption = md.split(f"]({name})", 1)[1].strip().split("\n", 1)[0]
+        assert len(caption) > 40 and not caption.startswith("#"), (name, caption)
+        assert "<figcaption>" in html.split(f"src='{name}'", 1)[1].split("</figure>", 1)[0]
+    assert ") skipped: " not in md  # no figure note
     assert "<table>" in html and "| a |" in md  # coefficient table
     assert "invalid" in html and "invalid" in md  # the runs table keeps invalid points
     # Two sizes: the warning comes first on the command line and above the table in the report.
@@ -339,6 +373,10 @@ def test_table_command(sweep):
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("complete") == 6 and p.stdout.count("invalid") == 2
     assert "val_loss" in p.stdout and "tokens_per_s" in p.stdout
+    # The old name still runs from the repository root (analysis/ forwards to the package).
+    old = subprocess.run([sys.executable, "-m", "analysis", "table", sweep], cwd=REPO_ROOT,
+                         capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert old.returncode == 0 and old.stdout == p.stdout, old.stderr
 
 
 def test_missing_or_empty_directory_is_a_clear_error(tmp_path):
@@ -467,6 +505,9 @@ def test_report_of_an_identified_grid_draws_every_figure(identified):
         assert_png(x)
     md = (rep / "index.md").read_text()
     assert "warning" not in md and "N_eff" in md
+    # These files hold no step times, traffic or routing counts: each such figure is a note.
+    for name in set(NEW_FIGURES) - {"loss_curves.png"}:
+        assert f"({name}) skipped: " in md, name
 
 
 def test_two_size_grid_warns_and_the_report_shows_it(tmp_path):
@@ -503,7 +544,7 @@ def test_fitted_saturation_from_the_command_line(identified):
 
 
 def test_clark_command_states_each_finding_by_its_rule(tmp_path):
-    """`analysis clark` on the three sweeps' layout: a main grid of the known law (c > 0), a K
+    """`moesim_analysis clark` on the three sweeps' layout: a main grid of the known law (c > 0), a K
     sweep whose K = 2 runs are 0.2% worse (far less than a doubling of E gains), and a router
     sweep with hash 3% worse than sbase (the main grid's seed-1 runs) and top-k in between. (At
     D = 64 the known law's slope in E turns positive, so the sizes stop at 32.)"""
@@ -551,3 +592,232 @@ def test_clark_command_says_when_a_finding_is_not_reproduced(tmp_path):
     assert "## Routers" not in p.stdout
     p = analysis_cli("clark", tmp_path / "nowhere")
     assert p.returncode == 2 and "run scripts/run_clark.sh first" in p.stderr, p.stderr
+
+
+# --- the package: loaders, parameter counts, install, import ----------------------------------
+
+def test_runs_are_in_natural_order_of_ids(sweep, runs, tmp_path):
+    assert list(runs["id"]) == sorted(runs["id"], key=natural_key)
+    src = runs[runs["complete"]]["file"].iloc[0]
+    for name in ("p10", "p2", "p1", "p2b"):
+        shutil.copy(src, tmp_path / f"{name}.h5")
+    order = ["p1", "p2", "p2b", "p10"]
+    assert [p.stem for p in run_files(tmp_path)] == order
+    assert list(load_runs(tmp_path)["id"]) == order
+    assert list(load_runs(str(tmp_path / "p*.h5"))["id"]) == order  # a glob
+    assert list(load_runs(sorted(tmp_path.glob("*.h5"), reverse=True))["id"]) == order
+    with pytest.raises(FileNotFoundError):
+        load_runs(str(tmp_path / "q*.h5"))
+
+
+def test_load_sweep_gives_one_typed_row_per_point(sweep, runs):
+    pts = load_sweep(sweep / "sweep.h5")
+    assert load_sweep(sweep).equals(pts)  # the directory holding it works too
+    assert len(pts) == 8 and list(pts["index"]) == list(range(8))
+    assert pts.attrs["sweep"]["command"] == "moe"
+    assert {"experts", "top-k"} <= set(pts.attrs["sweep"]["swept"])
+    for col in ("experts", "top_k", "d_model", "d_ff", "steps", "batch_tokens", "params_total",
+                "params_active", "flops_per_token", "steps_done"):
+        assert str(pts[col].dtype) == "Int64", (col, pts[col].dtype)
+    for col in ("val_loss", "train_loss", "tokens_per_s", "dropped_fraction"):
+        assert pts[col].dtype == np.float64, (col, pts[col].dtype)
+    assert str(pts["quiet"].dtype) == "boolean" and pts["quiet"].all()
+    assert pts["complete"].dtype == bool and pts["complete"].sum() == 6
+    assert set(pts["status"]) == {"complete", "invalid"} and isinstance(pts["id"].iloc[0], str)
+    bad = pts[pts["status"] == "invalid"]
+    assert bad["params_total"].isna().all() and bad["val_loss"].isna().all()
+    assert (bad["top_k"] == 4).all() and bad["error"].str.contains("must not exceed").all()
+    # The same numbers as the run files, under the same ids.
+    by_id = runs.set_index("id")
+    for _, pt in pts[pts["complete"]].iterrows():
+        run = by_id.loc[pt["id"]]
+        assert pt["val_loss"] == run["val_loss"] and pt["params_total"] == run["params_total"]
+        assert pt["experts"] == run["experts"] and pt["file"] == run["file"]
+
+
+def test_long_format_steps_hold_the_per_expert_and_per_layer_series(runs):
+    row = runs[runs["complete"] & (runs["experts"] == 4)].iloc[0]
+    E, L = 4, 2
+    df = load_steps_long(row["file"])
+    assert list(df.columns) == ["run", "step", "metric", "layer", "expert", "phase", "rank",
+                                "peer", "value"]
+    assert set(df["run"]) == {row["id"]} and df["value"].dtype == np.float64
+    with h5py.File(row["file"], "r") as f:
+        per_layer = f["metrics/expert_tokens_per_layer"][()]
+        per_expert = f["metrics/expert_tokens"][()]
+        by_phase = f["metrics/a2a_seconds_by_phase"][()]
+    t = df[df["metric"] == "expert_tokens_per_layer"]
+    assert len(t) == STEPS * L * E
+    assert set(t["layer"]) == set(range(L)) and set(t["expert"]) == set(range(E))
+    got = t.pivot_table(index="step", columns=["layer", "expert"], values="value")
+    np.testing.assert_array_equal(got.to_numpy().reshape(STEPS, L, E), per_layer)
+    t = df[df["metric"] == "expert_tokens"]
+    assert len(t) == STEPS * E and t["layer"].isna().all()
+    np.testing.assert_array_equal(t.pivot(index="step", columns="expert", values="value").to_numpy(),
+                                  per_expert)
+    np.testing.assert_array_equal(per_layer.sum(axis=1), per_expert)  # the layers add up
+    t = df[df["metric"] == "a2a_seconds_by_phase"]
+    assert len(t) == STEPS * L * 4
+    assert set(t["phase"]) == {"forward_dispatch", "forward_combine", "backward_dispatch",
+                               "backward_combine"}
+    first = t[(t["step"] == 1) & (t["layer"] == 1)].set_index("phase")["value"]
+    assert first["backward_combine"] == by_phase[0, 1, 3]
+    steps = load_steps(row["file"])
+    t = df[df["metric"] == "train_loss"]
+    assert list(t["step"]) == list(range(1, STEPS + 1))
+    np.testing.assert_array_equal(t["value"], steps["train_loss"])
+    assert t[["layer", "expert", "rank", "peer"]].isna().all().all() and t["phase"].isna().all()
+    assert list(df.loc[df["metric"] == "val_loss", "step"]) == [10, 20]
+    # Per-rank series on request only (P x P rows per step).
+    assert "traffic" not in set(df["metric"])
+    tr = load_steps_long(row["file"], metrics=["traffic"])
+    assert set(tr["metric"]) == {"traffic"} and len(tr) == STEPS * 2 * 2
+    assert set(zip(tr["rank"], tr["peer"])) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert "rank_expert_tokens" in set(load_steps_long(row["file"], per_rank=True)["metric"])
+    # Many runs: a load_runs table (invalid records hold no metrics), runs in natural order.
+    many = load_steps_long(runs, metrics=["train_loss", "gate_mass"])
+    ok = runs[runs["complete"]]
+    assert set(many["run"]) == set(ok["id"]) and set(many["metric"]) == {"train_loss", "gate_mass"}
+    assert len(many[many["metric"] == "train_loss"]) == STEPS * len(ok)
+
+
+# Options whose counts the old derivation missed: shared experts, granularity, the lm task's
+# vocabulary (embedding table), the constant gate (no router), plus noisy-topk, a dense
+# mixture, classification and a dense block.
+COUNT_CASES = {
+    "lm_shared_granular": dict(task="lm", context=8, embed_dim=8, shared_experts=1,
+                               granularity=2, experts=4, top_k=1),
+    "constant": dict(gate="constant", experts=4),
+    "teacher_noisy": dict(task="teacher", problem="classification", classes=3, gate="noisy-topk",
+                          experts=4, top_k=2, layers=3, moe_every=2),
+    "dense_mixture": dict(gate="dense", experts=4, mixture_loss="global", shared_experts=2),
+}
+
+
+def test_parameter_counts_are_the_ones_the_run_logged(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog; pack my box with five dozen "
+                      "liquor jugs.\n" * 300)
+    for name, opts in COUNT_CASES.items():
+        extra = {"data": corpus} if opts.get("task") == "lm" else {}
+        _, out = run_moe(tmp_path, 1, out=tmp_path / f"{name}.h5", steps=2, batch_tokens=128,
+                         val_tokens=128, d_model=16, d_ff=32, **extra, **opts)
+        with h5py.File(out, "r") as f:
+            final = {k: f["final"].attrs[k] for k in ("params_total", "params_active", "flops_per_token")}
+        logged = tuple(float(final[k]) for k in ("params_total", "params_active", "flops_per_token"))
+        row = load_runs(out).iloc[0]
+        assert tuple(logged_counts(out)) == logged, name
+        assert tuple(counts_of_run(row)) == logged, name  # read, not derived
+        assert tuple(derive_counts(row)) == logged, (name, tuple(derive_counts(row)), logged)
+    # The lm run's whole V x De table is in its total, the C rows a token looks up in its
+    # active count: the rest of the difference is the experts a token does not use.
+    lm = logged_counts(tmp_path / "lm_shared_granular.h5")
+    expert = 2 * 16 * 16 + 16 + 16  # F / M = 16 wide
+    unused = 2 * (8 - 2) * expert  # per MoE layer E' - K' = 8 - 2 experts
+    assert lm.params_total - lm.params_active == (256 - 8) * 8 + unused
+
+
+WRITER = """
+import sys, h5py
+f = h5py.File(sys.argv[1], "w")  # HDF5's default: an exclusive lock while open
+f.attrs.update({"kind": "moe", "complete": 0, "experts": 4})
+f.flush()
+print("ready", flush=True)
+sys.stdin.readline()
+f.close()
+"""
+READER = """
+import os, sys, h5py
+try:
+    h5py.File(sys.argv[1], "r").close()
+    print("no lock")
+except OSError:
+    print("locked")
+before = dict(os.environ)
+from moesim_analysis import load_runs
+df = load_runs(sys.argv[1])
+print(df.loc[0, "status"], df.loc[0, "experts"])
+assert dict(os.environ) == before
+"""
+
+
+def _no_lock_env(**extra):
+    env = subprocess_env({"PYTHONPATH": str(REPO_ROOT), **extra})
+    env.pop("HDF5_USE_FILE_LOCKING", None)
+    env.pop("MPLBACKEND", None)
+    return env
+
+
+def test_a_file_being_written_is_read_without_hdf5_file_locks(tmp_path):
+    path = tmp_path / "live.h5"
+    env = _no_lock_env()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        p = subprocess.run([sys.executable, "-c", READER, str(path)], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=60)
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=60)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.split()
+    # Where the filesystem locks at all, a plain open fails; the package reads it all the same.
+    assert lines[0] in ("locked", "no") and lines[-2:] == ["incomplete", "4"], p.stdout
+
+
+def test_importing_the_package_changes_nothing_process_wide(sweep, tmp_path):
+    code = textwrap.dedent(f"""
+        import os, sys
+        before = dict(os.environ)
+        import matplotlib
+        backend = dict.__getitem__(matplotlib.rcParams, "backend")
+        import moesim_analysis
+        from moesim_analysis import clark, costmodel, figures, load, params, report, scaling
+        runs = moesim_analysis.load_runs({str(sweep)!r})
+        moesim_analysis.load_steps_long(runs)
+        figures.loss_curves(runs, {str(tmp_path / "c.png")!r})
+        assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
+        assert dict.__getitem__(matplotlib.rcParams, "backend") == backend
+        assert "matplotlib.pyplot" not in sys.modules
+        print("unchanged")
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=_no_lock_env(), cwd=tmp_path, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "unchanged", p.stdout + p.stderr
+
+
+def test_the_package_installs_offline_into_a_venv(tmp_path):
+    """pip install --no-deps --no-build-isolation of a copy of the package (pyproject.toml and
+    moesim_analysis/) into a venv that sees the system's numpy, h5py, pandas, scipy and
+    matplotlib, with no index: then importable from anywhere, with its two commands."""
+    pytest.importorskip("pip", reason="no pip for this interpreter (Debian: python3-pip)")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REPO_ROOT / "pyproject.toml", src)
+    shutil.copytree(REPO_ROOT / "moesim_analysis", src / "moesim_analysis",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv],
+                   check=True, timeout=120)
+    py = venv / "bin" / "python"
+    env = _no_lock_env(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PYTHONPATH")
+    p = subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                        "--no-index", str(src)], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    p = subprocess.run([py, "-c", "import moesim_analysis as m; print(m.__file__, m.__version__)"],
+                       capture_output=True, text=True, env=env, cwd=where, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith(str(venv)), p.stdout + p.stderr
+    cmd = subprocess.run([venv / "bin" / "moesim-analysis", "report", "--help"],
+                         capture_output=True, text=True, env=env, cwd=where, timeout=60)
+    assert cmd.returncode == 0 and cmd.stdout.startswith("usage: moesim-analysis report"), cmd.stdout
+    assert "(default: 1000)" in cmd.stdout and "(default: val_loss)" in cmd.stdout
+    mod = subprocess.run([py, "-m", "moesim_analysis", "simulate", "--help"],
+                         capture_output=True, text=True, env=env, cwd=where, timeout=60)
+    assert mod.returncode == 0 and mod.stdout.startswith("usage: python3 -m moesim_analysis simulate")
+    for default in ("(default: 50.0)", "(default: 12.5)", "(default: all)", "(default: contiguous)"):
+        assert default in mod.stdout, default

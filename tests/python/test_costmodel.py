@@ -1,4 +1,4 @@
-"""The network cost model (analysis/costmodel.py) against hand-computed cases, a brute-force
+"""The network cost model (moesim_analysis/costmodel.py) against hand-computed cases, a brute-force
 Bruck simulation, a real run's metrics/traffic, and a calibration with known answers."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from moesim_testing import REPO_ROOT, analysis_cli, run_moe
 
 sys.path.insert(0, str(REPO_ROOT))
-from analysis import costmodel as cm  # noqa: E402
+from moesim_analysis import costmodel as cm  # noqa: E402
 
 A_I, B_I, A_E, B_E = 1e-6, 10e9, 5e-6, 1e9  # intra/inter latency (s) and bandwidth (B/s)
 

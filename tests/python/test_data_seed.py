@@ -3,7 +3,7 @@
 Two runs with different --seed and the same --data-seed see the same tokens: their validation
 sources (regimes clusters, teacher experts), counted per MoE layer in routing_recovery/counts,
 agree exactly, while the trained models differ. Another --data-seed gives other tokens. A run
-with a data seed apart from its model seed is still rank-count invariant, and analysis.load
+with a data seed apart from its model seed is still rank-count invariant, and moesim_analysis.load
 reads schema-1 files (where --seed drew both) beside schema-2 ones.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_load_reads_schema_1_and_2(tmp_path, run_moe):
         f.attrs["schema_version"] = 1
         del f.attrs["data_seed"]
     sys.path.insert(0, str(REPO_ROOT))
-    from analysis.load import load_runs
+    from moesim_analysis.load import load_runs
     df = load_runs(runs).set_index("id")
     assert df.loc["v2", "schema_version"] == 2 and df.loc["v2", "data_seed"] == 9
     assert df.loc["v1", "schema_version"] == 1 and df.loc["v1", "data_seed"] == 4

@@ -235,7 +235,7 @@ def test_router_sweep_report_sets_gates_side_by_side(tmp_path, mpirun):
         assert f"| {gate} |" in section
     assert "E=2" in section and "E=4" in section
     sys.path.insert(0, str(REPO_ROOT))
-    from analysis import load_runs
+    from moesim_analysis import load_runs
     runs = load_runs(out)
     one = runs[(runs["gate"] == "hash") & (runs["experts"] == 4) & (runs["d_model"] == 16)]
     assert f"{one['val_loss'].iloc[0]:.5g}" in section

@@ -434,7 +434,7 @@ def test_invalid_points_are_listed_recorded_and_not_run(tmp_path, mpirun, moesim
 
     # The analysis skips the invalid point: three runs, no "unreadable" or "failed" row.
     sys.path.insert(0, str(REPO_ROOT))
-    from analysis.load import load_runs, usable_runs
+    from moesim_analysis.load import load_runs, usable_runs
     runs = load_runs(out)
     assert sorted(runs["status"]) == ["complete", "complete", "complete", "invalid"]
     usable, note = usable_runs(runs)

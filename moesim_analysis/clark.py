@@ -1,8 +1,8 @@
-"""`python3 -m analysis clark DIR`: Clark et al. (2022), "Unified Scaling Laws for Routed
+"""`python3 -m moesim_analysis clark DIR`: Clark et al. (2022), "Unified Scaling Laws for Routed
 Language Models", side by side with the three LM sweeps of scripts/run_clark.sh (DIR/clark_lm,
 DIR/clark_lm_topk, DIR/clark_lm_routers). Writes DIR/clark.md and its figures, prints the md.
 
-The fits of analysis.scaling use natural logs; the published law is read here as base-10 logs of
+The fits of moesim_analysis.scaling use natural logs; the published law is read here as base-10 logs of
 N in parameters (what its quoted cut-offs imply), so it is compared in base 10: a and b do not
 depend on the base, c_10 = c_e ln 10, and d depends on the loss's unit (nats per byte here,
 per token there) and is not comparable. The slope of log L in log E at a size N, b + c log N,
@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from . import figures
-from .figures import plt
 from .load import load_runs, usable_runs
 from .report import markdown_table
 from .scaling import E_MAX_SBASE, E_START_SBASE, ScalingFit, fit_scaling_law
@@ -135,8 +134,8 @@ def router_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def k_figure(runs: pd.DataFrame, path) -> str:
     """Loss against E, K = 1 solid and K = 2 (half-width experts) dashed, one colour per size."""
-    fig, ax = plt.subplots(figsize=(6.8, 4.8), layout="constrained")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = figures.subplots(figsize=(6.8, 4.8), layout="constrained")
+    colors = figures._colors()
     for i, (d, g) in enumerate(runs.groupby("d_model")):
         for k, style in ((1, "-o"), (2, "--s")):
             m = g[g["top_k"] == k].groupby("experts")[LOSS].mean()
@@ -154,7 +153,7 @@ def k_figure(runs: pd.DataFrame, path) -> str:
 def slope_figure(runs: pd.DataFrame, fit: ScalingFit, path) -> str:
     """Per size, the slope of log L in log E (own least squares over E, and the fitted law's
     b + c log N with its interval) against N; Clark's published S-BASE slope for scale."""
-    fig, ax = plt.subplots(figsize=(6.8, 4.6), layout="constrained")
+    fig, ax = figures.subplots(figsize=(6.8, 4.6), layout="constrained")
     Ns, own = [], []
     for _, g in runs.groupby("d_model"):
         m = g.groupby("experts").agg(loss=(LOSS, "mean"), N=("params_active", "mean"))

@@ -1,4 +1,4 @@
-"""`python3 -m analysis report DIR`: DIR/report/index.md and index.html with the figures, the
+"""`python3 -m moesim_analysis report DIR`: DIR/report/index.md and index.html with the figures, the
 fitted scaling law (its identification warnings above its table, or why there is none) and a
 table of the runs."""
 from __future__ import annotations
@@ -7,12 +7,11 @@ import datetime as _dt
 import html
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
-from .load import (NON_SCIENCE_OPTIONS, PROVENANCE, _py, load_expert_load, require_runs,
-                   usable_runs)
+from .load import (NON_SCIENCE_OPTIONS, PROVENANCE, _py, load_expert_load, natural_key, open_h5,
+                   require_runs, usable_runs)
 from .scaling import ScalingFit, fit_scaling_law
 
 MIN_FIT_RUNS = 5
@@ -23,10 +22,14 @@ RESULT_COLUMNS = ["val_loss", "test_score", "params_total", "params_active", "to
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """id, status, the options that vary (and a few always), results, error."""
     skip = PROVENANCE | NON_SCIENCE_OPTIONS | {"id", "file", "steps_logged"} | set(RESULT_COLUMNS)
-    finals = {c for c in runs.columns if c.startswith("final_")}
+    finals = {c for c in runs.columns if c.startswith("final_")} | set(runs.attrs.get("final_columns", ()))
+    # What varies among the runs: records of invalid or failed points, and unreadable files,
+    # hold only some options (the rest would read as varying); they count where nothing else is.
+    ran = runs[~runs["status"].isin(["invalid", "failed", "unreadable"])] if "status" in runs else runs
+    ran = ran if len(ran) else runs
     varying = [c for c in runs.columns
                if c not in skip and c not in finals and not c.startswith("_")
-               and runs[c].astype(str).nunique(dropna=False) > 1
+               and ran[c].astype(str).nunique(dropna=False) > 1
                and c in _option_columns(runs)]
     opts = [c for c in ALWAYS_OPTIONS if c in runs.columns] + [c for c in varying if c not in ALWAYS_OPTIONS]
     cols = ["id", "kind", "status", "ranks"] + opts + [c for c in RESULT_COLUMNS if c in runs.columns]
@@ -34,7 +37,7 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     t = runs[cols].copy()
     if "error" in runs and runs["error"].astype(str).str.len().gt(0).any():
         t["error"] = runs["error"].fillna("").astype(str).str.slice(0, 80)
-    return t.sort_values("id").reset_index(drop=True)
+    return t.sort_values("id", key=lambda ids: ids.map(natural_key)).reset_index(drop=True)
 
 
 def _option_columns(runs: pd.DataFrame) -> set:
@@ -82,7 +85,7 @@ def _sweep_summary(directory: Path) -> str:
     if not p.is_file():
         return ""
     try:
-        with h5py.File(p, "r") as f:
+        with open_h5(p) as f:
             status = [_py(s) for s in f["points/status"][()]]
             cfg = _py(f.attrs.get("config", ""))
     except Exception as exc:  # noqa: BLE001
@@ -126,6 +129,76 @@ def _pick_heatmap_runs(use: pd.DataFrame, loss: str, k: int) -> list[str]:
     return list(dict.fromkeys(picks))[:k]
 
 
+def _pick_routing_runs(use: pd.DataFrame, loss: str, k: int = 3) -> list[str]:
+    """Runs with routing-recovery counts (teacher and regimes tasks; teacher runs first): the
+    highest NMI, the lowest loss, the most experts."""
+    if use.empty or "val_routing_nmi" not in use:
+        return []
+    have = use[pd.to_numeric(use["val_routing_nmi"], errors="coerce").notna()]
+    if "task" in have and (have["task"] == "teacher").any():
+        have = have[have["task"] == "teacher"]
+    if have.empty:
+        return []
+    picks = [have.loc[pd.to_numeric(have["val_routing_nmi"]).idxmax(), "file"]]
+    if loss in have and pd.to_numeric(have[loss], errors="coerce").notna().any():
+        picks.append(have.loc[pd.to_numeric(have[loss], errors="coerce").idxmin(), "file"])
+    picks.append(have.sort_values(["experts", "id"]).iloc[-1]["file"])
+    return list(dict.fromkeys(picks))[:k]
+
+
+def _pick_traffic_runs(use: pd.DataFrame, loss: str, k: int = 2) -> list[str]:
+    """Runs on two or more ranks: the one on the most ranks with the most experts, the lowest loss."""
+    if use.empty or "ranks" not in use:
+        return []
+    multi = use[pd.to_numeric(use["ranks"], errors="coerce") >= 2]
+    if multi.empty:
+        return []
+    picks = [multi.sort_values(["ranks", "experts", "id"]).iloc[-1]["file"]]
+    if loss in multi and pd.to_numeric(multi[loss], errors="coerce").notna().any():
+        picks.append(multi.loc[pd.to_numeric(multi[loss], errors="coerce").idxmin(), "file"])
+    return list(dict.fromkeys(picks))[:k]
+
+
+# One line under each figure of the report (by file name).
+CAPTIONS = {
+    "loss_vs_experts.png": "Validation loss against the number of experts, one line per model size: "
+                           "the mean over seeds, the band from the lowest to the highest seed, the "
+                           "dense (E = 1) run of each size dotted, the fitted law dashed.",
+    "routers_vs_experts.png": "Loss against experts, one line per gate, one panel per model size.",
+    "loss_vs_compute.png": "Loss against training compute (FLOPs per token x tokens trained), one "
+                           "line per expert count through the model sizes.",
+    "iso_loss.png": "Iso-loss contours of the fitted law over parameters and experts, one panel per "
+                    "K, the measured points on top.",
+    "effective_params.png": "Clark et al.'s effective parameter count over the real one, against "
+                            "experts: above 1, the MoE model is worth a dense model that many "
+                            "times its size.",
+    "loss_curves.png": "Training loss against step, one panel per model size, colour = expert "
+                       "count: the mean over seeds with a band from the lowest to the highest seed; "
+                       "dots are validation losses.",
+    "loss_vs_wall_time.png": "Training loss against wall time (the running sum of each step's time "
+                             "on the slowest rank), one line per run, colour = expert count.",
+    "routing_health.png": "Per step: the share of assignments dropped by the capacity limit, the "
+                          "load-balancing loss before its weight (1 = balanced) and the router's "
+                          "mean entropy (dotted: ln E, a uniform router); mean over seeds, E = 1 "
+                          "runs left out.",
+    "expert_load.png": "Each step's share of the kept assignments per expert (all MoE layers): "
+                       "bright rows are overloaded experts, dark rows starved ones.",
+    "expert_load_per_layer.png": "The same per MoE layer (metrics/expert_tokens_per_layer): "
+                                 "imbalance or collapse in one layer that the sum over layers hides.",
+    "routing_confusion.png": "Which student expert takes the validation tokens of each source (the "
+                             "teacher's top-1 expert, or the regime): routing_recovery/counts of the "
+                             "MoE layer with the highest NMI, each column normalised (percent in the "
+                             "cells), experts reordered to match the sources. A permutation matrix "
+                             "is perfect recovery.",
+    "traffic.png": "Bytes rank i sends to rank j per step (metrics/traffic, mean over steps); the "
+                   "grey diagonal is a rank's own tokens, which never leave it.",
+    "exchange_phases.png": "Per grid point, exchange time per step split by phase (transfer, the "
+                           "least time any rank spent in it, summed over MoE layers; hatched: "
+                           "waiting for the last rank), and the bytes of each phase; median over "
+                           "steps after the first, mean over seeds.",
+}
+
+
 ROUTERS_TEXT = ("The sweep varies the gate: mean loss per gate (rows) and number of experts "
                 "(columns) at each model size, lower is better. Clark et al. (2022) found S-BASE "
                 ">= top-k >= hash routing.")
@@ -158,7 +231,7 @@ def _router_comparison(moe: pd.DataFrame, loss: str, n: str, saturating, e_start
 def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "params_active",
                  saturating: bool = False, e_start: float | None = None,
                  e_max: float | None = None, bootstrap: int = 1000, seed: int = 0, heatmaps: int = 3,
-                 max_curves: int = 12, max_stack: int = 6) -> tuple[Path, list[str]]:
+                 max_curves: int = 48, max_stack: int = 6) -> tuple[Path, list[str]]:
     """Write the report; returns the path of index.html and the fit's warnings (each line
     starts with "warning:"; the report shows them above the coefficient table)."""
     from . import figures  # matplotlib only when drawing
@@ -168,7 +241,7 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
     out = Path(out) if out else (directory if directory.is_dir() else directory.parent) / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    figs: list[tuple[str, str]] = []  # (title, file name)
+    figs: list[tuple[str, str, str]] = []  # (title, file name, caption)
 
     moe, drop_note = usable_runs(runs, loss=loss, kind="moe")
     fit: ScalingFit | None = None
@@ -187,11 +260,14 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
                      "count(s)" + (f" ({drop_note})" if drop_note else "") + ".")
 
     def add(title, fn, name, *args, **kw):
+        # A figure whose data the runs lack is a note, never a failed report.
         try:
             written = fn(*args, out / name, **kw)
-            figs.append((title, Path(written).name))
-        except (ValueError, KeyError, OSError) as exc:
-            notes.append(f"Figure '{title}' skipped: {exc}")
+            figs.append((title, Path(written).name, CAPTIONS.get(name, "")))
+        except Exception as exc:  # noqa: BLE001
+            known = isinstance(exc, (ValueError, KeyError, OSError))
+            why = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            notes.append(f"Figure '{title}' ({name}) skipped: {why}")
 
     routers = _router_comparison(moe, loss, n, saturating, e_start, e_max, bootstrap, seed)
     if not moe.empty:
@@ -206,12 +282,28 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
                 "iso_loss.png", runs, fit, loss=loss)
             add("Effective parameter count (Clark et al. 2022)", figures.effective_params,
                 "effective_params.png", runs, fit, loss=loss)
-        curves = moe.sort_values("id")["file"].tolist()
-        add("Loss curves", figures.loss_curves, "loss_curves.png", curves, max_runs=max_curves)
+        add("Loss curves", figures.loss_curves, "loss_curves.png", moe, max_runs=max_curves)
+        add("Loss against wall time", figures.loss_vs_wall_time, "loss_vs_wall_time.png", moe,
+            max_runs=max_curves)
+        add("Dropped fraction, auxiliary loss and gate entropy", figures.routing_health,
+            "routing_health.png", moe, max_runs=max_curves)
         picked = _pick_heatmap_runs(moe, loss, heatmaps)
         if picked:
             add("Expert load (lowest loss, most experts, most uneven load)",
                 figures.expert_load_heatmap, "expert_load.png", picked)
+            add("Expert load per MoE layer", figures.expert_load_per_layer,
+                "expert_load_per_layer.png", picked[:2])
+        for title, fn, name, picks, none in (
+                ("Routing confusion matrix", figures.routing_confusion, "routing_confusion.png",
+                 _pick_routing_runs(moe, loss), "no run has routing_recovery/counts (tasks teacher "
+                                                "and regimes)"),
+                ("Traffic between ranks", figures.traffic_heatmap, "traffic.png",
+                 _pick_traffic_runs(moe, loss), "no run on two or more ranks")):
+            if picks:
+                add(title, fn, name, picks)
+            else:
+                notes.append(f"Figure '{title}' ({name}) skipped: {none}")
+        add("Exchange time per phase", figures.exchange_phases, "exchange_phases.png", moe)
     stack, _ = usable_runs(runs, loss=None, kind=None)
     stack = stack[stack["kind"].isin(["stack", "blend"])] if not stack.empty else stack
     for i, f in enumerate(stack.sort_values("id")["file"].head(max_stack) if len(stack) else []):
@@ -244,8 +336,8 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
             md += ["Scaling law fitted per gate:", "", markdown_table(routers[1]), ""]
     md += [""] + [f"- {x}" for x in notes]
     md += ["", "## Figures", ""]
-    for title, name in figs:
-        md += [f"### {title}", "", f"![{title}]({name})", ""]
+    for title, name, caption in figs:
+        md += [f"### {title}", "", f"![{title}]({name})", ""] + ([caption, ""] if caption else [])
     md += ["## Runs", "", markdown_table(table), ""]
     (out / "index.md").write_text("\n".join(md))
 
@@ -254,7 +346,7 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
          f"<title>moesim report: {e(str(directory))}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
          "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-         "img{max-width:100%}.warning{color:#a00;font-weight:bold}</style></head><body>",
+         "img{max-width:100%}figure{margin:0 0 1.5em 0}figcaption{font-size:13px;color:#333}.warning{color:#a00;font-weight:bold}</style></head><body>",
          f"<h1>moesim report: {e(directory.name or str(directory))}</h1>",
          f"<p>Generated {e(stamp)}.</p>", f"<p>{e(header)}</p>"]
     if sweep:
@@ -274,8 +366,9 @@ def write_report(directory, out=None, *, loss: str = "val_loss", n: str = "param
     if notes:
         h.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in notes) + "</ul>")
     h.append("<h2>Figures</h2>")
-    for title, name in figs:
-        h.append(f"<h3>{e(title)}</h3><img src='{e(name)}' alt='{e(title)}'>")
+    for title, name, caption in figs:
+        h.append(f"<h3>{e(title)}</h3><figure><img src='{e(name)}' alt='{e(title)}'>"
+                 + (f"<figcaption>{e(caption)}</figcaption>" if caption else "") + "</figure>")
     h += ["<h2>Runs</h2>", html_table(table), "</body></html>"]
     (out / "index.html").write_text("\n".join(h))
     return out / "index.html", warnings

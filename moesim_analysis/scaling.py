@@ -14,7 +14,7 @@ which is ~E for small E, equals E_start at E = 1 and saturates at E_max. With th
 E_start and E_max are fitted (least squares over all six parameters: for each (E_start, E_max)
 the four coefficients are linear, so the two are found by minimising the profile's residual sum
 of squares), or fixed to given values, e.g. E_start = 1.847, E_max = 314.478 (the values quoted
-for S-BASE from Clark et al. by secondary sources: not checked against the paper here; analysis.clark holds every router's).
+for S-BASE from Clark et al. by secondary sources: not checked against the paper here; moesim_analysis.clark holds every router's).
 Natural logarithms throughout.
 
 Seeds. Runs that differ only in the model seed are one grid point: the fit uses the log of each

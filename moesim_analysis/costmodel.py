@@ -4,8 +4,8 @@ From a run's routing (metrics/rank_expert_tokens) it builds the bytes each rank 
 rank in one training step, for any rank count P', expert group size N' (--ep-size) and expert
 placement, and prices the exchanges with an alpha-beta model on a described cluster for three
 all-to-all algorithms (pairwise exchange, Bruck, hierarchical), and the all-reduce of expert
-gradients across the replica groups. `python3 -m analysis simulate RUN.h5 ...` prints the prediction,
-`python3 -m analysis calibrate RUNS...` fits the intra-node link to measured runs and reports
+gradients across the replica groups. `python3 -m moesim_analysis simulate RUN.h5 ...` prints the prediction,
+`python3 -m moesim_analysis calibrate RUNS...` fits the intra-node link to measured runs and reports
 the prediction error. The assumptions (also printed by `simulate --assumptions`):
 """
 from __future__ import annotations
@@ -14,14 +14,13 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
-from .load import _py, run_files
+from .load import _py, open_h5, run_files
 
 ASSUMPTIONS = """\
-Cost model assumptions (analysis/costmodel.py):
+Cost model assumptions (moesim_analysis/costmodel.py):
  1. Traffic. metrics/rank_expert_tokens[s, p, e] counts the token rows rank p sent to expert e
     at step s (kept assignments, summed over MoE layers). Rank j receives the rows of the
     experts it holds, from the ranks of its expert group (11). Every MoE layer runs four exchanges of rows of token_bytes = D x the
@@ -405,7 +404,7 @@ class RunRouting:
 
     @classmethod
     def from_file(cls, file) -> "RunRouting":
-        with h5py.File(file, "r") as f:
+        with open_h5(file) as f:
             if "metrics/rank_expert_tokens" not in f:
                 raise ValueError(f"{file}: no metrics/rank_expert_tokens (not an MoE run file of "
                                  "this moesim version)")
@@ -595,7 +594,7 @@ def calibrate(paths, per_step: bool = False, skip_steps: int = 1, fit_ranks=None
     for file in files:
         try:
             r = RunRouting.from_file(file)
-            with h5py.File(file, "r") as f:
+            with open_h5(file) as f:
                 host = _py(f.attrs.get("host", ""))
         except (OSError, ValueError, KeyError):
             continue
