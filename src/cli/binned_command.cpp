@@ -20,9 +20,8 @@ using I = std::int64_t;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 po::options_description binned_options() {
-  po::options_description d("Binned supervised-gate MoE (seed 001; B bins, one expert per bin)");
-  d.add_options()
-      ("task", po::value<std::string>()->default_value("binned"), "binned")
+  po::options_description data("Data");
+  data.add_options()
       ("data", po::value<std::string>(),
        "table: CSV with a header row, or HDF5 (.h5) with datasets X, y (default: generated regimes rows)")
       ("target", po::value<std::string>()->default_value(""), "CSV: name of the (numeric) target column")
@@ -30,8 +29,12 @@ po::options_description binned_options() {
       ("rows", po::value<I>()->default_value(20000), "without --data: regimes rows to generate")
       ("input-dim", po::value<I>()->default_value(16), "without --data: input features of the regimes rows")
       ("clusters", po::value<I>()->default_value(8), "without --data: regimes, each with its own function and noise")
-      ("noise-min", po::value<double>()->default_value(0.01), "without --data: noise of the cleanest regime")
-      ("noise-max", po::value<double>()->default_value(0.5), "without --data: noise of the noisiest regime")
+      ("noise-min", real(0.01), "without --data: noise of the cleanest regime")
+      ("noise-max", real(0.5), "without --data: noise of the noisiest regime")
+      ("seed", po::value<I>()->default_value(1), "seed for the data, the splits and randomised learners");
+  po::options_description mixture("Binned supervised-gate MoE (seed 001; B bins, one expert per bin)");
+  mixture.add_options()
+      ("task", po::value<std::string>()->default_value("binned"), "binned")
       ("bins", po::value<I>()->default_value(3), "B: quantile bins of the training targets (without --bin-edges)")
       ("bin-edges", po::value<std::string>()->default_value(""),
        "comma-separated, strictly increasing edges e1,...: bin k holds e_k <= y < e_(k+1) (B = edges + 1)")
@@ -41,17 +44,21 @@ po::options_description binned_options() {
        "none | balanced: gate rows weighted by N / (B N_k), N_k training rows of bin k (seed 001's class_weight)")
       ("expert-learner", po::value<std::string>()->default_value("gbdt"),
        "each bin's expert, a regressor: ridge, knn, tree, forest, gbdt")
-      ("val-fraction", po::value<double>()->default_value(0.2), "rows that fit the isotonic calibration")
-      ("test-fraction", po::value<double>()->default_value(0.2), "rows that score the run (chosen by a hash of seed and row)")
-      ("clip-min", po::value<double>()->default_value(-kInf, "-inf"), "calibrated predictions are clipped to >= this")
-      ("clip-max", po::value<double>()->default_value(kInf, "inf"), "calibrated predictions are clipped to <= this")
-      ("baseline", po::value<bool>()->default_value(true), "also fit one expert learner on all training rows (RMSE baseline)")
-      ("histogram-bins", po::value<I>()->default_value(20), "H: buckets of [0, 1] in the gate-probability histograms")
-      ("seed", po::value<I>()->default_value(1), "seed for the data, the splits and randomised learners")
+      ("val-fraction", real(0.2), "rows that fit the isotonic calibration")
+      ("test-fraction", real(0.2), "rows that score the run (chosen by a hash of seed and row)")
+      ("clip-min", real(-kInf), "calibrated predictions are clipped to >= this")
+      ("clip-max", real(kInf), "calibrated predictions are clipped to <= this")
+      ("baseline", boolean(true), "also fit one expert learner on all training rows (RMSE baseline)")
+      ("histogram-bins", po::value<I>()->default_value(20), "H: buckets of [0, 1] in the gate-probability histograms");
+  po::options_description learners("Learners (gate and experts)");
+  add_learner_hyper_options(learners);
+  po::options_description output("Output");
+  output.add_options()
       ("out", po::value<std::string>()->default_value("binned_run.h5"), "run file (HDF5) to write")
       ("quiet", po::bool_switch()->default_value(false), "no per-model lines or summary")
       ("blas-threads", po::value<I>()->default_value(1), "OpenBLAS threads per rank");
-  add_learner_hyper_options(d);
+  po::options_description d;
+  d.add(mixture).add(data).add(learners).add(output);
   return d;
 }
 
@@ -110,7 +117,7 @@ bool binned_task_requested(const std::vector<std::string>& args, const std::stri
   d.add_options()("task", po::value<std::string>())("config", po::value<std::string>());
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(d).allow_unregistered().run(), vm);
+    po::store(po::command_line_parser(args).options(d).style(kCommandLineStyle).allow_unregistered().run(), vm);
     if (!preset.empty()) {
       std::istringstream in(preset);
       po::store(po::parse_config_file(in, d, true), vm);

@@ -9,8 +9,8 @@ using I = std::int64_t;
 
 void add_learner_hyper_options(po::options_description& d) {
   d.add_options()
-      ("ridge-alpha", po::value<double>()->default_value(1.0), "ridge: L2 penalty on standardised features")
-      ("logistic-c", po::value<double>()->default_value(1.0), "logistic: inverse L2 strength (scikit-learn's C)")
+      ("ridge-alpha", real(1.0), "ridge: L2 penalty on standardised features")
+      ("logistic-c", real(1.0), "logistic: inverse L2 strength (scikit-learn's C)")
       ("logistic-max-iter", po::value<I>()->default_value(100), "logistic: Newton iterations at most")
       ("knn-k", po::value<I>()->default_value(5), "knn: neighbours")
       ("knn-weights", po::value<std::string>()->default_value("uniform"), "knn: uniform | distance")
@@ -19,12 +19,12 @@ void add_learner_hyper_options(po::options_description& d) {
       ("max-bins", po::value<I>()->default_value(64), "trees: histogram bins per feature (2..255)")
       ("forest-trees", po::value<I>()->default_value(100), "forest: trees")
       ("forest-max-depth", po::value<I>()->default_value(12), "forest: maximum depth")
-      ("forest-max-features", po::value<double>()->default_value(0.0),
+      ("forest-max-features", real(0.0),
        "forest: share of features tried per split (0 = sqrt(p)/p for classification, 1 for regression)")
       ("gbdt-trees", po::value<I>()->default_value(100), "gbdt: boosting rounds")
-      ("gbdt-learning-rate", po::value<double>()->default_value(0.1), "gbdt: shrinkage")
+      ("gbdt-learning-rate", real(0.1), "gbdt: shrinkage")
       ("gbdt-max-depth", po::value<I>()->default_value(3), "gbdt: depth of each tree")
-      ("nb-var-smoothing", po::value<double>()->default_value(1e-9), "nb: variance smoothing (share of the largest variance)");
+      ("nb-var-smoothing", real(1e-9), "nb: variance smoothing (share of the largest variance)");
 }
 
 LearnerOptions learner_settings(const po::variables_map& vm) {

@@ -4,6 +4,8 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/options.hpp"
+#include "core/build_info.hpp"
 #include "core/heap.hpp"
 #include "io/hdf5.hpp"
 
@@ -21,7 +23,17 @@ const char* kUsage =
     "  synth  write a synthetic classification or regression table (HDF5 or CSV)\n"
     "  info   print version, revision, compiler and libraries\n"
     "\n"
-    "Run 'moesim <command> --help' for the options of a command.\n";
+    "Run 'moesim <command> --help' for the options of a command, 'moesim --version' for the version.\n";
+
+const std::vector<std::string> kCommands = {"moe", "stack", "blend", "sweep", "merge", "synth", "info", "version"};
+
+// "moesim 0.1.0 (git 789fb8f51ffe)": the project's version and, where the build recorded
+// it, the source revision (`moesim info` has the rest).
+std::string version_line() {
+  const std::string revision = moesim::build::kGitRevision;
+  return std::string("moesim ") + moesim::build::kVersion +
+         (revision.empty() || revision == "unknown" ? "" : " (git " + revision + ")") + "\n";
+}
 
 }  // namespace
 
@@ -52,7 +64,13 @@ int main(int argc, char** argv) {
       if (rank == 0) std::fputs(kUsage, stdout);
       return 0;
     }
-    throw moesim::ConfigError(command.empty() ? "no command given" : "unknown command '" + command + "'");
+    if (command == "--version" || command == "version") {
+      if (rank == 0) std::fputs(version_line().c_str(), stdout);
+      return 0;
+    }
+    if (command.empty()) throw moesim::ConfigError("no command given");
+    throw moesim::ConfigError("unknown command '" + command + "'" +
+                              moesim::cli::did_you_mean(command, kCommands));
   } catch (const moesim::ConfigError& e) {
     // Every rank reached the same verdict; one line from rank 0, clean exit everywhere.
     if (rank == 0) {

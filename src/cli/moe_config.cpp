@@ -135,13 +135,10 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
                  {"effective_d_ff", i("d-ff") / M},
                  {"effective_capacity_factor", all_experts ? 0.0 : d("capacity-factor")}};
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));
-  // --ep-size or Megatron's name for it; 0 lets the layer pick gcd(E, P).
-  MOESIM_CONFIG_CHECK(!vm.count("ep-size") || !vm.count("expert-model-parallel-size"),
-                      "--ep-size and --expert-model-parallel-size are the same option: give one");
-  const char* ep_key = vm.count("expert-model-parallel-size") ? "expert-model-parallel-size" : "ep-size";
-  if (vm.count(ep_key)) {
-    MOESIM_CONFIG_CHECK(i(ep_key) >= 1, "--ep-size must be >= 1 (got " << i(ep_key) << ")");
-    m.model.moe.ep_size = static_cast<int>(std::min<I>(i(ep_key), 1 << 30));
+  // --ep-size (or Megatron's --expert-model-parallel-size, cli/aliases); 0 lets the layer pick gcd(E, P).
+  if (vm.count("ep-size")) {
+    MOESIM_CONFIG_CHECK(i("ep-size") >= 1, "--ep-size must be >= 1 (got " << i("ep-size") << ")");
+    m.model.moe.ep_size = static_cast<int>(std::min<I>(i("ep-size"), 1 << 30));
   }
   m.model.moe.validate(P, static_cast<int>(M));  // top-k, --ep-size, what the gate needs, bias, sinkhorn
   const int N = m.model.moe.ep_size_for(P);

@@ -16,10 +16,32 @@ struct Parsed {
   bool help = false;
 };
 
+// How every command line is split: Boost's default without its guessing of abbreviations
+// (`--exp` for `--experts`, as Megatron-LM's argparse sets allow_abbrev=False): a new option
+// must not change what an old command line means, and a mistyped name gets a suggestion.
+inline constexpr int kCommandLineStyle =
+    po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+
+// A double's default as written in --help: the shortest text that reads back as the same
+// value (0.003 where Boost prints 0.0030000000000000001, 1e-8, inf). Only the help text:
+// the value (stored in run files and checkpoints) is the double itself.
+std::string shown(double v);
+// po::value<double> with its default shown as written.
+po::typed_value<double>* real(double v);
+// po::value<bool> with its default shown as true or false.
+po::typed_value<bool>* boolean(bool v);
+
+// " (did you mean 'x'?)" naming the closest of `names` to `typed` (edit distance, '_' read as
+// '-'), or "" when none is close; each name is written with `prefix` ("--" for options).
+std::string did_you_mean(const std::string& typed, const std::vector<std::string>& names,
+                         const std::string& prefix = "");
+
 // Parses `args` (after the subcommand) against `desc`, which must not declare
 // --help or --config (they are added here). `preset` is INI text (a sweep point's
-// values) that ranks between the command line and the --config file. Errors become
-// ConfigError.
+// values) that ranks between the command line and the --config file. Megatron-LM's names
+// that `desc` declares (cli/aliases) are replaced by the moesim options they mean, source by
+// source, so the map holds moesim's names only. Errors become ConfigError; an unknown
+// option's names the closest known one.
 Parsed parse(const std::string& command, const std::vector<std::string>& args,
              const po::options_description& desc, const std::string& preset = "");
 

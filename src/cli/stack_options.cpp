@@ -18,7 +18,7 @@ po::options_description data_options() {
       ("target", po::value<std::string>()->default_value(""), "CSV: name of the target column")
       ("problem", po::value<std::string>()->default_value("classification"), "classification | regression")
       ("test", po::value<std::string>()->default_value(""), "score a separate test set in the same format")
-      ("test-fraction", po::value<double>()->default_value(0.2),
+      ("test-fraction", real(0.2),
        "without --test: share of rows held out for testing, chosen by global row")
       ("weight-column", po::value<std::string>()->default_value(""), "CSV: per-row sample weights (HDF5: dataset w)")
       ("group-column", po::value<std::string>()->default_value(""),
@@ -37,8 +37,8 @@ po::options_description learner_options() {
       ("learners", po::value<std::string>()->default_value("ridge,logistic,knn,tree,forest,gbdt,nb"),
        "comma-separated base learners: ridge, logistic, knn, tree, forest, gbdt, nb")
       ("meta", po::value<std::string>()->default_value("logistic"), "meta-learner: logistic | ridge | nnls | greedy")
-      ("meta-c", po::value<double>()->default_value(1.0), "logistic meta-learner: inverse L2 strength")
-      ("meta-alpha", po::value<double>()->default_value(1.0), "ridge meta-learner: L2 penalty")
+      ("meta-c", real(1.0), "logistic meta-learner: inverse L2 strength")
+      ("meta-alpha", real(1.0), "ridge meta-learner: L2 penalty")
       ("greedy-iterations", po::value<I>()->default_value(50), "greedy meta-learner: selection rounds")
       ("passthrough", po::bool_switch()->default_value(false), "also give the original features to the meta-learner");
   add_learner_hyper_options(d);
@@ -60,9 +60,9 @@ po::options_description stack_only_options() {
 po::options_description blend_only_options() {
   po::options_description d("Blending");
   d.add_options()
-      ("train-fraction", po::value<double>()->default_value(0.5), "rows for the base learners")
-      ("val-fraction", po::value<double>()->default_value(0.2), "rows whose predictions train the meta-learner")
-      ("holdout-fraction", po::value<double>()->default_value(0.1), "rows that choose the meta-learner's regularisation");
+      ("train-fraction", real(0.5), "rows for the base learners")
+      ("val-fraction", real(0.2), "rows whose predictions train the meta-learner")
+      ("holdout-fraction", real(0.1), "rows that choose the meta-learner's regularisation");
   return d;
 }
 

@@ -24,9 +24,9 @@ int run_synth(const Communicator& comm, const std::vector<std::string>& args) {
       ("redundant", po::value<I>()->default_value(2), "redundant features (linear mixes of the informative ones)")
       ("classes", po::value<I>()->default_value(2), "classes")
       ("clusters-per-class", po::value<I>()->default_value(2), "clusters per class")
-      ("class-sep", po::value<double>()->default_value(1.0), "scale of the distance between cluster centres")
-      ("label-noise", po::value<double>()->default_value(0.01), "classification: share of random labels")
-      ("noise", po::value<double>()->default_value(0.1), "regression: target noise std")
+      ("class-sep", real(1.0), "scale of the distance between cluster centres")
+      ("label-noise", real(0.01), "classification: share of random labels")
+      ("noise", real(0.1), "regression: target noise std")
       ("seed", po::value<I>()->default_value(1), "seed")
       ("out", po::value<std::string>()->default_value("synthetic.h5"), "output: .h5 (datasets X, y) or .csv (header, target column 'target')");
   const Parsed p = parse("synth", args, d);

@@ -10,24 +10,22 @@ namespace {
 using I = std::int64_t;
 }
 
-po::options_description task_options() {
-  po::options_description d("Tasks teacher and lm (regimes: --clusters, --noise-min, --noise-max above)");
+void add_task_options(po::options_description& d) {
   d.add_options()
       ("data", po::value<std::string>()->default_value(""),
        "lm: text corpus, a file or a directory of text files read in name order "
        "(default: the fortunes corpus, /usr/share/games/fortunes)")
       ("context", po::value<I>()->default_value(16), "lm: C, previous bytes each prediction sees")
       ("embed-dim", po::value<I>()->default_value(16), "lm: De, width of the byte embedding (C * De enter the adapter)")
-      ("val-fraction", po::value<double>()->default_value(0.1, "0.1"), "lm: last share of the corpus held out for validation")
+      ("val-fraction", real(0.1), "lm: last share of the corpus held out for validation")
       ("teacher-experts", po::value<I>()->default_value(4), "teacher: E_t, experts of the teacher MoE")
       ("teacher-top-k", po::value<I>()->default_value(1), "teacher: K_t, experts per token of the teacher")
       ("teacher-hidden", po::value<I>()->default_value(16), "teacher: hidden width of each teacher expert")
       ("teacher-seed", po::value<I>(),
        "teacher: seed of the teacher's weights (default: --data-seed, which also draws the inputs)")
-      ("teacher-noise", po::value<double>()->default_value(0.01), "teacher: target noise std (regression)")
-      ("teacher-router-scale", po::value<double>()->default_value(3.0),
+      ("teacher-noise", real(0.01), "teacher: target noise std (regression)")
+      ("teacher-router-scale", real(3.0),
        "teacher: std of the teacher's router logits (larger = more decisive routing)");
-  return d;
 }
 
 TaskConfig task_config(const po::variables_map& vm, const RegimesConfig& regimes) {

@@ -8,8 +8,8 @@ namespace moesim::cli {
 // The corpus of --task lm when --data is not given (Debian package `fortunes`).
 inline constexpr const char* kDefaultCorpus = "/usr/share/games/fortunes";
 
-// Options of the teacher and lm tasks (the regimes options stay with the others).
-po::options_description task_options();
+// Adds the options of the teacher and lm tasks to `d` (moe's Task group, after the regimes options).
+void add_task_options(po::options_description& d);
 
 // Checks the task options (ConfigError, identical on every rank).
 TaskConfig task_config(const po::variables_map& vm, const RegimesConfig& regimes);

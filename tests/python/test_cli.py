@@ -1,4 +1,6 @@
-"""Command-line behaviour: `moesim info`, `moesim moe --help`, config files, progress output."""
+"""Command-line behaviour: `moesim info` and `--version`, `moesim moe --help` (groups, defaults
+as written), unknown options and commands (a suggestion, exit 2), config files, progress output.
+Megatron-LM's option names: test_cli_aliases.py."""
 from __future__ import annotations
 
 import re
@@ -7,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from moesim_testing import root_attrs
+from moesim_testing import QUICK_EXIT_ENV, check_rejected, error_lines, root_attrs
 
 # Options the run-file contract and the docs talk about; all must be in --help.
 CONTRACT_OPTIONS = ["experts", "top-k", "d-model", "d-ff", "layers", "moe-every", "steps",
@@ -48,6 +50,20 @@ def test_info_reports_libraries(mpirun):
 def test_top_level_help_lists_commands(mpirun):
     proc = mpirun(1, "--help", check=True)
     assert "moe" in proc.stdout and "info" in proc.stdout
+    assert "--version" in proc.stdout
+
+
+@pytest.mark.parametrize("spelling", ["--version", "version"])
+def test_version_prints_one_line(mpirun, spelling):
+    """`moesim --version`: the project version and the build's git revision, once (rank 0)."""
+    proc = mpirun(2, spelling, check=True)
+    assert proc.stdout.count("\n") == 1, proc.stdout
+    m = re.fullmatch(r"moesim (\d+\.\d+\.\d+)(?: \(git (\S+)\))?\n", proc.stdout)
+    assert m, proc.stdout
+    info = mpirun(1, "info", check=True).stdout
+    assert re.search(rf"^moesim {re.escape(m.group(1))}$", info, re.M), info
+    revision = re.search(r"git revision\s+(\S+)", info).group(1)
+    assert m.group(2) == (None if revision == "unknown" else revision), (proc.stdout, info)
 
 
 # --------------------------------------------------------------------------- --help
@@ -76,6 +92,58 @@ def test_help_lists_every_option_with_defaults(help_text):
     assert defaults["problem"] == "regression"
 
 
+# The headings of `moesim moe --help`, in order, and an option each must list.
+HELP_GROUPS = [("General", "config"), ("Model", "experts"), ("Routing", "top-k"), ("Balancing", "aux-loss-weight"),
+               ("Parallelism", "ep-size"), ("Optimiser", "lr"), ("Task", "task"), ("Output", "out"),
+               ("Checkpointing", "checkpoint"), ("Megatron-LM names", "num-experts")]
+
+
+def help_groups(text):
+    """{heading: [options]} of a --help text, in order."""
+    groups, current = {}, None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            current = line.split(" (")[0].rstrip(":")
+            groups[current] = []
+        elif current and (m := re.match(r"^  (?:-\w \[ )?--([a-z0-9-]+)", line)):
+            groups[current].append(m.group(1))
+    return groups
+
+
+def test_help_is_grouped(help_text):
+    groups = help_groups(help_text)
+    assert list(groups) == [g for g, _ in HELP_GROUPS], list(groups)
+    for heading, option in HELP_GROUPS:
+        assert option in groups[heading], (heading, groups[heading])
+    listed = [o for options in groups.values() for o in options]
+    assert len(listed) == len(set(listed)), "an option is listed twice"
+    assert {"moe-every", "granularity"} <= set(groups["Model"])
+    assert {"gate", "capacity-factor", "z-loss"} <= set(groups["Routing"])
+    assert {"balance", "bias-update-rate"} <= set(groups["Balancing"])
+    assert {"dispatch", "chunk-tokens"} <= set(groups["Parallelism"])
+    assert {"steps", "batch-tokens", "adam-beta1", "grad-clip"} <= set(groups["Optimiser"])
+    assert {"problem", "teacher-seed", "context", "val-tokens"} <= set(groups["Task"])
+    assert {"resume", "checkpoint-every"} <= set(groups["Checkpointing"])
+
+
+@pytest.mark.parametrize("command", [["moe"], ["moe", "--task", "binned"], ["stack"], ["blend"], ["synth"]])
+def test_help_shows_defaults_as_written(mpirun, command):
+    """0.003, not 0.0030000000000000001; 1e-9, not 1.0000000000000001e-09; booleans as words."""
+    text = mpirun(1, *command, "--help", check=True).stdout
+    defaults = help_defaults(text)
+    assert defaults, text
+    for opt, shown in defaults.items():
+        assert not re.search(r"\d{10}", shown), f"--{opt} (={shown})"
+        assert not re.fullmatch(r"-?[0-9.]+e[-+]0\d+", shown), f"--{opt} (={shown})"
+    if command == ["moe"]:
+        assert "--lr arg (=0.003)" in text
+        assert (defaults["adam-eps"], defaults["capacity-factor"], defaults["aux-loss-weight"]) == ("1e-8", "1.25", "0.01")
+    if command[-1] == "binned":
+        assert (defaults["baseline"], defaults["clip-max"], defaults["val-fraction"]) == ("true", "inf", "0.2")
+    if command == ["stack"]:
+        assert defaults["nb-var-smoothing"] == "1e-9"
+
+
 def test_help_defaults_are_the_defaults_used(tmp_path, help_text, mpirun):
     """A run that sets almost nothing stores exactly the defaults --help advertises."""
     out = tmp_path / "defaults.h5"
@@ -98,10 +166,55 @@ def test_help_defaults_are_the_defaults_used(tmp_path, help_text, mpirun):
         elif isinstance(value, (int, np.integer)):
             assert value == int(default), opt
         else:
-            assert value == pytest.approx(float(default), rel=1e-12), opt
+            # Shown as the shortest text that reads back as the stored double: exactly it.
+            assert value == float(default), opt
         checked += 1
     assert checked >= 20
     assert attrs["quiet"] == 1
+
+
+# --------------------------------------------------------------------------- unknown names
+
+
+@pytest.mark.parametrize("given,known", [("--expert", "--experts"), ("--top_k", "--top-k"),
+                                         ("--lr-warmup", "--lr-warmup-steps"), ("--num-expert", "--num-experts")])
+def test_unknown_option_names_the_closest(tmp_path, mpirun, given, known):
+    """One error line with a suggestion, exit 2 on every rank, no run file."""
+    out = tmp_path / "x.h5"
+    proc = mpirun(2, "moe", given, "4", "--out", out, timeout=30, env=QUICK_EXIT_ENV)
+    check_rejected(proc, [f"unknown option '{given}' (did you mean '{known}'?)"], "moe")
+    assert not out.exists()
+
+
+def test_unknown_option_without_a_close_name(mpirun):
+    proc = mpirun(2, "moe", "--no-such-option", "1", timeout=30, env=QUICK_EXIT_ENV)
+    check_rejected(proc, ["unknown option '--no-such-option'", "moesim moe --help"], "moe")
+    assert "did you mean" not in proc.stderr
+    # An abbreviation is no longer guessed: it is unknown, with the names it begins.
+    proc = mpirun(2, "moe", "--exp", "4", timeout=30, env=QUICK_EXIT_ENV)
+    check_rejected(proc, ["unknown option '--exp' (did you mean '--experts', "], "moe")
+
+
+def test_unknown_config_key_names_the_closest(tmp_path, mpirun):
+    cfg = tmp_path / "typo.ini"
+    cfg.write_text("experts = 4\ncapacity-factr = 1.0\n")
+    proc = mpirun(2, "moe", "--config", cfg, timeout=30, env=QUICK_EXIT_ENV)
+    check_rejected(proc, [f"config file '{cfg}': unknown option 'capacity-factr' (did you mean 'capacity-factor'?)"], "moe")
+
+
+@pytest.mark.parametrize("command,given,known", [(["stack"], "--seeed", "--seed"), (["synth"], "--row", "--rows"),
+                                                 (["moe", "--task", "binned"], "--gate-lerner", "--gate-learner"),
+                                                 (["merge"], "--methd", "--method"), (["sweep"], "--lst", "--list")])
+def test_other_commands_suggest_too(mpirun, command, given, known):
+    proc = mpirun(2, *command, given, "3", timeout=30, env=QUICK_EXIT_ENV)
+    check_rejected(proc, [f"unknown option '{given}' (did you mean '{known}'?)"])
+
+
+def test_unknown_command_names_the_closest(mpirun):
+    proc = mpirun(2, "stak", timeout=30, env=QUICK_EXIT_ENV)
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "unknown command 'stak' (did you mean 'stack'?)" in lines[0], proc.stderr
 
 
 # --------------------------------------------------------------------------- config file
