@@ -381,6 +381,43 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
           fmt("%.1f GFLOP/s per rank = %.2f of sgemm", t_exp.max_s > 0 ? flops_max / t_exp.max_s / 1e9 : 0.0,
               t_exp.max_s > 0 ? t_sgemm.max_s / t_exp.max_s : 0.0));
 
+  // Overlap probe (Tutel-style pipelining, point 4 of the performance issue): could the next
+  // chunk's rows move while this chunk's experts compute? An MPI_Ialltoallv of the dispatch's
+  // counts runs under the experts' forward GEMMs, progressed by MPI_Test after each expert (MPI
+  // progresses only inside its calls), against the same two one after the other.
+  if (P > 1) {
+    auto forward_experts = [&](const std::function<void()>& poll) {
+      for (int le = 0; le < El; ++le) {
+        const Index off = lay.block_offset[le], rows = lay.block_offset[le + 1] - off;
+        layer.local_expert(le).forward(ConstMatMap<float>(blocks.data() + off * D, rows, D),
+                                       MatMap<float>(out_blocks.data() + off * D, rows, D));
+        poll();
+      }
+    };
+    const Timing t_fwd = h.time([&] { forward_experts([] {}); });
+    const Timing t_seq = h.time([&] {
+      raw();
+      forward_experts([] {});
+    });
+    const Timing t_ovl = h.time([&] {
+      MPI_Request req;
+      MOESIM_MPI_CHECK(MPI_Ialltoallv(send.data(), sc.data(), sd.data(), MPI_FLOAT, raw_recv.data(), rc.data(),
+                                      rd.data(), MPI_FLOAT, comm.raw(), &req));
+      int done = 0;
+      forward_experts([&] {
+        if (!done) MOESIM_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+      });
+      if (!done) MOESIM_MPI_CHECK(MPI_Wait(&req, MPI_STATUS_IGNORE));
+    });
+    const double best = t_seq.max_s - std::min(t_raw.max_s, t_fwd.max_s);
+    rep.row("overlap: expert fwd GEMMs", t_fwd);
+    rep.row("overlap: alltoallv then GEMMs", t_seq);
+    rep.row("overlap: Ialltoallv under GEMMs", t_ovl,
+            fmt("%.2fx of one after the other (perfect overlap would be %.2fx)",
+                t_seq.max_s > 0 ? t_ovl.max_s / t_seq.max_s : 0.0, t_seq.max_s > 0 ? best / t_seq.max_s : 0.0),
+            ",\"seq_max_s\":" + std::to_string(t_seq.max_s) + ",\"gemm_max_s\":" + std::to_string(t_fwd.max_s));
+  }
+
   // The whole layer.
   Mat<float> y2, dx2;
   layer.forward(x, y2);
