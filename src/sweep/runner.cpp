@@ -1,6 +1,7 @@
 #include "sweep/runner.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "comm/stop_request.hpp"
 #include "core/error.hpp"
 #include "core/stop_signal.hpp"
+#include "core/timer.hpp"
 #include "io/output_lock.hpp"
 #include "sweep/summary.hpp"
 
@@ -20,6 +22,45 @@ namespace {
 std::string checkpoint_of(const std::string& dir, const SweepPoint& p) {
   return (std::filesystem::path(dir) / "checkpoints" / (p.id + ".h5")).string();
 }
+
+// "2.1 s", "2 min 10 s", "1 h 05 min".
+std::string duration_str(double s) {
+  if (!std::isfinite(s) || s < 0) s = 0;
+  char buf[48];
+  if (s < 59.95) {
+    std::snprintf(buf, sizeof buf, "%.1f s", s);
+  } else if (s < 3599.5) {
+    const long t = std::lround(s);
+    std::snprintf(buf, sizeof buf, "%ld min %ld s", t / 60, t % 60);
+  } else {
+    const long m = std::lround(s / 60);
+    std::snprintf(buf, sizeof buf, "%ld h %02ld min", m / 60, m % 60);
+  }
+  return buf;
+}
+
+// Rank 0's estimate of the rest of this invocation: the mean wall time of the points it
+// ran (failed ones included; skipped and invalid ones take no time) times the points left
+// to run.
+class Eta {
+ public:
+  void add(double seconds) {
+    seconds_ += seconds;
+    ++runs_;
+  }
+  // "; ETA 2 min 10 s for 60 points", "; ETA unknown for 60 points" before the first run
+  // point, "" when none is left.
+  std::string left(std::size_t points) const {
+    if (points == 0) return "";
+    const std::string what = " for " + std::to_string(points) + (points == 1 ? " point" : " points");
+    if (runs_ == 0) return "; ETA unknown" + what;
+    return "; ETA " + duration_str(seconds_ / static_cast<double>(runs_) * static_cast<double>(points)) + what;
+  }
+
+ private:
+  double seconds_ = 0;
+  std::size_t runs_ = 0;
+};
 
 }  // namespace
 
@@ -129,8 +170,28 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
   // checks, so a signal that lands after a point's last step starts nothing new.
   if (cfg.command == "moe") install_stop_handlers();
   if (!summary_only) {
+    auto in_scope = [&](const SweepPoint& pt) { return index < 0 || static_cast<std::int64_t>(pt.index) == index; };
+    // Rank 0: per point, how many points after it this invocation will run (those neither
+    // invalid nor complete now), for the ETA of each point's result line.
+    std::vector<std::size_t> left_after(points.size(), 0);
+    if (comm.rank() == 0) {
+      std::size_t left = 0;
+      for (std::size_t i = points.size(); i-- > 0;) {
+        left_after[i] = left;
+        left += in_scope(points[i]) && invalid[i].empty() && point_status(run_file_of(dir, points[i])).status != "complete";
+      }
+    }
+    Eta eta;
+    // One line per point when it ends: what became of it, and the ETA of the rest. Printed
+    // whatever the points' own `quiet`: the sweep's progress is its own.
+    auto report = [&](const SweepPoint& pt, const std::string& what, bool with_eta) {
+      if (comm.rank() != 0) return;
+      std::printf("[sweep %zu/%zu] %s: %s%s\n", pt.index + 1, points.size(), pt.id.c_str(), what.c_str(),
+                  with_eta ? eta.left(left_after[pt.index]).c_str() : "");
+      std::fflush(stdout);
+    };
     for (const SweepPoint& pt : points) {
-      if (index >= 0 && static_cast<std::int64_t>(pt.index) != index) continue;
+      if (!in_scope(pt)) continue;
       if (cfg.command == "moe" && stop_requested(comm)) {
         if (comm.rank() == 0) std::fprintf(stderr, "[sweep] stopped by signal before %s\n", pt.id.c_str());
         rc = 143;
@@ -140,17 +201,14 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
       std::string st = comm.rank() == 0 ? point_status(file).status : "";
       comm.broadcast(st, 0);
       if (st == "complete") {
-        if (comm.rank() == 0) std::printf("[sweep %zu/%zu] %s: complete, skipped\n", pt.index + 1, points.size(), pt.id.c_str());
+        const std::string result = comm.rank() == 0 ? point_result(file) : "";
+        report(pt, "complete, skipped" + (result.empty() ? "" : ": " + result), true);
         continue;
       }
       if (!invalid[pt.index].empty()) {
         // Not a failure: these options can never run, so the point is recorded and left out.
-        if (comm.rank() == 0) {
-          std::printf("[sweep %zu/%zu] %s: invalid, not run: %s\n", pt.index + 1, points.size(), pt.id.c_str(),
-                      invalid[pt.index].c_str());
-          std::fflush(stdout);
-          record_invalid(file, pt, cfg.command, invalid[pt.index]);
-        }
+        report(pt, "invalid, not run: " + invalid[pt.index], true);
+        if (comm.rank() == 0) record_invalid(file, pt, cfg.command, invalid[pt.index]);
         comm.barrier();
         continue;
       }
@@ -158,6 +216,8 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
         std::printf("[sweep %zu/%zu] %s: running\n", pt.index + 1, points.size(), pt.id.c_str());
         std::fflush(stdout);
       }
+      Stopwatch clock;
+      bool failed = false;
       try {
         rc = run(cfg.command, point_args(cfg, pt, dir), point_preset(pt));
       } catch (const ConfigError& e) {
@@ -168,9 +228,21 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
         }
         comm.barrier();
         rc = 0;
-        any_failed = true;
+        failed = any_failed = true;
       }
-      if (rc != 0) break;  // stopped by a signal: leave the rest for the requeued job
+      const double seconds = clock.seconds();
+      const std::string took = duration_str(seconds);
+      if (rc != 0) {  // stopped by a signal: leave the rest for the requeued job
+        report(pt, (rc == 143 ? "stopped by signal, " : "exit code " + std::to_string(rc) + ", ") + took, false);
+        break;
+      }
+      eta.add(seconds);
+      if (failed) {
+        report(pt, "failed, " + took, true);
+      } else {
+        const std::string result = comm.rank() == 0 ? point_result(file) : "";
+        report(pt, "done: " + (result.empty() ? "" : result + ", ") + took, true);
+      }
     }
   }
   int none_valid = 0;

@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -61,6 +62,23 @@ PointStatus point_status(const std::string& run_file) {
   } catch (const std::exception& e) {
     return {"incomplete", std::string("unreadable: ") + e.what()};
   }
+}
+
+std::string point_result(const std::string& run_file) {
+  h5::silence_default_error_printing();
+  try {
+    h5::Handle f = h5::open_file(run_file, false);
+    if (!h5::exists(f.id(), "final")) return "";
+    h5::Handle g = h5::open_group(f.id(), "final");
+    for (const char* key : {"val_loss", "rmse_after_calibration", "test_accuracy", "test_rmse"}) {
+      if (H5Aexists(g.id(), key) <= 0) continue;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%s %.5f", key, h5::read_attr_double(g.id(), key));
+      return buf;
+    }
+  } catch (const std::exception&) {
+  }
+  return "";
 }
 
 PointStatus sweep_status(const std::string& run_file, const std::string& invalid_reason) {

@@ -21,6 +21,11 @@ PointStatus point_status(const std::string& run_file);
 // it has a complete run.
 PointStatus sweep_status(const std::string& run_file, const std::string& invalid_reason);
 
+// The point's headline result from its run file's `final` group, as "name value" (%.5f):
+// val_loss (moe), rmse_after_calibration (moe --task binned), test_accuracy or test_rmse
+// (stack, blend); "" when the file has none of them.
+std::string point_result(const std::string& run_file);
+
 // Marks `run_file` as failed with `error`, creating it (with the point's options) if
 // the failure came before the run created it. Never marks a complete file.
 void record_failure(const std::string& run_file, const SweepPoint& p, const std::string& command,

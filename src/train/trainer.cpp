@@ -26,11 +26,16 @@ std::string clock_str(double s) {
   return buf;
 }
 
-void print_progress(std::int64_t step, std::int64_t steps, const StepMetrics& m, double elapsed,
-                    double left) {
-  std::printf("step %lld/%lld | loss %.5f | aux %.4f | dropped %.2f%% | %.1fk tok/s | %s elapsed | %s left\n",
-              static_cast<long long>(step), static_cast<long long>(steps), m.train_loss, m.aux_loss,
-              100.0 * m.dropped_fraction, m.tokens_per_s / 1e3, clock_str(elapsed).c_str(),
+// `smoothed`: tokens/s averaged over the steps so far (exponential moving average);
+// `val_loss`: the last validation loss, NaN before the first (then left out).
+void print_progress(std::int64_t step, std::int64_t steps, const StepMetrics& m, double smoothed,
+                    double val_loss, double elapsed, double left) {
+  char val[48] = "";
+  if (!std::isnan(val_loss)) std::snprintf(val, sizeof val, " | val %.5f", val_loss);
+  std::printf("step %lld/%lld | loss %.5f%s | aux %.4f | dropped %.2f%% | %.1fk tok/s (smoothed %.1fk) | %s elapsed | "
+              "%s left\n",
+              static_cast<long long>(step), static_cast<long long>(steps), m.train_loss, val, m.aux_loss,
+              100.0 * m.dropped_fraction, m.tokens_per_s / 1e3, smoothed / 1e3, clock_str(elapsed).c_str(),
               clock_str(left).c_str());
   std::fflush(stdout);
 }
@@ -229,6 +234,12 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   const bool chunked = cfg.chunk_tokens > 0;
   model.set_chunk(static_cast<Index>(cfg.chunk_tokens), static_cast<Index>(cfg.expert_chunks));
 
+  // Progress line only: tokens/s smoothed over steps (weight kSpeedAlpha on the newest),
+  // started afresh at this invocation's second step (the first warms up), and the last
+  // validation loss (NaN: none yet in this invocation).
+  constexpr double kSpeedAlpha = 0.1;
+  double smoothed_tok_s = 0;
+  double last_val_loss = std::numeric_limits<double>::quiet_NaN();
   constexpr double kDivergenceFactor = 1e3;
   double first_loss = std::numeric_limits<double>::quiet_NaN();  // this invocation's first step
   for (std::int64_t step = first_step; step <= cfg.steps; ++step) {
@@ -283,8 +294,12 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       append_step_metrics(out, metrics, step, m);
     }
 
-    if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps)
-      append_validation(out, metrics, step, evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens).first);
+    smoothed_tok_s = step <= first_step + 1 ? m.tokens_per_s
+                                            : (1 - kSpeedAlpha) * smoothed_tok_s + kSpeedAlpha * m.tokens_per_s;
+    if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps) {
+      last_val_loss = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens).first;
+      append_validation(out, metrics, step, last_val_loss);
+    }
     if (cfg.flush_every > 0 && step % cfg.flush_every == 0) {
       ScopedTimer t(totals.logging_seconds);
       out.flush();
@@ -294,7 +309,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     if (talk && (elapsed - last_print >= cfg.progress_interval || step == 1 ||
                  step == cfg.steps || m.stop)) {
       last_print = elapsed;
-      print_progress(step, cfg.steps, m, elapsed,
+      print_progress(step, cfg.steps, m, smoothed_tok_s, last_val_loss, elapsed,
                      elapsed / static_cast<double>(step - first_step + 1) * static_cast<double>(cfg.steps - step));
     }
     const bool last = m.stop && step < cfg.steps;

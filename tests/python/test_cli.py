@@ -18,8 +18,10 @@ CONTRACT_OPTIONS = ["experts", "top-k", "d-model", "d-ff", "layers", "moe-every"
                     "progress-interval", "aux-loss-weight", "weight-decay", "grad-clip"]
 FLAG_OPTIONS = ["config", "quiet", "help"]
 
+# step | loss | [val, once a validation has run] | aux | dropped | tok/s (smoothed) | elapsed | left
 PROGRESS_RE = re.compile(
-    r"^step (\d+)/(\d+) \| loss ([0-9.]+) \| .*\| [0-9.]+k tok/s \| [0-9:]+ elapsed \| [0-9:]+ left$")
+    r"^step (\d+)/(\d+) \| loss ([0-9.]+) \| (?:val ([0-9.]+) \| )?aux .*\| ([0-9.]+)k tok/s \(smoothed ([0-9.]+)k\) "
+    r"\| [0-9:]+ elapsed \| [0-9:]+ left$")
 
 
 def progress_lines(stdout):
@@ -286,6 +288,38 @@ def test_progress_lines_and_summary(tmp_path, run_moe):
     assert float(tl.group(1)) == pytest.approx(final["train_loss"], abs=6e-6)
     assert float(vl.group(1)) == pytest.approx(final["val_loss"], abs=6e-6)
     assert f"run file: {path}" in out
+
+
+def test_progress_line_smoothed_speed_and_last_validation(tmp_path, run_moe):
+    steps, every = 12, 4
+    proc, path = run_moe(tmp_path, 2, quiet=False, progress_interval=0, steps=steps, eval_every=every)
+    lines = progress_lines(proc.stdout)
+    assert all(lines), f"malformed progress line in:\n{proc.stdout}"
+    assert [int(m.group(1)) for m in lines] == list(range(1, steps + 1)), proc.stdout
+    with h5py.File(path, "r") as f:
+        val_step = f["metrics/val_step"][()].tolist()
+        val_loss = f["metrics/val_loss"][()]
+    assert val_step == [4, 8, 12], val_step
+    for m in lines:
+        step = int(m.group(1))
+        assert float(m.group(5)) > 0 and float(m.group(6)) > 0, m.group(0)
+        # The last validation before (or at) this step; none before the first. The final
+        # validation runs after the last step's line, so that line shows step 8's.
+        done = [i for i, s in enumerate(val_step) if s <= step and s != steps]
+        if not done:
+            assert m.group(4) is None, m.group(0)
+        else:
+            assert m.group(4) == f"{val_loss[done[-1]]:.5f}", m.group(0)
+    # Smoothing starts afresh at the second step (the first warms up): there, as at step 1,
+    # the smoothed speed is the step's own.
+    for m in lines[:2]:
+        assert m.group(5) == m.group(6), m.group(0)
+
+    # Without --eval-every there is no validation to show.
+    proc, _ = run_moe(tmp_path, 2, quiet=False, progress_interval=0, steps=3)
+    lines = progress_lines(proc.stdout)
+    assert all(lines) and len(lines) == 3, proc.stdout
+    assert all(m.group(4) is None for m in lines), proc.stdout
 
 
 def test_progress_interval_limits_lines(tmp_path, run_moe):

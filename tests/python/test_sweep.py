@@ -392,6 +392,11 @@ def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, mpirun, moesi
     assert again.returncode == 3
     assert again.stdout.count("complete, skipped") == 2
     assert f"{bad['id']}: running" in again.stdout
+    # The failed point's result line says so (the error is on stderr); in the first sweep with
+    # the ETA of the point after it, in this one with none (the point after it is complete).
+    assert re.search(rf"^\[sweep 2/3\] {re.escape(bad['id'])}: failed, {DURATION}; ETA {DURATION} for 1 point$",
+                     proc.stdout, re.M), proc.stdout
+    assert re.search(rf"^\[sweep 2/3\] {re.escape(bad['id'])}: failed, {DURATION}$", again.stdout, re.M), again.stdout
 
 
 def test_invalid_points_are_listed_recorded_and_not_run(tmp_path, mpirun, moesim_direct):
@@ -450,6 +455,78 @@ def test_invalid_points_are_listed_recorded_and_not_run(tmp_path, mpirun, moesim
     assert f"{bad['id']}: invalid, not run" in one.stdout
 
 
+# --------------------------------------------------------------------------- progress lines
+
+DURATION = r"(?:\d+\.\d s|\d+ min \d+ s|\d+ h \d\d min)"
+# [sweep I/N] ID: WHAT[; ETA (DURATION|unknown) for M point(s)]
+RESULT = re.compile(rf"^\[sweep (\d+)/(\d+)\] (\S+): (.*?)(?:; ETA ({DURATION}|unknown) for (\d+) points?)?$")
+
+
+def result_lines(stdout: str) -> dict[str, re.Match]:
+    """Each point's result line (not its `running` line), by point id."""
+    found = {}
+    for line in stdout.splitlines():
+        m = RESULT.match(line)
+        if m and m.group(4) != "running":
+            assert m.group(3) not in found, f"two result lines for {m.group(3)}:\n{stdout}"
+            found[m.group(3)] = m
+    return found
+
+
+def final_val_loss(path: Path) -> float:
+    with h5py.File(path, "r") as f:
+        return float(f["final"].attrs["val_loss"])
+
+
+def test_each_point_prints_its_result_and_the_eta_of_the_rest(tmp_path, mpirun, moesim_direct):
+    # top-k 4 of 2 experts is invalid; the other three run. BASE sets quiet = true: the runs'
+    # own progress lines stay off, the sweep's result lines do not.
+    cfg = write_config(tmp_path, BASE.replace("top-k = 1\n", "") + "steps = 4\ntop-k = 1,4\nexperts = 2,4\n")
+    out = tmp_path / "out"
+    _, _, points = list_points(moesim_direct, cfg, out)
+    assert [p["status"] for p in points] == ["pending", "pending", "invalid", "pending"]
+
+    # A job array task: its one point's line, no ETA (nothing else is left to it).
+    one = mpirun(P, "sweep", cfg, "--out", out, "--index", 0, timeout=120)
+    if one.returncode != 0:
+        fail_with(one, "sweep --index 0 failed")
+    lines = result_lines(one.stdout)
+    assert list(lines) == [points[0]["id"]], one.stdout
+    m = lines[points[0]["id"]]
+    assert m.group(1, 2) == ("1", "4") and m.group(5) is None, m.group(0)
+    done = re.fullmatch(rf"done: val_loss ([0-9.]+), ({DURATION})", m.group(4))
+    assert done, m.group(0)
+    assert done.group(1) == f"{final_val_loss(run_file(out, points[0])):.5f}"
+
+    # The whole grid: point 0 is skipped (before any point ran here: ETA unknown), 1 runs,
+    # 2 is invalid, 3 runs. The ETA is the mean time of the points run so far times the
+    # points still to run.
+    proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
+    if proc.returncode != 0:
+        fail_with(proc, "sweep failed")
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("step ")], proc.stdout
+    lines = result_lines(proc.stdout)
+    assert list(lines) == [p["id"] for p in points], proc.stdout
+    r0, r1, r2, r3 = (lines[p["id"]] for p in points)
+    assert [int(m.group(1)) for m in (r0, r1, r2, r3)] == [1, 2, 3, 4]
+    assert r0.group(4) == f"complete, skipped: val_loss {final_val_loss(run_file(out, points[0])):.5f}"
+    assert r0.group(5, 6) == ("unknown", "2"), r0.group(0)
+    vals = {}
+    for p, m in ((points[1], r1), (points[3], r3)):
+        done = re.fullmatch(rf"done: val_loss ([0-9.]+), ({DURATION})", m.group(4))
+        assert done, m.group(0)
+        loss = final_val_loss(run_file(out, p))
+        assert np.isfinite(loss) and float(done.group(1)) > 0
+        assert done.group(1) == f"{loss:.5f}", (m.group(0), loss)
+        vals[p["id"]] = done.group(2)
+    # One point ran, one is left: the ETA is that point's time.
+    assert r1.group(5, 6) == (vals[points[1]["id"]], "1"), r1.group(0)
+    assert r2.group(4).startswith("invalid, not run: --top-k (4) must not exceed --experts (2)"), r2.group(0)
+    assert r2.group(5, 6) == (vals[points[1]["id"]], "1"), r2.group(0)
+    assert r3.group(5) is None, r3.group(0)  # the last: nothing left
+    assert "[sweep] 3/4 points complete, 1 invalid (not run)" in proc.stdout
+
+
 def test_a_grid_of_only_invalid_points_fails(tmp_path, mpirun, moesim_direct):
     cfg = write_config(tmp_path, BASE.replace("top-k = 1\n", "") + "steps = 5\nexperts = 2\ntop-k = 3,4\n")
     out = tmp_path / "out"
@@ -486,6 +563,12 @@ def test_stack_points_with_impossible_options_are_invalid(tmp_path, mpirun, moes
     proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     assert read_summary(out)["status"] == ["invalid", "complete"]
+    # A stack point's result line shows its test score.
+    m = result_lines(proc.stdout)[points[1]["id"]]
+    done = re.fullmatch(rf"done: test_accuracy ([0-9.]+), {DURATION}", m.group(4))
+    assert done, m.group(0)
+    with h5py.File(run_file(out, points[1]), "r") as f:
+        assert done.group(1) == f"{float(f['final'].attrs['test_accuracy']):.5f}"
 
 
 def test_a_list_valued_option_is_swept_as_bracketed_values(tmp_path, mpirun, moesim_direct):
@@ -636,3 +719,9 @@ def test_binned_points_with_impossible_options_are_invalid(tmp_path, mpirun, moe
     proc = mpirun(P, "sweep", cfg, "--out", out, timeout=120)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     assert read_summary(out)["status"] == ["invalid", "complete"]
+    # Its result line shows the calibrated test RMSE (no val_loss in a binned run file).
+    m = result_lines(proc.stdout)[points[1]["id"]]
+    done = re.fullmatch(rf"done: rmse_after_calibration ([0-9.]+), {DURATION}", m.group(4))
+    assert done, m.group(0)
+    with h5py.File(run_file(out, points[1]), "r") as f:
+        assert done.group(1) == f"{float(f['final'].attrs['rmse_after_calibration']):.5f}"
