@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "core/build_info.hpp"
+#include "core/timer.hpp"
 #include "io/parallel_write.hpp"
 
 namespace moesim {
@@ -33,6 +34,12 @@ AttrList provenance_attrs(const Communicator& comm) {
              {"ranks", static_cast<std::int64_t>(comm.size())},
              {"host", std::string(host)},
              {"start_time", iso_time_now()}};
+  // The placement, for the network cost model: nodes, and ranks per node (the most on one
+  // node; the fewest too, which is lower only when the placement is uneven).
+  const Communicator::NodeLayout nodes = comm.node_layout();
+  a.emplace_back("nodes", static_cast<std::int64_t>(nodes.nodes));
+  a.emplace_back("ranks_per_node", static_cast<std::int64_t>(nodes.max_ranks));
+  a.emplace_back("ranks_per_node_min", static_cast<std::int64_t>(nodes.min_ranks));
   for (const char* var : {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                           "SLURM_JOB_NODELIST"}) {
     if (const char* v = std::getenv(var)) {
@@ -212,6 +219,7 @@ void RunFile::write_row_blocks(const Communicator& comm, const std::vector<RowBl
 void RunFile::flush() {
   std::string error;
   try {
+    ScopedTimer t(write_seconds_);
     flush_local();
   } catch (const std::exception& e) {
     error = e.what();

@@ -2,7 +2,8 @@
 // One HDF5 file per run. Layout (schema_version 2; version 1 had no data_seed: `seed` drew
 // both the task and the model):
 //   /            attributes: schema_version, complete, kind, every resolved option,
-//                provenance (version, git_revision, ranks, host, start/end time, slurm_*)
+//                provenance (version, git_revision, ranks, nodes, ranks_per_node[_min], host,
+//                start/end time, slurm_*)
 //   /metrics/*   per-step datasets, first axis = step, appended as the run goes
 //   /final       attributes with the end-of-run results
 // `complete` is 0 from creation and set to 1 only after everything else is written
@@ -24,7 +25,8 @@ constexpr std::int64_t kSchemaVersion = 2;
 
 using AttrList = std::vector<std::pair<std::string, h5::AttrValue>>;
 
-// Build and run facts for run files and `moesim info`.
+// COLLECTIVE. Build and run facts for run files: version, compiler, ranks, nodes and ranks
+// per node, host, start time, the Slurm job.
 AttrList provenance_attrs(const Communicator& comm);
 std::string iso_time_now();
 
@@ -75,6 +77,9 @@ class RunFile {
   // COLLECTIVE. Writes buffered rows and flushes the file to disk; a failure (a full
   // disk) is a ConfigError on every rank.
   void flush();
+  // Seconds this rank spent writing in flush() (the writer's HDF5 work; the agreement after
+  // it is the ranks waiting for one another, not logging).
+  double write_seconds() const { return write_seconds_; }
   // The open file on the writer (rank 0), after flush(): for copying its groups elsewhere.
   hid_t file_id() const { return file_.id(); }
   // COLLECTIVE. Flushes, then sets complete = 1 and closes.
@@ -100,6 +105,7 @@ class RunFile {
 
   const Communicator* comm_ = nullptr;
   OutputLock lock_;
+  double write_seconds_ = 0;
   std::string path_;
   h5::Handle file_;
   std::map<std::string, h5::Handle> groups_;

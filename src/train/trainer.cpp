@@ -240,6 +240,13 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   constexpr double kSpeedAlpha = 0.1;
   double smoothed_tok_s = 0;
   double last_val_loss = std::numeric_limits<double>::quiet_NaN();
+  // HDF5 logging is this rank's appends and its own writes in the flushes (the writer's); the
+  // flush's agreement after them is the ranks waiting for one another, not logging.
+  auto flush = [&] {
+    const double before = out.write_seconds();
+    out.flush();
+    totals.logging_seconds += out.write_seconds() - before;
+  };
   constexpr double kDivergenceFactor = 1e3;
   double first_loss = std::numeric_limits<double>::quiet_NaN();  // this invocation's first step
   for (std::int64_t step = first_step; step <= cfg.steps; ++step) {
@@ -300,10 +307,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       last_val_loss = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens).first;
       append_validation(out, metrics, step, last_val_loss);
     }
-    if (cfg.flush_every > 0 && step % cfg.flush_every == 0) {
-      ScopedTimer t(totals.logging_seconds);
-      out.flush();
-    }
+    if (cfg.flush_every > 0 && step % cfg.flush_every == 0) flush();
 
     const double elapsed = wall.seconds();
     if (talk && (elapsed - last_print >= cfg.progress_interval || step == 1 ||
@@ -321,10 +325,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       break;
     }
   }
-  {
-    ScopedTimer t(totals.logging_seconds);
-    out.flush();
-  }
+  flush();
   if (!sum.interrupted) {
     const auto [vl, va] = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens,
                                    task.sources() > 0 ? &sum.routing_counts : nullptr);
