@@ -63,7 +63,8 @@ TIMING_ATTRS = {"tokens_per_s", "wall_seconds", "a2a_seconds", "a2a_wait_seconds
 WALL_CLOCK_ROOT = {"start_time", "end_time", "resumed_at_step"}
 # What the rank count shapes by nature (as tests/python/test_bit_identity.py's LAYOUT_METRICS).
 LAYOUT = {"traffic", "rank_expert_tokens", "a2a_bytes", "a2a_bytes_by_phase", "padding_bytes"}
-LAYOUT_ROOT = {"ranks", "effective_ep_size", "effective_replica_groups", "memory_estimate_bytes"}
+LAYOUT_ROOT = {"ranks", "nodes", "ranks_per_node", "ranks_per_node_min", "effective_ep_size",
+               "effective_replica_groups", "memory_estimate_bytes"}
 MODEL_GROUPS = ("replicated", "experts", "state")
 # Killed ranks cannot remove their shared-memory segments: they go to the trial's directory.
 SHM_ENV = "OMPI_MCA_btl_vader_backing_directory"

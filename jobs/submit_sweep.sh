@@ -9,13 +9,32 @@
 # The grid comes from `moesim sweep CONFIG --out OUTDIR --list` (run here, one rank, no launcher).
 # Points already complete are left out of --array, so running this again after a partial sweep
 # submits only what is missing; if nothing is, it exits 0 and submits nothing.
-# sbatch options are passed to both jobs (the summary job also gets --ntasks=1 and a short time).
+# sbatch options are passed to both jobs (the summary job also gets one rank on one node and a
+# short time).
+#
+# Placement of the array tasks: the #SBATCH lines of sweep.sbatch, unless the site variables
+# below are set (here or in the environment); each set one becomes an sbatch option placed
+# before the options given on the command line, which win.
+#   MOESIM_NODES             --nodes=N            nodes per task
+#   MOESIM_NTASKS_PER_NODE   --ntasks-per-node=N  MPI ranks per node
+#   MOESIM_CPUS_PER_TASK     --cpus-per-task=N    cores per rank (OMP/OpenBLAS threads; the
+#                                                 points' blas-threads option is their own)
+#   MOESIM_EXCLUSIVE=1       --exclusive          whole nodes
 #
 # Environment: MOESIM_BIN (default: moesim on PATH, as `cmake --install` puts it, else
-# build/default/src/moesim of the checkout this script is in), SWEEP_SBATCH (default:
+# build/default/src/moesim of the checkout this script is in), MOESIM_ENV_FILE (default: env.sh
+# next to this script when it exists; sourced here and by the jobs, e.g. `module load ...`),
+# MOESIM_ENV (a command line run after it, here and by the jobs), SWEEP_SBATCH (default:
 # sweep.sbatch next to this script), SWEEP_ARRAY_LIMIT (optional: at most this many tasks at
 # once, --array=...%N), SWEEP_SUMMARY (1, default: submit the summary job; 0: don't).
 # Prints: `array job JOBID: N tasks (INDICES)` and `summary job JOBID` (stdout, one per line).
+
+# ---- site settings (each may be overridden from the environment) ------------------------------
+MOESIM_NODES=${MOESIM_NODES:-}
+MOESIM_NTASKS_PER_NODE=${MOESIM_NTASKS_PER_NODE:-}
+MOESIM_CPUS_PER_TASK=${MOESIM_CPUS_PER_TASK:-}
+MOESIM_EXCLUSIVE=${MOESIM_EXCLUSIVE:-0}
+# -----------------------------------------------------------------------------------------------
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -26,6 +45,21 @@ CONFIG=$1
 OUT=$2
 shift 2
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The environment hook, as the jobs run it (they get the same file and command line).
+MOESIM_ENV_FILE=${MOESIM_ENV_FILE:-$HERE/env.sh}
+MOESIM_ENV=${MOESIM_ENV:-}
+export MOESIM_ENV_FILE MOESIM_ENV
+if [ -f "$MOESIM_ENV_FILE" ]; then
+  set +eu
+  # shellcheck disable=SC1090
+  source "$MOESIM_ENV_FILE" || { echo "submit_sweep: sourcing $MOESIM_ENV_FILE failed" >&2; exit 2; }
+  set -eu
+fi
+if [ -n "$MOESIM_ENV" ]; then
+  set +eu
+  eval "$MOESIM_ENV" || { echo "submit_sweep: MOESIM_ENV '$MOESIM_ENV' failed" >&2; exit 2; }
+  set -eu
+fi
 if [ -z "${MOESIM_BIN:-}" ]; then
   MOESIM_BIN=$(command -v moesim || echo "$HERE/../build/default/src/moesim")
 fi
@@ -70,13 +104,20 @@ spec=$(printf '%s\n' "$pending" | awk '
   END { out = out (out == "" ? "" : ",") (lo == hi ? lo : lo "-" hi); print out }')
 [ -n "${SWEEP_ARRAY_LIMIT:-}" ] && spec="$spec%$SWEEP_ARRAY_LIMIT"
 
-array_id=$(sbatch --parsable --array="$spec" "$@" "$SWEEP_SBATCH" "$CONFIG" "$OUT")
+placement=()
+[ -n "$MOESIM_NODES" ] && placement+=(--nodes="$MOESIM_NODES")
+[ -n "$MOESIM_NTASKS_PER_NODE" ] && placement+=(--ntasks-per-node="$MOESIM_NTASKS_PER_NODE")
+[ -n "$MOESIM_CPUS_PER_TASK" ] && placement+=(--cpus-per-task="$MOESIM_CPUS_PER_TASK")
+[ "$MOESIM_EXCLUSIVE" = 1 ] && placement+=(--exclusive)
+
+array_id=$(sbatch --parsable --array="$spec" "${placement[@]}" "$@" "$SWEEP_SBATCH" "$CONFIG" "$OUT")
 array_id=${array_id%%;*}
 echo "array job $array_id: $n tasks ($spec) of $total points"
 
 if [ "$SWEEP_SUMMARY" = 1 ]; then
-  # Later options win: the summary job is one rank, short, and never requeued.
-  summary_id=$(sbatch --parsable "$@" --dependency="afterany:$array_id" --ntasks=1 --time=00:10:00 \
+  # Later options win: the summary job is one rank on one node, short, and never requeued.
+  summary_id=$(sbatch --parsable "$@" --dependency="afterany:$array_id" --nodes=1 --ntasks=1 \
+                 --ntasks-per-node=1 --cpus-per-task=1 --time=00:10:00 \
                  --job-name=moesim-sweep-summary --no-requeue \
                  "$SWEEP_SBATCH" "$CONFIG" "$OUT" --summary-only)
   echo "summary job ${summary_id%%;*}"

@@ -33,7 +33,8 @@ PathLike = Union[str, os.PathLike]
 
 SUMMARY_NAME = "sweep.h5"
 BASE_COLUMNS = ["id", "file", "kind", "status", "complete", "error"]
-PROVENANCE = {"schema_version", "moesim_version", "git_revision", "compiler", "ranks", "host",
+PROVENANCE = {"schema_version", "moesim_version", "git_revision", "compiler", "ranks", "nodes",
+              "ranks_per_node", "ranks_per_node_min", "host",
               "start_time", "end_time", "slurm_job_id", "slurm_array_job_id",
               "slurm_array_task_id", "slurm_job_nodelist", "stopped_at_step", "resumed_at_step",
               "sweep_point_id",

@@ -201,6 +201,20 @@ int Communicator::ranks_on_this_node() const {
   return n;
 }
 
+Communicator::NodeLayout Communicator::node_layout() const {
+  MPI_Comm node = MPI_COMM_NULL;
+  MOESIM_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int node_rank = 0, node_size = 1;
+  MOESIM_MPI_CHECK(MPI_Comm_rank(node, &node_rank));
+  MOESIM_MPI_CHECK(MPI_Comm_size(node, &node_size));
+  MOESIM_MPI_CHECK(MPI_Comm_free(&node));
+  int leaders = node_rank == 0 ? 1 : 0;  // one per node
+  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leaders, 1, MPI_INT, MPI_SUM, comm_));
+  int extremes[2] = {node_size, -node_size};  // max and -min in one reduction
+  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, extremes, 2, MPI_INT, MPI_MAX, comm_));
+  return {leaders, extremes[0], -extremes[1]};
+}
+
 void Communicator::agree_or_throw(bool ok, const std::string& message) const {
   int first_bad = ok ? size_ : rank_;
   MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first_bad, 1, MPI_INT, MPI_MIN, comm_));

@@ -104,6 +104,14 @@ class Communicator {
   void barrier() const;
   // How many ranks of this communicator share this rank's node (its memory).
   int ranks_on_this_node() const;
+  // How the ranks sit on nodes (a node: the ranks that share memory, MPI_COMM_TYPE_SHARED).
+  struct NodeLayout {
+    int nodes = 1;      // distinct nodes
+    int max_ranks = 1;  // the most ranks on one node
+    int min_ranks = 1;  // the fewest ranks on one node (below max_ranks: an uneven placement)
+  };
+  // COLLECTIVE.
+  NodeLayout node_layout() const;
 
   // COLLECTIVE. Every rank learns whether all ranks passed `ok`; if not, every rank
   // throws ConfigError with the message of the lowest failing rank.

@@ -6,7 +6,7 @@
 
 namespace moesim {
 
-// COLLECTIVE. Whether any rank has received SIGTERM or SIGINT.
+// COLLECTIVE. Whether any rank has received a stop signal (SIGTERM, SIGINT, SIGUSR1).
 inline bool stop_requested(const Communicator& comm) {
   return comm.allreduce_max(stop_signal_received() ? 1 : 0) != 0;
 }

@@ -173,7 +173,7 @@ struct StepInput {
   MixtureLossResult loss;         // local sums
   double step_seconds = 0;        // forward to Adam
   double reduce_seconds = 0;      // gradient all-reduce
-  bool stop_signal = false;       // this rank received SIGTERM/SIGINT
+  bool stop_signal = false;       // this rank received a stop signal
   std::int64_t batch_tokens = 0;  // B, global
   double lr = 0;                  // the learning rate Adam used
 };

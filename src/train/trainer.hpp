@@ -38,7 +38,7 @@ struct TrainConfig {
 
 struct TrainSummary {
   std::int64_t steps_done = 0;
-  bool interrupted = false;          // stopped by SIGTERM/SIGINT before the last step
+  bool interrupted = false;          // stopped by a stop signal before the last step
   double final_train_loss = 0;
   double val_loss = 0;
   double val_accuracy = -1;          // classification only

@@ -77,6 +77,8 @@ def test_root_attributes_and_completion(main_run, info_text):
 
     # Provenance.
     assert root["ranks"] == P
+    # The placement, as MPI_COMM_TYPE_SHARED sees it: every rank of this test on this machine.
+    assert (root["nodes"], root["ranks_per_node"], root["ranks_per_node_min"]) == (1, P, P)
     assert root["host"] == socket.gethostname()
     version = re.search(r"^moesim (\S+)", info_text, re.M).group(1)
     assert root["moesim_version"] == version
@@ -101,6 +103,7 @@ def test_slurm_job_id_recorded(tmp_path, run_moe):
     root, _, _, _ = load(path)
     assert root["slurm_job_id"] == "424242"
     assert root["ranks"] == 1
+    assert (root["nodes"], root["ranks_per_node"], root["ranks_per_node_min"]) == (1, 1, 1)
     assert root["complete"] == 1
 
 

@@ -232,7 +232,7 @@ def test_sweep_as_job_array(cluster, tmp_path):
     for p in points:
         a = root_attrs(out / f"{p['id']}.h5")
         assert a["complete"] == 1, (p, info)
-        assert a["ranks"] == RANKS
+        assert a["ranks"] == RANKS and a["ranks_per_node"] == RANKS and a["nodes"] == 1
         assert a["slurm_array_job_id"] == array_id
         assert a["slurm_array_task_id"] == str(p["index"])
         assert a["slurm_job_id"] == job_of_task[p["index"]]
@@ -263,6 +263,8 @@ def test_run_sbatch(cluster, tmp_path):
     a = root_attrs(out)
     assert a["complete"] == 1
     assert a["ranks"] == RANKS
+    assert a["nodes"] == 1 and a["ranks_per_node"] == RANKS == a["ranks_per_node_min"]
+    assert a["blas_threads"] == 1  # the script's --cpus-per-task=1
     assert a["experts"] == 4 and a["steps"] == 12  # from the config file, and the command line
     assert a["slurm_job_id"] == job_id
     assert "slurm_array_task_id" not in a
@@ -270,11 +272,62 @@ def test_run_sbatch(cluster, tmp_path):
         np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, 13))
 
 
-def test_sigterm_requeues_the_array_task(cluster, tmp_path):
-    """SIGTERM to a task's ranks (what --signal=TERM@120 sends before the time limit; here by
-    `scancel --signal=TERM`, which also signals the job steps only): the point stops at a step
-    boundary and writes its checkpoint, the task requeues itself and its second run continues the
-    point from that checkpoint to completion. The other task is not disturbed."""
+@pytest.mark.parametrize("launcher", ["mpirun", "srun"])
+def test_batch_sigterm_stops_the_run(cluster, tmp_path, launcher):
+    """What `--signal=B:TERM@120` does before the time limit, delivered at once by
+    `scancel --batch --signal=TERM`: SIGTERM to the batch shell only, not to the ranks. run.sbatch
+    forwards it to the launcher as SIGUSR1 (srun and mpirun answer SIGTERM by killing the
+    ranks; SIGUSR1 they pass on), so the run stops at a step boundary, its file is left
+    incomplete but readable, and the job ends with moesim's 143. With mpirun the ranks sit in
+    the batch step, which a plain `scancel --signal=TERM` (the job steps) would never reach.
+    Also: --cpus-per-task reaches the run's BLAS threads."""
+    cfg = tmp_path / "moe.ini"
+    cfg.write_text(BASE + "experts = 4\nflush-every = 1\n")
+    out = tmp_path / "run.h5"
+    log = tmp_path / "run.out"
+    steps = 1_000_000  # never reached
+    env = {**cluster.env, "MOESIM_LAUNCHER": launcher}
+    proc = subprocess.run(["sbatch", "--parsable", f"--ntasks={RANKS}", "--cpus-per-task=2",
+                           f"--output={log}", f"--chdir={tmp_path}", str(JOBS / "run.sbatch"), str(cfg),
+                           "--out", str(out), "--steps", str(steps)],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 60
+    while steps_written(out) < 3:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the run did not start{diagnostics(cluster, [log])}")
+        time.sleep(0.05)
+    slurm(cluster, "scancel", "--batch", "--signal=TERM", job_id)
+
+    (job,) = wait_for(cluster, job_id, outputs=[log])
+    info = diagnostics(cluster, [log])
+    assert job["JobState"] == "FAILED" and job["ExitCode"] == "143:0", f"{job}{info}"
+    text = log.read_text()
+    assert f"SIGTERM: asking the ranks to stop (SIGUSR1 to {launcher})" in text, info
+    assert "stopped by signal" in text and "moesim exited with 143" in text, info
+    assert "--blas-threads 2" in text, info
+    if launcher == "mpirun":
+        assert f"mpirun -np {RANKS} " in text and "--bind-to none" in text, info
+    a = root_attrs(out)
+    assert a["complete"] == 0
+    stopped = int(a["stopped_at_step"])
+    assert 3 <= stopped < steps
+    assert a["ranks"] == RANKS and a["nodes"] == 1 and a["ranks_per_node"] == RANKS
+    assert a["blas_threads"] == 2
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, stopped + 1))
+        assert f["final"].attrs["steps_done"] == stopped
+
+
+@pytest.mark.parametrize("signalled", ["batch", "steps"])
+def test_sigterm_requeues_the_array_task(cluster, tmp_path, signalled):
+    """SIGTERM to a task's batch shell (what --signal=B:TERM@120 sends before the time limit; here
+    by `scancel --batch --signal=TERM`), which sweep.sbatch forwards to the ranks as SIGUSR1, or
+    to its job steps, i.e. straight to srun's ranks (`scancel --signal=TERM`, as preemption
+    does): the point stops at a step boundary and writes its checkpoint, the task requeues itself
+    and its second run continues the point from that checkpoint to completion. The other task is
+    not disturbed."""
     steps = 400  # of point 1, long enough to be caught inside; point 0 is short
     cfg = tmp_path / "grid.ini"
     cfg.write_text("command = moe\n" + BASE + f"flush-every = 1\nexperts = 2\nseed = 1,2\n"
@@ -295,7 +348,8 @@ def test_sigterm_requeues_the_array_task(cluster, tmp_path):
             pytest.fail(f"task 1 did not start its point{diagnostics(cluster, logs.glob('*.out'))}")
         time.sleep(0.05)
     t_signal = time.time()
-    slurm(cluster, "scancel", "--signal=TERM", f"{array_id}_1")
+    slurm(cluster, "scancel", *(["--batch"] if signalled == "batch" else []), "--signal=TERM",
+          f"{array_id}_1")
 
     tasks = {int(t["ArrayTaskId"]): t for t in wait_for(cluster, array_id, outputs=logs.glob("*.out"))}
     log1 = logs / f"slurm-{array_id}_1.out"
@@ -307,6 +361,7 @@ def test_sigterm_requeues_the_array_task(cluster, tmp_path):
     assert "moesim exited with 143" in text and f"requeueing {array_id}_1" in text, info
     assert "(restart 1)" in text and "moesim exited with 0" in text, info
     assert "stopped by signal" in text, info
+    assert ("SIGTERM: asking the ranks to stop (SIGUSR1 to srun)" in text) == (signalled == "batch"), info
     a = root_attrs(target)
     assert a["complete"] == 1
     assert a["slurm_array_task_id"] == "1"
