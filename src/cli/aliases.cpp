@@ -205,6 +205,27 @@ AliasMeaning balancing(const std::string& v) {
                     (v == "seq_aux_loss" ? " (a loss per sequence) has no moesim counterpart" : " is not known") + offered);
 }
 
+// Megatron-LM's probs keeps an expert's assignments with the largest routing probability
+// (its gate weight), as moesim's probs does. Its position keeps each expert's tokens in
+// sequence order whatever the choice; moesim's position takes first choices before second
+// ones (GShard): the same with one choice per token only.
+AliasMeaning token_drop(const std::string& v) {
+  if (v == "probs") return {{{"drop-policy", "probs"}}, {}};
+  if (v == "position")
+    return {{{"drop-policy", "position"}}, [](const po::variables_map& vm) {
+              if (!vm.count("top-k") || !vm.count("granularity") || !vm.count("drop-policy") ||
+                  vm["drop-policy"].as<std::string>() != "position")
+                return;
+              MOESIM_CONFIG_CHECK(vm["top-k"].as<I>() * vm["granularity"].as<I>() == 1,
+                                  "--moe-token-drop-policy position keeps each expert's tokens in sequence order in "
+                                  "Megatron-LM, whatever the choice; moesim's --drop-policy position takes every first "
+                                  "choice before any second one (GShard), which differs with top-k > 1: give "
+                                  "--drop-policy position to run moesim's");
+            }};
+  throw ConfigError("--moe-token-drop-policy " + v + " is not known: moesim maps probs (--drop-policy probs) and, "
+                    "with top-k 1, position (--drop-policy position)");
+}
+
 struct AliasSpec {
   const char* name;
   const char* target;                           // the moesim option it equals, value as given
@@ -226,6 +247,12 @@ const AliasSpec kAliases[] = {
      "aux_loss, global_aux_loss = --balance aux; sinkhorn = --gate sbase --balance none (top-k > 1); none = "
      "--balance none (seq_aux_loss: refused)"},
     {"expert-model-parallel-size", "ep-size", nullptr, "= --ep-size"},
+    {"moe-expert-capacity-factor", "capacity-factor", nullptr,
+     "= --capacity-factor (over the global batch; Megatron's default, none, is moesim's 0: dropless)"},
+    {"moe-token-drop-policy", nullptr, token_drop,
+     "probs = --drop-policy probs; position = --drop-policy position (top-k 1 only: Megatron keeps sequence order)"},
+    {"moe-input-jitter-eps", "router-jitter", nullptr, "= --router-jitter (moesim: training steps only)"},
+    {"moe-router-score-function", "score-function", nullptr, "= --score-function (softmax or sigmoid, --gate topk)"},
 };
 
 const AliasSpec* find(const std::string& name) {

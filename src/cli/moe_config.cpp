@@ -52,7 +52,8 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
                         "blas-threads", "moe-every"})
     MOESIM_CONFIG_CHECK(i(k) <= kMaxCount, "--" << k << " must be <= " << kMaxCount << " (got " << i(k) << ")");
   for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
-                        "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight"})
+                        "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight",
+                        "router-jitter"})
     MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
   for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
     MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
@@ -63,6 +64,9 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(E <= kMaxCount, "--experts x --granularity must be <= " << kMaxCount << " (got " << E << ")");
   const GateKind gate = parse_gate(s("gate"));
   const BalanceKind balance = parse_balance(s("balance"));
+  const DropPolicy drop_policy = parse_drop_policy(s("drop-policy"));
+  const ScoreFunction score = parse_score_function(s("score-function"));
+  MOESIM_CONFIG_CHECK(i("min-capacity") >= 0, "--min-capacity must be >= 0 (got " << i("min-capacity") << ")");
   const double eval_cf = vm.count("eval-capacity-factor") ? d("eval-capacity-factor") : d("capacity-factor");
   MOESIM_CONFIG_CHECK(eval_cf >= 0 && std::isfinite(eval_cf),
                       "--eval-capacity-factor must be a finite number >= 0 (got " << eval_cf << ")");
@@ -121,6 +125,10 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   m.model.moe.eval_capacity_factor = eval_cf;
   m.model.moe.router.fp64 = s("router-precision") == "fp64";
   m.model.moe.router.pre_softmax = vm["router-pre-softmax"].as<bool>();
+  m.model.moe.router.score = score;
+  m.model.moe.router.jitter = d("router-jitter");
+  m.model.moe.min_capacity = i("min-capacity");
+  m.model.moe.drop_policy = drop_policy;
   m.model.moe.router.importance_weight = d("importance-loss-weight");
   m.model.moe.router.load_weight = d("load-loss-weight");
   m.model.moe.router.sinkhorn_iters = static_cast<int>(i("sinkhorn-iters"));

@@ -40,6 +40,17 @@ po::options_description moe_options() {
       ("capacity-factor", real(1.25),
        "C: expert capacity = ceil(C * B * K / E) slots over the global batch (0 = dropless)")
       ("eval-capacity-factor", po::value<double>(), "capacity factor for validation (default: --capacity-factor)")
+      ("min-capacity", po::value<I>()->default_value(0),
+       "every expert capacity is at least this many slots (with a capacity factor > 0; 0 = no minimum)")
+      ("drop-policy", po::value<std::string>()->default_value("position"),
+       "which assignments an expert over capacity keeps: position (first choices before second, each in global "
+       "token order) | probs (the largest gate weights, ties to the lower global token; Megatron-LM's probs)")
+      ("score-function", po::value<std::string>()->default_value("softmax"),
+       "topk: softmax (of the logits) | sigmoid (DeepSeek-V3: the K largest sigmoid(logit) (+ bias) are chosen, "
+       "gate = their scores normalised to sum 1 when K > 1)")
+      ("router-jitter", real(0.0),
+       "eps: while training, multiply the router's input by U(1 - eps, 1 + eps) per token and feature (Switch "
+       "Transformer; 0 = off)")
       ("router-pre-softmax", po::bool_switch()->default_value(false),
        "topk: weight the K chosen experts by their softmax over all E logits, not renormalised (Megatron's "
        "pre-softmax; with K = 1 the router then learns from the task loss)")

@@ -18,6 +18,7 @@ enum class Stream : std::uint64_t {
   kLearner = 7,
   kRouterNoise = 8,
   kRouterHash = 9,
+  kRouterJitter = 10,
 };
 
 constexpr std::uint64_t splitmix64(std::uint64_t x) {

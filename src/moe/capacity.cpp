@@ -2,15 +2,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+
+#include "core/error.hpp"
 
 namespace moesim {
 
-std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int E) {
+std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int E, std::int64_t min_capacity) {
   if (capacity_factor <= 0.0) return 0;
   // An expert gets at most one of each token's K distinct choices, so B is room for all;
   // clamping first also keeps a huge factor from overflowing the cast (1e17 gave 1).
   const double c = std::min(std::ceil(capacity_factor * static_cast<double>(B) * K / E), static_cast<double>(B));
-  return std::max<std::int64_t>(1, static_cast<std::int64_t>(c));
+  const std::int64_t at_least = std::min(min_capacity, B);
+  return std::max<std::int64_t>({1, static_cast<std::int64_t>(c), at_least});
 }
 
 namespace {
@@ -29,11 +33,66 @@ CapacityDecision keep_preselected(const Communicator& comm, const std::vector<in
   return d;
 }
 
+// NOTES: an expert's kept set under the priority order is its `capacity` best (priority,
+// global token) pairs over the global batch. Only experts over capacity (known from the
+// global totals) need a cut: every rank sends its local `capacity` best per such expert (no
+// more can make the global cut), all ranks merge the same candidates and find each cut,
+// as expert choice does (gates/expert_choice.cpp).
+void keep_by_priority(const Communicator& comm, const std::vector<int>& expert, std::int64_t n, int K, int E,
+                      std::int64_t capacity, const std::vector<std::int64_t>& per_expert, const DropByPriority& by,
+                      std::vector<char>& kept) {
+  const std::vector<double>& prio = *by.priority;
+  MOESIM_REQUIRE(prio.size() == static_cast<std::size_t>(n * K), "drop priorities: " << prio.size() << " for "
+                                                                                      << n * K << " assignments");
+  auto better = [](double pa, std::int64_t ta, double pb, std::int64_t tb) { return pa > pb || (pa == pb && ta < tb); };
+  std::vector<std::vector<std::size_t>> local(static_cast<std::size_t>(E));  // assignment indices per expert
+  for (std::int64_t t = 0; t < n; ++t)
+    for (int j = 0; j < K; ++j) {
+      const std::size_t a = static_cast<std::size_t>(t * K + j);
+      local[static_cast<std::size_t>(expert[a])].push_back(a);
+    }
+  auto token_of = [&](std::size_t a) { return by.first_token + static_cast<std::int64_t>(a) / K; };
+  std::vector<double> cand;  // per expert over capacity: count, then (priority, token) pairs
+  for (int e = 0; e < E; ++e) {
+    if (per_expert[static_cast<std::size_t>(e)] <= capacity) continue;
+    auto& v = local[static_cast<std::size_t>(e)];
+    const std::size_t m = std::min<std::size_t>(v.size(), static_cast<std::size_t>(capacity));
+    std::partial_sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m), v.end(), [&](std::size_t a, std::size_t b) {
+      return better(prio[a], token_of(a), prio[b], token_of(b));
+    });
+    cand.push_back(static_cast<double>(m));
+    for (std::size_t i = 0; i < m; ++i) {
+      cand.push_back(prio[v[i]]);
+      cand.push_back(static_cast<double>(token_of(v[i])));
+    }
+  }
+  const std::vector<double> all = comm.allgatherv(cand);
+  std::vector<std::vector<std::pair<double, std::int64_t>>> pool(static_cast<std::size_t>(E));
+  for (std::size_t p = 0; p < all.size();) {
+    for (int e = 0; e < E; ++e) {
+      if (per_expert[static_cast<std::size_t>(e)] <= capacity) continue;
+      const auto m = static_cast<std::size_t>(all[p++]);
+      for (std::size_t i = 0; i < m; ++i, p += 2)
+        pool[static_cast<std::size_t>(e)].emplace_back(all[p], static_cast<std::int64_t>(all[p + 1]));
+    }
+  }
+  for (int e = 0; e < E; ++e) {
+    if (per_expert[static_cast<std::size_t>(e)] <= capacity) continue;
+    auto& v = pool[static_cast<std::size_t>(e)];
+    const std::size_t m = static_cast<std::size_t>(capacity);  // <= v.size(): the expert is over capacity
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m - 1), v.end(),
+                     [&](const auto& a, const auto& b) { return better(a.first, a.second, b.first, b.second); });
+    const auto cut = v[m - 1];
+    for (std::size_t a : local[static_cast<std::size_t>(e)])
+      if (better(cut.first, cut.second, prio[a], token_of(a))) kept[a] = 0;  // behind the cut
+  }
+}
+
 }  // namespace
 
 CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int>& expert,
                                  std::int64_t n, int K, int E, std::int64_t capacity,
-                                 const std::vector<char>& preselected) {
+                                 const std::vector<char>& preselected, const DropByPriority* by_priority) {
   if (!preselected.empty()) return keep_preselected(comm, expert, n, K, E, preselected);
   const std::size_t KE = static_cast<std::size_t>(K) * static_cast<std::size_t>(E);
   std::vector<std::int64_t> local(KE, 0), before(KE, 0), total(KE, 0);
@@ -61,7 +120,9 @@ CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int
     d.processed[static_cast<std::size_t>(e)] = capacity > 0 ? std::min(base, capacity) : base;
     d.dropped += base - d.processed[static_cast<std::size_t>(e)];
   }
-  if (capacity > 0) {
+  if (capacity > 0 && by_priority) {
+    keep_by_priority(comm, expert, n, K, E, capacity, d.assigned, *by_priority, d.kept);
+  } else if (capacity > 0) {
     for (std::int64_t t = 0; t < n; ++t)
       for (int j = 0; j < K; ++j) {
         const std::size_t i =

@@ -13,8 +13,9 @@
 
 namespace moesim {
 
-// Slots per expert for a global batch of B tokens; 0 means unlimited (dropless).
-std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int E);
+// Slots per expert for a global batch of B tokens, at least `min_capacity` (--min-capacity)
+// and at most B; 0 means unlimited (dropless: a factor of 0).
+std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int E, std::int64_t min_capacity = 0);
 
 struct CapacityDecision {
   std::vector<char> kept;                 // n*K, per local assignment
@@ -23,11 +24,21 @@ struct CapacityDecision {
   std::int64_t dropped = 0;               // global dropped assignments
 };
 
+// --drop-policy probs: an expert over capacity keeps its `capacity` assignments with the
+// largest priority (the gate weight), ties to the lower global token (a token gives an
+// expert at most one assignment, so the order is total).
+struct DropByPriority {
+  const std::vector<double>* priority = nullptr;  // n*K, per local assignment
+  std::int64_t first_token = 0;                   // global index of local token 0
+};
+
 // COLLECTIVE. `expert` holds n*K local assignments (token-major). `preselected` (n*K,
 // expert choice): the router already applied the capacity, so exactly these are kept
-// and nothing is dropped.
+// and nothing is dropped. `by_priority` (given: --drop-policy probs) replaces the
+// (choice, token) order by the priority order.
 CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int>& expert,
                                  std::int64_t n, int K, int E, std::int64_t capacity,
-                                 const std::vector<char>& preselected = {});
+                                 const std::vector<char>& preselected = {},
+                                 const DropByPriority* by_priority = nullptr);
 
 }  // namespace moesim

@@ -14,6 +14,18 @@ BalanceKind parse_balance(const std::string& name) {
   throw ConfigError("--balance must be aux, bias or none (got '" + name + "')");
 }
 
+ScoreFunction parse_score_function(const std::string& name) {
+  if (name == "softmax") return ScoreFunction::kSoftmax;
+  if (name == "sigmoid") return ScoreFunction::kSigmoid;
+  throw ConfigError("--score-function must be softmax or sigmoid (got '" + name + "')");
+}
+
+DropPolicy parse_drop_policy(const std::string& name) {
+  if (name == "position") return DropPolicy::kPosition;
+  if (name == "probs") return DropPolicy::kProbs;
+  throw ConfigError("--drop-policy must be position or probs (got '" + name + "')");
+}
+
 void MoeLayerConfig::validate(int ranks, int granularity) const {
   const int M = granularity;
   const GateTraits& g = gate_traits(gate);
@@ -42,13 +54,30 @@ void MoeLayerConfig::validate(int ranks, int granularity) const {
   MOESIM_CONFIG_CHECK(!router.pre_softmax || gate == GateKind::kTopK,
                       "--router-pre-softmax applies to --gate topk only (got '" << name
                                                                                << "'): the other gates fix their own gate weights");
+  MOESIM_CONFIG_CHECK(router.score == ScoreFunction::kSoftmax || gate == GateKind::kTopK,
+                      "--score-function sigmoid applies to --gate topk only (got '" << name << "')");
+  MOESIM_CONFIG_CHECK(router.score == ScoreFunction::kSoftmax || !router.pre_softmax,
+                      "--score-function sigmoid and --router-pre-softmax exclude each other: the sigmoid scores are "
+                      "not a softmax");
+  MOESIM_CONFIG_CHECK(router.jitter >= 0 && router.jitter < 1,
+                      "--router-jitter must be in [0, 1) (got " << router.jitter << ")");
+  MOESIM_CONFIG_CHECK(router.jitter == 0 || g.learned,
+                      "--router-jitter needs a gate with a trained router (got '" << name
+                                                                                  << "', which does not read x W)");
+  MOESIM_CONFIG_CHECK(min_capacity >= 0, "--min-capacity must be >= 0 (got " << min_capacity << ")");
+  MOESIM_CONFIG_CHECK(drop_policy == DropPolicy::kPosition || (!g.all_experts && !g.needs_capacity),
+                      "--drop-policy probs applies to gates that drop tokens over capacity (got '"
+                          << name << "', which " << (g.all_experts ? "routes every token to every expert" : "drops none")
+                          << ")");
   MOESIM_CONFIG_CHECK(router.sinkhorn_iters >= 1, "--sinkhorn-iters must be >= 1 (got " << router.sinkhorn_iters << ")");
   MOESIM_CONFIG_CHECK(shared_experts >= 0, "--shared-experts must be >= 0 (got " << shared_experts << ")");
 }
 
 std::string MoeLayerConfig::router_warning() const {
   // With one chosen expert, a softmax over the chosen logits is the constant 1.
-  const bool renormalised = (gate == GateKind::kTopK && !router.pre_softmax) || gate == GateKind::kNoisyTopK;
+  const bool renormalised =
+      (gate == GateKind::kTopK && !router.pre_softmax && router.score == ScoreFunction::kSoftmax) ||
+      gate == GateKind::kNoisyTopK;
   if (!renormalised || top_k != 1 || experts < 2) return "";
   const std::string from = gate == GateKind::kNoisyTopK ? "its load loss" : "the balancing loss";
   return std::string("--gate ") + gate_name(gate) +

@@ -12,6 +12,18 @@ namespace moesim {
 
 enum class HashKey { kInput, kPosition };
 
+// How the router scores experts (--score-function): the softmax over the E logits, or
+// DeepSeek-V3's sigmoid of each logit (topk only; its gate weights are the chosen
+// scores normalised to sum 1 when K > 1).
+enum class ScoreFunction { kSoftmax, kSigmoid };
+ScoreFunction parse_score_function(const std::string& name);  // ConfigError on unknown names
+
+// Which assignments an expert over capacity keeps (--drop-policy): the first in the global
+// (choice, token) order, or those with the largest gate weight (ties to the lower global
+// token), Megatron-LM's "probs".
+enum class DropPolicy { kPosition, kProbs };
+DropPolicy parse_drop_policy(const std::string& name);  // ConfigError on unknown names
+
 struct RouterOptions {
   GateKind gate = GateKind::kTopK;
   bool fp64 = false;              // compute logits, softmax, selection and gradients in fp64
@@ -21,6 +33,10 @@ struct RouterOptions {
   int sinkhorn_iters = 8;         // S-BASE
   HashKey hash_key = HashKey::kInput;
   bool pre_softmax = false;       // topk: gate = softmax over all E logits of the chosen (Megatron)
+  ScoreFunction score = ScoreFunction::kSoftmax;  // topk: softmax, or sigmoid (DeepSeek-V3)
+  // --router-jitter eps: while training, the router's input is multiplied elementwise by
+  // U(1 - eps, 1 + eps) drawn from (seed, layer, step, global token, feature) (Switch).
+  double jitter = 0;
   std::uint64_t seed = 1;         // noise and hash keys
   int layer_id = 0;
 };
@@ -36,6 +52,8 @@ struct MoeLayerConfig {
   int experts = 4;            // E
   int top_k = 2;              // K
   double capacity_factor = 1.25;  // 0 = dropless
+  std::int64_t min_capacity = 0;  // --min-capacity: a capacity is at least this (when not dropless)
+  DropPolicy drop_policy = DropPolicy::kPosition;
   double aux_loss_weight = 0.01;  // Switch load-balancing loss weight
   double z_loss_weight = 0.0;     // ST-MoE router z-loss weight
   double router_init_scale = 0.1;

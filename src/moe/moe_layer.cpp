@@ -79,16 +79,27 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   const std::int64_t B = comm_.allreduce_sum(static_cast<std::int64_t>(n));
   const double cf = !training_ && cfg_.eval_capacity_factor >= 0 ? cfg_.eval_capacity_factor
                                                                  : cfg_.capacity_factor;
-  const std::int64_t cap = gate_uses_all_experts(cfg_.gate) ? 0 : expert_capacity(cf, B, cfg_.top_k, E);
+  const std::int64_t cap =
+      gate_uses_all_experts(cfg_.gate) ? 0 : expert_capacity(cf, B, cfg_.top_k, E, cfg_.min_capacity);
   RouteContext ctx{&comm_, B, 0, step_, training_, cap};
-  if (router_.needs_token_index()) {
+  const bool by_probs = cfg_.drop_policy == DropPolicy::kProbs && cap > 0;
+  if (router_.needs_token_index() || by_probs) {
     const std::int64_t local = n;
     comm_.exscan_sum(&local, &ctx.first_token, 1);
   }
   router_.forward(x, ctx, routing_);
   const int K = routing_.K;  // choice slots per token (E for expert choice)
 
-  const CapacityDecision cd = decide_capacity(comm_, routing_.expert, n, K, E, cap, routing_.preselected);
+  // --drop-policy probs: an expert over capacity keeps its assignments with the largest gate.
+  DropByPriority by_gate;
+  if (by_probs) {
+    drop_priority_.resize(static_cast<std::size_t>(n * K));
+    for (Index t = 0; t < n; ++t)
+      for (int j = 0; j < K; ++j) drop_priority_[static_cast<std::size_t>(t * K + j)] = static_cast<double>(routing_.gate(t, j));
+    by_gate = {&drop_priority_, ctx.first_token};
+  }
+  const CapacityDecision cd =
+      decide_capacity(comm_, routing_.expert, n, K, E, cap, routing_.preselected, by_probs ? &by_gate : nullptr);
   assigned_ = cd.assigned;
 
   // Load-balancing loss (Switch): E * sum_e f_e P_e over the global batch.

@@ -132,6 +132,7 @@ class MoeLayer {
   std::vector<double> dlse_;
   std::vector<double> f_;  // global fraction of assignments per expert
   std::vector<std::int64_t> assigned_;  // global assignments per expert before dropping
+  std::vector<double> drop_priority_;   // --drop-policy probs: the gate of each local assignment
   bool training_ = true;
   std::int64_t step_ = 0;
   MoeLayerStats stats_;

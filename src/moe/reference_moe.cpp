@@ -32,6 +32,8 @@ double cv2(const std::vector<double>& v, std::vector<double>& grad) {
   return var / (mean * mean);
 }
 
+constexpr double kSigmoidSumEps = 1e-20;  // as gates/topk.cpp
+
 }  // namespace
 
 ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
@@ -41,7 +43,11 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
   const bool ec = g == GateKind::kExpertChoice;
   const bool noisy = g == GateKind::kNoisyTopK && noise.size() > 0;
   const bool all = gate_uses_all_experts(g);  // every expert in index order, no capacity
+  const bool sig = sigmoid_scores && g == GateKind::kTopK;
   const int slots = ec || all ? E : K;
+  auto router_in = [&](Index t) -> RowVec<double> {  // the router's input: x, jittered
+    return jitter.size() > 0 ? RowVec<double>(x.row(t).cwiseProduct(jitter.row(t))) : RowVec<double>(x.row(t));
+  };
   Forward fw;
   fw.y = Mat<double>::Zero(B, D);
   fw.chosen.resize(static_cast<std::size_t>(B));
@@ -51,16 +57,20 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
   fw.expert_tokens.assign(static_cast<std::size_t>(E), 0);
   std::vector<double> P(static_cast<std::size_t>(E), 0.0), assigned(static_cast<std::size_t>(E), 0.0);
   // Logits, softmax, noisy logits h and selection scores, token by token.
-  std::vector<RowVec<double>> logits(B), p(B), h(B), sel(B);
+  std::vector<RowVec<double>> logits(B), p(B), h(B), sel(B), score(B);
   for (Index t = 0; t < B; ++t) {
-    logits[t] = g == GateKind::kConstant ? RowVec<double>::Zero(E) : RowVec<double>(x.row(t) * router);
+    logits[t] = g == GateKind::kConstant ? RowVec<double>::Zero(E) : RowVec<double>(router_in(t) * router);
     p[t] = softmax(logits[t]);
+    if (sig) {  // DeepSeek-V3: s = sigmoid(logits), probabilities s / sum(s)
+      score[t] = logits[t].unaryExpr([](double a) { return sigmoid(a); });
+      p[t] = score[t] / (score[t].sum() + kSigmoidSumEps);
+    }
     for (int e = 0; e < E; ++e) P[e] += p[t](e);
     const double lse = logits[t].maxCoeff() + std::log((logits[t].array() - logits[t].maxCoeff()).exp().sum());
     fw.z_loss += lse * lse / static_cast<double>(B);
-    h[t] = logits[t];
+    h[t] = sig ? score[t] : logits[t];
     if (noisy) {
-      const RowVec<double> nl = x.row(t) * router_noise;
+      const RowVec<double> nl = router_in(t) * router_noise;
       for (int e = 0; e < E; ++e) h[t](e) += noise(t, e) * softplus(nl(e));
     }
     sel[t] = h[t];
@@ -86,7 +96,7 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
     for (Index t = 0; t < B; ++t)
       for (int e = 0; e < E; ++e) sel[t](e) = logits[t](e) + std::log(v[e]);
   }
-  const long cap = all ? 0 : static_cast<long>(expert_capacity(capacity_factor, B, K, E));
+  const long cap = all ? 0 : static_cast<long>(expert_capacity(capacity_factor, B, K, E, min_capacity));
   for (Index t = 0; t < B; ++t) {
     std::vector<int> order(static_cast<std::size_t>(E));
     std::iota(order.begin(), order.end(), 0);
@@ -105,7 +115,11 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
     if (!ec && !all && K < E) fw.next_choice[t] = order[K];
     order.resize(static_cast<std::size_t>(slots));
     std::vector<double> gt(static_cast<std::size_t>(slots));
-    if ((g == GateKind::kTopK && !pre_softmax) || g == GateKind::kNoisyTopK) {
+    if (sig) {
+      double chosen = kSigmoidSumEps;
+      for (int j = 0; j < slots; ++j) chosen += score[t](order[j]);
+      for (int j = 0; j < slots; ++j) gt[j] = slots > 1 ? score[t](order[j]) / chosen : score[t](order[j]);
+    } else if ((g == GateKind::kTopK && !pre_softmax) || g == GateKind::kNoisyTopK) {
       RowVec<double> chosen_h(slots);
       for (int j = 0; j < slots; ++j) chosen_h(j) = h[t](order[j]);
       const RowVec<double> s = softmax(chosen_h);
@@ -133,18 +147,26 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
   } else {
     for (Index t = 0; t < B; ++t)
       for (int e : fw.chosen[t]) assigned[e] += 1;
-    // Capacity: first choices of all tokens, then second choices, each in token order.
-    std::vector<long> used(static_cast<std::size_t>(E), 0);
+    // Capacity: first choices of all tokens, then second choices, each in token order;
+    // --drop-policy probs: per expert by descending gate, ties to the lower token.
+    std::vector<std::pair<Index, int>> order;  // (token, choice)
     for (int j = 0; j < K; ++j)
-      for (Index t = 0; t < B; ++t) {
-        const int e = fw.chosen[t][j];
-        if (cap > 0 && used[e] >= cap) {
-          fw.kept[t][j] = 0;
-          ++fw.dropped;
-        } else {
-          ++used[e];
-        }
+      for (Index t = 0; t < B; ++t) order.emplace_back(t, j);
+    if (drop_by_probs)
+      std::stable_sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+        const double ga = fw.gate[a.first][a.second], gb = fw.gate[b.first][b.second];
+        return ga > gb || (ga == gb && a.first < b.first);
+      });
+    std::vector<long> used(static_cast<std::size_t>(E), 0);
+    for (const auto& [t, j] : order) {
+      const int e = fw.chosen[t][j];
+      if (cap > 0 && used[e] >= cap) {
+        fw.kept[t][j] = 0;
+        ++fw.dropped;
+      } else {
+        ++used[e];
       }
+    }
   }
   for (Index t = 0; t < B; ++t)
     for (int j = 0; j < slots; ++j) {
@@ -164,7 +186,7 @@ ReferenceMoe::Forward ReferenceMoe::forward(const Mat<double>& x) const {
     for (Index t = 0; t < B; ++t) {
       for (int j = 0; j < K; ++j) imp[fw.chosen[t][j]] += fw.gate[t][j];
       if (K == E) continue;
-      const RowVec<double> nl = x.row(t) * router_noise;
+      const RowVec<double> nl = router_in(t) * router_noise;
       for (int e = 0; e < E; ++e) {
         const bool in = std::find(fw.chosen[t].begin(), fw.chosen[t].end(), e) != fw.chosen[t].end();
         const double thr = sel[t](in ? fw.next_choice[t] : fw.chosen[t][K - 1]);
@@ -200,9 +222,13 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
       }
   for (double& v : f) v /= total;
   const bool switch_aux = g == GateKind::kTopK || g == GateKind::kSwitch || g == GateKind::kSBase;
+  const bool sig = sigmoid_scores && g == GateKind::kTopK;
 
   for (Index t = 0; t < B; ++t) {
     const RowVec<double> xt = x.row(t);
+    // The router's input and d(router input) / dx: the jitter factors, or 1.
+    const RowVec<double> u = jitter.size() > 0 ? RowVec<double>(jitter.row(t)) : RowVec<double>::Ones(xt.size());
+    const RowVec<double> rt = xt.cwiseProduct(u);
     const int slots = static_cast<int>(fw.chosen[t].size());
     RowVec<double> dgate = RowVec<double>::Zero(slots);
     for (int j = 0; j < slots; ++j) {
@@ -214,15 +240,33 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
     for (std::size_t si = 0; si < shared.size(); ++si)
       gr.dx.row(t) += expert_backward(shared[si], gr.dshared[si], xt, dy.row(t));
     if (g == GateKind::kConstant) continue;  // no router
-    const RowVec<double> logits = xt * router;
+    const RowVec<double> logits = rt * router;
     const RowVec<double> p = softmax(logits);
     RowVec<double> nl, dnl;
     if (noisy) {
-      nl = xt * router_noise;
+      nl = rt * router_noise;
       dnl = RowVec<double>::Zero(E);
     }
     RowVec<double> dlogits = RowVec<double>::Zero(E);
-    if ((g == GateKind::kTopK && !pre_softmax) || g == GateKind::kNoisyTopK) {
+    if (sig) {
+      // g_j = s_j / (sum_chosen s + eps) for K > 1, s_j for K = 1; q_e = s_e / (sum_all s + eps)
+      // (the Switch loss's probabilities); ds/dlogit = s (1 - s).
+      RowVec<double> sc(E), ds = RowVec<double>::Zero(E);
+      for (int e = 0; e < E; ++e) sc(e) = sigmoid(logits(e));
+      double S = kSigmoidSumEps, Q = kSigmoidSumEps;
+      for (int j = 0; j < slots; ++j) S += sc(fw.chosen[t][j]);
+      for (int e = 0; e < E; ++e) Q += sc(e);
+      for (int i = 0; i < slots; ++i)
+        for (int j = 0; j < slots; ++j) {
+          const double dgi_dsj = slots == 1 ? 1.0 : ((i == j ? 1.0 : 0.0) - sc(fw.chosen[t][i]) / S) / S;
+          ds(fw.chosen[t][j]) += dgate(i) * dgi_dsj;
+        }
+      if (aux_loss_weight != 0 && switch_aux)
+        for (int a = 0; a < E; ++a)
+          for (int e = 0; e < E; ++e)
+            ds(e) += aux_loss_weight * E * f[a] / static_cast<double>(B) * ((a == e ? 1.0 : 0.0) - sc(a) / Q) / Q;
+      for (int e = 0; e < E; ++e) dlogits(e) += ds(e) * sc(e) * (1.0 - sc(e));
+    } else if ((g == GateKind::kTopK && !pre_softmax) || g == GateKind::kNoisyTopK) {
       // Softmax over the chosen (noisy) logits; importance = sum of gates.
       if (noisy && importance_weight != 0)
         for (int j = 0; j < slots; ++j) dgate(j) += importance_weight * fw.dimportance[fw.chosen[t][j]];
@@ -256,8 +300,8 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
         dnl(js) -= a / s * noise(t, js) * sigmoid(nl(js));
       }
     }
-    // Load-balancing loss through the full softmax.
-    if (aux_loss_weight != 0 && switch_aux) {
+    // Load-balancing loss through the full softmax (the sigmoid scores' above).
+    if (aux_loss_weight != 0 && switch_aux && !sig) {
       RowVec<double> dp(E);
       for (int e = 0; e < E; ++e) dp(e) = aux_loss_weight * E * f[e] / static_cast<double>(B);
       const double pdot = p.dot(dp);
@@ -267,11 +311,11 @@ ReferenceMoe::Grads ReferenceMoe::backward(const Mat<double>& x, const Forward& 
       const double lse = logits.maxCoeff() + std::log((logits.array() - logits.maxCoeff()).exp().sum());
       dlogits += (2.0 * z_loss_weight * lse / static_cast<double>(B)) * p;
     }
-    gr.drouter += xt.transpose() * dlogits;
-    gr.dx.row(t) += dlogits * router.transpose();
+    gr.drouter += rt.transpose() * dlogits;
+    gr.dx.row(t) += (dlogits * router.transpose()).cwiseProduct(u);
     if (noisy) {
-      gr.drouter_noise += xt.transpose() * dnl;
-      gr.dx.row(t) += dnl * router_noise.transpose();
+      gr.drouter_noise += rt.transpose() * dnl;
+      gr.dx.row(t) += (dnl * router_noise.transpose()).cwiseProduct(u);
     }
   }
   return gr;

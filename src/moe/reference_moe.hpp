@@ -33,6 +33,10 @@ struct ReferenceMoe {
   std::uint64_t hash_seed = 1;
   int hash_layer = 0;
   std::vector<ReferenceExpert> shared;  // always-active experts, weight 1
+  bool sigmoid_scores = false;        // topk: --score-function sigmoid
+  bool drop_by_probs = false;         // --drop-policy probs
+  long min_capacity = 0;              // --min-capacity
+  Mat<double> jitter;                 // --router-jitter: the factors, B x D (empty: none)
 
   struct Forward {
     Mat<double> y;                    // B x D

@@ -23,6 +23,14 @@ const RouterOptions& checked(const RouterOptions& opt, int experts, int top_k) {
 
 }  // namespace
 
+double router_jitter(std::uint64_t seed, int layer_id, std::int64_t step, std::int64_t token, Index feature,
+                     double eps) {
+  // Keyed like noisy top-k's noise: one key per (step, layer) and per (token, feature), D < 2^20.
+  Rng rng(seed, Stream::kRouterJitter, (static_cast<std::uint64_t>(step) << 16) ^ static_cast<std::uint64_t>(layer_id),
+          (static_cast<std::uint64_t>(token) << 20) | static_cast<std::uint64_t>(feature));
+  return rng.uniform(1.0 - eps, 1.0 + eps);
+}
+
 template <class T>
 Router<T>::Router(const std::string& name, Index d_model, int experts, int top_k, GateKind kind)
     : Router(name, d_model, experts, top_k, RouterOptions{.gate = kind}) {}
@@ -69,7 +77,19 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   const int E = static_cast<int>(w_.value.cols());
   // Kept from step to step (same shapes, so no allocation); in the model's precision the
   // input and weights are used as they are.
-  const Mat<R>& xr = as<R>(x, 0);
+  // --router-jitter (training only): the router reads x times U(1 - eps, 1 + eps) per
+  // (global token, feature), drawn from the counter-based RNG, so the same on any layout.
+  jittered_ = opt_.jitter > 0 && ctx.training;
+  if (jittered_) {
+    const Mat<R>& x0 = as<R>(x, 0);
+    Mat<R>& u = kept<R>(10);
+    u.resize(n, x.cols());
+    for (Index t = 0; t < n; ++t)
+      for (Index d = 0; d < x.cols(); ++d)
+        u(t, d) = static_cast<R>(router_jitter(opt_.seed, opt_.layer_id, ctx.step, ctx.first_token + t, d, opt_.jitter));
+    kept<R>(9) = x0.cwiseProduct(u);
+  }
+  const Mat<R>& xr = jittered_ ? kept<R>(9) : as<R>(x, 0);
   Mat<R>& logits = kept<R>(1);
   logits.setZero(n, E);
   if (gate_traits(opt_.gate).matrices > 0) {
@@ -134,7 +154,7 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     dlogits.row(t) += (p.array() * (dp.array() - pdot)).matrix();
     if (!dlse.empty()) dlogits.row(t) += static_cast<R>(dlse[static_cast<std::size_t>(t)]) * p;
   }
-  const Mat<R>& xr = as<R>(x_, 6);
+  const Mat<R>& xr = jittered_ ? kept<R>(9) : as<R>(x_, 6);
   const Mat<R>& w = as<R>(w_.value, 7);
   if (chunk_ <= 0) {
     Mat<R> dxr = dlogits * w.transpose();
@@ -143,6 +163,7 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
       dxr.noalias() += dnoise * w_noise_.value.template cast<R>().transpose();
       w_noise_.grad += (xr.transpose() * dnoise).template cast<T>();
     }
+    if (jittered_) dxr.array() *= kept<R>(10).array();  // through x * u
     dx = dxr.template cast<T>();
     return;
   }
@@ -162,6 +183,7 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
       w_noise_.tree.push();
     }
   });
+  if (jittered_) dxr.array() *= kept<R>(10).array();  // through x * u
   dx = dxr.template cast<T>();
 }
 

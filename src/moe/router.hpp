@@ -49,7 +49,7 @@ class Router {
   const std::vector<double>& bias() const { return bias_; }
   const RouterOptions& options() const { return opt_; }
   // Whether forward needs ctx.first_token (the layer computes it with an exscan).
-  bool needs_token_index() const { return gate_->needs_token_index(); }
+  bool needs_token_index() const { return gate_->needs_token_index() || opt_.jitter > 0; }
   // Rows per product block (core/row_chunks.hpp); gradients go to the parameters' trees.
   void set_chunk(Index chunk) { chunk_ = chunk; }
 
@@ -69,8 +69,11 @@ class Router {
   Mat<double> probs_;  // n x E softmax in the router's precision
   // Temporaries kept from step to step (the same shapes each step: no allocation), in the
   // precision R of the router's arithmetic.
-  Mat<T> kept_t_[9];
-  Mat<double> kept_d_[9];
+  // --router-jitter: whether this forward jittered its input; then kept<R>(9) holds the
+  // jittered input and kept<R>(10) the factors.
+  bool jittered_ = false;
+  Mat<T> kept_t_[11];
+  Mat<double> kept_d_[11];
   template <class R>
   Mat<R>& kept(int i) {
     if constexpr (std::is_same_v<R, T>) return kept_t_[i];

@@ -48,5 +48,8 @@ int hash_expert(std::uint64_t seed, int layer_id, std::uint64_t key, int E);
 Mat<double> hash_planes(std::uint64_t seed, int layer_id, Index d_model);
 // Noisy top-k's standard normal draw for (global token, expert) at a step.
 double router_noise(std::uint64_t seed, int layer_id, std::int64_t step, std::int64_t token, int expert);
+// --router-jitter's factor U(1 - eps, 1 + eps) for (global token, feature) at a step.
+double router_jitter(std::uint64_t seed, int layer_id, std::int64_t step, std::int64_t token, Index feature,
+                     double eps);
 
 }  // namespace moesim

@@ -1,6 +1,6 @@
 // Every gate of the expert-parallel MoE layer on P ranks against the serial reference
-// (noisy top-k with its losses, expert choice, hash, S-BASE, bias balancing, an fp64
-// router), and finite differences through the distributed layer for the gates that
+// (noisy top-k with its losses, expert choice, hash, S-BASE, bias balancing, sigmoid scores,
+// router jitter, the probs drop policy, a minimum capacity, an fp64 router), and finite differences through the distributed layer for the gates that
 // learn.
 #include <gtest/gtest.h>
 
@@ -31,6 +31,10 @@ struct GateCase {
   HashKey key = HashKey::kInput;
   bool training = true;
   bool pre_softmax = false;  // topk: --router-pre-softmax
+  bool sigmoid = false;      // --score-function sigmoid
+  double jitter = 0;         // --router-jitter
+  bool drop_probs = false;   // --drop-policy probs
+  std::int64_t min_capacity = 0;
 };
 
 MoeLayerConfig make_cfg(const GateCase& c) {
@@ -51,6 +55,10 @@ MoeLayerConfig make_cfg(const GateCase& c) {
   cfg.router.sinkhorn_iters = 6;
   cfg.router.hash_key = c.key;
   cfg.router.pre_softmax = c.pre_softmax;
+  cfg.router.score = c.sigmoid ? ScoreFunction::kSigmoid : ScoreFunction::kSoftmax;
+  cfg.router.jitter = c.jitter;
+  cfg.drop_policy = c.drop_probs ? DropPolicy::kProbs : DropPolicy::kPosition;
+  cfg.min_capacity = c.min_capacity;
   return cfg;
 }
 
@@ -66,6 +74,11 @@ ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg, 
     ref.noise.resize(c.B, cfg.experts);
     for (Index t = 0; t < c.B; ++t)
       for (int e = 0; e < cfg.experts; ++e) ref.noise(t, e) = router_noise(kSeed, kLayer, kStep, t, e);
+  }
+  if (c.jitter > 0 && c.training) {  // the documented key: (seed, layer, step, global token, feature)
+    ref.jitter.resize(c.B, cfg.d_model);
+    for (Index t = 0; t < c.B; ++t)
+      for (Index d = 0; d < cfg.d_model; ++d) ref.jitter(t, d) = router_jitter(kSeed, kLayer, kStep, t, d, c.jitter);
   }
   return ref;
 }
@@ -98,6 +111,30 @@ TEST_P(GateVsReference, ForwardBackwardAndStats) {
     if (c.K < c.E) {
       EXPECT_GT(fw.load_loss, 0.0);
     }
+  }
+  if (c.drop_probs || c.min_capacity > 0) {
+    EXPECT_GT(fw.dropped, 0) << "the case must drop for the policy to matter";
+  }
+  if (c.drop_probs) {
+    // Every expert kept its largest gates: no dropped assignment beats a kept one.
+    for (int e = 0; e < c.E; ++e) {
+      double min_kept = 2, max_dropped = -1;
+      for (Index t = 0; t < c.B; ++t)
+        for (std::size_t j = 0; j < fw.chosen[t].size(); ++j)
+          if (fw.chosen[t][j] == e) {
+            double& v = fw.kept[t][j] ? min_kept : max_dropped;
+            v = fw.kept[t][j] ? std::min(v, fw.gate[t][j]) : std::max(v, fw.gate[t][j]);
+          }
+      EXPECT_LE(max_dropped, min_kept) << "expert " << e;
+    }
+  }
+  if (c.min_capacity > 0) {
+    const std::int64_t C = expert_capacity(c.capacity_factor, c.B, c.K, c.E, c.min_capacity);
+    for (int e = 0; e < c.E; ++e) EXPECT_LE(layer.stats().expert_tokens[e], C);
+    EXPECT_EQ(*std::max_element(fw.expert_tokens.begin(), fw.expert_tokens.end()), C) << "the minimum must bind";
+  }
+  if (c.sigmoid && c.K > 1) {
+    for (Index t = 0; t < layer.routing().n; ++t) EXPECT_NEAR(layer.routing().gate.row(t).sum(), 1.0, 1e-12);
   }
   if (c.gate == GateKind::kExpertChoice) {
     const std::int64_t C = expert_capacity(c.capacity_factor, c.B, c.K, c.E);
@@ -156,7 +193,29 @@ INSTANTIATE_TEST_SUITE_P(
                       GateCase{"topk_pre_softmax_k2_drop", GateKind::kTopK, 8, 2, 0.75, 42, BalanceKind::kAux,
                                HashKey::kInput, true, true},
                       GateCase{"topk_pre_softmax_bias", GateKind::kTopK, 4, 2, 1.0, 35, BalanceKind::kBias,
-                               HashKey::kInput, true, true}),
+                               HashKey::kInput, true, true},
+                      GateCase{.name = "topk_sigmoid_k2_drop", .gate = GateKind::kTopK, .E = 8, .K = 2,
+                               .capacity_factor = 0.75, .B = 42, .sigmoid = true},
+                      GateCase{.name = "topk_sigmoid_k1", .gate = GateKind::kTopK, .E = 4, .K = 1,
+                               .capacity_factor = 1.0, .B = 37, .sigmoid = true},
+                      GateCase{.name = "topk_sigmoid_bias", .gate = GateKind::kTopK, .E = 4, .K = 2,
+                               .capacity_factor = 1.0, .B = 35, .balance = BalanceKind::kBias, .sigmoid = true},
+                      GateCase{.name = "topk_drop_probs_k2", .gate = GateKind::kTopK, .E = 8, .K = 2,
+                               .capacity_factor = 0.75, .B = 42, .drop_probs = true},
+                      GateCase{.name = "topk_sigmoid_drop_probs", .gate = GateKind::kTopK, .E = 4, .K = 2,
+                               .capacity_factor = 0.5, .B = 44, .sigmoid = true, .drop_probs = true},
+                      GateCase{.name = "sbase_drop_probs", .gate = GateKind::kSBase, .E = 4, .K = 2,
+                               .capacity_factor = 0.5, .B = 40, .drop_probs = true},
+                      GateCase{.name = "hash_drop_probs_k2", .gate = GateKind::kHash, .E = 4, .K = 2,
+                               .capacity_factor = 0.5, .B = 38, .key = HashKey::kPosition, .drop_probs = true},
+                      GateCase{.name = "noisy_drop_probs_jitter", .gate = GateKind::kNoisyTopK, .E = 4, .K = 2,
+                               .capacity_factor = 0.75, .B = 37, .jitter = 0.2, .drop_probs = true},
+                      GateCase{.name = "topk_jitter_k2", .gate = GateKind::kTopK, .E = 4, .K = 2,
+                               .capacity_factor = 1.0, .B = 39, .jitter = 0.3},
+                      GateCase{.name = "topk_jitter_eval", .gate = GateKind::kTopK, .E = 4, .K = 2,
+                               .capacity_factor = 1.0, .B = 39, .training = false, .jitter = 0.3},
+                      GateCase{.name = "topk_min_capacity", .gate = GateKind::kTopK, .E = 4, .K = 2,
+                               .capacity_factor = 0.25, .B = 40, .min_capacity = 15}),
     [](const ::testing::TestParamInfo<GateCase>& tp) { return std::string(tp.param.name); });
 
 // S-BASE's plan balances the load: on a batch where top-1 crowds the experts, the
@@ -270,7 +329,13 @@ INSTANTIATE_TEST_SUITE_P(
                       GateCase{"topk_pre_softmax_k1", GateKind::kTopK, 4, 1, 1.0, 18, BalanceKind::kAux,
                                HashKey::kInput, true, true},
                       GateCase{"topk_pre_softmax_k2", GateKind::kTopK, 4, 2, 0.0, 17, BalanceKind::kAux,
-                               HashKey::kInput, true, true}),
+                               HashKey::kInput, true, true},
+                      GateCase{.name = "topk_sigmoid_k2", .gate = GateKind::kTopK, .E = 4, .K = 2,
+                               .capacity_factor = 1.0, .B = 20, .sigmoid = true},
+                      GateCase{.name = "topk_sigmoid_k1_jitter", .gate = GateKind::kTopK, .E = 4, .K = 1,
+                               .capacity_factor = 0.0, .B = 17, .sigmoid = true, .jitter = 0.3},
+                      GateCase{.name = "noisy_k2_jitter", .gate = GateKind::kNoisyTopK, .E = 4, .K = 2,
+                               .capacity_factor = 1.0, .B = 18, .jitter = 0.2}),
     [](const ::testing::TestParamInfo<GateCase>& tp) { return std::string(tp.param.name); });
 
 // --router-pre-softmax with K = 1: the gate is the chosen expert's softmax probability,

@@ -17,7 +17,8 @@ BASE = dict(d_model=16, d_ff=32, layers=2, steps=STEPS, batch_tokens=256, val_to
 # Representative: each gate family, every dispatch algorithm, replica groups (--ep-size below
 # P, with --expert-chunks B / C so that every replica group holds whole leaves; the other
 # configurations use the default, fewer leaves), shared and fine-grained experts, the mixture
-# loss, the teacher and LM tasks, fp64 once.
+# loss, the teacher and LM tasks, fp64 once, and the routing options (--drop-policy probs,
+# --min-capacity, --router-jitter, --score-function sigmoid).
 CONFIGS = {
     "topk-alltoallv-zloss": dict(experts=4, top_k=2, capacity_factor=1.0, z_loss=0.01),
     "sbase-padded-shared-fine-ep1": dict(experts=4, top_k=2, gate="sbase", dispatch="padded", shared_experts=1,
@@ -27,6 +28,12 @@ CONFIGS = {
                                         ep_size={1: None, 2: 2, 4: 2}, expert_chunks=4, problem="classification"),
     "expert-choice-lm": dict(experts=4, gate="expert-choice", task="lm", context=4, embed_dim=4),
     "switch-bias-fp64": dict(experts=4, top_k=1, gate="switch", balance="bias", precision="fp64", steps=120),
+    # The routing options: a drop decided by gate over the global batch, a minimum capacity
+    # (64 -> 96 slots), jitter keyed by global token, DeepSeek-V3's sigmoid scores.
+    "topk-drop-probs-jitter-min-capacity": dict(experts=4, top_k=2, capacity_factor=0.5, min_capacity=96,
+                                                drop_policy="probs", router_jitter=0.1),
+    "sigmoid-bias-drop-probs": dict(experts=4, top_k=2, score_function="sigmoid", balance="bias",
+                                    drop_policy="probs", capacity_factor=1.0, router_jitter=0.05),
 }
 # Timings and the traffic matrix depend on the layout by nature.
 LAYOUT_METRICS = {"step_seconds", "a2a_seconds", "a2a_wait_seconds", "compute_seconds", "tokens_per_s", "a2a_seconds_by_phase",

@@ -183,6 +183,18 @@ def test_resume_into_another_model_is_refused(run_moe, tmp_path):
     assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr and "error on rank" not in proc.stderr
 
 
+@pytest.mark.parametrize("option, value", [("drop_policy", "probs"), ("min_capacity", 200),
+                                           ("router_jitter", 0.1), ("score_function", "sigmoid")])
+def test_resume_refuses_another_routing_option(run_moe, tmp_path, option, value):
+    """The routing options change the trajectory: a resume that changes one is another run."""
+    ckpt = tmp_path / "c.h5"
+    run_moe(tmp_path, 2, **{**RUN, "steps": 2}, checkpoint=ckpt)
+    proc, _ = run_moe(tmp_path, 2, check=False, **RUN, **{option: value}, checkpoint=ckpt, resume=True)
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "written by another run (--" + option.replace("_", "-") in lines[0], proc.stderr
+
+
 def test_router_state_and_noise_weights_are_checkpointed(run_moe, tmp_path):
     """Noisy top-k's W_noise is a parameter, --balance bias's selection bias is state: both
     must come back, or the continued losses drift from the uninterrupted ones."""

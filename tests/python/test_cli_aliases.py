@@ -15,7 +15,8 @@ TIMEOUT = 30
 BASE = dict(experts=4, top_k=2, d_model=16, d_ff=32, layers=2, steps=3, batch_tokens=256, val_tokens=256)
 
 ALIASES = ["num-experts", "moe-router-topk", "moe-aux-loss-coeff", "moe-z-loss-coeff", "moe-layer-freq",
-           "moe-token-dispatcher-type", "moe-router-load-balancing-type", "expert-model-parallel-size"]
+           "moe-token-dispatcher-type", "moe-router-load-balancing-type", "expert-model-parallel-size",
+           "moe-expert-capacity-factor", "moe-token-drop-policy", "moe-input-jitter-eps", "moe-router-score-function"]
 # Root attributes that differ between two runs of the same options.
 PER_RUN = {"start_time", "end_time", "out"}
 
@@ -37,6 +38,13 @@ SAME_RUN = [
     ("balancing-sinkhorn", dict(moe_router_load_balancing_type="sinkhorn"), dict(gate="sbase", balance="none")),
     ("expert-model-parallel-size", dict(expert_model_parallel_size=2), dict(ep_size=2)),
     ("an alias and its option agreeing", dict(experts=8, num_experts="08"), dict(experts=8)),
+    ("moe-expert-capacity-factor", dict(moe_expert_capacity_factor=0.5), dict(capacity_factor=0.5)),
+    ("moe-token-drop-policy-probs", dict(capacity_factor=0.5, moe_token_drop_policy="probs"),
+     dict(capacity_factor=0.5, drop_policy="probs")),
+    ("moe-token-drop-policy-position", dict(top_k=1, capacity_factor=0.5, moe_token_drop_policy="position"),
+     dict(top_k=1, capacity_factor=0.5, drop_policy="position")),
+    ("moe-input-jitter-eps", dict(moe_input_jitter_eps=0.1), dict(router_jitter=0.1)),
+    ("moe-router-score-function", dict(moe_router_score_function="sigmoid"), dict(score_function="sigmoid")),
 ]
 
 
@@ -155,6 +163,12 @@ REFUSED = [
     ("layer-freq too long", dict(moe_layer_freq="[1]*99999999"), ["--moe-layer-freq", "1048576"]),
     ("config file disagrees", dict(config="@experts = 4\nnum-experts = 8\n"), ["config file", "disagree"]),
     ("config file value", dict(config="@moe-token-dispatcher-type = flex\n"), ["config file", "flex"]),
+    ("drop-policy position with top-k 2", dict(moe_token_drop_policy="position"),
+     ["--moe-token-drop-policy position", "sequence order", "--drop-policy position"]),
+    ("drop-policy unknown", dict(moe_token_drop_policy="random"), ["--moe-token-drop-policy random", "not known"]),
+    ("drop-policy disagrees", dict(drop_policy="position", moe_token_drop_policy="probs"), ["disagree"]),
+    ("score function with another gate", dict(gate="sbase", moe_router_score_function="sigmoid"),
+     ["--score-function sigmoid", "topk only"]),
 ]
 
 

@@ -42,6 +42,8 @@ def metrics(path):
     ("hash", {}),
     ("sbase", {"top_k": 1}),
     ("topk", {"balance": "bias", "bias_update_rate": 0.01}),
+    ("topk", {"score_function": "sigmoid", "balance": "bias", "drop_policy": "probs", "capacity_factor": 0.25,
+              "router_jitter": 0.1, "min_capacity": 100}),
 ])
 def test_gate_is_rank_invariant(tmp_path, run_moe, gate, extra):
     runs = {}
@@ -152,6 +154,53 @@ def test_eval_capacity_factor_only_changes_validation(tmp_path, run_moe):
     assert attrs["eval_capacity_factor"] == 0.5
 
 
+def test_drop_policy_changes_which_assignments_drop_not_how_many(tmp_path, run_moe):
+    """The first step's first MoE layer routes the same: as many kept tokens per expert under
+    either policy, other tokens kept (a different loss); the policy is recorded."""
+    opts = dict(capacity_factor=0.5, steps=2, precision="fp64", seed=9, router_init_scale=5.0)
+    mp, ap, _ = metrics(run_moe(tmp_path, 2, **opts, out=tmp_path / "position.h5")[1])
+    mq, aq, _ = metrics(run_moe(tmp_path, 2, drop_policy="probs", **opts, out=tmp_path / "probs.h5")[1])
+    assert (ap["drop_policy"], aq["drop_policy"]) == ("position", "probs")
+    assert mp["dropped_fraction"][0] > 0
+    np.testing.assert_array_equal(mq["expert_tokens_per_layer"][0, 0], mp["expert_tokens_per_layer"][0, 0])
+    assert mq["train_loss"][0] != mp["train_loss"][0]
+
+
+def test_min_capacity_raises_the_capacity(tmp_path, run_moe):
+    """capacity-factor 0.25 on B = 1024, K = 2, E = 4 gives 128 slots per expert; a minimum of
+    300 keeps more tokens, and no expert takes more than the minimum."""
+    opts = dict(capacity_factor=0.25, steps=2, seed=9, router_init_scale=5.0, batch_tokens=1024)
+    m0, _, _ = metrics(run_moe(tmp_path, 2, **opts, out=tmp_path / "plain.h5")[1])
+    m1, attrs, _ = metrics(run_moe(tmp_path, 2, min_capacity=300, **opts, out=tmp_path / "min.h5")[1])
+    assert attrs["min_capacity"] == 300
+    assert m0["expert_tokens_per_layer"].max() == 128 and m1["expert_tokens_per_layer"].max() == 300
+    assert m1["dropped_fraction"][0] < m0["dropped_fraction"][0]
+
+
+def test_router_jitter_in_training_only(tmp_path, run_moe):
+    """Jitter changes training (other routing, other losses) and is recorded; after one step
+    too small to move a parameter (lr 1e-300), validation sees the same model either way."""
+    opts = dict(steps=3, precision="fp64", seed=9, router_init_scale=5.0)
+    m0, _, f0 = metrics(run_moe(tmp_path, 2, **opts, out=tmp_path / "plain.h5")[1])
+    m1, attrs, f1 = metrics(run_moe(tmp_path, 2, router_jitter=0.5, **opts, out=tmp_path / "jitter.h5")[1])
+    assert attrs["router_jitter"] == 0.5
+    assert not np.array_equal(m0["train_loss"], m1["train_loss"])
+    opts = dict(opts, steps=1, lr=1e-300)
+    _, _, g0 = metrics(run_moe(tmp_path, 2, **opts, out=tmp_path / "plain1.h5")[1])
+    _, _, g1 = metrics(run_moe(tmp_path, 2, router_jitter=0.5, **opts, out=tmp_path / "jitter1.h5")[1])
+    assert g0["val_loss"] == g1["val_loss"]
+
+
+def test_sigmoid_scores_normalise_the_gates(tmp_path, run_moe):
+    """--score-function sigmoid trains (finite, falling loss) and is recorded; without the
+    top-1 warning, since its K = 1 gate is sigmoid(logit), not 1."""
+    proc, out = run_moe(tmp_path, 2, score_function="sigmoid", top_k=1, steps=30, seed=9, lr=0.01)
+    m, attrs, _ = metrics(out)
+    assert attrs["score_function"] == "sigmoid"
+    assert np.all(np.isfinite(m["train_loss"])) and m["train_loss"][-5:].mean() < m["train_loss"][:5].mean()
+    assert "warning" not in proc.stderr
+
+
 def test_fp64_router_in_fp32_model(tmp_path, run_moe):
     """An fp32 model with an fp64 router tracks the all-fp64 model at least as closely
     as the fp32 router does, on 1 and 2 ranks."""
@@ -190,6 +239,21 @@ BAD = [
     ("sinkhorn-iters-zero", {}, ["--gate", "sbase", "--sinkhorn-iters", "0"], ["--sinkhorn-iters"]),
     ("bias-rate-negative", {}, ["--bias-update-rate", "-1"], ["--bias-update-rate"]),
     ("eval-cf-nan", {}, ["--eval-capacity-factor", "nan"], ["--eval-capacity-factor"]),
+    ("drop-policy-unknown", {}, ["--drop-policy", "random"], ["--drop-policy", "random"]),
+    ("drop-probs-with-dense", {}, ["--gate", "dense", "--drop-policy", "probs"], ["--drop-policy probs", "dense"]),
+    ("drop-probs-with-expert-choice", {}, ["--gate", "expert-choice", "--drop-policy", "probs"],
+     ["--drop-policy probs", "expert-choice"]),
+    ("min-capacity-negative", {}, ["--min-capacity", "-1"], ["--min-capacity", "-1"]),
+    ("min-capacity-not-a-count", {}, ["--min-capacity", "1.5"], ["--min-capacity"]),
+    ("score-function-unknown", {}, ["--score-function", "tanh"], ["--score-function", "tanh"]),
+    ("sigmoid-with-switch", {"--top-k": "1"}, ["--gate", "switch", "--score-function", "sigmoid"],
+     ["--score-function sigmoid", "switch"]),
+    ("sigmoid-with-pre-softmax", {}, ["--score-function", "sigmoid", "--router-pre-softmax"],
+     ["--score-function sigmoid", "--router-pre-softmax"]),
+    ("router-jitter-one", {}, ["--router-jitter", "1"], ["--router-jitter", "[0, 1)"]),
+    ("router-jitter-negative", {}, ["--router-jitter", "-0.1"], ["--router-jitter"]),
+    ("router-jitter-nan", {}, ["--router-jitter", "nan"], ["--router-jitter"]),
+    ("router-jitter-with-hash", {}, ["--gate", "hash", "--router-jitter", "0.1"], ["--router-jitter", "hash"]),
 ]
 
 

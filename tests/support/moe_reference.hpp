@@ -19,8 +19,8 @@ inline ReferenceExpert reference_of(Ffn<double>& f) {
 // way MoeLayer builds it, from (seed, layer_id, e) alone, so the experts of other ranks
 // are known too; they get random non-zero biases (keys bias_key + e and bias_key + 50 + e,
 // so their gradients are exercised), copied into the layer's local experts. Shared
-// experts are replicated: the layer's own copies are the reference's. Noise draws depend
-// on the batch and are the caller's to add.
+// experts are replicated: the layer's own copies are the reference's. Noise draws and
+// --router-jitter factors depend on the batch and step and are the caller's to add.
 inline ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg,
                                    std::uint64_t seed, int layer_id,
                                    std::uint64_t bias_key = 900) {
@@ -28,6 +28,9 @@ inline ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig
   ref.router = layer.router().weight().value;
   ref.gate = cfg.gate;
   ref.pre_softmax = cfg.router.pre_softmax;
+  ref.sigmoid_scores = cfg.router.score == ScoreFunction::kSigmoid;
+  ref.drop_by_probs = cfg.drop_policy == DropPolicy::kProbs;
+  ref.min_capacity = static_cast<long>(cfg.min_capacity);
   ref.K = cfg.top_k;
   ref.capacity_factor = cfg.capacity_factor;
   ref.aux_loss_weight = cfg.balance == BalanceKind::kAux ? cfg.aux_loss_weight : 0.0;

@@ -86,6 +86,31 @@ TEST(Capacity, Formula) {
   EXPECT_EQ(expert_capacity(4.0, 1000, 2, 4), 1000);  // room for every token, not 2000
   EXPECT_EQ(expert_capacity(1e17, 1000, 1, 8), 1000); // no overflow of the cast
   EXPECT_EQ(expert_capacity(0.001, 10, 1, 8), 1);
+  // --min-capacity raises a capacity, never above B, and leaves dropless dropless.
+  EXPECT_EQ(expert_capacity(1.0, 1024, 2, 8, 300), 300);
+  EXPECT_EQ(expert_capacity(1.0, 1024, 2, 8, 100), 256);
+  EXPECT_EQ(expert_capacity(1.0, 1024, 2, 8, 5000), 1024);
+  EXPECT_EQ(expert_capacity(0.0, 1024, 2, 8, 300), 0);
+}
+
+TEST(Capacity, ProbsPolicyKeepsTheLargestGates) {
+  Communicator self(MPI_COMM_SELF);
+  // The assignments of the test below: expert 0 (capacity 2) is wanted by tokens 0, 1
+  // (second choices) and 2, 3 (first choices). Its (gate, token) pairs: (0.4, 0), (0.7, 1),
+  // (0.7, 2), (0.7, 3): ties go to the lower token, so token 3's first choice drops.
+  const std::vector<int> expert = {1, 0, 2, 0, 0, 1, 0, 2};
+  const std::vector<double> gate = {0.6, 0.4, 0.3, 0.7, 0.7, 0.3, 0.7, 0.3};
+  const DropByPriority by{&gate, 0};
+  CapacityDecision d = decide_capacity(self, expert, 4, 2, 3, 2, {}, &by);
+  EXPECT_EQ(d.kept, (std::vector<char>{1, 0, 1, 1, 1, 1, 0, 1}));
+  const std::vector<double> gate2 = {0.6, 0.9, 0.5, 0.5, 0.7, 0.3, 0.4, 0.3};
+  const DropByPriority by2{&gate2, 10};
+  d = decide_capacity(self, expert, 4, 2, 3, 2, {}, &by2);
+  // (0.9, 10), (0.5, 11), (0.7, 12), (0.4, 13): tokens 10 and 12; the first choice of 13 drops.
+  EXPECT_EQ(d.kept, (std::vector<char>{1, 1, 1, 0, 1, 1, 0, 1}));
+  EXPECT_EQ(d.assigned, (std::vector<std::int64_t>{4, 2, 2}));
+  EXPECT_EQ(d.processed, (std::vector<std::int64_t>{2, 2, 2}));
+  EXPECT_EQ(d.dropped, 2);
 }
 
 TEST(Capacity, FirstChoicesWinThenTokenOrder) {

@@ -73,6 +73,29 @@ TEST_P(RouterGradients, GatesAndProbabilities) {
 
 INSTANTIATE_TEST_SUITE_P(TopK, RouterGradients, ::testing::Values(1, 2, 5));
 
+// --score-function sigmoid: the chosen sigmoid scores, normalised for K > 1, and the
+// probabilities s / sum(s) (the Switch loss's), through sigmoid(x W).
+class SigmoidRouterGradients : public ::testing::TestWithParam<int> {};
+
+TEST_P(SigmoidRouterGradients, GatesAndProbabilities) {
+  const int K = GetParam(), E = 5;
+  RouterOptions o;
+  o.score = ScoreFunction::kSigmoid;
+  Router<double> router("r", 4, E, K, o);
+  test::expect_router_grads(router, K, E, 43, [&](const Routing<double>& routing) {
+    for (Index t = 0; t < routing.n; ++t) {
+      EXPECT_NEAR(routing.probs.row(t).sum(), 1.0, 1e-12);
+      if (K > 1) {
+        EXPECT_NEAR(routing.gate.row(t).sum(), 1.0, 1e-12);
+      } else {
+        EXPECT_LT(routing.gate(t, 0), 1.0) << "K = 1: the gate is sigmoid(logit), not normalised to 1";
+      }
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Sigmoid, SigmoidRouterGradients, ::testing::Values(1, 2, 5));
+
 TEST(Gradients, SwitchGate) {
   const int E = 5;
   TopKRouter<double> router("r", 4, E, 1, GateKind::kSwitch);

@@ -24,6 +24,6 @@ class ConstantGate final : public GateOf<T, ConstantGate<T>> {
 
 }  // namespace
 
-const GateSpec constant_gate_spec = gate_spec<ConstantGate>({.all_experts = true, .matrices = 0});
+const GateSpec constant_gate_spec = gate_spec<ConstantGate>({.all_experts = true, .matrices = 0, .learned = false});
 
 }  // namespace moesim

@@ -27,7 +27,7 @@ struct GateSetup {
 template <class T, class R>
 struct GateForward {
   const Mat<T>& x;               // layer input, n x D
-  const Mat<R>& xr;              // x in R
+  const Mat<R>& xr;              // the router's input in R: x, times the --router-jitter factors while training
   const Mat<R>& logits;          // x W (zero for a gate without weights)
   const Mat<double>& probs;      // softmax of the logits, computed in R
   const RouteContext& ctx;

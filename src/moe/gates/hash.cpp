@@ -64,6 +64,6 @@ class HashGate final : public GateOf<T, HashGate<T>> {
 
 }  // namespace
 
-const GateSpec hash_gate_spec = gate_spec<HashGate>({});
+const GateSpec hash_gate_spec = gate_spec<HashGate>({.learned = false});
 
 }  // namespace moesim

@@ -19,6 +19,7 @@ struct GateTraits {
   bool one_expert = false;      // exactly one expert per token: needs --top-k 1
   bool needs_capacity = false;  // each expert takes C tokens: needs a capacity factor > 0
   int matrices = 1;             // trained router matrices: 0, 1 (W) or 2 (W and W_noise)
+  bool learned = true;          // its choice reads the router's logits x W (not hash, constant)
 };
 
 struct GateSpec {
