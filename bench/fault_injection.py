@@ -24,7 +24,7 @@ compared with the directory replaced); the final checkpoint's parameters, Adam m
 byte for byte equal. With --mix-ranks every attempt of a trial runs on another rank count
 than the one before, so points resume on another P: they are compared with the reference of
 the last attempt's P without the series the layout shapes (LAYOUT, and the metrics_until_step*
-groups such a resume makes), as the README promises (`bit_identical = 1`). The references of
+groups such a resume makes), as docs/model.md promises (`bit_identical = 1`). The references of
 the different P are compared the same way.
 
 Exit 0 when no point was lost (not complete after the reruns, or not identical), no job hung and

@@ -32,7 +32,7 @@ po::options_description binned_options() {
       ("noise-min", real(0.01), "without --data: noise of the cleanest regime")
       ("noise-max", real(0.5), "without --data: noise of the noisiest regime")
       ("seed", po::value<I>()->default_value(1), "seed for the data, the splits and randomised learners");
-  po::options_description mixture("Binned supervised-gate MoE (seed 001; B bins, one expert per bin)");
+  po::options_description mixture("Binned supervised-gate MoE (B bins of the target, one expert per bin)");
   mixture.add_options()
       ("task", po::value<std::string>()->default_value("binned"), "binned")
       ("bins", po::value<I>()->default_value(3), "B: quantile bins of the training targets (without --bin-edges)")
@@ -41,7 +41,7 @@ po::options_description binned_options() {
       ("gate-learner", po::value<std::string>()->default_value("gbdt"),
        "the gate, a classifier over the bins: ridge, logistic, knn, tree, forest, gbdt, nb")
       ("gate-class-weight", po::value<std::string>()->default_value("none"),
-       "none | balanced: gate rows weighted by N / (B N_k), N_k training rows of bin k (seed 001's class_weight)")
+       "none | balanced: gate rows weighted by N / (B N_k), N_k training rows of bin k (scikit-learn's class_weight)")
       ("expert-learner", po::value<std::string>()->default_value("gbdt"),
        "each bin's expert, a regressor: ridge, knn, tree, forest, gbdt")
       ("val-fraction", real(0.2), "rows that fit the isotonic calibration")

@@ -113,7 +113,7 @@ po::options_description moe_options() {
   task.add_options()
       ("task", po::value<std::string>()->default_value("regimes"),
        "regimes (clustered regression/classification) | teacher (learn a random MoE) | lm (next-byte language modelling) | "
-       "binned (seed 001's supervised-gate mixture of stacking learners: moe --task binned --help)")
+       "binned (a supervised-gate mixture of stacking learners: moe --task binned --help)")
       ("problem", po::value<std::string>()->default_value("regression"), "regression (MSE) | classification (cross-entropy)")
       ("classes", po::value<I>()->default_value(4), "classes for --problem classification")
       ("data-seed", po::value<I>()->default_value(1),

@@ -63,7 +63,7 @@ struct MoeLayerConfig {
   // N (--ep-size): ranks per expert group; tokens are exchanged inside a group of N,
   // each group holds all E experts (comm/expert_groups.hpp). 0: gcd(E, P).
   int ep_size = 0;
-  // Routing options (README, "Gates"); the layer fills in seed and layer id.
+  // Routing options (docs/gates.md); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor
   BalanceKind balance = BalanceKind::kAux;
   double bias_update_rate = 1e-3;    // --balance bias: b_e += rate * sign(mean load - load_e)

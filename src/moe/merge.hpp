@@ -1,5 +1,5 @@
 #pragma once
-// Expert merging (seed 002): experts of one MoE layer combined pairwise by weight averaging
+// Expert merging (model soups, Wortsman et al. 2022; MC-SMoE, Li et al. 2024): experts of one MoE layer combined pairwise by weight averaging
 // or SLERP, the pairs chosen greedily by cosine similarity (of the experts' weights or of
 // their routing).
 #include <map>

@@ -1,5 +1,5 @@
 #pragma once
-// The mixture of expert predictions (Jacobs et al. 1991; seed 000) for gates that weight
+// The mixture of expert predictions (Jacobs, Jordan, Nowlan and Hinton 1991) for gates that weight
 // every expert (dense, constant). Expert k's prediction f_k is the last MoE block's output
 // with expert k alone, h + s(x) + u_k(x) (h the residual stream, s the shared experts),
 // passed through the final norm and the head; the mixture predicts sum_k g_k f_k

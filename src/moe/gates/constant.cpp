@@ -1,5 +1,5 @@
 // Constant: every token to every expert, g = 1/E whatever the input (linear
-// interpolation, seed 003). The router's logits are 0 and nothing is trained.
+// interpolation). The router's logits are 0 and nothing is trained.
 #include "moe/gates/selection.hpp"
 
 namespace moesim {
