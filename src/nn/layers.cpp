@@ -94,8 +94,8 @@ void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Ind
   Index b = 0;
   for (const Index r : blocks) {
     if (r == 0) continue;
-    MatMap<T> pb(pre.row(b).data(), r, F), tb(th.row(b).data(), r, F), hb(h.row(b).data(), r, F);
-    MatMap<T> yb(y.row(b).data(), r, y.cols());
+    MatMap<T> pb(pre.data() + b * F, r, F), tb(th.data() + b * F, r, F), hb(h.data() + b * F, r, F);
+    MatMap<T> yb(y.data() + b * y.cols(), r, y.cols());
     pb.noalias() = x.middleRows(b, r) * w1_.value;
     bias_gelu_forward<T>(pb, b1_.value.data(), tb, hb);
     yb.noalias() = hb * w2_.value;
@@ -108,7 +108,7 @@ void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Ind
 template <class T>
 void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
   if (chunk <= 0) {
-    backward_block(dy, dx, 0, dy.rows(), false);
+    if (dy.rows() > 0) backward_block(dy, dx, 0, dy.rows(), false);  // no rows: no gradient
     return;
   }
   backward(dy, dx, row_chunk_sizes(dy.rows(), chunk));
@@ -133,12 +133,12 @@ template <class T>
 void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf) {
   MOESIM_REQUIRE(dy.rows() == rows_, "Ffn backward: " << dy.rows() << " rows after a forward of " << rows_);
   const Index D = w1_.value.rows(), F = w1_.value.cols();
-  const ConstMatMap<T> xb(x_.view(rows_, D).row(b).data(), r, D);
-  const ConstMatMap<T> pb(pre_.view(rows_, F).row(b).data(), r, F), tb(tanh_.view(rows_, F).row(b).data(), r, F);
-  const ConstMatMap<T> hb(h_.view(rows_, F).row(b).data(), r, F);
+  const ConstMatMap<T> xb(x_.view(rows_, D).data() + b * D, r, D);
+  const ConstMatMap<T> pb(pre_.view(rows_, F).data() + b * F, r, F), tb(tanh_.view(rows_, F).data() + b * F, r, F);
+  const ConstMatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F);
   const auto dyb = dy.middleRows(b, r);
   MatMap<T> dpre = dpre_.view(r, F);
-  MatMap<T> dxb(dx.row(b).data(), r, D);
+  MatMap<T> dxb(dx.data() + b * D, r, D);
   if (leaf) {
     w2_.leaf().noalias() = hb.transpose() * dyb;
     w2_.tree.push();
