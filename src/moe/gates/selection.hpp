@@ -21,10 +21,28 @@ void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>* next = nul
   if (next) next->assign(static_cast<std::size_t>(r.n), -1);
   for (Index t = 0; t < r.n; ++t) {
     const auto row = sel.row(t);
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + depth, order.end(), [&](int a, int b) {
-      return row(a) > row(b) || (row(a) == row(b) && a < b);
-    });
+    if (depth <= 8) {
+      // Few slots: one pass keeping the best `depth` in order (a heap per token cost more than
+      // the router's GEMM at E = 64). An expert enters only when strictly better than a kept
+      // one, after those it ties with, so ties still go to the lower index.
+      int kept = 0;
+      for (int e = 0; e < E; ++e) {
+        const R v = row(e);
+        if (kept == depth && !(v > row(order[static_cast<std::size_t>(depth - 1)]))) continue;
+        int at = std::min(kept, depth - 1);
+        while (at > 0 && v > row(order[static_cast<std::size_t>(at - 1)])) {
+          order[static_cast<std::size_t>(at)] = order[static_cast<std::size_t>(at - 1)];
+          --at;
+        }
+        order[static_cast<std::size_t>(at)] = e;
+        kept = std::min(kept + 1, depth);
+      }
+    } else {
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + depth, order.end(), [&](int a, int b) {
+        return row(a) > row(b) || (row(a) == row(b) && a < b);
+      });
+    }
     if (next && K < E) (*next)[static_cast<std::size_t>(t)] = order[static_cast<std::size_t>(K)];
     for (int j = 0; j < K; ++j) r.expert[static_cast<std::size_t>(t * K + j)] = order[static_cast<std::size_t>(j)];
   }
