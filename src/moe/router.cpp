@@ -81,19 +81,19 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   // (global token, feature), drawn from the counter-based RNG, so the same on any layout.
   jittered_ = opt_.jitter > 0 && ctx.training;
   if (jittered_) {
-    const Mat<R>& x0 = as<R>(x, 0);
-    Mat<R>& u = kept<R>(10);
+    const Mat<R>& x0 = cast_into<R>(x, kInput);
+    Mat<R>& u = kept<R>(kJitter);
     u.resize(n, x.cols());
     for (Index t = 0; t < n; ++t)
       for (Index d = 0; d < x.cols(); ++d)
         u(t, d) = static_cast<R>(router_jitter(opt_.seed, opt_.layer_id, ctx.step, ctx.first_token + t, d, opt_.jitter));
-    kept<R>(9) = x0.cwiseProduct(u);
+    kept<R>(kJittered) = x0.cwiseProduct(u);
   }
-  const Mat<R>& xr = jittered_ ? kept<R>(9) : as<R>(x, 0);
-  Mat<R>& logits = kept<R>(1);
+  const Mat<R>& xr = jittered_ ? kept<R>(kJittered) : cast_into<R>(x, kInput);
+  Mat<R>& logits = kept<R>(kLogits);
   logits.setZero(n, E);
   if (gate_traits(opt_.gate).matrices > 0) {
-    const Mat<R>& w = as<R>(w_.value, 2);
+    const Mat<R>& w = cast_into<R>(w_.value, kWeights);
     for_row_chunks(n, chunk_, [&](Index b, Index rows) { logits.middleRows(b, rows).noalias() = xr.middleRows(b, rows) * w; });
   }
   r.n = n;
@@ -137,10 +137,10 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     dx = Mat<T>::Zero(n, w_.value.rows());
     return;
   }
-  Mat<R>& dlogits = kept<R>(3);
+  Mat<R>& dlogits = kept<R>(kDLogits);
   dlogits.setZero(n, E);
   Mat<R> dnoise;  // set by the gates that use W_noise
-  Mat<R>& dp_all = kept<R>(4);
+  Mat<R>& dp_all = kept<R>(kDProbs);
   if (dprobs.size() > 0) dp_all = dprobs.template cast<R>();
   else dp_all.setZero(n, E);
   GateBackward<T, R> b{r, dgate, opt_, dlogits, dp_all, dnoise};
@@ -154,8 +154,8 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     dlogits.row(t) += (p.array() * (dp.array() - pdot)).matrix();
     if (!dlse.empty()) dlogits.row(t) += static_cast<R>(dlse[static_cast<std::size_t>(t)]) * p;
   }
-  const Mat<R>& xr = jittered_ ? kept<R>(9) : as<R>(x_, 6);
-  const Mat<R>& w = as<R>(w_.value, 7);
+  const Mat<R>& xr = jittered_ ? kept<R>(kJittered) : input<R>();
+  const Mat<R>& w = weights<R>();
   if (chunk_ <= 0) {
     Mat<R> dxr = dlogits * w.transpose();
     w_.grad += (xr.transpose() * dlogits).template cast<T>();
@@ -163,13 +163,13 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
       dxr.noalias() += dnoise * w_noise_.value.template cast<R>().transpose();
       w_noise_.grad += (xr.transpose() * dnoise).template cast<T>();
     }
-    if (jittered_) dxr.array() *= kept<R>(10).array();  // through x * u
+    if (jittered_) dxr.array() *= kept<R>(kJitter).array();  // through x * u
     dx = dxr.template cast<T>();
     return;
   }
-  Mat<R>& dxr = kept<R>(5);
+  Mat<R>& dxr = kept<R>(kDx);
   dxr.resize(n, w.rows());
-  Mat<R>& leaf = kept<R>(8);
+  Mat<R>& leaf = kept<R>(kLeaf);
   const Mat<R> wn = dnoise.cols() > 0 ? Mat<R>(w_noise_.value.template cast<R>()) : Mat<R>();
   for_row_chunks(n, chunk_, [&](Index b0, Index rows) {
     dxr.middleRows(b0, rows).noalias() = dlogits.middleRows(b0, rows) * w.transpose();
@@ -183,7 +183,7 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
       w_noise_.tree.push();
     }
   });
-  if (jittered_) dxr.array() *= kept<R>(10).array();  // through x * u
+  if (jittered_) dxr.array() *= kept<R>(kJitter).array();  // through x * u
   dx = dxr.template cast<T>();
 }
 

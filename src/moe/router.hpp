@@ -68,26 +68,39 @@ class Router {
   Mat<T> x_;
   Mat<double> probs_;  // n x E softmax in the router's precision
   // Temporaries kept from step to step (the same shapes each step: no allocation), in the
-  // precision R of the router's arithmetic.
-  // --router-jitter: whether this forward jittered its input; then kept<R>(9) holds the
-  // jittered input and kept<R>(10) the factors.
+  // precision R of the router's arithmetic. kInput and kWeights hold forward's casts of x and
+  // W when R is not T; backward reads them (through input/weights) instead of casting again.
+  enum Slot { kInput, kLogits, kWeights, kDLogits, kDProbs, kDx, kLeaf, kJittered, kJitter, kSlots };
+  // --router-jitter: whether this forward jittered its input; then kJittered holds the
+  // jittered input and kJitter the factors.
   bool jittered_ = false;
-  Mat<T> kept_t_[11];
-  Mat<double> kept_d_[11];
+  Mat<T> kept_t_[kSlots];
+  Mat<double> kept_d_[kSlots];
   template <class R>
-  Mat<R>& kept(int i) {
+  Mat<R>& kept(Slot i) {
     if constexpr (std::is_same_v<R, T>) return kept_t_[i];
     else return kept_d_[i];
   }
-  // m in precision R: m itself, or a kept copy.
+  // m in precision R: m itself, or a copy cast into slot i.
   template <class R>
-  const Mat<R>& as(const Mat<T>& m, int i) {
+  const Mat<R>& cast_into(const Mat<T>& m, Slot i) {
     if constexpr (std::is_same_v<R, T>) {
       return m;
     } else {
       kept_d_[i] = m.template cast<R>();
       return kept_d_[i];
     }
+  }
+  // Forward's input and weights in precision R, as forward cast them.
+  template <class R>
+  const Mat<R>& input() {
+    if constexpr (std::is_same_v<R, T>) return x_;
+    else return kept_d_[kInput];
+  }
+  template <class R>
+  const Mat<R>& weights() {
+    if constexpr (std::is_same_v<R, T>) return w_.value;
+    else return kept_d_[kWeights];
   }
 };
 
