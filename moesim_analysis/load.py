@@ -480,6 +480,26 @@ def _column(values: np.ndarray, want: str | None) -> pd.Series:
     return pd.Series(x)
 
 
+def _read_column(ds) -> pd.Series | np.ndarray:
+    """A column of a sweep.h5 that describes its datasets, in its own type: bool, int64
+    (nullable where `missing_value` marks points without a value), float64, text; the raw
+    array for older files."""
+    values = ds[()]
+    if "units" not in ds.attrs:
+        return values
+    if values.dtype.kind == "b":
+        return pd.Series(pd.array(values.astype(bool), dtype="boolean"))
+    if values.dtype.kind in "iu":
+        missing = ds.attrs.get("missing_value")
+        arr = pd.array(values.astype(np.int64), dtype="Int64")
+        if missing is not None:
+            arr[values == missing] = pd.NA
+        return pd.Series(arr)
+    if values.dtype.kind == "f":
+        return pd.Series(values.astype(float))
+    return pd.Series([str(_py(v)) for v in values], dtype=object)
+
+
 def _attr_types(directory: Path, files: list[str]) -> tuple[dict, dict]:
     """(root attribute -> "int"/"float"/"bool"/"str", final attribute -> ...) from the first
     complete run file beside sweep.h5, or ({}, {})."""
@@ -505,12 +525,14 @@ def _attr_types(directory: Path, files: list[str]) -> tuple[dict, dict]:
 def load_sweep(path: PathLike) -> pd.DataFrame:
     """A sweep's summary (DIR/sweep.h5, or DIR) as one row per grid point in grid order:
     `index`, `id`, `status` (complete, failed, invalid, incomplete, pending), `complete`
-    (bool), `error`, `file` (the run file's path beside sweep.h5, "" if none), then every swept
-    option under its own name and every `final` attribute (as `final_<name>` where the name is
-    already a column). Columns are typed: text decoded, "true"/"false" as booleans, counts as
-    nullable Int64 (<NA> where a point has none), the rest float64 (NaN where a point has none);
-    the types are those of a complete run file beside sweep.h5 where there is one. The root
-    attributes (`command`, `config`, `swept` as a list, `points`, ...) are in
+    (bool), `error`, `file` (the run file's path beside sweep.h5, "" if none), then every
+    option of each point under its own name (older sweep.h5 files: the options the config
+    named) and every `final` attribute (as `final_<name>` where the name is already a column).
+    Columns are typed as sweep.h5 stores them: switches as boolean, counts as nullable Int64 (<NA>
+    where a point has none), the rest float64 (NaN where a point has none), text decoded; older
+    files are typed from a complete run file beside them. The root attributes (`command`,
+    `config`, `swept` as the config names them and `swept_options` as option names, both lists,
+    `points`, ...) are in
     `df.attrs["sweep"]`, the option and result column names in `df.attrs["option_columns"]`
     and `df.attrs["final_columns"]`."""
     p = Path(path)
@@ -524,11 +546,14 @@ def load_sweep(path: PathLike) -> pd.DataFrame:
         root = {k: _py(v) for k, v in f.attrs.items()}
         g = f["points"]
         base = {k: g[k][()] for k in ("index", "id", "status", "error", "file") if k in g}
-        options = {k: ds[()] for k, ds in g["options"].items()} if "options" in g else {}
-        finals = {k: ds[()] for k, ds in g["final"].items()} if "final" in g else {}
+        options = {k: _read_column(ds) for k, ds in g["options"].items()} if "options" in g else {}
+        finals = {k: _read_column(ds) for k, ds in g["final"].items()} if "final" in g else {}
+        typed = "units" in g["index"].attrs if "index" in g else False
     n = max((len(v) for v in base.values()), default=0)
     files = [str(_py(v)) for v in base.get("file", [])]
-    root_types, final_types = _attr_types(p.parent, files)
+    # sweep.h5 files that describe their datasets are typed already; older ones are typed by
+    # a complete run file beside them.
+    root_types, final_types = ({}, {}) if typed else _attr_types(p.parent, files)
     df = pd.DataFrame(index=range(n))
     df["index"] = pd.Series(base["index"]).astype(np.int64) if "index" in base else np.arange(n)
     for k in ("id", "status", "error"):
@@ -536,15 +561,17 @@ def load_sweep(path: PathLike) -> pd.DataFrame:
     df["complete"] = df["status"] == "complete"
     df["file"] = [str(p.parent / name) if name else "" for name in files] if files else ""
     for k, v in options.items():
-        df[k] = _column(v, root_types.get(k)).array
+        df[k] = (v if isinstance(v, pd.Series) else _column(v, root_types.get(k))).array
     final_names = []
     for k, v in finals.items():
         name = f"final_{k}" if k in df.columns else k
         want = final_types.get(k) if final_types else ("int" if k in INT_RESULTS else "float")
-        df[name] = _column(v, want).array
+        df[name] = (v if isinstance(v, pd.Series) else _column(v, want)).array
         final_names.append(name)
     if isinstance(root.get("swept"), str):
         root["swept"] = [s for s in root["swept"].split(",") if s]
+    if "swept_options" in root:
+        root["swept_options"] = [str(_py(s)) for s in np.atleast_1d(root["swept_options"])]
     df.attrs["sweep"] = root
     df.attrs["option_columns"] = list(options)
     df.attrs["final_columns"] = final_names

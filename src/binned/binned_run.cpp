@@ -40,8 +40,37 @@ Table read_binned_table(const Communicator& comm, const BinnedInputSpec& spec, s
   return read_table(comm, path, ts);
 }
 
+std::span<const DatasetInfo> binned_run_datasets() {
+  static constexpr DatasetInfo kTable[] = {
+      {"bins/edges", "edge", "float64", "the target's unit", "the B - 1 edges between the ordinal bins of the target; group attribute `mode` = quantile or given"},
+      {"bins/rows", "split x bin", "int64", "rows", "rows per split (train, validation, test) and bin"},
+      {"gate/probability_histogram", "true_bin x bin x bucket", "int64", "rows",
+       "test rows of true bin k whose gate probability p_j falls in bucket h of [0, 1] (`--histogram-bins`)"},
+      {"gate/confusion", "true_bin x predicted_bin", "int64", "rows", "test rows by true bin and the gate's most probable bin"},
+      {"gate/mean_probability", "true_bin x bin", "float64", "probability", "mean gate probability p_j over the test rows of true bin k"},
+      {"experts/loss", "expert x field", "float64", "as the group's `loss_columns`",
+       "per expert: training rows, RMSE on its bin's training rows, on its bin's test rows, on all test rows, mean gate probability on test rows"},
+      {"experts/rmse_by_bin", "expert x bin", "float64", "the target's unit", "RMSE of expert k on the test rows of bin j"},
+      {"calibration/x", "breakpoint", "float64", "the target's unit", "inputs (mixture predictions) of the isotonic map's breakpoints"},
+      {"calibration/y", "breakpoint", "float64", "the target's unit", "outputs of the isotonic map at its breakpoints"},
+      {"predictions/row", "row", "int64", "row", "global row of each prediction in the table"},
+      {"predictions/split", "row", "int64", "split code", "0 train, 1 validation, 2 test"},
+      {"predictions/bin", "row", "int64", "bin", "the row's true bin"},
+      {"predictions/target", "row", "float64", "the target's unit", "the row's target"},
+      {"predictions/gate", "row x bin", "float64", "probability", "the gate's probability p_k of each bin"},
+      {"predictions/experts", "row x expert", "float64", "the target's unit", "each bin expert's prediction f_k"},
+      {"predictions/mixture", "row", "float64", "the target's unit", "sum_k p_k f_k, before calibration"},
+      {"predictions/hard", "row", "float64", "the target's unit", "the prediction of the most probable bin's expert"},
+      {"predictions/calibrated", "row", "float64", "the target's unit", "the mixture after the isotonic map"},
+      {"predictions/baseline", "row", "float64", "the target's unit", "`--baseline`: one model of the expert learner on all training rows"},
+      {"predictions/cluster", "row", "int64", "cluster", "regimes tables: the cluster that generated the row"},
+  };
+  return kTable;
+}
+
 void write_binned_run(const Communicator& comm, RunFile& rf, const BinnedResult& r, const BinnedOptions& o,
                       const std::vector<int>& cluster, double seconds) {
+  rf.describe_with(binned_run_datasets());
   const hsize_t B = static_cast<hsize_t>(r.bins), H = static_cast<hsize_t>(o.histogram_bins);
   rf.write_array("bins/edges", {B - 1}, r.edges.data());
   rf.write_array("bins/rows", {3, B}, r.rows_per_split_bin.data());
@@ -127,9 +156,7 @@ BinnedResult run_binned_file(const Communicator& comm, const BinnedRunSettings& 
   std::vector<int> cluster;
   const Table data = read_binned_table(comm, s.input, &cluster);
   RunFile::check_creatable(comm, s.out);  // written once the results are in, as stack_run
-  AttrList attrs = s.option_attrs;
-  const AttrList prov = provenance_attrs(comm);
-  attrs.insert(attrs.end(), prov.begin(), prov.end());
+  const AttrList attrs = provenance_attrs(comm);
   const I rows = comm.allreduce_sum(static_cast<I>(data.n()));
   if (comm.rank() == 0 && !o.quiet) {
     std::printf("moesim moe --task binned: %lld rows, %lld features, %d ranks\n", static_cast<long long>(rows),
@@ -139,6 +166,7 @@ BinnedResult run_binned_file(const Communicator& comm, const BinnedRunSettings& 
   BinnedResult r = run_binned(comm, data, o);
   const double seconds = wall.seconds();
   auto rf = RunFile::create(comm, s.out, "binned");
+  rf->option_attrs(s.option_attrs);
   rf->root_attrs(attrs);
   write_binned_run(comm, *rf, r, o, cluster, seconds);
   print_summary(comm, r, o, s.out, seconds);

@@ -45,6 +45,9 @@ BinnedResult run_binned_file(const Communicator& comm, const BinnedRunSettings& 
 
 // COLLECTIVE. The results of a run into `rf`, then complete = 1. `cluster`: the regime
 // of each local row, or empty (no predictions/cluster).
+// The datasets a binned (moe --task binned) run file holds.
+std::span<const DatasetInfo> binned_run_datasets();
+
 void write_binned_run(const Communicator& comm, RunFile& rf, const BinnedResult& r, const BinnedOptions& o,
                       const std::vector<int>& cluster, double seconds);
 

@@ -155,6 +155,11 @@ int run_binned(const Communicator& comm, const std::vector<std::string>& args, c
   return 0;
 }
 
+std::vector<OptionSetting> binned_settings(const std::vector<std::string>& args, const std::string& preset) {
+  const po::options_description desc = binned_options();
+  return option_settings(parse("moe", args, desc, preset).vm, desc);
+}
+
 void check_binned(const std::vector<std::string>& args, const std::string& preset) {
   const Parsed p = parse("moe", args, binned_options(), preset);
   if (!p.help) settings(p.vm);  // pure option checks; the table is read by the run

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "io/run_file.hpp"
 
 namespace moesim::cli {
 
@@ -18,6 +19,12 @@ int run_stack(const Communicator& comm, const std::vector<std::string>& args, bo
 // No data is read and nothing is communicated.
 void check_moe(const std::vector<std::string>& args, const std::string& preset, int ranks);
 void check_stack(const std::vector<std::string>& args, bool blend, const std::string& preset);
+// The options a run of moe / stack / blend with `args` over `preset` stores in its run file,
+// parsed only (nothing checked or read; ConfigError when they cannot be parsed): a sweep
+// point's every option for sweep.h5.
+std::vector<OptionSetting> moe_settings(const std::vector<std::string>& args, const std::string& preset);
+std::vector<OptionSetting> stack_settings(const std::vector<std::string>& args, bool blend, const std::string& preset);
+std::vector<OptionSetting> binned_settings(const std::vector<std::string>& args, const std::string& preset);
 // `moe --task binned` (the supervised-gate mixture, cli/binned_command.cpp):
 // whether args, preset or the --config file ask for it, and the run itself.
 bool binned_task_requested(const std::vector<std::string>& args, const std::string& preset);

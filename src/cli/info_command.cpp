@@ -10,6 +10,10 @@
 #include "cli/options.hpp"
 #include "core/blas.hpp"
 #include "core/build_info.hpp"
+#include "binned/binned_run.hpp"
+#include "stacking/stack_run.hpp"
+#include "sweep/summary.hpp"
+#include "train/merge_run.hpp"
 #include "train/step_metrics.hpp"
 
 namespace moesim::cli {
@@ -18,7 +22,9 @@ int run_info(const Communicator& comm, const std::vector<std::string>& args) {
   po::options_description desc("Info");
   desc.add_options()
       ("metrics", po::bool_switch()->default_value(false),
-       "print the table of the per-step datasets a moe run writes under metrics/ (markdown) and exit");
+       "print the table of the per-step datasets a moe run writes under metrics/ (markdown) and exit")
+      ("schema", po::bool_switch()->default_value(false),
+       "print the tables of every other dataset the run files and sweep.h5 hold (markdown) and exit");
   const Parsed p = parse("info", args, desc);
   if (comm.rank() != 0) return 0;
   if (p.help) {
@@ -27,6 +33,27 @@ int run_info(const Communicator& comm, const std::vector<std::string>& args) {
   }
   if (p.vm["metrics"].as<bool>()) {
     std::fputs(step_metrics_markdown().c_str(), stdout);
+    std::fflush(stdout);
+    return 0;
+  }
+  if (p.vm["schema"].as<bool>()) {
+    // The writers' own tables: each dataset gets these units, descriptions and axes as attributes.
+    const struct {
+      const char* title;
+      std::span<const DatasetInfo> table;
+    } kinds[] = {
+        {"`kind = moe` (besides `metrics/*`: `moesim info --metrics`)", moe_run_datasets()},
+        {"`kind = merge`", merge_run_datasets()},
+        {"`kind = stack` and `kind = blend`", stack_run_datasets()},
+        {"`kind = binned` (`moe --task binned`)", binned_run_datasets()},
+        {"`sweep.h5`", sweep_summary_datasets()},
+    };
+    std::string out;
+    for (const auto& k : kinds) {
+      out += out.empty() ? "" : "\n";
+      out += std::string("### ") + k.title + "\n\n" + datasets_markdown(k.table);
+    }
+    std::fputs(out.c_str(), stdout);
     std::fflush(stdout);
     return 0;
   }

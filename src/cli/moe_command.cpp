@@ -26,4 +26,9 @@ void check_moe(const std::vector<std::string>& args, const std::string& preset, 
   if (!p.help) moe_run_config(p.vm, ranks);  // pure option checks; data is read by moe_run
 }
 
+std::vector<OptionSetting> moe_settings(const std::vector<std::string>& args, const std::string& preset) {
+  if (binned_task_requested(args, preset)) return binned_settings(args, preset);
+  return moe_option_settings(parse("moe", args, moe_options(), preset).vm);
+}
+
 }  // namespace moesim::cli

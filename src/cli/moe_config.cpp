@@ -183,10 +183,21 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   m.out = s("out");
   m.blas_threads = static_cast<int>(i("blas-threads"));
   m.train.options = options_as_ini(vm, {"out", "checkpoint", "checkpoint-every", "resume"});
-  m.options = options_as_attrs(vm);
-  if (!vm.count("eval-capacity-factor")) m.options.emplace_back("eval_capacity_factor", eval_cf);
-  if (!vm.count("teacher-seed")) m.options.emplace_back("teacher_seed", i("data-seed"));
+  m.options = as_attrs(moe_option_settings(vm));
   return m;
+}
+
+std::vector<OptionSetting> moe_option_settings(const po::variables_map& vm) {
+  const po::options_description desc = moe_options();
+  std::vector<OptionSetting> s =
+      option_settings(vm, desc, [&](const std::string& name) { return task_option_in_effect(name, vm); });
+  // Options whose default is another option's value, as resolved.
+  auto help = [&](const char* name) { return desc.find(name, false).description(); };
+  if (!vm.count("eval-capacity-factor"))
+    s.push_back({"eval_capacity_factor", vm["capacity-factor"].as<double>(), false, help("eval-capacity-factor")});
+  if (vm["task"].as<std::string>() == "teacher" && !vm.count("teacher-seed"))
+    s.push_back({"teacher_seed", vm["data-seed"].as<I>(), false, help("teacher-seed")});
+  return s;
 }
 
 MoeRunConfig moe_run_config(const std::string& ini, const std::vector<std::string>& overrides, int ranks) {

@@ -240,21 +240,35 @@ int int_option(const po::variables_map& vm, const char* key) {
   return static_cast<int>(v);
 }
 
-AttrList options_as_attrs(const po::variables_map& vm) {
-  AttrList out;
+std::vector<OptionSetting> option_settings(const po::variables_map& vm, const po::options_description& desc,
+                                           const std::function<bool(const std::string&)>& keep) {
+  std::vector<OptionSetting> out;
   for (const auto& [name, value] : vm) {
-    if (name == "help") continue;
-    std::string key = name;
-    for (char& c : key)
+    if (name == "help" || (keep && !keep(name))) continue;
+    OptionSetting o;
+    o.key = name;
+    for (char& c : o.key)
       if (c == '-') c = '_';
     const boost::any& v = value.value();
-    if (const auto* i = boost::any_cast<std::int64_t>(&v)) out.emplace_back(key, *i);
-    else if (const auto* d = boost::any_cast<double>(&v)) out.emplace_back(key, *d);
-    else if (const auto* s = boost::any_cast<std::string>(&v)) out.emplace_back(key, *s);
-    else if (const auto* b = boost::any_cast<bool>(&v)) out.emplace_back(key, std::int64_t{*b ? 1 : 0});
+    if (const auto* i = boost::any_cast<std::int64_t>(&v)) o.value = *i;
+    else if (const auto* d = boost::any_cast<double>(&v)) o.value = *d;
+    else if (const auto* s = boost::any_cast<std::string>(&v)) o.value = *s;
+    else if (const auto* b = boost::any_cast<bool>(&v)) o.value = std::int64_t{*b ? 1 : 0}, o.boolean = true;
     else throw RuntimeError("option '" + name + "' has a type the run file cannot store");
+    if (const po::option_description* od = desc.find_nothrow(name, false)) o.help = od->description();
+    out.push_back(std::move(o));
   }
   return out;
+}
+
+AttrList as_attrs(const std::vector<OptionSetting>& settings) {
+  AttrList out;
+  for (const OptionSetting& o : settings) out.emplace_back(o.key, o.value);
+  return out;
+}
+
+AttrList options_as_attrs(const po::variables_map& vm) {
+  return as_attrs(option_settings(vm, po::options_description()));
 }
 
 std::string options_as_ini(const po::variables_map& vm, const std::vector<std::string>& skip) {

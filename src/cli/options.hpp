@@ -2,6 +2,7 @@
 // Command-line and config-file options (Boost.Program_options). A config file
 // given by --config supplies defaults; the command line wins.
 #include <boost/program_options.hpp>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,12 @@ std::string did_you_mean(const std::string& typed, const std::vector<std::string
 // option's names the closest known one.
 Parsed parse(const std::string& command, const std::vector<std::string>& args,
              const po::options_description& desc, const std::string& preset = "");
+
+// Every resolved option (for which `keep(name)` holds, when given), typed, with its help text
+// from `desc`.
+std::vector<OptionSetting> option_settings(const po::variables_map& vm, const po::options_description& desc,
+                                           const std::function<bool(const std::string&)>& keep = {});
+AttrList as_attrs(const std::vector<OptionSetting>& settings);
 
 // Every resolved option as an attribute, dashes turned into underscores.
 AttrList options_as_attrs(const po::variables_map& vm);

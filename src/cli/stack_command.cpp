@@ -96,6 +96,11 @@ void check_stack(const std::vector<std::string>& args, bool blend, const std::st
   settings(p.vm, blend, spec.table.classification);
 }
 
+std::vector<OptionSetting> stack_settings(const std::vector<std::string>& args, bool blend, const std::string& preset) {
+  const po::options_description desc = stack_options(blend);
+  return option_settings(parse(blend ? "blend" : "stack", args, desc, preset).vm, desc);
+}
+
 int run_stack(const Communicator& comm, const std::vector<std::string>& args, bool blend,
               const std::string& preset) {
   const po::options_description desc = stack_options(blend);

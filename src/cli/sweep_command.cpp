@@ -88,7 +88,12 @@ int run_sweep(const Communicator& comm, const std::vector<std::string>& args) {
                              return command == "moe" ? run_moe(comm, for_moe(run_args, preset), preset)
                                                      : run_stack(comm, run_args, command == "blend", preset);
                            },
-                           check);
+                           check,
+                           [&](const std::string& command, const std::vector<std::string>& run_args,
+                               const std::string& preset) {
+                             return command == "moe" ? moe_settings(for_moe(run_args, preset), preset)
+                                                     : stack_settings(run_args, command == "blend", preset);
+                           });
 }
 
 }  // namespace moesim::cli

@@ -28,6 +28,17 @@ void add_task_options(po::options_description& d) {
        "teacher: std of the teacher's router logits (larger = more decisive routing)");
 }
 
+bool task_option_in_effect(const std::string& name, const po::variables_map& vm) {
+  const std::string task = vm["task"].as<std::string>();
+  if (name == "clusters" || name == "noise-min" || name == "noise-max") return task == "regimes";
+  if (name == "input-dim" || name == "problem") return task == "regimes" || task == "teacher";
+  if (name == "classes")
+    return (task == "regimes" || task == "teacher") && vm["problem"].as<std::string>() == "classification";
+  if (name.rfind("teacher-", 0) == 0) return task == "teacher";
+  if (name == "data" || name == "context" || name == "embed-dim" || name == "val-fraction") return task == "lm";
+  return true;
+}
+
 TaskConfig task_config(const po::variables_map& vm, const RegimesConfig& regimes) {
   auto i = [&](const char* k) { return vm[k].as<I>(); };
   auto d = [&](const char* k) { return vm[k].as<double>(); };

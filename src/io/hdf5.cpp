@@ -95,6 +95,36 @@ void write_attr(hid_t obj, const std::string& name, const AttrValue& v) {
   }
 }
 
+namespace {
+Handle utf8_string_type() {
+  Handle type(MOESIM_H5_CHECK(H5Tcopy(H5T_C_S1)), H5Tclose);
+  MOESIM_H5_CHECK(H5Tset_size(type.id(), H5T_VARIABLE));
+  MOESIM_H5_CHECK(H5Tset_cset(type.id(), H5T_CSET_UTF8));
+  return type;
+}
+}  // namespace
+
+void write_attr_strings(hid_t obj, const std::string& name, const std::vector<std::string>& values) {
+  if (MOESIM_H5_CHECK(H5Aexists(obj, name.c_str())) > 0)
+    MOESIM_H5_CHECK(H5Adelete(obj, name.c_str()));
+  const Handle type = utf8_string_type();
+  const hsize_t n = values.size();
+  Handle space(MOESIM_H5_CHECK(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+  Handle a(MOESIM_H5_CHECK(H5Acreate2(obj, name.c_str(), type.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT)),
+           H5Aclose);
+  std::vector<const char*> ptrs;
+  for (const std::string& v : values) ptrs.push_back(v.c_str());
+  if (n > 0) MOESIM_H5_CHECK(H5Awrite(a.id(), type.id(), ptrs.data()));
+}
+
+void describe_dataset(hid_t loc, const std::string& name, const std::string& units,
+                      const std::string& description, const std::vector<std::string>& axes) {
+  Handle d(MOESIM_H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT)), H5Dclose);
+  write_attr(d.id(), "units", units);
+  write_attr(d.id(), "description", description);
+  write_attr_strings(d.id(), "axes", axes);
+}
+
 std::int64_t read_attr_int(hid_t obj, const std::string& name) {
   Handle a(MOESIM_H5_CHECK(H5Aopen(obj, name.c_str(), H5P_DEFAULT)), H5Aclose);
   std::int64_t v = 0;
@@ -194,6 +224,20 @@ void write_strings(hid_t loc, const std::string& name, const std::vector<std::st
   std::vector<const char*> ptrs;
   for (const std::string& v : values) ptrs.push_back(v.c_str());
   if (n > 0) MOESIM_H5_CHECK(H5Dwrite(d.id(), type.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()));
+}
+
+void write_bools(hid_t loc, const std::string& name, const std::vector<bool>& values) {
+  Handle type(MOESIM_H5_CHECK(H5Tenum_create(H5T_NATIVE_INT8)), H5Tclose);
+  const std::int8_t f = 0, t = 1;
+  MOESIM_H5_CHECK(H5Tenum_insert(type.id(), "FALSE", &f));
+  MOESIM_H5_CHECK(H5Tenum_insert(type.id(), "TRUE", &t));
+  const hsize_t n = values.size();
+  Handle space(MOESIM_H5_CHECK(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+  Handle d(MOESIM_H5_CHECK(H5Dcreate2(loc, name.c_str(), type.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT,
+                                      H5P_DEFAULT)),
+           H5Dclose);
+  std::vector<std::int8_t> v(values.begin(), values.end());
+  if (n > 0) MOESIM_H5_CHECK(H5Dwrite(d.id(), type.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()));
 }
 
 std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<hsize_t>* dims) {

@@ -81,6 +81,8 @@ bool exists(hid_t loc, const std::string& name);
 void flush(hid_t file);
 
 void write_attr(hid_t obj, const std::string& name, const AttrValue& v);
+// A 1-D attribute of variable-length UTF-8 strings (h5py: an array of str).
+void write_attr_strings(hid_t obj, const std::string& name, const std::vector<std::string>& values);
 std::int64_t read_attr_int(hid_t obj, const std::string& name);
 double read_attr_double(hid_t obj, const std::string& name);
 std::string read_attr_string(hid_t obj, const std::string& name);
@@ -107,6 +109,13 @@ void write_array(hid_t loc, const std::string& name, const std::vector<hsize_t>&
                  const std::int64_t* data);
 // A 1-D dataset of variable-length UTF-8 strings (h5py reads them as bytes/str).
 void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values);
+// A 1-D dataset of booleans in h5py's own form (an enum FALSE = 0, TRUE = 1 over int8):
+// numpy and pandas read it as bool.
+void write_bools(hid_t loc, const std::string& name, const std::vector<bool>& values);
+// What a dataset holds, as attributes every reader can see: `units`, `description` and
+// `axes` (one name per axis, first axis first).
+void describe_dataset(hid_t loc, const std::string& name, const std::string& units,
+                      const std::string& description, const std::vector<std::string>& axes);
 std::vector<double> read_array(hid_t loc, const std::string& name, std::vector<hsize_t>* dims);
 std::vector<std::int64_t> read_array_int(hid_t loc, const std::string& name, std::vector<hsize_t>* dims);
 std::vector<hsize_t> dataset_dims(hid_t loc, const std::string& name);

@@ -113,6 +113,14 @@ void RunFile::root_attrs(const AttrList& attrs) {
   for (const auto& [k, v] : attrs) h5::write_attr(file_.id(), k, v);
 }
 
+void RunFile::option_attrs(const AttrList& options) {
+  if (!writer()) return;
+  root_attrs(options);
+  std::vector<std::string> names;
+  for (const auto& [k, v] : options) names.push_back(k);
+  h5::write_attr_strings(file_.id(), "option_names", names);
+}
+
 void RunFile::group_attrs(const std::string& name, const AttrList& attrs) {
   if (!writer()) return;
   const hid_t g = group(name);
@@ -163,12 +171,33 @@ void RunFile::append_rows(const std::string& name, const std::vector<hsize_t>& i
   }
 }
 
+const DatasetInfo& RunFile::checked_info(const std::string& path, std::size_t rank, bool integer) const {
+  const DatasetInfo* info = nullptr;
+  for (std::span<const DatasetInfo> t : tables_)
+    if ((info = find_dataset(t, path))) break;
+  MOESIM_REQUIRE(info, "dataset '" << path << "' is in no schema table of its run file");
+  const std::size_t axes = axis_names(info->axes).size();
+  MOESIM_REQUIRE(axes == rank, "dataset '" << path << "' has " << rank << " axes, its schema names " << axes
+                                           << " (" << info->axes << ")");
+  MOESIM_REQUIRE(info->type == (integer ? "int64" : "float64"),
+                 "dataset '" << path << "' is " << (integer ? "int64" : "float64") << ", its schema says "
+                             << info->type);
+  return *info;
+}
+
+void RunFile::describe(hid_t loc, const std::string& name, const DatasetInfo& info) {
+  h5::describe_dataset(loc, name, std::string(info.unit), std::string(info.description), axis_names(info.axes));
+}
+
 void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& dims,
                           const double* data) {
   if (!writer()) return;
   const auto slash = path.rfind('/');
   const hid_t loc = slash == std::string::npos ? file_.id() : group(path.substr(0, slash));
-  h5::write_array(loc, path.substr(slash == std::string::npos ? 0 : slash + 1), dims, data);
+  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
+  const DatasetInfo& info = checked_info(path, dims.size(), false);
+  h5::write_array(loc, name, dims, data);
+  describe(loc, name, info);
 }
 
 void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& dims,
@@ -176,7 +205,10 @@ void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& d
   if (!writer()) return;
   const auto slash = path.rfind('/');
   const hid_t loc = slash == std::string::npos ? file_.id() : group(path.substr(0, slash));
-  h5::write_array(loc, path.substr(slash == std::string::npos ? 0 : slash + 1), dims, data);
+  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
+  const DatasetInfo& info = checked_info(path, dims.size(), true);
+  h5::write_array(loc, name, dims, data);
+  describe(loc, name, info);
 }
 
 void RunFile::write_row_blocks(const Communicator& comm, const std::vector<RowBlock>& blocks) {
@@ -209,6 +241,8 @@ void RunFile::write_row_blocks(const Communicator& comm, const std::vector<RowBl
   if (comm.rank() == 0) {
     try {
       file_ = h5::open_file(path_, true);
+      for (const RowBlock& b : blocks) describe(file_.id(), b.path, checked_info(b.path, 1 + b.inner.size(), b.integer));
+      h5::flush(file_.id());
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -230,10 +264,15 @@ void RunFile::flush() {
 void RunFile::flush_local() {
   if (!writer()) return;
   // A write HDF5 finds no space for leaves a file it can neither close nor read back, so
-  // the space is checked first: the rows, a fresh chunk per series and room for metadata.
+  // the space is checked first: the chunks the new rows open (64 rows each), the object
+  // header and attributes of each new series, and room for metadata.
   std::uintmax_t need = 64 << 10;
-  for (const auto& [name, p] : series_)
-    need += 8 * (p.dbuf.size() + p.ibuf.size() + (64 + (p.created ? 0 : 64)) * p.row_size);
+  for (const auto& [name, p] : series_) {
+    const std::uintmax_t have = p.created ? p.series.rows() : 0;
+    const std::uintmax_t add = (p.dbuf.size() + p.ibuf.size()) / p.row_size;
+    const std::uintmax_t chunks = (have + add + 63) / 64 - (have + 63) / 64;
+    need += 8 * 64 * p.row_size * chunks + (p.created ? 0 : 4 << 10);
+  }
   std::error_code ec;
   const std::filesystem::space_info sp = std::filesystem::space(path_, ec);
   if (!ec && sp.available < need)
@@ -242,8 +281,10 @@ void RunFile::flush_local() {
   const hid_t metrics = series_.empty() ? file_.id() : group("metrics");
   for (auto& [name, p] : series_) {
     if (!p.created) {
+      const DatasetInfo& info = checked_info("metrics/" + name, 1 + p.inner.size(), p.integer);
       p.series = h5::Series(metrics, name, p.inner, p.integer);
       p.created = true;
+      describe(metrics, name, info);
     }
     if (p.integer) {
       p.series.append(p.ibuf.data(), p.ibuf.size() / p.row_size);

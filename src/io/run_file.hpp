@@ -16,6 +16,7 @@
 
 #include "comm/communicator.hpp"
 #include "core/tensor.hpp"
+#include "io/dataset_info.hpp"
 #include "io/hdf5.hpp"
 #include "io/output_lock.hpp"
 
@@ -24,6 +25,15 @@ namespace moesim {
 constexpr std::int64_t kSchemaVersion = 2;
 
 using AttrList = std::vector<std::pair<std::string, h5::AttrValue>>;
+
+// One option as a run file stores it: `key` with dashes as underscores, its value (a switch
+// as 0/1, `boolean` set), and its --help text.
+struct OptionSetting {
+  std::string key;
+  h5::AttrValue value;
+  bool boolean = false;
+  std::string help;
+};
 
 // COLLECTIVE. Build and run facts for run files: version, compiler, ranks, nodes and ranks
 // per node, host, start time, the Slurm job.
@@ -45,7 +55,19 @@ class RunFile {
   ~RunFile();
 
   bool writer() const { return file_.valid(); }
+  // Adds a table describing datasets of this file (it must outlive the RunFile). Every
+  // dataset the file creates gets `units`, `description` and `axes` from its entry; one that
+  // no table names, or whose rank or type differs from its entry, is refused.
+  // Adding a table twice adds it once.
+  void describe_with(std::span<const DatasetInfo> table) {
+    for (std::span<const DatasetInfo> t : tables_)
+      if (t.data() == table.data()) return;
+    tables_.push_back(table);
+  }
   void root_attrs(const AttrList& attrs);
+  // The run's options as root attributes, and their names in the root attribute
+  // `option_names`, so that a reader tells them from provenance and results.
+  void option_attrs(const AttrList& options);
   void group_attrs(const std::string& group, const AttrList& attrs);
   // Buffers one step's row of a per-step dataset metrics/<name> with shape `inner`.
   void append(const std::string& name, const std::vector<double>& row,
@@ -101,6 +123,9 @@ class RunFile {
                    std::size_t row_len);
   hid_t group(const std::string& name);
   void flush_local();  // rank 0's part of flush()
+  // The table entry of dataset `path`, checked against the rank and type it is created with.
+  const DatasetInfo& checked_info(const std::string& path, std::size_t rank, bool integer) const;
+  static void describe(hid_t loc, const std::string& name, const DatasetInfo& info);
   void abandon();
 
   const Communicator* comm_ = nullptr;
@@ -110,6 +135,7 @@ class RunFile {
   h5::Handle file_;
   std::map<std::string, h5::Handle> groups_;
   std::map<std::string, Pending> series_;
+  std::vector<std::span<const DatasetInfo>> tables_;
 };
 
 }  // namespace moesim

@@ -30,8 +30,29 @@ void print_summary(const Communicator& comm, const StackResult& res, const std::
 
 }  // namespace
 
+std::span<const DatasetInfo> stack_run_datasets() {
+  static constexpr DatasetInfo kTable[] = {
+      {"scores/learner", "learner x score", "float64", "as the group's `learner_columns`",
+       "per base learner (group attribute `learners`): out-of-fold and test scores (accuracy and log loss, or RMSE and R^2), fit and predict seconds (group attribute `learner_columns`)"},
+      {"scores/fold", "learner x fold", "float64", "as the group's `fold_metric`",
+       "each base learner's primary score (group attribute `fold_metric`) on each held-out fold"},
+      {"meta/coefficients", "input x output", "float64", "1",
+       "meta-learner coefficients: one row per input column and `intercept`, or per learner (nnls, greedy); group attributes `rows`, `columns`"},
+      {"meta/tuning", "candidate x field", "float64", "1",
+       "blend: each candidate regularisation value (field 0) and its hold-out score (field 1)"},
+      {"oof/predictions", "row x column", "float64", "probability (classification) or the target's unit",
+       "out-of-fold predictions the meta-learner fits on (blend: validation predictions); group attribute `columns` names them `learner:class`"},
+      {"oof/fold", "row x repeat", "int64", "fold",
+       "the fold that held each row out, per repeat (blend: split code, 1 = validation)"},
+      {"oof/row", "row", "int64", "row", "global row of each prediction in `--data`"},
+      {"oof/target", "row", "float64", "class index or the target's unit", "the target of each row"},
+  };
+  return kTable;
+}
+
 void write_stack_run(const Communicator& comm, RunFile& rf, const StackResult& res, const OofRows& oof,
                      std::int64_t train_rows, std::int64_t test_rows, double seconds) {
+  rf.describe_with(stack_run_datasets());
   const bool cls = res.classification;
   const Index L = static_cast<Index>(res.learners.size());
   // Per-learner scores: rows = learners, columns = metrics (out of fold, then test).
@@ -109,9 +130,7 @@ StackResult run_stacking(const Communicator& comm, const StackingInputs& in, con
   // The run file is written only once the results are in: an error on the way (a fold
   // without a class, say) then leaves no half-written file, nor an earlier one emptied.
   RunFile::check_creatable(comm, s.out);
-  AttrList attrs = s.option_attrs;
-  const AttrList prov = provenance_attrs(comm);
-  attrs.insert(attrs.end(), prov.begin(), prov.end());
+  const AttrList attrs = provenance_attrs(comm);
   const std::int64_t n_data = comm.allreduce_sum(static_cast<std::int64_t>(in.train.n()));
   const std::int64_t n_test = comm.allreduce_sum(static_cast<std::int64_t>(in.test.n()));
   if (comm.rank() == 0 && !s.options.quiet) {
@@ -147,6 +166,7 @@ StackResult run_stacking(const Communicator& comm, const StackingInputs& in, con
   }
   const double seconds = wall.seconds();
   auto rf = RunFile::create(comm, s.out, cmd);
+  rf->option_attrs(s.option_attrs);
   rf->root_attrs(attrs);
   write_stack_run(comm, *rf, res, oof, train_rows, test_rows, seconds);
   if (!s.options.quiet) print_summary(comm, res, s.out, seconds);

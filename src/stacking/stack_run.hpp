@@ -37,6 +37,9 @@ struct OofRows {
 // COLLECTIVE. Options must already be valid (ConfigErrors from the data may still come).
 // `wall` is the run's clock: its seconds go to final/seconds. The communication tally
 // since comm.reset_tally() goes to final/bytes_communicated and comm_seconds.
+// The datasets a stack or blend run file holds.
+std::span<const DatasetInfo> stack_run_datasets();
+
 StackResult run_stacking(const Communicator& comm, const StackingInputs& inputs, const StackRunSettings& settings,
                          const Stopwatch& wall);
 

@@ -137,7 +137,7 @@ void print_grid(const Communicator& comm, const SweepConfig& cfg, const std::vec
 
 int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
               const std::string& dir, std::int64_t index, bool summary_only, const PointRunner& run,
-              const PointValidator& check) {
+              const PointValidator& check, const PointOptionReader& read_options) {
   const std::vector<std::string> invalid = invalid_reasons(comm, cfg, points, dir, check);
   // Every point refused for one reason (an unknown key, say) is a bad config, not a grid of
   // invalid points: one error before anything is written. (The reasons are the same on
@@ -247,7 +247,10 @@ int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vecto
   }
   int none_valid = 0;
   if (comm.rank() == 0) {
-    write_summary(dir, cfg, points, invalid);
+    PointOptions options_of;
+    if (read_options)
+      options_of = [&](const SweepPoint& p) { return read_options(cfg.command, point_args(cfg, p, dir), point_preset(p)); };
+    write_summary(dir, cfg, points, invalid, options_of);
     std::size_t done = 0, not_runnable = 0;
     for (const SweepPoint& pt : points) {
       const std::string s = sweep_status(run_file_of(dir, pt), invalid[pt.index]).status;

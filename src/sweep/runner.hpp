@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "io/run_file.hpp"
 #include "sweep/grid.hpp"
 
 namespace moesim {
@@ -22,6 +23,12 @@ using PointRunner = std::function<int(const std::string& command, const std::vec
 // as PointRunner. Called on rank 0 only, so it must not communicate.
 using PointValidator = std::function<void(const std::string& command, const std::vector<std::string>& args,
                                           const std::string& preset)>;
+
+// Every option one point runs with, in effect and typed, as its run file stores them (parsed
+// the way the command parses them; nothing is checked or run). Same arguments as PointRunner;
+// throws when the options cannot be parsed. Called on rank 0 only.
+using PointOptionReader = std::function<std::vector<OptionSetting>(
+    const std::string& command, const std::vector<std::string>& args, const std::string& preset)>;
 
 // The arguments a point runs with under `dir` (its run file; for moe its checkpoint and --resume).
 std::vector<std::string> point_args(const SweepConfig& cfg, const SweepPoint& p, const std::string& dir);
@@ -48,6 +55,6 @@ void print_grid(const Communicator& comm, const SweepConfig& cfg, const std::vec
 // every valid point it ran completed.
 int run_sweep(const Communicator& comm, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
               const std::string& dir, std::int64_t index, bool summary_only, const PointRunner& run,
-              const PointValidator& check);
+              const PointValidator& check, const PointOptionReader& read_options = {});
 
 }  // namespace moesim

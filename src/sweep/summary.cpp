@@ -3,10 +3,14 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <optional>
+#include <type_traits>
+#include <variant>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -24,21 +28,107 @@ bool is_number(const std::string& s, double& v) {
   return ec == std::errc() && p == s.data() + s.size();
 }
 
+// A final attribute as sweep.h5 keeps it: numbers only, integers apart.
+struct FinalValue {
+  double number = 0;
+  std::int64_t integer = 0;
+  bool is_integer = false;
+};
+
 herr_t collect_attr(hid_t obj, const char* name, const H5A_info_t*, void* out) {
-  auto* m = static_cast<std::map<std::string, double>*>(out);
+  auto* m = static_cast<std::map<std::string, FinalValue>*>(out);
   hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
   if (a < 0) return 0;
   hid_t t = H5Aget_type(a);
   const H5T_class_t cls = H5Tget_class(t);
   hid_t space = H5Aget_space(a);
   const bool scalar = H5Sget_simple_extent_npoints(space) == 1;
-  double v = 0;
-  if (scalar && (cls == H5T_INTEGER || cls == H5T_FLOAT) && H5Aread(a, H5T_NATIVE_DOUBLE, &v) >= 0)
+  FinalValue v;
+  if (scalar && cls == H5T_INTEGER && H5Aread(a, H5T_NATIVE_INT64, &v.integer) >= 0) {
+    v.is_integer = true;
+    v.number = static_cast<double>(v.integer);
     (*m)[name] = v;
+  } else if (scalar && cls == H5T_FLOAT && H5Aread(a, H5T_NATIVE_DOUBLE, &v.number) >= 0) {
+    (*m)[name] = v;
+  }
   H5Sclose(space);
   H5Tclose(t);
   H5Aclose(a);
   return 0;
+}
+
+// A config value typed from its text, as the run file would hold it.
+OptionSetting typed_from_text(const std::string& key, const std::string& text) {
+  OptionSetting o;
+  o.key = key;
+  for (char& c : o.key)
+    if (c == '-') c = '_';
+  std::int64_t i = 0;
+  double d = 0;
+  const char* end = text.data() + text.size();
+  if (text == "true" || text == "false") {
+    o.value = std::int64_t{text == "true"};
+    o.boolean = true;
+  } else if (auto [p, ec] = std::from_chars(text.data(), end, i); !text.empty() && ec == std::errc() && p == end) {
+    o.value = i;
+  } else if (is_number(text, d)) {
+    o.value = d;
+  } else {
+    o.value = text;
+  }
+  return o;
+}
+
+// One column of points/options: its values per point (absent where a point has none).
+struct OptionColumn {
+  std::vector<std::optional<h5::AttrValue>> values;
+  bool all_boolean = true;
+  std::string help;
+};
+
+void write_option_column(hid_t g, const std::string& key, const OptionColumn& c, const DatasetInfo& info) {
+  const std::size_t n = c.values.size();
+  bool any_string = false, any_double = false, any_missing = false;
+  for (const auto& v : c.values) {
+    if (!v) any_missing = true;
+    else if (std::holds_alternative<std::string>(*v)) any_string = true;
+    else if (std::holds_alternative<double>(*v)) any_double = true;
+  }
+  std::string type;
+  if (any_string) {
+    std::vector<std::string> col(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!c.values[i]) continue;
+      std::visit([&](const auto& x) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(x)>, std::string>) col[i] = x;
+        else col[i] = std::to_string(x);
+      }, *c.values[i]);
+    }
+    h5::write_strings(g, key, col);
+  } else if (any_double) {
+    std::vector<double> col(n, std::numeric_limits<double>::quiet_NaN());
+    for (std::size_t i = 0; i < n; ++i)
+      if (c.values[i]) std::visit([&](const auto& x) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(x)>, std::string>) col[i] = static_cast<double>(x);
+        }, *c.values[i]);
+    h5::write_array(g, key, {n}, col.data());
+  } else if (c.all_boolean && !any_missing) {
+    std::vector<bool> col(n);
+    for (std::size_t i = 0; i < n; ++i) col[i] = std::get<std::int64_t>(*c.values[i]) != 0;
+    h5::write_bools(g, key, col);
+  } else {
+    std::vector<std::int64_t> col(n, kMissingInt);
+    for (std::size_t i = 0; i < n; ++i)
+      if (c.values[i]) col[i] = std::get<std::int64_t>(*c.values[i]);
+    h5::write_array(g, key, {n}, col.data());
+    h5::Handle d(MOESIM_H5_CHECK(H5Dopen2(g, key.c_str(), H5P_DEFAULT)), H5Dclose);
+    if (any_missing) h5::write_attr(d.id(), "missing_value", kMissingInt);
+  }
+  std::string desc = "option `--";
+  for (char ch : key) desc += ch == '_' ? '-' : ch;
+  desc += "` of each point";
+  if (!c.help.empty()) desc += ": " + c.help;
+  h5::describe_dataset(g, key, std::string(info.unit), desc, axis_names(info.axes));
 }
 
 }  // namespace
@@ -108,10 +198,8 @@ void record_status(const std::string& run_file, const SweepPoint& p, const std::
     h5::write_attr(f.id(), "complete", std::int64_t{0});
     h5::write_attr(f.id(), "kind", command);
     for (const auto& [k, v] : p.values) {
-      std::string key = k;
-      for (char& c : key)
-        if (c == '-') c = '_';
-      h5::write_attr(f.id(), key, v);
+      const OptionSetting o = typed_from_text(k, v);
+      h5::write_attr(f.id(), o.key, o.value);
     }
   }
   h5::write_attr(f.id(), "status", status);
@@ -132,8 +220,23 @@ void record_invalid(const std::string& run_file, const SweepPoint& p, const std:
   record_status(run_file, p, command, "invalid", reason);
 }
 
+std::span<const DatasetInfo> sweep_summary_datasets() {
+  static constexpr DatasetInfo kTable[] = {
+      {"points/index", "point", "int64", "point", "the point's 0-based index in the grid (`moesim sweep --index`)"},
+      {"points/id", "point", "string", "", "the point's stable id: its swept values and a hash of all its values"},
+      {"points/status", "point", "string", "", "complete | failed | invalid | incomplete | pending"},
+      {"points/error", "point", "string", "", "failed: the error; invalid: why the point can never run; else empty"},
+      {"points/file", "point", "string", "", "the point's run file, relative to sweep.h5"},
+      {"points/options/<option>", "point", "int64, float64, bool or string", "",
+       "every option each point runs with, typed as its run file stores it (switches as bool); the description names the option and gives its help text; int64 columns mark a point without a value by `missing_value`"},
+      {"points/final/<name>", "point", "int64 or float64", "",
+       "the `final` attribute <name> of each complete point's run file (see that file's schema); NaN, or `missing_value` for int64, where a point has none"},
+  };
+  return kTable;
+}
+
 void write_summary(const std::string& dir, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
-                   const std::vector<std::string>& invalid_reasons) {
+                   const std::vector<std::string>& invalid_reasons, const PointOptions& options_of) {
   h5::silence_default_error_printing();
   char host[128] = {0};
   gethostname(host, sizeof host - 1);
@@ -143,7 +246,7 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
   const std::size_t n = points.size();
   std::vector<std::string> ids, status, errors, files;
   std::vector<std::int64_t> index;
-  std::vector<std::map<std::string, double>> finals(n);
+  std::vector<std::map<std::string, FinalValue>> finals(n);
   std::set<std::string> final_keys;
   std::int64_t complete = 0, invalid = 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -169,6 +272,45 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
       }
     }
   }
+  // Every option of every point, typed; a point the reader cannot parse keeps what the config names.
+  std::map<std::string, OptionColumn> options;
+  std::set<std::string> swept_options;
+  std::map<std::string, h5::AttrValue> first_value;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::vector<OptionSetting> settings;
+    bool read = false;
+    if (options_of) {
+      try {
+        settings = options_of(points[i]);
+        read = true;
+      } catch (const std::exception&) {
+      }
+    }
+    if (!read)
+      for (const auto& [k, v] : points[i].values) settings.push_back(typed_from_text(k, v));
+    for (OptionSetting& o : settings) {
+      OptionColumn& c = options[o.key];
+      c.values.resize(n);
+      c.values[i] = o.value;
+      c.all_boolean = c.all_boolean && o.boolean;
+      if (c.help.empty()) c.help = o.help;
+      // Options whose values differ between points, per-point paths aside.
+      if (o.key == "out" || o.key == "checkpoint") continue;
+      auto [it, fresh] = first_value.emplace(o.key, o.value);
+      if (!fresh && !(it->second == o.value)) swept_options.insert(o.key);
+    }
+  }
+  for (auto& [k, c] : options) c.values.resize(n);
+  for (const auto& [k, c] : options)
+    if (std::count(c.values.begin(), c.values.end(), std::nullopt) > 0 &&
+        std::count(c.values.begin(), c.values.end(), std::nullopt) < static_cast<std::ptrdiff_t>(n))
+      swept_options.insert(k);  // set on some points only
+  const std::span<const DatasetInfo> table = sweep_summary_datasets();
+  auto describe = [&](hid_t g, const std::string& name, const std::string& path) {
+    const DatasetInfo* info = find_dataset(table, path);
+    MOESIM_REQUIRE(info, "sweep.h5 dataset '" << path << "' is not in its schema table");
+    h5::describe_dataset(g, name, std::string(info->unit), std::string(info->description), axis_names(info->axes));
+  };
   {
     h5::Handle f = h5::create_file(tmp.string());
     h5::write_attr(f.id(), "schema_version", kSchemaVersion);
@@ -183,38 +325,47 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
     if (!points.empty())
       for (const auto& [k, v] : points.front().swept) swept += (swept.empty() ? "" : ",") + k;
     h5::write_attr(f.id(), "swept", swept);
+    h5::write_attr_strings(f.id(), "swept_options", {swept_options.begin(), swept_options.end()});
     h5::Handle g = h5::create_group(f.id(), "points");
     h5::write_strings(g.id(), "id", ids);
     h5::write_strings(g.id(), "status", status);
     h5::write_strings(g.id(), "error", errors);
     h5::write_strings(g.id(), "file", files);
     h5::write_array(g.id(), "index", {n}, index.data());
+    for (const char* name : {"id", "status", "error", "file", "index"})
+      describe(g.id(), name, std::string("points/") + name);
     h5::Handle og = h5::create_group(g.id(), "options");
-    for (std::size_t k = 0; k < cfg.options.size(); ++k) {
-      const std::string& key = cfg.options[k].first;
-      std::vector<std::string> vals;
-      std::vector<double> nums;
-      bool numeric = true;
-      for (const SweepPoint& p : points) {
-        vals.push_back(p.values[k].second);
-        double v = 0;
-        numeric = numeric && is_number(p.values[k].second, v);
-        nums.push_back(v);
-      }
-      std::string name = key;
-      for (char& c : name)
-        if (c == '-') c = '_';
-      if (numeric) h5::write_array(og.id(), name, {n}, nums.data());
-      else h5::write_strings(og.id(), name, vals);
-    }
+    const DatasetInfo* option_info = find_dataset(table, "points/options/<option>");
+    for (const auto& [key, c] : options) write_option_column(og.id(), key, c, *option_info);
     h5::Handle fg = h5::create_group(g.id(), "final");
     for (const std::string& key : final_keys) {
-      std::vector<double> col(n, std::numeric_limits<double>::quiet_NaN());
+      bool integer = true;
       for (std::size_t i = 0; i < n; ++i) {
         auto it = finals[i].find(key);
-        if (it != finals[i].end()) col[i] = it->second;
+        if (it != finals[i].end()) integer = integer && it->second.is_integer;
       }
-      h5::write_array(fg.id(), key, {n}, col.data());
+      bool missing = false;
+      if (integer) {
+        std::vector<std::int64_t> col(n, kMissingInt);
+        for (std::size_t i = 0; i < n; ++i) {
+          auto it = finals[i].find(key);
+          if (it != finals[i].end()) col[i] = it->second.integer;
+          else missing = true;
+        }
+        h5::write_array(fg.id(), key, {n}, col.data());
+      } else {
+        std::vector<double> col(n, std::numeric_limits<double>::quiet_NaN());
+        for (std::size_t i = 0; i < n; ++i) {
+          auto it = finals[i].find(key);
+          if (it != finals[i].end()) col[i] = it->second.number;
+        }
+        h5::write_array(fg.id(), key, {n}, col.data());
+      }
+      describe(fg.id(), key, "points/final/" + key);
+      if (missing) {
+        h5::Handle d(MOESIM_H5_CHECK(H5Dopen2(fg.id(), key.c_str(), H5P_DEFAULT)), H5Dclose);
+        h5::write_attr(d.id(), "missing_value", kMissingInt);
+      }
     }
   }
   std::filesystem::rename(tmp, final_path);

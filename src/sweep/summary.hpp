@@ -1,9 +1,15 @@
 #pragma once
 // The sweep summary (DIR/sweep.h5): one row per grid point, rebuilt from the run
 // files every time, never the only copy of anything.
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "io/dataset_info.hpp"
+#include "io/run_file.hpp"
 #include "sweep/grid.hpp"
 
 namespace moesim {
@@ -36,10 +42,21 @@ void record_failure(const std::string& run_file, const SweepPoint& p, const std:
 void record_invalid(const std::string& run_file, const SweepPoint& p, const std::string& command,
                     const std::string& reason);
 
+// Every option a point runs with (throws when its options cannot be parsed).
+using PointOptions = std::function<std::vector<OptionSetting>(const SweepPoint&)>;
+
 // Writes DIR/sweep.h5 atomically (a temporary file renamed into place). `invalid_reasons`:
-// per point, why it can never run ("" when it can), as sweep_status takes it.
+// per point, why it can never run ("" when it can), as sweep_status takes it. `options_of`
+// gives each point's every option, typed; without it (or for a point it cannot parse) the
+// options the config names are typed from their text.
 void write_summary(const std::string& dir, const SweepConfig& cfg, const std::vector<SweepPoint>& points,
-                   const std::vector<std::string>& invalid_reasons);
+                   const std::vector<std::string>& invalid_reasons, const PointOptions& options_of = {});
+
+// The datasets of sweep.h5.
+std::span<const DatasetInfo> sweep_summary_datasets();
+
+// Where an int64 column of sweep.h5 has no value (its `missing_value` attribute).
+inline constexpr std::int64_t kMissingInt = std::numeric_limits<std::int64_t>::min();
 
 std::string run_file_of(const std::string& dir, const SweepPoint& p);
 

@@ -413,7 +413,11 @@ void append_checkpoint_history(const Communicator& comm, const std::string& path
             for (hsize_t r = 0; r < rows; ++r)
               steps[r] = step - static_cast<std::int64_t>(rows) + 1 + static_cast<std::int64_t>(r);
             const std::string step_name = name + "_step";
-            if (!h5::exists(e.id(), step_name)) h5::write_array(e.id(), step_name, {rows}, steps.data());
+            if (!h5::exists(e.id(), step_name)) {
+              h5::write_array(e.id(), step_name, {rows}, steps.data());
+              h5::describe_dataset(e.id(), step_name, "step", "the step of each row of `" + name + "` beside it",
+                                   {"step"});
+            }
             continue;
           }
           std::vector<hsize_t> dims;

@@ -125,6 +125,7 @@ Evaluation after(const Communicator& comm, const MoeRunConfig& merged_cfg, const
 }
 
 void write_merge(RunFile& rf, const std::vector<LayerState>& layers, I E, I E2) {
+  rf.describe_with(merge_run_datasets());
   const hsize_t Lm = layers.size(), Eh = static_cast<hsize_t>(E);
   std::vector<double> sim;
   std::vector<I> pairs, group_of(static_cast<std::size_t>(Lm * Eh));
@@ -141,6 +142,18 @@ void write_merge(RunFile& rf, const std::vector<LayerState>& layers, I E, I E2) 
 }
 
 }  // namespace
+
+std::span<const DatasetInfo> merge_run_datasets() {
+  static constexpr DatasetInfo kTable[] = {
+      {"merge/similarity", "moe_layer x expert x expert", "float64", "1",
+       "cosine similarity of every pair of the source's experts (by `--pair-by`: flattened weights, or router-probability columns over the validation tokens)"},
+      {"merge/pairs", "moe_layer x pair x member", "int64", "expert",
+       "the E - E2 merged pairs (i < j, original indices), chosen greedily by descending similarity"},
+      {"merge/group_of", "moe_layer x expert", "int64", "expert",
+       "the new (merged) index of each original expert"},
+  };
+  return kTable;
+}
 
 std::string resolve_checkpoint(const Communicator& comm, const std::string& run) {
   std::string path, error;
@@ -196,15 +209,14 @@ int merge_run(const Communicator& comm, const MergeConfig& m, const std::string&
   }
 
   auto rf = RunFile::create(comm, m.out, "merge");
-  AttrList attrs = m.options;
-  const AttrList prov = provenance_attrs(comm);
-  attrs.insert(attrs.end(), prov.begin(), prov.end());
+  AttrList attrs = provenance_attrs(comm);
   attrs.insert(attrs.end(), {{"checkpoint", ckpt},
                              {"source_step", info.step},
                              {"source_ranks", info.ranks},
                              {"source_options", info.options},
                              {"experts_before", E},
                              {"experts_after", E2}});
+  rf->option_attrs(m.options);
   rf->root_attrs(attrs);
   rf->flush();
 

@@ -25,6 +25,9 @@ struct MergeConfig {
 // when there is none.
 std::string resolve_checkpoint(const Communicator& comm, const std::string& run);
 
+// The datasets a merge run file holds.
+std::span<const DatasetInfo> merge_run_datasets();
+
 // COLLECTIVE. Merges the checkpoint `ckpt` of the run that `source` describes (rebuilt from
 // the checkpoint's own options) down to cfg.experts per MoE layer and writes cfg.out.
 // Checks E2 against the run first (ConfigError). Returns the exit code.

@@ -61,10 +61,11 @@ int train_and_log(const Communicator& comm, const MoeRunConfig& m, const Task& t
                                model_state(model));
   auto file = RunFile::create(comm, m.out, "moe");
   RunFile& rf = *file;
-  AttrList attrs = m.options;
-  const AttrList prov = provenance_attrs(comm);
-  attrs.insert(attrs.end(), prov.begin(), prov.end());
+  rf.describe_with(step_metric_datasets());
+  rf.describe_with(moe_run_datasets());
+  AttrList attrs = provenance_attrs(comm);
   attrs.insert(attrs.end(), m.effective.begin(), m.effective.end());
+  rf.option_attrs(m.options);
   rf.root_attrs(attrs);
   rf.group_attrs("task", task_facts);
   if (resuming) {
@@ -193,6 +194,23 @@ void task_results(const Task& task, const TrainSummary& s, int E, AttrList& fin,
   fin.emplace_back("val_routing_nmi", nmi[best]);
   fin.emplace_back("val_routing_purity", purity[best]);
   fin.emplace_back("val_routing_layer", static_cast<I>(best));
+}
+
+std::span<const DatasetInfo> moe_run_datasets() {
+  static constexpr DatasetInfo kTable[] = {
+      {"routing_recovery/counts", "moe_layer x expert x source", "int64", "tokens",
+       "validation tokens per (MoE layer, student top-1 expert, source: the teacher's top-1 expert or the regime); a token's top-1 expert is its expert with the largest gate weight"},
+      {"routing_recovery/mutual_info", "moe_layer", "float64", "nats",
+       "mutual information between each MoE layer's top-1 expert and the source, over the validation tokens"},
+      {"routing_recovery/nmi", "moe_layer", "float64", "1",
+       "`mutual_info` normalised by sqrt(H(expert) H(source)): 1 = the experts recover the sources exactly"},
+      {"routing_recovery/purity", "moe_layer", "float64", "fraction",
+       "share of validation tokens whose source is the most common source of their top-1 expert"},
+      {"metrics_until_step<N>/<name>", "step x ...", "float64 or int64", "as metrics/<name>",
+       "after a resume on another rank count: the rows of a per-rank series (shaped by the old P) up to step N, with their attributes"},
+      {"metrics_until_step<N>/<name>_step", "step", "int64", "step", "the step of each row of `<name>` beside it"},
+  };
+  return kTable;
 }
 
 }  // namespace moesim

@@ -28,6 +28,9 @@ struct MoeRunConfig {
 // Returns the exit code: 0, or 143 when a signal stopped the run (file left incomplete).
 int moe_run(const Communicator& comm, MoeRunConfig cfg);
 
+// The datasets a moe run file holds besides metrics/ (step_metric_datasets()).
+std::span<const DatasetInfo> moe_run_datasets();
+
 // Task-specific final results: bits per byte (lm), routing recovery (tasks with
 // sources): `final` attributes into `fin`, datasets into `rf`.
 void task_results(const Task& task, const TrainSummary& s, int experts, AttrList& fin, RunFile& rf);

@@ -18,6 +18,19 @@ constexpr bool names_unique() {
 }
 static_assert(names_unique(), "two per-step metrics share a name");
 
+constexpr std::size_t parts(std::string_view s) {
+  if (s.empty()) return 0;
+  std::size_t n = 1;
+  for (std::size_t at = s.find(" x "); at != std::string_view::npos; at = s.find(" x ", at + 3)) ++n;
+  return n;
+}
+constexpr bool axes_named() {
+  for (const MetricSpec& s : kStepMetrics)
+    if (parts(s.shape) != parts(s.axes)) return false;
+  return true;
+}
+static_assert(axes_named(), "a per-step metric's axes do not name every axis of its shape");
+
 // "L_moe x E" -> {L_moe, E}; "" -> {} (a scalar per step).
 std::vector<hsize_t> dims_of(std::string_view shape, const MetricContext& c) {
   std::vector<hsize_t> dims;
@@ -59,13 +72,18 @@ const MetricSpec* find_step_metric(std::string_view name) {
 
 std::string step_metrics_markdown() {
   std::string t =
-      "| dataset | shape per row | type | unit | written | description |\n"
-      "|---|---|---|---|---|---|\n";
+      "| dataset | shape per row | axes | type | unit | written | description |\n"
+      "|---|---|---|---|---|---|---|\n";
   for (const MetricSpec& s : kStepMetrics) {
     t += "| `metrics/";
     t += s.name;
     t += "` | ";
     t += s.shape.empty() ? std::string_view("scalar") : s.shape;
+    t += " | step";
+    if (!s.axes.empty()) {
+      t += " x ";
+      t += s.axes;
+    }
     t += s.integer ? " | int64 | " : " | float64 | ";
     t += s.unit;
     t += " | ";
@@ -75,6 +93,28 @@ std::string step_metrics_markdown() {
     t += " |\n";
   }
   return t;
+}
+
+std::span<const DatasetInfo> step_metric_datasets() {
+  // Built once; the strings stay put for the program's life (run files keep spans of it).
+  static const std::vector<std::string> paths_and_axes = [] {
+    std::vector<std::string> v;
+    for (const MetricSpec& s : kStepMetrics) {
+      v.push_back("metrics/" + std::string(s.name));
+      v.push_back(s.axes.empty() ? std::string("step") : "step x " + std::string(s.axes));
+    }
+    return v;
+  }();
+  static const std::vector<DatasetInfo> table = [] {
+    std::vector<DatasetInfo> t;
+    for (std::size_t i = 0; i < kStepMetrics.size(); ++i) {
+      const MetricSpec& s = kStepMetrics[i];
+      t.push_back({paths_and_axes[2 * i], paths_and_axes[2 * i + 1], s.integer ? "int64" : "float64", s.unit,
+                   s.description});
+    }
+    return t;
+  }();
+  return table;
 }
 
 std::vector<std::string> per_rank_step_metrics() {

@@ -5,6 +5,7 @@
 // appends only what the table names, in the shape it states. `moesim info --metrics`
 // prints the table; the per-step table of docs/run-file.md is that output.
 #include <array>
+#include <span>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -35,6 +36,7 @@ struct MetricSpec {
   std::string_view unit;
   MetricWhen when;
   std::string_view description;  // one line
+  std::string_view axes = {};    // names of the shape's axes ("moe_layer x expert"); the row axis "step" comes first
 };
 
 // Every per-step dataset, in the order the trainer appends them.
@@ -59,7 +61,7 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
     {"starved_experts", "", true, "experts", MetricWhen::kAlways,
      "experts with fewer than B*K/(10E) kept assignments, summed over MoE layers (collapse)"},
     {"gate_mass", "E", false, "probability", MetricWhen::kAlways,
-     "mean router probability of each expert (P_e), mean over MoE layers"},
+     "mean router probability of each expert (P_e), mean over MoE layers", "expert"},
     {"dropped_fraction", "", false, "fraction", MetricWhen::kAlways,
      "dropped assignments / (B*K), over all MoE layers"},
     {"unrouted_fraction", "", false, "fraction", MetricWhen::kAlways,
@@ -69,7 +71,7 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
     {"load_loss", "", false, "1", MetricWhen::kNoisyTopK,
      "CV(load)^2 of the smooth load, mean over MoE layers, before its weight"},
     {"balance_bias", "L_moe x E", false, "logit", MetricWhen::kBalanceBias,
-     "the selection bias of each expert after the step's update"},
+     "the selection bias of each expert after the step's update", "moe_layer x expert"},
     {"tokens_per_s", "", false, "tokens/s", MetricWhen::kAlways, "B / step time (slowest rank)"},
     {"a2a_bytes", "", false, "bytes", MetricWhen::kAlways,
      "token payload bytes that crossed between different ranks, all MoE layers, forward and backward (the off-diagonal sum of `traffic`)"},
@@ -81,27 +83,27 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
      "step time minus exchange (transfer and wait) and gradient all-reduce time, slowest rank"},
     {"step_seconds", "", false, "s", MetricWhen::kAlways, "wall time of the step, slowest rank"},
     {"expert_tokens", "E", true, "assignments", MetricWhen::kAlways,
-     "assignments each expert processed (after capacity), summed over MoE layers"},
+     "assignments each expert processed (after capacity), summed over MoE layers", "expert"},
     {"token_share", "E", false, "fraction", MetricWhen::kAlways,
-     "each expert's share of the kept assignments, all MoE layers (`expert_tokens` normalised)"},
+     "each expert's share of the kept assignments, all MoE layers (`expert_tokens` normalised)", "expert"},
     {"top_expert_share", "E", false, "fraction", MetricWhen::kAlways,
-     "share of the tokens whose largest gate is expert e (ties to the lower index), mean over MoE layers; with a dense gate, the collapse/specialisation view of routing"},
+     "share of the tokens whose largest gate is expert e (ties to the lower index), mean over MoE layers; with a dense gate, the collapse/specialisation view of routing", "expert"},
     {"prediction_loss", "", false, "nats or MSE", MetricWhen::kMixtureLoss,
      "the task loss of the mixture's prediction"},
     {"mixture_spread", "", false, "q^2", MetricWhen::kMixtureLoss,
      "mean over tokens of sum_k g_k times the squared distance of q_k from qbar = sum_k g_k q_k, with q_k = f_k (regression) or softmax(f_k) (classification)"},
     {"expert_tokens_per_layer", "L_moe x E", true, "assignments", MetricWhen::kMoeLayers,
-     "`expert_tokens` per MoE layer"},
+     "`expert_tokens` per MoE layer", "moe_layer x expert"},
     {"traffic", "P x P", true, "bytes", MetricWhen::kAlways,
-     "bytes rank i sent to rank j (the diagonal is a rank's own tokens, which never leave it)"},
+     "bytes rank i sent to rank j (the diagonal is a rank's own tokens, which never leave it)", "sender x receiver"},
     {"padding_bytes", "", false, "bytes", MetricWhen::kAlways,
      "bytes of unused slot rows and headers sent between ranks (`--dispatch padded`; 0 otherwise)"},
     {"a2a_bytes_by_phase", "L_moe x 4", false, "bytes", MetricWhen::kMoeLayers,
-     "bytes sent between different ranks (sum over ranks) per MoE layer and phase: forward dispatch (with the count exchange), forward combine, backward dispatch, backward combine"},
+     "bytes sent between different ranks (sum over ranks) per MoE layer and phase: forward dispatch (with the count exchange), forward combine, backward dispatch, backward combine", "moe_layer x phase"},
     {"a2a_seconds_by_phase", "L_moe x 4", false, "s", MetricWhen::kMoeLayers,
-     "transfer seconds per MoE layer and phase (as `a2a_bytes_by_phase`): the least time any rank spent inside it"},
+     "transfer seconds per MoE layer and phase (as `a2a_bytes_by_phase`): the least time any rank spent inside it", "moe_layer x phase"},
     {"rank_expert_tokens", "P x E", true, "assignments", MetricWhen::kAlways,
-     "assignments from rank p's tokens kept for expert e, summed over MoE layers (input of the network cost model)"},
+     "assignments from rank p's tokens kept for expert e, summed over MoE layers (input of the network cost model)", "rank x expert"},
     {"val_step", "", true, "step", MetricWhen::kEvalEvery, "the step after which `val_loss` was measured"},
     {"val_loss", "", false, "nats or MSE", MetricWhen::kEvalEvery,
      "task loss over the validation tokens (`--val-tokens`)"},
@@ -112,6 +114,9 @@ const MetricSpec* find_step_metric(std::string_view name);
 
 // The table as markdown (one row per dataset), for `moesim info --metrics` and docs/run-file.md.
 std::string step_metrics_markdown();
+
+// The table as the run file describes its datasets (`metrics/<name>`, axes "step x ...").
+std::span<const DatasetInfo> step_metric_datasets();
 
 // Per-step datasets whose shape depends on the rank count P (a resumed run on another P
 // restarts them).
@@ -133,7 +138,9 @@ bool written_in(MetricWhen w, const MetricContext& c);
 // apply to the context, the row must have the stated shape and type (RuntimeError if not).
 class MetricWriter {
  public:
-  MetricWriter(RunFile& out, const MetricContext& context) : out_(out), context_(context) {}
+  MetricWriter(RunFile& out, const MetricContext& context) : out_(out), context_(context) {
+    out_.describe_with(step_metric_datasets());
+  }
   void append(std::string_view name, const std::vector<double>& row);
   void append(std::string_view name, const std::vector<std::int64_t>& row);
   int rows_written() const { return rows_; }

@@ -52,6 +52,8 @@ def read_run(path, ignore=()):
     """(root attributes less PER_RUN and `ignore`, metrics less timings, final losses) of a run file."""
     with h5py.File(path, "r") as f:
         attrs = {k: attr_value(v) for k, v in f.attrs.items() if k not in PER_RUN and k not in ignore}
+        # The option names, less the ignored ones (a --config run names `config` as well).
+        attrs["option_names"] = [str(n) for n in f.attrs["option_names"] if str(n) not in ignore]
         metrics = {k: f["metrics"][k][()] for k in f["metrics"] if "seconds" not in k and k != "tokens_per_s"}
         final = {k: attr_value(f["final"].attrs[k]) for k in ("train_loss", "val_loss")}
     return attrs, metrics, final

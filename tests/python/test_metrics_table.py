@@ -31,16 +31,16 @@ def table_text(mpirun):
 def table(table_text):
     """name -> dict(shape, type, unit, written, description)."""
     lines = table_text.strip().splitlines()
-    assert lines[0].startswith("| dataset | shape per row | type | unit | written | description |")
+    assert lines[0].startswith("| dataset | shape per row | axes | type | unit | written | description |")
     rows = {}
     for line in lines[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        assert len(cells) == 6, line
+        assert len(cells) == 7, line
         name = cells[0].strip("`")
         assert name.startswith("metrics/"), line
         name = name[len("metrics/"):]
         assert name not in rows, f"{name} listed twice"
-        rows[name] = dict(zip(("shape", "type", "unit", "written", "description"), cells[1:]))
+        rows[name] = dict(zip(("shape", "axes", "type", "unit", "written", "description"), cells[1:]))
     return rows
 
 
@@ -49,7 +49,9 @@ def run_variant(tmp_path_factory, run_moe, opts):
     with h5py.File(path, "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         datasets = {name: (f["metrics"][name].shape, f["metrics"][name].dtype) for name in f["metrics"]}
-    return attrs, datasets
+        described = {name: {k: f["metrics"][name].attrs[k] for k in ("units", "description", "axes")
+                            if k in f["metrics"][name].attrs} for name in f["metrics"]}
+    return attrs, datasets, described
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS), ids=list(VARIANTS))
@@ -75,7 +77,7 @@ def written(condition, opts, l_moe):
 
 
 def test_every_dataset_is_in_the_table_with_its_shape(variant, table):
-    opts, attrs, datasets = variant
+    opts, attrs, datasets, _ = variant
     size = sizes(attrs)
     for name, (shape, dtype) in datasets.items():
         assert name in table, f"metrics/{name} is not in `moesim info --metrics`"
@@ -90,7 +92,7 @@ def test_every_dataset_is_in_the_table_with_its_shape(variant, table):
 
 
 def test_datasets_written_exactly_when_the_table_says(variant, table):
-    opts, attrs, datasets = variant
+    opts, attrs, datasets, _ = variant
     l_moe = sizes(attrs)["L_moe"]
     expected = set()
     for name, row in table.items():
@@ -100,6 +102,16 @@ def test_datasets_written_exactly_when_the_table_says(variant, table):
             expected.add(name)
     assert set(datasets) == expected
     assert {n for n, r in table.items() if r["written"] == "always"} <= set(datasets)
+
+
+def test_every_dataset_carries_its_rows_units_description_and_axes(variant, table):
+    _, _, datasets, described = variant
+    for name, (shape, _) in datasets.items():
+        row, a = table[name], described[name]
+        assert a.get("units") == row["unit"], name
+        assert a.get("description") == row["description"], name
+        axes = [str(x) for x in a.get("axes", [])]
+        assert " x ".join(axes) == row["axes"] and axes[0] == "step" and len(axes) == len(shape), name
 
 
 def test_table_rows_are_complete(table):

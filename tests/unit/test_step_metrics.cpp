@@ -43,7 +43,8 @@ TEST(StepMetrics, MarkdownHasOneRowPerMetric) {
   std::size_t lines = 0;
   for (char c : md) lines += c == '\n';
   EXPECT_EQ(lines, kStepMetrics.size() + 2);
-  EXPECT_NE(md.find("| `metrics/traffic` | P x P | int64 | bytes | always |"), std::string::npos);
+  EXPECT_NE(md.find("| `metrics/traffic` | P x P | step x sender x receiver | int64 | bytes | always |"),
+            std::string::npos);
 }
 
 TEST(StepMetrics, PerRankSeriesAreThoseShapedByP) {
