@@ -142,6 +142,27 @@ RunFile::Pending& RunFile::pending(const std::string& name, const std::vector<hs
   return it->second;
 }
 
+RunFile::Slot RunFile::slot(const std::string& name, const std::vector<hsize_t>& inner, bool integer) {
+  Slot s;
+  if (writer()) {
+    const hsize_t n = std::accumulate(inner.begin(), inner.end(), hsize_t{1}, std::multiplies<>());
+    s.p_ = &pending(name, inner, integer, static_cast<std::size_t>(n));
+  }
+  return s;
+}
+
+void RunFile::append(Slot s, const double* row, std::size_t n) {
+  if (!s.p_) return;
+  MOESIM_REQUIRE(!s.p_->integer && n == s.p_->row_size, "a row of the wrong type or length for its series");
+  s.p_->dbuf.insert(s.p_->dbuf.end(), row, row + n);
+}
+
+void RunFile::append(Slot s, const std::int64_t* row, std::size_t n) {
+  if (!s.p_) return;
+  MOESIM_REQUIRE(s.p_->integer && n == s.p_->row_size, "a row of the wrong type or length for its series");
+  s.p_->ibuf.insert(s.p_->ibuf.end(), row, row + n);
+}
+
 void RunFile::append(const std::string& name, const std::vector<double>& row,
                      const std::vector<hsize_t>& inner) {
   if (!writer()) return;

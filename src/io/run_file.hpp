@@ -41,6 +41,8 @@ AttrList provenance_attrs(const Communicator& comm);
 std::string iso_time_now();
 
 class RunFile {
+  struct Pending;
+
  public:
   // COLLECTIVE. Rank 0 takes the file's OutputLock (another run writing it is refused
   // before anything is touched) and creates the file (and its directory); any failure
@@ -69,6 +71,21 @@ class RunFile {
   // `option_names`, so that a reader tells them from provenance and results.
   void option_attrs(const AttrList& options);
   void group_attrs(const std::string& group, const AttrList& attrs);
+  // A per-step series found once, so that appending to it looks nothing up. Null on ranks
+  // that do not write (appending to it does nothing); valid until mark_complete().
+  class Slot {
+   public:
+    Slot() = default;
+    bool writes() const { return p_ != nullptr; }
+
+   private:
+    friend class RunFile;
+    Pending* p_ = nullptr;
+  };
+  Slot slot(const std::string& name, const std::vector<hsize_t>& inner, bool integer);
+  // Buffers one row (prod(inner) values) of the slot's series.
+  void append(Slot s, const double* row, std::size_t n);
+  void append(Slot s, const std::int64_t* row, std::size_t n);
   // Buffers one step's row of a per-step dataset metrics/<name> with shape `inner`.
   void append(const std::string& name, const std::vector<double>& row,
               const std::vector<hsize_t>& inner = {});

@@ -156,28 +156,45 @@ bool written_in(MetricWhen w, const MetricContext& c) {
   return false;
 }
 
-std::vector<hsize_t> MetricWriter::checked_shape(std::string_view name, std::size_t size,
-                                                 bool integer) const {
-  const MetricSpec* s = find_step_metric(name);
-  MOESIM_REQUIRE(s, "metric '" << name << "' is not in kStepMetrics");
-  MOESIM_REQUIRE(written_in(s->when, context_), "metric '" << name << "' is not written in this run ("
-                                                           << metric_when_text(s->when) << ")");
-  MOESIM_REQUIRE(s->integer == integer, "metric '" << name << "' has the wrong type");
-  std::vector<hsize_t> dims = dims_of(s->shape, context_);
-  hsize_t n = 1;
-  for (hsize_t d : dims) n *= d;
-  MOESIM_REQUIRE(n == size, "metric '" << name << "' has " << size << " values, its shape '"
-                                       << s->shape << "' " << n);
-  return dims;
+MetricWriter::MetricWriter(RunFile& out, const MetricContext& context)
+    : out_(out), context_(context), entries_(kStepMetrics.size()) {
+  out_.describe_with(step_metric_datasets());
+  for (std::size_t i = 0; i < kStepMetrics.size(); ++i) {
+    Entry& e = entries_[i];
+    e.written = written_in(kStepMetrics[i].when, context_);
+    e.dims = dims_of(kStepMetrics[i].shape, context_);
+    for (hsize_t d : e.dims) e.size *= static_cast<std::size_t>(d);
+  }
 }
 
-void MetricWriter::append(std::string_view name, const std::vector<double>& row) {
-  out_.append(std::string(name), row, checked_shape(name, row.size(), false));
+bool MetricWriter::writes(std::string_view name) const {
+  const MetricSpec* s = find_step_metric(name);
+  return s && entries_[static_cast<std::size_t>(s - kStepMetrics.data())].written;
+}
+
+MetricWriter::Entry& MetricWriter::checked(std::string_view name, std::size_t size, bool integer) {
+  const MetricSpec* s = find_step_metric(name);
+  MOESIM_REQUIRE(s, "metric '" << name << "' is not in kStepMetrics");
+  Entry& e = entries_[static_cast<std::size_t>(s - kStepMetrics.data())];
+  MOESIM_REQUIRE(e.written, "metric '" << name << "' is not written in this run ("
+                                       << metric_when_text(s->when) << ")");
+  MOESIM_REQUIRE(s->integer == integer, "metric '" << name << "' has the wrong type");
+  MOESIM_REQUIRE(e.size == size, "metric '" << name << "' has " << size << " values, its shape '"
+                                            << s->shape << "' " << e.size);
+  if (!e.have_slot) {
+    e.slot = out_.slot(std::string(name), e.dims, integer);
+    e.have_slot = true;
+  }
+  return e;
+}
+
+void MetricWriter::append(std::string_view name, std::span<const double> row) {
+  out_.append(checked(name, row.size(), false).slot, row.data(), row.size());
   ++rows_;
 }
 
-void MetricWriter::append(std::string_view name, const std::vector<std::int64_t>& row) {
-  out_.append(std::string(name), row, checked_shape(name, row.size(), true));
+void MetricWriter::append(std::string_view name, std::span<const std::int64_t> row) {
+  out_.append(checked(name, row.size(), true).slot, row.data(), row.size());
   ++rows_;
 }
 
@@ -303,61 +320,55 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   return m;
 }
 
-void append_step_metrics(RunFile& out, const MetricContext& context, std::int64_t step,
-                         const StepMetrics& m) {
-  MetricWriter w(out, context);
+void append_step_metrics(MetricWriter& w, std::int64_t step, const StepMetrics& m) {
+  const int before = w.rows_written();
   // Datasets the table marks as conditional are skipped here when they do not apply.
   auto put = [&](std::string_view name, const auto& row) {
-    const MetricSpec* s = find_step_metric(name);
-    if (!s || written_in(s->when, context)) w.append(name, row);
+    if (w.writes(name)) w.append(name, row);
   };
-  using D = std::vector<double>;
-  using I = std::vector<std::int64_t>;
-  put("step", I{step});
-  put("train_loss", D{m.train_loss});
-  put("lr", D{m.lr});
-  put("aux_loss", D{m.aux_loss});
-  put("z_loss", D{m.z_loss});
-  put("gate_entropy", D{m.gate_entropy});
-  put("max_over_mean_load", D{m.max_over_mean_load});
-  put("load_cv", D{m.load_cv});
-  put("unused_experts", I{m.unused_experts});
-  put("starved_experts", I{m.starved_experts});
+  put("step", step);
+  put("train_loss", m.train_loss);
+  put("lr", m.lr);
+  put("aux_loss", m.aux_loss);
+  put("z_loss", m.z_loss);
+  put("gate_entropy", m.gate_entropy);
+  put("max_over_mean_load", m.max_over_mean_load);
+  put("load_cv", m.load_cv);
+  put("unused_experts", m.unused_experts);
+  put("starved_experts", m.starved_experts);
   put("gate_mass", m.gate_mass);
-  put("dropped_fraction", D{m.dropped_fraction});
-  put("unrouted_fraction", D{m.unrouted_fraction});
-  put("importance_loss", D{m.importance_loss});
-  put("load_loss", D{m.load_loss});
+  put("dropped_fraction", m.dropped_fraction);
+  put("unrouted_fraction", m.unrouted_fraction);
+  put("importance_loss", m.importance_loss);
+  put("load_loss", m.load_loss);
   put("balance_bias", m.balance_bias);
-  put("tokens_per_s", D{m.tokens_per_s});
-  put("a2a_bytes", D{m.a2a_bytes});
-  put("a2a_seconds", D{m.a2a_seconds});
-  put("a2a_wait_seconds", D{m.a2a_wait_seconds});
-  put("compute_seconds", D{m.compute_seconds});
-  put("step_seconds", D{m.step_seconds});
+  put("tokens_per_s", m.tokens_per_s);
+  put("a2a_bytes", m.a2a_bytes);
+  put("a2a_seconds", m.a2a_seconds);
+  put("a2a_wait_seconds", m.a2a_wait_seconds);
+  put("compute_seconds", m.compute_seconds);
+  put("step_seconds", m.step_seconds);
   put("expert_tokens", m.expert_tokens);
   put("token_share", m.token_share);
   put("top_expert_share", m.top_expert_share);
-  put("prediction_loss", D{m.prediction_loss});
-  put("mixture_spread", D{m.mixture_spread});
+  put("prediction_loss", m.prediction_loss);
+  put("mixture_spread", m.mixture_spread);
   put("expert_tokens_per_layer", m.expert_tokens_per_layer);
   put("traffic", m.traffic);
-  put("padding_bytes", D{m.padding_bytes});
+  put("padding_bytes", m.padding_bytes);
   put("a2a_bytes_by_phase", m.a2a_bytes_by_phase);
   put("a2a_seconds_by_phase", m.a2a_seconds_by_phase);
   put("rank_expert_tokens", m.rank_expert_tokens);
   int expected = 0;
   for (const MetricSpec& s : kStepMetrics)
-    expected += s.when != MetricWhen::kEvalEvery && written_in(s.when, context);
-  MOESIM_REQUIRE(w.rows_written() == expected, "a per-step metric of kStepMetrics was not written ("
-                                                   << w.rows_written() << " of " << expected << ")");
+    expected += s.when != MetricWhen::kEvalEvery && written_in(s.when, w.context());
+  MOESIM_REQUIRE(w.rows_written() - before == expected, "a per-step metric of kStepMetrics was not written ("
+                                                            << w.rows_written() - before << " of " << expected << ")");
 }
 
-void append_validation(RunFile& out, const MetricContext& context, std::int64_t step,
-                       double val_loss) {
-  MetricWriter w(out, context);
-  w.append("val_step", std::vector<std::int64_t>{step});
-  w.append("val_loss", std::vector<double>{val_loss});
+void append_validation(MetricWriter& w, std::int64_t step, double val_loss) {
+  w.append("val_step", step);
+  w.append("val_loss", val_loss);
 }
 
 template MetricContext metric_context<float>(const Communicator&, Model<float>&, bool);

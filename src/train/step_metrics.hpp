@@ -136,19 +136,34 @@ bool written_in(MetricWhen w, const MetricContext& c);
 
 // Appends rows to the run file, each checked against the table: the name must be in it and
 // apply to the context, the row must have the stated shape and type (RuntimeError if not).
+// Made once per run: shapes are worked out here and each series is found in the run file
+// once, so a step's appends look nothing up but the name in the table.
 class MetricWriter {
  public:
-  MetricWriter(RunFile& out, const MetricContext& context) : out_(out), context_(context) {
-    out_.describe_with(step_metric_datasets());
+  MetricWriter(RunFile& out, const MetricContext& context);
+  void append(std::string_view name, std::span<const double> row);
+  void append(std::string_view name, std::span<const std::int64_t> row);
+  void append(std::string_view name, double value) { append(name, std::span<const double>(&value, 1)); }
+  void append(std::string_view name, std::int64_t value) {
+    append(name, std::span<const std::int64_t>(&value, 1));
   }
-  void append(std::string_view name, const std::vector<double>& row);
-  void append(std::string_view name, const std::vector<std::int64_t>& row);
+  // Whether the table writes `name` in this run's context.
+  bool writes(std::string_view name) const;
+  const MetricContext& context() const { return context_; }
   int rows_written() const { return rows_; }
 
  private:
-  std::vector<hsize_t> checked_shape(std::string_view name, std::size_t size, bool integer) const;
+  struct Entry {
+    bool written = false;
+    std::vector<hsize_t> dims;
+    std::size_t size = 1;
+    bool have_slot = false;
+    RunFile::Slot slot;
+  };
+  Entry& checked(std::string_view name, std::size_t size, bool integer);
   RunFile& out_;
   MetricContext context_;
+  std::vector<Entry> entries_;  // one per row of kStepMetrics
   int rows_ = 0;
 };
 
@@ -192,12 +207,10 @@ template <class T>
 StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
                                  const MetricContext& context, const StepInput& in);
 
-// Appends the step's row of every dataset the table marks as written in `context`.
-void append_step_metrics(RunFile& out, const MetricContext& context, std::int64_t step,
-                         const StepMetrics& m);
+// Appends the step's row of every dataset the table marks as written in the writer's context.
+void append_step_metrics(MetricWriter& w, std::int64_t step, const StepMetrics& m);
 
 // Appends a validation row (val_step, val_loss) during or after training (--eval-every).
-void append_validation(RunFile& out, const MetricContext& context, std::int64_t step,
-                       double val_loss);
+void append_validation(MetricWriter& w, std::int64_t step, double val_loss);
 
 }  // namespace moesim

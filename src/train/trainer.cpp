@@ -214,6 +214,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   ParamList<T> all = replicated;
   all.insert(all.end(), experts.begin(), experts.end());
   const MetricContext metrics = metric_context(comm, model, cfg.eval_every > 0);
+  MetricWriter writer(out, metrics);
   const ExpertGroups& groups = model.expert_groups();
   Adam<T> adam(cfg.adam);
   adam.set_steps_taken(static_cast<long>(cfg.start.adam_t));
@@ -298,14 +299,14 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     add_step(totals, step, m, step > 1 || cfg.steps == 1);
     {
       ScopedTimer t(totals.logging_seconds);
-      append_step_metrics(out, metrics, step, m);
+      append_step_metrics(writer, step, m);
     }
 
     smoothed_tok_s = step <= first_step + 1 ? m.tokens_per_s
                                             : (1 - kSpeedAlpha) * smoothed_tok_s + kSpeedAlpha * m.tokens_per_s;
     if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps) {
       last_val_loss = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens).first;
-      append_validation(out, metrics, step, last_val_loss);
+      append_validation(writer, step, last_val_loss);
     }
     if (cfg.flush_every > 0 && step % cfg.flush_every == 0) flush();
 
@@ -331,7 +332,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
                                    task.sources() > 0 ? &sum.routing_counts : nullptr);
     sum.val_loss = vl;
     sum.val_accuracy = va;
-    if (cfg.eval_every > 0) append_validation(out, metrics, cfg.steps, vl);
+    if (cfg.eval_every > 0) append_validation(writer, cfg.steps, vl);
   }
   set_totals(sum, totals);
   sum.wall_seconds = cfg.start.wall_seconds + wall.seconds();
