@@ -143,6 +143,9 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
                  {"effective_d_ff", i("d-ff") / M},
                  {"effective_capacity_factor", all_experts ? 0.0 : d("capacity-factor")}};
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));
+  MOESIM_CONFIG_CHECK(i("ranks-per-node") >= 0 && i("ranks-per-node") <= 1 << 30,
+                      "--ranks-per-node must be >= 0 (got " << i("ranks-per-node") << ")");
+  m.model.moe.ranks_per_node = static_cast<int>(i("ranks-per-node"));
   // --ep-size (or Megatron's --expert-model-parallel-size, cli/aliases); 0 lets the layer pick gcd(E, P).
   if (vm.count("ep-size")) {
     MOESIM_CONFIG_CHECK(i("ep-size") >= 1, "--ep-size must be >= 1 (got " << i("ep-size") << ")");

@@ -80,7 +80,12 @@ po::options_description moe_options() {
        "sum their gradients. N must divide P and E; default gcd(E, P) (N = P when E is divisible by P)")
       ("dispatch", po::value<std::string>()->default_value("alltoallv"),
        "token exchange: alltoallv (counts by all-to-all, then Alltoallv) | allgather (count matrix by all-gather, "
-       "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall)")
+       "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall) | "
+       "hierarchical (inside each node, then one aggregated message between the same local ranks of two nodes)")
+      ("ranks-per-node", po::value<I>()->default_value(0),
+       "G: nodes are G consecutive ranks (virtual nodes: one machine runs every multi-node path; must divide P). "
+       "0: the ranks that share memory. Decides what --dispatch hierarchical aggregates, what counts as inter-node "
+       "traffic, and the run file's nodes and ranks_per_node")
       ("chunk-tokens", po::value<I>()->default_value(64),
        "C: rank-count invariant sums: products over tokens run in blocks of C global tokens and gradients "
        "are summed in one tree over the blocks, so losses, metrics and the model are bit-identical on any "

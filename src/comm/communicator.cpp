@@ -215,6 +215,24 @@ Communicator::NodeLayout Communicator::node_layout() const {
   return {leaders, extremes[0], -extremes[1]};
 }
 
+std::vector<int> Communicator::node_ids() const {
+  MPI_Comm node = MPI_COMM_NULL;
+  MOESIM_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int leader = rank_;  // the node's lowest rank names it
+  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, node));
+  MOESIM_MPI_CHECK(MPI_Comm_free(&node));
+  std::vector<int> leaders(static_cast<std::size_t>(size_));
+  MOESIM_MPI_CHECK(MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, comm_));
+  std::vector<int> ids(leaders.size()), index_of(leaders.size(), -1);
+  int next = 0;
+  for (std::size_t r = 0; r < leaders.size(); ++r) {
+    int& id = index_of[static_cast<std::size_t>(leaders[r])];
+    if (id < 0) id = next++;
+    ids[r] = id;
+  }
+  return ids;
+}
+
 void Communicator::agree_or_throw(bool ok, const std::string& message) const {
   int first_bad = ok ? size_ : rank_;
   MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first_bad, 1, MPI_INT, MPI_MIN, comm_));

@@ -112,6 +112,8 @@ class Communicator {
   };
   // COLLECTIVE.
   NodeLayout node_layout() const;
+  // COLLECTIVE. The node of every rank (0, 1, ... in the order of each node's lowest rank).
+  std::vector<int> node_ids() const;
 
   // COLLECTIVE. Every rank learns whether all ranks passed `ok`; if not, every rank
   // throws ConfigError with the message of the lowest failing rank.

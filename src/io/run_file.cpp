@@ -25,7 +25,7 @@ std::string iso_time_now() {
   return buf;
 }
 
-AttrList provenance_attrs(const Communicator& comm) {
+AttrList provenance_attrs(const Communicator& comm, int virtual_ranks_per_node) {
   char host[256] = {0};
   if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
   AttrList a{{"moesim_version", std::string(build::kVersion)},
@@ -37,9 +37,19 @@ AttrList provenance_attrs(const Communicator& comm) {
   // The placement, for the network cost model: nodes, and ranks per node (the most on one
   // node; the fewest too, which is lower only when the placement is uneven).
   const Communicator::NodeLayout nodes = comm.node_layout();
-  a.emplace_back("nodes", static_cast<std::int64_t>(nodes.nodes));
-  a.emplace_back("ranks_per_node", static_cast<std::int64_t>(nodes.max_ranks));
-  a.emplace_back("ranks_per_node_min", static_cast<std::int64_t>(nodes.min_ranks));
+  if (virtual_ranks_per_node > 0) {
+    const int G = virtual_ranks_per_node;
+    a.emplace_back("nodes", static_cast<std::int64_t>((comm.size() + G - 1) / G));
+    a.emplace_back("ranks_per_node", static_cast<std::int64_t>(G));
+    a.emplace_back("ranks_per_node_min", static_cast<std::int64_t>(comm.size() - (comm.size() - 1) / G * G));
+    a.emplace_back("nodes_are", std::string("virtual (--ranks-per-node)"));
+    a.emplace_back("machine_nodes", static_cast<std::int64_t>(nodes.nodes));
+  } else {
+    a.emplace_back("nodes", static_cast<std::int64_t>(nodes.nodes));
+    a.emplace_back("ranks_per_node", static_cast<std::int64_t>(nodes.max_ranks));
+    a.emplace_back("ranks_per_node_min", static_cast<std::int64_t>(nodes.min_ranks));
+    a.emplace_back("nodes_are", std::string("shared memory"));
+  }
   for (const char* var : {"SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                           "SLURM_JOB_NODELIST"}) {
     if (const char* v = std::getenv(var)) {

@@ -36,8 +36,10 @@ struct OptionSetting {
 };
 
 // COLLECTIVE. Build and run facts for run files: version, compiler, ranks, nodes and ranks
-// per node, host, start time, the Slurm job.
-AttrList provenance_attrs(const Communicator& comm);
+// per node (`virtual_ranks_per_node` G > 0: virtual nodes of G consecutive ranks, as
+// --ranks-per-node sets them; the machine's nodes are recorded as well), host, start time,
+// the Slurm job.
+AttrList provenance_attrs(const Communicator& comm, int virtual_ranks_per_node = 0);
 std::string iso_time_now();
 
 class RunFile {

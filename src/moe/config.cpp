@@ -42,6 +42,14 @@ void MoeLayerConfig::validate(int ranks, int granularity) const {
                       "--experts (" << experts / M << (M > 1 ? " x granularity " + std::to_string(M) : std::string())
                                     << ") must be divisible by --ep-size (" << N
                                     << "): each rank of an expert group holds E / ep-size experts");
+  MOESIM_CONFIG_CHECK(ranks_per_node >= 0, "--ranks-per-node must be >= 0 (got " << ranks_per_node << ")");
+  MOESIM_CONFIG_CHECK(ranks_per_node == 0 || ranks % ranks_per_node == 0,
+                      "--ranks-per-node (" << ranks_per_node << ") must divide the number of ranks (" << ranks
+                                           << "): virtual nodes are that many consecutive ranks");
+  MOESIM_CONFIG_CHECK(dispatch != DispatchAlgo::kHierarchical || ranks_per_node == 0 ||
+                          N % ranks_per_node == 0 || ranks_per_node % N == 0,
+                      "--dispatch hierarchical needs each expert group (--ep-size " << N << ") to cover whole nodes or "
+                          "lie inside one (--ranks-per-node " << ranks_per_node << ")");
   MOESIM_CONFIG_CHECK(!g.one_expert || top_k == 1, "--gate " << name << " routes to one expert: it needs --top-k 1"
                                                              << (M > 1 ? " and --granularity 1" : ""));
   const double eval_cf = eval_capacity_factor < 0 ? capacity_factor : eval_capacity_factor;

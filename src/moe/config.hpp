@@ -63,6 +63,9 @@ struct MoeLayerConfig {
   // N (--ep-size): ranks per expert group; tokens are exchanged inside a group of N,
   // each group holds all E experts (comm/expert_groups.hpp). 0: gcd(E, P).
   int ep_size = 0;
+  // --ranks-per-node G: nodes are G consecutive ranks (virtual nodes, so one machine runs every
+  // multi-node path); 0: the ranks that share memory (MPI_COMM_TYPE_SHARED).
+  int ranks_per_node = 0;
   // Routing options (docs/gates.md); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor
   BalanceKind balance = BalanceKind::kAux;

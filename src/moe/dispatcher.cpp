@@ -2,8 +2,13 @@
 
 namespace moesim {
 
-Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo)
-    : comm_(comm), E_(experts), algo_(algo), impl_(make_dispatch_algorithm(algo, comm)) {
+Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo, std::vector<int> node_of)
+    : comm_(comm),
+      E_(experts),
+      algo_(algo),
+      node_of_(node_of.empty() ? std::vector<int>(static_cast<std::size_t>(comm.size()), 0) : std::move(node_of)),
+      impl_(make_dispatch_algorithm(algo, comm, node_of_)) {
+  MOESIM_REQUIRE(static_cast<int>(node_of_.size()) == comm.size(), "a node for every rank of the group");
   MOESIM_REQUIRE(experts % comm.size() == 0,
                  "experts (" << experts << ") must be divisible by ranks (" << comm.size() << ")");
   E_local_ = experts / comm.size();

@@ -7,7 +7,9 @@
 //   allgather  the whole P x E count matrix by MPI_Allgather, then MPI_Alltoallv;
 //   p2p        counts, then MPI_Isend/Irecv per (rank, local expert);
 //   padded     no count exchange: fixed slots of S rows plus a count header per
-//              (source, expert), one equal-split MPI_Alltoall.
+//              (source, expert), one equal-split MPI_Alltoall;
+//   hierarchical  two stages on nodes of consecutive ranks: inside each node, then one
+//              aggregated message between the same local ranks of two nodes (Tutel's 2DH).
 // The layout is built once per layer and step and reused by all four exchanges
 // (forward dispatch/combine, backward dispatch of output gradients and combine of
 // input gradients).
@@ -30,7 +32,9 @@ class Dispatcher {
  public:
   // `comm`: the ranks that exchange tokens (an expert group); its rank r owns experts
   // [r*E/n, (r+1)*E/n) of the n = comm.size() ranks.
-  Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo = DispatchAlgo::kAlltoallv);
+  // `node_of`: the node of each rank of `comm` (empty: all on one node).
+  Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo = DispatchAlgo::kAlltoallv,
+             std::vector<int> node_of = {});
 
   // COLLECTIVE (exchanges counts, except padded). `expert` and `kept` hold n*K local
   // assignments; `limits` bound the rows one rank sends one expert (padded sizes its
@@ -61,11 +65,15 @@ class Dispatcher {
   int experts_per_rank() const { return E_local_; }
   int first_local_expert() const { return comm_.rank() * E_local_; }
   DispatchAlgo algorithm() const { return algo_; }
+  const std::vector<int>& node_of() const { return node_of_; }
+  // Why the algorithm cannot run on this placement ("" when it can).
+  std::string unusable() const { return impl_->unusable(); }
 
  private:
   const Communicator& comm_;
   int E_ = 1, E_local_ = 1;
   DispatchAlgo algo_ = DispatchAlgo::kAlltoallv;
+  std::vector<int> node_of_;
   // Copies share it: it holds only per-call scratch buffers (single-threaded use).
   std::shared_ptr<const DispatchAlgorithm> impl_;
 };

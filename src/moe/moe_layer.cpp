@@ -20,6 +20,20 @@ std::shared_ptr<const ExpertGroups> groups_for(const Communicator& comm, const M
   return std::make_shared<const ExpertGroups>(comm, cfg.ep_size_for(comm.size()));
 }
 
+// The node of each rank of this rank's expert group: virtual nodes of --ranks-per-node
+// consecutive world ranks, else the ranks that share memory. COLLECTIVE over the world.
+std::vector<int> group_nodes(const ExpertGroups& groups, const MoeLayerConfig& cfg) {
+  const int N = groups.group_size(), first = groups.first_rank();
+  std::vector<int> ids(static_cast<std::size_t>(N));
+  if (cfg.ranks_per_node > 0) {
+    for (int r = 0; r < N; ++r) ids[static_cast<std::size_t>(r)] = (first + r) / cfg.ranks_per_node;
+    return ids;
+  }
+  const std::vector<int> world = groups.world().node_ids();
+  for (int r = 0; r < N; ++r) ids[static_cast<std::size_t>(r)] = world[static_cast<std::size_t>(first + r)];
+  return ids;
+}
+
 const ExpertGroups& checked(const std::shared_ptr<const ExpertGroups>& g, const MoeLayerConfig& cfg) {
   MOESIM_REQUIRE(g && g->group_size() == cfg.ep_size_for(g->world().size()),
                  "MoE layer given expert groups of another size than its --ep-size");
@@ -39,7 +53,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
     : groups_(std::move(groups)),
       comm_(groups_->world()),
       cfg_(validated(cfg, comm_.size())),
-      dispatcher_(checked(groups_, cfg_).group(), cfg.experts, cfg.dispatch),
+      dispatcher_(checked(groups_, cfg_).group(), cfg.experts, cfg.dispatch, group_nodes(*groups_, cfg_)),
       router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, [&] {
         RouterOptions o = cfg.router;
         o.gate = cfg.gate;
@@ -69,6 +83,9 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
     experts_.back().init(erng);
   }
   comm_stats_.first_rank = groups_->first_rank();
+  comm_stats_.node_of = dispatcher_.node_of();
+  // An algorithm the placement cannot carry is refused on every rank (groups may differ).
+  comm_.agree_or_throw(dispatcher_.unusable().empty(), dispatcher_.unusable());
   comm_stats_.reset(comm_.size());
 }
 

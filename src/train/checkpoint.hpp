@@ -115,7 +115,8 @@ void append_checkpoint_history(const Communicator& comm, const std::string& path
 // change the trajectory (`--steps` may grow; with a decaying --lr-decay the schedule then
 // stretches from the resume step on).
 inline const std::vector<std::string> kResumeMayChange{"steps", "blas-threads", "flush-every",
-                                                       "progress-interval", "quiet", "dispatch", "ep-size"};
+                                                       "progress-interval", "quiet", "dispatch", "ep-size",
+                                                       "ranks-per-node"};
 
 // Throws ConfigError unless `options` (INI text, as save_checkpoint stores it) name the
 // run that wrote the checkpoint: every option both hold, except kResumeMayChange, equal.

@@ -63,7 +63,7 @@ int train_and_log(const Communicator& comm, const MoeRunConfig& m, const Task& t
   RunFile& rf = *file;
   rf.describe_with(step_metric_datasets());
   rf.describe_with(moe_run_datasets());
-  AttrList attrs = provenance_attrs(comm);
+  AttrList attrs = provenance_attrs(comm, m.model.moe.ranks_per_node);
   attrs.insert(attrs.end(), m.effective.begin(), m.effective.end());
   rf.option_attrs(m.options);
   rf.root_attrs(attrs);

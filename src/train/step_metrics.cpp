@@ -58,6 +58,7 @@ const char* metric_when_text(MetricWhen w) {
     case MetricWhen::kMoeLayers: return "with MoE layers";
     case MetricWhen::kNoisyTopK: return "`--gate noisy-topk`";
     case MetricWhen::kBalanceBias: return "`--balance bias`";
+    case MetricWhen::kHierarchical: return "`--dispatch hierarchical`";
     case MetricWhen::kMixtureLoss: return "`--mixture-loss`";
     case MetricWhen::kEvalEvery: return "`--eval-every` (every N steps and at the end)";
   }
@@ -141,6 +142,7 @@ MetricContext metric_context(const Communicator& comm, Model<T>& model, bool eva
   c.balance_bias = model.config().moe.balance == BalanceKind::kBias;
   c.mixture_loss = model.config().mixture != MixtureLoss::kNone;
   c.eval_every = eval_every;
+  c.hierarchical = model.config().moe.dispatch == DispatchAlgo::kHierarchical;
   return c;
 }
 
@@ -150,6 +152,7 @@ bool written_in(MetricWhen w, const MetricContext& c) {
     case MetricWhen::kMoeLayers: return c.L_moe > 0;
     case MetricWhen::kNoisyTopK: return c.L_moe > 0 && c.noisy_topk;
     case MetricWhen::kBalanceBias: return c.L_moe > 0 && c.balance_bias;
+    case MetricWhen::kHierarchical: return c.L_moe > 0 && c.hierarchical;
     case MetricWhen::kMixtureLoss: return c.mixture_loss;
     case MetricWhen::kEvalEvery: return c.eval_every;
   }
@@ -267,10 +270,23 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
       phase_seconds.push_back(l->comm_stats().phase_seconds[ph]);
     }
   }
+  // Then the payload that crossed nodes, and per layer the two stages' bytes and seconds.
+  const std::size_t phases = phase_seconds.size(), node_sums = exact.size();
+  exact.emplace_back();
+  exact.emplace_back();
   std::vector<double> transfer = phase_seconds;
+  for (MoeLayer<T>* l : moe) {
+    const CommStats& cs = l->comm_stats();
+    exact[node_sums] += cs.inter_node_bytes;
+    exact[node_sums + 1] += static_cast<double>(cs.inter_node_messages);
+    for (int st = 0; st < 2; ++st) {
+      exact.emplace_back(cs.stage_bytes[st]);
+      transfer.push_back(cs.stage_seconds[st]);
+    }
+  }
   comm.allreduce_min(transfer.data(), static_cast<int>(transfer.size()));
   double transfer_total = 0, wait = 0;
-  for (std::size_t i = 0; i < transfer.size(); ++i) {
+  for (std::size_t i = 0; i < phases; ++i) {
     transfer_total += transfer[i];
     wait += phase_seconds[i] - transfer[i];
   }
@@ -291,7 +307,12 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   m.padding_bytes = sums[2];
   m.prediction_loss = sums[3] / B;
   m.mixture_spread = sums[4] / B;
-  m.a2a_bytes_by_phase.assign(sums.begin() + kPhaseSums, sums.end());
+  m.a2a_bytes_by_phase.assign(sums.begin() + kPhaseSums, sums.begin() + static_cast<std::ptrdiff_t>(node_sums));
+  m.a2a_bytes_inter_node = sums[node_sums];
+  m.a2a_messages_inter_node = static_cast<std::int64_t>(std::llround(sums[node_sums + 1]));
+  m.a2a_bytes_by_stage.assign(sums.begin() + static_cast<std::ptrdiff_t>(node_sums + 2), sums.end());
+  m.a2a_seconds_by_stage.assign(transfer.begin() + static_cast<std::ptrdiff_t>(phases), transfer.end());
+  transfer.resize(phases);
   m.step_seconds = maxes[0];
   m.a2a_seconds = transfer_total;
   m.compute_seconds = maxes[1];
@@ -358,6 +379,10 @@ void append_step_metrics(MetricWriter& w, std::int64_t step, const StepMetrics& 
   put("padding_bytes", m.padding_bytes);
   put("a2a_bytes_by_phase", m.a2a_bytes_by_phase);
   put("a2a_seconds_by_phase", m.a2a_seconds_by_phase);
+  put("a2a_bytes_inter_node", m.a2a_bytes_inter_node);
+  put("a2a_messages_inter_node", m.a2a_messages_inter_node);
+  put("a2a_bytes_by_stage", m.a2a_bytes_by_stage);
+  put("a2a_seconds_by_stage", m.a2a_seconds_by_stage);
   put("rank_expert_tokens", m.rank_expert_tokens);
   int expected = 0;
   for (const MetricSpec& s : kStepMetrics)

@@ -24,6 +24,7 @@ enum class MetricWhen {
   kMoeLayers,    // the model has at least one MoE layer
   kNoisyTopK,    // --gate noisy-topk (and MoE layers)
   kBalanceBias,  // --balance bias (and MoE layers)
+  kHierarchical, // --dispatch hierarchical (and MoE layers)
   kMixtureLoss,  // --mixture-loss global or per-expert
   kEvalEvery,    // --eval-every N > 0: one row every N steps and one at the end
 };
@@ -102,6 +103,14 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
      "bytes sent between different ranks (sum over ranks) per MoE layer and phase: forward dispatch (with the count exchange), forward combine, backward dispatch, backward combine", "moe_layer x phase"},
     {"a2a_seconds_by_phase", "L_moe x 4", false, "s", MetricWhen::kMoeLayers,
      "transfer seconds per MoE layer and phase (as `a2a_bytes_by_phase`): the least time any rank spent inside it", "moe_layer x phase"},
+    {"a2a_bytes_inter_node", "", false, "bytes", MetricWhen::kAlways,
+     "token payload bytes sent between ranks on different nodes (virtual nodes of `--ranks-per-node`, else the ranks that share memory), all MoE layers, forward and backward, sum over ranks"},
+    {"a2a_messages_inter_node", "", true, "messages", MetricWhen::kAlways,
+     "non-empty payload messages between ranks on different nodes, all MoE layers and exchanges, sum over ranks (the count exchanges not included)"},
+    {"a2a_bytes_by_stage", "L_moe x 2", false, "bytes", MetricWhen::kHierarchical,
+     "bytes sent between different ranks (sum over ranks) per MoE layer in the intra-node and the inter-node stage, all four phases", "moe_layer x stage"},
+    {"a2a_seconds_by_stage", "L_moe x 2", false, "s", MetricWhen::kHierarchical,
+     "transfer seconds per MoE layer of the intra-node and the inter-node stage (counts included), all four phases: the least time any rank spent inside it", "moe_layer x stage"},
     {"rank_expert_tokens", "P x E", true, "assignments", MetricWhen::kAlways,
      "assignments from rank p's tokens kept for expert e, summed over MoE layers (input of the network cost model)", "rank x expert"},
     {"val_step", "", true, "step", MetricWhen::kEvalEvery, "the step after which `val_loss` was measured"},
@@ -128,7 +137,7 @@ struct MetricContext {
   int E = 0;      // experts per MoE layer (as the layers run them)
   int P = 0;      // ranks
   int L_moe = 0;  // MoE layers
-  bool noisy_topk = false, balance_bias = false, mixture_loss = false, eval_every = false;
+  bool noisy_topk = false, balance_bias = false, mixture_loss = false, eval_every = false, hierarchical = false;
 };
 template <class T>
 MetricContext metric_context(const Communicator& comm, Model<T>& model, bool eval_every);
@@ -186,6 +195,9 @@ struct StepMetrics {
   std::vector<std::int64_t> traffic;                  // P x P
   double padding_bytes = 0;
   std::vector<double> a2a_bytes_by_phase, a2a_seconds_by_phase;  // L_moe x 4
+  double a2a_bytes_inter_node = 0;
+  std::int64_t a2a_messages_inter_node = 0;
+  std::vector<double> a2a_bytes_by_stage, a2a_seconds_by_stage;  // L_moe x 2 (hierarchical)
   std::vector<std::int64_t> rank_expert_tokens;       // P x E
   bool stop = false;                                  // some rank received a stop signal
 };

@@ -133,5 +133,67 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DispatchRoundTrip,
                                             ::testing::Values(DispatchAlgo::kAlltoallv, DispatchAlgo::kAllgather,
                                                               DispatchAlgo::kP2P, DispatchAlgo::kPadded)));
 
+// The hierarchical exchange over nodes of G consecutive ranks: the expert blocks of a flat
+// exchange, the inputs back bit for bit, every row across nodes once (the flat exchange's
+// inter-node bytes) in no more messages, and each stage's bytes apart.
+class HierarchicalRoundTrip : public ::testing::TestWithParam<std::tuple<Case, int>> {};
+
+TEST_P(HierarchicalRoundTrip, SameBlocksAsFlatAndFewerMessagesAcrossNodes) {
+  const Case c = std::get<0>(GetParam());
+  const int G = std::get<1>(GetParam());
+  const Communicator& comm = world();
+  const int P = comm.size(), r = comm.rank();
+  if (c.E % P != 0) GTEST_SKIP() << "E not divisible by P";
+  if (P % G != 0) GTEST_SKIP() << "G does not divide P";
+  const Shard sh = shard_of(c.B, r, P);
+  std::vector<int> expert;
+  for (std::int64_t t = 0; t < sh.count; ++t)
+    for (int e : route(sh.first + t, c.K, c.E, 91)) expert.push_back(e);
+  const std::int64_t cap = expert_capacity(c.capacity_factor, c.B, c.K, c.E);
+  const CapacityDecision cd = decide_capacity(comm, expert, sh.count, c.K, c.E, cap);
+  std::vector<int> node_of(static_cast<std::size_t>(P));
+  for (int q = 0; q < P; ++q) node_of[static_cast<std::size_t>(q)] = q / G;
+
+  auto run = [&](DispatchAlgo algo, CommStats& stats, Mat<float>& blocks, Mat<float>& back) {
+    Dispatcher disp(comm, c.E, algo, node_of);
+    EXPECT_EQ(disp.unusable(), "");
+    stats.reset(P);
+    stats.node_of = node_of;
+    DispatchLayout L = disp.plan(expert, cd.kept, sh.count, c.K, stats, {c.B, cap});
+    Mat<float> xs(L.rows_sent(), 3);
+    for (Index s = 0; s < L.rows_sent(); ++s)
+      xs.row(s) << static_cast<float>(r), static_cast<float>(sh.first + L.send_token[s]),
+          static_cast<float>(L.send_choice[s]) + 0.25f;
+    blocks = disp.dispatch(L, xs, stats);
+    back = disp.combine(L, blocks, stats);
+    EXPECT_EQ(comm.allreduce_sum(static_cast<long>((back.array() != xs.array()).count())), 0) << dispatch_name(algo);
+  };
+  CommStats flat, hier;
+  Mat<float> flat_blocks, flat_back, hier_blocks, hier_back;
+  run(DispatchAlgo::kAlltoallv, flat, flat_blocks, flat_back);
+  run(DispatchAlgo::kHierarchical, hier, hier_blocks, hier_back);
+  ASSERT_EQ(hier_blocks.rows(), flat_blocks.rows());
+  EXPECT_EQ(comm.allreduce_sum(static_cast<long>((hier_blocks.array() != flat_blocks.array()).count())), 0);
+  double sums[4] = {flat.inter_node_bytes, hier.inter_node_bytes, static_cast<double>(flat.inter_node_messages),
+                    static_cast<double>(hier.inter_node_messages)};
+  comm.allreduce_sum(sums, 4);
+  EXPECT_EQ(sums[1], sums[0]) << "every row crosses nodes once";
+  EXPECT_LE(sums[3], sums[2]);
+  if (G == P) {
+    EXPECT_EQ(sums[1], 0.0);
+  }
+  // Inter-node bytes are the inter stage's; the stages' bytes add up to the bytes sent.
+  EXPECT_DOUBLE_EQ(hier.stage_bytes[1], hier.inter_node_bytes);
+  const double remote = hier.phase_bytes[0] + hier.phase_bytes[1] + hier.phase_bytes[2] + hier.phase_bytes[3];
+  EXPECT_DOUBLE_EQ(hier.stage_bytes[0] + hier.stage_bytes[1], remote);
+  EXPECT_EQ(flat.stage_bytes[0] + flat.stage_bytes[1], 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, HierarchicalRoundTrip,
+                         ::testing::Combine(::testing::Values(Case{64, 4, 1, 1.0}, Case{97, 8, 2, 0.5},
+                                                              Case{128, 8, 3, 0.0}, Case{3, 4, 2, 1.0},
+                                                              Case{200, 4, 4, 1.25}),
+                                            ::testing::Values(1, 2, 4)));
+
 }  // namespace
 }  // namespace moesim

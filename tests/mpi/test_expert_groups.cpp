@@ -168,7 +168,7 @@ TEST(EpLayerDispatch, AllAlgorithmsAgreeBitForBitInsideGroups) {
     SCOPED_TRACE("ep_size " + std::to_string(N));
     Mat<double> y0, dx0, g0;
     for (DispatchAlgo algo : {DispatchAlgo::kAlltoallv, DispatchAlgo::kAllgather, DispatchAlgo::kP2P,
-                              DispatchAlgo::kPadded}) {
+                              DispatchAlgo::kPadded, DispatchAlgo::kHierarchical}) {
       MoeLayerConfig cfg = make_cfg(c, N);
       cfg.dispatch = algo;
       MoeLayer<double> layer(comm, "moe", cfg, kSeed, kLayer);

@@ -1,12 +1,15 @@
-"""The four dispatch algorithms (--dispatch alltoallv|allgather|p2p|padded) on the same run:
-identical losses and token counts, their own timings, and padding only for `padded`."""
+"""The dispatch algorithms (--dispatch alltoallv|allgather|p2p|padded|hierarchical) on the same
+run: identical losses and token counts, their own timings, and padding only for `padded`; the
+hierarchical exchange on every (P, G) of virtual nodes (--ranks-per-node G): the same run as the
+flat one for hundreds of steps, the same bytes across nodes in fewer messages, each stage's
+bytes and seconds apart, and the nodes in the run file."""
 import h5py
 import numpy as np
 import pytest
 
 from moesim_testing import error_lines
 
-ALGORITHMS = ["alltoallv", "allgather", "p2p", "padded"]
+ALGORITHMS = ["alltoallv", "allgather", "p2p", "padded", "hierarchical"]
 
 
 @pytest.mark.parametrize("np_ranks", [2, 4])
@@ -27,10 +30,11 @@ def test_same_run_every_algorithm(tmp_path, run_moe, np_ranks):
         # Every expert sees the same rows in the same order: bit-identical losses.
         np.testing.assert_array_equal(r["train_loss"], base["train_loss"], err_msg=algo)
         np.testing.assert_array_equal(r["expert_tokens"], base["expert_tokens"], err_msg=algo)
-    for algo in ("alltoallv", "allgather", "p2p"):
+    for algo in ("alltoallv", "allgather", "p2p", "hierarchical"):
         r = runs[algo]
         assert np.all(r["padding_bytes"] == 0), algo
-        np.testing.assert_array_equal(r["traffic"], base["traffic"], err_msg=algo)
+        if algo != "hierarchical":  # it relays rows through a node's ranks (here: one node)
+            np.testing.assert_array_equal(r["traffic"], base["traffic"], err_msg=algo)
     padded = runs["padded"]
     assert np.all(padded["padding_bytes"] > 0)
     # Padded moves at least the useful bytes plus its padding.
@@ -49,3 +53,52 @@ def test_unknown_dispatch_is_rejected(tmp_path, mpirun):
     assert proc.returncode == 2
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "--dispatch" in lines[0]
+
+
+def read_node_run(path):
+    with h5py.File(path, "r") as f:
+        m = f["metrics"]
+        out = {k: m[k][()] for k in ("train_loss", "expert_tokens", "a2a_bytes", "a2a_bytes_inter_node",
+                                     "a2a_messages_inter_node") if k in m}
+        for k in ("a2a_bytes_by_stage", "a2a_seconds_by_stage"):
+            out[k] = m[k][()] if k in m else None
+        out["attrs"] = {k: f.attrs[k] for k in ("nodes", "ranks_per_node", "ranks_per_node_min", "nodes_are")}
+    return out
+
+
+@pytest.mark.parametrize("np_ranks,G", [(4, 1), (4, 2), (4, 4), (2, 1), (2, 2)])
+def test_hierarchical_is_the_flat_run_with_fewer_messages_across_nodes(tmp_path, run_moe, np_ranks, G):
+    opts = dict(experts=8, top_k=2, steps=200, capacity_factor=1.0, seed=5, ranks_per_node=G, batch_tokens=128,
+                val_tokens=256)
+    _, flat = run_moe(tmp_path, np_ranks, dispatch="alltoallv", **opts)
+    _, hier = run_moe(tmp_path, np_ranks, dispatch="hierarchical", **opts)
+    a, b = read_node_run(flat), read_node_run(hier)
+    np.testing.assert_array_equal(b["train_loss"], a["train_loss"])
+    np.testing.assert_array_equal(b["expert_tokens"], a["expert_tokens"])
+    nodes = np_ranks // G
+    for r in (a, b):
+        assert (r["attrs"]["nodes"], r["attrs"]["ranks_per_node"], r["attrs"]["ranks_per_node_min"]) == (nodes, G, G)
+        assert r["attrs"]["nodes_are"] == "virtual (--ranks-per-node)"
+    # Every row crosses nodes once either way; the hierarchical exchange aggregates the messages.
+    np.testing.assert_array_equal(b["a2a_bytes_inter_node"], a["a2a_bytes_inter_node"])
+    if nodes == 1:
+        assert np.all(a["a2a_bytes_inter_node"] == 0) and np.all(b["a2a_messages_inter_node"] == 0)
+    else:
+        assert np.all(a["a2a_bytes_inter_node"] > 0)
+        assert np.all(b["a2a_messages_inter_node"] <= a["a2a_messages_inter_node"])
+        if G > 1:
+            assert b["a2a_messages_inter_node"].sum() < a["a2a_messages_inter_node"].sum()
+    assert a["a2a_bytes_by_stage"] is None and a["a2a_seconds_by_stage"] is None  # flat: no stages
+    stages = b["a2a_bytes_by_stage"]
+    assert stages.shape == (200, 2, 2) and b["a2a_seconds_by_stage"].shape == (200, 2, 2)
+    np.testing.assert_allclose(stages[:, :, 1].sum(axis=1), b["a2a_bytes_inter_node"], rtol=1e-12)
+    np.testing.assert_allclose(stages.sum(axis=(1, 2)), b["a2a_bytes"], rtol=1e-12)
+    assert np.all(b["a2a_seconds_by_stage"] >= 0)
+
+
+def test_ranks_per_node_must_divide_the_ranks(tmp_path, mpirun):
+    proc = mpirun(4, "moe", "--ranks-per-node", "3", "--out", tmp_path / "x.h5", timeout=30)
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "--ranks-per-node" in lines[0], lines
+    assert not (tmp_path / "x.h5").exists()

@@ -19,6 +19,7 @@ VARIANTS = {
     "dense_per_expert": dict(gate="dense", mixture_loss="per-expert"),
     "eval_every": dict(eval_every=4),
     "fine_grained_sparse_layers": dict(granularity=2, layers=3, moe_every=2),
+    "hierarchical_virtual_nodes": dict(dispatch="hierarchical", ranks_per_node=1),
 }
 
 
@@ -73,6 +74,7 @@ def written(condition, opts, l_moe):
         "`--gate noisy-topk`": l_moe > 0 and opts.get("gate") == "noisy-topk",
         "`--balance bias`": l_moe > 0 and opts.get("balance") == "bias",
         "`--mixture-loss`": opts.get("mixture_loss", "none") != "none",
+        "`--dispatch hierarchical`": l_moe > 0 and opts.get("dispatch") == "hierarchical",
     }.get(condition, opts.get("eval_every", 0) > 0 if condition.startswith("`--eval-every`") else None)
 
 

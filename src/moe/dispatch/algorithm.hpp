@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <string>
+#include <vector>
 #include <tuple>
 
 #include "comm/communicator.hpp"
@@ -30,11 +32,16 @@ struct DispatchLimits {
 
 class DispatchAlgorithm {
  public:
-  explicit DispatchAlgorithm(const Communicator& comm) : comm_(comm) {}
+  // `node_of`: the node of each rank of `comm` (how its messages are counted, and what
+  // the hierarchical exchange is built on).
+  DispatchAlgorithm(const Communicator& comm, const std::vector<int>& node_of) : comm_(comm), node_of_(node_of) {}
   virtual ~DispatchAlgorithm() = default;
   DispatchAlgorithm(const DispatchAlgorithm&) = delete;
   DispatchAlgorithm& operator=(const DispatchAlgorithm&) = delete;
 
+  // Why this algorithm cannot run on its ranks' placement ("" when it can); the layer
+  // refuses a run with it on every rank before any exchange.
+  virtual std::string unusable() const { return ""; }
   // COLLECTIVE. `L` has its send side; fill its receive side, or leave recv_known
   // false for the first dispatch to complete.
   virtual void plan(DispatchLayout& L, const DispatchLimits& limits, CommStats& stats) const = 0;
@@ -66,6 +73,7 @@ class DispatchAlgorithm {
   }
 
   const Communicator& comm_;
+  const std::vector<int> node_of_;
 
  private:
   mutable std::tuple<std::array<RowBuffer<float>, 2>, std::array<RowBuffer<double>, 2>,
@@ -116,6 +124,7 @@ class PhaseTimer {
     const double t = sw_.seconds();
     s_.seconds += t;
     s_.phase_seconds[s_.phase] += t;
+    if (s_.stage >= 0) s_.stage_seconds[s_.stage] += t;
   }
   PhaseTimer(const PhaseTimer&) = delete;
   PhaseTimer& operator=(const PhaseTimer&) = delete;
@@ -128,7 +137,14 @@ class PhaseTimer {
 // Counts `bytes` sent from rank `self` to `dest` (ranks of the exchanging group) into the stats.
 inline void count_bytes(CommStats& s, int self, int dest, double bytes) {
   s.bytes_to_rank[static_cast<std::size_t>(s.first_rank + dest)] += bytes;
-  if (dest != self) s.phase_bytes[s.phase] += bytes;
+  if (dest == self) return;
+  s.phase_bytes[s.phase] += bytes;
+  if (s.stage >= 0) s.stage_bytes[s.stage] += bytes;
+  if (bytes > 0 && !s.node_of.empty() &&
+      s.node_of[static_cast<std::size_t>(self)] != s.node_of[static_cast<std::size_t>(dest)]) {
+    s.inter_node_bytes += bytes;
+    ++s.inter_node_messages;
+  }
 }
 
 // An element count as MPI's int, or an error naming what overflowed.

@@ -28,6 +28,7 @@ struct DispatchLayout {
   std::vector<int> recv_expert_counts;        // P x E_local, rows per (source, local expert)
   std::vector<Index> recv_to_block;           // received row -> row in expert-block order
   std::vector<Index> block_offset;            // E_local + 1 prefix over expert blocks
+  std::vector<int> relay_counts;              // hierarchical: rows relayed from local rank ls to node m, [ls][m]
   Index rows_sent() const { return static_cast<Index>(send_token.size()); }
   Index rows_received() const { return static_cast<Index>(recv_to_block.size()); }
 };

@@ -10,7 +10,7 @@ namespace {
 struct Entry {
   DispatchAlgo algo;
   const char* name;
-  std::unique_ptr<DispatchAlgorithm> (*make)(const Communicator&);
+  std::unique_ptr<DispatchAlgorithm> (*make)(const Communicator&, const std::vector<int>&);
 };
 
 #define MOESIM_DISPATCH_ENTRY(id, name, make) {DispatchAlgo::id, name, &make},
@@ -39,10 +39,11 @@ const char* dispatch_name(DispatchAlgo a) {
   return e ? e->name : "?";
 }
 
-std::unique_ptr<DispatchAlgorithm> make_dispatch_algorithm(DispatchAlgo a, const Communicator& comm) {
+std::unique_ptr<DispatchAlgorithm> make_dispatch_algorithm(DispatchAlgo a, const Communicator& comm,
+                                                           const std::vector<int>& node_of) {
   const Entry* e = find(a);
   MOESIM_REQUIRE(e, "unregistered dispatch algorithm " << static_cast<int>(a));
-  return e->make(comm);
+  return e->make(comm, node_of);
 }
 
 }  // namespace moesim

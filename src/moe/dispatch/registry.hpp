@@ -3,6 +3,7 @@
 // (see dispatch/algorithm.hpp) plus one line here.
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace moesim {
 
@@ -14,18 +15,22 @@ class DispatchAlgorithm;
   X(kAlltoallv, "alltoallv", make_alltoallv_dispatch) \
   X(kAllgather, "allgather", make_allgather_dispatch) \
   X(kP2P, "p2p", make_p2p_dispatch)                   \
-  X(kPadded, "padded", make_padded_dispatch)
+  X(kPadded, "padded", make_padded_dispatch)           \
+  X(kHierarchical, "hierarchical", make_hierarchical_dispatch)
 
 #define MOESIM_DISPATCH_ENUM(id, name, make) id,
 enum class DispatchAlgo { MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_ENUM) };
 #undef MOESIM_DISPATCH_ENUM
 
-#define MOESIM_DISPATCH_FACTORY(id, name, make) std::unique_ptr<DispatchAlgorithm> make(const Communicator& comm);
+#define MOESIM_DISPATCH_FACTORY(id, name, make) \
+  std::unique_ptr<DispatchAlgorithm> make(const Communicator& comm, const std::vector<int>& node_of);
 MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_FACTORY)
 #undef MOESIM_DISPATCH_FACTORY
 
 DispatchAlgo parse_dispatch(const std::string& name);  // ConfigError on unknown names
 const char* dispatch_name(DispatchAlgo a);
-std::unique_ptr<DispatchAlgorithm> make_dispatch_algorithm(DispatchAlgo a, const Communicator& comm);
+// `node_of`: the node of each rank of `comm`.
+std::unique_ptr<DispatchAlgorithm> make_dispatch_algorithm(DispatchAlgo a, const Communicator& comm,
+                                                           const std::vector<int>& node_of);
 
 }  // namespace moesim
