@@ -196,9 +196,13 @@ void dump_layer(const std::string& path, const Shape& s, double capacity_factor)
   h5::write_attr(f.id(), "dropped", layer.stats().dropped);
 }
 
-void bench_shape(const Communicator& comm, const Shape& s, double capacity_factor, const Harness& h,
-                 std::ofstream* json) {
+void bench_shape(const Communicator& comm, const Shape& s, double capacity_factor, int ranks_per_node,
+                 const Harness& h, std::ofstream* json) {
   const int P = comm.size();
+  // Nodes of G consecutive ranks (virtual with --ranks-per-node), else all on one node.
+  std::vector<int> node_of(static_cast<std::size_t>(P), 0);
+  if (ranks_per_node > 0)
+    for (int q = 0; q < P; ++q) node_of[static_cast<std::size_t>(q)] = q / ranks_per_node;
   if (s.E % P != 0) throw ConfigError("shape " + s.name() + ": E must be divisible by the ranks");
   if (s.B % P != 0) throw ConfigError("shape " + s.name() + ": B must be divisible by the ranks");
   const Index n = s.B / P, D = s.D;
@@ -209,6 +213,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   cfg.top_k = s.K;
   cfg.ep_size = P;
   cfg.capacity_factor = capacity_factor;
+  cfg.ranks_per_node = ranks_per_node;
   MoeLayer<float> layer(comm, "moe", cfg, 1, 1);
   const Mat<float> x = random_rows(n, D, 100 + static_cast<std::uint64_t>(comm.rank()));
   const Mat<float> dy = random_rows(n, D, 200 + static_cast<std::uint64_t>(comm.rank()));
@@ -285,11 +290,13 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
     ref_blocks.row(ref.recv_to_block[static_cast<std::size_t>(i)]) = raw_recv.row(i);
 
   for (DispatchAlgo algo : {DispatchAlgo::kAlltoallv, DispatchAlgo::kAllgather, DispatchAlgo::kP2P,
-                            DispatchAlgo::kPadded}) {
+                            DispatchAlgo::kPadded, DispatchAlgo::kHierarchical}) {
     const std::string name = dispatch_name(algo);
-    Dispatcher d(comm, s.E, algo);
+    Dispatcher d(comm, s.E, algo, node_of);
+    check(comm, d.unusable().empty(), name + ": " + d.unusable());
     CommStats st;
     st.reset(P);
+    st.node_of = node_of;
     DispatchLimits limits{s.B, cap, P};
     DispatchLayout lay = d.plan(routing.expert, cd.kept, n, s.K, st, limits);
     Mat<float> blocks = d.dispatch(lay, send, st);
@@ -297,6 +304,21 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
           name + " dispatch: the same expert blocks as the raw MPI_Alltoallv");
     Mat<float> round_trip = d.combine(lay, blocks, st);
     check(comm, round_trip == send, name + " combine: the dispatched rows come back unchanged");
+    {
+      // One dispatch and one combine: messages and bytes that crossed nodes (all ranks), and
+      // the bytes of each stage of a two-stage exchange.
+      double nodes_sum[4] = {static_cast<double>(st.inter_node_messages), st.inter_node_bytes, st.stage_bytes[0],
+                             st.stage_bytes[1]};
+      comm.allreduce_sum(nodes_sum, 4);
+      rep.row(name + " across nodes (dispatch+combine)", Timing{},
+              fmt("%.0f messages, %.0f bytes", nodes_sum[0], nodes_sum[1]) +
+                  (algo == DispatchAlgo::kHierarchical
+                       ? fmt("; stage bytes intra %.0f, inter %.0f", nodes_sum[2], nodes_sum[3])
+                       : std::string()),
+              ",\"inter_node_messages\":" + std::to_string(nodes_sum[0]) + ",\"inter_node_bytes\":" +
+                  std::to_string(nodes_sum[1]) + ",\"intra_stage_bytes\":" + std::to_string(nodes_sum[2]) +
+                  ",\"inter_stage_bytes\":" + std::to_string(nodes_sum[3]));
+    }
     st.reset(P);
     const Timing t_plan = h.time([&] { lay = d.plan(routing.expert, cd.kept, n, s.K, st, limits); });
     rep.row(name + " plan (counts)", t_plan);
@@ -327,12 +349,18 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
       // copies) waits for no one, so the least of any rank is the transfer (as in the run
       // files' a2a_seconds); the most adds the wait.
       const Timing mpi = h.reduce(st.seconds / static_cast<double>(h.iters()));
+      const Timing intra = h.reduce(st.stage_seconds[0] / static_cast<double>(h.iters()));
+      const Timing inter = h.reduce(st.stage_seconds[1] / static_cast<double>(h.iters()));
       const std::string verb_name = verb == 0 ? " dispatch" : " combine";
       rep.row(name + verb_name, t_call,
               fmt("MPI transfer %.6f s = %.2fx raw", mpi.min_s, t_base.max_s > 0 ? mpi.min_s / t_base.max_s : 0.0) +
-                  fmt(", whole call %.2fx raw", t_base.max_s > 0 ? t_call.max_s / t_base.max_s : 0.0),
+                  fmt(", whole call %.2fx raw", t_base.max_s > 0 ? t_call.max_s / t_base.max_s : 0.0) +
+                  (algo == DispatchAlgo::kHierarchical
+                       ? fmt("; stages: intra %.6f s, inter %.6f s", intra.min_s, inter.min_s)
+                       : std::string()),
               ",\"mpi_max_s\":" + std::to_string(mpi.max_s) + ",\"mpi_min_s\":" + std::to_string(mpi.min_s) +
-                  ",\"raw_max_s\":" + std::to_string(t_base.max_s));
+                  ",\"raw_max_s\":" + std::to_string(t_base.max_s) + ",\"intra_stage_min_s\":" +
+                  std::to_string(intra.min_s) + ",\"inter_stage_min_s\":" + std::to_string(inter.min_s));
     }
   }
 
@@ -446,7 +474,7 @@ int main(int argc, char** argv) {
     po::options_description desc("bench_moe_mpi options");
     std::string shapes, json_path, dump_path;
     double capacity_factor = 1.25;
-    int iters = 20, warmup = 3, blas_threads = 1;
+    int iters = 20, warmup = 3, blas_threads = 1, ranks_per_node = 0;
     desc.add_options()("help", "this text")(
         "shapes", po::value(&shapes)->default_value("64,256,8,2,4096;256,1024,8,2,4096;256,1024,64,2,4096;"
                                                     "512,2048,16,1,2048;1024,4096,8,2,1024"),
@@ -455,6 +483,8 @@ int main(int argc, char** argv) {
         "blas-threads", po::value(&blas_threads)->default_value(1), "OpenBLAS threads per rank")(
         "json", po::value(&json_path), "also append one JSON object per figure to this file")(
         "capacity-factor", po::value(&capacity_factor)->default_value(1.25), "as moesim moe's (0: dropless)")(
+        "ranks-per-node", po::value(&ranks_per_node)->default_value(0),
+        "virtual nodes of G consecutive ranks, as moesim moe's (0: one node)")(
         "dump", po::value(&dump_path),
         "on one rank: write the first shape's inputs, weights and results to this HDF5 file and stop");
     po::variables_map vm;
@@ -472,6 +502,8 @@ int main(int argc, char** argv) {
       if (!json) throw ConfigError("cannot open --json file '" + json_path + "'");
     }
     if (capacity_factor < 0) throw ConfigError("--capacity-factor must be >= 0");
+    if (ranks_per_node < 0 || (ranks_per_node > 0 && world.size() % ranks_per_node != 0))
+      throw ConfigError("--ranks-per-node must be 0 or divide the ranks");
     if (!dump_path.empty()) {
       if (world.size() != 1) throw ConfigError("--dump runs on one rank");
       dump_layer(dump_path, parse_shapes(shapes).front(), capacity_factor);
@@ -479,7 +511,7 @@ int main(int argc, char** argv) {
     }
     const Harness h(world, warmup, iters);
     for (const Shape& s : parse_shapes(shapes))
-      bench_shape(world, s, capacity_factor, h, json.is_open() ? &json : nullptr);
+      bench_shape(world, s, capacity_factor, ranks_per_node, h, json.is_open() ? &json : nullptr);
   } catch (const std::exception& e) {
     if (world.rank() == 0) std::fprintf(stderr, "bench_moe_mpi: error: %s\n", e.what());
     return 2;
