@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 # Heavy modules (pandas, h5py, matplotlib, scipy) are imported by the command that needs them.
-ALGORITHMS = ("pairwise", "bruck", "hierarchical")  # as moesim_analysis.costmodel
+ALGORITHMS = ("pairwise", "bruck", "leader", "hierarchical")  # as moesim_analysis.costmodel
 PLACEMENTS = ("contiguous", "round-robin")
 DIR_HELP = "directory of run files (every *.h5 but sweep.h5)"
 
@@ -210,6 +210,15 @@ def cmd_simulate(a) -> int:
               f"{rec['predicted_bytes']:.6g} predicted, {rec['measured_bytes']:.6g} in metrics/traffic, "
               f"relative error {rec['relative_error']:.3%} (largest per-entry error "
               f"{rec['max_element_relative_error']:.3%})")
+    if run.logged and run.dispatch in ("alltoallv", "allgather", "hierarchical") and run.steps:
+        chk = run.node_check()
+        cols = [c[len("model_"):] for c in chk.columns if c.startswith("model_")]
+        agree = {c: int((chk[f"model_{c}"] == chk[f"logged_{c}"]).sum()) for c in cols}
+        print(f"node traffic at the run's own P={run.P}, {run.ranks_per_node} ranks per node (--dispatch "
+              f"{run.dispatch}), model against metrics, steps agreeing exactly of {len(chk)}: "
+              + ", ".join(f"{c} {n}" for c, n in agree.items())
+              + f"; per step: {chk['model_inter_messages'].iloc[-1]:g} messages and "
+              f"{chk['model_inter_bytes'].iloc[-1]:.6g} bytes across nodes")
     if run.a2a_seconds is not None and run.steps > 1:
         own = [run.own_workload(s).time(cluster, "pairwise") for s in range(1, run.steps)]
         print(f"measured a2a seconds/step (median, steps 2..S): {np.median(run.a2a_seconds[1:]):.4g}; "
@@ -224,6 +233,7 @@ def cmd_simulate(a) -> int:
     times = [c for c in table.columns if c.endswith("_s")]
     if not times or table[times].isna().all().all():
         raise ValueError("no rank count could be simulated (see the note column)")
+    print(costmodel.crossover_line(table))
     return 0
 
 

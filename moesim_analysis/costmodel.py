@@ -2,8 +2,9 @@
 
 From a run's routing (metrics/rank_expert_tokens) it builds the bytes each rank sends to each
 rank in one training step, for any rank count P', expert group size N' (--ep-size) and expert
-placement, and prices the exchanges with an alpha-beta model on a described cluster for three
-all-to-all algorithms (pairwise exchange, Bruck, hierarchical), and the all-reduce of expert
+placement, and prices the exchanges with an alpha-beta model on a described cluster for four
+all-to-all algorithms (pairwise exchange, Bruck, a leader per node, and the two-stage exchange
+`--dispatch hierarchical` runs), and the all-reduce of expert
 gradients across the replica groups. `python3 -m moesim_analysis simulate RUN.h5 ...` prints the prediction,
 `python3 -m moesim_analysis calibrate RUNS...` fits the intra-node link to measured runs and reports
 the prediction error. The assumptions (also printed by `simulate --assumptions`):
@@ -59,13 +60,23 @@ Cost model assumptions (moesim_analysis/costmodel.py):
     the bits of their offset, low bits first, so with uniform blocks each round carries about
     half of the data). The local rotations before and after are ignored. Round cost = maximum
     over ranks of alpha + bytes / beta of the link to i + 2^k.
- 7. Hierarchical: one leader per node (its first rank). (a) Intra-node gather: every other rank
+ 7. Leader: one leader per node (its first rank). (a) Intra-node gather: every other rank
     of the node sends the leader all its off-rank data, one message each, received one after
     another (the gather costs the sum of those messages); (b) the leaders run a pairwise
     exchange over the inter-node links, node n sending node m one aggregated message of all
     bytes from n's ranks to m's ranks (nodes - 1 rounds); (c) intra-node scatter: the leader
     sends every other rank of its node all the data bound for it, one after another. Each
     phase costs its slowest node; the phases add. A last node may hold fewer ranks.
+ 7b. Hierarchical (what `moesim moe --dispatch hierarchical` runs, Tutel's 2D-hierarchical
+    all-to-all): ranks sit on nodes of G consecutive ranks, rank (n, l) = n G + l. (a) Intra
+    stage: (n, l) sends (n, l') everything bound for the ranks (m, l') of every node m, a
+    pairwise exchange inside each node (G - 1 rounds, the nodes in parallel); (b) inter stage:
+    (n, l') sends (m, l') the rows of all of node n's ranks bound for (m, l'), a pairwise
+    exchange among the nodes for each local index l' (nodes - 1 rounds, the G exchanges in
+    parallel: they share a node's NIC, which 4 ignores). The counts travel the same way first.
+    Per exchange it sends nodes x (nodes - 1) x G messages across nodes (the flat exchanges
+    send P x (P - G)); every row crosses nodes once either way. An expert group must cover
+    whole nodes or lie inside one.
  8. Calibration (`calibrate`): on one node every message is intra-node, so the pairwise time
     of a step is n_rounds x alpha + (sum over rounds of the largest message) / beta, linear in
     (alpha, 1/beta). Both (kept positive) are fitted by least squares of log(predicted /
@@ -101,7 +112,7 @@ Cost model assumptions (moesim_analysis/costmodel.py):
 """
 __doc__ += "\n" + ASSUMPTIONS
 
-ALGORITHMS = ("pairwise", "bruck", "hierarchical")
+ALGORITHMS = ("pairwise", "bruck", "leader", "hierarchical")
 PLACEMENTS = ("contiguous", "round-robin")
 COUNT_BYTES = 4  # the per-expert counts exchanged before each dispatch are C ints
 
@@ -201,8 +212,8 @@ def bruck_time(M: np.ndarray, cluster: Cluster, ranks=None) -> float:
     return total
 
 
-def hierarchical_phases(M: np.ndarray, cluster: Cluster, ranks=None) -> dict:
-    """Seconds of the gather, leader exchange and scatter phases of the hierarchical exchange
+def leader_phases(M: np.ndarray, cluster: Cluster, ranks=None) -> dict:
+    """Seconds of the gather, leader exchange and scatter phases of the leader-based exchange
     among the world ranks `ranks` (default 0..P-1; a node may hold only some of them)."""
     P = M.shape[0]
     node = _rank_ids(P, ranks) // cluster.ranks_per_node
@@ -228,11 +239,66 @@ def hierarchical_phases(M: np.ndarray, cluster: Cluster, ranks=None) -> dict:
     return {"gather": gather, "exchange": exchange, "scatter": scatter}
 
 
+def leader_time(M: np.ndarray, cluster: Cluster, ranks=None) -> float:
+    return sum(leader_phases(M, cluster, ranks).values())
+
+
+def _node_blocks(P: int, cluster: Cluster, ranks=None) -> int:
+    """G of the two-stage exchange among `ranks`: their nodes' size when they cover whole nodes of
+    consecutive ranks, P when they lie inside one node (ValueError otherwise)."""
+    w = _rank_ids(P, ranks)
+    G = cluster.ranks_per_node
+    if np.all(w // G == w[0] // G):
+        return P
+    if P % G or w[0] % G or not np.array_equal(w, w[0] + np.arange(P)):
+        raise ValueError(f"the hierarchical exchange needs its {P} ranks to cover whole nodes of {G} "
+                         "consecutive ranks or lie inside one")
+    return G
+
+
+def hierarchical_stages(M: np.ndarray, cluster: Cluster, ranks=None) -> dict:
+    """The two-stage exchange of M among `ranks` as `--dispatch hierarchical` runs it: seconds of
+    the intra- and inter-node stages, the bytes each sends to other ranks, and the non-empty
+    messages between ranks of different nodes (assumption 7b)."""
+    M = np.asarray(M, float)
+    P = M.shape[0]
+    w = _rank_ids(P, ranks)
+    G = _node_blocks(P, cluster, ranks)
+    nodes = P // G
+    R = M.reshape(nodes, G, nodes, G)  # [n, l, m, l']
+    S1 = R.sum(axis=2)  # [n, l, l']: (n, l) -> (n, l')
+    S2 = R.sum(axis=1)  # [n, m, l']: (n, l') -> (m, l')
+    rounds = np.zeros(max(G - 1, 0))
+    for n in range(nodes):
+        rounds = np.maximum(rounds, pairwise_round_costs(S1[n], cluster, w[n * G:(n + 1) * G]))
+    intra = float(rounds.sum())
+    rounds = np.zeros(max(nodes - 1, 0))
+    for lp in range(G):
+        rounds = np.maximum(rounds, pairwise_round_costs(S2[:, :, lp], cluster, w[lp::G]))
+    inter = float(rounds.sum())
+    off1 = S1.copy()
+    off1[:, np.arange(G), np.arange(G)] = 0.0
+    off2 = S2.copy()
+    off2[np.arange(nodes), np.arange(nodes), :] = 0.0
+    return {"intra": intra, "inter": inter, "intra_bytes": float(off1.sum()), "inter_bytes": float(off2.sum()),
+            "inter_messages": int(np.count_nonzero(off2))}
+
+
 def hierarchical_time(M: np.ndarray, cluster: Cluster, ranks=None) -> float:
-    return sum(hierarchical_phases(M, cluster, ranks).values())
+    st = hierarchical_stages(M, cluster, ranks)
+    return st["intra"] + st["inter"]
 
 
-_COSTS = {"pairwise": pairwise_time, "bruck": bruck_time, "hierarchical": hierarchical_time}
+def flat_inter_node(M: np.ndarray, cluster: Cluster, ranks=None) -> dict:
+    """Bytes and non-empty messages between ranks of different nodes of a flat exchange of M."""
+    M = np.asarray(M, float)
+    node = _rank_ids(M.shape[0], ranks) // cluster.ranks_per_node
+    cross = node[:, None] != node[None, :]
+    return {"inter_bytes": float(M[cross].sum()), "inter_messages": int(np.count_nonzero(M[cross]))}
+
+
+_COSTS = {"pairwise": pairwise_time, "bruck": bruck_time, "leader": leader_time,
+          "hierarchical": hierarchical_time}
 
 
 def exchange_time(M: np.ndarray, cluster: Cluster, algorithm: str, ranks=None) -> float:
@@ -349,6 +415,28 @@ class Workload:
         return sum(m * max(exchange_time(M[np.ix_(r, r)], cluster, algorithm, r) for r in self.group_ranks())
                    for m, M in self.exchanges())
 
+    def node_traffic(self, cluster: Cluster, algorithm: str) -> dict:
+        """Bytes and non-empty messages across nodes in a step (all MoE layers and exchanges,
+        sum over ranks; the count exchanges left out), and for the hierarchical exchange each
+        stage's bytes. Messages count a rank pair in every layer when it exchanges rows in the
+        step's sum."""
+        L = max(1, self.moe_layers)
+        out = {"inter_bytes": 0.0, "inter_messages": 0, "intra_stage_bytes": 0.0, "inter_stage_bytes": 0.0}
+        if self.moe_layers == 0:
+            return out
+        for r in self.group_ranks():
+            T = self.T[np.ix_(r, r)]
+            for M in (T, T.T):  # dispatch (forward and backward), combine (both)
+                if algorithm == "hierarchical":
+                    st = hierarchical_stages(M * self.token_bytes, cluster, r)
+                    out["intra_stage_bytes"] += 2 * st["intra_bytes"]
+                    out["inter_stage_bytes"] += 2 * st["inter_bytes"]
+                else:
+                    st = flat_inter_node(M * self.token_bytes, cluster, r)
+                out["inter_bytes"] += 2 * st["inter_bytes"]
+                out["inter_messages"] += 2 * L * st["inter_messages"]
+        return out
+
     def allreduce_time(self, cluster: Cluster) -> float:
         """The expert-gradient all-reduce across the replica groups (assumption 12)."""
         return ring_allreduce_time(self.expert_bytes, self.P, self.N, cluster)
@@ -381,6 +469,8 @@ class RunRouting:
     ep_size: int | None = None        # the run's N (effective_ep_size); None: P (older files)
     ep_size_given: int | None = None  # --ep-size as given, kept when projecting
     expert_params: int = 0            # parameters of one expert over all MoE layers
+    ranks_per_node: int = 0           # the run's nodes (root attribute ranks_per_node); 0: unknown
+    logged: dict | None = None        # per-step node metrics the run logged (inter-node bytes, ...)
 
     @property
     def P(self) -> int:
@@ -415,6 +505,8 @@ class RunRouting:
             a2a = f["metrics/a2a_seconds"][()] if "metrics/a2a_seconds" in f else None
             per_layer = f["metrics/expert_tokens_per_layer"] if "metrics/expert_tokens_per_layer" in f else None
             layers_logged = per_layer.shape[1] if per_layer is not None and per_layer.ndim == 3 else None
+            logged = {k: f["metrics"][k][()] for k in ("a2a_bytes_inter_node", "a2a_messages_inter_node",
+                                                       "a2a_bytes_by_stage") if k in f["metrics"]}
         S = re.shape[0]
         for arr in (traffic, a2a):
             if arr is not None:
@@ -437,7 +529,38 @@ class RunRouting:
                    d_model=D, dispatch=str(root.get("dispatch", "alltoallv")),
                    ep_size=int(root["effective_ep_size"]) if "effective_ep_size" in root else None,
                    ep_size_given=int(given) if given is not None else None,
-                   expert_params=int(layers_logged) * (2 * D * Fe + Fe + D))
+                   expert_params=int(layers_logged) * (2 * D * Fe + Fe + D),
+                   ranks_per_node=int(root.get("ranks_per_node", 0)), logged=logged or None)
+
+    def node_traffic(self, step: int, algorithm: str | None = None) -> dict:
+        """What the model says the run's own exchanges sent at step index `step` on its own
+        nodes: bytes and non-empty messages across nodes, and for the hierarchical exchange each
+        stage's bytes (all MoE layers, all four exchanges, sum over ranks). Messages assume that
+        a rank pair exchanging rows in the step's layer sum does so in every layer."""
+        cluster = Cluster(max(1, self.ranks_per_node or self.P))
+        return self.own_workload(step).node_traffic(cluster, algorithm or self.dispatch)
+
+    def node_check(self) -> pd.DataFrame:
+        """Per step, the model's node traffic (node_traffic) beside what the run logged; the
+        bytes agree exactly, the messages where every layer routes like the step's sum."""
+        if not self.logged or "a2a_bytes_inter_node" not in self.logged:
+            raise ValueError(f"{self.file}: no metrics/a2a_bytes_inter_node (logged by moesim runs since "
+                             "the hierarchical exchange)")
+        if self.dispatch not in ("alltoallv", "allgather", "hierarchical"):
+            raise ValueError(f"{self.file}: --dispatch {self.dispatch} sends other messages than the model's rows")
+        rows = []
+        for s in range(self.steps):
+            m = self.node_traffic(s)
+            row = {"step": s + 1, "model_inter_bytes": m["inter_bytes"],
+                   "logged_inter_bytes": float(self.logged["a2a_bytes_inter_node"][s]),
+                   "model_inter_messages": m["inter_messages"],
+                   "logged_inter_messages": int(self.logged["a2a_messages_inter_node"][s])}
+            if "a2a_bytes_by_stage" in self.logged:
+                st = self.logged["a2a_bytes_by_stage"][s]
+                row.update(model_intra_stage_bytes=m["intra_stage_bytes"], logged_intra_stage_bytes=float(st[:, 0].sum()),
+                           model_inter_stage_bytes=m["inter_stage_bytes"], logged_inter_stage_bytes=float(st[:, 1].sum()))
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     def own_workload(self, step: int) -> Workload:
         """The run's own exchange at step index `step` (0-based), contiguous placement."""
@@ -512,9 +635,44 @@ def simulate(run: RunRouting, ranks: list[int], cluster: Cluster, algorithms=ALG
                 row[f"{alg}_s"] = float("nan")
                 row["note"] = (row["note"] + "; " if row["note"] else "") + str(exc)
         row["expert_allreduce_s"] = w.allreduce_time(cluster)
+        row["flat_inter_messages"] = w.node_traffic(cluster, "pairwise")["inter_messages"]
+        try:
+            row["hierarchical_inter_messages"] = w.node_traffic(cluster, "hierarchical")["inter_messages"]
+        except ValueError:
+            row["hierarchical_inter_messages"] = float("nan")
         rows.append(row)
     df = pd.DataFrame(rows)
     return df[[c for c in df.columns if c != "note"] + ["note"]]
+
+
+def crossover_line(table: pd.DataFrame, algorithm: str = "hierarchical") -> str:
+    """Where `algorithm` beats the pairwise exchange (what moesim's flat dispatches are priced
+    as) and where it is the fastest of all, from which P' on, in a simulate table."""
+    algs = [c for c in table.columns if c.endswith("_s") and c != "expert_allreduce_s"]
+    col = f"{algorithm}_s"
+    if col not in algs or len(algs) < 2:
+        return f"{algorithm}: not compared"
+    ranks = table["ranks"].to_numpy()
+
+    def from_where(others: list[str]) -> str:
+        best = table[others].min(axis=1)
+        wins = (table[col] < best).to_numpy()
+        if not wins.any():
+            return "at none of these rank counts"
+        first = len(wins)
+        while first > 0 and wins[first - 1]:
+            first -= 1
+        ratio = float((best / table[col]).iloc[-1])
+        if first == len(wins):
+            return (f"at P' = {', '.join(str(r) for r in ranks[wins])} but not at P' = {ranks[-1]} "
+                    f"({ratio:.2f}x there)")
+        return f"from P' = {ranks[first]} on ({ratio:.2f}x at P' = {ranks[-1]})"
+
+    parts = []
+    if "pairwise_s" in algs and col != "pairwise_s":
+        parts.append(f"{algorithm} beats pairwise {from_where(['pairwise_s'])}")
+    parts.append(f"it is the fastest of {', '.join(c[:-2] for c in algs)} {from_where([c for c in algs if c != col])}")
+    return "; ".join(parts)
 
 
 # --- calibration against measured runs ----------------------------------------------------------
@@ -535,6 +693,40 @@ def _pairwise_features(w: Workload) -> tuple[float, float]:
     return rounds, biggest
 
 
+def _hierarchical_features(w: Workload, ranks_per_node: int) -> tuple[float, float]:
+    """(rounds, sum over rounds of the largest message) of the two-stage exchange (7b) of one
+    step, intra and inter links alike (one machine's virtual nodes), the slowest group."""
+    if w.moe_layers == 0 or w.N == 1:
+        return 0.0, 0.0
+    one = Cluster(max(1, ranks_per_node), 1.0, 1.0, 0.0, 0.0)  # cost = bytes: rounds priced by their largest message
+    rounds = biggest = 0.0
+    for mult, M in w.exchanges():
+        per_group = []
+        for r in w.group_ranks():
+            G = _node_blocks(len(r), one, r)
+            nodes = len(r) // G
+            R = M[np.ix_(r, r)].reshape(nodes, G, nodes, G)
+            S1, S2 = R.sum(axis=2), R.sum(axis=1)
+            b1 = np.zeros(max(G - 1, 0))
+            for n in range(nodes):
+                b1 = np.maximum(b1, pairwise_round_costs(S1[n], one, r[n * G:(n + 1) * G]))
+            b2 = np.zeros(max(nodes - 1, 0))
+            for lp in range(G):
+                b2 = np.maximum(b2, pairwise_round_costs(S2[:, :, lp], one, r[lp::G]))
+            per_group.append((G - 1 + nodes - 1, float(b1.sum() + b2.sum())))
+        rounds += mult * per_group[0][0]
+        biggest += mult * max(b for _, b in per_group)
+    return rounds, biggest
+
+
+def _features(w: Workload, dispatch: str, ranks_per_node: int) -> tuple[float, float]:
+    """Calibration features of the exchange the run ran: two-stage for --dispatch hierarchical,
+    pairwise for the flat ones."""
+    if dispatch == "hierarchical":
+        return _hierarchical_features(w, ranks_per_node)
+    return _pairwise_features(w)
+
+
 @dataclass
 class Calibration:
     alpha: float          # s per message
@@ -550,7 +742,7 @@ class Calibration:
         """Mean and max |relative error| per rank count, in sample and held out."""
         t = self.table.assign(abs_rel=self.table["rel_error"].abs(),
                               abs_held=self.table["held_out_rel_error"].abs())
-        return t.groupby("P").agg(runs=("file", "size"), oversubscribed=("oversubscribed", "any"),
+        return t.groupby(["dispatch", "P"]).agg(runs=("file", "size"), oversubscribed=("oversubscribed", "any"),
                                   mean_abs_rel_error=("abs_rel", "mean"),
                                   max_abs_rel_error=("abs_rel", "max"),
                                   mean_abs_held_out_error=("abs_held", "mean")).reset_index()
@@ -563,7 +755,8 @@ class Calibration:
                  "log(predicted/measured)): "
                  f"alpha = {self.alpha * 1e6:.4g} us, beta = {self.beta / 1e9:.4g} GB/s",
                  self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), "",
-                 "pairwise prediction vs measured median a2a seconds/step, by rank count "
+                 "prediction (pairwise, or two-stage for --dispatch hierarchical) vs measured median a2a "
+                 "seconds/step, by algorithm and rank count "
                  "(held out: run left out of the fit, or not in it):",
                  self.summary().to_string(index=False, float_format=lambda v: f"{v:.1%}")]
         if self.table["oversubscribed"].any():
@@ -600,7 +793,8 @@ def calibrate(paths, per_step: bool = False, skip_steps: int = 1, fit_ranks=None
             continue
         if r.P < 2 or r.a2a_seconds is None or r.moe_layers == 0 or r.steps <= skip_steps:
             continue
-        feats = np.array([_pairwise_features(r.own_workload(s)) for s in range(skip_steps, r.steps)])
+        feats = np.array([_features(r.own_workload(s), r.dispatch, r.ranks_per_node)
+                          for s in range(skip_steps, r.steps)])
         over = host == socket.gethostname() and r.P > (os.cpu_count() or r.P)
         runs.append((r, feats, r.a2a_seconds[skip_steps:], over))
     fit_set = [k for k, (r, *_) in enumerate(runs) if not fit_ranks or r.P in fit_ranks]
@@ -643,7 +837,8 @@ def calibrate(paths, per_step: bool = False, skip_steps: int = 1, fit_ranks=None
             held = pred
         step_bytes_med = float(np.median([(lambda m: m.sum() - np.trace(m))(r.own_workload(s).step_bytes())
                                           for s in range(skip_steps, r.steps)]))
-        rows.append({"file": Path(r.file).name, "P": r.P, "E": r.E, "D": r.d_model,
+        rows.append({"file": Path(r.file).name, "dispatch": r.dispatch, "P": r.P, "G": r.ranks_per_node,
+                     "E": r.E, "D": r.d_model,
                      "in_fit": k in fit_set, "oversubscribed": over,
                      "bytes_per_step": step_bytes_med, "measured_p10_s": float(np.quantile(t, 0.1)),
                      "measured_s": measured, "predicted_s": pred,

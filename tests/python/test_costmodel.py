@@ -87,25 +87,50 @@ def test_bruck_matches_block_by_block_simulation(P):
         np.testing.assert_allclose(g, w)
 
 
-def test_hierarchical_two_nodes_of_two_by_hand():
+def test_leader_two_nodes_of_two_by_hand():
     b = 1e6
-    ph = cm.hierarchical_phases(uniform(4, b), cluster(2))
+    ph = cm.leader_phases(uniform(4, b), cluster(2))
     # the non-leader sends its 3 blocks to the leader, leaders swap 2x2 blocks, scatter 3 blocks
     assert ph["gather"] == pytest.approx(A_I + 3 * b / B_I, rel=1e-12)
     assert ph["exchange"] == pytest.approx(A_E + 4 * b / B_E, rel=1e-12)
     assert ph["scatter"] == pytest.approx(A_I + 3 * b / B_I, rel=1e-12)
-    assert cm.hierarchical_time(uniform(4, b), cluster(2)) == pytest.approx(
+    assert cm.leader_time(uniform(4, b), cluster(2)) == pytest.approx(
         2 * (A_I + 3 * b / B_I) + A_E + 4 * b / B_E, rel=1e-12)
 
 
-def test_hierarchical_one_rank_per_node_is_pairwise():
+def test_leader_one_rank_per_node_is_pairwise():
+    M = np.random.default_rng(1).integers(0, 1000, (6, 6)).astype(float)
+    assert cm.leader_time(M, cluster(1)) == pytest.approx(cm.pairwise_time(M, cluster(1)))
+
+
+def test_hierarchical_two_nodes_of_two_by_hand():
+    """--dispatch hierarchical's stages: (n, l) hands (n, l') the rows for (0, l') and (1, l'),
+    then (n, l') sends (m, l') the rows of both of node n's ranks."""
+    b = 1e6
+    st = cm.hierarchical_stages(uniform(4, b), cluster(2))
+    assert st["intra"] == pytest.approx(A_I + 2 * b / B_I, rel=1e-12)
+    assert st["inter"] == pytest.approx(A_E + 2 * b / B_E, rel=1e-12)
+    assert cm.hierarchical_time(uniform(4, b), cluster(2)) == pytest.approx(st["intra"] + st["inter"])
+    # Every row crosses nodes once, as in a flat exchange, in half the messages here.
+    flat = cm.flat_inter_node(uniform(4, b), cluster(2))
+    assert st["inter_bytes"] == flat["inter_bytes"] == 8 * b
+    assert (st["inter_messages"], flat["inter_messages"]) == (4, 8)
+    assert st["intra_bytes"] == 8 * b
+
+
+def test_hierarchical_one_rank_per_node_is_pairwise_and_one_node_is_intra_only():
     M = np.random.default_rng(1).integers(0, 1000, (6, 6)).astype(float)
     assert cm.hierarchical_time(M, cluster(1)) == pytest.approx(cm.pairwise_time(M, cluster(1)))
+    one = cm.hierarchical_stages(M, cluster(6))
+    assert one["inter"] == 0 and one["inter_bytes"] == 0
+    assert one["intra"] == pytest.approx(cm.pairwise_time(M, cluster(6)))
+    with pytest.raises(ValueError, match="whole nodes"):
+        cm.hierarchical_stages(M, cluster(4))
 
 
-def test_hierarchical_gather_is_serial_at_the_leader():
+def test_leader_gather_is_serial_at_the_leader():
     b = 1e6
-    ph = cm.hierarchical_phases(uniform(8, b), cluster(4))  # 2 nodes of 4
+    ph = cm.leader_phases(uniform(8, b), cluster(4))  # 2 nodes of 4
     assert ph["gather"] == pytest.approx(3 * (A_I + 7 * b / B_I), rel=1e-12)
     assert ph["exchange"] == pytest.approx(A_E + 16 * b / B_E, rel=1e-12)
 
@@ -167,12 +192,12 @@ def test_workload_time_is_the_slowest_group():
     want_intra = L * (A_I + count_bytes / B_I) + 4 * L * (A_I + big / B_I)
     assert w.time(cluster(2), "pairwise") == pytest.approx(want_intra, rel=1e-12)
     assert w.time(cluster(2), "bruck") == pytest.approx(want_intra, rel=1e-12)  # 1 round as well
-    # Hierarchical on nodes of 2: each group is one node (no leader exchange); the leader
+    # Leader on nodes of 2: each group is one node (no leader exchange); the leader
     # (first rank) gathers the other rank's block and scatters the block bound for it; in
     # group 1 one of the two is the big block, whichever way the exchange goes.
     small = rows * tb / L
     gathered = 2 * L * (A_I + count_bytes / B_I) + 4 * L * (2 * A_I + (small + big) / B_I)
-    assert w.time(cluster(2), "hierarchical") == pytest.approx(gathered, rel=1e-12)
+    assert w.time(cluster(2), "leader") == pytest.approx(gathered, rel=1e-12)
     assert cm.Workload(T, tb, L, E, ep_size=1).time(cluster(1), "pairwise") == 0.0
     # N = P: one group of all ranks, as before.
     full = cm.Workload(np.full((P, P), rows), tb, L, E)
@@ -186,13 +211,13 @@ def test_exchanges_of_a_group_use_its_world_ranks():
     assert cm.pairwise_time(uniform(2, b), cluster(2), ranks=[2, 3]) == pytest.approx(A_I + b / B_I)
     assert cm.pairwise_time(uniform(2, b), cluster(2), ranks=[1, 2]) == pytest.approx(A_E + b / B_E)
     assert cm.bruck_time(uniform(2, b), cluster(2), ranks=[1, 2]) == pytest.approx(A_E + b / B_E)
-    ph = cm.hierarchical_phases(uniform(2, b), cluster(2), ranks=[1, 2])  # two nodes, one rank each
+    ph = cm.leader_phases(uniform(2, b), cluster(2), ranks=[1, 2])  # two nodes, one rank each
     assert ph["gather"] == 0 and ph["scatter"] == 0
     assert ph["exchange"] == pytest.approx(A_E + b / B_E)
     # ranks=None is 0..P-1
     M = np.arange(36, dtype=float).reshape(6, 6) * 1e3
     for alg in cm.ALGORITHMS:
-        assert cm.exchange_time(M, cluster(4), alg) == cm.exchange_time(M, cluster(4), alg, np.arange(6))
+        assert cm.exchange_time(M, cluster(3), alg) == cm.exchange_time(M, cluster(3), alg, np.arange(6))
 
 
 def test_expert_gradient_ring_allreduce_by_hand():
@@ -284,7 +309,7 @@ def test_simulate_cli(real_run):
                      "--intra-latency", "1", "--inter-latency", "5")
     assert p.returncode == 0, p.stderr
     assert "traffic reconstruction at P=2" in p.stdout and "relative error 0.000%" in p.stdout
-    for col in ("pairwise_s", "bruck_s", "hierarchical_s"):
+    for col in ("pairwise_s", "bruck_s", "leader_s", "hierarchical_s", "hierarchical_inter_messages"):
         assert col in p.stdout
     lines = [ln.split() for ln in p.stdout.splitlines() if ln.split()[:1] in (["4"], ["8"])]
     assert {ln[0] for ln in lines} == {"4", "8"}
@@ -371,3 +396,27 @@ def test_calibration_with_expert_groups(tmp_path):
     assert cal.alpha == pytest.approx(alpha, rel=1e-6)
     assert cal.beta == pytest.approx(beta, rel=1e-6)
     assert cal.table["rel_error"].abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("dispatch", ["alltoallv", "hierarchical"])
+def test_node_traffic_agrees_exactly_with_the_run(tmp_path, run_moe, dispatch):
+    """At the run's own P and G the model's bytes across nodes, messages and stage bytes are
+    what the run logged, step by step."""
+    _, path = run_moe(tmp_path, 4, dispatch=dispatch, ranks_per_node=2, experts=8, top_k=2, steps=6,
+                      batch_tokens=512, capacity_factor=1.0)
+    run = cm.RunRouting.from_file(path)
+    assert run.ranks_per_node == 2
+    chk = run.node_check()
+    assert len(chk) == 6
+    for c in [c[len("model_"):] for c in chk.columns if c.startswith("model_")]:
+        np.testing.assert_array_equal(chk[f"model_{c}"], chk[f"logged_{c}"], err_msg=c)
+    assert (chk["logged_inter_bytes"] > 0).all()
+    if dispatch == "hierarchical":
+        assert "model_inter_stage_bytes" in chk
+        # 2 nodes of 2: each rank sends one message across per exchange, 4 exchanges, 2 layers.
+        assert (chk["logged_inter_messages"] == 4 * 4 * 2).all()
+    else:
+        assert (chk["logged_inter_messages"] == 4 * 2 * 4 * 2).all()
+    p = analysis_cli("simulate", path, "--ranks-per-node", "2")
+    assert p.returncode == 0, p.stderr
+    assert "steps agreeing exactly of 6: inter_bytes 6, inter_messages 6" in p.stdout
