@@ -254,8 +254,11 @@ def test_run_sbatch(cluster, tmp_path):
     cfg.write_text(BASE + "experts = 4\nsteps = 50\n")
     out = tmp_path / "run.h5"
     log = tmp_path / "run.out"
+    # Ranks per node passed through (MOESIM_RANKS_PER_NODE): one node runs the two-node layout of
+    # the hierarchical exchange on virtual nodes of one rank.
     sub = slurm(cluster, "sbatch", "--parsable", f"--ntasks={RANKS}", f"--output={log}",
-                f"--chdir={tmp_path}", JOBS / "run.sbatch", cfg, "--out", out, "--steps", 12)
+                f"--chdir={tmp_path}", "--export=ALL,MOESIM_RANKS_PER_NODE=1", JOBS / "run.sbatch", cfg,
+                "--out", out, "--steps", 12, "--dispatch", "hierarchical")
     job_id = sub.stdout.strip().split(";")[0]
     (job,) = wait_for(cluster, job_id, outputs=[log])
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", \
@@ -263,13 +266,17 @@ def test_run_sbatch(cluster, tmp_path):
     a = root_attrs(out)
     assert a["complete"] == 1
     assert a["ranks"] == RANKS
-    assert a["nodes"] == 1 and a["ranks_per_node"] == RANKS == a["ranks_per_node_min"]
+    assert a["nodes"] == RANKS and a["ranks_per_node"] == 1 == a["ranks_per_node_min"]
+    assert a["nodes_are"] == "virtual (--ranks-per-node)" and a["machine_nodes"] == 1
+    assert a["dispatch"] == "hierarchical"
     assert a["blas_threads"] == 1  # the script's --cpus-per-task=1
     assert a["experts"] == 4 and a["steps"] == 12  # from the config file, and the command line
     assert a["slurm_job_id"] == job_id
     assert "slurm_array_task_id" not in a
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["metrics/step"][()], np.arange(1, 13))
+        assert np.all(f["metrics/a2a_bytes_inter_node"][()] > 0)  # the virtual nodes' traffic
+        assert f["metrics/a2a_bytes_by_stage"].shape == (12, 2, 2)
 
 
 @pytest.mark.parametrize("launcher", ["mpirun", "srun"])
