@@ -206,7 +206,7 @@ def cmd_simulate(a) -> int:
               "actually routed, so its traffic exceeds the reconstruction by metrics/padding_bytes")
     if run.traffic is not None and run.steps:
         rec = run.reconstruction_error()
-        print(f"traffic reconstruction at P={run.P} (contiguous): off-diagonal bytes "
+        print(f"traffic reconstruction at P={run.P} ({run.placement}): off-diagonal bytes "
               f"{rec['predicted_bytes']:.6g} predicted, {rec['measured_bytes']:.6g} in metrics/traffic, "
               f"relative error {rec['relative_error']:.3%} (largest per-entry error "
               f"{rec['max_element_relative_error']:.3%})")

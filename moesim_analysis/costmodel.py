@@ -90,7 +90,7 @@ Cost model assumptions (moesim_analysis/costmodel.py):
     for a more loaded rank is metrics/a2a_wait_seconds, left out of the fit, so imbalance is
     not fitted as bandwidth. With more ranks than cores or a busy machine it still holds time
     slicing by the OS scheduler, which the model does not describe.
- 9. Reconstruction check: at the run's own P and contiguous placement the step matrix of (1)
+ 9. Reconstruction check: at the run's own P and placement the step matrix of (1)
     is compared with the run's metrics/traffic (off-diagonal totals over all steps).
 10. Rows are averages, not integers: with B'/P' below one token per rank the projection still
     spreads fractional rows evenly (use --tokens-per-rank to scale the batch with P').
@@ -470,6 +470,7 @@ class RunRouting:
     ep_size_given: int | None = None  # --ep-size as given, kept when projecting
     expert_params: int = 0            # parameters of one expert over all MoE layers
     ranks_per_node: int = 0           # the run's nodes (root attribute ranks_per_node); 0: unknown
+    placement: str = "contiguous"     # the run's --expert-placement
     logged: dict | None = None        # per-step node metrics the run logged (inter-node bytes, ...)
 
     @property
@@ -530,7 +531,8 @@ class RunRouting:
                    ep_size=int(root["effective_ep_size"]) if "effective_ep_size" in root else None,
                    ep_size_given=int(given) if given is not None else None,
                    expert_params=int(layers_logged) * (2 * D * Fe + Fe + D),
-                   ranks_per_node=int(root.get("ranks_per_node", 0)), logged=logged or None)
+                   ranks_per_node=int(root.get("ranks_per_node", 0)), logged=logged or None,
+                   placement=str(root.get("expert_placement", "contiguous")))
 
     def node_traffic(self, step: int, algorithm: str | None = None) -> dict:
         """What the model says the run's own exchanges sent at step index `step` on its own
@@ -563,9 +565,9 @@ class RunRouting:
         return pd.DataFrame(rows)
 
     def own_workload(self, step: int) -> Workload:
-        """The run's own exchange at step index `step` (0-based), contiguous placement."""
+        """The run's own exchange at step index `step` (0-based), in the run's placement."""
         N = self.N
-        T = rank_rows(self.rank_expert[step], expert_owner(self.E, N), self.P, N)
+        T = rank_rows(self.rank_expert[step], expert_owner(self.E, N, self.placement), self.P, N)
         return Workload(T, self.token_bytes, self.moe_layers, self.E, N,
                         self.E // N * self.expert_params * self.number_bytes)
 

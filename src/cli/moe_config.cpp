@@ -146,6 +146,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(i("ranks-per-node") >= 0 && i("ranks-per-node") <= 1 << 30,
                       "--ranks-per-node must be >= 0 (got " << i("ranks-per-node") << ")");
   m.model.moe.ranks_per_node = static_cast<int>(i("ranks-per-node"));
+  m.model.moe.placement = parse_expert_placement(s("expert-placement"));
   // --ep-size (or Megatron's --expert-model-parallel-size, cli/aliases); 0 lets the layer pick gcd(E, P).
   if (vm.count("ep-size")) {
     MOESIM_CONFIG_CHECK(i("ep-size") >= 1, "--ep-size must be >= 1 (got " << i("ep-size") << ")");

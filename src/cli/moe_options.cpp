@@ -82,6 +82,9 @@ po::options_description moe_options() {
        "token exchange: alltoallv (counts by all-to-all, then Alltoallv) | allgather (count matrix by all-gather, "
        "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall) | "
        "hierarchical (inside each node, then one aggregated message between the same local ranks of two nodes)")
+      ("expert-placement", po::value<std::string>()->default_value("contiguous"),
+       "which experts each rank of an expert group holds: contiguous (rank r: experts [r E/N, (r+1) E/N)) | "
+       "round-robin (expert e on rank e mod N); results are the same bits either way")
       ("ranks-per-node", po::value<I>()->default_value(0),
        "G: nodes are G consecutive ranks (virtual nodes: one machine runs every multi-node path; must divide P). "
        "0: the ranks that share memory. Decides what --dispatch hierarchical aggregates, what counts as inter-node "

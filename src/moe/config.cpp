@@ -26,6 +26,12 @@ DropPolicy parse_drop_policy(const std::string& name) {
   throw ConfigError("--drop-policy must be position or probs (got '" + name + "')");
 }
 
+ExpertPlacement parse_expert_placement(const std::string& name) {
+  if (name == "contiguous") return ExpertPlacement::kContiguous;
+  if (name == "round-robin") return ExpertPlacement::kRoundRobin;
+  throw ConfigError("--expert-placement must be contiguous or round-robin (got '" + name + "')");
+}
+
 void MoeLayerConfig::validate(int ranks, int granularity) const {
   const int M = granularity;
   const GateTraits& g = gate_traits(gate);

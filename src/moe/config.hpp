@@ -22,6 +22,10 @@ ScoreFunction parse_score_function(const std::string& name);  // ConfigError on 
 // (choice, token) order, or those with the largest gate weight (ties to the lower global
 // token), Megatron-LM's "probs".
 enum class DropPolicy { kPosition, kProbs };
+// Where an expert group's ranks hold the experts: contiguous blocks (rank r: [r E/N, (r+1) E/N))
+// or round-robin (expert e on rank e mod N).
+enum class ExpertPlacement { kContiguous, kRoundRobin };
+ExpertPlacement parse_expert_placement(const std::string& name);  // ConfigError on unknown names
 DropPolicy parse_drop_policy(const std::string& name);  // ConfigError on unknown names
 
 struct RouterOptions {
@@ -66,6 +70,7 @@ struct MoeLayerConfig {
   // --ranks-per-node G: nodes are G consecutive ranks (virtual nodes, so one machine runs every
   // multi-node path); 0: the ranks that share memory (MPI_COMM_TYPE_SHARED).
   int ranks_per_node = 0;
+  ExpertPlacement placement = ExpertPlacement::kContiguous;  // --expert-placement
   // Routing options (docs/gates.md); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor
   BalanceKind balance = BalanceKind::kAux;

@@ -2,21 +2,28 @@
 
 namespace moesim {
 
-Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo, std::vector<int> node_of)
+Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo, std::vector<int> node_of,
+                       ExpertPlacement placement)
     : comm_(comm),
       E_(experts),
       algo_(algo),
       node_of_(node_of.empty() ? std::vector<int>(static_cast<std::size_t>(comm.size()), 0) : std::move(node_of)),
+      placement_(placement),
       impl_(make_dispatch_algorithm(algo, comm, node_of_)) {
   MOESIM_REQUIRE(static_cast<int>(node_of_.size()) == comm.size(), "a node for every rank of the group");
   MOESIM_REQUIRE(experts % comm.size() == 0,
                  "experts (" << experts << ") must be divisible by ranks (" << comm.size() << ")");
   E_local_ = experts / comm.size();
+  if (placement_ == ExpertPlacement::kRoundRobin) {
+    const int n = comm.size();
+    expert_slot_.resize(static_cast<std::size_t>(experts));
+    for (int e = 0; e < experts; ++e) expert_slot_[static_cast<std::size_t>(e)] = (e % n) * E_local_ + e / n;
+  }
 }
 
 DispatchLayout Dispatcher::plan(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
                                 CommStats& stats, const DispatchLimits& limits) const {
-  DispatchLayout L = send_layout(expert, kept, n, K, E_, comm_.size());
+  DispatchLayout L = send_layout(expert, kept, n, K, E_, comm_.size(), expert_slot_);
   stats.phase = kForwardDispatch;
   impl_->plan(L, limits, stats);
   return L;

@@ -24,6 +24,7 @@
 #include "moe/dispatch/algorithm.hpp"
 #include "moe/dispatch/comm_stats.hpp"
 #include "moe/dispatch/layout.hpp"
+#include "moe/config.hpp"
 #include "moe/dispatch/registry.hpp"
 
 namespace moesim {
@@ -34,7 +35,7 @@ class Dispatcher {
   // [r*E/n, (r+1)*E/n) of the n = comm.size() ranks.
   // `node_of`: the node of each rank of `comm` (empty: all on one node).
   Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo = DispatchAlgo::kAlltoallv,
-             std::vector<int> node_of = {});
+             std::vector<int> node_of = {}, ExpertPlacement placement = ExpertPlacement::kContiguous);
 
   // COLLECTIVE (exchanges counts, except padded). `expert` and `kept` hold n*K local
   // assignments; `limits` bound the rows one rank sends one expert (padded sizes its
@@ -63,7 +64,11 @@ class Dispatcher {
   }
 
   int experts_per_rank() const { return E_local_; }
-  int first_local_expert() const { return comm_.rank() * E_local_; }
+  // The global expert this rank holds as local expert le.
+  int global_expert(int le) const {
+    return placement_ == ExpertPlacement::kContiguous ? comm_.rank() * E_local_ + le : le * comm_.size() + comm_.rank();
+  }
+  ExpertPlacement placement() const { return placement_; }
   DispatchAlgo algorithm() const { return algo_; }
   const std::vector<int>& node_of() const { return node_of_; }
   // Why the algorithm cannot run on this placement ("" when it can).
@@ -74,6 +79,8 @@ class Dispatcher {
   int E_ = 1, E_local_ = 1;
   DispatchAlgo algo_ = DispatchAlgo::kAlltoallv;
   std::vector<int> node_of_;
+  ExpertPlacement placement_ = ExpertPlacement::kContiguous;
+  std::vector<int> expert_slot_;  // round-robin: expert e -> slot (e mod n) * E/n + e / n
   // Copies share it: it holds only per-call scratch buffers (single-threaded use).
   std::shared_ptr<const DispatchAlgorithm> impl_;
 };

@@ -53,7 +53,8 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
     : groups_(std::move(groups)),
       comm_(groups_->world()),
       cfg_(validated(cfg, comm_.size())),
-      dispatcher_(checked(groups_, cfg_).group(), cfg.experts, cfg.dispatch, group_nodes(*groups_, cfg_)),
+      dispatcher_(checked(groups_, cfg_).group(), cfg.experts, cfg.dispatch, group_nodes(*groups_, cfg_),
+                  cfg.placement),
       router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, [&] {
         RouterOptions o = cfg.router;
         o.gate = cfg.gate;
@@ -75,7 +76,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
   const int El = dispatcher_.experts_per_rank();
   experts_.reserve(static_cast<std::size_t>(El));
   for (int le = 0; le < El; ++le) {
-    const int e = dispatcher_.first_local_expert() + le;
+    const int e = dispatcher_.global_expert(le);
     experts_.emplace_back(name + ".expert" + std::to_string(e), cfg.d_model, cfg.d_ff,
                           Placement::kExpertLocal);
     Rng erng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id),
@@ -224,7 +225,7 @@ void MoeLayer<T>::plan_expert_chunks(const std::vector<std::int64_t>& counts) {
   const std::int64_t first = groups_->group_index() * per_group * span;
   expert_chunks_.assign(static_cast<std::size_t>(local_experts()), {});
   for (int le = 0; le < local_experts(); ++le) {
-    const int e = dispatcher_.first_local_expert() + le;
+    const int e = dispatcher_.global_expert(le);
     auto& rows = expert_chunks_[static_cast<std::size_t>(le)];
     for (std::int64_t l = 0; l < per_group; ++l) {
       Index r = 0;
@@ -240,10 +241,10 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   run_experts(x);
   y = shared_out_;
   const MatMap<T> comb = combined();
-  for (Index s = 0; s < layout_.rows_sent(); ++s) {
+  rows_by_expert([&](Index s) {
     const Index t = layout_.send_token[s];
     y.row(t) += routing_.gate(t, layout_.send_choice[s]) * comb.row(s);
-  }
+  });
 }
 
 template <class T>
@@ -310,7 +311,7 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   const MatMap<T> dx_rows = dispatcher_.combine(layout_, ConstMatMap<T>(dx_blocks.data(), dx_blocks.rows(), D),
                                                 dx_rows_buf_, comm_stats_);
   dx = Mat<T>::Zero(n, D);
-  for (Index s = 0; s < layout_.rows_sent(); ++s) dx.row(layout_.send_token[s]) += dx_rows.row(s);
+  rows_by_expert([&](Index s) { dx.row(layout_.send_token[s]) += dx_rows.row(s); });
 
   Mat<T>& dprobs = dprobs_;  // empty: no gradient through the probabilities
   // Noisy top-k's own losses replace the Switch loss; gates without a learned

@@ -89,15 +89,26 @@ class MoeLayer {
     for (auto& e : experts_) e.params(out);
   }
   Router<T>& router() { return router_; }
-  // Local expert le holds global expert first_local_expert() + le.
+  // Local expert le holds global expert global_expert(le) (--expert-placement).
   Ffn<T>& local_expert(int le) { return experts_[static_cast<std::size_t>(le)]; }
-  int first_local_expert() const { return dispatcher_.first_local_expert(); }
+  int global_expert(int le) const { return dispatcher_.global_expert(le); }
   int local_experts() const { return static_cast<int>(experts_.size()); }
   Ffn<T>& shared_expert(int s) { return shared_[static_cast<std::size_t>(s)]; }
   const MoeLayerConfig& config() const { return cfg_; }
   const ExpertGroups& expert_groups() const { return *groups_; }
 
  private:
+  // Calls f(send row) for every send row in (global expert, token) order: a token's choices are
+  // summed in the same order whatever the placement puts first in the send order.
+  template <class F>
+  void rows_by_expert(F&& f) const {
+    for (int e = 0; e < cfg_.experts; ++e) {
+      const int slot = slot_of(layout_, e);
+      for (Index s = layout_.slot_start[static_cast<std::size_t>(slot)]; s < layout_.slot_start[static_cast<std::size_t>(slot) + 1]; ++s)
+        f(s);
+    }
+  }
+
   std::shared_ptr<const ExpertGroups> groups_;
   const Communicator& comm_;  // all P ranks (groups_->world())
   MoeLayerConfig cfg_;

@@ -116,7 +116,7 @@ void append_checkpoint_history(const Communicator& comm, const std::string& path
 // stretches from the resume step on).
 inline const std::vector<std::string> kResumeMayChange{"steps", "blas-threads", "flush-every",
                                                        "progress-interval", "quiet", "dispatch", "ep-size",
-                                                       "ranks-per-node"};
+                                                       "ranks-per-node", "expert-placement"};
 
 // Throws ConfigError unless `options` (INI text, as save_checkpoint stores it) name the
 // run that wrote the checkpoint: every option both hold, except kResumeMayChange, equal.

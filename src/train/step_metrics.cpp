@@ -247,7 +247,8 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
     dropped += l->stats().dropped;
     assignments += l->stats().assignments;
     for (int e = 0; e < E; ++e) m.expert_tokens[e] += l->stats().expert_tokens[e];
-    for (int e = 0; e < E; ++e) mine_to_expert[e] += l->layout().send_expert_counts[e];
+    for (int e = 0; e < E; ++e)
+      mine_to_expert[e] += l->layout().send_expert_counts[static_cast<std::size_t>(slot_of(l->layout(), e))];
     m.expert_tokens_per_layer.insert(m.expert_tokens_per_layer.end(), l->stats().expert_tokens.begin(),
                                      l->stats().expert_tokens.end());
   }

@@ -83,14 +83,14 @@ TEST_P(DispatchRoundTrip, RowsReachTheirExpertsAndReturnExactly) {
   for (int le = 0; le < L.E_local; ++le) {
     std::int64_t prev = -1;
     for (Index i = L.block_offset[le]; i < L.block_offset[le + 1]; ++i) {
-      wrong += blocks(i, 3) != disp.first_local_expert() + le;  // right expert
+      wrong += blocks(i, 3) != disp.global_expert(le);  // right expert
       wrong += blocks(i, 1) <= prev;                            // global token order
       const Shard src = shard_of(c.B, static_cast<int>(blocks(i, 0)), P);
       wrong += blocks(i, 1) < src.first || blocks(i, 1) >= src.first + src.count;
       prev = blocks(i, 1);
     }
     // Exactly the kept assignments of this expert arrive.
-    wrong += (L.block_offset[le + 1] - L.block_offset[le]) != used[disp.first_local_expert() + le];
+    wrong += (L.block_offset[le + 1] - L.block_offset[le]) != used[disp.global_expert(le)];
   }
   EXPECT_EQ(comm.allreduce_sum(wrong), 0) << "rows landed at the wrong expert or out of order";
 

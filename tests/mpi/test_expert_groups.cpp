@@ -114,7 +114,7 @@ TEST_P(EpLayerVsReference, EveryGroupSize) {
     MoeLayer<double> layer(comm, "moe", cfg, kSeed, kLayer);
     layer.set_mode(true, kStep);
     ASSERT_EQ(layer.local_experts(), c.E / N);
-    EXPECT_EQ(layer.first_local_expert(), (comm.rank() % N) * (c.E / N));
+    EXPECT_EQ(layer.global_expert(0), (comm.rank() % N) * (c.E / N));
     ReferenceMoe ref = make_reference(layer, cfg, c.B);
 
     Mat<double> y, dx;
@@ -310,7 +310,7 @@ TEST_P(GroupDispatch, PayloadsEncodeTheirOrigin) {
     Mat<std::int64_t> blocks = disp.dispatch(L, send, stats);
     long wrong = 0;
     for (int le = 0; le < L.E_local; ++le) {
-      const int e = disp.first_local_expert() + le;
+      const int e = disp.global_expert(le);
       std::int64_t prev = -1, expected = 0;
       for (Index i = L.block_offset[le]; i < L.block_offset[le + 1]; ++i) {
         wrong += blocks(i, 3) != e;                          // right expert

@@ -43,7 +43,7 @@ ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig& cfg,
                             std::uint64_t seed, int layer_id) {
   ReferenceMoe ref = test::make_reference(layer, cfg, seed, layer_id);
   for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.global_expert(le))];
     EXPECT_EQ(layer.local_expert(le).w1().value, re.w1) << "expert init depends on its placement";
     EXPECT_EQ(layer.local_expert(le).w2().value, re.w2);
   }

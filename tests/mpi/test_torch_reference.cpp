@@ -58,7 +58,7 @@ TEST(TorchReference, MoeLayerMatchesPyTorch) {
     MoeLayer<double> layer(comm, "moe", cfg, 1, 1);
     layer.router().weight().value = read_matrix(g.id(), "router");
     for (int le = 0; le < layer.local_experts(); ++le) {
-      const int e = layer.first_local_expert() + le;
+      const int e = layer.global_expert(le);
       layer.local_expert(le).w1().value = read_slice(g.id(), "w1", e);
       layer.local_expert(le).b1().value = read_slice(g.id(), "b1", e);
       layer.local_expert(le).w2().value = read_slice(g.id(), "w2", e);
@@ -84,7 +84,7 @@ TEST(TorchReference, MoeLayerMatchesPyTorch) {
     comm.allreduce_sum(drouter.data(), static_cast<int>(drouter.size()));
     MOESIM_EXPECT_CLOSE_ALL_RANKS(drouter, read_matrix(g.id(), "drouter"), abs_tol, rel_tol, "dW_router");
     for (int le = 0; le < layer.local_experts(); ++le) {
-      const int e = layer.first_local_expert() + le;
+      const int e = layer.global_expert(le);
       Ffn<double>& ex = layer.local_expert(le);
       MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.w1().grad, read_slice(g.id(), "dw1", e), abs_tol, rel_tol, "dW1");
       MOESIM_EXPECT_CLOSE_ALL_RANKS(ex.b1().grad, read_slice(g.id(), "db1", e), abs_tol, rel_tol, "db1");

@@ -198,9 +198,10 @@ def test_unknown_option_without_a_close_name(mpirun):
     proc = mpirun(2, "moe", "--no-such-option", "1", timeout=30, env=QUICK_EXIT_ENV)
     check_rejected(proc, ["unknown option '--no-such-option'", "moesim moe --help"], "moe")
     assert "did you mean" not in proc.stderr
-    # An abbreviation is no longer guessed: it is unknown, with the names it begins.
-    proc = mpirun(2, "moe", "--exp", "4", timeout=30, env=QUICK_EXIT_ENV)
-    check_rejected(proc, ["unknown option '--exp' (did you mean '--experts', "], "moe")
+    # An abbreviation is no longer guessed: it is unknown, with the names it begins (up to three;
+    # --exp now begins four, so it gets none).
+    proc = mpirun(2, "moe", "--eval", "4", timeout=30, env=QUICK_EXIT_ENV)
+    check_rejected(proc, ["unknown option '--eval' (did you mean '--eval-capacity-factor' or '--eval-every'?)"], "moe")
 
 
 def test_unknown_config_key_names_the_closest(tmp_path, mpirun):

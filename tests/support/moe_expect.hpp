@@ -31,7 +31,7 @@ inline Mat<double> replica_summed(const MoeLayer<double>& layer, const Mat<doubl
 inline void expect_expert_grads(MoeLayer<double>& layer, const std::vector<ReferenceExpert>& dexperts,
                                 const std::vector<ReferenceExpert>& dshared, double abs_tol, double rel_tol) {
   for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& de = dexperts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    const ReferenceExpert& de = dexperts[static_cast<std::size_t>(layer.global_expert(le))];
     Ffn<double>& ex = layer.local_expert(le);
     MOESIM_EXPECT_CLOSE_ALL_RANKS(replica_summed(layer, ex.w1().grad), de.w1, abs_tol, rel_tol, "expert dW1");
     MOESIM_EXPECT_CLOSE_ALL_RANKS(replica_summed(layer, ex.b1().grad), de.b1, abs_tol, rel_tol, "expert db1");

@@ -57,7 +57,7 @@ inline ReferenceMoe make_reference(MoeLayer<double>& layer, const MoeLayerConfig
     ref.experts.push_back(reference_of(f));
   }
   for (int le = 0; le < layer.local_experts(); ++le) {
-    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.first_local_expert() + le)];
+    const ReferenceExpert& re = ref.experts[static_cast<std::size_t>(layer.global_expert(le))];
     layer.local_expert(le).b1().value = re.b1;
     layer.local_expert(le).b2().value = re.b2;
   }

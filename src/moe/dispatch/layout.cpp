@@ -3,25 +3,27 @@
 namespace moesim {
 
 DispatchLayout send_layout(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
-                           int E, int P) {
+                           int E, int P, const std::vector<int>& expert_slot) {
   DispatchLayout L;
   L.P = P;
   L.E = E;
   L.E_local = E / P;
+  L.expert_slot = expert_slot;
 
-  // Bucket kept assignments by expert; within a bucket tokens stay in ascending order.
+  // Bucket kept assignments by slot; within a bucket tokens stay in ascending order.
   std::vector<int> per_expert(static_cast<std::size_t>(E), 0);
   for (Index a = 0; a < n * K; ++a)
-    if (kept[static_cast<std::size_t>(a)]) ++per_expert[static_cast<std::size_t>(expert[a])];
-  std::vector<Index> cursor(static_cast<std::size_t>(E) + 1, 0);
-  for (int e = 0; e < E; ++e) cursor[e + 1] = cursor[e] + per_expert[e];
-  L.send_token.resize(static_cast<std::size_t>(cursor[E]));
-  L.send_choice.resize(static_cast<std::size_t>(cursor[E]));
+    if (kept[static_cast<std::size_t>(a)]) ++per_expert[static_cast<std::size_t>(slot_of(L, expert[a]))];
+  L.slot_start.assign(static_cast<std::size_t>(E) + 1, 0);
+  for (int e = 0; e < E; ++e) L.slot_start[e + 1] = L.slot_start[e] + per_expert[e];
+  std::vector<Index> cursor(L.slot_start.begin(), L.slot_start.end() - 1);
+  L.send_token.resize(static_cast<std::size_t>(L.slot_start[E]));
+  L.send_choice.resize(static_cast<std::size_t>(L.slot_start[E]));
   for (Index t = 0; t < n; ++t)
     for (int j = 0; j < K; ++j) {
       const Index a = t * K + j;
       if (!kept[static_cast<std::size_t>(a)]) continue;
-      const Index row = cursor[static_cast<std::size_t>(expert[a])]++;
+      const Index row = cursor[static_cast<std::size_t>(slot_of(L, expert[a]))]++;
       L.send_token[static_cast<std::size_t>(row)] = t;
       L.send_choice[static_cast<std::size_t>(row)] = j;
     }
@@ -65,10 +67,6 @@ Index block_start(const DispatchLayout& L, int q, int le) {
   return off;
 }
 
-Index send_start(const DispatchLayout& L, int e) {
-  Index off = 0;
-  for (int f = 0; f < e; ++f) off += L.send_expert_counts[static_cast<std::size_t>(f)];
-  return off;
-}
+Index send_start(const DispatchLayout& L, int e) { return L.slot_start[static_cast<std::size_t>(e)]; }
 
 }  // namespace moesim

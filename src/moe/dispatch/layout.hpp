@@ -16,13 +16,18 @@ namespace moesim {
 
 struct DispatchLayout {
   int P = 1, E = 1, E_local = 1;
+  // Send rows are ordered by slot: slot q * E_local + le is rank q's local expert le. With the
+  // contiguous placement slot = expert; expert_slot maps experts to slots otherwise (empty:
+  // the identity), and slot_start is the prefix of rows over slots (E + 1).
+  std::vector<int> expert_slot;
+  std::vector<Index> slot_start;
   Index slot_rows = 0;             // fixed-slot algorithms (padded): rows per (source, expert) slot
   bool recv_known = false;         // false until the receive side is known (padded: first dispatch)
   // Token-owner side: one row per kept assignment, ordered by (expert, token).
   std::vector<Index> send_token;   // local token of each send row
   std::vector<int> send_choice;    // which of the token's K choices
   std::vector<int> send_counts, send_displs;  // rows per destination rank
-  std::vector<int> send_expert_counts;        // E: rows this rank sends to each expert
+  std::vector<int> send_expert_counts;        // E: rows this rank sends to each slot (expert)
   // Expert-owner side.
   std::vector<int> recv_counts, recv_displs;  // rows per source rank
   std::vector<int> recv_expert_counts;        // P x E_local, rows per (source, local expert)
@@ -34,14 +39,19 @@ struct DispatchLayout {
 };
 
 // The send side for n local tokens with K choices each (`expert`, `kept`: n*K), on P
-// ranks and E experts; the receive side's counts are sized and zero.
+// ranks and E experts (`expert_slot`: where each expert's rows go, empty for the contiguous
+// placement); the receive side's counts are sized and zero.
 DispatchLayout send_layout(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
-                           int E, int P);
+                           int E, int P, const std::vector<int>& expert_slot = {});
+// The slot of expert e.
+inline int slot_of(const DispatchLayout& L, int e) {
+  return L.expert_slot.empty() ? e : L.expert_slot[static_cast<std::size_t>(e)];
+}
 // Completes the receive side from recv_expert_counts.
 void complete_receive_side(DispatchLayout& L);
 // Rows from source q for local expert le start at this row of the expert blocks.
 Index block_start(const DispatchLayout& L, int q, int le);
-// Rows this rank sends to global expert e start at this row of the send order.
+// Rows this rank sends to slot e (the expert's, slot_of) start at this row of the send order.
 Index send_start(const DispatchLayout& L, int e);
 
 }  // namespace moesim
