@@ -101,9 +101,7 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
           s1_send[static_cast<std::size_t>(lp)] += c;
         }
     }
-    std::vector<int> s1_recv(static_cast<std::size_t>(G_), 0);
-    for (int ls = 0; ls < G_; ++ls)
-      for (int m = 0; m < nodes_; ++m) s1_recv[static_cast<std::size_t>(ls)] += relay(L, ls, m);
+    const std::vector<int> s1_recv = relayed_per_local(L);
     const Index relayed = sum(s1_recv);
     MatMap<T> relay_rows = scratch<T>(1).view(relayed, width);
     exchange(*intra_, kIntra, packed.data(), s1_send, relay_rows.data(), s1_recv, width, stats);
@@ -111,11 +109,8 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
     MatMap<T> repacked = scratch<T>(0).view(relayed, width);
     std::vector<int> s2_send(static_cast<std::size_t>(nodes_), 0);
     repack(L, relay_rows, repacked, false, s2_send);
-    std::vector<int> s2_recv(static_cast<std::size_t>(nodes_), 0);
-    for (int n = 0; n < nodes_; ++n)
-      for (int ls = 0; ls < G_; ++ls) s2_recv[static_cast<std::size_t>(n)] += L.recv_counts[static_cast<std::size_t>(n * G_ + ls)];
     MatMap<T> received = scratch<T>(1).view(L.rows_received(), width);
-    exchange(*inter_, kInter, repacked.data(), s2_send, received.data(), s2_recv, width, stats);
+    exchange(*inter_, kInter, repacked.data(), s2_send, received.data(), received_per_node(L), width, stats);
     MatMap<T> blocks = out.view(L.rows_received(), width);
     for (Index i = 0; i < L.rows_received(); ++i) blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]) = received.row(i);
     return blocks;
@@ -128,14 +123,10 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
     MatMap<T> outgoing = scratch<T>(0).view(L.rows_received(), width);
     for (Index i = 0; i < L.rows_received(); ++i)
       outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-    std::vector<int> s2_send(static_cast<std::size_t>(nodes_), 0), s2_recv(static_cast<std::size_t>(nodes_), 0);
-    for (int n = 0; n < nodes_; ++n)
-      for (int ls = 0; ls < G_; ++ls) s2_send[static_cast<std::size_t>(n)] += L.recv_counts[static_cast<std::size_t>(n * G_ + ls)];
-    for (int m = 0; m < nodes_; ++m)
-      for (int ls = 0; ls < G_; ++ls) s2_recv[static_cast<std::size_t>(m)] += relay(L, ls, m);
+    const std::vector<int> s2_recv = relayed_per_node(L);
     const Index relayed = sum(s2_recv);
     MatMap<T> repacked = scratch<T>(1).view(relayed, width);
-    exchange(*inter_, kInter, outgoing.data(), s2_send, repacked.data(), s2_recv, width, stats);
+    exchange(*inter_, kInter, outgoing.data(), received_per_node(L), repacked.data(), s2_recv, width, stats);
     // [m][ls] -> [ls][m] for the intra stage back.
     MatMap<T> relay_rows = scratch<T>(0).view(relayed, width);
     std::vector<int> s1_send(static_cast<std::size_t>(G_), 0);
@@ -172,6 +163,26 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
 
   int relay(const DispatchLayout& L, int ls, int m) const {
     return L.relay_counts[static_cast<std::size_t>(ls * nodes_ + m)];
+  }
+  // Rows this rank relays: from each local rank (intra stage in), or to each node (inter stage out).
+  std::vector<int> relayed_per_local(const DispatchLayout& L) const {
+    std::vector<int> v(static_cast<std::size_t>(G_), 0);
+    for (int ls = 0; ls < G_; ++ls)
+      for (int m = 0; m < nodes_; ++m) v[static_cast<std::size_t>(ls)] += relay(L, ls, m);
+    return v;
+  }
+  std::vector<int> relayed_per_node(const DispatchLayout& L) const {
+    std::vector<int> v(static_cast<std::size_t>(nodes_), 0);
+    for (int m = 0; m < nodes_; ++m)
+      for (int ls = 0; ls < G_; ++ls) v[static_cast<std::size_t>(m)] += relay(L, ls, m);
+    return v;
+  }
+  // Rows this rank receives from each node's ranks in the inter stage (their flat counts).
+  std::vector<int> received_per_node(const DispatchLayout& L) const {
+    std::vector<int> v(static_cast<std::size_t>(nodes_), 0);
+    for (int n = 0; n < nodes_; ++n)
+      for (int ls = 0; ls < G_; ++ls) v[static_cast<std::size_t>(n)] += L.recv_counts[static_cast<std::size_t>(n * G_ + ls)];
+    return v;
   }
   static Index sum(const std::vector<int>& v) {
     Index s = 0;
