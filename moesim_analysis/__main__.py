@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", nargs="+", metavar="RUNS",
                    help="replace the intra-node link by one fitted to these runs (see calibrate)")
     p.add_argument("--assumptions", action="store_true", help="print the model's assumptions")
+    p.add_argument("--suggest-placement", action="store_true",
+                   help="propose an --expert-placement list that keeps each node's likely experts on it (from the "
+                        "run's routing, on nodes of --ranks-per-node) and compare it with the run's own at its P")
 
     p = sub.add_parser("calibrate", help="fit the intra-node link to measured runs, report the "
                                          "pairwise prediction's error")
@@ -179,6 +182,8 @@ def cmd_report(a) -> int:
 
 
 def cmd_simulate(a) -> int:
+    from dataclasses import replace
+
     import numpy as np
     import pandas as pd
 
@@ -224,6 +229,17 @@ def cmd_simulate(a) -> int:
         print(f"measured a2a seconds/step (median, steps 2..S): {np.median(run.a2a_seconds[1:]):.4g}; "
               f"pairwise on this cluster with the run's own routing: {np.median(own):.4g}")
     print(f"cluster: {cluster.describe()}; placement {a.placement}")
+    if a.suggest_placement:
+        order = costmodel.locality_order(run.rank_expert.sum(axis=0), run.N, cluster.ranks_per_node)
+        text = ",".join(map(str, order))
+        print(f"suggested --expert-placement {text}")
+        for name, placement in ((run.placement, run.placement), ("suggested", text)):
+            alt = replace(run, placement=placement)
+            mid = run.steps // 2
+            w = alt.own_workload(mid)
+            nt = w.node_traffic(cluster, "pairwise")
+            print(f"  {name}: at P={run.P}, step {mid + 1}: {nt['inter_bytes']:.6g} bytes across nodes, "
+                  f"pairwise {w.time(cluster, 'pairwise'):.4g} s")
     algs = costmodel.ALGORITHMS if a.algorithm == "all" else (a.algorithm,)
     table = costmodel.simulate(run, a.ranks or [run.P], cluster, algs, a.placement,
                                a.experts_per_rank, a.tokens_per_rank, ep_size=a.ep_size)

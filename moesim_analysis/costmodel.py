@@ -320,8 +320,24 @@ def ring_allreduce_time(nbytes: float, P: int, N: int, cluster: Cluster) -> floa
 
 # --- routing -> byte matrices ----------------------------------------------------------------
 
+def parse_order(placement: str, E: int) -> np.ndarray | None:
+    """The expert at each slot of an --expert-placement list ("4,5,0,1,..."), or None for a name."""
+    if placement in PLACEMENTS:
+        return None
+    try:
+        order = np.array([int(x) for x in placement.split(",")])
+    except ValueError:
+        raise ValueError(f"unknown placement {placement!r} (known: {', '.join(PLACEMENTS)}, or the experts "
+                         "listed slot by slot)") from None
+    if len(order) != E or sorted(order.tolist()) != list(range(E)):
+        raise ValueError(f"placement {placement!r} does not list each of the {E} experts once")
+    return order
+
+
 def expert_owner(E: int, P: int, placement: str = "contiguous") -> np.ndarray:
-    """Rank holding each of E experts on P ranks (the ranks of one expert group)."""
+    """Rank holding each of E experts on P ranks (the ranks of one expert group): contiguous,
+    round-robin, or an --expert-placement list (the expert at each slot; rank r holds slots
+    [r E/P, (r+1) E/P))."""
     if E % P:
         raise ValueError(f"{E} experts are not divisible by {P} ranks")
     e = np.arange(E)
@@ -329,7 +345,38 @@ def expert_owner(E: int, P: int, placement: str = "contiguous") -> np.ndarray:
         return e // (E // P)
     if placement == "round-robin":
         return e % P
-    raise ValueError(f"unknown placement {placement!r} (known: {', '.join(PLACEMENTS)})")
+    order = parse_order(placement, E)
+    owner = np.empty(E, int)
+    owner[order] = np.arange(E) // (E // P)
+    return owner
+
+
+def locality_order(rank_expert: np.ndarray, N: int, ranks_per_node: int) -> list[int]:
+    """An --expert-placement list that keeps each node's likely experts on it: rank_expert (P x E,
+    rows each rank routes to each expert, e.g. summed over steps) in expert groups of N ranks
+    on nodes of ranks_per_node; the nodes of a group take E / (nodes per group) experts each,
+    greedily by their ranks' demand (largest first; ties to the lower node, then expert), and
+    spread them over their ranks. Every group holds the same order (demand summed over
+    groups by node position)."""
+    P, E = rank_expert.shape
+    G = min(ranks_per_node, N)
+    if N % G or E % N:
+        raise ValueError(f"groups of {N} ranks must cover whole nodes of {G} and divide E = {E}")
+    nodes = N // G
+    demand = np.zeros((nodes, E))
+    for r in range(P):
+        demand[(r % N) // G] += rank_expert[r]
+    room = np.full(nodes, E // nodes)
+    node_of = np.full(E, -1)
+    for flat in np.argsort(-demand, axis=None, kind="stable"):
+        k, e = divmod(int(flat), E)
+        if node_of[e] < 0 and room[k] > 0:
+            node_of[e] = k
+            room[k] -= 1
+    order = []
+    for k in range(nodes):
+        order.extend(int(e) for e in np.flatnonzero(node_of == k))
+    return order
 
 
 def rank_rows(counts: np.ndarray, owner: np.ndarray, P: int, ep_size: int | None = None) -> np.ndarray:

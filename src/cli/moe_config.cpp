@@ -146,7 +146,6 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   MOESIM_CONFIG_CHECK(i("ranks-per-node") >= 0 && i("ranks-per-node") <= 1 << 30,
                       "--ranks-per-node must be >= 0 (got " << i("ranks-per-node") << ")");
   m.model.moe.ranks_per_node = static_cast<int>(i("ranks-per-node"));
-  m.model.moe.placement = parse_expert_placement(s("expert-placement"));
   // --ep-size (or Megatron's --expert-model-parallel-size, cli/aliases); 0 lets the layer pick gcd(E, P).
   if (vm.count("ep-size")) {
     MOESIM_CONFIG_CHECK(i("ep-size") >= 1, "--ep-size must be >= 1 (got " << i("ep-size") << ")");
@@ -154,6 +153,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   }
   m.model.moe.validate(P, static_cast<int>(M));  // top-k, --ep-size, what the gate needs, bias, sinkhorn
   const int N = m.model.moe.ep_size_for(P);
+  m.model.moe.expert_order = expert_order_for(s("expert-placement"), m.model.moe.experts, N);
   m.effective.emplace_back("effective_ep_size", static_cast<I>(N));
   m.effective.emplace_back("effective_replica_groups", static_cast<I>(P / N));
   m.train.steps = i("steps");

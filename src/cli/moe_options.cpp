@@ -84,7 +84,9 @@ po::options_description moe_options() {
        "hierarchical (inside each node, then one aggregated message between the same local ranks of two nodes)")
       ("expert-placement", po::value<std::string>()->default_value("contiguous"),
        "which experts each rank of an expert group holds: contiguous (rank r: experts [r E/N, (r+1) E/N)) | "
-       "round-robin (expert e on rank e mod N); results are the same bits either way")
+       "round-robin (expert e on rank e mod N) | the E experts (x granularity) listed slot by slot, e.g. 4,5,0,1,6,7,2,3 "
+       "(rank r holds the r-th E/N of them; `moesim_analysis simulate --suggest-placement` proposes one that keeps "
+       "nodes' likely experts on them); results are the same bits whatever the placement")
       ("ranks-per-node", po::value<I>()->default_value(0),
        "G: nodes are G consecutive ranks (virtual nodes: one machine runs every multi-node path; must divide P). "
        "0: the ranks that share memory. Decides what --dispatch hierarchical aggregates, what counts as inter-node "

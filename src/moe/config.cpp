@@ -1,6 +1,9 @@
 #include "moe/config.hpp"
 
 #include <algorithm>
+#include <charconv>
+
+#include <algorithm>
 #include <numeric>
 
 #include "core/error.hpp"
@@ -26,10 +29,35 @@ DropPolicy parse_drop_policy(const std::string& name) {
   throw ConfigError("--drop-policy must be position or probs (got '" + name + "')");
 }
 
-ExpertPlacement parse_expert_placement(const std::string& name) {
-  if (name == "contiguous") return ExpertPlacement::kContiguous;
-  if (name == "round-robin") return ExpertPlacement::kRoundRobin;
-  throw ConfigError("--expert-placement must be contiguous or round-robin (got '" + name + "')");
+std::vector<int> expert_order_for(const std::string& placement, int experts, int group_size) {
+  if (placement == "contiguous") return {};
+  const int E = experts, N = group_size, El = N > 0 ? E / N : 0;
+  std::vector<int> order(static_cast<std::size_t>(E));
+  if (placement == "round-robin") {
+    for (int q = 0; q < N; ++q)
+      for (int le = 0; le < El; ++le) order[static_cast<std::size_t>(q * El + le)] = le * N + q;
+    return order;
+  }
+  std::vector<char> seen(static_cast<std::size_t>(E), 0);
+  std::size_t at = 0, n = 0;
+  while (at <= placement.size()) {
+    const std::size_t comma = std::min(placement.find(',', at), placement.size());
+    const std::string item = placement.substr(at, comma - at);
+    int e = -1;
+    const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), e);
+    MOESIM_CONFIG_CHECK(!item.empty() && ec == std::errc() && end == item.data() + item.size(),
+                        "--expert-placement must be contiguous, round-robin or the " << E
+                            << " experts listed slot by slot, comma-separated (got '" << placement << "')");
+    MOESIM_CONFIG_CHECK(n < order.size() && e >= 0 && e < E && !seen[static_cast<std::size_t>(e)],
+                        "--expert-placement lists each of the " << E << " experts (0.." << E - 1
+                            << ", E x granularity) once (got '" << placement << "')");
+    seen[static_cast<std::size_t>(e)] = 1;
+    order[n++] = e;
+    at = comma + 1;
+  }
+  MOESIM_CONFIG_CHECK(n == order.size(), "--expert-placement lists each of the " << E << " experts (0.." << E - 1
+                                             << ", E x granularity) once (got " << n << " in '" << placement << "')");
+  return order;
 }
 
 void MoeLayerConfig::validate(int ranks, int granularity) const {

@@ -3,6 +3,7 @@
 // (asserted where they are built, DeepEP's Config style).
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.hpp"
 #include "moe/dispatch/registry.hpp"
@@ -22,10 +23,12 @@ ScoreFunction parse_score_function(const std::string& name);  // ConfigError on 
 // (choice, token) order, or those with the largest gate weight (ties to the lower global
 // token), Megatron-LM's "probs".
 enum class DropPolicy { kPosition, kProbs };
-// Where an expert group's ranks hold the experts: contiguous blocks (rank r: [r E/N, (r+1) E/N))
-// or round-robin (expert e on rank e mod N).
-enum class ExpertPlacement { kContiguous, kRoundRobin };
-ExpertPlacement parse_expert_placement(const std::string& name);  // ConfigError on unknown names
+// Where an expert group's N ranks hold the E experts, as the expert at each slot (group rank r
+// holds slots [r E/N, (r+1) E/N)) from --expert-placement: `contiguous` (empty: slot = expert),
+// `round-robin` (expert e on rank e mod N) or the experts listed slot by slot ("4,5,0,1,...", a
+// permutation of 0..E-1: e.g. one that keeps a node's likely experts on it). ConfigError when
+// the text is none of these.
+std::vector<int> expert_order_for(const std::string& placement, int experts, int group_size);
 DropPolicy parse_drop_policy(const std::string& name);  // ConfigError on unknown names
 
 struct RouterOptions {
@@ -70,7 +73,7 @@ struct MoeLayerConfig {
   // --ranks-per-node G: nodes are G consecutive ranks (virtual nodes, so one machine runs every
   // multi-node path); 0: the ranks that share memory (MPI_COMM_TYPE_SHARED).
   int ranks_per_node = 0;
-  ExpertPlacement placement = ExpertPlacement::kContiguous;  // --expert-placement
+  std::vector<int> expert_order;  // --expert-placement: the expert at each slot; empty: contiguous
   // Routing options (docs/gates.md); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor
   BalanceKind balance = BalanceKind::kAux;

@@ -3,21 +3,21 @@
 namespace moesim {
 
 Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo, std::vector<int> node_of,
-                       ExpertPlacement placement)
+                       std::vector<int> expert_order)
     : comm_(comm),
       E_(experts),
       algo_(algo),
       node_of_(node_of.empty() ? std::vector<int>(static_cast<std::size_t>(comm.size()), 0) : std::move(node_of)),
-      placement_(placement),
+      expert_order_(std::move(expert_order)),
       impl_(make_dispatch_algorithm(algo, comm, node_of_)) {
   MOESIM_REQUIRE(static_cast<int>(node_of_.size()) == comm.size(), "a node for every rank of the group");
   MOESIM_REQUIRE(experts % comm.size() == 0,
                  "experts (" << experts << ") must be divisible by ranks (" << comm.size() << ")");
   E_local_ = experts / comm.size();
-  if (placement_ == ExpertPlacement::kRoundRobin) {
-    const int n = comm.size();
-    expert_slot_.resize(static_cast<std::size_t>(experts));
-    for (int e = 0; e < experts; ++e) expert_slot_[static_cast<std::size_t>(e)] = (e % n) * E_local_ + e / n;
+  if (!expert_order_.empty()) {
+    MOESIM_REQUIRE(static_cast<int>(expert_order_.size()) == experts, "an expert order of every expert");
+    expert_slot_.assign(static_cast<std::size_t>(experts), -1);
+    for (int s = 0; s < experts; ++s) expert_slot_[static_cast<std::size_t>(expert_order_[static_cast<std::size_t>(s)])] = s;
   }
 }
 

@@ -35,7 +35,7 @@ class Dispatcher {
   // [r*E/n, (r+1)*E/n) of the n = comm.size() ranks.
   // `node_of`: the node of each rank of `comm` (empty: all on one node).
   Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo = DispatchAlgo::kAlltoallv,
-             std::vector<int> node_of = {}, ExpertPlacement placement = ExpertPlacement::kContiguous);
+             std::vector<int> node_of = {}, std::vector<int> expert_order = {});
 
   // COLLECTIVE (exchanges counts, except padded). `expert` and `kept` hold n*K local
   // assignments; `limits` bound the rows one rank sends one expert (padded sizes its
@@ -66,9 +66,9 @@ class Dispatcher {
   int experts_per_rank() const { return E_local_; }
   // The global expert this rank holds as local expert le.
   int global_expert(int le) const {
-    return placement_ == ExpertPlacement::kContiguous ? comm_.rank() * E_local_ + le : le * comm_.size() + comm_.rank();
+    const int slot = comm_.rank() * E_local_ + le;
+    return expert_order_.empty() ? slot : expert_order_[static_cast<std::size_t>(slot)];
   }
-  ExpertPlacement placement() const { return placement_; }
   DispatchAlgo algorithm() const { return algo_; }
   const std::vector<int>& node_of() const { return node_of_; }
   // Why the algorithm cannot run on this placement ("" when it can).
@@ -79,8 +79,8 @@ class Dispatcher {
   int E_ = 1, E_local_ = 1;
   DispatchAlgo algo_ = DispatchAlgo::kAlltoallv;
   std::vector<int> node_of_;
-  ExpertPlacement placement_ = ExpertPlacement::kContiguous;
-  std::vector<int> expert_slot_;  // round-robin: expert e -> slot (e mod n) * E/n + e / n
+  std::vector<int> expert_order_;  // slot -> expert (MoeLayerConfig::expert_order); empty: the identity
+  std::vector<int> expert_slot_;   // its inverse
   // Copies share it: it holds only per-call scratch buffers (single-threaded use).
   std::shared_ptr<const DispatchAlgorithm> impl_;
 };

@@ -54,7 +54,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
       comm_(groups_->world()),
       cfg_(validated(cfg, comm_.size())),
       dispatcher_(checked(groups_, cfg_).group(), cfg.experts, cfg.dispatch, group_nodes(*groups_, cfg_),
-                  cfg.placement),
+                  cfg.expert_order),
       router_(name + ".router", cfg.d_model, cfg.experts, cfg.top_k, [&] {
         RouterOptions o = cfg.router;
         o.gate = cfg.gate;

@@ -200,6 +200,7 @@ int merge_run(const Communicator& comm, const MergeConfig& m, const std::string&
   fit_model_to_task(*task, source.task, source.model);
   MoeRunConfig merged = source;
   merged.model.moe.experts = static_cast<int>(E2);
+  merged.model.moe.expert_order.clear();  // the merged experts sit contiguously (an order of E names E experts)
   // The merged layers split over this job's ranks like any run's (--ep-size of the source,
   // else gcd(E2, P)); the source's own layout is checked when it is built.
   try {

@@ -420,3 +420,35 @@ def test_node_traffic_agrees_exactly_with_the_run(tmp_path, run_moe, dispatch):
     p = analysis_cli("simulate", path, "--ranks-per-node", "2")
     assert p.returncode == 0, p.stderr
     assert "steps agreeing exactly of 6: inter_bytes 6, inter_messages 6" in p.stdout
+
+
+def test_locality_order_keeps_a_nodes_likely_experts_on_it():
+    """Ranks 0, 1 (node 0) route mostly to experts 4..7, ranks 2, 3 to 0..3: the suggested order
+    puts 4..7 on node 0, and fewer bytes cross nodes than with the contiguous placement."""
+    E, P = 8, 4
+    re = np.full((P, E), 10.0)
+    re[0:2, 4:8] = 100.0
+    re[2:4, 0:4] = 100.0
+    order = cm.locality_order(re, N=P, ranks_per_node=2)
+    assert order == [4, 5, 6, 7, 0, 1, 2, 3]
+    text = ",".join(map(str, order))
+    owner = cm.expert_owner(E, P, text)
+    assert owner.tolist() == [2, 2, 3, 3, 0, 0, 1, 1]
+    cl = cluster(2)
+    def inter(placement):
+        T = cm.rank_rows(re, cm.expert_owner(E, P, placement), P)
+        return cm.Workload(T, 64.0, 1, E).node_traffic(cl, "pairwise")["inter_bytes"]
+    assert inter(text) < inter("contiguous")
+    with pytest.raises(ValueError, match="once"):
+        cm.expert_owner(E, P, "0,1,2")
+    with pytest.raises(ValueError, match="unknown placement"):
+        cm.expert_owner(E, P, "nearby")
+
+
+def test_suggest_placement_cli(real_run):
+    p = analysis_cli("simulate", real_run, "--ranks-per-node", "1", "--suggest-placement")
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("suggested --expert-placement "))
+    order = [int(x) for x in line.split()[-1].split(",")]
+    assert sorted(order) == list(range(len(order)))
+    assert "  suggested: at P=" in p.stdout

@@ -104,17 +104,19 @@ def test_ranks_per_node_must_divide_the_ranks(tmp_path, mpirun):
     assert not (tmp_path / "x.h5").exists()
 
 
-@pytest.mark.parametrize("np_ranks,dispatch", [(4, "alltoallv"), (4, "hierarchical"), (2, "p2p"), (2, "padded")])
-def test_round_robin_placement_is_the_same_run(tmp_path, run_moe, np_ranks, dispatch):
-    """--expert-placement round-robin moves other rows between other ranks (expert e on rank
-    e mod N) and gives the same bits: K = 3 choices and a shared expert, so the order in which a
-    token's expert outputs are summed would show."""
+@pytest.mark.parametrize("np_ranks,dispatch,placement", [
+    (4, "alltoallv", "round-robin"), (4, "hierarchical", "round-robin"), (2, "p2p", "round-robin"),
+    (2, "padded", "round-robin"), (4, "hierarchical", "5,2,7,0,3,6,1,4")])
+def test_other_placements_are_the_same_run(tmp_path, run_moe, np_ranks, dispatch, placement):
+    """--expert-placement round-robin (expert e on rank e mod N) or a listed order moves other
+    rows between other ranks and gives the same bits: K = 3 choices and a shared expert, so the
+    order in which a token's expert outputs are summed would show."""
     opts = dict(experts=8, top_k=3, shared_experts=1, steps=200, capacity_factor=1.0, seed=7, batch_tokens=128,
                 val_tokens=256, dispatch=dispatch, ranks_per_node=2)
     _, contiguous = run_moe(tmp_path, np_ranks, expert_placement="contiguous", **opts)
-    _, round_robin = run_moe(tmp_path, np_ranks, expert_placement="round-robin", **opts)
+    _, round_robin = run_moe(tmp_path, np_ranks, expert_placement=placement, **opts)
     with h5py.File(contiguous, "r") as a, h5py.File(round_robin, "r") as b:
-        assert b.attrs["expert_placement"] == "round-robin"
+        assert b.attrs["expert_placement"] == placement
         for k in ("train_loss", "expert_tokens", "rank_expert_tokens", "gate_mass"):
             np.testing.assert_array_equal(b["metrics"][k][()], a["metrics"][k][()], err_msg=k)
         assert b["final"].attrs["val_loss"] == a["final"].attrs["val_loss"]
@@ -126,7 +128,7 @@ def test_round_robin_placement_is_the_same_run(tmp_path, run_moe, np_ranks, disp
     # (rank to rank for the flat exchanges; the hierarchical one relays, so across nodes).
     from moesim_analysis import costmodel
     run = costmodel.RunRouting.from_file(round_robin)
-    assert run.placement == "round-robin"
+    assert run.placement == placement
     if dispatch in ("alltoallv", "p2p"):
         rec = run.reconstruction_error()
         assert rec["relative_error"] == 0.0 and rec["max_element_relative_error"] == 0.0
