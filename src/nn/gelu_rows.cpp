@@ -11,7 +11,6 @@ namespace {
 constexpr double kSqrt2OverPi = 0.7978845608028654, kCubic = 0.044715;
 
 using Eigen::internal::padd;
-using Eigen::internal::pload;
 using Eigen::internal::ploadu;
 using Eigen::internal::pmul;
 using Eigen::internal::pset1;
