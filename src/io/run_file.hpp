@@ -74,7 +74,8 @@ class RunFile {
   void option_attrs(const AttrList& options);
   void group_attrs(const std::string& group, const AttrList& attrs);
   // A per-step series found once, so that appending to it looks nothing up. Null on ranks
-  // that do not write (appending to it does nothing); valid until mark_complete().
+  // that do not write (appending to it does nothing); valid until write_row_blocks() or
+  // mark_complete(), which let the series go.
   class Slot {
    public:
     Slot() = default;
