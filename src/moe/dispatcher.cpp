@@ -23,10 +23,16 @@ Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo,
 
 DispatchLayout Dispatcher::plan(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
                                 CommStats& stats, const DispatchLimits& limits) const {
-  DispatchLayout L = send_layout(expert, kept, n, K, E_, comm_.size(), expert_slot_);
+  DispatchLayout L;
+  plan_into(L, expert, kept, n, K, stats, limits);
+  return L;
+}
+
+void Dispatcher::plan_into(DispatchLayout& L, const std::vector<int>& expert, const std::vector<char>& kept, Index n,
+                           int K, CommStats& stats, const DispatchLimits& limits) const {
+  send_layout_into(L, expert, kept, n, K, E_, comm_.size(), expert_slot_);
   stats.phase = kForwardDispatch;
   impl_->plan(L, limits, stats);
-  return L;
 }
 
 template <class T>

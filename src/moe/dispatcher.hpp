@@ -42,6 +42,9 @@ class Dispatcher {
   // slots from them).
   DispatchLayout plan(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
                       CommStats& stats, const DispatchLimits& limits = {}) const;
+  // The same into `L`, reusing its memory (a layer plans every step into one layout).
+  void plan_into(DispatchLayout& L, const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
+                 CommStats& stats, const DispatchLimits& limits = {}) const;
   // COLLECTIVE. Rows in send order -> rows in expert-block order on the owners, written into
   // `out` (its view returned). Padded completes the layout's receive side on its first call.
   template <class T>

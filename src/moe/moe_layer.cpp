@@ -178,7 +178,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   stats_.dropped = cd.dropped;
   stats_.expert_tokens = cd.processed;
 
-  layout_ = dispatcher_.plan(routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap, comm_.size()});
+  dispatcher_.plan_into(layout_, routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap, comm_.size()});
   MatMap<T> send = send_buf_.view(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s) send.row(s) = x.row(layout_.send_token[s]);
   comm_stats_.phase = kForwardDispatch;

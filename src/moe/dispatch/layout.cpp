@@ -5,18 +5,29 @@ namespace moesim {
 DispatchLayout send_layout(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
                            int E, int P, const std::vector<int>& expert_slot) {
   DispatchLayout L;
+  send_layout_into(L, expert, kept, n, K, E, P, expert_slot);
+  return L;
+}
+
+void send_layout_into(DispatchLayout& L, const std::vector<int>& expert, const std::vector<char>& kept, Index n,
+                      int K, int E, int P, const std::vector<int>& expert_slot) {
   L.P = P;
   L.E = E;
   L.E_local = E / P;
-  L.expert_slot = expert_slot;
+  L.slot_rows = 0;
+  L.recv_known = false;
+  L.expert_slot.assign(expert_slot.begin(), expert_slot.end());
 
   // Bucket kept assignments by slot; within a bucket tokens stay in ascending order.
-  std::vector<int> per_expert(static_cast<std::size_t>(E), 0);
+  std::vector<int>& per_expert = L.send_expert_counts;
+  per_expert.assign(static_cast<std::size_t>(E), 0);
   for (Index a = 0; a < n * K; ++a)
     if (kept[static_cast<std::size_t>(a)]) ++per_expert[static_cast<std::size_t>(slot_of(L, expert[a]))];
   L.slot_start.assign(static_cast<std::size_t>(E) + 1, 0);
   for (int e = 0; e < E; ++e) L.slot_start[e + 1] = L.slot_start[e] + per_expert[e];
-  std::vector<Index> cursor(L.slot_start.begin(), L.slot_start.end() - 1);
+  // The receive side's block offsets serve as the cursor here; complete_receive_side resets them.
+  std::vector<Index>& cursor = L.block_offset;
+  cursor.assign(L.slot_start.begin(), L.slot_start.end() - 1);
   L.send_token.resize(static_cast<std::size_t>(L.slot_start[E]));
   L.send_choice.resize(static_cast<std::size_t>(L.slot_start[E]));
   for (Index t = 0; t < n; ++t)
@@ -27,14 +38,17 @@ DispatchLayout send_layout(const std::vector<int>& expert, const std::vector<cha
       L.send_token[static_cast<std::size_t>(row)] = t;
       L.send_choice[static_cast<std::size_t>(row)] = j;
     }
+  cursor.clear();
 
-  L.send_expert_counts = per_expert;
   L.send_counts.assign(static_cast<std::size_t>(P), 0);
   L.send_displs.assign(static_cast<std::size_t>(P), 0);
   for (int e = 0; e < E; ++e) L.send_counts[static_cast<std::size_t>(e / L.E_local)] += per_expert[e];
   for (int q = 1; q < P; ++q) L.send_displs[q] = L.send_displs[q - 1] + L.send_counts[q - 1];
   L.recv_expert_counts.assign(static_cast<std::size_t>(P * L.E_local), 0);
-  return L;
+  L.recv_counts.clear();
+  L.recv_displs.clear();
+  L.recv_to_block.clear();
+  L.relay_counts.clear();
 }
 
 void complete_receive_side(DispatchLayout& L) {

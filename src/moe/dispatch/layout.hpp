@@ -43,6 +43,9 @@ struct DispatchLayout {
 // placement); the receive side's counts are sized and zero.
 DispatchLayout send_layout(const std::vector<int>& expert, const std::vector<char>& kept, Index n, int K,
                            int E, int P, const std::vector<int>& expert_slot = {});
+// The same into `L`, reusing its vectors' memory (a layer plans every step into one layout).
+void send_layout_into(DispatchLayout& L, const std::vector<int>& expert, const std::vector<char>& kept, Index n,
+                      int K, int E, int P, const std::vector<int>& expert_slot = {});
 // The slot of expert e.
 inline int slot_of(const DispatchLayout& L, int e) {
   return L.expert_slot.empty() ? e : L.expert_slot[static_cast<std::size_t>(e)];
