@@ -747,24 +747,14 @@ def _hierarchical_features(w: Workload, ranks_per_node: int) -> tuple[float, flo
     step, intra and inter links alike (one machine's virtual nodes), the slowest group."""
     if w.moe_layers == 0 or w.N == 1:
         return 0.0, 0.0
-    one = Cluster(max(1, ranks_per_node), 1.0, 1.0, 0.0, 0.0)  # cost = bytes: rounds priced by their largest message
+    # A link whose cost is the bytes: the stages' seconds are then their rounds' largest messages.
+    bytes_only = Cluster(max(1, ranks_per_node), 1.0, 1.0, 0.0, 0.0)
     rounds = biggest = 0.0
     for mult, M in w.exchanges():
-        per_group = []
-        for r in w.group_ranks():
-            G = _node_blocks(len(r), one, r)
-            nodes = len(r) // G
-            R = M[np.ix_(r, r)].reshape(nodes, G, nodes, G)
-            S1, S2 = R.sum(axis=2), R.sum(axis=1)
-            b1 = np.zeros(max(G - 1, 0))
-            for n in range(nodes):
-                b1 = np.maximum(b1, pairwise_round_costs(S1[n], one, r[n * G:(n + 1) * G]))
-            b2 = np.zeros(max(nodes - 1, 0))
-            for lp in range(G):
-                b2 = np.maximum(b2, pairwise_round_costs(S2[:, :, lp], one, r[lp::G]))
-            per_group.append((G - 1 + nodes - 1, float(b1.sum() + b2.sum())))
-        rounds += mult * per_group[0][0]
-        biggest += mult * max(b for _, b in per_group)
+        groups = w.group_ranks()
+        G = _node_blocks(len(groups[0]), bytes_only, groups[0])
+        rounds += mult * (G - 1 + len(groups[0]) // G - 1)
+        biggest += mult * max(hierarchical_time(M[np.ix_(r, r)], bytes_only, r) for r in groups)
     return rounds, biggest
 
 

@@ -1,5 +1,7 @@
 #include "comm/communicator.hpp"
 
+#include <algorithm>
+
 #include <limits>
 
 #include "core/timer.hpp"
@@ -193,26 +195,17 @@ void Communicator::broadcast(std::string& s, int root) const {
 void Communicator::barrier() const { MOESIM_MPI_CHECK(MPI_Barrier(comm_)); }
 
 int Communicator::ranks_on_this_node() const {
-  MPI_Comm node = MPI_COMM_NULL;
-  MOESIM_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
-  int n = 1;
-  MOESIM_MPI_CHECK(MPI_Comm_size(node, &n));
-  MOESIM_MPI_CHECK(MPI_Comm_free(&node));
-  return n;
+  const std::vector<int> ids = node_ids();
+  return static_cast<int>(std::count(ids.begin(), ids.end(), ids[static_cast<std::size_t>(rank_)]));
 }
 
 Communicator::NodeLayout Communicator::node_layout() const {
-  MPI_Comm node = MPI_COMM_NULL;
-  MOESIM_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
-  int node_rank = 0, node_size = 1;
-  MOESIM_MPI_CHECK(MPI_Comm_rank(node, &node_rank));
-  MOESIM_MPI_CHECK(MPI_Comm_size(node, &node_size));
-  MOESIM_MPI_CHECK(MPI_Comm_free(&node));
-  int leaders = node_rank == 0 ? 1 : 0;  // one per node
-  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leaders, 1, MPI_INT, MPI_SUM, comm_));
-  int extremes[2] = {node_size, -node_size};  // max and -min in one reduction
-  MOESIM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, extremes, 2, MPI_INT, MPI_MAX, comm_));
-  return {leaders, extremes[0], -extremes[1]};
+  const std::vector<int> ids = node_ids();
+  std::vector<int> ranks(ids.size(), 0);  // per node (ids are 0, 1, ...)
+  for (int id : ids) ++ranks[static_cast<std::size_t>(id)];
+  const int nodes = *std::max_element(ids.begin(), ids.end()) + 1;
+  ranks.resize(static_cast<std::size_t>(nodes));
+  return {nodes, *std::max_element(ranks.begin(), ranks.end()), *std::min_element(ranks.begin(), ranks.end())};
 }
 
 std::vector<int> Communicator::node_ids() const {

@@ -1,5 +1,7 @@
 #include "io/dataset_info.hpp"
 
+#include "io/hdf5.hpp"
+
 namespace moesim {
 
 std::vector<std::string> axis_names(std::string_view axes) {
@@ -32,6 +34,11 @@ const DatasetInfo* find_dataset(std::span<const DatasetInfo> table, std::string_
   for (const DatasetInfo& d : table)
     if (matches(d.path, path)) return &d;
   return nullptr;
+}
+
+void describe_dataset(hid_t loc, const std::string& name, const DatasetInfo& info, const std::string& description) {
+  h5::describe_dataset(loc, name, std::string(info.unit), description.empty() ? std::string(info.description) : description,
+                       axis_names(info.axes));
 }
 
 std::string datasets_markdown(std::span<const DatasetInfo> table) {

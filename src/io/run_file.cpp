@@ -9,6 +9,7 @@
 #include <ctime>
 #include <filesystem>
 #include <numeric>
+#include <type_traits>
 
 #include "core/build_info.hpp"
 #include "core/timer.hpp"
@@ -216,30 +217,25 @@ const DatasetInfo& RunFile::checked_info(const std::string& path, std::size_t ra
   return *info;
 }
 
-void RunFile::describe(hid_t loc, const std::string& name, const DatasetInfo& info) {
-  h5::describe_dataset(loc, name, std::string(info.unit), std::string(info.description), axis_names(info.axes));
+template <class T>
+void RunFile::write_described(const std::string& path, const std::vector<hsize_t>& dims, const T* data) {
+  if (!writer()) return;
+  const auto slash = path.rfind('/');
+  const hid_t loc = slash == std::string::npos ? file_.id() : group(path.substr(0, slash));
+  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
+  const DatasetInfo& info = checked_info(path, dims.size(), std::is_integral_v<T>);
+  h5::write_array(loc, name, dims, data);
+  describe_dataset(loc, name, info);
 }
 
 void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& dims,
                           const double* data) {
-  if (!writer()) return;
-  const auto slash = path.rfind('/');
-  const hid_t loc = slash == std::string::npos ? file_.id() : group(path.substr(0, slash));
-  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
-  const DatasetInfo& info = checked_info(path, dims.size(), false);
-  h5::write_array(loc, name, dims, data);
-  describe(loc, name, info);
+  write_described(path, dims, data);
 }
 
 void RunFile::write_array(const std::string& path, const std::vector<hsize_t>& dims,
                           const std::int64_t* data) {
-  if (!writer()) return;
-  const auto slash = path.rfind('/');
-  const hid_t loc = slash == std::string::npos ? file_.id() : group(path.substr(0, slash));
-  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
-  const DatasetInfo& info = checked_info(path, dims.size(), true);
-  h5::write_array(loc, name, dims, data);
-  describe(loc, name, info);
+  write_described(path, dims, data);
 }
 
 void RunFile::write_row_blocks(const Communicator& comm, const std::vector<RowBlock>& blocks) {
@@ -272,7 +268,8 @@ void RunFile::write_row_blocks(const Communicator& comm, const std::vector<RowBl
   if (comm.rank() == 0) {
     try {
       file_ = h5::open_file(path_, true);
-      for (const RowBlock& b : blocks) describe(file_.id(), b.path, checked_info(b.path, 1 + b.inner.size(), b.integer));
+      for (const RowBlock& b : blocks)
+        describe_dataset(file_.id(), b.path, checked_info(b.path, 1 + b.inner.size(), b.integer));
       h5::flush(file_.id());
     } catch (const std::exception& e) {
       error = e.what();
@@ -315,7 +312,7 @@ void RunFile::flush_local() {
       const DatasetInfo& info = checked_info("metrics/" + name, 1 + p.inner.size(), p.integer);
       p.series = h5::Series(metrics, name, p.inner, p.integer);
       p.created = true;
-      describe(metrics, name, info);
+      describe_dataset(metrics, name, info);
     }
     if (p.integer) {
       p.series.append(p.ibuf.data(), p.ibuf.size() / p.row_size);

@@ -77,11 +77,6 @@ class RunFile {
   // that do not write (appending to it does nothing); valid until write_row_blocks() or
   // mark_complete(), which let the series go.
   class Slot {
-   public:
-    Slot() = default;
-    bool writes() const { return p_ != nullptr; }
-
-   private:
     friend class RunFile;
     Pending* p_ = nullptr;
   };
@@ -145,7 +140,8 @@ class RunFile {
   void flush_local();  // rank 0's part of flush()
   // The table entry of dataset `path`, checked against the rank and type it is created with.
   const DatasetInfo& checked_info(const std::string& path, std::size_t rank, bool integer) const;
-  static void describe(hid_t loc, const std::string& name, const DatasetInfo& info);
+  template <class T>
+  void write_described(const std::string& path, const std::vector<hsize_t>& dims, const T* data);
   void abandon();
 
   const Communicator* comm_ = nullptr;

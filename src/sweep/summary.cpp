@@ -28,29 +28,19 @@ bool is_number(const std::string& s, double& v) {
   return ec == std::errc() && p == s.data() + s.size();
 }
 
-// A final attribute as sweep.h5 keeps it: numbers only, integers apart.
-struct FinalValue {
-  double number = 0;
-  std::int64_t integer = 0;
-  bool is_integer = false;
-};
-
+// A final attribute as sweep.h5 keeps it: numbers only, integers as integers.
 herr_t collect_attr(hid_t obj, const char* name, const H5A_info_t*, void* out) {
-  auto* m = static_cast<std::map<std::string, FinalValue>*>(out);
+  auto* m = static_cast<std::map<std::string, h5::AttrValue>*>(out);
   hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
   if (a < 0) return 0;
   hid_t t = H5Aget_type(a);
   const H5T_class_t cls = H5Tget_class(t);
   hid_t space = H5Aget_space(a);
   const bool scalar = H5Sget_simple_extent_npoints(space) == 1;
-  FinalValue v;
-  if (scalar && cls == H5T_INTEGER && H5Aread(a, H5T_NATIVE_INT64, &v.integer) >= 0) {
-    v.is_integer = true;
-    v.number = static_cast<double>(v.integer);
-    (*m)[name] = v;
-  } else if (scalar && cls == H5T_FLOAT && H5Aread(a, H5T_NATIVE_DOUBLE, &v.number) >= 0) {
-    (*m)[name] = v;
-  }
+  std::int64_t i = 0;
+  double d = 0;
+  if (scalar && cls == H5T_INTEGER && H5Aread(a, H5T_NATIVE_INT64, &i) >= 0) (*m)[name] = i;
+  else if (scalar && cls == H5T_FLOAT && H5Aread(a, H5T_NATIVE_DOUBLE, &d) >= 0) (*m)[name] = d;
   H5Sclose(space);
   H5Tclose(t);
   H5Aclose(a);
@@ -79,14 +69,17 @@ OptionSetting typed_from_text(const std::string& key, const std::string& text) {
   return o;
 }
 
-// One column of points/options: its values per point (absent where a point has none).
-struct OptionColumn {
+// One column of points/options or points/final: its values per point (absent where a point has
+// none). Written as text if any value is text, else float64 if any is (NaN where absent), else
+// bool when every value is a switch, else int64 (missing_value where absent).
+struct Column {
   std::vector<std::optional<h5::AttrValue>> values;
   bool all_boolean = true;
   std::string help;
 };
 
-void write_option_column(hid_t g, const std::string& key, const OptionColumn& c, const DatasetInfo& info) {
+void write_column(hid_t g, const std::string& key, const Column& c, const DatasetInfo& info,
+                  const std::string& description) {
   const std::size_t n = c.values.size();
   bool any_string = false, any_double = false, any_missing = false;
   for (const auto& v : c.values) {
@@ -94,7 +87,6 @@ void write_option_column(hid_t g, const std::string& key, const OptionColumn& c,
     else if (std::holds_alternative<std::string>(*v)) any_string = true;
     else if (std::holds_alternative<double>(*v)) any_double = true;
   }
-  std::string type;
   if (any_string) {
     std::vector<std::string> col(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -124,11 +116,7 @@ void write_option_column(hid_t g, const std::string& key, const OptionColumn& c,
     h5::Handle d(MOESIM_H5_CHECK(H5Dopen2(g, key.c_str(), H5P_DEFAULT)), H5Dclose);
     if (any_missing) h5::write_attr(d.id(), "missing_value", kMissingInt);
   }
-  std::string desc = "option `--";
-  for (char ch : key) desc += ch == '_' ? '-' : ch;
-  desc += "` of each point";
-  if (!c.help.empty()) desc += ": " + c.help;
-  h5::describe_dataset(g, key, std::string(info.unit), desc, axis_names(info.axes));
+  describe_dataset(g, key, info, description);
 }
 
 }  // namespace
@@ -246,7 +234,7 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
   const std::size_t n = points.size();
   std::vector<std::string> ids, status, errors, files;
   std::vector<std::int64_t> index;
-  std::vector<std::map<std::string, FinalValue>> finals(n);
+  std::vector<std::map<std::string, h5::AttrValue>> finals(n);
   std::set<std::string> final_keys;
   std::int64_t complete = 0, invalid = 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -273,7 +261,7 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
     }
   }
   // Every option of every point, typed; a point the reader cannot parse keeps what the config names.
-  std::map<std::string, OptionColumn> options;
+  std::map<std::string, Column> options;
   std::set<std::string> swept_options;
   std::map<std::string, h5::AttrValue> first_value;
   for (std::size_t i = 0; i < n; ++i) {
@@ -289,7 +277,7 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
     if (!read)
       for (const auto& [k, v] : points[i].values) settings.push_back(typed_from_text(k, v));
     for (OptionSetting& o : settings) {
-      OptionColumn& c = options[o.key];
+      Column& c = options[o.key];
       c.values.resize(n);
       c.values[i] = o.value;
       c.all_boolean = c.all_boolean && o.boolean;
@@ -300,16 +288,16 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
       if (!fresh && !(it->second == o.value)) swept_options.insert(o.key);
     }
   }
-  for (auto& [k, c] : options) c.values.resize(n);
-  for (const auto& [k, c] : options)
-    if (std::count(c.values.begin(), c.values.end(), std::nullopt) > 0 &&
-        std::count(c.values.begin(), c.values.end(), std::nullopt) < static_cast<std::ptrdiff_t>(n))
-      swept_options.insert(k);  // set on some points only
+  for (auto& [k, c] : options) {
+    c.values.resize(n);
+    const auto absent = std::count(c.values.begin(), c.values.end(), std::nullopt);
+    if (absent > 0 && absent < static_cast<std::ptrdiff_t>(n)) swept_options.insert(k);  // set on some points only
+  }
   const std::span<const DatasetInfo> table = sweep_summary_datasets();
-  auto describe = [&](hid_t g, const std::string& name, const std::string& path) {
+  auto info_of = [&](const std::string& path) -> const DatasetInfo& {
     const DatasetInfo* info = find_dataset(table, path);
     MOESIM_REQUIRE(info, "sweep.h5 dataset '" << path << "' is not in its schema table");
-    h5::describe_dataset(g, name, std::string(info->unit), std::string(info->description), axis_names(info->axes));
+    return *info;
   };
   {
     h5::Handle f = h5::create_file(tmp.string());
@@ -333,39 +321,25 @@ void write_summary(const std::string& dir, const SweepConfig& cfg, const std::ve
     h5::write_strings(g.id(), "file", files);
     h5::write_array(g.id(), "index", {n}, index.data());
     for (const char* name : {"id", "status", "error", "file", "index"})
-      describe(g.id(), name, std::string("points/") + name);
+      describe_dataset(g.id(), name, info_of(std::string("points/") + name));
     h5::Handle og = h5::create_group(g.id(), "options");
-    const DatasetInfo* option_info = find_dataset(table, "points/options/<option>");
-    for (const auto& [key, c] : options) write_option_column(og.id(), key, c, *option_info);
+    for (const auto& [key, c] : options) {
+      std::string desc = "option `--";
+      for (char ch : key) desc += ch == '_' ? '-' : ch;
+      desc += "` of each point";
+      if (!c.help.empty()) desc += ": " + c.help;
+      write_column(og.id(), key, c, info_of("points/options/" + key), desc);
+    }
     h5::Handle fg = h5::create_group(g.id(), "final");
     for (const std::string& key : final_keys) {
-      bool integer = true;
+      Column c;
+      c.all_boolean = false;
       for (std::size_t i = 0; i < n; ++i) {
         auto it = finals[i].find(key);
-        if (it != finals[i].end()) integer = integer && it->second.is_integer;
+        if (it != finals[i].end()) c.values.emplace_back(it->second);
+        else c.values.emplace_back();
       }
-      bool missing = false;
-      if (integer) {
-        std::vector<std::int64_t> col(n, kMissingInt);
-        for (std::size_t i = 0; i < n; ++i) {
-          auto it = finals[i].find(key);
-          if (it != finals[i].end()) col[i] = it->second.integer;
-          else missing = true;
-        }
-        h5::write_array(fg.id(), key, {n}, col.data());
-      } else {
-        std::vector<double> col(n, std::numeric_limits<double>::quiet_NaN());
-        for (std::size_t i = 0; i < n; ++i) {
-          auto it = finals[i].find(key);
-          if (it != finals[i].end()) col[i] = it->second.number;
-        }
-        h5::write_array(fg.id(), key, {n}, col.data());
-      }
-      describe(fg.id(), key, "points/final/" + key);
-      if (missing) {
-        h5::Handle d(MOESIM_H5_CHECK(H5Dopen2(fg.id(), key.c_str(), H5P_DEFAULT)), H5Dclose);
-        h5::write_attr(d.id(), "missing_value", kMissingInt);
-      }
+      write_column(fg.id(), key, c, info_of("points/final/" + key), "");
     }
   }
   std::filesystem::rename(tmp, final_path);

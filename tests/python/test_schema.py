@@ -41,10 +41,7 @@ def schema_text(mpirun):
 def table(schema_text, mpirun):
     """[(compiled path pattern, row)] for every dataset of every file kind."""
     rows = parse_tables(schema_text)
-    for r in parse_tables(mpirun(1, "info", "--metrics", check=True).stdout):
-        r = dict(r)
-        r["axes"] = r["axes"]
-        rows.append(r)
+    rows += parse_tables(mpirun(1, "info", "--metrics", check=True).stdout)
     out = []
     for r in rows:
         path = r["dataset"].strip("`")

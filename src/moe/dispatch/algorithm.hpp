@@ -32,9 +32,7 @@ struct DispatchLimits {
 
 class DispatchAlgorithm {
  public:
-  // `node_of`: the node of each rank of `comm` (how its messages are counted, and what
-  // the hierarchical exchange is built on).
-  DispatchAlgorithm(const Communicator& comm, const std::vector<int>& node_of) : comm_(comm), node_of_(node_of) {}
+  explicit DispatchAlgorithm(const Communicator& comm) : comm_(comm) {}
   virtual ~DispatchAlgorithm() = default;
   DispatchAlgorithm(const DispatchAlgorithm&) = delete;
   DispatchAlgorithm& operator=(const DispatchAlgorithm&) = delete;
@@ -73,7 +71,6 @@ class DispatchAlgorithm {
   }
 
   const Communicator& comm_;
-  const std::vector<int> node_of_;
 
  private:
   mutable std::tuple<std::array<RowBuffer<float>, 2>, std::array<RowBuffer<double>, 2>,

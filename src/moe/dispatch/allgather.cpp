@@ -25,8 +25,8 @@ class AllgatherDispatch final : public AlltoallvDispatch {
 
 }  // namespace
 
-std::unique_ptr<DispatchAlgorithm> make_allgather_dispatch(const Communicator& comm, const std::vector<int>& node_of) {
-  return std::make_unique<AllgatherDispatch>(comm, node_of);
+std::unique_ptr<DispatchAlgorithm> make_allgather_dispatch(const Communicator& comm, const std::vector<int>&) {
+  return std::make_unique<AllgatherDispatch>(comm);
 }
 
 }  // namespace moesim

@@ -58,8 +58,8 @@ MOESIM_INSTANTIATE(double)
 MOESIM_INSTANTIATE(std::int64_t)
 #undef MOESIM_INSTANTIATE
 
-std::unique_ptr<DispatchAlgorithm> make_alltoallv_dispatch(const Communicator& comm, const std::vector<int>& node_of) {
-  return std::make_unique<AlltoallvDispatch>(comm, node_of);
+std::unique_ptr<DispatchAlgorithm> make_alltoallv_dispatch(const Communicator& comm, const std::vector<int>&) {
+  return std::make_unique<AlltoallvDispatch>(comm);
 }
 
 }  // namespace moesim

@@ -33,7 +33,7 @@ int consecutive_node_size(const std::vector<int>& node_of) {
 class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
  public:
   HierarchicalDispatch(const Communicator& comm, const std::vector<int>& node_of)
-      : DispatchAlgorithmOf(comm, node_of), G_(consecutive_node_size(node_of)) {
+      : DispatchAlgorithmOf(comm), G_(consecutive_node_size(node_of)) {
     if (G_ == 0) {
       unusable_ = "--dispatch hierarchical needs every node to hold the same number of consecutive ranks of an "
                   "expert group; give --ranks-per-node G to exchange over virtual nodes of G ranks";

@@ -79,8 +79,8 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
 
 }  // namespace
 
-std::unique_ptr<DispatchAlgorithm> make_p2p_dispatch(const Communicator& comm, const std::vector<int>& node_of) {
-  return std::make_unique<P2PDispatch>(comm, node_of);
+std::unique_ptr<DispatchAlgorithm> make_p2p_dispatch(const Communicator& comm, const std::vector<int>&) {
+  return std::make_unique<P2PDispatch>(comm);
 }
 
 }  // namespace moesim

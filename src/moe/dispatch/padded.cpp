@@ -103,8 +103,8 @@ class PaddedDispatch final : public DispatchAlgorithmOf<PaddedDispatch> {
 
 }  // namespace
 
-std::unique_ptr<DispatchAlgorithm> make_padded_dispatch(const Communicator& comm, const std::vector<int>& node_of) {
-  return std::make_unique<PaddedDispatch>(comm, node_of);
+std::unique_ptr<DispatchAlgorithm> make_padded_dispatch(const Communicator& comm, const std::vector<int>&) {
+  return std::make_unique<PaddedDispatch>(comm);
 }
 
 }  // namespace moesim

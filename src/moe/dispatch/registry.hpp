@@ -22,6 +22,7 @@ class DispatchAlgorithm;
 enum class DispatchAlgo { MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_ENUM) };
 #undef MOESIM_DISPATCH_ENUM
 
+// `node_of`: the node of each rank of the communicator (what a two-stage exchange is built on).
 #define MOESIM_DISPATCH_FACTORY(id, name, make) \
   std::unique_ptr<DispatchAlgorithm> make(const Communicator& comm, const std::vector<int>& node_of);
 MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_FACTORY)
