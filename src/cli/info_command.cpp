@@ -10,6 +10,7 @@
 #include "cli/options.hpp"
 #include "core/blas.hpp"
 #include "core/build_info.hpp"
+#include "device/runtime.hpp"
 #include "binned/binned_run.hpp"
 #include "stacking/stack_run.hpp"
 #include "sweep/summary.hpp"
@@ -81,8 +82,19 @@ int run_info(const Communicator& comm, const std::vector<std::string>& args) {
   std::printf("  Eigen          %d.%d.%d\n", EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION);
   std::printf("  Boost          %d.%d.%d\n", BOOST_VERSION / 100000, BOOST_VERSION / 100 % 1000,
               BOOST_VERSION % 100);
-  std::printf("  CUDA           %s\n", build::kCudaBuilt ? "built" : "not built");
-  std::printf("  NCCL           %s\n", build::kNcclBuilt ? "built" : "not built");
+  const device::Versions gpu = device::versions();
+  if (gpu.built) {
+    std::printf("  CUDA           built, runtime %s, driver %s\n", device::cuda_version_text(gpu.runtime).c_str(),
+                gpu.driver > 0 ? device::cuda_version_text(gpu.driver).c_str() : "none (no driver answers)");
+    std::printf("  NCCL           built, %s\n", device::nccl_version_text(gpu.nccl).c_str());
+    if (gpu.none_why.empty())
+      std::printf("  GPUs           %d (%s)\n", gpu.devices, gpu.first_name.c_str());
+    else
+      std::printf("  GPUs           none: %s\n", gpu.none_why.c_str());
+  } else {
+    std::printf("  CUDA           not built\n");
+    std::printf("  NCCL           not built\n");
+  }
   std::fflush(stdout);
   return 0;
 }

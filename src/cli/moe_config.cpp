@@ -143,6 +143,11 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
                  {"effective_d_ff", i("d-ff") / M},
                  {"effective_capacity_factor", all_experts ? 0.0 : d("capacity-factor")}};
   m.model.moe.dispatch = parse_dispatch(s("dispatch"));
+  MOESIM_CONFIG_CHECK(s("device") == "cpu" || s("device") == "cuda",
+                      "--device must be cpu or cuda (got '" << s("device") << "')");
+  m.model.moe.on_gpu = s("device") == "cuda";
+  MOESIM_CONFIG_CHECK(!m.model.moe.on_gpu || s("precision") == "fp32",
+                      "--device cuda runs fp32 models (got --precision " << s("precision") << ")");
   MOESIM_CONFIG_CHECK(i("ranks-per-node") >= 0 && i("ranks-per-node") <= 1 << 30,
                       "--ranks-per-node must be >= 0 (got " << i("ranks-per-node") << ")");
   m.model.moe.ranks_per_node = static_cast<int>(i("ranks-per-node"));

@@ -81,7 +81,12 @@ po::options_description moe_options() {
       ("dispatch", po::value<std::string>()->default_value("alltoallv"),
        "token exchange: alltoallv (counts by all-to-all, then Alltoallv) | allgather (count matrix by all-gather, "
        "then Alltoallv) | p2p (Isend/Irecv per rank and expert) | padded (fixed slots, one equal-split Alltoall) | "
-       "hierarchical (inside each node, then one aggregated message between the same local ranks of two nodes)")
+       "hierarchical (inside each node, then one aggregated message between the same local ranks of two nodes) | "
+       "nccl (counts by all-to-all, then rows between the ranks' GPUs by NCCL send/recv; needs a GPU per rank)")
+      ("device", po::value<std::string>()->default_value("cpu"),
+       "cpu | cuda: the experts' FFN forward and backward (cuBLAS GEMMs, bias and GELU kernels) on each rank's "
+       "GPU, one GPU per rank (by local rank), fp32; routing, parameters, optimizer, run file and checkpoints stay "
+       "the CPU path's. Needs a build with CUDA and a GPU on every rank, else one error line and exit 2")
       ("expert-placement", po::value<std::string>()->default_value("contiguous"),
        "which experts each rank of an expert group holds: contiguous (rank r: experts [r E/N, (r+1) E/N)) | "
        "round-robin (expert e on rank e mod N) | the E experts (x granularity) listed slot by slot, e.g. 4,5,0,1,6,7,2,3 "

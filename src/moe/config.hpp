@@ -73,6 +73,7 @@ struct MoeLayerConfig {
   // --ranks-per-node G: nodes are G consecutive ranks (virtual nodes, so one machine runs every
   // multi-node path); 0: the ranks that share memory (MPI_COMM_TYPE_SHARED).
   int ranks_per_node = 0;
+  bool on_gpu = false;  // --device cuda: the experts' FFN on each rank's GPU (device/ffn_engine)
   std::vector<int> expert_order;  // --expert-placement: the expert at each slot; empty: contiguous
   // Routing options (docs/gates.md); the layer fills in seed and layer id.
   double eval_capacity_factor = -1;  // < 0: the training capacity factor

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "comm/exact_sum.hpp"
+#include "device/runtime.hpp"
 
 namespace moesim {
 
@@ -40,6 +41,18 @@ const ExpertGroups& checked(const std::shared_ptr<const ExpertGroups>& g, const 
   return *g;
 }
 
+// --device cuda: every rank must see a GPU (agreed, so all ranks stop with the same line before
+// any file is written); each binds the GPU of its local rank, one GPU per rank. COLLECTIVE.
+void bind_gpu(const Communicator& world) {
+  const std::string why = device::unavailable();
+  world.agree_or_throw(why.empty(), "--device cuda: rank " + std::to_string(world.rank()) + ": " + why);
+  const std::vector<int> nodes = world.node_ids();
+  int local = 0;
+  for (int r = 0; r < world.rank(); ++r)
+    local += nodes[static_cast<std::size_t>(r)] == nodes[static_cast<std::size_t>(world.rank())];
+  device::bind_device(local);
+}
+
 }  // namespace
 
 template <class T>
@@ -73,6 +86,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
              static_cast<std::uint64_t>(3000 + se));
     shared_.back().init(srng);
   }
+  if (cfg.on_gpu) bind_gpu(comm_);
   const int El = dispatcher_.experts_per_rank();
   experts_.reserve(static_cast<std::size_t>(El));
   for (int le = 0; le < El; ++le) {
@@ -82,6 +96,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
     Rng erng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id),
              static_cast<std::uint64_t>(e));
     experts_.back().init(erng);
+    if (cfg.on_gpu) experts_.back().use_device();
   }
   comm_stats_.first_rank = groups_->first_rank();
   comm_stats_.node_of = dispatcher_.node_of();

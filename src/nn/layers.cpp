@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "core/row_chunks.hpp"
@@ -67,6 +68,14 @@ Ffn<T>::Ffn(const std::string& name, Index d_model, Index d_ff, Placement where)
 }
 
 template <class T>
+void Ffn<T>::use_device() {
+  if constexpr (!std::is_same_v<T, float>)
+    throw ConfigError("--device cuda runs fp32 models (--precision fp32)");
+  else
+    engine_ = std::make_shared<device::FfnEngine>(w1_.value.rows(), w1_.value.cols());
+}
+
+template <class T>
 void Ffn<T>::init(Rng& rng) {
   w1_.fill_normal(rng, 1.0 / std::sqrt(static_cast<double>(w1_.value.rows())));
   // Output projection starts small so that deep residual stacks start near identity.
@@ -89,6 +98,12 @@ template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks) {
   const Index n = x.rows(), D = x.cols(), F = w1_.value.cols();
   rows_ = n;
+  if constexpr (std::is_same_v<T, float>) {
+    if (engine_) {  // every row is its own product row: the blocks need no pass of their own
+      engine_->forward(x.data(), n, {w1_.value.data(), b1_.value.data(), w2_.value.data(), b2_.value.data()}, y.data());
+      return;
+    }
+  }
   MatMap<T> xs = x_.view(n, D), pre = pre_.view(n, F), th = tanh_.view(n, F), h = h_.view(n, F);
   xs = x;
   Index b = 0;
@@ -132,6 +147,12 @@ void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, const std::vector<
 template <class T>
 void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf) {
   MOESIM_REQUIRE(dy.rows() == rows_, "Ffn backward: " << dy.rows() << " rows after a forward of " << rows_);
+  if constexpr (std::is_same_v<T, float>) {
+    if (engine_) {
+      backward_block_on_device(dy, dx, b, r, leaf);
+      return;
+    }
+  }
   const Index D = w1_.value.rows(), F = w1_.value.cols();
   const ConstMatMap<T> xb(x_.view(rows_, D).data() + b * D, r, D);
   const ConstMatMap<T> pb(pre_.view(rows_, F).data() + b * F, r, F), tb(tanh_.view(rows_, F).data() + b * F, r, F);
@@ -161,6 +182,22 @@ void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Ind
     w1_.grad.noalias() += xb.transpose() * dpre;
   }
   dxb.noalias() = dpre * w1_.value.transpose();
+}
+
+// The GPU computes the block's gradients; they land where the CPU path puts them: the
+// parameters' next leaves (pushed) or added to their grads.
+template <class T>
+void Ffn<T>::backward_block_on_device(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf) {
+  if constexpr (std::is_same_v<T, float>) {
+    const Index D = w1_.value.rows();
+    const device::FfnGrads g = leaf ? device::FfnGrads{w1_.leaf().data(), b1_.leaf().data(), w2_.leaf().data(),
+                                                       b2_.leaf().data()}
+                                    : device::FfnGrads{w1_.grad.data(), b1_.grad.data(), w2_.grad.data(),
+                                                       b2_.grad.data()};
+    engine_->backward_block(dy.data() + b * D, b, r, dx.data() + b * D, g, !leaf);
+    if (leaf)
+      for (Param<T>* p : {&w2_, &b2_, &w1_, &b1_}) p->tree.push();
+  }
 }
 
 template <class T>

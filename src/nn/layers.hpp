@@ -1,11 +1,13 @@
 #pragma once
 // Dense building blocks with hand-written backward passes. Each layer caches
 // what its backward needs from the last forward; gradients accumulate (+=).
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/rng.hpp"
 #include "core/row_buffer.hpp"
+#include "device/ffn_engine.hpp"
 #include "nn/param.hpp"
 
 namespace moesim {
@@ -53,14 +55,20 @@ class Ffn {
   Param<T>& w2() { return w2_; }
   Param<T>& b2() { return b2_; }
   static Index param_count(Index d_model, Index d_ff) { return 2 * d_model * d_ff + d_ff + d_model; }
+  // Computes on this rank's GPU from now on (--device cuda; device/ffn_engine): the same blocks,
+  // gradients and parameters, the products on the GPU. fp32 only; ConfigError otherwise.
+  void use_device();
+  bool on_device() const { return engine_ != nullptr; }
 
  private:
   Param<T> w1_, b1_, w2_, b2_;
+  std::shared_ptr<device::FfnEngine> engine_;
   // The last forward's input, pre-activations, tanh and GELU output (rows_ rows), kept for
   // backward; dpre_ is backward's per-block temporary.
   RowBuffer<T> x_, pre_, tanh_, h_, dpre_;
   Index rows_ = 0;
   void backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
+  void backward_block_on_device(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
 };
 
 // RMSNorm with a learnable gain: y = x / sqrt(mean(x^2) + eps) * g.

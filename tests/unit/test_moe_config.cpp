@@ -147,7 +147,7 @@ TEST(DispatchRegistry, EveryNameRoundTripsAndBuildsADispatcher) {
 #define MOESIM_DISPATCH_ROW(id, name, make) {DispatchAlgo::id, name},
   const std::vector<std::pair<DispatchAlgo, std::string>> algos = {MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_ROW)};
 #undef MOESIM_DISPATCH_ROW
-  EXPECT_EQ(algos.size(), 5u);
+  EXPECT_EQ(algos.size(), 6u);
   for (const auto& [a, name] : algos) {
     EXPECT_EQ(parse_dispatch(name), a);
     EXPECT_EQ(dispatch_name(a), name);
@@ -157,7 +157,7 @@ TEST(DispatchRegistry, EveryNameRoundTripsAndBuildsADispatcher) {
     parse_dispatch("ring");
     FAIL() << "no error";
   } catch (const ConfigError& e) {
-    EXPECT_STREQ(e.what(), "--dispatch must be alltoallv, allgather, p2p, padded or hierarchical (got 'ring')");
+    EXPECT_STREQ(e.what(), "--dispatch must be alltoallv, allgather, p2p, padded, hierarchical or nccl (got 'ring')");
   }
 }
 

@@ -16,7 +16,8 @@ class DispatchAlgorithm;
   X(kAllgather, "allgather", make_allgather_dispatch) \
   X(kP2P, "p2p", make_p2p_dispatch)                   \
   X(kPadded, "padded", make_padded_dispatch)           \
-  X(kHierarchical, "hierarchical", make_hierarchical_dispatch)
+  X(kHierarchical, "hierarchical", make_hierarchical_dispatch) \
+  X(kNccl, "nccl", make_nccl_dispatch)
 
 #define MOESIM_DISPATCH_ENUM(id, name, make) id,
 enum class DispatchAlgo { MOESIM_DISPATCH_ALGORITHMS(MOESIM_DISPATCH_ENUM) };
