@@ -46,6 +46,8 @@ CASES = [
     ("task-unknown", {}, ["--task", "nonsense"], ["nonsense"]),
     ("experts-non-numeric", {"--experts": "four"}, [], ["--experts", "four"]),
     ("precision-unknown", {}, ["--precision", "fp16"], ["--precision", "fp16"]),
+    ("device-unknown", {}, ["--device", "gpu"], ["--device must be cpu or cuda", "gpu"]),
+    ("device-cuda-fp64", {}, ["--device", "cuda", "--precision", "fp64"], ["--device cuda runs fp32", "fp64"]),
     # Words that belong to no option were dropped (the run trained E = 8 and ignored 16).
     ("stray-word", {"--experts": "8"}, ["16"], ["unexpected argument '16'", "comma-separated"]),
     ("config-directory", {}, ["--config", "@TMP@"], ["is a directory"]),
@@ -109,6 +111,22 @@ def test_error_does_not_clobber_existing_run_file(tmp_path, mpirun, run_moe):
     with h5py.File(path, "r") as f:
         assert f.attrs["complete"] == 1
         assert f["metrics/step"].shape == (2,)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("gpu_option", [["--device", "cuda"], ["--dispatch", "nccl"]], ids=["device", "dispatch"])
+def test_gpu_options_without_a_gpu(tmp_path, mpirun, ranks, gpu_option):
+    """Where no GPU answers (or CUDA was not built), the GPU path is one error line saying why,
+    exit 2 on every rank, before any run file."""
+    info = mpirun(1, "info", timeout=TIMEOUT).stdout
+    if "GPUs           none" not in info and "CUDA           not built" not in info:
+        pytest.skip("a GPU answers here: bench/gpu_check.sh tests the GPU path")
+    args, out = build_args(tmp_path, {}, gpu_option)
+    proc = mpirun(ranks, *args, timeout=TIMEOUT, env=QUICK_EXIT_ENV)
+    why = "built without CUDA" if "CUDA           not built" in info else "no CUDA device answers"
+    check_rejected(proc, [gpu_option[0], why])
+    assert_no_complete_run_file(out)
+    assert not (tmp_path / "bad.h5").exists()
 
 
 def test_unknown_command(mpirun):
