@@ -81,3 +81,41 @@ TEST(GeluRows, ResultDoesNotDependOnAlignment) {
 
 }  // namespace
 }  // namespace moesim
+
+namespace moesim {
+namespace {
+
+// Eight values at a time (AVX) give the four-at-a-time path's bits, lane for lane: tiny inputs
+// (tanh's x branch), the clamp, both signs, the row tails.
+TEST(GeluRows, EightAtATimeGivesTheFourWidePathsBits) {
+  if (!__builtin_cpu_supports("avx")) GTEST_SKIP() << "this CPU has no AVX";
+  for (const Index cols : {Index{1}, Index{7}, Index{8}, Index{37}, Index{256}}) {
+    const Index rows = 9;
+    const auto n = static_cast<std::size_t>(rows * cols);
+    auto pre0 = normal_values<float>(rows * cols, 10 + static_cast<std::uint64_t>(cols));
+    for (std::size_t i = 0; i < n; i += 5) pre0[i] *= 1e-4f;  // |x| < 0.0004
+    for (std::size_t i = 3; i < n; i += 11) pre0[i] *= 10.0f;  // beyond the clamp
+    auto bias = normal_values<float>(cols, 20);
+    for (std::size_t j = 0; j < bias.size(); j += 3) bias[j] = 0.0f;  // tiny tanh arguments reach tanh
+    const auto dy = normal_values<float>(rows * cols, 30);
+    std::vector<float> out[2][4];
+    for (const bool wide : {false, true}) {
+      const bool before = gelu_rows_wide(wide);
+      std::vector<float> pre = pre0, th(n), h(n), d = dy, bg(static_cast<std::size_t>(cols), 0.5f);
+      bias_gelu_forward<float>(MatMap<float>(pre.data(), rows, cols), bias.data(), MatMap<float>(th.data(), rows, cols),
+                               MatMap<float>(h.data(), rows, cols));
+      gelu_backward<float>(MatMap<float>(d.data(), rows, cols), ConstMatMap<float>(pre.data(), rows, cols),
+                           ConstMatMap<float>(th.data(), rows, cols), bg.data());
+      gelu_rows_wide(before);
+      auto& o = out[wide ? 1 : 0];
+      o[0] = pre, o[1] = th, o[2] = h, o[3] = d;
+      o[3].insert(o[3].end(), bg.begin(), bg.end());
+    }
+    for (int k = 0; k < 4; ++k)
+      EXPECT_EQ(std::memcmp(out[0][k].data(), out[1][k].data(), out[0][k].size() * sizeof(float)), 0)
+          << "cols " << cols << " output " << k;
+  }
+}
+
+}  // namespace
+}  // namespace moesim
