@@ -5,8 +5,9 @@
 #   2. runs the GPU tests: the expert FFN engine, each kernel and the NCCL exchange against
 #      the CPU path (tests/gpu/test_gpu_path.cpp);
 #   3. trains the default model 50 steps on 2 ranks on the CPU and with --device cuda (and
-#      --dispatch nccl where there are 2 GPUs) and compares every step's losses: the GPU run
-#      must stay within a relative 1e-3 of the CPU run (fp32 products summed in another order);
+#      --dispatch nccl where there are 2 GPUs), and 25 steps on one device resumed on the other
+#      from the checkpoint, and compares every step's losses: each must stay within a relative
+#      1e-3 of the CPU run (fp32 products summed in another order);
 #   4. prints bench_gpu's table: the MoE layer against cuBLAS at the same FLOPs, the NCCL
 #      dispatch against NCCL's own all-to-all.
 #   bench/gpu_check.sh [LOG_DIR]     (everything printed is also written to LOG_DIR/gpu_check.log)
@@ -39,7 +40,12 @@ RUNS="$LOG_DIR/runs"
 rm -rf "$RUNS" && mkdir -p "$RUNS"
 "${MPIRUN[@]}" -np 2 "$BUILD/src/moesim" moe --steps 50 --out "$RUNS/cpu.h5" >/dev/null
 "${MPIRUN[@]}" -np 2 "$BUILD/src/moesim" moe --steps 50 --device cuda --out "$RUNS/cuda.h5" >/dev/null
-COMPARE=("$RUNS/cuda.h5")
+# A checkpoint moves between devices: 25 steps on the GPU, the rest on the CPU, and back.
+"${MPIRUN[@]}" -np 2 "$BUILD/src/moesim" moe --steps 25 --device cuda --checkpoint "$RUNS/g.ckpt.h5" --out "$RUNS/gpu_then_cpu.h5" >/dev/null
+"${MPIRUN[@]}" -np 2 "$BUILD/src/moesim" moe --steps 50 --checkpoint "$RUNS/g.ckpt.h5" --resume --out "$RUNS/gpu_then_cpu.h5" >/dev/null
+"${MPIRUN[@]}" -np 2 "$BUILD/src/moesim" moe --steps 25 --checkpoint "$RUNS/c.ckpt.h5" --out "$RUNS/cpu_then_gpu.h5" >/dev/null
+"${MPIRUN[@]}" -np 2 "$BUILD/src/moesim" moe --steps 50 --device cuda --checkpoint "$RUNS/c.ckpt.h5" --resume --out "$RUNS/cpu_then_gpu.h5" >/dev/null
+COMPARE=("$RUNS/cuda.h5" "$RUNS/gpu_then_cpu.h5" "$RUNS/cpu_then_gpu.h5")
 if [ "$GPUS" -ge 2 ]; then
   "${MPIRUN[@]}" -np 2 "$BUILD/src/moesim" moe --steps 50 --device cuda --dispatch nccl --out "$RUNS/nccl.h5" >/dev/null
   COMPARE+=("$RUNS/nccl.h5")

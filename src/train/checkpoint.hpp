@@ -113,10 +113,12 @@ void append_checkpoint_history(const Communicator& comm, const std::string& path
 
 // Options that may differ between a checkpoint and the run resuming it: they do not
 // change the trajectory (`--steps` may grow; with a decaying --lr-decay the schedule then
-// stretches from the resume step on).
-inline const std::vector<std::string> kResumeMayChange{"steps", "blas-threads", "flush-every",
-                                                       "progress-interval", "quiet", "dispatch", "ep-size",
-                                                       "ranks-per-node", "expert-placement"};
+// stretches from the resume step on; --device changes only the experts' products' rounding,
+// and a GPU run's checkpoint is the CPU path's file, so it resumes on CPU ranks and back).
+inline const std::vector<std::string> kResumeMayChange{"steps",    "blas-threads", "flush-every",
+                                                       "progress-interval", "quiet", "dispatch",
+                                                       "ep-size",  "ranks-per-node", "expert-placement",
+                                                       "device"};
 
 // Throws ConfigError unless `options` (INI text, as save_checkpoint stores it) name the
 // run that wrote the checkpoint: every option both hold, except kResumeMayChange, equal.

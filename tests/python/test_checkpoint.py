@@ -195,6 +195,23 @@ def test_resume_refuses_another_routing_option(run_moe, tmp_path, option, value)
     assert len(lines) == 1 and "written by another run (--" + option.replace("_", "-") in lines[0], proc.stderr
 
 
+def test_resume_may_change_the_device(run_moe, mpirun, tmp_path):
+    """A checkpoint is the same file whichever device computed the experts: a resume with
+    --device cuda is the same run (on a machine without a GPU it then stops for want of one,
+    not as another run)."""
+    ckpt = tmp_path / "c.h5"
+    run_moe(tmp_path, 2, **{**RUN, "steps": 2, "precision": "fp32"}, checkpoint=ckpt)
+    proc, _ = run_moe(tmp_path, 2, check=False, **{**RUN, "precision": "fp32"}, device="cuda", checkpoint=ckpt,
+                      resume=True)
+    info = mpirun(1, "info").stdout
+    if "GPUs           none" not in info and "CUDA           not built" not in info:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "another run" not in lines[0], proc.stderr
+
+
 def test_router_state_and_noise_weights_are_checkpointed(run_moe, tmp_path):
     """Noisy top-k's W_noise is a parameter, --balance bias's selection bias is state: both
     must come back, or the continued losses drift from the uninterrupted ones."""
