@@ -42,8 +42,15 @@ def test_info_reports_libraries(mpirun):
     hdf5 = [line for line in out.splitlines() if line.strip().startswith("HDF5")]
     assert hdf5 and "parallel" in hdf5[0], out
     assert re.search(r"^\s*BLAS\s+\S+", out, re.M)
-    assert re.search(r"^\s*CUDA\s+\S+", out, re.M)
-    assert re.search(r"^\s*NCCL\s+\S+", out, re.M)
+    # The GPU path: built (runtime, driver or its absence, NCCL's version, the GPUs or why none) or not.
+    cuda = re.search(r"^\s*CUDA\s+(.*)$", out, re.M).group(1)
+    nccl = re.search(r"^\s*NCCL\s+(.*)$", out, re.M).group(1)
+    if cuda != "not built":
+        assert re.fullmatch(r"built, runtime \d+\.\d+, driver (\d+\.\d+|none \(no driver answers\))", cuda), cuda
+        assert re.fullmatch(r"built, \d+\.\d+\.\d+", nccl), nccl
+        assert re.search(r"^\s*GPUs\s+(\d+ \(.+\)|none: .+)$", out, re.M), out
+    else:
+        assert nccl == "not built", out
     # Printed once (rank 0), and it knows the rank count of this run.
     assert len(re.findall(r"^moesim \d", out, re.M)) == 1
     assert "2 ranks" in mpi[0]
