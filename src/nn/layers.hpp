@@ -60,6 +60,8 @@ class Ffn {
   // backward; dpre_ is backward's per-block temporary.
   RowBuffer<T> x_, pre_, tanh_, h_, dpre_;
   Index rows_ = 0;
+  void keep_input(const ConstMatMap<T>& x);
+  void forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r);
   void backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
 };
 
