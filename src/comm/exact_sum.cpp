@@ -15,8 +15,14 @@ constexpr std::int64_t kLimbMask = (std::int64_t{1} << kLimbBits) - 1;
 }  // namespace
 
 void allreduce_exact(const Communicator& comm, FixedSum* sums, int n, std::vector<std::int64_t>* ints) {
+  std::vector<std::int64_t> limbs;
+  allreduce_exact(comm, sums, n, ints, limbs);
+}
+
+void allreduce_exact(const Communicator& comm, FixedSum* sums, int n, std::vector<std::int64_t>* ints,
+                     std::vector<std::int64_t>& limbs) {
   const std::size_t extra = ints ? ints->size() : 0;
-  std::vector<std::int64_t> limbs(static_cast<std::size_t>(4 * n) + extra);
+  limbs.resize(static_cast<std::size_t>(4 * n) + extra);
   if (ints) std::copy(ints->begin(), ints->end(), limbs.begin() + 4 * n);
   for (int i = 0; i < n; ++i) {
     const Int128 v = sums[i].raw();

@@ -14,6 +14,9 @@ namespace moesim {
 // COLLECTIVE. In place: every rank gets the exact sums over all ranks. At most 2^20 ranks.
 // `ints` (optional) are summed in the same all-reduce, saving a collective.
 void allreduce_exact(const Communicator& comm, FixedSum* sums, int n, std::vector<std::int64_t>* ints = nullptr);
+// The same through `limbs`, whose memory a caller that reduces every step keeps.
+void allreduce_exact(const Communicator& comm, FixedSum* sums, int n, std::vector<std::int64_t>* ints,
+                     std::vector<std::int64_t>& limbs);
 inline void allreduce_exact(const Communicator& comm, std::vector<FixedSum>& sums) {
   allreduce_exact(comm, sums.data(), static_cast<int>(sums.size()));
 }

@@ -5,7 +5,6 @@
 // blocks of `chunk` rows that start at multiples of `chunk` in the global token order
 // (a rank's shard is whole chunks). chunk = 0: one block of all rows.
 #include <algorithm>
-#include <vector>
 
 #include "core/tensor.hpp"
 
@@ -18,13 +17,6 @@ void for_row_chunks(Index rows, Index chunk, F&& f) {
     return;
   }
   for (Index b = 0; b < rows; b += chunk) f(b, std::min(chunk, rows - b));
-}
-
-// Row counts of the blocks for_row_chunks visits (rows > 0).
-inline std::vector<Index> row_chunk_sizes(Index rows, Index chunk) {
-  std::vector<Index> out;
-  for_row_chunks(rows, chunk, [&](Index, Index r) { out.push_back(r); });
-  return out;
 }
 
 }  // namespace moesim

@@ -19,9 +19,8 @@ std::int64_t expert_capacity(double capacity_factor, std::int64_t B, int K, int 
 
 namespace {
 
-CapacityDecision keep_preselected(const Communicator& comm, const std::vector<int>& expert, std::int64_t n, int K,
-                                  int E, const std::vector<char>& preselected) {
-  CapacityDecision d;
+void keep_preselected(CapacityDecision& d, const Communicator& comm, const std::vector<int>& expert, std::int64_t n,
+                      int K, int E, const std::vector<char>& preselected) {
   d.kept = preselected;
   d.assigned.assign(static_cast<std::size_t>(E), 0);
   for (std::int64_t t = 0; t < n; ++t)
@@ -30,7 +29,7 @@ CapacityDecision keep_preselected(const Communicator& comm, const std::vector<in
           d.kept[static_cast<std::size_t>(t * K + j)];
   comm.allreduce_sum(d.assigned.data(), E);
   d.processed = d.assigned;
-  return d;
+  d.dropped = 0;
 }
 
 // NOTES: an expert's kept set under the priority order is its `capacity` best (priority,
@@ -93,9 +92,22 @@ void keep_by_priority(const Communicator& comm, const std::vector<int>& expert, 
 CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int>& expert,
                                  std::int64_t n, int K, int E, std::int64_t capacity,
                                  const std::vector<char>& preselected, const DropByPriority* by_priority) {
-  if (!preselected.empty()) return keep_preselected(comm, expert, n, K, E, preselected);
+  CapacityDecision d;
+  decide_capacity_into(d, comm, expert, n, K, E, capacity, preselected, by_priority);
+  return d;
+}
+
+void decide_capacity_into(CapacityDecision& d, const Communicator& comm, const std::vector<int>& expert,
+                          std::int64_t n, int K, int E, std::int64_t capacity,
+                          const std::vector<char>& preselected, const DropByPriority* by_priority) {
+  if (!preselected.empty()) {
+    keep_preselected(d, comm, expert, n, K, E, preselected);
+    return;
+  }
   const std::size_t KE = static_cast<std::size_t>(K) * static_cast<std::size_t>(E);
-  std::vector<std::int64_t> local(KE, 0), before(KE, 0), total(KE, 0);
+  auto& [local, before, total, next] = d.counts;
+  local.assign(KE, 0);
+  before.assign(KE, 0);
   for (std::int64_t t = 0; t < n; ++t)
     for (int j = 0; j < K; ++j)
       ++local[static_cast<std::size_t>(j) * E + static_cast<std::size_t>(expert[t * K + j])];
@@ -103,12 +115,12 @@ CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int
   total = local;
   comm.allreduce_sum(total.data(), static_cast<int>(KE));
 
-  CapacityDecision d;
   d.kept.assign(static_cast<std::size_t>(n * K), 1);
   d.assigned.assign(static_cast<std::size_t>(E), 0);
   d.processed.assign(static_cast<std::size_t>(E), 0);
+  d.dropped = 0;
   // Position of the next local assignment at level j for expert e, in the global order.
-  std::vector<std::int64_t> next(KE, 0);
+  next.assign(KE, 0);
   for (int e = 0; e < E; ++e) {
     std::int64_t base = 0;
     for (int j = 0; j < K; ++j) {
@@ -130,7 +142,6 @@ CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int
         if (next[i]++ >= capacity) d.kept[static_cast<std::size_t>(t * K + j)] = 0;
       }
   }
-  return d;
 }
 
 }  // namespace moesim

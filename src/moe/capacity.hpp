@@ -22,6 +22,11 @@ struct CapacityDecision {
   std::vector<std::int64_t> assigned;     // E, global assignments per expert before dropping
   std::vector<std::int64_t> processed;    // E, global assignments kept per expert
   std::int64_t dropped = 0;               // global dropped assignments
+  // The decision's own counts per (choice, expert), kept so that a decision made into this
+  // one again allocates nothing.
+  struct Counts {
+    std::vector<std::int64_t> local, before, total, next;
+  } counts;
 };
 
 // --drop-policy probs: an expert over capacity keeps its `capacity` assignments with the
@@ -40,5 +45,9 @@ CapacityDecision decide_capacity(const Communicator& comm, const std::vector<int
                                  std::int64_t n, int K, int E, std::int64_t capacity,
                                  const std::vector<char>& preselected = {},
                                  const DropByPriority* by_priority = nullptr);
+// The same into `d`, reusing its vectors' memory (a layer decides every step into one decision).
+void decide_capacity_into(CapacityDecision& d, const Communicator& comm, const std::vector<int>& expert,
+                          std::int64_t n, int K, int E, std::int64_t capacity,
+                          const std::vector<char>& preselected = {}, const DropByPriority* by_priority = nullptr);
 
 }  // namespace moesim

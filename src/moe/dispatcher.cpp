@@ -1,5 +1,7 @@
 #include "moe/dispatcher.hpp"
 
+#include <algorithm>
+
 namespace moesim {
 
 Dispatcher::Dispatcher(const Communicator& comm, int experts, DispatchAlgo algo, std::vector<int> node_of,
@@ -31,6 +33,10 @@ DispatchLayout Dispatcher::plan(const std::vector<int>& expert, const std::vecto
 void Dispatcher::plan_into(DispatchLayout& L, const std::vector<int>& expert, const std::vector<char>& kept, Index n,
                            int K, CommStats& stats, const DispatchLimits& limits) const {
   send_layout_into(L, expert, kept, n, K, E_, comm_.size(), expert_slot_);
+  // A local expert receives at most its capacity, or every token: room for that from the first
+  // plan on, so that no later step's routing grows the received rows' index.
+  const std::int64_t per_expert = limits.capacity > 0 ? std::min(limits.capacity, limits.tokens) : limits.tokens;
+  L.recv_to_block.reserve(static_cast<std::size_t>(E_local_ * per_expert));
   stats.phase = kForwardDispatch;
   impl_->plan(L, limits, stats);
 }

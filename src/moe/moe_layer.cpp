@@ -131,16 +131,17 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
       for (int j = 0; j < K; ++j) drop_priority_[static_cast<std::size_t>(t * K + j)] = static_cast<double>(routing_.gate(t, j));
     by_gate = {&drop_priority_, ctx.first_token};
   }
-  const CapacityDecision cd =
-      decide_capacity(comm_, routing_.expert, n, K, E, cap, routing_.preselected, by_probs ? &by_gate : nullptr);
-  assigned_ = cd.assigned;
+  decide_capacity_into(capacity_, comm_, routing_.expert, n, K, E, cap, routing_.preselected,
+                       by_probs ? &by_gate : nullptr);
+  const CapacityDecision& cd = capacity_;
 
   // Load-balancing loss (Switch): E * sum_e f_e P_e over the global batch.
   // One all-reduce for P_e (load balance), the z-loss sum and the gate entropy sum.
   // The next slot counts tokens with no kept assignment, then tokens per top expert
   // (largest gate).
   // Exact sums (comm/exact_sum), so that the statistics do not depend on the layout.
-  std::vector<FixedSum> S(2 * static_cast<std::size_t>(E) + 3);
+  std::vector<FixedSum>& S = stat_sums_;
+  S.assign(2 * static_cast<std::size_t>(E) + 3, FixedSum{});
   for (Index t = 0; t < n; ++t) {
     S[static_cast<std::size_t>(E + 3 + routing_.top_expert(t))] += 1.0;
     bool routed = false;
@@ -155,7 +156,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   }
   // Chunked runs also count kept assignments per (global token chunk, expert), in the same
   // all-reduce: the expert owners cut their blocks at chunk boundaries with them.
-  std::vector<std::int64_t> chunk_counts;
+  std::vector<std::int64_t>& chunk_counts = chunk_counts_;
   if (chunk_ > 0) {
     const std::int64_t first = comm_.rank() * ((n + chunk_ - 1) / chunk_);
     chunk_counts.assign(static_cast<std::size_t>((B + chunk_ - 1) / chunk_ * E), 0);
@@ -164,8 +165,9 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
         if (cd.kept[static_cast<std::size_t>(t * K + j)])
           ++chunk_counts[static_cast<std::size_t>((first + t / chunk_) * E + routing_.expert[static_cast<std::size_t>(t * K + j)])];
   }
-  allreduce_exact(comm_, S.data(), static_cast<int>(S.size()), chunk_counts.empty() ? nullptr : &chunk_counts);
-  std::vector<double> P(S.size());
+  allreduce_exact(comm_, S.data(), static_cast<int>(S.size()), chunk_ > 0 ? &chunk_counts : nullptr, stat_limbs_);
+  std::vector<double>& P = stat_totals_;
+  P.resize(S.size());
   for (std::size_t i = 0; i < S.size(); ++i) P[i] = S[i].value();
   stats_.top_expert_tokens.assign(static_cast<std::size_t>(E), 0);
   for (int e = 0; e < E; ++e)
@@ -334,10 +336,9 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   const bool switch_aux = cfg_.balance == BalanceKind::kAux && gate_traits(cfg_.gate).switch_loss;
   if (switch_aux && cfg_.aux_loss_weight != 0.0 && stats_.tokens > 0) {
     // d(w * E * sum_e f_e P_e) / d p_e(t) = w * E * f_e / B; f is not differentiable.
-    RowVec<T> row(E);
+    dprobs.resize(n, E);
     for (int e = 0; e < E; ++e)
-      row(e) = static_cast<T>(cfg_.aux_loss_weight * E * f_[e] / static_cast<double>(stats_.tokens));
-    dprobs = row.replicate(n, 1);
+      dprobs.col(e).setConstant(static_cast<T>(cfg_.aux_loss_weight * E * f_[e] / static_cast<double>(stats_.tokens)));
   } else {
     dprobs.resize(0, 0);
   }
@@ -363,10 +364,10 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
     // DeepSeek-V3: raise the bias of underloaded experts, lower it for overloaded ones,
     // from the global load before dropping (identical on every rank).
     double mean = 0;
-    for (std::int64_t a : assigned_) mean += static_cast<double>(a) / E;
+    for (std::int64_t a : capacity_.assigned) mean += static_cast<double>(a) / E;
     std::vector<double>& b = router_.bias();
     for (int e = 0; e < E; ++e) {
-      const double load = static_cast<double>(assigned_[static_cast<std::size_t>(e)]);
+      const double load = static_cast<double>(capacity_.assigned[static_cast<std::size_t>(e)]);
       b[static_cast<std::size_t>(e)] += cfg_.bias_update_rate * (load < mean ? 1.0 : load > mean ? -1.0 : 0.0);
     }
   }

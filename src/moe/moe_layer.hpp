@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "comm/expert_groups.hpp"
+#include "core/fixed_sum.hpp"
 #include "moe/capacity.hpp"
 #include "moe/config.hpp"
 #include "moe/dispatcher.hpp"
@@ -141,8 +142,14 @@ class MoeLayer {
   // Backward's temporaries, kept: a step of the same shapes allocates nothing.
   Mat<T> dgate_, dprobs_, dx_router_, shared_tmp_;
   std::vector<double> dlse_;
+  // Forward's statistics: their exact sums, the all-reduce's limbs, the rounded totals, and
+  // chunked runs' kept assignments per (token chunk, expert).
+  std::vector<FixedSum> stat_sums_;
+  std::vector<std::int64_t> stat_limbs_;
+  std::vector<double> stat_totals_;
+  std::vector<std::int64_t> chunk_counts_;
   std::vector<double> f_;  // global fraction of assignments per expert
-  std::vector<std::int64_t> assigned_;  // global assignments per expert before dropping
+  CapacityDecision capacity_;  // the last forward's (its global assignments per expert: --balance bias)
   std::vector<double> drop_priority_;   // --drop-policy probs: the gate of each local assignment
   bool training_ = true;
   std::int64_t step_ = 0;

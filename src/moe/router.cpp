@@ -108,7 +108,9 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
 
   // Softmax over all logits in R (balancing loss, gates weighted by it) and its lse.
   probs_.resize(n, E);
-  RowVec<R> p(E);
+  RouteScratch<R>& scratch = route_scratch<R>();
+  RowVec<R>& p = scratch.probs;
+  p.resize(E);
   for (Index t = 0; t < n; ++t) {
     const auto row = logits.row(t);
     const R mx = row.maxCoeff();
@@ -123,7 +125,7 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   }
   RouteContext c = ctx;
   c.chunk = chunk_;
-  GateForward<T, R> f{x, xr, logits, probs_, c, opt_, bias_, w_noise_.value, r};
+  GateForward<T, R> f{x, xr, logits, probs_, c, opt_, bias_, w_noise_.value, r, scratch};
   gate_->route(f);
 }
 
@@ -143,10 +145,14 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
   Mat<R>& dp_all = kept<R>(kDProbs);
   if (dprobs.size() > 0) dp_all = dprobs.template cast<R>();
   else dp_all.setZero(n, E);
-  GateBackward<T, R> b{r, dgate, opt_, dlogits, dp_all, dnoise};
+  RouteScratch<R>& scratch = route_scratch<R>();
+  GateBackward<T, R> b{r, dgate, opt_, dlogits, dp_all, dnoise, scratch};
   gate_->backward(b);
   // Through the softmax over all logits, and the z-loss through its lse.
-  RowVec<R> dp(E), p(E);
+  RowVec<R>& dp = scratch.dprobs;
+  RowVec<R>& p = scratch.probs;
+  dp.resize(E);
+  p.resize(E);
   for (Index t = 0; t < n; ++t) {
     dp = dp_all.row(t);
     for (int e = 0; e < E; ++e) p(e) = static_cast<R>(probs_(t, e));
@@ -156,20 +162,22 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
   }
   const Mat<R>& xr = jittered_ ? kept<R>(kJittered) : input<R>();
   const Mat<R>& w = weights<R>();
+  Mat<R>& dxr = kept<R>(kDx);
+  Mat<R>& leaf = kept<R>(kLeaf);  // a weight's gradient over a block, or over the batch
   if (chunk_ <= 0) {
-    Mat<R> dxr = dlogits * w.transpose();
-    w_.grad += (xr.transpose() * dlogits).template cast<T>();
+    dxr.noalias() = dlogits * w.transpose();
+    leaf.noalias() = xr.transpose() * dlogits;
+    w_.grad += leaf.template cast<T>();
     if (dnoise.cols() > 0) {  // the gate used W_noise
       dxr.noalias() += dnoise * w_noise_.value.template cast<R>().transpose();
-      w_noise_.grad += (xr.transpose() * dnoise).template cast<T>();
+      leaf.noalias() = xr.transpose() * dnoise;
+      w_noise_.grad += leaf.template cast<T>();
     }
     if (jittered_) dxr.array() *= kept<R>(kJitter).array();  // through x * u
     dx = dxr.template cast<T>();
     return;
   }
-  Mat<R>& dxr = kept<R>(kDx);
   dxr.resize(n, w.rows());
-  Mat<R>& leaf = kept<R>(kLeaf);
   const Mat<R> wn = dnoise.cols() > 0 ? Mat<R>(w_noise_.value.template cast<R>()) : Mat<R>();
   for_row_chunks(n, chunk_, [&](Index b0, Index rows) {
     dxr.middleRows(b0, rows).noalias() = dlogits.middleRows(b0, rows) * w.transpose();

@@ -81,6 +81,13 @@ class Router {
     if constexpr (std::is_same_v<R, T>) return kept_t_[i];
     else return kept_d_[i];
   }
+  RouteScratch<T> scratch_t_;
+  RouteScratch<double> scratch_d_;
+  template <class R>
+  RouteScratch<R>& route_scratch() {
+    if constexpr (std::is_same_v<R, T>) return scratch_t_;
+    else return scratch_d_;
+  }
   // m in precision R: m itself, or a copy cast into slot i.
   template <class R>
   const Mat<R>& cast_into(const Mat<T>& m, Slot i) {

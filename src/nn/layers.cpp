@@ -88,36 +88,58 @@ void Ffn<T>::init(Rng& rng) {
 // gradient per block pushed into each parameter's tree (the block version below).
 template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk) {
-  forward(x, y, chunk <= 0 ? std::vector<Index>{x.rows()} : row_chunk_sizes(x.rows(), chunk));
+  if (forward_on_device(x, y)) return;
+  keep_input(x);
+  for_row_chunks(x.rows(), chunk, [&](Index b, Index r) { forward_block(x, y, b, r); });
 }
 
-// Per block: x W1 into the kept pre-activations, bias + GELU in one pass that keeps the tanh
-// for backward (nn/gelu_rows), h W2 straight into y, then b2. Kept buffers only grow, so a
-// step after the first allocates nothing here.
 template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks) {
-  const Index n = x.rows(), D = x.cols(), F = w1_.value.cols();
-  rows_ = n;
-  if constexpr (std::is_same_v<T, float>) {
-    if (engine_) {  // every row is its own product row: the blocks need no pass of their own
-      engine_->forward(x.data(), n, {w1_.value.data(), b1_.value.data(), w2_.value.data(), b2_.value.data()}, y.data());
-      return;
-    }
-  }
-  MatMap<T> xs = x_.view(n, D), pre = pre_.view(n, F), th = tanh_.view(n, F), h = h_.view(n, F);
-  xs = x;
+  if (forward_on_device(x, y)) return;
+  keep_input(x);
   Index b = 0;
   for (const Index r : blocks) {
-    if (r == 0) continue;
-    MatMap<T> pb(pre.data() + b * F, r, F), tb(th.data() + b * F, r, F), hb(h.data() + b * F, r, F);
-    MatMap<T> yb(y.data() + b * y.cols(), r, y.cols());
-    pb.noalias() = x.middleRows(b, r) * w1_.value;
-    bias_gelu_forward<T>(pb, b1_.value.data(), tb, hb);
-    yb.noalias() = hb * w2_.value;
-    yb.rowwise() += b2_.value.row(0);
+    forward_block(x, y, b, r);
     b += r;
   }
-  MOESIM_REQUIRE(b == n, "Ffn: blocks of " << b << " rows for " << n << " rows");
+  MOESIM_REQUIRE(b == x.rows(), "Ffn: blocks of " << b << " rows for " << x.rows() << " rows");
+}
+
+// --device cuda: the whole batch in one pass on the GPU (every row is its own product row, so
+// the blocks need no pass of their own); false on the CPU.
+template <class T>
+bool Ffn<T>::forward_on_device(const ConstMatMap<T>& x, MatMap<T> y) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (engine_) {
+      rows_ = x.rows();
+      engine_->forward(x.data(), x.rows(), {w1_.value.data(), b1_.value.data(), w2_.value.data(), b2_.value.data()},
+                       y.data());
+      return true;
+    }
+  }
+  return false;
+}
+
+// Kept buffers only grow, so a step after the first allocates nothing here.
+template <class T>
+void Ffn<T>::keep_input(const ConstMatMap<T>& x) {
+  rows_ = x.rows();
+  x_.view(rows_, x.cols()) = x;
+}
+
+// Rows [b, b + r): x W1 into the kept pre-activations, bias + GELU in one pass that keeps the
+// tanh for backward (nn/gelu_rows), h W2 straight into y, then b2.
+template <class T>
+void Ffn<T>::forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r) {
+  if (r == 0) return;
+  const Index F = w1_.value.cols();
+  MatMap<T> pb(pre_.view(rows_, F).data() + b * F, r, F), tb(tanh_.view(rows_, F).data() + b * F, r, F);
+  MatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F);
+  MatMap<T> yb(y.data() + b * y.cols(), r, y.cols());
+  pb.noalias() = x.middleRows(b, r) * w1_.value;
+  bias_gelu_forward<T>(pb, b1_.value.data(), tb, hb);
+  yb.noalias() = hb * w2_.value;
+  yb.rowwise() += b2_.value.row(0);
 }
 
 template <class T>
@@ -126,7 +148,7 @@ void Ffn<T>::backward(const ConstMatMap<T>& dy, MatMap<T> dx, Index chunk) {
     if (dy.rows() > 0) backward_block(dy, dx, 0, dy.rows(), false);  // no rows: no gradient
     return;
   }
-  backward(dy, dx, row_chunk_sizes(dy.rows(), chunk));
+  for_row_chunks(dy.rows(), chunk, [&](Index b, Index r) { backward_block(dy, dx, b, r, true); });
 }
 
 template <class T>

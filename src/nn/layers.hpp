@@ -58,7 +58,6 @@ class Ffn {
   // Computes on this rank's GPU from now on (--device cuda; device/ffn_engine): the same blocks,
   // gradients and parameters, the products on the GPU. fp32 only; ConfigError otherwise.
   void use_device();
-  bool on_device() const { return engine_ != nullptr; }
 
  private:
   Param<T> w1_, b1_, w2_, b2_;
@@ -67,7 +66,10 @@ class Ffn {
   // backward; dpre_ is backward's per-block temporary.
   RowBuffer<T> x_, pre_, tanh_, h_, dpre_;
   Index rows_ = 0;
+  void keep_input(const ConstMatMap<T>& x);
+  void forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r);
   void backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
+  bool forward_on_device(const ConstMatMap<T>& x, MatMap<T> y);
   void backward_block_on_device(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
 };
 

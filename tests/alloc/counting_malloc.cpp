@@ -1,6 +1,7 @@
 // A counting allocator for the whole test binary: malloc and its family are interposed
 // (glibc's own implementations behind them), and while counting is on every call that
-// allocates is counted with its size. Counting must not allocate, so sizes go to a fixed array.
+// allocates is counted with its size (OpenBLAS's and those inside MPI calls apart, see below).
+// Counting must not allocate, so sizes go to a fixed array.
 #include "alloc/counting_malloc.hpp"
 
 #include <execinfo.h>
@@ -33,26 +34,53 @@ std::size_t g_sizes[kKept];
 // find where a failing count comes from; backtrace_symbols_fd does not allocate).
 long g_trace = 0;
 thread_local bool t_inside = false;
-// OpenBLAS's own small-matrix kernels allocate inside sgemm: counted apart (not our buffers).
-std::uintptr_t g_blas_lo = 0, g_blas_hi = 0;
-std::atomic<long> g_blas{0};
+// Allocations that no buffer of ours could keep are counted apart: OpenBLAS's (its small-matrix
+// kernels allocate inside sgemm: malloc called from its code), and those made inside an MPI
+// call (the call stack passes through libmpi, every MPI function's entry): Open MPI's
+// collectives allocate temporaries every call (MPI_Allreduce's recursive doubling), and its
+// point-to-point layer buffers a message that arrives early or grows a free list, as timing
+// decides.
+struct Library {
+  const char* name;  // a part of its file name
+  std::uintptr_t lo = 0, hi = 0;  // its code
+  std::atomic<long> calls{0};
+  bool holds(const void* at) const {
+    const auto a = reinterpret_cast<std::uintptr_t>(at);
+    return a >= lo && a < hi;
+  }
+};
+Library g_blas{"openblas"}, g_mpi{"libmpi."};
 
-int find_blas(dl_phdr_info* info, std::size_t, void*) {
-  if (!info->dlpi_name || !std::strstr(info->dlpi_name, "openblas")) return 0;
+int find_library(dl_phdr_info* info, std::size_t, void* data) {
+  Library& lib = *static_cast<Library*>(data);
+  if (!info->dlpi_name || !std::strstr(info->dlpi_name, lib.name)) return 0;
   for (int i = 0; i < info->dlpi_phnum; ++i) {
     const auto& ph = info->dlpi_phdr[i];
     if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X)) continue;
-    g_blas_lo = info->dlpi_addr + ph.p_vaddr;
-    g_blas_hi = g_blas_lo + ph.p_memsz;
+    lib.lo = info->dlpi_addr + ph.p_vaddr;
+    lib.hi = lib.lo + ph.p_memsz;
   }
   return 1;
 }
 
+bool inside_mpi() {
+  t_inside = true;
+  void* frames[64];
+  const int k = backtrace(frames, 64);
+  t_inside = false;
+  for (int i = 0; i < k; ++i)
+    if (g_mpi.holds(frames[i])) return true;
+  return false;
+}
+
 void note(std::size_t n, void* caller) {
   if (!g_on.load(std::memory_order_relaxed) || t_inside) return;
-  const auto at = reinterpret_cast<std::uintptr_t>(caller);
-  if (at >= g_blas_lo && at < g_blas_hi) {
-    g_blas.fetch_add(1);
+  if (g_blas.holds(caller)) {
+    g_blas.calls.fetch_add(1);
+    return;
+  }
+  if (inside_mpi()) {
+    g_mpi.calls.fetch_add(1);
     return;
   }
   const long i = g_count.fetch_add(1);
@@ -75,18 +103,20 @@ void start_counting() {
     if (const char* v = std::getenv("MOESIM_ALLOC_TRACE")) g_trace = std::atol(v);
     void* frames[2];
     backtrace(frames, 2);  // its first call loads libgcc, which allocates
-    dl_iterate_phdr(find_blas, nullptr);
+    dl_iterate_phdr(find_library, &g_blas);
+    dl_iterate_phdr(find_library, &g_mpi);
     return true;
   }();
   (void)primed;
   g_count = 0;
   g_bytes = 0;
-  g_blas = 0;
+  g_blas.calls = 0;
+  g_mpi.calls = 0;
   g_on = true;
 }
 AllocCount stop_counting() {
   g_on = false;
-  AllocCount c{g_count.load(), g_bytes.load(), g_blas.load(), {}};
+  AllocCount c{g_count.load(), g_bytes.load(), g_blas.calls.load(), g_mpi.calls.load(), {}};
   for (long i = 0; i < std::min<long>(c.calls, kKept); ++i) c.first_sizes.push_back(g_sizes[i]);
   return c;
 }

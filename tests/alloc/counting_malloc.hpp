@@ -8,6 +8,7 @@ struct AllocCount {
   long calls;
   long bytes;
   long blas_calls;  // made by OpenBLAS inside sgemm (its small-matrix kernels), not counted above
+  long mpi_calls;   // made inside MPI calls (Open MPI's temporaries and message buffers), not counted above
   std::vector<std::size_t> first_sizes;  // of the first 64 calls
 };
 

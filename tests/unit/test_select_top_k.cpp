@@ -24,8 +24,8 @@ TEST(SelectTopK, EqualsAStableSortWithTiesToTheLowerExpert) {
       r.E = E;
       r.K = K;
       r.expert.assign(static_cast<std::size_t>(n * K), -1);
-      std::vector<int> next;
-      select_top_k(sel, r, &next);
+      std::vector<int> scratch, next;
+      select_top_k(sel, r, scratch, &next);
       for (Index t = 0; t < n; ++t) {
         std::vector<int> order(static_cast<std::size_t>(E));
         std::iota(order.begin(), order.end(), 0);

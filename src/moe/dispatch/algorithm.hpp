@@ -63,6 +63,16 @@ class DispatchAlgorithm {
  protected:
   // Receive counts by one MPI_Alltoall of the per-expert send counts.
   void counts_by_alltoall(DispatchLayout& L, CommStats& stats) const;
+  // One alltoallv's element counts and displacements per peer.
+  struct ElementCounts {
+    std::vector<int> send, send_displs, recv, recv_displs;
+  };
+  // Those of the next alltoallv over `peers` ranks, each sized `peers`, kept from call to call.
+  ElementCounts& element_counts(int peers) const {
+    for (auto* v : {&counts_.send, &counts_.send_displs, &counts_.recv, &counts_.recv_displs})
+      v->resize(static_cast<std::size_t>(peers));
+    return counts_;
+  }
   // Temporaries of one call (which = 0, 1), kept from call to call so that MPI moves rows
   // through the same memory every step.
   template <class T>
@@ -76,6 +86,7 @@ class DispatchAlgorithm {
   mutable std::tuple<std::array<RowBuffer<float>, 2>, std::array<RowBuffer<double>, 2>,
                      std::array<RowBuffer<std::int64_t>, 2>>
       scratch_;
+  mutable ElementCounts counts_;
 };
 
 // Virtual functions cannot be templates: this routes each element type to the

@@ -12,7 +12,7 @@ void AlltoallvDispatch::exchange(const T* send, const std::vector<int>& send_row
                                  const std::vector<int>& recv_rows, const std::vector<int>& recv_row_displs,
                                  Index width, CommStats& stats) const {
   const int P = comm_.size();
-  std::vector<int> sc(P), sd(P), rc(P), rd(P);
+  auto& [sc, sd, rc, rd] = element_counts(P);
   for (int q = 0; q < P; ++q) {
     sc[q] = checked_int(static_cast<Index>(send_rows[q]) * width, "all-to-all message");
     sd[q] = checked_int(static_cast<Index>(send_row_displs[q]) * width, "all-to-all offset");

@@ -51,35 +51,35 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
   void plan(DispatchLayout& L, const DispatchLimits&, CommStats& stats) const override {
     const int El = L.E_local;
     // Intra: to local l' the per-expert counts for the ranks (m, l'), [m][le].
-    std::vector<int> to_local(static_cast<std::size_t>(G_ * nodes_ * El)), from_local(to_local.size());
+    to_local_.resize(static_cast<std::size_t>(G_ * nodes_ * El));
+    from_local_.resize(to_local_.size());
     for (int lp = 0; lp < G_; ++lp)
       for (int m = 0; m < nodes_; ++m)
         for (int le = 0; le < El; ++le)
-          to_local[static_cast<std::size_t>((lp * nodes_ + m) * El + le)] =
+          to_local_[static_cast<std::size_t>((lp * nodes_ + m) * El + le)] =
               L.send_expert_counts[static_cast<std::size_t>((m * G_ + lp) * El + le)];
     {
       StageScope s(stats, kIntra);
       PhaseTimer timer(stats);
-      intra_->alltoall(to_local.data(), from_local.data(), nodes_ * El);
+      intra_->alltoall(to_local_.data(), from_local_.data(), nodes_ * El);
     }
     // Relay: rows from local source ls for node m, and to node m the [ls][le] counts.
     L.relay_counts.assign(static_cast<std::size_t>(G_ * nodes_), 0);
-    std::vector<int> to_node(static_cast<std::size_t>(nodes_ * G_ * El)), from_node(to_node.size());
+    to_node_.resize(static_cast<std::size_t>(nodes_ * G_ * El));
     for (int ls = 0; ls < G_; ++ls)
       for (int m = 0; m < nodes_; ++m)
         for (int le = 0; le < El; ++le) {
-          const int c = from_local[static_cast<std::size_t>((ls * nodes_ + m) * El + le)];
+          const int c = from_local_[static_cast<std::size_t>((ls * nodes_ + m) * El + le)];
           L.relay_counts[static_cast<std::size_t>(ls * nodes_ + m)] += c;
-          to_node[static_cast<std::size_t>((m * G_ + ls) * El + le)] = c;
+          to_node_[static_cast<std::size_t>((m * G_ + ls) * El + le)] = c;
         }
+    // From node n: the counts of its ranks (n, ls) for this rank's experts, source-major as a
+    // flat count exchange delivers them.
     {
       StageScope s(stats, kInter);
       PhaseTimer timer(stats);
-      inter_->alltoall(to_node.data(), from_node.data(), G_ * El);
+      inter_->alltoall(to_node_.data(), L.recv_expert_counts.data(), G_ * El);
     }
-    // From node n: the counts of its ranks (n, ls) for this rank's experts, source-major as a
-    // flat count exchange delivers them.
-    L.recv_expert_counts = from_node;
     complete_receive_side(L);
   }
 
@@ -89,7 +89,11 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
     const Index width = send_rows.cols();
     // Send order is by destination q = m*G + l'; the intra stage wants it by [l'][m].
     MatMap<T> packed = scratch<T>(0).view(L.rows_sent(), width);
-    std::vector<int> s1_send(static_cast<std::size_t>(G_), 0);
+    std::vector<int>& s1_send = stage_send_[kIntra];
+    std::vector<int>& s1_recv = stage_recv_[kIntra];
+    std::vector<int>& s2_send = stage_send_[kInter];
+    std::vector<int>& s2_recv = stage_recv_[kInter];
+    s1_send.assign(static_cast<std::size_t>(G_), 0);
     {
       Index at = 0;
       for (int lp = 0; lp < G_; ++lp)
@@ -101,16 +105,17 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
           s1_send[static_cast<std::size_t>(lp)] += c;
         }
     }
-    const std::vector<int> s1_recv = relayed_per_local(L);
+    relayed_per_local(L, s1_recv);
     const Index relayed = sum(s1_recv);
     MatMap<T> relay_rows = scratch<T>(1).view(relayed, width);
     exchange(*intra_, kIntra, packed.data(), s1_send, relay_rows.data(), s1_recv, width, stats);
     // [ls][m] -> [m][ls] for the inter stage.
     MatMap<T> repacked = scratch<T>(0).view(relayed, width);
-    std::vector<int> s2_send(static_cast<std::size_t>(nodes_), 0);
+    s2_send.assign(static_cast<std::size_t>(nodes_), 0);
     repack(L, relay_rows, repacked, false, s2_send);
     MatMap<T> received = scratch<T>(1).view(L.rows_received(), width);
-    exchange(*inter_, kInter, repacked.data(), s2_send, received.data(), received_per_node(L), width, stats);
+    received_per_node(L, s2_recv);
+    exchange(*inter_, kInter, repacked.data(), s2_send, received.data(), s2_recv, width, stats);
     MatMap<T> blocks = out.view(L.rows_received(), width);
     for (Index i = 0; i < L.rows_received(); ++i) blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]) = received.row(i);
     return blocks;
@@ -123,15 +128,20 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
     MatMap<T> outgoing = scratch<T>(0).view(L.rows_received(), width);
     for (Index i = 0; i < L.rows_received(); ++i)
       outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-    const std::vector<int> s2_recv = relayed_per_node(L);
+    std::vector<int>& s1_send = stage_send_[kIntra];
+    std::vector<int>& s1_recv = stage_recv_[kIntra];
+    std::vector<int>& s2_send = stage_send_[kInter];
+    std::vector<int>& s2_recv = stage_recv_[kInter];
+    relayed_per_node(L, s2_recv);
     const Index relayed = sum(s2_recv);
     MatMap<T> repacked = scratch<T>(1).view(relayed, width);
-    exchange(*inter_, kInter, outgoing.data(), received_per_node(L), repacked.data(), s2_recv, width, stats);
+    received_per_node(L, s2_send);
+    exchange(*inter_, kInter, outgoing.data(), s2_send, repacked.data(), s2_recv, width, stats);
     // [m][ls] -> [ls][m] for the intra stage back.
     MatMap<T> relay_rows = scratch<T>(0).view(relayed, width);
-    std::vector<int> s1_send(static_cast<std::size_t>(G_), 0);
+    s1_send.assign(static_cast<std::size_t>(G_), 0);
     repack(L, repacked, relay_rows, true, s1_send);
-    std::vector<int> s1_recv(static_cast<std::size_t>(G_), 0);
+    s1_recv.assign(static_cast<std::size_t>(G_), 0);
     for (int lp = 0; lp < G_; ++lp)
       for (int m = 0; m < nodes_; ++m) s1_recv[static_cast<std::size_t>(lp)] += L.send_counts[static_cast<std::size_t>(m * G_ + lp)];
     MatMap<T> packed = scratch<T>(1).view(L.rows_sent(), width);
@@ -164,25 +174,23 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
   int relay(const DispatchLayout& L, int ls, int m) const {
     return L.relay_counts[static_cast<std::size_t>(ls * nodes_ + m)];
   }
-  // Rows this rank relays: from each local rank (intra stage in), or to each node (inter stage out).
-  std::vector<int> relayed_per_local(const DispatchLayout& L) const {
-    std::vector<int> v(static_cast<std::size_t>(G_), 0);
+  // Rows this rank relays, into v: from each local rank (intra stage in), or to each node (inter
+  // stage out).
+  void relayed_per_local(const DispatchLayout& L, std::vector<int>& v) const {
+    v.assign(static_cast<std::size_t>(G_), 0);
     for (int ls = 0; ls < G_; ++ls)
       for (int m = 0; m < nodes_; ++m) v[static_cast<std::size_t>(ls)] += relay(L, ls, m);
-    return v;
   }
-  std::vector<int> relayed_per_node(const DispatchLayout& L) const {
-    std::vector<int> v(static_cast<std::size_t>(nodes_), 0);
+  void relayed_per_node(const DispatchLayout& L, std::vector<int>& v) const {
+    v.assign(static_cast<std::size_t>(nodes_), 0);
     for (int m = 0; m < nodes_; ++m)
       for (int ls = 0; ls < G_; ++ls) v[static_cast<std::size_t>(m)] += relay(L, ls, m);
-    return v;
   }
-  // Rows this rank receives from each node's ranks in the inter stage (their flat counts).
-  std::vector<int> received_per_node(const DispatchLayout& L) const {
-    std::vector<int> v(static_cast<std::size_t>(nodes_), 0);
+  // Rows this rank receives from each node's ranks in the inter stage (their flat counts), into v.
+  void received_per_node(const DispatchLayout& L, std::vector<int>& v) const {
+    v.assign(static_cast<std::size_t>(nodes_), 0);
     for (int n = 0; n < nodes_; ++n)
       for (int ls = 0; ls < G_; ++ls) v[static_cast<std::size_t>(n)] += L.recv_counts[static_cast<std::size_t>(n * G_ + ls)];
-    return v;
   }
   static Index sum(const std::vector<int>& v) {
     Index s = 0;
@@ -196,17 +204,18 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
   template <class T>
   void repack(const DispatchLayout& L, const MatMap<T>& from, MatMap<T>& to, bool back,
               std::vector<int>& counts) const {
-    std::vector<Index> by_ls(static_cast<std::size_t>(G_ * nodes_)), by_m(by_ls.size());
+    by_ls_.resize(static_cast<std::size_t>(G_ * nodes_));
+    by_m_.resize(by_ls_.size());
     Index a = 0;
     for (int ls = 0; ls < G_; ++ls)
       for (int m = 0; m < nodes_; ++m) {
-        by_ls[static_cast<std::size_t>(ls * nodes_ + m)] = a;
+        by_ls_[static_cast<std::size_t>(ls * nodes_ + m)] = a;
         a += relay(L, ls, m);
       }
     a = 0;
     for (int m = 0; m < nodes_; ++m)
       for (int ls = 0; ls < G_; ++ls) {
-        by_m[static_cast<std::size_t>(ls * nodes_ + m)] = a;
+        by_m_[static_cast<std::size_t>(ls * nodes_ + m)] = a;
         a += relay(L, ls, m);
       }
     for (int ls = 0; ls < G_; ++ls)
@@ -215,8 +224,8 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
         const int c = relay(L, ls, m);
         counts[static_cast<std::size_t>(back ? ls : m)] += c;
         if (c == 0) continue;
-        if (back) to.middleRows(by_ls[k], c) = from.middleRows(by_m[k], c);
-        else to.middleRows(by_m[k], c) = from.middleRows(by_ls[k], c);
+        if (back) to.middleRows(by_ls_[k], c) = from.middleRows(by_m_[k], c);
+        else to.middleRows(by_m_[k], c) = from.middleRows(by_ls_[k], c);
       }
   }
 
@@ -226,7 +235,7 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
   void exchange(const Communicator& sub, int stage, const T* send, const std::vector<int>& send_rows, T* recv,
                 const std::vector<int>& recv_rows, Index width, CommStats& stats) const {
     const int n = sub.size();
-    std::vector<int> sc(static_cast<std::size_t>(n)), sd(sc.size()), rc(sc.size()), rd(sc.size());
+    auto& [sc, sd, rc, rd] = element_counts(n);
     int s_at = 0, r_at = 0;
     for (int p = 0; p < n; ++p) {
       sc[p] = checked_int(static_cast<Index>(send_rows[p]) * width, "all-to-all message");
@@ -249,6 +258,11 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
   int G_ = 0, nodes_ = 1, node_ = 0, local_ = 0;
   std::string unusable_;
   std::unique_ptr<Communicator> intra_, inter_;
+  // Per-call counts, kept from call to call: plan's per-expert counts of the two stages, the
+  // rows per peer that an exchange sends and receives in each stage, and repack's offsets.
+  mutable std::vector<int> to_local_, from_local_, to_node_;
+  mutable std::vector<int> stage_send_[2], stage_recv_[2];
+  mutable std::vector<Index> by_ls_, by_m_;
 };
 
 }  // namespace

@@ -25,9 +25,11 @@ void send_layout_into(DispatchLayout& L, const std::vector<int>& expert, const s
     if (kept[static_cast<std::size_t>(a)]) ++per_expert[static_cast<std::size_t>(slot_of(L, expert[a]))];
   L.slot_start.assign(static_cast<std::size_t>(E) + 1, 0);
   for (int e = 0; e < E; ++e) L.slot_start[e + 1] = L.slot_start[e] + per_expert[e];
-  // The receive side's block offsets serve as the cursor here; complete_receive_side resets them.
-  std::vector<Index>& cursor = L.block_offset;
+  std::vector<Index>& cursor = L.cursor;
   cursor.assign(L.slot_start.begin(), L.slot_start.end() - 1);
+  // Room for every assignment, so that a later step's routing never grows them.
+  L.send_token.reserve(static_cast<std::size_t>(n * K));
+  L.send_choice.reserve(static_cast<std::size_t>(n * K));
   L.send_token.resize(static_cast<std::size_t>(L.slot_start[E]));
   L.send_choice.resize(static_cast<std::size_t>(L.slot_start[E]));
   for (Index t = 0; t < n; ++t)
@@ -38,7 +40,6 @@ void send_layout_into(DispatchLayout& L, const std::vector<int>& expert, const s
       L.send_token[static_cast<std::size_t>(row)] = t;
       L.send_choice[static_cast<std::size_t>(row)] = j;
     }
-  cursor.clear();
 
   L.send_counts.assign(static_cast<std::size_t>(P), 0);
   L.send_displs.assign(static_cast<std::size_t>(P), 0);
@@ -48,6 +49,7 @@ void send_layout_into(DispatchLayout& L, const std::vector<int>& expert, const s
   L.recv_counts.clear();
   L.recv_displs.clear();
   L.recv_to_block.clear();
+  L.block_offset.clear();
   L.relay_counts.clear();
 }
 
@@ -66,7 +68,8 @@ void complete_receive_side(DispatchLayout& L) {
   for (int le = 0; le < El; ++le) L.block_offset[le + 1] += L.block_offset[le];
 
   L.recv_to_block.resize(static_cast<std::size_t>(L.block_offset[El]));
-  std::vector<Index> fill(L.block_offset.begin(), L.block_offset.end() - 1);
+  std::vector<Index>& fill = L.cursor;
+  fill.assign(L.block_offset.begin(), L.block_offset.end() - 1);
   Index i = 0;
   for (int q = 0; q < P; ++q)
     for (int le = 0; le < El; ++le)

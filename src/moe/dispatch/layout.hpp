@@ -34,6 +34,7 @@ struct DispatchLayout {
   std::vector<Index> recv_to_block;           // received row -> row in expert-block order
   std::vector<Index> block_offset;            // E_local + 1 prefix over expert blocks
   std::vector<int> relay_counts;              // hierarchical: rows relayed from local rank ls to node m, [ls][m]
+  std::vector<Index> cursor;                  // the builders' fill positions, kept from plan to plan
   Index rows_sent() const { return static_cast<Index>(send_token.size()); }
   Index rows_received() const { return static_cast<Index>(recv_to_block.size()); }
 };

@@ -23,7 +23,7 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
     const int me = comm_.rank(), El = L.E_local;
     MatMap<T> blocks = out.view(L.rows_received(), width);
     PhaseTimer timer(stats);
-    std::vector<MPI_Request> reqs;
+    std::vector<MPI_Request>& reqs = requests_;
     for (int q = 0; q < L.P; ++q)
       for (int le = 0; le < El; ++le) {
         const int rows = L.recv_expert_counts[static_cast<std::size_t>(q * El + le)];
@@ -53,7 +53,7 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
     const int me = comm_.rank(), El = L.E_local;
     MatMap<T> back = out.view(L.rows_sent(), width);
     PhaseTimer timer(stats);
-    std::vector<MPI_Request> reqs;
+    std::vector<MPI_Request>& reqs = requests_;
     for (int e = 0; e < L.E; ++e) {
       const int rows = L.send_expert_counts[static_cast<std::size_t>(e)];
       const int q = e / El, le = e % El;
@@ -75,6 +75,10 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
     comm_.waitall(reqs);
     return back;
   }
+
+ private:
+  // One exchange's requests; waitall empties it and keeps its memory for the next.
+  mutable std::vector<MPI_Request> requests_;
 };
 
 }  // namespace

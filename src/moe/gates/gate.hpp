@@ -22,6 +22,16 @@ struct GateSetup {
   int experts = 0, top_k = 0;
 };
 
+// Temporaries of the router and its gate in the router precision R, kept by the router so
+// that a step allocates nothing.
+template <class R>
+struct RouteScratch {
+  Mat<R> selection;          // biased(): the scores plus the selection bias
+  std::vector<int> order;    // select_top_k: one token's experts by score
+  RowVec<R> chosen;          // one token's values over its K choices (gates, their gradients)
+  RowVec<R> probs, dprobs;   // the router's: one token's softmax over all experts, its gradient
+};
+
 // Forward: the router's shared results, in the router precision R. The gate fills r's
 // expert (n*K), gate (n x K, zero), and where it has them preselected and losses.
 template <class T, class R>
@@ -35,13 +45,16 @@ struct GateForward {
   const std::vector<double>& bias;  // --balance bias, per expert
   const Mat<T>& noise_weight;    // W_noise (gates with two matrices)
   Routing<T>& r;                 // n, K, E, probs and lse already set
+  RouteScratch<R>& scratch;
 
-  // Scores that rank experts: h plus the selection bias when --balance bias is on.
-  Mat<R> biased(const Mat<R>& h) const {
-    Mat<R> sel = h;
-    if (opt.bias_selection)
-      for (Index t = 0; t < sel.rows(); ++t)
-        for (Index e = 0; e < sel.cols(); ++e) sel(t, e) += static_cast<R>(bias[static_cast<std::size_t>(e)]);
+  // Scores that rank experts: h, or h plus the selection bias (in scratch.selection) when
+  // --balance bias is on.
+  const Mat<R>& biased(const Mat<R>& h) const {
+    if (!opt.bias_selection) return h;
+    Mat<R>& sel = scratch.selection;
+    sel = h;
+    for (Index t = 0; t < sel.rows(); ++t)
+      for (Index e = 0; e < sel.cols(); ++e) sel(t, e) += static_cast<R>(bias[static_cast<std::size_t>(e)]);
     return sel;
   }
 };
@@ -57,6 +70,7 @@ struct GateBackward {
   Mat<R>& dlogits;
   Mat<R>& dprobs;
   Mat<R>& dnoise;
+  RouteScratch<R>& scratch;
 };
 
 template <class T>

@@ -58,9 +58,9 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
           h(t, e) += static_cast<R>(eps_(t, e) * softplus(static_cast<double>(nl(t, e))));
         }
     }
-    const Mat<R> sel = f.biased(h);
-    select_top_k(sel, f.r, &next_order_);
-    gate_softmax_of_chosen(h, f.r);
+    const Mat<R>& sel = f.biased(h);
+    select_top_k(sel, f.r, f.scratch.order, &next_order_);
+    gate_softmax_of_chosen(h, f.r, f.scratch.chosen);
     if (noisy_) losses(f, sel);
   }
 
@@ -73,7 +73,8 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
     auto noise_scale_grad = [&](Index t, int e) {  // d(eps * softplus(nl)) / d nl
       return static_cast<R>(eps_(t, e) * sigmoid(noise_logits_(t, e)));
     };
-    RowVec<R> dg(K);
+    RowVec<R>& dg = b.scratch.chosen;
+    dg.resize(K);
     for (Index t = 0; t < r.n; ++t) {
       for (int j = 0; j < K; ++j) {
         dg(j) = static_cast<R>(b.dgate(t, j));

@@ -47,7 +47,7 @@ class SBaseGate final : public GateOf<T, SBaseGate<T>> {
     for (Index t = 0; t < n; ++t)
       for (int e = 0; e < E; ++e)
         sel(t, e) = static_cast<R>(static_cast<double>(logits(t, e)) + std::log(v[static_cast<std::size_t>(e)]));
-    select_top_k(sel, f.r);
+    select_top_k(sel, f.r, f.scratch.order);
     gate_probs_of_chosen(f.r);
   }
 

@@ -13,10 +13,11 @@ namespace moesim {
 
 // Each token's K best experts by `sel`, ties to the lower expert index so routing is a
 // pure function of the scores; `next` (if given) gets the (K+1)-th (-1 when K = E).
+// `order`: the caller's scratch (RouteScratch::order).
 template <class T, class R>
-void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>* next = nullptr) {
+void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>& order, std::vector<int>* next = nullptr) {
   const int E = r.E, K = r.K;
-  std::vector<int> order(static_cast<std::size_t>(E));
+  order.resize(static_cast<std::size_t>(E));
   const int depth = std::min(E, K + 1);
   if (next) next->assign(static_cast<std::size_t>(r.n), -1);
   for (Index t = 0; t < r.n; ++t) {
@@ -48,11 +49,11 @@ void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>* next = nul
   }
 }
 
-// gate = softmax over the chosen experts' h (without the selection bias).
+// gate = softmax over the chosen experts' h (without the selection bias); `gk`: scratch.
 template <class T, class R>
-void gate_softmax_of_chosen(const Mat<R>& h, Routing<T>& r) {
+void gate_softmax_of_chosen(const Mat<R>& h, Routing<T>& r, RowVec<R>& gk) {
   const int K = r.K;
-  RowVec<R> gk(K);
+  gk.resize(K);
   for (Index t = 0; t < r.n; ++t) {
     R top = h(t, r.expert_of(t, 0));
     for (int j = 1; j < K; ++j) top = std::max(top, h(t, r.expert_of(t, j)));

@@ -12,7 +12,7 @@ class SwitchGate final : public GateOf<T, SwitchGate<T>> {
 
   template <class R>
   void route_as(GateForward<T, R>& f) {
-    select_top_k(f.biased(f.logits), f.r);
+    select_top_k(f.biased(f.logits), f.r, f.scratch.order);
     gate_probs_of_chosen(f.r);
   }
 

@@ -28,9 +28,9 @@ class TopKGate final : public GateOf<T, TopKGate<T>> {
       route_sigmoid(f);
       return;
     }
-    select_top_k(f.biased(f.logits), f.r);
+    select_top_k(f.biased(f.logits), f.r, f.scratch.order);
     if (pre_softmax_) gate_probs_of_chosen(f.r);
-    else gate_softmax_of_chosen(f.logits, f.r);
+    else gate_softmax_of_chosen(f.logits, f.r, f.scratch.chosen);
   }
 
   template <class R>
@@ -43,7 +43,8 @@ class TopKGate final : public GateOf<T, TopKGate<T>> {
       probs_of_chosen_backward(b);
       return;
     }
-    RowVec<R> dg(b.r.K);
+    RowVec<R>& dg = b.scratch.chosen;
+    dg.resize(b.r.K);
     for (Index t = 0; t < b.r.n; ++t) {
       for (int j = 0; j < b.r.K; ++j) dg(j) = static_cast<R>(b.dgate(t, j));
       softmax_of_chosen_backward(b.r, t, dg, [&](int e, R dh) { b.dlogits(t, e) += dh; });
@@ -60,7 +61,7 @@ class TopKGate final : public GateOf<T, TopKGate<T>> {
     Mat<R> s(r.n, E);
     for (Index t = 0; t < r.n; ++t)
       for (int e = 0; e < E; ++e) s(t, e) = R(1) / (R(1) + std::exp(-f.logits(t, e)));
-    select_top_k(f.biased(s), r);
+    select_top_k(f.biased(s), r, f.scratch.order);
     scores_ = s.template cast<double>();
     for (Index t = 0; t < r.n; ++t) {
       R all = static_cast<R>(kSigmoidSumEps), chosen = static_cast<R>(kSigmoidSumEps);
