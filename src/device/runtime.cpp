@@ -1,6 +1,6 @@
 #include "device/runtime.hpp"
 
-#include <cstdio>
+#include <vector>
 
 #ifdef MOESIM_WITH_CUDA
 #include "device/cuda_check.hpp"
@@ -64,6 +64,14 @@ Versions versions() {
 void bind_device(int) { throw RuntimeError("bind_device: this moesim was built without CUDA"); }
 
 #endif
+
+void bind_local_device(const Communicator& comm) {
+  const std::vector<int> nodes = comm.node_ids();
+  int local = 0;
+  for (int r = 0; r < comm.rank(); ++r)
+    local += nodes[static_cast<std::size_t>(r)] == nodes[static_cast<std::size_t>(comm.rank())];
+  bind_device(local);
+}
 
 std::string unavailable() {
   const Versions v = versions();

@@ -3,6 +3,8 @@
 // versions, the devices. Safe to call on machines without a GPU or a driver.
 #include <string>
 
+#include "comm/communicator.hpp"
+
 namespace moesim::device {
 
 struct Versions {
@@ -27,5 +29,7 @@ std::string unavailable();
 // Binds this process to GPU (local_rank mod devices), as one GPU per rank wants. RuntimeError
 // when no GPU answers.
 void bind_device(int local_rank);
+// COLLECTIVE. The same with this rank's index among the ranks of `comm` that share its node.
+void bind_local_device(const Communicator& comm);
 
 }  // namespace moesim::device

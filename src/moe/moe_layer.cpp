@@ -46,11 +46,7 @@ const ExpertGroups& checked(const std::shared_ptr<const ExpertGroups>& g, const 
 void bind_gpu(const Communicator& world) {
   const std::string why = device::unavailable();
   world.agree_or_throw(why.empty(), "--device cuda: rank " + std::to_string(world.rank()) + ": " + why);
-  const std::vector<int> nodes = world.node_ids();
-  int local = 0;
-  for (int r = 0; r < world.rank(); ++r)
-    local += nodes[static_cast<std::size_t>(r)] == nodes[static_cast<std::size_t>(world.rank())];
-  device::bind_device(local);
+  device::bind_local_device(world);
 }
 
 }  // namespace

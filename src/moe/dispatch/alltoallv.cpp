@@ -24,35 +24,10 @@ void AlltoallvDispatch::exchange(const T* send, const std::vector<int>& send_row
   comm_.alltoallv(send, sc, sd, recv, rc, rd);
 }
 
-template <class T>
-MatMap<T> AlltoallvDispatch::dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
-                                           CommStats& stats) const {
-  const Index width = send_rows.cols();
-  MatMap<T> received = scratch<T>(0).view(L.rows_received(), width);
-  exchange(send_rows.data(), L.send_counts, L.send_displs, received.data(), L.recv_counts, L.recv_displs, width,
-           stats);
-  MatMap<T> blocks = out.view(L.rows_received(), width);
-  for (Index i = 0; i < L.rows_received(); ++i) blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]) = received.row(i);
-  return blocks;
-}
-
-template <class T>
-MatMap<T> AlltoallvDispatch::combine_rows(const DispatchLayout& L, const ConstMatMap<T>& block_rows,
-                                          RowBuffer<T>& out, CommStats& stats) const {
-  const Index width = block_rows.cols();
-  MatMap<T> outgoing = scratch<T>(0).view(L.rows_received(), width);
-  for (Index i = 0; i < L.rows_received(); ++i)
-    outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-  MatMap<T> back = out.view(L.rows_sent(), width);
-  exchange(outgoing.data(), L.recv_counts, L.recv_displs, back.data(), L.send_counts, L.send_displs, width, stats);
-  return back;
-}
-
 #define MOESIM_INSTANTIATE(T)                                                                                   \
-  template MatMap<T> AlltoallvDispatch::dispatch_rows(DispatchLayout&, const ConstMatMap<T>&, RowBuffer<T>&,     \
-                                                      CommStats&) const;                                        \
-  template MatMap<T> AlltoallvDispatch::combine_rows(const DispatchLayout&, const ConstMatMap<T>&, RowBuffer<T>&, \
-                                                     CommStats&) const;
+  template void AlltoallvDispatch::exchange(const T*, const std::vector<int>&, const std::vector<int>&, T*,        \
+                                            const std::vector<int>&, const std::vector<int>&, Index, CommStats&) \
+      const;
 MOESIM_INSTANTIATE(float)
 MOESIM_INSTANTIATE(double)
 MOESIM_INSTANTIATE(std::int64_t)

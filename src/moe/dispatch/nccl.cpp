@@ -4,17 +4,17 @@
 // path and cross to the GPU and back around each exchange; the transfer time includes that.
 #include "device/nccl_exchange.hpp"
 #include "device/runtime.hpp"
-#include "moe/dispatch/algorithm.hpp"
+#include "moe/dispatch/alltoallv.hpp"
 
 namespace moesim {
 
 namespace {
 
-class NcclDispatch final : public DispatchAlgorithmOf<NcclDispatch> {
+class NcclDispatch final : public FlatDispatch<NcclDispatch> {
  public:
   // COLLECTIVE: NCCL starts only where every rank of the group has a GPU; else unusable() says
   // why on every rank and the layer refuses the run.
-  explicit NcclDispatch(const Communicator& comm) : DispatchAlgorithmOf(comm) {
+  explicit NcclDispatch(const Communicator& comm) : FlatDispatch(comm) {
     why_ = device::unavailable();
     const int missing = comm.allreduce_max(why_.empty() ? 0 : 1);
     if (missing) {
@@ -22,7 +22,7 @@ class NcclDispatch final : public DispatchAlgorithmOf<NcclDispatch> {
       why_ = "--dispatch nccl needs a GPU on every rank: " + why_;
       return;
     }
-    device::bind_device(local_rank(comm));
+    device::bind_local_device(comm);
     nccl_ = std::make_unique<device::NcclExchange>(comm);
   }
 
@@ -32,39 +32,7 @@ class NcclDispatch final : public DispatchAlgorithmOf<NcclDispatch> {
     counts_by_alltoall(L, stats);
   }
 
-  template <class T>
-  MatMap<T> dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
-                          CommStats& stats) const {
-    const Index width = send_rows.cols();
-    MatMap<T> received = scratch<T>(0).view(L.rows_received(), width);
-    exchange(send_rows.data(), L.send_counts, L.send_displs, received.data(), L.recv_counts, L.recv_displs, width,
-             stats);
-    MatMap<T> blocks = out.view(L.rows_received(), width);
-    for (Index i = 0; i < L.rows_received(); ++i) blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]) = received.row(i);
-    return blocks;
-  }
-
-  template <class T>
-  MatMap<T> combine_rows(const DispatchLayout& L, const ConstMatMap<T>& block_rows, RowBuffer<T>& out,
-                         CommStats& stats) const {
-    const Index width = block_rows.cols();
-    MatMap<T> outgoing = scratch<T>(0).view(L.rows_received(), width);
-    for (Index i = 0; i < L.rows_received(); ++i)
-      outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-    MatMap<T> back = out.view(L.rows_sent(), width);
-    exchange(outgoing.data(), L.recv_counts, L.recv_displs, back.data(), L.send_counts, L.send_displs, width, stats);
-    return back;
-  }
-
- private:
-  static int local_rank(const Communicator& comm) {
-    const std::vector<int> nodes = comm.node_ids();
-    int local = 0;
-    for (int r = 0; r < comm.rank(); ++r)
-      local += nodes[static_cast<std::size_t>(r)] == nodes[static_cast<std::size_t>(comm.rank())];
-    return local;
-  }
-
+  // Rows per peer and their offsets as AlltoallvDispatch::exchange, moved by NCCL.
   template <class T>
   void exchange(const T* send, const std::vector<int>& send_rows, const std::vector<int>& send_row_displs, T* recv,
                 const std::vector<int>& recv_rows, const std::vector<int>& recv_row_displs, Index width,
@@ -85,6 +53,7 @@ class NcclDispatch final : public DispatchAlgorithmOf<NcclDispatch> {
     nccl_->alltoallv_host(send, sc_, sd_, recv, rc_, rd_, device::element_of<T>());
   }
 
+ private:
   std::string why_;
   std::unique_ptr<device::NcclExchange> nccl_;
   mutable std::vector<std::int64_t> sc_, sd_, rc_, rd_;  // element counts, kept from call to call
