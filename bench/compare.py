@@ -16,6 +16,7 @@ PAIRS = [
     ("BM_ExpertBlockGemm", "BM_ExpertTokenByToken", "expert FFN: contiguous block GEMM vs token by token"),
     ("BM_MoeLayerFwdBwd", "BM_ReferenceMoeFwdBwd", "MoE layer fwd+bwd: fast layer vs serial reference"),
     ("BM_KnnPredictFloatGemm", "BM_KnnPredictDoubleGemm", "KNN predict: float vs double distance GEMM"),
+    ("BM_KnnPredictFused", "BM_KnnPredictFloatGemm", "KNN predict: fused screen vs float distance GEMM"),
 ]
 
 

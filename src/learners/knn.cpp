@@ -7,7 +7,6 @@
 #include <cmath>
 #include <limits>
 #include <string>
-#include <type_traits>
 #include <utility>
 
 #include "core/error.hpp"
@@ -21,7 +20,7 @@ constexpr std::int64_t kNoId = std::numeric_limits<std::int64_t>::max();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int kTagSize = 71, kTagData = 72, kTagIds = 73, kTagMove = 74;
 
-// One short-listed training row of one query: its GEMM value ||z||^2 - 2 q.z.
+// One short-listed training row of one query: its screened value ||z||^2 - 2 q.z.
 struct Entry {
   double v;
   Index row;
@@ -36,18 +35,6 @@ struct Neighbour {
 
 bool closer(double da, std::int64_t ia, double db, std::int64_t ib) {
   return da < db || (da == db && ia < ib);
-}
-
-// Keeps the entries that can still be among the K nearest: v <= (K-th smallest v) +
-// margin, where the margin covers the rounding of the GEMM and of the exact distances.
-void prune(std::vector<Entry>& cand, std::size_t K, double margin, double& threshold) {
-  if (cand.size() < K) return;
-  std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(K - 1), cand.end(),
-                   [](const Entry& a, const Entry& b) { return a.v < b.v; });
-  threshold = std::min(threshold, cand[K - 1].v + margin);
-  const double t = threshold;
-  cand.erase(std::remove_if(cand.begin(), cand.end(), [t](const Entry& e) { return e.v > t; }),
-             cand.end());
 }
 
 // Rows moved from one contiguous layout of a global row order (from[r] rows on rank
@@ -110,12 +97,17 @@ Index check_rows(const Communicator& comm, const TrainRows& rows, int classes, c
 
 }  // namespace
 
-KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index train_chunk,
-                       bool double_gemm)
+KnnLearner::Screen KnnLearner::best_screen() {
+  return screen_kernel_available() ? Screen::kFused : Screen::kFloatGemm;
+}
+
+KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index train_chunk, Screen screen)
     : k_(k), distance_weighted_(distance_weighted), query_block_(query_block),
-      train_chunk_(train_chunk), double_gemm_(double_gemm) {
+      train_chunk_(train_chunk), screen_(screen) {
   MOESIM_CONFIG_CHECK(k >= 1, "knn: k must be >= 1 (got " << k << ")");
   MOESIM_CONFIG_CHECK(query_block >= 1 && train_chunk >= 1, "knn: block sizes must be >= 1");
+  MOESIM_CONFIG_CHECK(screen != Screen::kFused || screen_kernel_available(),
+                      "knn: the fused screen needs a CPU with AVX2 and FMA");
 }
 
 void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
@@ -146,122 +138,214 @@ void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     id_.push_back(rows.id[ui]);
     ++r;
   }
-  if (double_gemm_) xa_f_.resize(0, p_ + 1);
-  else xa_f_ = xa_.cast<float>();
+  xa_f_.resize(0, p_ + 1);
+  xa_panels_ = PanelMatrix();
+  if (screen_ == Screen::kFloatGemm) xa_f_ = xa_.cast<float>();
+  if (screen_ == Screen::kFused) {
+    // Padding rows sit at infinite distance, past every finite threshold.
+    RowVec<float> pad = RowVec<float>::Zero(p_ + 1);
+    pad(p_) = std::numeric_limits<float>::infinity();
+    xa_panels_ = PanelMatrix(xa_.cast<float>(), pad);
+  }
   const std::int64_t total = comm.allreduce_sum(static_cast<std::int64_t>(kept));
   MOESIM_CONFIG_CHECK(total > 0, "knn: no training row has a positive weight");
   k_eff_ = static_cast<int>(std::min<std::int64_t>(k_, total));
   fitted_ = true;
 }
 
-void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
-  if (double_gemm_) merge_local_as<double>(Q, nq, c, xa_);
-  else merge_local_as<float>(Q, nq, c, xa_f_);
-}
+// The short lists of one block of queries: per query, the training rows whose screened
+// value v = ||z||^2 - 2 q.z may still be among the K nearest.
+class KnnLearner::ShortLists {
+ public:
+  // The screened v (inputs rounded to the screen's type, of machine epsilon eps, and
+  // products summed in it, in any order) and the exactly evaluated d2 satisfy
+  // |v + ||q||^2 - d2| <= ~4 (p + 2) eps (||q||^2 + ||z||^2); keeping every v within
+  // twice a bound above that of the K-th smallest v keeps every row of the exact top K.
+  ShortLists(std::size_t K, Index block, Index p, double eps, double max_norm2)
+      : K_(K), rounding_(8.0 * static_cast<double>(p + 4) * eps), max_norm2_(max_norm2),
+        cand_(static_cast<std::size_t>(block)), threshold_(cand_.size()), threshold_f_(cand_.size()),
+        margin_(cand_.size()), cap_(cand_.size()) {}
 
-template <class T>
-void KnnLearner::merge_local_as(const double* Q, Index nq, Candidates& c, const Mat<T>& xa) const {
+  // Empties the lists for nb queries (row-major standardised, nb x p).
+  void start(const double* Q, Index nb, Index p) {
+    for (Index i = 0; i < nb; ++i) {
+      const auto ui = static_cast<std::size_t>(i);
+      const ConstMatMap<double> q(Q + i * p, 1, p);
+      margin_[ui] = 2.0 * rounding_ * (q.squaredNorm() + max_norm2_);
+      set_threshold(ui, kInf);
+      cand_[ui].clear();
+      cap_[ui] = std::max<std::size_t>(4 * K_, 64);
+    }
+  }
+  double threshold(Index i) const { return threshold_[static_cast<std::size_t>(i)]; }
+  // Per query, the largest float f with (float v > f) == (v > threshold): the fused
+  // screen compares in float.
+  const float* float_thresholds() const { return threshold_f_.data(); }
+
+  void offer(Index i, double v, Index row) {
+    const auto ui = static_cast<std::size_t>(i);
+    if (v > threshold_[ui]) return;
+    std::vector<Entry>& cd = cand_[ui];
+    cd.push_back({v, row});
+    if (cd.size() > cap_[ui]) {
+      prune(ui);
+      cap_[ui] = std::max(cap_[ui], 2 * cd.size());
+    }
+  }
+
+  // Query i's final short list.
+  std::vector<Entry>& finish(Index i) {
+    prune(static_cast<std::size_t>(i));
+    return cand_[static_cast<std::size_t>(i)];
+  }
+
+  // Scratch of merge_exact.
+  std::vector<Neighbour> local;
+  std::vector<double> d2, y, w;
+  std::vector<std::int64_t> id;
+
+ private:
+  // Keeps the entries that can still be among the K nearest: v <= (K-th smallest v) +
+  // margin, where the margin covers the rounding of the screen and of the exact distances.
+  void prune(std::size_t i) {
+    std::vector<Entry>& cd = cand_[i];
+    if (cd.size() < K_) return;
+    std::nth_element(cd.begin(), cd.begin() + static_cast<std::ptrdiff_t>(K_ - 1), cd.end(),
+                     [](const Entry& a, const Entry& b) { return a.v < b.v; });
+    set_threshold(i, std::min(threshold_[i], cd[K_ - 1].v + margin_[i]));
+    const double t = threshold_[i];
+    cd.erase(std::remove_if(cd.begin(), cd.end(), [t](const Entry& e) { return e.v > t; }), cd.end());
+  }
+
+  void set_threshold(std::size_t i, double t) {
+    threshold_[i] = t;
+    float f = static_cast<float>(t);  // nearest; step down if that rounded up
+    if (static_cast<double>(f) > t) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+    threshold_f_[i] = f;
+  }
+
+  std::size_t K_;
+  double rounding_, max_norm2_;
+  std::vector<std::vector<Entry>> cand_;
+  std::vector<double> threshold_;
+  std::vector<float> threshold_f_;
+  std::vector<double> margin_;
+  std::vector<std::size_t> cap_;
+};
+
+void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
   const Index n = xa_.rows(), p = p_;
   if (nq == 0 || n == 0) return;
   const auto K = static_cast<std::size_t>(k_eff_);
-  // The GEMM value v = ||z||^2 - 2 q.z (inputs rounded to T, products summed in T) and
-  // the exactly evaluated d2 satisfy |v + ||q||^2 - d2| <= ~4 (p + 2) eps_T (||q||^2 +
-  // ||z||^2); keeping every v within twice a bound above that of the K-th smallest v
-  // keeps every row of the exact top K.
-  const double eps = std::is_same_v<T, float> ? static_cast<double>(FLT_EPSILON) : DBL_EPSILON;
-  const double rounding = 8.0 * static_cast<double>(p + 4) * eps;
-  const Index QB = std::min(query_block_, nq), TC = std::min(train_chunk_, n);
-  Mat<T> qa(QB, p + 1), D(QB, TC);
-  std::vector<std::vector<Entry>> cand(static_cast<std::size_t>(QB));
-  std::vector<double> threshold(static_cast<std::size_t>(QB)), margin(static_cast<std::size_t>(QB));
-  std::vector<std::size_t> cap(static_cast<std::size_t>(QB));
-  std::vector<Neighbour> local;
-  std::vector<double> md2(K), my(K), mw(K);
-  std::vector<std::int64_t> mid(K);
-
+  const Index QB = std::min(query_block_, nq);
+  const double eps = screen_ == Screen::kDoubleGemm ? DBL_EPSILON : static_cast<double>(FLT_EPSILON);
+  ShortLists lists(K, QB, p, eps, max_norm2_);
   for (Index b0 = 0; b0 < nq; b0 += QB) {
     const Index nb = std::min(QB, nq - b0);
-    qa.resize(nb, p + 1);
-    const ConstMatMap<double> qd(Q + b0 * p, nb, p);
-    qa.leftCols(p) = qd.template cast<T>();
-    qa.col(p).setOnes();
-    for (Index i = 0; i < nb; ++i) {
-      const auto ui = static_cast<std::size_t>(i);
-      margin[ui] = 2.0 * rounding * (qd.row(i).squaredNorm() + max_norm2_);
-      threshold[ui] = kInf;
-      cand[ui].clear();
-      cap[ui] = std::max<std::size_t>(4 * K, 64);
+    lists.start(Q + b0 * p, nb, p);
+    switch (screen_) {
+      case Screen::kFused: screen_fused(Q, b0, nb, lists); break;
+      case Screen::kFloatGemm: screen_gemm<float>(Q, b0, nb, xa_f_, lists); break;
+      case Screen::kDoubleGemm: screen_gemm<double>(Q, b0, nb, xa_, lists); break;
     }
-    for (Index c0 = 0; c0 < n; c0 += TC) {
-      const Index nc = std::min(TC, n - c0);
-      D.resize(nb, nc);
-      D.noalias() = qa * xa.middleRows(c0, nc).transpose();
-      for (Index i = 0; i < nb; ++i) {
-        const auto ui = static_cast<std::size_t>(i);
-        std::vector<Entry>& cd = cand[ui];
-        const T* row = D.data() + i * nc;
-        double t = threshold[ui];
-        auto offer = [&](Index j) {
-          if (row[j] > t) return;
-          cd.push_back({row[j], c0 + j});
-          if (cd.size() > cap[ui]) {
-            prune(cd, K, margin[ui], t);
-            cap[ui] = std::max(cap[ui], 2 * cd.size());
-          }
-        };
-        // Almost every value misses the threshold: test 8 at once, branch-free.
-        Index j = 0;
-        for (; j + 8 <= nc; j += 8) {
-          const T* r = row + j;
-          const double m = std::min(std::min(std::min(r[0], r[1]), std::min(r[2], r[3])),
-                                    std::min(std::min(r[4], r[5]), std::min(r[6], r[7])));
-          if (m > t) continue;
-          for (Index u = j; u < j + 8; ++u) offer(u);
-        }
-        for (; j < nc; ++j) offer(j);
-        threshold[ui] = t;
-      }
-    }
+    for (Index i = 0; i < nb; ++i)
+      merge_exact(Q + (b0 + i) * p, lists, i, static_cast<std::size_t>(b0 + i) * K, c);
+  }
+}
+
+template <class T>
+void KnnLearner::screen_gemm(const double* Q, Index b0, Index nb, const Mat<T>& xa, ShortLists& lists) const {
+  const Index n = xa_.rows(), p = p_;
+  const Index TC = std::min(train_chunk_, n);
+  Mat<T> qa(nb, p + 1), D(nb, TC);
+  const ConstMatMap<double> qd(Q + b0 * p, nb, p);
+  qa.leftCols(p) = qd.template cast<T>();
+  qa.col(p).setOnes();
+  for (Index c0 = 0; c0 < n; c0 += TC) {
+    const Index nc = std::min(TC, n - c0);
+    D.resize(nb, nc);
+    D.noalias() = qa * xa.middleRows(c0, nc).transpose();
     for (Index i = 0; i < nb; ++i) {
-      const auto ui = static_cast<std::size_t>(i);
-      prune(cand[ui], K, margin[ui], threshold[ui]);
-      // Exact distances for the short list, with the same per-feature sum as the
-      // serial reference, so that ties (equal points) are exact on any P.
-      const double* q = Q + (b0 + i) * p;
-      local.clear();
-      for (const Entry& e : cand[ui]) {
-        const double* xr = xa_.data() + e.row * (p + 1);
-        double d2 = 0;
-        for (Index j = 0; j < p; ++j) {
-          const double d = q[j] - (-0.5 * xr[j]);
-          d2 += d * d;
-        }
-        local.push_back({d2, id_[static_cast<std::size_t>(e.row)], e.row});
+      const T* row = D.data() + i * nc;
+      // Almost every value misses the threshold: test 8 at once, branch-free.
+      Index j = 0;
+      for (; j + 8 <= nc; j += 8) {
+        const T* r = row + j;
+        const double m = std::min(std::min(std::min(r[0], r[1]), std::min(r[2], r[3])),
+                                  std::min(std::min(r[4], r[5]), std::min(r[6], r[7])));
+        if (m > lists.threshold(i)) continue;
+        for (Index u = j; u < j + 8; ++u) lists.offer(i, row[u], c0 + u);
       }
-      const std::size_t m = std::min(K, local.size());
-      std::partial_sort(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(m), local.end(),
-                        [](const Neighbour& a, const Neighbour& b) { return closer(a.d2, a.id, b.d2, b.id); });
-      // Merge the sorted local list into the sorted travelling slots.
-      const std::size_t base = static_cast<std::size_t>(b0 + i) * K;
-      std::size_t a = 0, l = 0;
-      for (std::size_t s = 0; s < K; ++s) {
-        const bool take_local =
-            l < m && closer(local[l].d2, local[l].id, c.d2[base + a], c.id[base + a]);
-        if (take_local) {
-          const auto r = static_cast<std::size_t>(local[l].row);
-          md2[s] = local[l].d2, my[s] = y_[r], mw[s] = w_[r], mid[s] = local[l].id;
-          ++l;
-        } else {
-          md2[s] = c.d2[base + a], my[s] = c.y[base + a], mw[s] = c.w[base + a], mid[s] = c.id[base + a];
-          ++a;
-        }
-      }
-      std::copy(md2.begin(), md2.end(), c.d2.begin() + static_cast<std::ptrdiff_t>(base));
-      std::copy(my.begin(), my.end(), c.y.begin() + static_cast<std::ptrdiff_t>(base));
-      std::copy(mw.begin(), mw.end(), c.w.begin() + static_cast<std::ptrdiff_t>(base));
-      std::copy(mid.begin(), mid.end(), c.id.begin() + static_cast<std::ptrdiff_t>(base));
+      for (; j < nc; ++j) lists.offer(i, row[j], c0 + j);
     }
   }
+}
+
+void KnnLearner::screen_fused(const double* Q, Index b0, Index nb, ShortLists& lists) const {
+  const Index n = xa_.rows(), p = p_;
+  Mat<float> qa(nb, p + 1);
+  qa.leftCols(p) = ConstMatMap<double>(Q + b0 * p, nb, p).cast<float>();
+  qa.col(p).setOnes();
+  struct Offer final : ScreenHits {
+    ShortLists& lists;
+    Index n;
+    Offer(ShortLists& l, Index rows) : lists(l), n(rows) {}
+    void hit(Index row, Index col, float v) override {
+      if (col < n) lists.offer(row, v, col);
+    }
+  } offer(lists, n);
+  // Each pass screens every query against as many panels as fit in 24 KiB, so that they
+  // stay in a 32 KiB L1 data cache for all the query groups of the pass.
+  const Index panel_bytes = (p + 1) * kScreenPanelRows * static_cast<Index>(sizeof(float));
+  const Index per_pass = std::max<Index>(
+      1, std::min(train_chunk_ / kScreenPanelRows, (Index{24} << 10) / panel_bytes));
+  for (Index q0 = 0; q0 < xa_panels_.panels(); q0 += per_pass)
+    screen_tiles(qa.data(), nb, xa_panels_, q0, std::min(q0 + per_pass, xa_panels_.panels()),
+                 lists.float_thresholds(), offer);
+}
+
+void KnnLearner::merge_exact(const double* q, ShortLists& lists, Index i, std::size_t base, Candidates& c) const {
+  const Index p = p_;
+  const auto K = static_cast<std::size_t>(k_eff_);
+  // Exact distances for the short list, with the same per-feature sum as the serial
+  // reference, so that ties (equal points) are exact on any P.
+  std::vector<Neighbour>& local = lists.local;
+  local.clear();
+  for (const Entry& e : lists.finish(i)) {
+    const double* xr = xa_.data() + e.row * (p + 1);
+    double d2 = 0;
+    for (Index j = 0; j < p; ++j) {
+      const double d = q[j] - (-0.5 * xr[j]);
+      d2 += d * d;
+    }
+    local.push_back({d2, id_[static_cast<std::size_t>(e.row)], e.row});
+  }
+  const std::size_t m = std::min(K, local.size());
+  std::partial_sort(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(m), local.end(),
+                    [](const Neighbour& a, const Neighbour& b) { return closer(a.d2, a.id, b.d2, b.id); });
+  // Merge the sorted local list into the sorted travelling slots.
+  std::vector<double>& md2 = lists.d2, &my = lists.y, &mw = lists.w;
+  std::vector<std::int64_t>& mid = lists.id;
+  md2.resize(K);
+  my.resize(K);
+  mw.resize(K);
+  mid.resize(K);
+  std::size_t a = 0, l = 0;
+  for (std::size_t s = 0; s < K; ++s) {
+    const bool take_local = l < m && closer(local[l].d2, local[l].id, c.d2[base + a], c.id[base + a]);
+    if (take_local) {
+      const auto r = static_cast<std::size_t>(local[l].row);
+      md2[s] = local[l].d2, my[s] = y_[r], mw[s] = w_[r], mid[s] = local[l].id;
+      ++l;
+    } else {
+      md2[s] = c.d2[base + a], my[s] = c.y[base + a], mw[s] = c.w[base + a], mid[s] = c.id[base + a];
+      ++a;
+    }
+  }
+  std::copy(md2.begin(), md2.end(), c.d2.begin() + static_cast<std::ptrdiff_t>(base));
+  std::copy(my.begin(), my.end(), c.y.begin() + static_cast<std::ptrdiff_t>(base));
+  std::copy(mw.begin(), mw.end(), c.w.begin() + static_cast<std::ptrdiff_t>(base));
+  std::copy(mid.begin(), mid.end(), c.id.begin() + static_cast<std::ptrdiff_t>(base));
 }
 
 Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X) {

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -127,18 +129,25 @@ TEST_P(KnnVsReference, MatchesSerialReference) {
   s.random_weights = c.random_weights;
   s.cluster_spread = c.cluster_spread;
   const Rows all = make_rows(s, 0, c.N), mine = shard_rows(s, c.N);
-  KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk);
-  const LearnerContext ctx{comm, c.classes, 1};
-  knn.fit(ctx, mine.view());
-  EXPECT_EQ(knn.effective_k(), std::min<std::int64_t>(c.k, c.N - (c.random_weights ? (c.N + 3) / 7 : 0)));
   const Mat<double> Q = make_queries(s, c.queries, c.N, c.Q);
   const Mat<double> ref = reference_knn_predict(all.X, all.y, all.w, all.id, c.classes, c.k, c.weighted, Q);
-  if (!c.queries_on_last_rank) {
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(knn.predict(ctx, local_rows(Q)), local_rows(ref), 1e-9, 1e-9, c.name);
-  } else {
-    const bool last = comm.rank() == comm.size() - 1;
-    const Mat<double> got = knn.predict(ctx, last ? Q : Mat<double>(0, 0));
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(got, last ? ref : Mat<double>(0, ref.cols()), 1e-9, 1e-9, c.name);
+  const bool last = comm.rank() == comm.size() - 1;
+  const Mat<double> mine_q = !c.queries_on_last_rank ? local_rows(Q) : last ? Q : Mat<double>(0, 0);
+  const Mat<double> mine_ref = !c.queries_on_last_rank ? local_rows(ref) : last ? ref : Mat<double>(0, ref.cols());
+  // Every screen short-lists for the same exact distances: the same bits from each.
+  std::vector<KnnLearner::Screen> screens = {KnnLearner::Screen::kFloatGemm, KnnLearner::Screen::kDoubleGemm};
+  if (KnnLearner::best_screen() == KnnLearner::Screen::kFused) screens.push_back(KnnLearner::Screen::kFused);
+  Mat<double> first;
+  for (KnnLearner::Screen screen : screens) {
+    const std::string what = std::string(c.name) + ", screen " + std::to_string(static_cast<int>(screen));
+    KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk, screen);
+    const LearnerContext ctx{comm, c.classes, 1};
+    knn.fit(ctx, mine.view());
+    EXPECT_EQ(knn.effective_k(), std::min<std::int64_t>(c.k, c.N - (c.random_weights ? (c.N + 3) / 7 : 0)));
+    const Mat<double> got = knn.predict(ctx, mine_q);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(got, mine_ref, 1e-9, 1e-9, what);
+    if (first.size() == 0) first = got;
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(got, first, 0.0, 0.0, what + " against the float GEMM");
   }
 }
 
