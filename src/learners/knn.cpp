@@ -1,5 +1,6 @@
 // K nearest neighbours with a ring pass of query blocks: training shards stay put,
-// queries and their k best candidates travel; distances come from blocked GEMMs.
+// queries and their k best candidates travel; candidates are short-listed from float
+// distances (knn_screen, or blocked GEMMs) and evaluated exactly.
 #include "learners/knn.hpp"
 
 #include <algorithm>
@@ -11,13 +12,16 @@
 
 #include "core/error.hpp"
 #include "core/row_order.hpp"
+#include "learners/knn_common.hpp"
 
 namespace moesim {
 
 namespace {
 
-constexpr std::int64_t kNoId = std::numeric_limits<std::int64_t>::max();
-constexpr double kInf = std::numeric_limits<double>::infinity();
+using knn::closer;
+using knn::kInf;
+using knn::kNoId;
+
 constexpr int kTagSize = 71, kTagData = 72, kTagIds = 73, kTagMove = 74;
 
 // One short-listed training row of one query: its screened value ||z||^2 - 2 q.z.
@@ -32,10 +36,6 @@ struct Neighbour {
   std::int64_t id;
   Index row;
 };
-
-bool closer(double da, std::int64_t ia, double db, std::int64_t ib) {
-  return da < db || (da == db && ia < ib);
-}
 
 // Rows moved from one contiguous layout of a global row order (from[r] rows on rank
 // r) to another (to[r]), by P - 1 shifted exchanges; every rank knows both layouts.
@@ -72,29 +72,6 @@ Mat<double> move_rows(const Communicator& comm, const Mat<double>& M, Index cols
   return out;
 }
 
-// Checks every rank's rows together, so that bad input throws on all ranks instead
-// of hanging the ones that passed. Returns the global feature count.
-Index check_rows(const Communicator& comm, const TrainRows& rows, int classes, const char* who) {
-  const Index n = rows.X.rows();
-  const Index p = comm.allreduce_max(static_cast<std::int64_t>(rows.X.cols()));
-  std::string msg;
-  const auto un = static_cast<std::size_t>(n);
-  if (n > 0 && rows.X.cols() != p)
-    msg = "training rows have " + std::to_string(rows.X.cols()) + " features on this rank, " +
-          std::to_string(p) + " elsewhere";
-  else if (rows.y.size() != un || rows.w.size() != un || rows.id.size() != un)
-    msg = "X, y, w and id have different row counts";
-  for (std::size_t i = 0; i < un && msg.empty(); ++i) {
-    if (!(std::isfinite(rows.w[i]) && rows.w[i] >= 0))
-      msg = "sample weight " + std::to_string(rows.w[i]) + " is not finite and >= 0";
-    else if (classes >= 2 && !(rows.y[i] >= 0 && rows.y[i] < classes && rows.y[i] == std::floor(rows.y[i])))
-      msg = "label " + std::to_string(rows.y[i]) + " is not a class index in [0, " +
-            std::to_string(classes) + ")";
-  }
-  comm.agree_or_throw(msg.empty(), std::string(who) + ": " + msg);
-  return p;
-}
-
 }  // namespace
 
 KnnLearner::Screen KnnLearner::best_screen() {
@@ -113,7 +90,7 @@ KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index t
 void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const Communicator& comm = ctx.comm;
   classes_ = ctx.classes;
-  p_ = check_rows(comm, rows, classes_, "knn");
+  p_ = knn::check_rows(comm, rows, classes_, "knn");
   const Index n = rows.X.rows();
   const Mat<double> X = n > 0 ? rows.X : Mat<double>(0, p_);
   scaler_.fit(comm, X, rows.w);
@@ -178,8 +155,7 @@ class KnnLearner::ShortLists {
     }
   }
   double threshold(Index i) const { return threshold_[static_cast<std::size_t>(i)]; }
-  // Per query, the largest float f with (float v > f) == (v > threshold): the fused
-  // screen compares in float.
+  // Per query, float_threshold(threshold): the fused screen compares in float.
   const float* float_thresholds() const { return threshold_f_.data(); }
 
   void offer(Index i, double v, Index row) {
@@ -219,9 +195,7 @@ class KnnLearner::ShortLists {
 
   void set_threshold(std::size_t i, double t) {
     threshold_[i] = t;
-    float f = static_cast<float>(t);  // nearest; step down if that rounded up
-    if (static_cast<double>(f) > t) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
-    threshold_f_[i] = f;
+    threshold_f_[i] = float_threshold(t);
   }
 
   std::size_t K_;
@@ -294,14 +268,19 @@ void KnnLearner::screen_fused(const double* Q, Index b0, Index nb, ShortLists& l
       if (col < n) lists.offer(row, v, col);
     }
   } offer(lists, n);
-  // Each pass screens every query against as many panels as fit in 24 KiB, so that they
-  // stay in a 32 KiB L1 data cache for all the query groups of the pass.
-  const Index panel_bytes = (p + 1) * kScreenPanelRows * static_cast<Index>(sizeof(float));
-  const Index per_pass = std::max<Index>(
-      1, std::min(train_chunk_ / kScreenPanelRows, (Index{24} << 10) / panel_bytes));
+  const Index per_pass = panels_per_pass(p + 1);
   for (Index q0 = 0; q0 < xa_panels_.panels(); q0 += per_pass)
     screen_tiles(qa.data(), nb, xa_panels_, q0, std::min(q0 + per_pass, xa_panels_.panels()),
                  lists.float_thresholds(), offer);
+}
+
+Index KnnLearner::panels_per_pass(Index width) const {
+  // Each pass screens every query against as many panels as fit in 24 KiB, so that they
+  // stay in a 32 KiB L1 data cache for all the query groups of the pass; a multiple of
+  // the kernel's 3 panels per tile where that fits, as narrower tiles run slower.
+  const Index panel_bytes = width * kScreenPanelRows * static_cast<Index>(sizeof(float));
+  const Index fit = std::max<Index>(1, std::min(train_chunk_ / kScreenPanelRows, (Index{24} << 10) / panel_bytes));
+  return fit >= 3 ? fit / 3 * 3 : fit;
 }
 
 void KnnLearner::merge_exact(const double* q, ShortLists& lists, Index i, std::size_t base, Candidates& c) const {
@@ -423,24 +402,7 @@ Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X)
 
   const Index C = classes_ >= 2 ? classes_ : 1;
   Mat<double> out = Mat<double>::Zero(nb, C);
-  for (Index i = 0; i < nb; ++i) {
-    const std::size_t base = static_cast<std::size_t>(i) * K;
-    // Slots are sorted, so a zero distance, if any, is in the first one.
-    const bool exact_hit = distance_weighted_ && c.d2[base] == 0;
-    double total = 0, acc = 0;
-    for (std::size_t s = base; s < base + K; ++s) {
-      MOESIM_REQUIRE(c.id[s] != kNoId, "knn: a neighbour slot stayed empty");
-      double dw = 1.0;
-      if (distance_weighted_) dw = exact_hit ? (c.d2[s] == 0 ? 1.0 : 0.0) : 1.0 / std::sqrt(c.d2[s]);
-      const double wt = c.w[s] * dw;
-      total += wt;
-      if (C > 1) out(i, static_cast<Index>(c.y[s])) += wt;
-      else acc += wt * c.y[s];
-    }
-    MOESIM_REQUIRE(total > 0, "knn: neighbour weights sum to " << total);
-    if (C > 1) out.row(i) /= total;
-    else out(i, 0) = acc / total;
-  }
+  for (Index i = 0; i < nb; ++i) knn::vote(c, static_cast<std::size_t>(i) * K, K, distance_weighted_, out, i);
   return rebalance ? move_rows(comm, out, C, even, counts, kTagMove) : out;
 }
 

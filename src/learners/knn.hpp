@@ -37,6 +37,10 @@ class KnnLearner : public Learner {
   std::unique_ptr<Learner> clone() const override {
     return std::make_unique<KnnLearner>(k_, distance_weighted_, query_block_, train_chunk_, screen_);
   }
+  // With the fused screen and no fold models asked for: every fold's predictions from one
+  // screen of each pair of rows in different folds, used for both rows (knn_folds.cpp).
+  OutOfFold out_of_fold(const LearnerContext& ctx, const TrainRows& rows, const std::vector<int>& fold, int K,
+                        const std::function<void(Learner&)>& each_model) const override;
   int effective_k() const { return k_eff_; }
 
   // Candidate neighbours of a block of nq queries, k_eff slots per query, each
@@ -55,6 +59,8 @@ class KnnLearner : public Learner {
   template <class T>
   void screen_gemm(const double* Q, Index b0, Index nb, const Mat<T>& xa, ShortLists& lists) const;
   void screen_fused(const double* Q, Index b0, Index nb, ShortLists& lists) const;
+  // Panels of the given width that one pass of the fused screen holds in L1.
+  Index panels_per_pass(Index width) const;
   // Query q's short list evaluated exactly, its best merged into the K slots at `base`.
   void merge_exact(const double* q, ShortLists& lists, Index i, std::size_t base, Candidates& c) const;
 

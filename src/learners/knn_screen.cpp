@@ -1,6 +1,8 @@
 #include "learners/knn_screen.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "core/error.hpp"
 
@@ -22,6 +24,12 @@ PanelMatrix::PanelMatrix(const Mat<float>& rows, const RowVec<float>& pad)
   }
 }
 
+float float_threshold(double t) {
+  float f = static_cast<float>(t);  // nearest; step down if that rounded up
+  if (static_cast<double>(f) > t) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  return f;
+}
+
 #ifdef MOESIM_SCREEN_X86
 
 bool screen_kernel_available() {
@@ -34,10 +42,10 @@ namespace {
 // One tile: R rows of A against C consecutive panels of B, R x C accumulators of 8
 // (R = 4, C = 3 fill 12 of the 16 AVX registers, with the loads of C panel vectors and
 // one broadcast).
-template <int R, int C>
+template <int R, int C, bool Columns>
 __attribute__((target("avx2,fma"))) void screen_tile(const float* A, Index lda, const float* B,
-                                                     Index width, const float* thr, Index row0,
-                                                     Index col0, ScreenHits& hits) {
+                                                     Index width, const float* thr, const float* cthr,
+                                                     Index row0, Index col0, ScreenHits& hits) {
   constexpr Index P = kScreenPanelRows;
   __m256 acc[R][C];
 #pragma GCC unroll 4
@@ -57,13 +65,20 @@ __attribute__((target("avx2,fma"))) void screen_tile(const float* A, Index lda, 
   }
   int mask[R][C];
   int any = 0;
+  __m256 ct[C];
+  if constexpr (Columns) {
+#pragma GCC unroll 3
+    for (int c = 0; c < C; ++c) ct[c] = _mm256_loadu_ps(cthr + col0 + c * P);
+  }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
     const __m256 t = _mm256_broadcast_ss(thr + r);
 #pragma GCC unroll 3
     for (int c = 0; c < C; ++c) {
       // Not greater (unordered included): exactly the values the scalar test v > t keeps.
-      mask[r][c] = _mm256_movemask_ps(_mm256_cmp_ps(acc[r][c], t, _CMP_NGT_UQ));
+      __m256 pass = _mm256_cmp_ps(acc[r][c], t, _CMP_NGT_UQ);
+      if constexpr (Columns) pass = _mm256_or_ps(pass, _mm256_cmp_ps(acc[r][c], ct[c], _CMP_NGT_UQ));
+      mask[r][c] = _mm256_movemask_ps(pass);
       any |= mask[r][c];
     }
   }
@@ -83,39 +98,49 @@ __attribute__((target("avx2,fma"))) void screen_tile(const float* A, Index lda, 
       }
 }
 
-template <int R>
+template <int R, bool Columns>
 void screen_row_group(const float* A, Index lda, const PanelMatrix& B, Index panel0, Index panel1,
-                      const float* thr, Index row0, ScreenHits& hits) {
+                      const float* thr, const float* cthr, Index row0, ScreenHits& hits) {
   const Index width = B.width();
   Index q = panel0;
   for (; q + 3 <= panel1; q += 3)
-    screen_tile<R, 3>(A, lda, B.panel(q), width, thr, row0, q * kScreenPanelRows, hits);
-  if (panel1 - q == 2) screen_tile<R, 2>(A, lda, B.panel(q), width, thr, row0, q * kScreenPanelRows, hits);
-  if (panel1 - q == 1) screen_tile<R, 1>(A, lda, B.panel(q), width, thr, row0, q * kScreenPanelRows, hits);
+    screen_tile<R, 3, Columns>(A, lda, B.panel(q), width, thr, cthr, row0, q * kScreenPanelRows, hits);
+  if (panel1 - q == 2)
+    screen_tile<R, 2, Columns>(A, lda, B.panel(q), width, thr, cthr, row0, q * kScreenPanelRows, hits);
+  if (panel1 - q == 1)
+    screen_tile<R, 1, Columns>(A, lda, B.panel(q), width, thr, cthr, row0, q * kScreenPanelRows, hits);
+}
+
+template <bool Columns>
+void screen_rows(const float* A, Index nrows, const PanelMatrix& B, Index panel0, Index panel1,
+                 const float* thr, const float* cthr, ScreenHits& hits) {
+  const Index lda = B.width();
+  Index r = 0;
+  for (; r + 4 <= nrows; r += 4)
+    screen_row_group<4, Columns>(A + r * lda, lda, B, panel0, panel1, thr + r, cthr, r, hits);
+  const float* a = A + r * lda;
+  switch (nrows - r) {
+    case 3: screen_row_group<3, Columns>(a, lda, B, panel0, panel1, thr + r, cthr, r, hits); break;
+    case 2: screen_row_group<2, Columns>(a, lda, B, panel0, panel1, thr + r, cthr, r, hits); break;
+    case 1: screen_row_group<1, Columns>(a, lda, B, panel0, panel1, thr + r, cthr, r, hits); break;
+    default: break;
+  }
 }
 
 }  // namespace
 
 void screen_tiles(const float* A, Index nrows, const PanelMatrix& B, Index panel0, Index panel1,
-                  const float* row_threshold, ScreenHits& hits) {
+                  const float* row_threshold, ScreenHits& hits, const float* column_threshold) {
   MOESIM_REQUIRE(screen_kernel_available(), "screen_tiles needs AVX2 and FMA");
-  const Index lda = B.width();
-  Index r = 0;
-  for (; r + 4 <= nrows; r += 4)
-    screen_row_group<4>(A + r * lda, lda, B, panel0, panel1, row_threshold + r, r, hits);
-  switch (nrows - r) {
-    case 3: screen_row_group<3>(A + r * lda, lda, B, panel0, panel1, row_threshold + r, r, hits); break;
-    case 2: screen_row_group<2>(A + r * lda, lda, B, panel0, panel1, row_threshold + r, r, hits); break;
-    case 1: screen_row_group<1>(A + r * lda, lda, B, panel0, panel1, row_threshold + r, r, hits); break;
-    default: break;
-  }
+  if (column_threshold) screen_rows<true>(A, nrows, B, panel0, panel1, row_threshold, column_threshold, hits);
+  else screen_rows<false>(A, nrows, B, panel0, panel1, row_threshold, nullptr, hits);
 }
 
 #else
 
 bool screen_kernel_available() { return false; }
 
-void screen_tiles(const float*, Index, const PanelMatrix&, Index, Index, const float*, ScreenHits&) {
+void screen_tiles(const float*, Index, const PanelMatrix&, Index, Index, const float*, ScreenHits&, const float*) {
   MOESIM_REQUIRE(false, "screen_tiles needs an x86-64 CPU with AVX2 and FMA");
 }
 

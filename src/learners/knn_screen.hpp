@@ -44,8 +44,15 @@ bool screen_kernel_available();
 
 // For every row r of A (row-major, nrows x B.width()) and every row c of B's panels
 // [panel0, panel1): v = A_r . B_c, summed in float, and hits.hit(r, c, v) unless
-// v > row_threshold[r]. Thresholds are read again for every tile, so hit() may lower them.
+// v > row_threshold[r] and (without column thresholds, or) v > column_threshold[c]
+// (indexed by B's row; a symmetric distance serves both rows). Thresholds are read again
+// for every tile, so hit() may lower them.
 void screen_tiles(const float* A, Index nrows, const PanelMatrix& B, Index panel0, Index panel1,
-                  const float* row_threshold, ScreenHits& hits);
+                  const float* row_threshold, ScreenHits& hits,
+                  const float* column_threshold = nullptr);
+
+// The largest float f with (v > f) == (v > t) for every float v: the screen compares
+// floats with thresholds computed in double.
+float float_threshold(double t);
 
 }  // namespace moesim
