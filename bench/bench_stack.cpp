@@ -1,7 +1,7 @@
 // Micro-benchmarks of the stacking base learners on one process. Each fast path runs
 // next to its baseline in the same binary, so bench/compare.py can report ratios:
-// KNN's fused screen and float distance GEMM against the double GEMM (same neighbours,
-// see knn.hpp). The fits of the statistics-based learners (ridge, logistic, naive Bayes) and
+// KNN's fused screens (bf16, float) and float distance GEMM against each other and the
+// double GEMM (same neighbours, see knn.hpp). The fits of the statistics-based learners (ridge, logistic, naive Bayes) and
 // the stacking scores time the exact, rank-invariant sums they are built from.
 #include <benchmark/benchmark.h>
 
@@ -56,16 +56,24 @@ void knn_predict(benchmark::State& state, KnnLearner::Screen screen) {
 }
 
 void BM_KnnPredictFused(benchmark::State& state) {
-  if (KnnLearner::best_screen() != KnnLearner::Screen::kFused) {
+  if (!screen_kernel_available(ScreenPrecision::kFloat)) {
     state.SkipWithError("no AVX2 and FMA on this CPU");
     return;
   }
   knn_predict(state, KnnLearner::Screen::kFused);
 }
+void BM_KnnPredictFusedBf16(benchmark::State& state) {
+  if (!screen_kernel_available(ScreenPrecision::kBf16)) {
+    state.SkipWithError("no AVX-512 BF16 on this CPU");
+    return;
+  }
+  knn_predict(state, KnnLearner::Screen::kFusedBf16);
+}
 void BM_KnnPredictFloatGemm(benchmark::State& state) { knn_predict(state, KnnLearner::Screen::kFloatGemm); }
 void BM_KnnPredictDoubleGemm(benchmark::State& state) { knn_predict(state, KnnLearner::Screen::kDoubleGemm); }
 
 // Q, N, p
+BENCHMARK(BM_KnnPredictFusedBf16)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KnnPredictFused)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KnnPredictFloatGemm)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KnnPredictDoubleGemm)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);

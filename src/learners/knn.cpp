@@ -75,7 +75,8 @@ Mat<double> move_rows(const Communicator& comm, const Mat<double>& M, Index cols
 }  // namespace
 
 KnnLearner::Screen KnnLearner::best_screen() {
-  return screen_kernel_available() ? Screen::kFused : Screen::kFloatGemm;
+  if (screen_kernel_available(ScreenPrecision::kBf16)) return Screen::kFusedBf16;
+  return screen_kernel_available(ScreenPrecision::kFloat) ? Screen::kFused : Screen::kFloatGemm;
 }
 
 KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index train_chunk, Screen screen)
@@ -83,8 +84,8 @@ KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index t
       train_chunk_(train_chunk), screen_(screen) {
   MOESIM_CONFIG_CHECK(k >= 1, "knn: k must be >= 1 (got " << k << ")");
   MOESIM_CONFIG_CHECK(query_block >= 1 && train_chunk >= 1, "knn: block sizes must be >= 1");
-  MOESIM_CONFIG_CHECK(screen != Screen::kFused || screen_kernel_available(),
-                      "knn: the fused screen needs a CPU with AVX2 and FMA");
+  MOESIM_CONFIG_CHECK(!fused() || screen_kernel_available(fused_precision()),
+                      "knn: this CPU lacks the instructions of the fused screen asked for");
 }
 
 void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
@@ -117,12 +118,13 @@ void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   }
   xa_f_.resize(0, p_ + 1);
   xa_panels_ = PanelMatrix();
-  if (screen_ == Screen::kFloatGemm) xa_f_ = xa_.cast<float>();
-  if (screen_ == Screen::kFused) {
+  if (screen_ == Screen::kFloatGemm || screen_ == Screen::kFusedBf16) xa_f_ = xa_.cast<float>();
+  norm_f_.clear();
+  if (fused()) {
+    xa_panels_ = PanelMatrix(xa_.leftCols(p_).cast<float>(), RowVec<float>::Zero(p_), fused_precision());
     // Padding rows sit at infinite distance, past every finite threshold.
-    RowVec<float> pad = RowVec<float>::Zero(p_ + 1);
-    pad(p_) = std::numeric_limits<float>::infinity();
-    xa_panels_ = PanelMatrix(xa_.cast<float>(), pad);
+    norm_f_.assign(static_cast<std::size_t>(xa_panels_.panels() * kScreenPanelRows), std::numeric_limits<float>::infinity());
+    for (Index r = 0; r < kept; ++r) norm_f_[static_cast<std::size_t>(r)] = static_cast<float>(xa_(r, p_));
   }
   const std::int64_t total = comm.allreduce_sum(static_cast<std::int64_t>(kept));
   MOESIM_CONFIG_CHECK(total > 0, "knn: no training row has a positive weight");
@@ -138,25 +140,30 @@ class KnnLearner::ShortLists {
   // products summed in it, in any order) and the exactly evaluated d2 satisfy
   // |v + ||q||^2 - d2| <= ~4 (p + 2) eps (||q||^2 + ||z||^2); keeping every v within
   // twice a bound above that of the K-th smallest v keeps every row of the exact top K.
-  ShortLists(std::size_t K, Index block, Index p, double eps, double max_norm2)
-      : K_(K), rounding_(8.0 * static_cast<double>(p + 4) * eps), max_norm2_(max_norm2),
-        cand_(static_cast<std::size_t>(block)), threshold_(cand_.size()), threshold_f_(cand_.size()),
-        margin_(cand_.size()), cap_(cand_.size()) {}
+  // A bf16 screen's products are prescreen_error (sum |a_k b_k|, at most ||q||^2 + ||z||^2
+  // here) from the float ones: its thresholds are the float thresholds widened by that and
+  // the float bound, and what passes is re-checked in float.
+  ShortLists(std::size_t K, Index block, Index p, double eps, double prescreen_error, double max_norm2)
+      : K_(K), rounding_(8.0 * static_cast<double>(p + 4) * eps), prescreen_error_(prescreen_error),
+        max_norm2_(max_norm2), cand_(static_cast<std::size_t>(block)), threshold_(cand_.size()),
+        screen_threshold_(cand_.size()), margin_(cand_.size()), widen_(cand_.size()), cap_(cand_.size()) {}
 
   // Empties the lists for nb queries (row-major standardised, nb x p).
   void start(const double* Q, Index nb, Index p) {
     for (Index i = 0; i < nb; ++i) {
       const auto ui = static_cast<std::size_t>(i);
       const ConstMatMap<double> q(Q + i * p, 1, p);
-      margin_[ui] = 2.0 * rounding_ * (q.squaredNorm() + max_norm2_);
+      const double qn = q.squaredNorm();
+      margin_[ui] = 2.0 * rounding_ * (qn + max_norm2_);
+      widen_[ui] = prescreen_error_ > 0 ? (rounding_ + prescreen_error_) * (qn + max_norm2_) : 0.0;
       set_threshold(ui, kInf);
       cand_[ui].clear();
       cap_[ui] = std::max<std::size_t>(4 * K_, 64);
     }
   }
   double threshold(Index i) const { return threshold_[static_cast<std::size_t>(i)]; }
-  // Per query, float_threshold(threshold): the fused screen compares in float.
-  const float* float_thresholds() const { return threshold_f_.data(); }
+  // Per query, the fused screen's threshold (float_threshold of the widened threshold).
+  const float* screen_thresholds() const { return screen_threshold_.data(); }
 
   void offer(Index i, double v, Index row) {
     const auto ui = static_cast<std::size_t>(i);
@@ -195,15 +202,15 @@ class KnnLearner::ShortLists {
 
   void set_threshold(std::size_t i, double t) {
     threshold_[i] = t;
-    threshold_f_[i] = float_threshold(t);
+    screen_threshold_[i] = float_threshold(t + widen_[i]);
   }
 
   std::size_t K_;
-  double rounding_, max_norm2_;
+  double rounding_, prescreen_error_, max_norm2_;
   std::vector<std::vector<Entry>> cand_;
   std::vector<double> threshold_;
-  std::vector<float> threshold_f_;
-  std::vector<double> margin_;
+  std::vector<float> screen_threshold_;
+  std::vector<double> margin_, widen_;
   std::vector<std::size_t> cap_;
 };
 
@@ -213,11 +220,13 @@ void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
   const auto K = static_cast<std::size_t>(k_eff_);
   const Index QB = std::min(query_block_, nq);
   const double eps = screen_ == Screen::kDoubleGemm ? DBL_EPSILON : static_cast<double>(FLT_EPSILON);
-  ShortLists lists(K, QB, p, eps, max_norm2_);
+  const double prescreen = screen_ == Screen::kFusedBf16 ? screen_relative_error(ScreenPrecision::kBf16, p) : 0.0;
+  ShortLists lists(K, QB, p, eps, prescreen, max_norm2_);
   for (Index b0 = 0; b0 < nq; b0 += QB) {
     const Index nb = std::min(QB, nq - b0);
     lists.start(Q + b0 * p, nb, p);
     switch (screen_) {
+      case Screen::kFusedBf16:
       case Screen::kFused: screen_fused(Q, b0, nb, lists); break;
       case Screen::kFloatGemm: screen_gemm<float>(Q, b0, nb, xa_f_, lists); break;
       case Screen::kDoubleGemm: screen_gemm<double>(Q, b0, nb, xa_, lists); break;
@@ -257,30 +266,26 @@ void KnnLearner::screen_gemm(const double* Q, Index b0, Index nb, const Mat<T>& 
 
 void KnnLearner::screen_fused(const double* Q, Index b0, Index nb, ShortLists& lists) const {
   const Index n = xa_.rows(), p = p_;
-  Mat<float> qa(nb, p + 1);
-  qa.leftCols(p) = ConstMatMap<double>(Q + b0 * p, nb, p).cast<float>();
-  qa.col(p).setOnes();
+  const Mat<float> qa = ConstMatMap<double>(Q + b0 * p, nb, p).cast<float>();
+  const std::vector<float> no_bias(static_cast<std::size_t>(nb), 0.0f);
   struct Offer final : ScreenHits {
     ShortLists& lists;
+    const Mat<float>& qa;
+    const Mat<float>* recheck;  // the training rows [-2 z, ||z||^2] in float, for a bf16 screen
     Index n;
-    Offer(ShortLists& l, Index rows) : lists(l), n(rows) {}
+    Offer(ShortLists& l, const Mat<float>& q, const Mat<float>* r, Index rows) : lists(l), qa(q), recheck(r), n(rows) {}
     void hit(Index row, Index col, float v) override {
-      if (col < n) lists.offer(row, v, col);
+      if (col >= n) return;
+      if (recheck) {
+        const Index p = qa.cols();
+        const float* x = recheck->data() + col * (p + 1);
+        v = screen_dot(qa.data() + row * p, x, p) + x[p];
+      }
+      lists.offer(row, v, col);
     }
-  } offer(lists, n);
-  const Index per_pass = panels_per_pass(p + 1);
-  for (Index q0 = 0; q0 < xa_panels_.panels(); q0 += per_pass)
-    screen_tiles(qa.data(), nb, xa_panels_, q0, std::min(q0 + per_pass, xa_panels_.panels()),
-                 lists.float_thresholds(), offer);
-}
-
-Index KnnLearner::panels_per_pass(Index width) const {
-  // Each pass screens every query against as many panels as fit in 24 KiB, so that they
-  // stay in a 32 KiB L1 data cache for all the query groups of the pass; a multiple of
-  // the kernel's 3 panels per tile where that fits, as narrower tiles run slower.
-  const Index panel_bytes = width * kScreenPanelRows * static_cast<Index>(sizeof(float));
-  const Index fit = std::max<Index>(1, std::min(train_chunk_ / kScreenPanelRows, (Index{24} << 10) / panel_bytes));
-  return fit >= 3 ? fit / 3 * 3 : fit;
+  } offer(lists, qa, screen_ == Screen::kFusedBf16 ? &xa_f_ : nullptr, n);
+  screen_tiles(qa.data(), nb, xa_panels_, 0, xa_panels_.panels(), train_chunk_ / kScreenPanelRows, no_bias.data(),
+               norm_f_.data(), lists.screen_thresholds(), offer);
 }
 
 void KnnLearner::merge_exact(const double* q, ShortLists& lists, Index i, std::size_t base, Candidates& c) const {

@@ -20,13 +20,14 @@ class KnnLearner : public Learner {
   // How candidates are short-listed. Distances are products of standardised rows; they
   // only short-list candidates, whose distances are then evaluated exactly in double, so
   // every way gives the same neighbours. kFused screens float products in registers
-  // (knn_screen.hpp; needs AVX2 and FMA), kFloatGemm writes them to a tile with a float
-  // GEMM (twice the double rate) and scans it, kDoubleGemm does so in double.
-  enum class Screen { kFused, kFloatGemm, kDoubleGemm };
+  // (knn_screen.hpp; needs AVX2 and FMA), kFusedBf16 screens bf16 products there at twice
+  // that rate and re-checks what passes in float (needs AVX-512 BF16 besides), kFloatGemm
+  // writes float products to a tile with a GEMM and scans it, kDoubleGemm does so in double.
+  enum class Screen { kFusedBf16, kFused, kFloatGemm, kDoubleGemm };
   // The fastest screen this CPU runs.
   static Screen best_screen();
 
-  // query_block x train_chunk bounds the distance tile held in memory (kFused: the
+  // query_block x train_chunk bounds the distance tile held in memory (fused screens: the
   // training rows screened per pass, at most what the L1 cache holds); tests shrink
   // them to exercise the block and chunk seams.
   KnnLearner(int k, bool distance_weighted, Index query_block = 256, Index train_chunk = 1024,
@@ -37,7 +38,7 @@ class KnnLearner : public Learner {
   std::unique_ptr<Learner> clone() const override {
     return std::make_unique<KnnLearner>(k_, distance_weighted_, query_block_, train_chunk_, screen_);
   }
-  // With the fused screen and no fold models asked for: every fold's predictions from one
+  // With a fused screen and no fold models asked for: every fold's predictions from one
   // screen of each pair of rows in different folds, used for both rows (knn_folds.cpp).
   OutOfFold out_of_fold(const LearnerContext& ctx, const TrainRows& rows, const std::vector<int>& fold, int K,
                         const std::function<void(Learner&)>& each_model) const override;
@@ -59,8 +60,10 @@ class KnnLearner : public Learner {
   template <class T>
   void screen_gemm(const double* Q, Index b0, Index nb, const Mat<T>& xa, ShortLists& lists) const;
   void screen_fused(const double* Q, Index b0, Index nb, ShortLists& lists) const;
-  // Panels of the given width that one pass of the fused screen holds in L1.
-  Index panels_per_pass(Index width) const;
+  bool fused() const { return screen_ == Screen::kFused || screen_ == Screen::kFusedBf16; }
+  ScreenPrecision fused_precision() const {
+    return screen_ == Screen::kFusedBf16 ? ScreenPrecision::kBf16 : ScreenPrecision::kFloat;
+  }
   // Query q's short list evaluated exactly, its best merged into the K slots at `base`.
   void merge_exact(const double* q, ShortLists& lists, Index i, std::size_t base, Candidates& c) const;
 
@@ -76,8 +79,9 @@ class KnnLearner : public Learner {
   // NOTES: row i is [-2 z_i, ||z_i||^2], so one GEMM with [q, 1] gives ||z||^2 - 2 q.z;
   // -0.5 * (-2 z) recovers z exactly for the exact re-evaluation of short-listed rows.
   Mat<double> xa_;
-  Mat<float> xa_f_;        // xa_ in float for kFloatGemm
-  PanelMatrix xa_panels_;  // xa_ in float panels for kFused
+  Mat<float> xa_f_;        // xa_ in float for kFloatGemm, and kFusedBf16's re-checks
+  PanelMatrix xa_panels_;  // -2 z_i in panels for the fused screens
+  std::vector<float> norm_f_;  // ||z_i||^2, +inf for the panels' padding: their column bias
   double max_norm2_ = 0;  // max ||z_i||^2 over the local rows, for the rounding bound
   std::vector<double> y_, w_;
   std::vector<std::int64_t> id_;

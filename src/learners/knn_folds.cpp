@@ -63,21 +63,24 @@ struct FoldBlock {
   // home): the final list merges both, so a candidate farther than that cannot enter it.
   std::vector<double> bound;
   // Derived wherever the block is (JointPass::prepare).
-  Mat<float> rows;                  // [z_g, ||z_g||^2, 1]
-  PanelMatrix panels;               // [-2 z_g, 1, ||z_g||^2]
+  Mat<float> rows;                  // z_g
+  PanelMatrix panels;               // -2 z_g
+  std::vector<float> bias;          // ||z_g||^2 (+inf on padding): the screen's row and column bias
   Mat<double> z_own;                // z in the metric of the row's own fold model
   std::vector<double> norm;         // ||z_g||^2
-  std::vector<float> threshold;     // the screen's, per row
+  std::vector<float> threshold;     // per row, for float values of the common distance
+  std::vector<float> screen;        // per row, the screen's (threshold itself, or widened for bf16)
   Index size() const { return x.rows(); }
 };
 
 class JointPass {
  public:
   JointPass(const Standardizer& common, std::vector<FoldMetric> metrics, Index p, std::size_t kmax,
-            double norm_max, Index query_block, Index panels_per_pass)
+            double norm_max, Index query_block, Index max_pass_panels, ScreenPrecision precision)
       : common_(common), metrics_(std::move(metrics)), p_(p), kmax_(kmax), norm_max_(norm_max),
-        query_block_(query_block), per_pass_(panels_per_pass),
+        query_block_(query_block), max_pass_panels_(max_pass_panels), precision_(precision),
         screen_rel_(8.0 * static_cast<double>(p + 4) * FLT_EPSILON),
+        prescreen_rel_(precision == ScreenPrecision::kBf16 ? screen_relative_error(precision, p) : 0.0),
         exact_rel_(4.0 * static_cast<double>(p + 8) * DBL_EPSILON) {}
 
   // The local rows as a block; where[i] is local row i's row in it.
@@ -96,6 +99,10 @@ class JointPass {
   void offer(FoldBlock& Q, Index i, const FoldBlock& C, Index j) const;
   const FoldMetric& metric(std::int64_t fold) const { return metrics_[static_cast<std::size_t>(fold)]; }
   std::size_t kmax() const { return kmax_; }
+  // The float value of the common distance of A's row i and B's row j, for a bf16
+  // screen's hits: within the float screen's bound, as its values.
+  float float_distance(const FoldBlock& A, Index i, const FoldBlock& B, Index j) const;
+  bool rechecks() const { return precision_ == ScreenPrecision::kBf16; }
 
  private:
   void update_threshold(FoldBlock& Q, Index i) const;
@@ -105,8 +112,9 @@ class JointPass {
   Index p_;
   std::size_t kmax_;
   double norm_max_;  // max ||z_g||^2 over every rank's rows
-  Index query_block_, per_pass_;
-  double screen_rel_, exact_rel_;
+  Index query_block_, max_pass_panels_;
+  ScreenPrecision precision_;
+  double screen_rel_, prescreen_rel_, exact_rel_;
 };
 
 FoldBlock JointPass::block_of(const TrainRows& rows, const std::vector<int>& fold,
@@ -173,38 +181,24 @@ FoldBlock JointPass::traveller(const FoldBlock& home) const {
 void JointPass::prepare(FoldBlock& b) const {
   const Index N = b.size(), p = p_;
   const Mat<double> zg = common_.apply(b.x);
-  const float inf = std::numeric_limits<float>::infinity();
-  b.rows.resize(N, p + 2);
-  Mat<float> packed(N, p + 2);
+  b.rows = zg.cast<float>();
+  b.panels = PanelMatrix((-2.0 * zg).cast<float>(), RowVec<float>::Zero(p), precision_);
   b.norm.assign(static_cast<std::size_t>(N), 0.0);
+  // Padding sits at infinite distance from everything.
+  b.bias.assign(static_cast<std::size_t>(N), std::numeric_limits<float>::infinity());
   for (Index r = 0; r < N; ++r) {
-    if (b.fold[static_cast<std::size_t>(r)] < 0) {
-      // Padding sits at infinite distance from everything.
-      b.rows.row(r).setZero();
-      b.rows(r, p) = inf;
-      b.rows(r, p + 1) = 1;
-      packed.row(r).setZero();
-      packed(r, p) = 1;
-      packed(r, p + 1) = inf;
-      continue;
-    }
+    if (b.fold[static_cast<std::size_t>(r)] < 0) continue;
     const double* z = zg.data() + r * p;
-    const double nr = ordered_dot(z, z, p);
-    b.norm[static_cast<std::size_t>(r)] = nr;
-    b.rows.row(r).head(p) = zg.row(r).cast<float>();
-    b.rows(r, p) = static_cast<float>(nr);
-    b.rows(r, p + 1) = 1;
-    packed.row(r).head(p) = (-2.0 * zg.row(r)).cast<float>();
-    packed(r, p) = 1;
-    packed(r, p + 1) = static_cast<float>(nr);
+    b.norm[static_cast<std::size_t>(r)] = ordered_dot(z, z, p);
+    b.bias[static_cast<std::size_t>(r)] = static_cast<float>(b.norm[static_cast<std::size_t>(r)]);
   }
-  b.panels = PanelMatrix(packed, packed.rows() > 0 ? RowVec<float>(packed.row(0)) : RowVec<float>::Zero(p + 2));
   b.z_own = Mat<double>::Zero(N, p);
   for (std::size_t a = 0; a + 1 < b.begin.size(); ++a) {
     const Index r0 = b.begin[a], len = b.begin[a + 1] - r0;
     if (len > 0) b.z_own.middleRows(r0, len) = metrics_[a].scaler.apply(b.x.middleRows(r0, len));
   }
   b.threshold.resize(static_cast<std::size_t>(N));
+  b.screen.resize(static_cast<std::size_t>(N));
   for (Index r = 0; r < N; ++r) update_threshold(b, r);
 }
 
@@ -212,22 +206,31 @@ void JointPass::update_threshold(FoldBlock& Q, Index i) const {
   const auto ui = static_cast<std::size_t>(i);
   const std::int64_t a = Q.fold[ui];
   if (a < 0) {
-    Q.threshold[ui] = -std::numeric_limits<float>::infinity();
+    Q.threshold[ui] = Q.screen[ui] = -std::numeric_limits<float>::infinity();
     return;
   }
   const FoldMetric& m = metric(a);
   const std::size_t last = ui * kmax_ + static_cast<std::size_t>(m.k_eff) - 1;
   const double D = std::min(Q.slots.id[last] == kNoId ? kInf : Q.slots.d2[last], Q.bound[ui]);
   if (D == kInf) {
-    Q.threshold[ui] = std::numeric_limits<float>::infinity();
+    Q.threshold[ui] = Q.screen[ui] = std::numeric_limits<float>::infinity();
     return;
   }
   // A row at exact distance <= D: d2_a <= (D + e_a 4 N_a) / (1 - e_a) in exact arithmetic,
   // d2_g <= that / rho_a, screened value <= that + the screen's bound; the last factor
   // covers the rounding of this line.
   const double exact = (D + exact_rel_ * 4.0 * m.norm_bound) / (1.0 - exact_rel_);
-  const double t = (exact / m.rho + screen_rel_ * (Q.norm[ui] + norm_max_)) * (1.0 + 1e-12);
-  Q.threshold[ui] = float_threshold(t);
+  const double float_error = screen_rel_ * (Q.norm[ui] + norm_max_);
+  Q.threshold[ui] = float_threshold((exact / m.rho + float_error) * (1.0 + 1e-12));
+  // A bf16 product is within prescreen_rel_ sum |a_k b_k| <= ||z_i||^2 + ||z_j||^2 of
+  // the exact one, the float value within float_error.
+  const double widen = rechecks() ? float_error + prescreen_rel_ * (Q.norm[ui] + norm_max_) : 0.0;
+  Q.screen[ui] = rechecks() ? float_threshold((exact / m.rho + float_error + widen) * (1.0 + 1e-12)) : Q.threshold[ui];
+}
+
+float JointPass::float_distance(const FoldBlock& A, Index i, const FoldBlock& B, Index j) const {
+  const float dot = screen_dot(A.rows.data() + i * p_, B.rows.data() + j * p_, p_);
+  return A.bias[static_cast<std::size_t>(i)] + B.bias[static_cast<std::size_t>(j)] - 2.0f * dot;
 }
 
 void JointPass::offer(FoldBlock& Q, Index i, const FoldBlock& C, Index j) const {
@@ -256,8 +259,13 @@ class PairHits final : public ScreenHits {
       : pass_(pass), A_(A), row0_(row0), B_(B) {}
   void hit(Index row, Index col, float v) override {
     const Index i = row0_ + row;
-    if (!(v > A_.threshold[static_cast<std::size_t>(i)])) pass_.offer(A_, i, B_, col);
-    if (!(v > B_.threshold[static_cast<std::size_t>(col)])) pass_.offer(B_, col, A_, i);
+    const auto ui = static_cast<std::size_t>(i), uc = static_cast<std::size_t>(col);
+    if (pass_.rechecks()) {
+      if (v > A_.screen[ui] && v > B_.screen[uc]) return;  // passed on a threshold since lowered
+      v = pass_.float_distance(A_, i, B_, col);
+    }
+    if (!(v > A_.threshold[ui])) pass_.offer(A_, i, B_, col);
+    if (!(v > B_.threshold[uc])) pass_.offer(B_, col, A_, i);
   }
 
  private:
@@ -269,7 +277,6 @@ class PairHits final : public ScreenHits {
 
 void JointPass::screen(FoldBlock& A, Index row0, Index row1, FoldBlock& B, Index panel0, Index panel1,
                        bool later_folds_only) const {
-  const Index width = p_ + 2;
   const auto K = static_cast<Index>(metrics_.size());
   for (Index ga = 0; ga < K; ++ga) {
     const Index r0 = std::max<Index>(A.begin[static_cast<std::size_t>(ga)], row0);
@@ -281,9 +288,9 @@ void JointPass::screen(FoldBlock& A, Index row0, Index row1, FoldBlock& B, Index
         if (gb == ga) continue;
         const Index q0 = std::max<Index>(B.begin[static_cast<std::size_t>(gb)] / kP, panel0);
         const Index q1 = std::min<Index>(B.begin[static_cast<std::size_t>(gb + 1)] / kP, panel1);
-        for (Index c0 = q0; c0 < q1; c0 += per_pass_)
-          screen_tiles(A.rows.data() + b0 * width, nb, B.panels, c0, std::min(c0 + per_pass_, q1),
-                       A.threshold.data() + b0, hits, B.threshold.data());
+        if (q0 < q1)
+          screen_tiles(A.rows.data() + b0 * p_, nb, B.panels, q0, q1, max_pass_panels_, A.bias.data() + b0,
+                       B.bias.data(), A.screen.data() + b0, hits, B.screen.data());
       }
     }
   }
@@ -368,7 +375,7 @@ OutOfFold KnnLearner::out_of_fold(const LearnerContext& ctx, const TrainRows& ro
                                   int K, const std::function<void(Learner&)>& each_model) const {
   // Fold models themselves are only built by the default, and the screen with column
   // thresholds only exists fused.
-  if (each_model || screen_ != Screen::kFused || K < 2) return Learner::out_of_fold(ctx, rows, fold, K, each_model);
+  if (each_model || !fused() || K < 2) return Learner::out_of_fold(ctx, rows, fold, K, each_model);
   const Communicator& comm = ctx.comm;
   Stopwatch sw;
   OutOfFold out;
@@ -434,7 +441,8 @@ OutOfFold KnnLearner::out_of_fold(const LearnerContext& ctx, const TrainRows& ro
   out.fit_seconds = sw.seconds();
   sw.reset();
 
-  const JointPass pass(common, std::move(metrics), p, kmax, norm_max, query_block_, panels_per_pass(p + 2));
+  const JointPass pass(common, std::move(metrics), p, kmax, norm_max, query_block_, train_chunk_ / kP,
+                       fused_precision());
   std::vector<Index> where;
   FoldBlock home = pass.block_of(rows, fold, where);
   pass.prepare(home);

@@ -136,7 +136,8 @@ TEST_P(KnnVsReference, MatchesSerialReference) {
   const Mat<double> mine_ref = !c.queries_on_last_rank ? local_rows(ref) : last ? ref : Mat<double>(0, ref.cols());
   // Every screen short-lists for the same exact distances: the same bits from each.
   std::vector<KnnLearner::Screen> screens = {KnnLearner::Screen::kFloatGemm, KnnLearner::Screen::kDoubleGemm};
-  if (KnnLearner::best_screen() == KnnLearner::Screen::kFused) screens.push_back(KnnLearner::Screen::kFused);
+  if (screen_kernel_available(ScreenPrecision::kFloat)) screens.push_back(KnnLearner::Screen::kFused);
+  if (screen_kernel_available(ScreenPrecision::kBf16)) screens.push_back(KnnLearner::Screen::kFusedBf16);
   Mat<double> first;
   for (KnnLearner::Screen screen : screens) {
     const std::string what = std::string(c.name) + ", screen " + std::to_string(static_cast<int>(screen));
@@ -271,7 +272,7 @@ class KnnOutOfFold : public ::testing::TestWithParam<KnnFoldCase> {};
 
 TEST_P(KnnOutOfFold, JointPassEqualsFoldByFold) {
   const KnnFoldCase c = GetParam();
-  if (KnnLearner::best_screen() != KnnLearner::Screen::kFused) GTEST_SKIP() << "no AVX2 and FMA on this CPU";
+  if (!screen_kernel_available(ScreenPrecision::kFloat)) GTEST_SKIP() << "no AVX2 and FMA on this CPU";
   const Communicator& comm = world();
   DataSpec s;
   s.seed = 41;
@@ -294,10 +295,14 @@ TEST_P(KnnOutOfFold, JointPassEqualsFoldByFold) {
     if (c.folds == KnnFoldCase::Folds::kSkewedScale && fold[i] == 0) mine.X(static_cast<Index>(i), 0) *= 1000;
   }
   const LearnerContext ctx{comm, c.classes, 1};
-  const KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk, KnnLearner::Screen::kFused);
-  const OutOfFold joint = knn.out_of_fold(ctx, mine.view(), fold, c.K, {});
-  const OutOfFold by_fold = knn.Learner::out_of_fold(ctx, mine.view(), fold, c.K, {});
-  MOESIM_EXPECT_CLOSE_ALL_RANKS(joint.pred, by_fold.pred, 0.0, 0.0, c.name);
+  for (const KnnLearner::Screen screen : {KnnLearner::Screen::kFused, KnnLearner::Screen::kFusedBf16}) {
+    if (screen == KnnLearner::Screen::kFusedBf16 && !screen_kernel_available(ScreenPrecision::kBf16)) continue;
+    const KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk, screen);
+    const OutOfFold joint = knn.out_of_fold(ctx, mine.view(), fold, c.K, {});
+    const OutOfFold by_fold = knn.Learner::out_of_fold(ctx, mine.view(), fold, c.K, {});
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(joint.pred, by_fold.pred, 0.0, 0.0,
+                                  std::string(c.name) + ", screen " + std::to_string(static_cast<int>(screen)));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
