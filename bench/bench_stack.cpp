@@ -1,7 +1,7 @@
 // Micro-benchmarks of the stacking base learners on one process. Each fast path runs
 // next to its baseline in the same binary, so bench/compare.py can report ratios:
-// KNN with the float distance GEMM against the double one (same neighbours, see
-// knn.hpp). The fits of the statistics-based learners (ridge, logistic, naive Bayes) and
+// KNN's fused screens (bf16, float) and float distance GEMM against each other and the
+// double GEMM (same neighbours, see knn.hpp). The fits of the statistics-based learners (ridge, logistic, naive Bayes) and
 // the stacking scores time the exact, rank-invariant sums they are built from.
 #include <benchmark/benchmark.h>
 
@@ -41,11 +41,11 @@ Rows make_rows(Index n, Index p, std::uint64_t seed) {
 }
 
 // Q queries against N training rows of p features, k = 5.
-void knn_predict(benchmark::State& state, bool double_gemm) {
+void knn_predict(benchmark::State& state, KnnLearner::Screen screen) {
   Communicator self(MPI_COMM_SELF);
   const Index Q = state.range(0), N = state.range(1), p = state.range(2);
   const Rows train = make_rows(N, p, 1), query = make_rows(Q, p, 2);
-  KnnLearner knn(5, false, 256, 1024, double_gemm);
+  KnnLearner knn(5, false, 256, 1024, screen);
   const LearnerContext ctx{self, 2, 1};
   knn.fit(ctx, train.view());
   for (auto _ : state) {
@@ -55,10 +55,26 @@ void knn_predict(benchmark::State& state, bool double_gemm) {
   state.SetItemsProcessed(state.iterations() * Q);
 }
 
-void BM_KnnPredictFloatGemm(benchmark::State& state) { knn_predict(state, false); }
-void BM_KnnPredictDoubleGemm(benchmark::State& state) { knn_predict(state, true); }
+void BM_KnnPredictFused(benchmark::State& state) {
+  if (!screen_kernel_available(ScreenPrecision::kFloat)) {
+    state.SkipWithError("no AVX2 and FMA on this CPU");
+    return;
+  }
+  knn_predict(state, KnnLearner::Screen::kFused);
+}
+void BM_KnnPredictFusedBf16(benchmark::State& state) {
+  if (!screen_kernel_available(ScreenPrecision::kBf16)) {
+    state.SkipWithError("no AVX-512 BF16 on this CPU");
+    return;
+  }
+  knn_predict(state, KnnLearner::Screen::kFusedBf16);
+}
+void BM_KnnPredictFloatGemm(benchmark::State& state) { knn_predict(state, KnnLearner::Screen::kFloatGemm); }
+void BM_KnnPredictDoubleGemm(benchmark::State& state) { knn_predict(state, KnnLearner::Screen::kDoubleGemm); }
 
 // Q, N, p
+BENCHMARK(BM_KnnPredictFusedBf16)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_KnnPredictFused)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KnnPredictFloatGemm)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KnnPredictDoubleGemm)->Args({2000, 20000, 50})->Unit(benchmark::kMillisecond);
 

@@ -35,8 +35,13 @@ class ExactRowSums {
     lo_[k] += lo;
   }
   // Slots k0 .. k0 + n - 1 take a * b[0 .. n-1]: one row's Gram row. Two terms at a time
-  // in SSE2 lanes: the same IEEE operations, so the same bits as add().
+  // in SSE2 lanes, or four in AVX lanes (a call out of line, worth it for long rows): the
+  // same IEEE operations, so the same bits as add().
   void add_products(std::size_t k0, double a, const double* b, std::size_t n) {
+    if (wide_ && n >= kWideFrom) {
+      add_products_wide(k0, a, b, n);
+      return;
+    }
     typedef double Pair __attribute__((vector_size(16)));
     const Pair av = {a, a}, hv = {kHi, kHi}, lv = {kLo, kLo};
     double* hi = hi_.data() + k0;
@@ -70,7 +75,10 @@ class ExactRowSums {
   static constexpr int kRowsPerFlush = 1 << 11;
   static constexpr double kHi = 0x1.8p+10;   // 1.5 * 2^(52 - 42): its ulp is 2^-42
   static constexpr double kLo = 0x1.8p-12;   // 1.5 * 2^(52 - 64): its ulp is 2^-64
+  static constexpr std::size_t kWideFrom = 8;
   void flush();
+  void add_products_wide(std::size_t k0, double a, const double* b, std::size_t n);
+  bool wide_ = false;  // the CPU has AVX
   std::vector<FixedSum> sum_;
   std::vector<double> scale_;  // 2^-e with every |term| < 2^e
   std::vector<double> hi_, lo_;

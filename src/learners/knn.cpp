@@ -1,5 +1,6 @@
 // K nearest neighbours with a ring pass of query blocks: training shards stay put,
-// queries and their k best candidates travel; distances come from blocked GEMMs.
+// queries and their k best candidates travel; candidates are short-listed from float
+// distances (knn_screen, or blocked GEMMs) and evaluated exactly.
 #include "learners/knn.hpp"
 
 #include <algorithm>
@@ -7,21 +8,23 @@
 #include <cmath>
 #include <limits>
 #include <string>
-#include <type_traits>
 #include <utility>
 
 #include "core/error.hpp"
 #include "core/row_order.hpp"
+#include "learners/knn_common.hpp"
 
 namespace moesim {
 
 namespace {
 
-constexpr std::int64_t kNoId = std::numeric_limits<std::int64_t>::max();
-constexpr double kInf = std::numeric_limits<double>::infinity();
+using knn::closer;
+using knn::kInf;
+using knn::kNoId;
+
 constexpr int kTagSize = 71, kTagData = 72, kTagIds = 73, kTagMove = 74;
 
-// One short-listed training row of one query: its GEMM value ||z||^2 - 2 q.z.
+// One short-listed training row of one query: its screened value ||z||^2 - 2 q.z.
 struct Entry {
   double v;
   Index row;
@@ -33,22 +36,6 @@ struct Neighbour {
   std::int64_t id;
   Index row;
 };
-
-bool closer(double da, std::int64_t ia, double db, std::int64_t ib) {
-  return da < db || (da == db && ia < ib);
-}
-
-// Keeps the entries that can still be among the K nearest: v <= (K-th smallest v) +
-// margin, where the margin covers the rounding of the GEMM and of the exact distances.
-void prune(std::vector<Entry>& cand, std::size_t K, double margin, double& threshold) {
-  if (cand.size() < K) return;
-  std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(K - 1), cand.end(),
-                   [](const Entry& a, const Entry& b) { return a.v < b.v; });
-  threshold = std::min(threshold, cand[K - 1].v + margin);
-  const double t = threshold;
-  cand.erase(std::remove_if(cand.begin(), cand.end(), [t](const Entry& e) { return e.v > t; }),
-             cand.end());
-}
 
 // Rows moved from one contiguous layout of a global row order (from[r] rows on rank
 // r) to another (to[r]), by P - 1 shifted exchanges; every rank knows both layouts.
@@ -85,43 +72,26 @@ Mat<double> move_rows(const Communicator& comm, const Mat<double>& M, Index cols
   return out;
 }
 
-// Checks every rank's rows together, so that bad input throws on all ranks instead
-// of hanging the ones that passed. Returns the global feature count.
-Index check_rows(const Communicator& comm, const TrainRows& rows, int classes, const char* who) {
-  const Index n = rows.X.rows();
-  const Index p = comm.allreduce_max(static_cast<std::int64_t>(rows.X.cols()));
-  std::string msg;
-  const auto un = static_cast<std::size_t>(n);
-  if (n > 0 && rows.X.cols() != p)
-    msg = "training rows have " + std::to_string(rows.X.cols()) + " features on this rank, " +
-          std::to_string(p) + " elsewhere";
-  else if (rows.y.size() != un || rows.w.size() != un || rows.id.size() != un)
-    msg = "X, y, w and id have different row counts";
-  for (std::size_t i = 0; i < un && msg.empty(); ++i) {
-    if (!(std::isfinite(rows.w[i]) && rows.w[i] >= 0))
-      msg = "sample weight " + std::to_string(rows.w[i]) + " is not finite and >= 0";
-    else if (classes >= 2 && !(rows.y[i] >= 0 && rows.y[i] < classes && rows.y[i] == std::floor(rows.y[i])))
-      msg = "label " + std::to_string(rows.y[i]) + " is not a class index in [0, " +
-            std::to_string(classes) + ")";
-  }
-  comm.agree_or_throw(msg.empty(), std::string(who) + ": " + msg);
-  return p;
-}
-
 }  // namespace
 
-KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index train_chunk,
-                       bool double_gemm)
+KnnLearner::Screen KnnLearner::best_screen() {
+  if (screen_kernel_available(ScreenPrecision::kBf16)) return Screen::kFusedBf16;
+  return screen_kernel_available(ScreenPrecision::kFloat) ? Screen::kFused : Screen::kFloatGemm;
+}
+
+KnnLearner::KnnLearner(int k, bool distance_weighted, Index query_block, Index train_chunk, Screen screen)
     : k_(k), distance_weighted_(distance_weighted), query_block_(query_block),
-      train_chunk_(train_chunk), double_gemm_(double_gemm) {
+      train_chunk_(train_chunk), screen_(screen) {
   MOESIM_CONFIG_CHECK(k >= 1, "knn: k must be >= 1 (got " << k << ")");
   MOESIM_CONFIG_CHECK(query_block >= 1 && train_chunk >= 1, "knn: block sizes must be >= 1");
+  MOESIM_CONFIG_CHECK(!fused() || screen_kernel_available(fused_precision()),
+                      "knn: this CPU lacks the instructions of the fused screen asked for");
 }
 
 void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
   const Communicator& comm = ctx.comm;
   classes_ = ctx.classes;
-  p_ = check_rows(comm, rows, classes_, "knn");
+  p_ = knn::check_rows(comm, rows, classes_, "knn");
   const Index n = rows.X.rows();
   const Mat<double> X = n > 0 ? rows.X : Mat<double>(0, p_);
   scaler_.fit(comm, X, rows.w);
@@ -146,122 +116,220 @@ void KnnLearner::fit(const LearnerContext& ctx, const TrainRows& rows) {
     id_.push_back(rows.id[ui]);
     ++r;
   }
-  if (double_gemm_) xa_f_.resize(0, p_ + 1);
-  else xa_f_ = xa_.cast<float>();
+  xa_f_.resize(0, p_ + 1);
+  xa_panels_ = PanelMatrix();
+  if (screen_ == Screen::kFloatGemm || screen_ == Screen::kFusedBf16) xa_f_ = xa_.cast<float>();
+  norm_f_.clear();
+  if (fused()) {
+    xa_panels_ = PanelMatrix(xa_.leftCols(p_).cast<float>(), RowVec<float>::Zero(p_), fused_precision());
+    // Padding rows sit at infinite distance, past every finite threshold.
+    norm_f_.assign(static_cast<std::size_t>(xa_panels_.panels() * kScreenPanelRows), std::numeric_limits<float>::infinity());
+    for (Index r = 0; r < kept; ++r) norm_f_[static_cast<std::size_t>(r)] = static_cast<float>(xa_(r, p_));
+  }
   const std::int64_t total = comm.allreduce_sum(static_cast<std::int64_t>(kept));
   MOESIM_CONFIG_CHECK(total > 0, "knn: no training row has a positive weight");
   k_eff_ = static_cast<int>(std::min<std::int64_t>(k_, total));
   fitted_ = true;
 }
 
-void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
-  if (double_gemm_) merge_local_as<double>(Q, nq, c, xa_);
-  else merge_local_as<float>(Q, nq, c, xa_f_);
-}
+// The short lists of one block of queries: per query, the training rows whose screened
+// value v = ||z||^2 - 2 q.z may still be among the K nearest.
+class KnnLearner::ShortLists {
+ public:
+  // The screened v (inputs rounded to the screen's type, of machine epsilon eps, and
+  // products summed in it, in any order) and the exactly evaluated d2 satisfy
+  // |v + ||q||^2 - d2| <= ~4 (p + 2) eps (||q||^2 + ||z||^2); keeping every v within
+  // twice a bound above that of the K-th smallest v keeps every row of the exact top K.
+  // A bf16 screen's products are prescreen_error (sum |a_k b_k|, at most ||q||^2 + ||z||^2
+  // here) from the float ones: its thresholds are the float thresholds widened by that and
+  // the float bound, and what passes is re-checked in float.
+  ShortLists(std::size_t K, Index block, Index p, double eps, double prescreen_error, double max_norm2)
+      : K_(K), rounding_(8.0 * static_cast<double>(p + 4) * eps), prescreen_error_(prescreen_error),
+        max_norm2_(max_norm2), cand_(static_cast<std::size_t>(block)), threshold_(cand_.size()),
+        screen_threshold_(cand_.size()), margin_(cand_.size()), widen_(cand_.size()), cap_(cand_.size()) {}
 
-template <class T>
-void KnnLearner::merge_local_as(const double* Q, Index nq, Candidates& c, const Mat<T>& xa) const {
+  // Empties the lists for nb queries (row-major standardised, nb x p).
+  void start(const double* Q, Index nb, Index p) {
+    for (Index i = 0; i < nb; ++i) {
+      const auto ui = static_cast<std::size_t>(i);
+      const ConstMatMap<double> q(Q + i * p, 1, p);
+      const double qn = q.squaredNorm();
+      margin_[ui] = 2.0 * rounding_ * (qn + max_norm2_);
+      widen_[ui] = prescreen_error_ > 0 ? (rounding_ + prescreen_error_) * (qn + max_norm2_) : 0.0;
+      set_threshold(ui, kInf);
+      cand_[ui].clear();
+      cap_[ui] = std::max<std::size_t>(4 * K_, 64);
+    }
+  }
+  double threshold(Index i) const { return threshold_[static_cast<std::size_t>(i)]; }
+  // Per query, the fused screen's threshold (float_threshold of the widened threshold).
+  const float* screen_thresholds() const { return screen_threshold_.data(); }
+
+  void offer(Index i, double v, Index row) {
+    const auto ui = static_cast<std::size_t>(i);
+    if (v > threshold_[ui]) return;
+    std::vector<Entry>& cd = cand_[ui];
+    cd.push_back({v, row});
+    if (cd.size() > cap_[ui]) {
+      prune(ui);
+      cap_[ui] = std::max(cap_[ui], 2 * cd.size());
+    }
+  }
+
+  // Query i's final short list.
+  std::vector<Entry>& finish(Index i) {
+    prune(static_cast<std::size_t>(i));
+    return cand_[static_cast<std::size_t>(i)];
+  }
+
+  // Scratch of merge_exact.
+  std::vector<Neighbour> local;
+  std::vector<double> d2, y, w;
+  std::vector<std::int64_t> id;
+
+ private:
+  // Keeps the entries that can still be among the K nearest: v <= (K-th smallest v) +
+  // margin, where the margin covers the rounding of the screen and of the exact distances.
+  void prune(std::size_t i) {
+    std::vector<Entry>& cd = cand_[i];
+    if (cd.size() < K_) return;
+    std::nth_element(cd.begin(), cd.begin() + static_cast<std::ptrdiff_t>(K_ - 1), cd.end(),
+                     [](const Entry& a, const Entry& b) { return a.v < b.v; });
+    set_threshold(i, std::min(threshold_[i], cd[K_ - 1].v + margin_[i]));
+    const double t = threshold_[i];
+    cd.erase(std::remove_if(cd.begin(), cd.end(), [t](const Entry& e) { return e.v > t; }), cd.end());
+  }
+
+  void set_threshold(std::size_t i, double t) {
+    threshold_[i] = t;
+    screen_threshold_[i] = float_threshold(t + widen_[i]);
+  }
+
+  std::size_t K_;
+  double rounding_, prescreen_error_, max_norm2_;
+  std::vector<std::vector<Entry>> cand_;
+  std::vector<double> threshold_;
+  std::vector<float> screen_threshold_;
+  std::vector<double> margin_, widen_;
+  std::vector<std::size_t> cap_;
+};
+
+void KnnLearner::merge_local(const double* Q, Index nq, Candidates& c) const {
   const Index n = xa_.rows(), p = p_;
   if (nq == 0 || n == 0) return;
   const auto K = static_cast<std::size_t>(k_eff_);
-  // The GEMM value v = ||z||^2 - 2 q.z (inputs rounded to T, products summed in T) and
-  // the exactly evaluated d2 satisfy |v + ||q||^2 - d2| <= ~4 (p + 2) eps_T (||q||^2 +
-  // ||z||^2); keeping every v within twice a bound above that of the K-th smallest v
-  // keeps every row of the exact top K.
-  const double eps = std::is_same_v<T, float> ? static_cast<double>(FLT_EPSILON) : DBL_EPSILON;
-  const double rounding = 8.0 * static_cast<double>(p + 4) * eps;
-  const Index QB = std::min(query_block_, nq), TC = std::min(train_chunk_, n);
-  Mat<T> qa(QB, p + 1), D(QB, TC);
-  std::vector<std::vector<Entry>> cand(static_cast<std::size_t>(QB));
-  std::vector<double> threshold(static_cast<std::size_t>(QB)), margin(static_cast<std::size_t>(QB));
-  std::vector<std::size_t> cap(static_cast<std::size_t>(QB));
-  std::vector<Neighbour> local;
-  std::vector<double> md2(K), my(K), mw(K);
-  std::vector<std::int64_t> mid(K);
-
+  const Index QB = std::min(query_block_, nq);
+  const double eps = screen_ == Screen::kDoubleGemm ? DBL_EPSILON : static_cast<double>(FLT_EPSILON);
+  const double prescreen = screen_ == Screen::kFusedBf16 ? screen_relative_error(ScreenPrecision::kBf16, p) : 0.0;
+  ShortLists lists(K, QB, p, eps, prescreen, max_norm2_);
   for (Index b0 = 0; b0 < nq; b0 += QB) {
     const Index nb = std::min(QB, nq - b0);
-    qa.resize(nb, p + 1);
-    const ConstMatMap<double> qd(Q + b0 * p, nb, p);
-    qa.leftCols(p) = qd.template cast<T>();
-    qa.col(p).setOnes();
-    for (Index i = 0; i < nb; ++i) {
-      const auto ui = static_cast<std::size_t>(i);
-      margin[ui] = 2.0 * rounding * (qd.row(i).squaredNorm() + max_norm2_);
-      threshold[ui] = kInf;
-      cand[ui].clear();
-      cap[ui] = std::max<std::size_t>(4 * K, 64);
+    lists.start(Q + b0 * p, nb, p);
+    switch (screen_) {
+      case Screen::kFusedBf16:
+      case Screen::kFused: screen_fused(Q, b0, nb, lists); break;
+      case Screen::kFloatGemm: screen_gemm<float>(Q, b0, nb, xa_f_, lists); break;
+      case Screen::kDoubleGemm: screen_gemm<double>(Q, b0, nb, xa_, lists); break;
     }
-    for (Index c0 = 0; c0 < n; c0 += TC) {
-      const Index nc = std::min(TC, n - c0);
-      D.resize(nb, nc);
-      D.noalias() = qa * xa.middleRows(c0, nc).transpose();
-      for (Index i = 0; i < nb; ++i) {
-        const auto ui = static_cast<std::size_t>(i);
-        std::vector<Entry>& cd = cand[ui];
-        const T* row = D.data() + i * nc;
-        double t = threshold[ui];
-        auto offer = [&](Index j) {
-          if (row[j] > t) return;
-          cd.push_back({row[j], c0 + j});
-          if (cd.size() > cap[ui]) {
-            prune(cd, K, margin[ui], t);
-            cap[ui] = std::max(cap[ui], 2 * cd.size());
-          }
-        };
-        // Almost every value misses the threshold: test 8 at once, branch-free.
-        Index j = 0;
-        for (; j + 8 <= nc; j += 8) {
-          const T* r = row + j;
-          const double m = std::min(std::min(std::min(r[0], r[1]), std::min(r[2], r[3])),
-                                    std::min(std::min(r[4], r[5]), std::min(r[6], r[7])));
-          if (m > t) continue;
-          for (Index u = j; u < j + 8; ++u) offer(u);
-        }
-        for (; j < nc; ++j) offer(j);
-        threshold[ui] = t;
-      }
-    }
+    for (Index i = 0; i < nb; ++i)
+      merge_exact(Q + (b0 + i) * p, lists, i, static_cast<std::size_t>(b0 + i) * K, c);
+  }
+}
+
+template <class T>
+void KnnLearner::screen_gemm(const double* Q, Index b0, Index nb, const Mat<T>& xa, ShortLists& lists) const {
+  const Index n = xa_.rows(), p = p_;
+  const Index TC = std::min(train_chunk_, n);
+  Mat<T> qa(nb, p + 1), D(nb, TC);
+  const ConstMatMap<double> qd(Q + b0 * p, nb, p);
+  qa.leftCols(p) = qd.template cast<T>();
+  qa.col(p).setOnes();
+  for (Index c0 = 0; c0 < n; c0 += TC) {
+    const Index nc = std::min(TC, n - c0);
+    D.resize(nb, nc);
+    D.noalias() = qa * xa.middleRows(c0, nc).transpose();
     for (Index i = 0; i < nb; ++i) {
-      const auto ui = static_cast<std::size_t>(i);
-      prune(cand[ui], K, margin[ui], threshold[ui]);
-      // Exact distances for the short list, with the same per-feature sum as the
-      // serial reference, so that ties (equal points) are exact on any P.
-      const double* q = Q + (b0 + i) * p;
-      local.clear();
-      for (const Entry& e : cand[ui]) {
-        const double* xr = xa_.data() + e.row * (p + 1);
-        double d2 = 0;
-        for (Index j = 0; j < p; ++j) {
-          const double d = q[j] - (-0.5 * xr[j]);
-          d2 += d * d;
-        }
-        local.push_back({d2, id_[static_cast<std::size_t>(e.row)], e.row});
+      const T* row = D.data() + i * nc;
+      // Almost every value misses the threshold: test 8 at once, branch-free.
+      Index j = 0;
+      for (; j + 8 <= nc; j += 8) {
+        const T* r = row + j;
+        const double m = std::min(std::min(std::min(r[0], r[1]), std::min(r[2], r[3])),
+                                  std::min(std::min(r[4], r[5]), std::min(r[6], r[7])));
+        if (m > lists.threshold(i)) continue;
+        for (Index u = j; u < j + 8; ++u) lists.offer(i, row[u], c0 + u);
       }
-      const std::size_t m = std::min(K, local.size());
-      std::partial_sort(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(m), local.end(),
-                        [](const Neighbour& a, const Neighbour& b) { return closer(a.d2, a.id, b.d2, b.id); });
-      // Merge the sorted local list into the sorted travelling slots.
-      const std::size_t base = static_cast<std::size_t>(b0 + i) * K;
-      std::size_t a = 0, l = 0;
-      for (std::size_t s = 0; s < K; ++s) {
-        const bool take_local =
-            l < m && closer(local[l].d2, local[l].id, c.d2[base + a], c.id[base + a]);
-        if (take_local) {
-          const auto r = static_cast<std::size_t>(local[l].row);
-          md2[s] = local[l].d2, my[s] = y_[r], mw[s] = w_[r], mid[s] = local[l].id;
-          ++l;
-        } else {
-          md2[s] = c.d2[base + a], my[s] = c.y[base + a], mw[s] = c.w[base + a], mid[s] = c.id[base + a];
-          ++a;
-        }
-      }
-      std::copy(md2.begin(), md2.end(), c.d2.begin() + static_cast<std::ptrdiff_t>(base));
-      std::copy(my.begin(), my.end(), c.y.begin() + static_cast<std::ptrdiff_t>(base));
-      std::copy(mw.begin(), mw.end(), c.w.begin() + static_cast<std::ptrdiff_t>(base));
-      std::copy(mid.begin(), mid.end(), c.id.begin() + static_cast<std::ptrdiff_t>(base));
+      for (; j < nc; ++j) lists.offer(i, row[j], c0 + j);
     }
   }
+}
+
+void KnnLearner::screen_fused(const double* Q, Index b0, Index nb, ShortLists& lists) const {
+  const Index n = xa_.rows(), p = p_;
+  const Mat<float> qa = ConstMatMap<double>(Q + b0 * p, nb, p).cast<float>();
+  const std::vector<float> no_bias(static_cast<std::size_t>(nb), 0.0f);
+  struct Offer final : ScreenHits {
+    ShortLists& lists;
+    const Mat<float>& qa;
+    const Mat<float>* recheck;  // the training rows [-2 z, ||z||^2] in float, for a bf16 screen
+    Index n;
+    Offer(ShortLists& l, const Mat<float>& q, const Mat<float>* r, Index rows) : lists(l), qa(q), recheck(r), n(rows) {}
+    void hit(Index row, Index col, float v) override {
+      if (col >= n) return;
+      if (recheck) {
+        const Index p = qa.cols();
+        const float* x = recheck->data() + col * (p + 1);
+        v = screen_dot(qa.data() + row * p, x, p) + x[p];
+      }
+      lists.offer(row, v, col);
+    }
+  } offer(lists, qa, screen_ == Screen::kFusedBf16 ? &xa_f_ : nullptr, n);
+  screen_tiles(qa.data(), nb, xa_panels_, 0, xa_panels_.panels(), train_chunk_ / kScreenPanelRows, no_bias.data(),
+               norm_f_.data(), lists.screen_thresholds(), offer);
+}
+
+void KnnLearner::merge_exact(const double* q, ShortLists& lists, Index i, std::size_t base, Candidates& c) const {
+  const Index p = p_;
+  const auto K = static_cast<std::size_t>(k_eff_);
+  // Exact distances for the short list, with the same per-feature sum as the serial
+  // reference, so that ties (equal points) are exact on any P.
+  std::vector<Neighbour>& local = lists.local;
+  local.clear();
+  for (const Entry& e : lists.finish(i)) {
+    const double* xr = xa_.data() + e.row * (p + 1);
+    double d2 = 0;
+    for (Index j = 0; j < p; ++j) {
+      const double d = q[j] - (-0.5 * xr[j]);
+      d2 += d * d;
+    }
+    local.push_back({d2, id_[static_cast<std::size_t>(e.row)], e.row});
+  }
+  const std::size_t m = std::min(K, local.size());
+  std::partial_sort(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(m), local.end(),
+                    [](const Neighbour& a, const Neighbour& b) { return closer(a.d2, a.id, b.d2, b.id); });
+  // Merge the sorted local list into the sorted travelling slots.
+  std::vector<double>& md2 = lists.d2, &my = lists.y, &mw = lists.w;
+  std::vector<std::int64_t>& mid = lists.id;
+  md2.resize(K);
+  my.resize(K);
+  mw.resize(K);
+  mid.resize(K);
+  std::size_t a = 0, l = 0;
+  for (std::size_t s = 0; s < K; ++s) {
+    const bool take_local = l < m && closer(local[l].d2, local[l].id, c.d2[base + a], c.id[base + a]);
+    if (take_local) {
+      const auto r = static_cast<std::size_t>(local[l].row);
+      md2[s] = local[l].d2, my[s] = y_[r], mw[s] = w_[r], mid[s] = local[l].id;
+      ++l;
+    } else {
+      md2[s] = c.d2[base + a], my[s] = c.y[base + a], mw[s] = c.w[base + a], mid[s] = c.id[base + a];
+      ++a;
+    }
+  }
+  std::copy(md2.begin(), md2.end(), c.d2.begin() + static_cast<std::ptrdiff_t>(base));
+  std::copy(my.begin(), my.end(), c.y.begin() + static_cast<std::ptrdiff_t>(base));
+  std::copy(mw.begin(), mw.end(), c.w.begin() + static_cast<std::ptrdiff_t>(base));
+  std::copy(mid.begin(), mid.end(), c.id.begin() + static_cast<std::ptrdiff_t>(base));
 }
 
 Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X) {
@@ -339,24 +407,7 @@ Mat<double> KnnLearner::predict(const LearnerContext& ctx, const Mat<double>& X)
 
   const Index C = classes_ >= 2 ? classes_ : 1;
   Mat<double> out = Mat<double>::Zero(nb, C);
-  for (Index i = 0; i < nb; ++i) {
-    const std::size_t base = static_cast<std::size_t>(i) * K;
-    // Slots are sorted, so a zero distance, if any, is in the first one.
-    const bool exact_hit = distance_weighted_ && c.d2[base] == 0;
-    double total = 0, acc = 0;
-    for (std::size_t s = base; s < base + K; ++s) {
-      MOESIM_REQUIRE(c.id[s] != kNoId, "knn: a neighbour slot stayed empty");
-      double dw = 1.0;
-      if (distance_weighted_) dw = exact_hit ? (c.d2[s] == 0 ? 1.0 : 0.0) : 1.0 / std::sqrt(c.d2[s]);
-      const double wt = c.w[s] * dw;
-      total += wt;
-      if (C > 1) out(i, static_cast<Index>(c.y[s])) += wt;
-      else acc += wt * c.y[s];
-    }
-    MOESIM_REQUIRE(total > 0, "knn: neighbour weights sum to " << total);
-    if (C > 1) out.row(i) /= total;
-    else out(i, 0) = acc / total;
-  }
+  for (Index i = 0; i < nb; ++i) knn::vote(c, static_cast<std::size_t>(i) * K, K, distance_weighted_, out, i);
   return rebalance ? move_rows(comm, out, C, even, counts, kTagMove) : out;
 }
 

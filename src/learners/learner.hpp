@@ -3,6 +3,7 @@
 // shard of the training rows and learners exchange statistics (Gram matrices,
 // gradients, histograms, candidate neighbours), never whole shards.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,6 +45,12 @@ struct TrainRows {
   const std::vector<std::int64_t>& id;
 };
 
+// Out-of-fold predictions of one learner (Learner::out_of_fold).
+struct OutOfFold {
+  Mat<double> pred;  // local rows x outputs; row i from the model that did not see fold[i]
+  double fit_seconds = 0, predict_seconds = 0;
+};
+
 class Learner {
  public:
   virtual ~Learner() = default;
@@ -58,7 +65,24 @@ class Learner {
   virtual Mat<double> predict(const LearnerContext& ctx, const Mat<double>& X) = 0;
   // An unfitted learner with the same hyper-parameters.
   virtual std::unique_ptr<Learner> clone() const = 0;
+  // COLLECTIVE. Out-of-fold predictions of the local rows: row i as predicted by a clone
+  // fitted on the rows whose fold differs from fold[i] (folds 0 .. K-1). This default
+  // fits and predicts fold by fold and hands each fold's fitted model to `each_model`
+  // when that is set. A learner may share work between the folds when no fold model is
+  // asked for, as long as its predictions are the same bits.
+  virtual OutOfFold out_of_fold(const LearnerContext& ctx, const TrainRows& rows, const std::vector<int>& fold,
+                                int K, const std::function<void(Learner&)>& each_model) const;
 };
+
+// Rows i of X (entries i of v) with keep[i].
+Mat<double> kept_rows(const Mat<double>& X, const std::vector<char>& keep);
+template <class V>
+V kept_values(const V& v, const std::vector<char>& keep) {
+  V out;
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (keep[i]) out.push_back(v[i]);
+  return out;
+}
 
 // Names: ridge, logistic, knn, tree, forest, gbdt, nb. Throws ConfigError for others.
 std::unique_ptr<Learner> make_learner(const std::string& name, const LearnerOptions& opt);

@@ -24,7 +24,7 @@ void Standardizer::fit(const Communicator& comm, const Mat<double>& X, const std
   ExactRowSums s1(comm, bound);
   for (Index i = 0; i < n; ++i) {
     s1.add(0, wt(i));
-    for (Index j = 0; j < p; ++j) s1.add(1 + static_cast<std::size_t>(j), wt(i) * X(i, j));
+    s1.add_products(1, wt(i), X.data() + i * p, up);  // X is row-major
     s1.end_row();
   }
   const std::vector<double> t1 = s1.totals(comm);

@@ -1,6 +1,7 @@
 #include "stacking/stack.hpp"
 
 #include <cstdio>
+#include <functional>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -19,24 +20,6 @@ std::vector<std::int64_t> global_ids(const Communicator& comm, Index n) {
   std::vector<std::int64_t> ids(static_cast<std::size_t>(n));
   for (Index i = 0; i < n; ++i) ids[static_cast<std::size_t>(i)] = before + i;
   return ids;
-}
-
-template <class V>
-V pick(const V& v, const std::vector<char>& keep) {
-  V out;
-  for (std::size_t i = 0; i < v.size(); ++i)
-    if (keep[i]) out.push_back(v[i]);
-  return out;
-}
-
-Mat<double> pick_rows(const Mat<double>& X, const std::vector<char>& keep) {
-  Index n = 0;
-  for (char k : keep) n += k ? 1 : 0;
-  Mat<double> out(n, X.cols());
-  Index r = 0;
-  for (Index i = 0; i < X.rows(); ++i)
-    if (keep[static_cast<std::size_t>(i)]) out.row(r++) = X.row(i);
-  return out;
 }
 
 // The data one level of learners sees.
@@ -72,33 +55,31 @@ LevelOutput run_level(const Communicator& comm, const LevelInput& in, const std:
     std::unique_ptr<Learner> proto = make_learner(names[l], opt.learner);
     auto block = out.oof.middleCols(static_cast<Index>(l) * W, W);
     auto tblock = out.test.middleCols(static_cast<Index>(l) * W, W);
-    for (int r = 0; r < R; ++r)
-      for (int k = 0; k < K; ++k) {
-        std::vector<char> train(static_cast<std::size_t>(n)), held(static_cast<std::size_t>(n));
-        for (Index i = 0; i < n; ++i) {
-          const bool in_k = folds[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)] == k;
-          held[static_cast<std::size_t>(i)] = in_k;
-          train[static_cast<std::size_t>(i)] = !in_k;
-        }
-        // The fold's model sees only the other folds' rows.
-        const Mat<double> Xtr = pick_rows(in.X, train);
-        const std::vector<double> ytr = pick(in.y, train), wtr = pick(in.w, train);
-        const std::vector<std::int64_t> idtr = pick(in.id, train);
-        std::unique_ptr<Learner> model = proto->clone();
-        Stopwatch sw;
-        model->fit(ctx, TrainRows{Xtr, ytr, wtr, idtr});
-        rep.fit_seconds += sw.seconds();
-        sw.reset();
-        const Mat<double> pred = model->predict(ctx, pick_rows(in.X, held));
-        if (opt.average_fold_models) tblock += model->predict(ctx, in.Xtest) / static_cast<double>(R * K);
-        rep.predict_seconds += sw.seconds();
-        Index j = 0;
-        for (Index i = 0; i < n; ++i)
-          if (held[static_cast<std::size_t>(i)]) block.row(i) += pred.row(j++) / static_cast<double>(R);
-        if (r == 0)
+    const TrainRows rows{in.X, in.y, in.w, in.id};
+    for (int r = 0; r < R; ++r) {
+      const std::vector<int>& fold = folds[static_cast<std::size_t>(r)];
+      // Averaged test predictions need every fold's model.
+      double test_seconds = 0;
+      std::function<void(Learner&)> each_model;
+      if (opt.average_fold_models)
+        each_model = [&](Learner& model) {
+          Stopwatch sw;
+          tblock += model.predict(ctx, in.Xtest) / static_cast<double>(R * K);
+          test_seconds += sw.seconds();
+        };
+      const OutOfFold o = proto->out_of_fold(ctx, rows, fold, K, each_model);
+      rep.fit_seconds += o.fit_seconds;
+      rep.predict_seconds += o.predict_seconds + test_seconds;
+      for (Index i = 0; i < n; ++i) block.row(i) += o.pred.row(i) / static_cast<double>(R);
+      if (r == 0)
+        for (int k = 0; k < K; ++k) {
+          std::vector<char> held(static_cast<std::size_t>(n));
+          for (Index i = 0; i < n; ++i) held[static_cast<std::size_t>(i)] = fold[static_cast<std::size_t>(i)] == k;
           rep.fold_primary[static_cast<std::size_t>(k)] =
-              score(comm, pred, pick(in.y, held), pick(in.w, held), classes).primary(classes >= 2);
-      }
+              score(comm, kept_rows(o.pred, held), kept_values(in.y, held), kept_values(in.w, held), classes)
+                  .primary(classes >= 2);
+        }
+    }
     rep.oof = score(comm, block, in.y, in.w, classes);
     if (!opt.average_fold_models) {
       std::unique_ptr<Learner> model = proto->clone();

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -127,18 +129,26 @@ TEST_P(KnnVsReference, MatchesSerialReference) {
   s.random_weights = c.random_weights;
   s.cluster_spread = c.cluster_spread;
   const Rows all = make_rows(s, 0, c.N), mine = shard_rows(s, c.N);
-  KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk);
-  const LearnerContext ctx{comm, c.classes, 1};
-  knn.fit(ctx, mine.view());
-  EXPECT_EQ(knn.effective_k(), std::min<std::int64_t>(c.k, c.N - (c.random_weights ? (c.N + 3) / 7 : 0)));
   const Mat<double> Q = make_queries(s, c.queries, c.N, c.Q);
   const Mat<double> ref = reference_knn_predict(all.X, all.y, all.w, all.id, c.classes, c.k, c.weighted, Q);
-  if (!c.queries_on_last_rank) {
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(knn.predict(ctx, local_rows(Q)), local_rows(ref), 1e-9, 1e-9, c.name);
-  } else {
-    const bool last = comm.rank() == comm.size() - 1;
-    const Mat<double> got = knn.predict(ctx, last ? Q : Mat<double>(0, 0));
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(got, last ? ref : Mat<double>(0, ref.cols()), 1e-9, 1e-9, c.name);
+  const bool last = comm.rank() == comm.size() - 1;
+  const Mat<double> mine_q = !c.queries_on_last_rank ? local_rows(Q) : last ? Q : Mat<double>(0, 0);
+  const Mat<double> mine_ref = !c.queries_on_last_rank ? local_rows(ref) : last ? ref : Mat<double>(0, ref.cols());
+  // Every screen short-lists for the same exact distances: the same bits from each.
+  std::vector<KnnLearner::Screen> screens = {KnnLearner::Screen::kFloatGemm, KnnLearner::Screen::kDoubleGemm};
+  if (screen_kernel_available(ScreenPrecision::kFloat)) screens.push_back(KnnLearner::Screen::kFused);
+  if (screen_kernel_available(ScreenPrecision::kBf16)) screens.push_back(KnnLearner::Screen::kFusedBf16);
+  Mat<double> first;
+  for (KnnLearner::Screen screen : screens) {
+    const std::string what = std::string(c.name) + ", screen " + std::to_string(static_cast<int>(screen));
+    KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk, screen);
+    const LearnerContext ctx{comm, c.classes, 1};
+    knn.fit(ctx, mine.view());
+    EXPECT_EQ(knn.effective_k(), std::min<std::int64_t>(c.k, c.N - (c.random_weights ? (c.N + 3) / 7 : 0)));
+    const Mat<double> got = knn.predict(ctx, mine_q);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(got, mine_ref, 1e-9, 1e-9, what);
+    if (first.size() == 0) first = got;
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(got, first, 0.0, 0.0, what + " against the float GEMM");
   }
 }
 
@@ -243,6 +253,74 @@ TEST(KnnQuality, RecoversSmoothFunction) {
   const double rmse = std::sqrt(comm.allreduce_sum(sq_err) / static_cast<double>(Q));
   EXPECT_LT(rmse, 0.06) << "rmse " << rmse;
 }
+
+// Out-of-fold predictions: KNN's joint pass (one screen of each pair of rows in different
+// folds, for both rows) against the default, K fits and predictions, bit for bit.
+struct KnnFoldCase {
+  const char* name;
+  std::int64_t N;
+  Index p;
+  int classes, k, K;
+  bool weighted, duplicates, random_weights;
+  enum class Folds { kCycle, kEmptyFold, kBlocks, kSkewedScale } folds = Folds::kCycle;
+  Index query_block = 256, train_chunk = 1024;
+};
+
+std::ostream& operator<<(std::ostream& os, const KnnFoldCase& c) { return os << c.name; }
+
+class KnnOutOfFold : public ::testing::TestWithParam<KnnFoldCase> {};
+
+TEST_P(KnnOutOfFold, JointPassEqualsFoldByFold) {
+  const KnnFoldCase c = GetParam();
+  if (!screen_kernel_available(ScreenPrecision::kFloat)) GTEST_SKIP() << "no AVX2 and FMA on this CPU";
+  const Communicator& comm = world();
+  DataSpec s;
+  s.seed = 41;
+  s.p = c.p;
+  s.classes = c.classes;
+  s.duplicates = c.duplicates;
+  s.random_weights = c.random_weights;
+  Rows mine = shard_rows(s, c.N);
+  std::vector<int> fold(mine.id.size());
+  for (std::size_t i = 0; i < fold.size(); ++i) {
+    const std::int64_t g = mine.id[i];
+    switch (c.folds) {
+      case KnnFoldCase::Folds::kCycle: fold[i] = static_cast<int>((7 * g + 3) % c.K); break;
+      case KnnFoldCase::Folds::kEmptyFold: fold[i] = static_cast<int>(g % (c.K - 1)); break;  // fold K-1 empty
+      case KnnFoldCase::Folds::kBlocks: fold[i] = static_cast<int>(g * c.K / c.N); break;    // a fold per rank range
+      case KnnFoldCase::Folds::kSkewedScale: fold[i] = static_cast<int>(g % c.K); break;
+    }
+    // Fold 0's rows alone spread feature 0: its model's scale of it is far from the
+    // others', beyond what one common screen bounds (the joint pass falls back).
+    if (c.folds == KnnFoldCase::Folds::kSkewedScale && fold[i] == 0) mine.X(static_cast<Index>(i), 0) *= 1000;
+  }
+  const LearnerContext ctx{comm, c.classes, 1};
+  for (const KnnLearner::Screen screen : {KnnLearner::Screen::kFused, KnnLearner::Screen::kFusedBf16}) {
+    if (screen == KnnLearner::Screen::kFusedBf16 && !screen_kernel_available(ScreenPrecision::kBf16)) continue;
+    const KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk, screen);
+    const OutOfFold joint = knn.out_of_fold(ctx, mine.view(), fold, c.K, {});
+    const OutOfFold by_fold = knn.Learner::out_of_fold(ctx, mine.view(), fold, c.K, {});
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(joint.pred, by_fold.pred, 0.0, 0.0,
+                                  std::string(c.name) + ", screen " + std::to_string(static_cast<int>(screen)));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, KnnOutOfFold,
+    ::testing::Values(
+        KnnFoldCase{"regression", 700, 3, 0, 5, 5, false, true, true},
+        KnnFoldCase{"regression_distance", 700, 3, 0, 6, 3, true, true, true},
+        KnnFoldCase{"classes3", 900, 6, 3, 7, 5, false, true, true},
+        KnnFoldCase{"classes3_distance_two_folds", 500, 4, 3, 4, 2, true, true, false},
+        KnnFoldCase{"k_one", 300, 2, 2, 1, 4, false, false, false},
+        KnnFoldCase{"k_exceeds_fold", 23, 2, 0, 30, 3, true, false, true},
+        KnnFoldCase{"small_blocks_and_chunks", 1200, 9, 2, 5, 5, false, true, true,
+                    KnnFoldCase::Folds::kCycle, 7, 9},
+        KnnFoldCase{"empty_fold", 400, 3, 0, 5, 4, false, true, true, KnnFoldCase::Folds::kEmptyFold},
+        KnnFoldCase{"folds_in_row_ranges", 800, 5, 2, 5, 5, true, true, true, KnnFoldCase::Folds::kBlocks},
+        KnnFoldCase{"skewed_fold_scale", 600, 4, 0, 5, 4, false, false, true,
+                    KnnFoldCase::Folds::kSkewedScale}),
+    [](const ::testing::TestParamInfo<KnnFoldCase>& param) { return std::string(param.param.name); });
 
 TEST(KnnRegistry, FactoryAndClone) {
   LearnerOptions opt;
