@@ -14,8 +14,9 @@
 //
 // A row's threshold comes from the exact distance D of its current k-th neighbour: a row
 // at exact distance <= D has d2_a <= D + e_a (e_a: rounding of the exact evaluation), so
-// d2_g <= (D + e_a) / rho_a, and its screened value is at most that plus the screen's
-// rounding (KnnLearner::ShortLists' bound).
+// d2_g <= (D + e_a) / rho_a, and its float screened value is at most that plus the float
+// screen's rounding (as KnnLearner::ShortLists' bound); a bf16 screen's threshold is wider
+// by its own rounding bound, and what passes it is computed again in float.
 //
 // Rows stay on their ranks. Each rank's block of rows travels half the ring with its rows'
 // neighbour lists, so that every pair of blocks meets once (the two blocks of the middle
@@ -24,7 +25,9 @@
 #include <cfloat>
 #include <climits>
 #include <cmath>
-#include <string>
+#include <functional>
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "core/error.hpp"

@@ -67,7 +67,10 @@ PanelMatrix::PanelMatrix(const Mat<float>& rows, const RowVec<float>& pad, Scree
 double screen_relative_error(ScreenPrecision precision, Index width) {
   // Float: the summation's gamma_width, doubled. Bf16: each input rounded to nearest by at
   // most 2^-8 relative, so each product by 2^-7 + 2^-16 (2^-12 leaves room for the float
-  // inputs' own rounding), plus the float summation.
+  // inputs' own rounding), plus the float summation. The instruction flushes denormal
+  // inputs to zero, at most 2^-126 |b_k| a product: within the callers' bounds, which add
+  // this relative error times the largest squared norm, unless every squared norm is
+  // below 1e-68.
   const double sum = 2.0 * static_cast<double>(width + 2) * FLT_EPSILON;
   return precision == ScreenPrecision::kFloat ? sum : 0x1p-7 + 0x1p-12 + sum;
 }

@@ -255,7 +255,8 @@ TEST(KnnQuality, RecoversSmoothFunction) {
 }
 
 // Out-of-fold predictions: KNN's joint pass (one screen of each pair of rows in different
-// folds, for both rows) against the default, K fits and predictions, bit for bit.
+// folds, for both rows) against the default, K fits and predictions, bit for bit, and
+// against the serial reference fitted fold by fold.
 struct KnnFoldCase {
   const char* name;
   std::int64_t N;
@@ -270,7 +271,25 @@ std::ostream& operator<<(std::ostream& os, const KnnFoldCase& c) { return os << 
 
 class KnnOutOfFold : public ::testing::TestWithParam<KnnFoldCase> {};
 
-TEST_P(KnnOutOfFold, JointPassEqualsFoldByFold) {
+// The case's folds of rows `r` (by global row), with fold 0's feature 0 spread out for
+// kSkewedScale: fold 0's rows alone then carry its scale, so its model's scale of it is
+// far from the others', beyond what one common screen bounds (the joint pass falls back).
+std::vector<int> shape_folds(const KnnFoldCase& c, Rows& r) {
+  std::vector<int> fold(r.id.size());
+  for (std::size_t i = 0; i < fold.size(); ++i) {
+    const std::int64_t g = r.id[i];
+    switch (c.folds) {
+      case KnnFoldCase::Folds::kCycle: fold[i] = static_cast<int>((7 * g + 3) % c.K); break;
+      case KnnFoldCase::Folds::kEmptyFold: fold[i] = static_cast<int>(g % (c.K - 1)); break;  // fold K-1 empty
+      case KnnFoldCase::Folds::kBlocks: fold[i] = static_cast<int>(g * c.K / c.N); break;    // a fold per rank range
+      case KnnFoldCase::Folds::kSkewedScale: fold[i] = static_cast<int>(g % c.K); break;
+    }
+    if (c.folds == KnnFoldCase::Folds::kSkewedScale && fold[i] == 0) r.X(static_cast<Index>(i), 0) *= 1000;
+  }
+  return fold;
+}
+
+TEST_P(KnnOutOfFold, JointPassEqualsFoldByFoldAndReference) {
   const KnnFoldCase c = GetParam();
   if (!screen_kernel_available(ScreenPrecision::kFloat)) GTEST_SKIP() << "no AVX2 and FMA on this CPU";
   const Communicator& comm = world();
@@ -280,28 +299,31 @@ TEST_P(KnnOutOfFold, JointPassEqualsFoldByFold) {
   s.classes = c.classes;
   s.duplicates = c.duplicates;
   s.random_weights = c.random_weights;
-  Rows mine = shard_rows(s, c.N);
-  std::vector<int> fold(mine.id.size());
-  for (std::size_t i = 0; i < fold.size(); ++i) {
-    const std::int64_t g = mine.id[i];
-    switch (c.folds) {
-      case KnnFoldCase::Folds::kCycle: fold[i] = static_cast<int>((7 * g + 3) % c.K); break;
-      case KnnFoldCase::Folds::kEmptyFold: fold[i] = static_cast<int>(g % (c.K - 1)); break;  // fold K-1 empty
-      case KnnFoldCase::Folds::kBlocks: fold[i] = static_cast<int>(g * c.K / c.N); break;    // a fold per rank range
-      case KnnFoldCase::Folds::kSkewedScale: fold[i] = static_cast<int>(g % c.K); break;
-    }
-    // Fold 0's rows alone spread feature 0: its model's scale of it is far from the
-    // others', beyond what one common screen bounds (the joint pass falls back).
-    if (c.folds == KnnFoldCase::Folds::kSkewedScale && fold[i] == 0) mine.X(static_cast<Index>(i), 0) *= 1000;
+  Rows mine = shard_rows(s, c.N), all = make_rows(s, 0, c.N);
+  const std::vector<int> fold = shape_folds(c, mine), all_fold = shape_folds(c, all);
+  // The serial reference of each fold's model on this rank's rows of that fold.
+  Mat<double> ref = Mat<double>::Zero(static_cast<Index>(mine.id.size()), c.classes >= 2 ? c.classes : 1);
+  for (int k = 0; k < c.K; ++k) {
+    std::vector<char> train(all_fold.size()), held(fold.size());
+    for (std::size_t i = 0; i < train.size(); ++i) train[i] = all_fold[i] != k;
+    for (std::size_t i = 0; i < held.size(); ++i) held[i] = fold[i] == k;
+    const Mat<double> Q = kept_rows(mine.X, held);
+    if (Q.rows() == 0) continue;
+    const Mat<double> r = reference_knn_predict(kept_rows(all.X, train), kept_values(all.y, train),
+                                                kept_values(all.w, train), kept_values(all.id, train), c.classes,
+                                                c.k, c.weighted, Q);
+    for (Index i = 0, j = 0; i < ref.rows(); ++i)
+      if (held[static_cast<std::size_t>(i)]) ref.row(i) = r.row(j++);
   }
   const LearnerContext ctx{comm, c.classes, 1};
   for (const KnnLearner::Screen screen : {KnnLearner::Screen::kFused, KnnLearner::Screen::kFusedBf16}) {
     if (screen == KnnLearner::Screen::kFusedBf16 && !screen_kernel_available(ScreenPrecision::kBf16)) continue;
+    const std::string what = std::string(c.name) + ", screen " + std::to_string(static_cast<int>(screen));
     const KnnLearner knn(c.k, c.weighted, c.query_block, c.train_chunk, screen);
     const OutOfFold joint = knn.out_of_fold(ctx, mine.view(), fold, c.K, {});
     const OutOfFold by_fold = knn.Learner::out_of_fold(ctx, mine.view(), fold, c.K, {});
-    MOESIM_EXPECT_CLOSE_ALL_RANKS(joint.pred, by_fold.pred, 0.0, 0.0,
-                                  std::string(c.name) + ", screen " + std::to_string(static_cast<int>(screen)));
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(joint.pred, by_fold.pred, 0.0, 0.0, what);
+    MOESIM_EXPECT_CLOSE_ALL_RANKS(joint.pred, ref, 1e-9, 1e-9, what + " against the reference");
   }
 }
 
