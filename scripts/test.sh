@@ -15,6 +15,8 @@ NATIVE='^(unit|mpi_np[124]|torch_reference_generate)$'
 cmake --preset asan >/dev/null && cmake --build --preset asan -j "$JOBS" --target unit_tests mpi_tests
 cmake --preset default >/dev/null && cmake --build --preset default -j "$JOBS" --target end_to_end
 status=0
-ctest --preset asan -R "$NATIVE" || status=1
-ctest --preset default -E "$NATIVE" || status=1
+# Most tests wait (process start-up, MPI, file I/O): two at a time fill the two cores
+# (default preset: 579 -> 326 s here).
+ctest --preset asan -j "$JOBS" -R "$NATIVE" || status=1
+ctest --preset default -j "$JOBS" -E "$NATIVE" || status=1
 exit $status
