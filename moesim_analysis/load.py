@@ -40,7 +40,7 @@ PROVENANCE = {"schema_version", "moesim_version", "git_revision", "compiler", "r
               "sweep_point_id",
               "complete", "status", "error", "kind"}
 # Options that say where or how loudly a run ran, not what it computed.
-NON_SCIENCE_OPTIONS = {"out", "quiet", "progress_interval", "flush_every", "blas_threads", "config",
+NON_SCIENCE_OPTIONS = {"out", "quiet", "progress_interval", "flush_every", "flush_seconds", "blas_threads", "config",
                        "checkpoint", "checkpoint_every", "resume"}
 # The four exchanges of an MoE layer, in the order of metrics/*_by_phase's last axis.
 PHASES = ("forward_dispatch", "forward_combine", "backward_dispatch", "backward_combine")

@@ -53,7 +53,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
     MOESIM_CONFIG_CHECK(i(k) <= kMaxCount, "--" << k << " must be <= " << kMaxCount << " (got " << i(k) << ")");
   for (const char* k : {"capacity-factor", "aux-loss-weight", "z-loss", "weight-decay", "grad-clip",
                         "progress-interval", "bias-update-rate", "importance-loss-weight", "load-loss-weight",
-                        "router-jitter"})
+                        "router-jitter", "flush-seconds"})
     MOESIM_CONFIG_CHECK(d(k) >= 0 && std::isfinite(d(k)), "--" << k << " must be a finite number >= 0 (got " << d(k) << ")");
   for (const char* k : {"lr", "router-init-scale", "noise-min", "noise-max"})
     MOESIM_CONFIG_CHECK(d(k) > 0 && std::isfinite(d(k)), "--" << k << " must be a finite number > 0 (got " << d(k) << ")");
@@ -185,6 +185,7 @@ MoeRunConfig moe_run_config(const po::variables_map& vm, int P) {
   m.train.progress_interval = d("progress-interval");
   m.train.quiet = vm["quiet"].as<bool>();
   m.train.flush_every = i("flush-every");
+  m.train.flush_seconds = d("flush-seconds");
   m.train.checkpoint = s("checkpoint");
   m.train.checkpoint_every = i("checkpoint-every");
   m.resume = vm["resume"].as<bool>();

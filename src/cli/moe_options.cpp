@@ -145,7 +145,9 @@ po::options_description moe_options() {
   po::options_description output("Output");
   output.add_options()
       ("out", po::value<std::string>()->default_value("moe_run.h5"), "run file (HDF5) to write")
-      ("flush-every", po::value<I>()->default_value(50), "steps between run-file flushes")
+      ("flush-every", po::value<I>()->default_value(0), "steps between run-file flushes (0: by --flush-seconds only)")
+      ("flush-seconds", real(10.0),
+       "also flush the run file once this many seconds have passed since the last flush (0: off)")
       ("progress-interval", real(2.0), "seconds between progress lines on rank 0")
       ("quiet", po::bool_switch()->default_value(false), "no progress lines or summary");
 

@@ -115,7 +115,7 @@ void append_checkpoint_history(const Communicator& comm, const std::string& path
 // change the trajectory (`--steps` may grow; with a decaying --lr-decay the schedule then
 // stretches from the resume step on; --device changes only the experts' products' rounding,
 // and a GPU run's checkpoint is the CPU path's file, so it resumes on CPU ranks and back).
-inline const std::vector<std::string> kResumeMayChange{"steps",    "blas-threads", "flush-every",
+inline const std::vector<std::string> kResumeMayChange{"steps",    "blas-threads", "flush-every", "flush-seconds",
                                                        "progress-interval", "quiet", "dispatch",
                                                        "ep-size",  "ranks-per-node", "expert-placement",
                                                        "device"};

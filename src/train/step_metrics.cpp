@@ -291,7 +291,8 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
     transfer_total += transfer[i];
     wait += phase_seconds[i] - transfer[i];
   }
-  std::vector<double> maxes{in.step_seconds, in.step_seconds - exchange_seconds - in.reduce_seconds, wait};
+  std::vector<double> maxes{in.step_seconds, in.step_seconds - exchange_seconds - in.reduce_seconds, wait,
+                            in.flush_due ? 1.0 : 0.0};
   std::vector<double> sums(exact.size());
   allreduce_exact(comm, exact, sums.data());
   comm.allreduce_max(maxes.data(), static_cast<int>(maxes.size()));
@@ -318,6 +319,7 @@ StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
   m.a2a_seconds = transfer_total;
   m.compute_seconds = maxes[1];
   m.a2a_wait_seconds = maxes[2];
+  m.flush_due = maxes[3] > 0;
   m.a2a_seconds_by_phase = transfer;
   for (int i = 0; i < P; ++i)
     for (int j = 0; j < P; ++j)

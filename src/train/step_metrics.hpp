@@ -200,6 +200,7 @@ struct StepMetrics {
   std::vector<double> a2a_bytes_by_stage, a2a_seconds_by_stage;  // L_moe x 2 (hierarchical)
   std::vector<std::int64_t> rank_expert_tokens;       // P x E
   bool stop = false;                                  // some rank received a stop signal
+  bool flush_due = false;                             // some rank's clock says flush the run file
 };
 
 // The step as the loop saw it on this rank.
@@ -208,13 +209,14 @@ struct StepInput {
   double step_seconds = 0;        // forward to Adam
   double reduce_seconds = 0;      // gradient all-reduce
   bool stop_signal = false;       // this rank received a stop signal
+  bool flush_due = false;         // --flush-seconds have passed since this rank's last flush
   std::int64_t batch_tokens = 0;  // B, global
   double lr = 0;                  // the learning rate Adam used
 };
 
 // COLLECTIVE. Aggregates the statistics of the step just run over the MoE layers and the
-// ranks: one sum- and one max-reduce (the stop flag rides on the sum, so stopping costs no
-// collective of its own) and two gathers to rank 0.
+// ranks: one sum- and one max-reduce (the stop flag rides on the sum and the flush flag on the
+// max, so neither costs a collective of its own) and two gathers to rank 0.
 template <class T>
 StepMetrics collect_step_metrics(const Communicator& comm, Model<T>& model,
                                  const MetricContext& context, const StepInput& in);

@@ -243,7 +243,9 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
   double last_val_loss = std::numeric_limits<double>::quiet_NaN();
   // HDF5 logging is this rank's appends and its own writes in the flushes (the writer's); the
   // flush's agreement after them is the ranks waiting for one another, not logging.
+  Stopwatch since_flush;
   auto flush = [&] {
+    since_flush.reset();
     const double before = out.write_seconds();
     out.flush();
     totals.logging_seconds += out.write_seconds() - before;
@@ -282,6 +284,7 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
     adam.step(all, scale);
     in.step_seconds = step_clock.seconds();
     in.stop_signal = stop_signal_received();
+    in.flush_due = cfg.flush_seconds > 0 && since_flush.seconds() >= cfg.flush_seconds;
     in.batch_tokens = cfg.batch_tokens;
 
     const StepMetrics m = collect_step_metrics(comm, model, metrics, in);
@@ -308,7 +311,9 @@ TrainSummary train(const Communicator& comm, Model<T>& model, const Task& task,
       last_val_loss = evaluate(comm, model, task, cfg.val_tokens, cfg.batch_tokens).first;
       append_validation(writer, step, last_val_loss);
     }
-    if (cfg.flush_every > 0 && step % cfg.flush_every == 0) flush();
+    // By time as well as by steps: a run of fast steps (the default job's are ~1.5 ms) would
+    // otherwise spend more time flushing than its rows are worth; every rank agrees (m).
+    if ((cfg.flush_every > 0 && step % cfg.flush_every == 0) || m.flush_due) flush();
 
     const double elapsed = wall.seconds();
     if (talk && (elapsed - last_print >= cfg.progress_interval || step == 1 ||

@@ -26,7 +26,8 @@ struct TrainConfig {
   double grad_clip = 1.0;            // global gradient-norm clip; 0 = off
   double progress_interval = 2.0;    // seconds between progress lines
   bool quiet = false;
-  std::int64_t flush_every = 50;     // steps between run-file flushes
+  std::int64_t flush_every = 0;      // steps between run-file flushes (0: by time only)
+  double flush_seconds = 10;         // also flush once this long has passed since the last (0: off)
   std::string checkpoint;            // checkpoint file; empty: none
   std::int64_t checkpoint_every = 0; // steps between checkpoints (0: only when stopped and at the end)
   std::string options;               // the run's options (INI text), stored in checkpoints

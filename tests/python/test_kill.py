@@ -151,3 +151,37 @@ def test_sigterm_to_mpirun_only_is_forwarded(job):
     j.proc.wait(timeout=60)
     wait_job_gone(j.proc)
     assert_stopped_cleanly(j, rows_seen)
+
+
+def test_flush_by_time_alone(job):
+    """--flush-every 0: the rows still reach the file, every --flush-seconds (agreed by the
+    ranks at a step boundary), and keep coming; a kill loses at most that much."""
+    j = job(flush_every=0, flush_seconds=0.25)
+    rows = j.wait_for_rows(2)
+    time.sleep(1.0)
+    later = j.wait_for_rows(rows + 1, timeout=10)
+    assert later > rows
+    signal_job(j.proc, signal.SIGKILL)
+    wait_job_gone(j.proc)
+    _, _, m = read_run(j.out)
+    np.testing.assert_array_equal(m["step"], np.arange(1, m["step"].shape[0] + 1))
+    assert m["step"].shape[0] >= later
+
+
+def test_no_flush_before_the_end_when_both_are_off(job):
+    """The control: with neither interval the rows wait for the end (or a checkpoint)."""
+    j = job(flush_every=0, flush_seconds=0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the run has started: its file has the options
+        try:
+            with h5py.File(j.out, "r") as f:
+                if "experts" in f.attrs:
+                    break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    time.sleep(1.5)
+    assert j.proc.poll() is None
+    with h5py.File(j.out, "r") as f:
+        assert f.attrs["experts"] == LONG_RUN["experts"]
+        assert "metrics" not in f or "step" not in f["metrics"]
