@@ -205,10 +205,11 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
                                            t_raw.max_s > 0 ? bytes_max / t_raw.max_s / 1e9 : 0.0));
   // The combine's direction: the same counts, reversed.
   Mat<float> raw_back(ref.rows_sent(), D);
-  const Timing t_raw_back = h.time([&] {
+  auto raw_back_call = [&] {
     MOESIM_MPI_CHECK(MPI_Alltoallv(raw_recv.data(), rc.data(), rd.data(), MPI_FLOAT, raw_back.data(), sc.data(),
                                    sd.data(), MPI_FLOAT, comm.raw()));
-  });
+  };
+  const Timing t_raw_back = h.time(raw_back_call);
   rep.row("raw MPI_Alltoallv (back)", t_raw_back);
   // The expert blocks as the reference permutation builds them from the raw receive.
   Mat<float> ref_blocks(ref.rows_received(), D);
@@ -250,41 +251,47 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
     rep.row(name + " plan (counts)", t_plan);
     // Each algorithm against the primitive it uses: padded moves fixed slots (a header row and
     // S rows per local expert) by one equal-split MPI_Alltoall; the others the counts' rows.
-    Timing base[2] = {t_raw, t_raw_back};
+    std::function<void()> base[2] = {raw, raw_back_call};
+    std::vector<float> slots_out, slots_in;
     if (algo == DispatchAlgo::kPadded) {
       d.dispatch(lay, send, st);  // padded learns its receive side here
       const int per_rank = checked_int(static_cast<Index>(El) * (lay.slot_rows + 1) * D, "padded slot");
-      std::vector<float> out(static_cast<std::size_t>(per_rank) * P), in(out.size());
-      base[0] = base[1] = h.time([&] {
-        MOESIM_MPI_CHECK(MPI_Alltoall(out.data(), per_rank, MPI_FLOAT, in.data(), per_rank, MPI_FLOAT, comm.raw()));
-      });
-      rep.row("raw MPI_Alltoall (padded slots)", base[0]);
+      slots_out.assign(static_cast<std::size_t>(per_rank) * P, 0.0f);
+      slots_in.assign(slots_out.size(), 0.0f);
+      base[0] = base[1] = [&, per_rank] {
+        MOESIM_MPI_CHECK(MPI_Alltoall(slots_out.data(), per_rank, MPI_FLOAT, slots_in.data(), per_rank, MPI_FLOAT,
+                                      comm.raw()));
+      };
+      rep.row("raw MPI_Alltoall (padded slots)", h.time(base[0]));
     }
     // As the layer calls them: into buffers kept from call to call.
     RowBuffer<float> blocks_out, back_out;
     const ConstMatMap<float> send_map(send.data(), send.rows(), D), blocks_map(blocks.data(), blocks.rows(), D);
     for (int verb = 0; verb < 2; ++verb) {
-      const Timing t_base = base[verb];
-      const Timing t_call = h.time(
-          [&] {
-            if (verb == 0) d.dispatch(lay, send_map, blocks_out, st);
-            else d.combine(lay, blocks_map, back_out, st);
-          },
-          [&] { st.reset(P); });
-      // Time inside MPI: the rank that arrives last (after its share of the permutation
+      // Each call right after the raw primitive on the same counts, and medians over the
+      // pairs. Time inside MPI: the rank that arrives last (after its share of the permutation
       // copies) waits for no one, so the least of any rank is the transfer (as in the run
       // files' a2a_seconds); the most adds the wait.
-      const Timing mpi = h.reduce(st.seconds / static_cast<double>(h.iters()));
-      const Timing intra = h.reduce(st.stage_seconds[0] / static_cast<double>(h.iters()));
-      const Timing inter = h.reduce(st.stage_seconds[1] / static_cast<double>(h.iters()));
+      st.reset(P);
+      const Harness::Paired pr = h.paired(base[verb], [&] {
+        const double before = st.seconds;
+        if (verb == 0) d.dispatch(lay, send_map, blocks_out, st);
+        else d.combine(lay, blocks_map, back_out, st);
+        return st.seconds - before;
+      });
+      const Timing t_base = pr.base, t_call = pr.f, mpi = pr.part;
+      const int calls = h.warmup() + h.iters();  // stage seconds of every call since the reset
+      const Timing intra = h.reduce(st.stage_seconds[0] / calls);
+      const Timing inter = h.reduce(st.stage_seconds[1] / calls);
       const std::string verb_name = verb == 0 ? " dispatch" : " combine";
       rep.row(name + verb_name, t_call,
-              fmt("MPI transfer %.6f s = %.2fx raw", mpi.min_s, t_base.max_s > 0 ? mpi.min_s / t_base.max_s : 0.0) +
+              fmt("MPI transfer %.6f s = %.2fx raw", mpi.min_s, pr.part_over_base) +
                   fmt(", whole call %.2fx raw", t_base.max_s > 0 ? t_call.max_s / t_base.max_s : 0.0) +
                   (algo == DispatchAlgo::kHierarchical
                        ? fmt("; stages: intra %.6f s, inter %.6f s", intra.min_s, inter.min_s)
                        : std::string()),
               ",\"mpi_max_s\":" + std::to_string(mpi.max_s) + ",\"mpi_min_s\":" + std::to_string(mpi.min_s) +
+                  ",\"mpi_over_raw\":" + std::to_string(pr.part_over_base) +
                   ",\"raw_max_s\":" + std::to_string(t_base.max_s) + ",\"intra_stage_min_s\":" +
                   std::to_string(intra.min_s) + ",\"inter_stage_min_s\":" + std::to_string(inter.min_s));
     }

@@ -2,6 +2,7 @@
 // What the fixed-iteration MPI benchmarks share (bench_moe_mpi, bench_gpu): the MoE shapes
 // D,F,E,K,B of the comparison tables, random rows, and the harness that runs every rank the
 // same iterations after a barrier and reports the slowest and the fastest rank.
+#include <algorithm>
 #include <functional>
 #include <sstream>
 #include <string>
@@ -87,6 +88,61 @@ class Harness {
     return t;
   }
   int iters() const { return iters_; }
+  int warmup() const { return warmup_; }
+
+  // COLLECTIVE. `base` and `f` one after the other, each after a barrier, warmup + iters
+  // times; `f` returns the part of its seconds to compare (e.g. its time inside MPI). Per
+  // timed iteration: base's slowest rank, f's slowest rank and the part's fastest rank; the
+  // medians of each over the iterations. Paired and by median because on a shared machine one
+  // descheduled iteration moves a mean by more than the difference being measured.
+  struct Paired {
+    Timing base, f;        // medians of the per-iteration slowest (max_s) and fastest (min_s) rank
+    Timing part;           // the same for f's part
+    double part_over_base = 0;  // median over iterations of (part's fastest rank) / (base's slowest)
+  };
+  Paired paired(const std::function<void()>& base, const std::function<double()>& f) const {
+    std::vector<double> b, t, p;
+    for (int i = 0; i < warmup_ + iters_; ++i) {
+      comm_.barrier();
+      Stopwatch sb;
+      base();
+      const double bs = sb.seconds();
+      comm_.barrier();
+      Stopwatch sf;
+      const double ps = f();
+      const double fs = sf.seconds();
+      if (i < warmup_) continue;
+      b.push_back(bs);
+      t.push_back(fs);
+      p.push_back(ps);
+    }
+    auto over_ranks = [&](const std::vector<double>& v) {
+      std::vector<double> hi = v, lo = v;
+      comm_.allreduce_max(hi.data(), static_cast<int>(hi.size()));
+      comm_.allreduce_min(lo.data(), static_cast<int>(lo.size()));
+      return std::pair{hi, lo};
+    };
+    auto [b_hi, b_lo] = over_ranks(b);
+    auto [t_hi, t_lo] = over_ranks(t);
+    auto [p_hi, p_lo] = over_ranks(p);
+    std::vector<double> ratio(p_lo.size());
+    for (std::size_t i = 0; i < ratio.size(); ++i) ratio[i] = b_hi[i] > 0 ? p_lo[i] / b_hi[i] : 0.0;
+    Paired r;
+    r.base = {median(b_hi), median(b_lo)};
+    r.f = {median(t_hi), median(t_lo)};
+    r.part = {median(p_hi), median(p_lo)};
+    r.part_over_base = median(ratio);
+    return r;
+  }
+
+  static double median(std::vector<double> v) {
+    if (v.empty()) return 0;
+    const std::size_t m = v.size() / 2;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m), v.end());
+    double hi = v[m];
+    if (v.size() % 2 == 1) return hi;
+    return (hi + *std::max_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m))) / 2;
+  }
 
  private:
   const Communicator& comm_;
