@@ -11,7 +11,8 @@ Sections (each measured in this one run; ratios are what compare across runs):
      algorithm on 2 ranks, dispatch and combine against a raw MPI_Alltoallv of the same counts
      (the MPI part once the ranks are synchronised, and the whole call).
   2. compare_torch_moe.py: the same layer in PyTorch in its best thread split on 1 and 2 cores.
-  3. The default job (experiments/quick.sweep.ini on 4 ranks, README's first command): shares
+  3. The default job (experiments/quick.sweep.ini on one rank per core as README's first command
+     runs it, and on 4 ranks): shares
      of the step spent in the exchange's transfer, waiting for the slowest rank, and HDF5
      logging; peak resident memory per rank; and the largest harness shape as a `moesim moe`
      run on 2 ranks for its peak resident memory.
@@ -163,13 +164,21 @@ def torch_table(iters: int) -> tuple[list[str], dict]:
     return out, data
 
 
-def default_job() -> tuple[list[str], dict]:
+def default_ranks() -> int:
+    """scripts/common.sh's DEFAULT_RANKS: one per core, 2 to 4 (MOESIM_RANKS overrides)."""
+    if os.environ.get("MOESIM_RANKS"):
+        return int(os.environ["MOESIM_RANKS"])
+    return min(4, max(2, os.cpu_count() or 2))
+
+
+def quick_sweep(ranks: int) -> dict:
+    """The default job on `ranks` ranks: shares of the exchange and of logging, peak RSS."""
     import h5py
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp) / "quick"
         t0 = time.monotonic()
-        run(mpiexec_prefix() + ["-np", "4", BUILD / "src" / "moesim", "sweep", ROOT / "experiments" / "quick.sweep.ini",
-                           "--out", out_dir])
+        run(mpiexec_prefix() + ["-np", str(ranks), BUILD / "src" / "moesim", "sweep",
+                                ROOT / "experiments" / "quick.sweep.ini", "--out", out_dir])
         wall = time.monotonic() - t0
         sums = dict(step=0.0, a2a=0.0, wait=0.0, log=0.0, run_wall=0.0)
         rss = 0.0
@@ -184,26 +193,37 @@ def default_job() -> tuple[list[str], dict]:
                 sums["log"] += float(fin.get("logging_seconds", np.nan))
                 sums["run_wall"] += float(fin["wall_seconds"])
                 rss = max(rss, float(fin.get("peak_rss_bytes", np.nan)))
+    return dict(ranks=ranks, runs=len(files), sweep_wall=wall, transfer_share=sums["a2a"] / sums["step"],
+                wait_share=sums["wait"] / sums["step"], logging_share=sums["log"] / sums["run_wall"],
+                peak_rss_mib=rss / 2**20)
+
+
+def default_job() -> tuple[list[str], dict]:
+    import h5py
+    ranks = default_ranks()
+    jobs = [quick_sweep(ranks)] + ([quick_sweep(4)] if ranks != 4 else [])
+    with tempfile.TemporaryDirectory() as tmp:
         largest = Path(tmp) / "largest.h5"
         run(mpiexec_prefix() + ["-np", "2", BUILD / "src" / "moesim", "moe", "--quiet", "--steps", "20", "--val-tokens", "1024",
                            "--out", largest] + [w for k, v in LARGEST.items() for w in (f"--{k.replace('_', '-')}",
                                                                                          str(v))])
         with h5py.File(largest, "r") as f:
             rss_largest = float(f["final"].attrs.get("peak_rss_bytes", np.nan))
-    d = dict(runs=len(files), sweep_wall=wall, transfer_share=sums["a2a"] / sums["step"],
-             wait_share=sums["wait"] / sums["step"], logging_share=sums["log"] / sums["run_wall"],
-             peak_rss_mib=rss / 2**20, largest_peak_rss_mib=rss_largest / 2**20)
+    d = dict(jobs=jobs, largest_peak_rss_mib=rss_largest / 2**20)
     out = ["## 3. The default job and memory", "",
-           f"`moesim sweep experiments/quick.sweep.ini` on 4 ranks: {d['runs']} runs in {wall:.0f} s. Shares are "
-           "sums over runs (steps after the first) of each metric over `step_seconds`; logging is "
-           "`final/logging_seconds` over `final/wall_seconds`.", "",
-           "| exchange transfer | waiting for the slowest rank | transfer + wait | HDF5 logging | "
-           "peak RSS per rank | largest shape's peak RSS per rank |", "|---|---|---|---|---|---|",
-           f"| {100 * d['transfer_share']:.1f}% | {100 * d['wait_share']:.1f}% | "
-           f"{100 * (d['transfer_share'] + d['wait_share']):.1f}% | {100 * d['logging_share']:.2f}% | "
-           f"{d['peak_rss_mib']:.0f} MiB | {d['largest_peak_rss_mib']:.0f} MiB |", "",
-           "Largest shape: `moesim moe` " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in LARGEST.items()) +
-           " on 2 ranks, 20 steps."]
+           f"`moesim sweep experiments/quick.sweep.ini` as README's first command runs it ({ranks} ranks: one per "
+           "core, 2 to 4) and on 4 ranks (more ranks than cores: the exchange then waits for the operating "
+           "system's time slicing). Shares are sums over runs (steps after the first) of each metric over "
+           "`step_seconds`; logging is `final/logging_seconds` over `final/wall_seconds` (default flush: every "
+           "10 s).", "",
+           "| ranks | runs | sweep s | exchange transfer | waiting for the slowest rank | transfer + wait | "
+           "HDF5 logging | peak RSS per rank |", "|---|---|---|---|---|---|---|---|"]
+    for j in jobs:
+        out.append(f"| {j['ranks']} | {j['runs']} | {j['sweep_wall']:.0f} | {100 * j['transfer_share']:.1f}% | "
+                   f"{100 * j['wait_share']:.1f}% | {100 * (j['transfer_share'] + j['wait_share']):.1f}% | "
+                   f"{100 * j['logging_share']:.2f}% | {j['peak_rss_mib']:.0f} MiB |")
+    out += ["", f"Largest shape's peak RSS per rank: {d['largest_peak_rss_mib']:.0f} MiB (`moesim moe` " +
+            " ".join(f"--{k.replace('_', '-')} {v}" for k, v in LARGEST.items()) + " on 2 ranks, 20 steps)."]
     return out, d
 
 
