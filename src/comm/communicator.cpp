@@ -93,17 +93,25 @@ void Communicator::allgather(const T* send, int n, T* recv) const {
 
 template <class T>
 std::vector<T> Communicator::allgatherv(const std::vector<T>& local) const {
+  std::vector<T> out;
+  std::vector<int> counts;
+  allgatherv(local, out, counts);
+  return out;
+}
+
+template <class T>
+void Communicator::allgatherv(const std::vector<T>& local, std::vector<T>& out, std::vector<int>& counts) const {
   MOESIM_REQUIRE(local.size() < static_cast<std::size_t>(std::numeric_limits<int>::max()),
                  "allgatherv: local block too large");
   const int n = static_cast<int>(local.size());
   MOESIM_TALLY(sizeof(T) * local.size());
-  std::vector<int> counts(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_), 0);
+  counts.assign(2 * static_cast<std::size_t>(size_), 0);
+  int* displs = counts.data() + size_;
   MOESIM_MPI_CHECK(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_));
-  for (int q = 1; q < size_; ++q) displs[q] = displs[q - 1] + counts[q - 1];
-  std::vector<T> out(static_cast<std::size_t>(displs[size_ - 1] + counts[size_ - 1]));
-  MOESIM_MPI_CHECK(MPI_Allgatherv(local.data(), n, mpi_type<T>(), out.data(), counts.data(),
-                                  displs.data(), mpi_type<T>(), comm_));
-  return out;
+  for (int q = 1; q < size_; ++q) displs[q] = displs[q - 1] + counts[static_cast<std::size_t>(q - 1)];
+  out.resize(static_cast<std::size_t>(displs[size_ - 1] + counts[static_cast<std::size_t>(size_ - 1)]));
+  MOESIM_MPI_CHECK(MPI_Allgatherv(local.data(), n, mpi_type<T>(), out.data(), counts.data(), displs,
+                                  mpi_type<T>(), comm_));
 }
 
 template <class T>
@@ -246,6 +254,7 @@ void Communicator::agree_or_throw(bool ok, const std::string& message) const {
   template void Communicator::allreduce_min<T>(T*, int) const;                             \
   template void Communicator::allgather<T>(const T*, int, T*) const;                       \
   template std::vector<T> Communicator::allgatherv<T>(const std::vector<T>&) const;        \
+  template void Communicator::allgatherv<T>(const std::vector<T>&, std::vector<T>&, std::vector<int>&) const; \
   template void Communicator::broadcast<T>(T*, int, int) const;                            \
   template void Communicator::sendrecv<T>(const T*, int, int, T*, int, int, int) const;     \
   template void Communicator::alltoall_equal<T>(const T*, int, T*) const;                  \

@@ -87,6 +87,8 @@ class Communicator {
   template <class T> void allgather(const T* send, int n, T* recv) const;
   // COLLECTIVE. Concatenation of every rank's vector, in rank order.
   template <class T> std::vector<T> allgatherv(const std::vector<T>& local) const;
+  // The same into `out`, through `counts` (2P ints): memory a caller gathering every step keeps.
+  template <class T> void allgatherv(const std::vector<T>& local, std::vector<T>& out, std::vector<int>& counts) const;
   // COLLECTIVE. Broadcast of n values from root.
   template <class T> void broadcast(T* data, int n, int root) const;
   // COLLECTIVE. Equal split: `per_rank` values of T to and from every rank.

@@ -39,51 +39,70 @@ void keep_preselected(CapacityDecision& d, const Communicator& comm, const std::
 // as expert choice does (gates/expert_choice.cpp).
 void keep_by_priority(const Communicator& comm, const std::vector<int>& expert, std::int64_t n, int K, int E,
                       std::int64_t capacity, const std::vector<std::int64_t>& per_expert, const DropByPriority& by,
-                      std::vector<char>& kept) {
+                      std::vector<char>& kept, CapacityDecision::Counts& w) {
   const std::vector<double>& prio = *by.priority;
   MOESIM_REQUIRE(prio.size() == static_cast<std::size_t>(n * K), "drop priorities: " << prio.size() << " for "
                                                                                       << n * K << " assignments");
   auto better = [](double pa, std::int64_t ta, double pb, std::int64_t tb) { return pa > pb || (pa == pb && ta < tb); };
-  std::vector<std::vector<std::size_t>> local(static_cast<std::size_t>(E));  // assignment indices per expert
-  for (std::int64_t t = 0; t < n; ++t)
-    for (int j = 0; j < K; ++j) {
-      const std::size_t a = static_cast<std::size_t>(t * K + j);
-      local[static_cast<std::size_t>(expert[a])].push_back(a);
-    }
+  const auto Es = static_cast<std::size_t>(E);
+  auto over = [&](int e) { return per_expert[static_cast<std::size_t>(e)] > capacity; };
+  // Assignment indices by expert, in assignment order: counted, then placed.
+  w.start.assign(Es + 1, 0);
+  for (std::size_t a = 0; a < static_cast<std::size_t>(n * K); ++a) ++w.start[static_cast<std::size_t>(expert[a]) + 1];
+  for (std::size_t e = 0; e < Es; ++e) w.start[e + 1] += w.start[e];
+  w.fill.assign(w.start.begin(), w.start.end());
+  w.by_expert.resize(static_cast<std::size_t>(n * K));
+  for (std::size_t a = 0; a < static_cast<std::size_t>(n * K); ++a)
+    w.by_expert[w.fill[static_cast<std::size_t>(expert[a])]++] = a;
+  auto local_begin = [&](int e) { return w.by_expert.begin() + static_cast<std::ptrdiff_t>(w.start[static_cast<std::size_t>(e)]); };
+  auto local_end = [&](int e) { return w.by_expert.begin() + static_cast<std::ptrdiff_t>(w.start[static_cast<std::size_t>(e) + 1]); };
   auto token_of = [&](std::size_t a) { return by.first_token + static_cast<std::int64_t>(a) / K; };
-  std::vector<double> cand;  // per expert over capacity: count, then (priority, token) pairs
+  w.cand.clear();  // per expert over capacity: count, then (priority, token) pairs
   for (int e = 0; e < E; ++e) {
-    if (per_expert[static_cast<std::size_t>(e)] <= capacity) continue;
-    auto& v = local[static_cast<std::size_t>(e)];
-    const std::size_t m = std::min<std::size_t>(v.size(), static_cast<std::size_t>(capacity));
-    std::partial_sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m), v.end(), [&](std::size_t a, std::size_t b) {
+    if (!over(e)) continue;
+    const auto first = local_begin(e), last = local_end(e);
+    const std::size_t m = std::min<std::size_t>(static_cast<std::size_t>(last - first), static_cast<std::size_t>(capacity));
+    std::partial_sort(first, first + static_cast<std::ptrdiff_t>(m), last, [&](std::size_t a, std::size_t b) {
       return better(prio[a], token_of(a), prio[b], token_of(b));
     });
-    cand.push_back(static_cast<double>(m));
+    w.cand.push_back(static_cast<double>(m));
     for (std::size_t i = 0; i < m; ++i) {
-      cand.push_back(prio[v[i]]);
-      cand.push_back(static_cast<double>(token_of(v[i])));
+      const std::size_t a = *(first + static_cast<std::ptrdiff_t>(i));
+      w.cand.push_back(prio[a]);
+      w.cand.push_back(static_cast<double>(token_of(a)));
     }
   }
-  const std::vector<double> all = comm.allgatherv(cand);
-  std::vector<std::vector<std::pair<double, std::int64_t>>> pool(static_cast<std::size_t>(E));
-  for (std::size_t p = 0; p < all.size();) {
+  comm.allgatherv(w.cand, w.all, w.gather_counts);
+  // Every rank's candidates by expert, contiguous: counted, then placed.
+  w.fill.assign(Es + 1, 0);
+  for (std::size_t p = 0; p < w.all.size();)
     for (int e = 0; e < E; ++e) {
-      if (per_expert[static_cast<std::size_t>(e)] <= capacity) continue;
-      const auto m = static_cast<std::size_t>(all[p++]);
-      for (std::size_t i = 0; i < m; ++i, p += 2)
-        pool[static_cast<std::size_t>(e)].emplace_back(all[p], static_cast<std::int64_t>(all[p + 1]));
+      if (!over(e)) continue;
+      const auto m = static_cast<std::size_t>(w.all[p]);
+      w.fill[static_cast<std::size_t>(e) + 1] += m;
+      p += 1 + 2 * m;
     }
-  }
+  for (std::size_t e = 0; e < Es; ++e) w.fill[e + 1] += w.fill[e];
+  w.pool.resize(w.fill[Es]);
+  std::vector<std::size_t>& at = w.cursor;
+  at.assign(w.fill.begin(), w.fill.end());
+  for (std::size_t p = 0; p < w.all.size();)
+    for (int e = 0; e < E; ++e) {
+      if (!over(e)) continue;
+      const auto m = static_cast<std::size_t>(w.all[p++]);
+      for (std::size_t i = 0; i < m; ++i, p += 2)
+        w.pool[at[static_cast<std::size_t>(e)]++] = {w.all[p], static_cast<std::int64_t>(w.all[p + 1])};
+    }
   for (int e = 0; e < E; ++e) {
-    if (per_expert[static_cast<std::size_t>(e)] <= capacity) continue;
-    auto& v = pool[static_cast<std::size_t>(e)];
-    const std::size_t m = static_cast<std::size_t>(capacity);  // <= v.size(): the expert is over capacity
-    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m - 1), v.end(),
+    if (!over(e)) continue;
+    const auto first = w.pool.begin() + static_cast<std::ptrdiff_t>(w.fill[static_cast<std::size_t>(e)]);
+    const auto last = w.pool.begin() + static_cast<std::ptrdiff_t>(w.fill[static_cast<std::size_t>(e) + 1]);
+    const std::size_t m = static_cast<std::size_t>(capacity);  // <= candidates: the expert is over capacity
+    std::nth_element(first, first + static_cast<std::ptrdiff_t>(m - 1), last,
                      [&](const auto& a, const auto& b) { return better(a.first, a.second, b.first, b.second); });
-    const auto cut = v[m - 1];
-    for (std::size_t a : local[static_cast<std::size_t>(e)])
-      if (better(cut.first, cut.second, prio[a], token_of(a))) kept[a] = 0;  // behind the cut
+    const auto cut = *(first + static_cast<std::ptrdiff_t>(m - 1));
+    for (auto it = local_begin(e); it != local_end(e); ++it)
+      if (better(cut.first, cut.second, prio[*it], token_of(*it))) kept[*it] = 0;  // behind the cut
   }
 }
 
@@ -105,7 +124,10 @@ void decide_capacity_into(CapacityDecision& d, const Communicator& comm, const s
     return;
   }
   const std::size_t KE = static_cast<std::size_t>(K) * static_cast<std::size_t>(E);
-  auto& [local, before, total, next] = d.counts;
+  auto& local = d.counts.local;
+  auto& before = d.counts.before;
+  auto& total = d.counts.total;
+  auto& next = d.counts.next;
   local.assign(KE, 0);
   before.assign(KE, 0);
   for (std::int64_t t = 0; t < n; ++t)
@@ -133,7 +155,7 @@ void decide_capacity_into(CapacityDecision& d, const Communicator& comm, const s
     d.dropped += base - d.processed[static_cast<std::size_t>(e)];
   }
   if (capacity > 0 && by_priority) {
-    keep_by_priority(comm, expert, n, K, E, capacity, d.assigned, *by_priority, d.kept);
+    keep_by_priority(comm, expert, n, K, E, capacity, d.assigned, *by_priority, d.kept, d.counts);
   } else if (capacity > 0) {
     for (std::int64_t t = 0; t < n; ++t)
       for (int j = 0; j < K; ++j) {

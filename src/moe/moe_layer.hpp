@@ -151,6 +151,7 @@ class MoeLayer {
   std::vector<double> f_;  // global fraction of assignments per expert
   CapacityDecision capacity_;  // the last forward's (its global assignments per expert: --balance bias)
   std::vector<double> drop_priority_;   // --drop-policy probs: the gate of each local assignment
+  std::int64_t reserved_rows_ = 0;      // rows the experts' buffers were sized for (run_experts)
   bool training_ = true;
   std::int64_t step_ = 0;
   MoeLayerStats stats_;

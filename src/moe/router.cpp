@@ -141,12 +141,13 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
   }
   Mat<R>& dlogits = kept<R>(kDLogits);
   dlogits.setZero(n, E);
-  Mat<R> dnoise;  // set by the gates that use W_noise
   Mat<R>& dp_all = kept<R>(kDProbs);
   if (dprobs.size() > 0) dp_all = dprobs.template cast<R>();
   else dp_all.setZero(n, E);
   RouteScratch<R>& scratch = route_scratch<R>();
-  GateBackward<T, R> b{r, dgate, opt_, dlogits, dp_all, dnoise, scratch};
+  Mat<R>& dnoise = scratch.dnoise;
+  bool noise_used = false;  // set by the gates that use W_noise
+  GateBackward<T, R> b{r, dgate, opt_, dlogits, dp_all, dnoise, scratch, noise_used};
   gate_->backward(b);
   // Through the softmax over all logits, and the z-loss through its lse.
   RowVec<R>& dp = scratch.dprobs;
@@ -168,7 +169,7 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     dxr.noalias() = dlogits * w.transpose();
     leaf.noalias() = xr.transpose() * dlogits;
     w_.grad += leaf.template cast<T>();
-    if (dnoise.cols() > 0) {  // the gate used W_noise
+    if (noise_used) {
       dxr.noalias() += dnoise * w_noise_.value.template cast<R>().transpose();
       leaf.noalias() = xr.transpose() * dnoise;
       w_noise_.grad += leaf.template cast<T>();
@@ -178,13 +179,14 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     return;
   }
   dxr.resize(n, w.rows());
-  const Mat<R> wn = dnoise.cols() > 0 ? Mat<R>(w_noise_.value.template cast<R>()) : Mat<R>();
+  Mat<R>& wn = scratch.noise_weight;
+  if (noise_used) wn = w_noise_.value.template cast<R>();
   for_row_chunks(n, chunk_, [&](Index b0, Index rows) {
     dxr.middleRows(b0, rows).noalias() = dlogits.middleRows(b0, rows) * w.transpose();
     leaf.noalias() = xr.middleRows(b0, rows).transpose() * dlogits.middleRows(b0, rows);
     w_.leaf() = leaf.template cast<T>();
     w_.tree.push();
-    if (dnoise.cols() > 0) {
+    if (noise_used) {
       dxr.middleRows(b0, rows).noalias() += dnoise.middleRows(b0, rows) * wn.transpose();
       leaf.noalias() = xr.middleRows(b0, rows).transpose() * dnoise.middleRows(b0, rows);
       w_noise_.leaf() = leaf.template cast<T>();

@@ -122,6 +122,13 @@ bool Ffn<T>::forward_on_device(const ConstMatMap<T>& x, MatMap<T> y) {
 
 // Kept buffers only grow, so a step after the first allocates nothing here.
 template <class T>
+void Ffn<T>::reserve_rows(Index rows) {
+  const Index D = w1_.value.rows(), F = w1_.value.cols();
+  x_.view(rows, D);
+  for (RowBuffer<T>* b : {&pre_, &tanh_, &h_, &dpre_}) b->view(rows, F);
+}
+
+template <class T>
 void Ffn<T>::keep_input(const ConstMatMap<T>& x) {
   rows_ = x.rows();
   x_.view(rows_, x.cols()) = x;

@@ -55,6 +55,10 @@ class Ffn {
   Param<T>& w2() { return w2_; }
   Param<T>& b2() { return b2_; }
   static Index param_count(Index d_model, Index d_ff) { return 2 * d_model * d_ff + d_ff + d_model; }
+  // Sizes the kept buffers for blocks of up to `rows` rows now, so that no later step grows
+  // them (an expert's rows are at most its capacity; without this a load that keeps moving
+  // reaches a new high-water mark, and an allocation, long after the first steps).
+  void reserve_rows(Index rows);
   // Computes on this rank's GPU from now on (--device cuda; device/ffn_engine): the same blocks,
   // gradients and parameters, the products on the GPU. fp32 only; ConfigError otherwise.
   void use_device();

@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/fixed_sum.hpp"
 #include "moe/config.hpp"
 #include "moe/routing.hpp"
 
@@ -30,6 +31,13 @@ struct RouteScratch {
   std::vector<int> order;    // select_top_k: one token's experts by score
   RowVec<R> chosen;          // one token's values over its K choices (gates, their gradients)
   RowVec<R> probs, dprobs;   // the router's: one token's softmax over all experts, its gradient
+  // A gate's own work, n x E or per expert or token (noisy top-k, sigmoid scores, S-BASE).
+  Mat<R> scores, noise_logits, noise_weight, dnoise;
+  RowVec<R> row, drow;
+  Mat<double> plan;
+  std::vector<double> per_expert, per_token, sums;
+  std::vector<FixedSum> fixed;
+  std::vector<std::int64_t> limbs;  // allreduce_exact's
 };
 
 // Forward: the router's shared results, in the router precision R. The gate fills r's
@@ -71,6 +79,7 @@ struct GateBackward {
   Mat<R>& dprobs;
   Mat<R>& dnoise;
   RouteScratch<R>& scratch;
+  bool& noise_used;  // a gate that fills dnoise (W_noise's gradient) sets this
 };
 
 template <class T>

@@ -44,11 +44,14 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
   void route_as(GateForward<T, R>& f) {
     const Index n = f.r.n;
     const int E = f.r.E;
-    Mat<R> h = f.logits;
+    Mat<R>& h = f.scratch.scores;
+    h = f.logits;
     noisy_ = f.ctx.training;
     if (noisy_) {
-      Mat<R> nl(n, E);
-      const Mat<R> wn = f.noise_weight.template cast<R>();
+      Mat<R>& nl = f.scratch.noise_logits;
+      nl.resize(n, E);
+      Mat<R>& wn = f.scratch.noise_weight;
+      wn = f.noise_weight.template cast<R>();
       for_row_chunks(n, f.ctx.chunk, [&](Index b, Index r) { nl.middleRows(b, r).noalias() = f.xr.middleRows(b, r) * wn; });
       noise_logits_ = nl.template cast<double>();
       eps_.resize(n, E);
@@ -69,7 +72,10 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
     const Routing<T>& r = b.r;
     const int E = r.E, K = r.K;
     const double iw = b.opt.importance_weight, lw = b.opt.load_weight;
-    if (noisy_) b.dnoise = Mat<R>::Zero(r.n, E);
+    if (noisy_) {
+      b.dnoise.setZero(r.n, E);
+      b.noise_used = true;
+    }
     auto noise_scale_grad = [&](Index t, int e) {  // d(eps * softplus(nl)) / d nl
       return static_cast<R>(eps_(t, e) * sigmoid(noise_logits_(t, e)));
     };
@@ -111,9 +117,11 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
     Routing<T>& r = f.r;
     const Index n = r.n;
     const int E = r.E, K = r.K;
-    std::vector<double> sums(static_cast<std::size_t>(2 * E), 0.0);
-    std::vector<FixedSum> fixed(static_cast<std::size_t>(2 * E));
-    load_z_ = Mat<double>::Zero(n, E);
+    std::vector<double>& sums = f.scratch.sums;
+    sums.assign(static_cast<std::size_t>(2 * E), 0.0);
+    std::vector<FixedSum>& fixed = f.scratch.fixed;
+    fixed.assign(static_cast<std::size_t>(2 * E), FixedSum());
+    load_z_.setZero(n, E);
     for (Index t = 0; t < n; ++t) {
       for (int j = 0; j < K; ++j) fixed[static_cast<std::size_t>(r.expert_of(t, j))] += static_cast<double>(r.gate(t, j));
       if (K == E) continue;
@@ -129,8 +137,8 @@ class NoisyTopKGate final : public GateOf<T, NoisyTopKGate<T>> {
       }
     }
     // Exact sums: the losses' gradients depend on them, and must not depend on the layout.
-    if (f.ctx.comm) allreduce_exact(*f.ctx.comm, fixed, sums.data());
-    else for (int i = 0; i < 2 * E; ++i) sums[static_cast<std::size_t>(i)] = fixed[static_cast<std::size_t>(i)].value();
+    if (f.ctx.comm) allreduce_exact(*f.ctx.comm, fixed.data(), 2 * E, nullptr, f.scratch.limbs);
+    for (int i = 0; i < 2 * E; ++i) sums[static_cast<std::size_t>(i)] = fixed[static_cast<std::size_t>(i)].value();
     r.importance_loss = cv_squared(sums.data(), E, dimportance_);
     if (K < E) r.load_loss = cv_squared(sums.data() + E, E, dload_);
     else dload_.assign(static_cast<std::size_t>(E), 0.0);

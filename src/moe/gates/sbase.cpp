@@ -20,13 +20,19 @@ class SBaseGate final : public GateOf<T, SBaseGate<T>> {
     const Index n = f.r.n;
     const int E = f.r.E;
     MOESIM_REQUIRE(f.ctx.B > 0, "sbase routing needs the global batch size");
-    Mat<double> k(n, E);
+    Mat<double>& k = f.scratch.plan;
+    k.resize(n, E);
     for (Index t = 0; t < n; ++t) {
       const double mx = static_cast<double>(logits.row(t).maxCoeff());
       for (int e = 0; e < E; ++e) k(t, e) = std::exp(static_cast<double>(logits(t, e)) - mx);
     }
-    std::vector<double> v(static_cast<std::size_t>(E), 1.0), col(static_cast<std::size_t>(E));
-    std::vector<double> u(static_cast<std::size_t>(n));
+    std::vector<double>& v = f.scratch.per_expert;
+    std::vector<double>& col = f.scratch.sums;
+    std::vector<double>& u = f.scratch.per_token;
+    v.assign(static_cast<std::size_t>(E), 1.0);
+    col.resize(static_cast<std::size_t>(E));
+    u.resize(static_cast<std::size_t>(n));
+    std::vector<FixedSum>& fixed = f.scratch.fixed;
     const double target = static_cast<double>(f.ctx.B) / E;
     for (int it = 0; it < f.opt.sinkhorn_iters; ++it) {
       for (Index t = 0; t < n; ++t) {
@@ -35,15 +41,16 @@ class SBaseGate final : public GateOf<T, SBaseGate<T>> {
         u[static_cast<std::size_t>(t)] = 1.0 / s;
       }
       // Exact column sums: the plan, hence the routing, must not depend on the layout.
-      std::vector<FixedSum> fixed(static_cast<std::size_t>(E));
+      fixed.assign(static_cast<std::size_t>(E), FixedSum());
       for (Index t = 0; t < n; ++t)
         for (int e = 0; e < E; ++e) fixed[static_cast<std::size_t>(e)] += k(t, e) * u[static_cast<std::size_t>(t)];
-      if (f.ctx.comm) allreduce_exact(*f.ctx.comm, fixed, col.data());
-      else for (int e = 0; e < E; ++e) col[static_cast<std::size_t>(e)] = fixed[static_cast<std::size_t>(e)].value();
+      if (f.ctx.comm) allreduce_exact(*f.ctx.comm, fixed.data(), E, nullptr, f.scratch.limbs);
+      for (int e = 0; e < E; ++e) col[static_cast<std::size_t>(e)] = fixed[static_cast<std::size_t>(e)].value();
       for (int e = 0; e < E; ++e)
         if (col[static_cast<std::size_t>(e)] > 0) v[static_cast<std::size_t>(e)] = target / col[static_cast<std::size_t>(e)];
     }
-    Mat<R> sel(n, E);
+    Mat<R>& sel = f.scratch.scores;
+    sel.resize(n, E);
     for (Index t = 0; t < n; ++t)
       for (int e = 0; e < E; ++e)
         sel(t, e) = static_cast<R>(static_cast<double>(logits(t, e)) + std::log(v[static_cast<std::size_t>(e)]));

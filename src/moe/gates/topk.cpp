@@ -58,7 +58,8 @@ class TopKGate final : public GateOf<T, TopKGate<T>> {
   void route_sigmoid(GateForward<T, R>& f) {
     Routing<T>& r = f.r;
     const int E = r.E, K = r.K;
-    Mat<R> s(r.n, E);
+    Mat<R>& s = f.scratch.scores;
+    s.resize(r.n, E);
     for (Index t = 0; t < r.n; ++t)
       for (int e = 0; e < E; ++e) s(t, e) = R(1) / (R(1) + std::exp(-f.logits(t, e)));
     select_top_k(f.biased(s), r, f.scratch.order);
@@ -82,7 +83,10 @@ class TopKGate final : public GateOf<T, TopKGate<T>> {
   void backward_sigmoid(GateBackward<T, R>& b) const {
     const Routing<T>& r = b.r;
     const int E = r.E, K = r.K;
-    RowVec<R> s(E), ds(E);
+    RowVec<R>& s = b.scratch.row;
+    RowVec<R>& ds = b.scratch.drow;
+    s.resize(E);
+    ds.resize(E);
     for (Index t = 0; t < r.n; ++t) {
       for (int e = 0; e < E; ++e) s(e) = static_cast<R>(scores_(t, e));
       ds.setZero();
