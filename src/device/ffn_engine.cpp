@@ -137,7 +137,7 @@ void FfnEngine::backward_block(const float* dyin, std::int64_t b, std::int64_t r
 struct FfnEngine::Impl {};
 
 FfnEngine::FfnEngine(std::int64_t, std::int64_t) {
-  throw ConfigError("--device cuda: this moesim was built without CUDA (configure with -DMOESIM_CUDA=ON)");
+  throw ConfigError("--device cuda: this moesim was built without CUDA (build it with the cuda preset, or -DMOESIM_CUDA=ON)");
 }
 FfnEngine::~FfnEngine() = default;
 void FfnEngine::forward(const float*, std::int64_t, const FfnParams&, float*) {}

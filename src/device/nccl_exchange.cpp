@@ -103,7 +103,7 @@ void NcclExchange::alltoallv_host(const void* send, const std::vector<std::int64
 struct NcclExchange::Impl {};
 
 NcclExchange::NcclExchange(const Communicator&) {
-  throw ConfigError("--dispatch nccl: this moesim was built without CUDA and NCCL (configure with -DMOESIM_CUDA=ON)");
+  throw ConfigError("--dispatch nccl: this moesim was built without CUDA and NCCL (build it with the cuda preset, or -DMOESIM_CUDA=ON)");
 }
 NcclExchange::~NcclExchange() = default;
 void NcclExchange::alltoallv_device(const void*, const std::vector<std::int64_t>&, const std::vector<std::int64_t>&,

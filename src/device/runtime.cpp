@@ -57,7 +57,7 @@ void bind_device(int local_rank) {
 
 Versions versions() {
   Versions v;
-  v.none_why = "this moesim was built without CUDA (configure with -DMOESIM_CUDA=ON where nvcc is found)";
+  v.none_why = "this moesim was built without CUDA (build it with the cuda preset, or -DMOESIM_CUDA=ON)";
   return v;
 }
 
