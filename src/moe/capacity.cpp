@@ -36,14 +36,14 @@ void keep_preselected(CapacityDecision& d, const Communicator& comm, const std::
 // global token) pairs over the global batch. Only experts over capacity (known from the
 // global totals) need a cut: every rank sends its local `capacity` best per such expert (no
 // more can make the global cut), all ranks merge the same candidates and find each cut,
-// as expert choice does (gates/expert_choice.cpp).
+// as expert choice does (moe/candidate_pool).
 void keep_by_priority(const Communicator& comm, const std::vector<int>& expert, std::int64_t n, int K, int E,
                       std::int64_t capacity, const std::vector<std::int64_t>& per_expert, const DropByPriority& by,
                       std::vector<char>& kept, CapacityDecision::Counts& w) {
   const std::vector<double>& prio = *by.priority;
   MOESIM_REQUIRE(prio.size() == static_cast<std::size_t>(n * K), "drop priorities: " << prio.size() << " for "
                                                                                       << n * K << " assignments");
-  auto better = [](double pa, std::int64_t ta, double pb, std::int64_t tb) { return pa > pb || (pa == pb && ta < tb); };
+  const auto better = &CandidatePool::better;
   const auto Es = static_cast<std::size_t>(E);
   auto over = [&](int e) { return per_expert[static_cast<std::size_t>(e)] > capacity; };
   // Assignment indices by expert, in assignment order: counted, then placed.
@@ -57,7 +57,7 @@ void keep_by_priority(const Communicator& comm, const std::vector<int>& expert, 
   auto local_begin = [&](int e) { return w.by_expert.begin() + static_cast<std::ptrdiff_t>(w.start[static_cast<std::size_t>(e)]); };
   auto local_end = [&](int e) { return w.by_expert.begin() + static_cast<std::ptrdiff_t>(w.start[static_cast<std::size_t>(e) + 1]); };
   auto token_of = [&](std::size_t a) { return by.first_token + static_cast<std::int64_t>(a) / K; };
-  w.cand.clear();  // per expert over capacity: count, then (priority, token) pairs
+  w.pool.begin();
   for (int e = 0; e < E; ++e) {
     if (!over(e)) continue;
     const auto first = local_begin(e), last = local_end(e);
@@ -65,42 +65,14 @@ void keep_by_priority(const Communicator& comm, const std::vector<int>& expert, 
     std::partial_sort(first, first + static_cast<std::ptrdiff_t>(m), last, [&](std::size_t a, std::size_t b) {
       return better(prio[a], token_of(a), prio[b], token_of(b));
     });
-    w.cand.push_back(static_cast<double>(m));
-    for (std::size_t i = 0; i < m; ++i) {
-      const std::size_t a = *(first + static_cast<std::ptrdiff_t>(i));
-      w.cand.push_back(prio[a]);
-      w.cand.push_back(static_cast<double>(token_of(a)));
-    }
+    w.pool.add_count(m);
+    for (auto it = first; it != first + static_cast<std::ptrdiff_t>(m); ++it) w.pool.add(prio[*it], token_of(*it));
   }
-  comm.allgatherv(w.cand, w.all, w.gather_counts);
-  // Every rank's candidates by expert, contiguous: counted, then placed.
-  w.fill.assign(Es + 1, 0);
-  for (std::size_t p = 0; p < w.all.size();)
-    for (int e = 0; e < E; ++e) {
-      if (!over(e)) continue;
-      const auto m = static_cast<std::size_t>(w.all[p]);
-      w.fill[static_cast<std::size_t>(e) + 1] += m;
-      p += 1 + 2 * m;
-    }
-  for (std::size_t e = 0; e < Es; ++e) w.fill[e + 1] += w.fill[e];
-  w.pool.resize(w.fill[Es]);
-  std::vector<std::size_t>& at = w.cursor;
-  at.assign(w.fill.begin(), w.fill.end());
-  for (std::size_t p = 0; p < w.all.size();)
-    for (int e = 0; e < E; ++e) {
-      if (!over(e)) continue;
-      const auto m = static_cast<std::size_t>(w.all[p++]);
-      for (std::size_t i = 0; i < m; ++i, p += 2)
-        w.pool[at[static_cast<std::size_t>(e)]++] = {w.all[p], static_cast<std::int64_t>(w.all[p + 1])};
-    }
+  w.pool.gather(&comm, E, over);
   for (int e = 0; e < E; ++e) {
     if (!over(e)) continue;
-    const auto first = w.pool.begin() + static_cast<std::ptrdiff_t>(w.fill[static_cast<std::size_t>(e)]);
-    const auto last = w.pool.begin() + static_cast<std::ptrdiff_t>(w.fill[static_cast<std::size_t>(e) + 1]);
-    const std::size_t m = static_cast<std::size_t>(capacity);  // <= candidates: the expert is over capacity
-    std::nth_element(first, first + static_cast<std::ptrdiff_t>(m - 1), last,
-                     [&](const auto& a, const auto& b) { return better(a.first, a.second, b.first, b.second); });
-    const auto cut = *(first + static_cast<std::ptrdiff_t>(m - 1));
+    // capacity <= candidates: the expert is over capacity
+    const CandidatePool::Pair cut = w.pool.cut(e, static_cast<std::size_t>(capacity));
     for (auto it = local_begin(e); it != local_end(e); ++it)
       if (better(cut.first, cut.second, prio[*it], token_of(*it))) kept[*it] = 0;  // behind the cut
   }

@@ -7,10 +7,10 @@
 // position of its assignments from an exclusive prefix sum over ranks; the same
 // assignments are kept whatever the rank count.
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "moe/candidate_pool.hpp"
 
 namespace moesim {
 
@@ -27,11 +27,9 @@ struct CapacityDecision {
   // one again allocates nothing.
   struct Counts {
     std::vector<std::int64_t> local, before, total, next;
-    // --drop-policy probs: assignments by expert, the candidates, their merge by expert.
-    std::vector<std::size_t> by_expert, start, fill, cursor;
-    std::vector<double> cand, all;
-    std::vector<int> gather_counts;
-    std::vector<std::pair<double, std::int64_t>> pool;
+    // --drop-policy probs: assignments by expert, the gathered candidates.
+    std::vector<std::size_t> by_expert, start, fill;
+    CandidatePool pool;
   } counts;
 };
 

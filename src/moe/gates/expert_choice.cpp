@@ -1,5 +1,6 @@
 // Expert choice (Zhou et al. 2022): each expert takes its C best tokens by softmax score
 // over the global batch; a token gets 0..E experts, g = its score.
+#include "moe/candidate_pool.hpp"
 #include "moe/gates/selection.hpp"
 
 namespace moesim {
@@ -36,8 +37,8 @@ class ExpertChoiceGate final : public GateOf<T, ExpertChoiceGate<T>> {
   void select(const Mat<double>& probs, const RouteContext& ctx, Index n, int E, std::vector<char>& kept) {
     const std::int64_t C = ctx.capacity;
     MOESIM_REQUIRE(C > 0, "expert-choice routing needs a capacity (capacity factor > 0)");
-    auto better = [](double sa, std::int64_t ta, double sb, std::int64_t tb) { return sa > sb || (sa == sb && ta < tb); };
-    cand_.clear();  // per expert: count, then (score, token) pairs
+    const auto better = &CandidatePool::better;
+    pool_.begin();
     idx_.resize(static_cast<std::size_t>(n));
     for (int e = 0; e < E; ++e) {
       std::iota(idx_.begin(), idx_.end(), Index{0});
@@ -46,43 +47,16 @@ class ExpertChoiceGate final : public GateOf<T, ExpertChoiceGate<T>> {
       std::partial_sort(idx_.begin(), idx_.begin() + m, idx_.end(), [&](Index a, Index b) {
         return better(score(a), ctx.first_token + a, score(b), ctx.first_token + b);
       });
-      cand_.push_back(static_cast<double>(m));
-      for (Index i = 0; i < m; ++i) {
-        cand_.push_back(score(idx_[static_cast<std::size_t>(i)]));
-        cand_.push_back(static_cast<double>(ctx.first_token + idx_[static_cast<std::size_t>(i)]));
-      }
+      pool_.add_count(static_cast<std::size_t>(m));
+      for (Index i = 0; i < m; ++i)
+        pool_.add(score(idx_[static_cast<std::size_t>(i)]), ctx.first_token + idx_[static_cast<std::size_t>(i)]);
     }
-    const std::vector<double>* all = &cand_;
-    if (ctx.comm) {
-      ctx.comm->allgatherv(cand_, all_, counts_);
-      all = &all_;
-    }
-    // Per expert, every rank's candidates, contiguous: counted first, then placed.
-    start_.assign(static_cast<std::size_t>(E) + 1, 0);
-    for (std::size_t p = 0; p < all->size();)
-      for (int e = 0; e < E; ++e) {
-        const auto m = static_cast<std::size_t>((*all)[p]);
-        start_[static_cast<std::size_t>(e) + 1] += m;
-        p += 1 + 2 * m;
-      }
-    for (int e = 0; e < E; ++e) start_[static_cast<std::size_t>(e) + 1] += start_[static_cast<std::size_t>(e)];
-    pool_.resize(start_[static_cast<std::size_t>(E)]);
-    fill_ = start_;
-    for (std::size_t p = 0; p < all->size();)
-      for (int e = 0; e < E; ++e) {
-        const auto m = static_cast<std::size_t>((*all)[p++]);
-        for (std::size_t i = 0; i < m; ++i, p += 2)
-          pool_[fill_[static_cast<std::size_t>(e)]++] = {(*all)[p], static_cast<std::int64_t>((*all)[p + 1])};
-      }
+    pool_.gather(ctx.comm, E, [](int) { return true; });
     kept.assign(static_cast<std::size_t>(n * E), 0);
     for (int e = 0; e < E; ++e) {
-      const auto first = pool_.begin() + static_cast<std::ptrdiff_t>(start_[static_cast<std::size_t>(e)]);
-      const auto last = pool_.begin() + static_cast<std::ptrdiff_t>(start_[static_cast<std::size_t>(e) + 1]);
-      const std::size_t m = std::min<std::size_t>(static_cast<std::size_t>(last - first), static_cast<std::size_t>(C));
+      const std::size_t m = std::min<std::size_t>(pool_.candidates(e), static_cast<std::size_t>(C));
       if (m == 0) continue;
-      std::nth_element(first, first + static_cast<std::ptrdiff_t>(m - 1), last,
-                       [&](const auto& a, const auto& b) { return better(a.first, a.second, b.first, b.second); });
-      const auto cut = *(first + static_cast<std::ptrdiff_t>(m - 1));
+      const CandidatePool::Pair cut = pool_.cut(e, m);
       for (Index t = 0; t < n; ++t) {
         const double s = probs(t, e);
         const std::int64_t tok = ctx.first_token + t;
@@ -92,11 +66,8 @@ class ExpertChoiceGate final : public GateOf<T, ExpertChoiceGate<T>> {
     }
   }
 
-  std::vector<double> cand_, all_;                      // this rank's candidates, everyone's
-  std::vector<int> counts_;                             // allgatherv's
-  std::vector<Index> idx_;                              // n: tokens by one expert's score
-  std::vector<std::pair<double, std::int64_t>> pool_;   // every rank's candidates, by expert
-  std::vector<std::size_t> start_, fill_;               // E + 1: each expert's range in pool_
+  std::vector<Index> idx_;  // n: tokens by one expert's score
+  CandidatePool pool_;
 };
 
 }  // namespace
