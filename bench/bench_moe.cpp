@@ -125,7 +125,11 @@ void BM_ChunkGradientSum(benchmark::State& state) {
 BENCHMARK(BM_ExpertBlockGemm)->Args({256, 64, 256})->Args({1024, 128, 512});
 BENCHMARK(BM_ExpertTokenByToken)->Args({256, 64, 256})->Args({1024, 128, 512});
 // T, D, F, E, K
-BENCHMARK(BM_MoeLayerFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
+BENCHMARK(BM_MoeLayerFwdBwd)
+    ->Args({1024, 32, 64, 8, 2})
+    ->Args({2048, 64, 128, 16, 2})
+    ->Args({4096, 64, 256, 8, 2})  // the performance issue's D64 shape
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_ReferenceMoeFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
 // values (an expert's 2 D F + F + D at D = 64, F = 128), chunks, method
 BENCHMARK(BM_ChunkGradientSum)->Args({16576, 8, 0})->Args({16576, 8, 1})->Args({16576, 8, 2});

@@ -29,12 +29,17 @@ MOESIM_HD inline void bias_gelu(T& pre, T bias, T& th, T& h) {
   h = (T(0.5) * x) * (T(1) + th);
 }
 
+// GELU's derivative from the pre-activation and its tanh (nn/gelu_rows keeps this slope).
+template <class T>
+MOESIM_HD inline T gelu_slope(T pre, T th) {
+  const T k = T(0.7978845608028654), c3 = T(3 * 0.044715);
+  return T(0.5) * (T(1) + th) + (((T(0.5) * pre) * (T(1) - th * th)) * k) * (T(1) + c3 * (pre * pre));
+}
+
 // GELU's derivative from the kept pre-activation and tanh, times the incoming gradient.
 template <class T>
 MOESIM_HD inline T gelu_backward(T dpre, T pre, T th) {
-  const T k = T(0.7978845608028654), c3 = T(3 * 0.044715);
-  const T g = T(0.5) * (T(1) + th) + (((T(0.5) * pre) * (T(1) - th * th)) * k) * (T(1) + c3 * (pre * pre));
-  return dpre * g;
+  return dpre * gelu_slope(pre, th);
 }
 
 // One Adam step's constants, worked out once per step on the host as nn/adam does.

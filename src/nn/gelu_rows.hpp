@@ -8,14 +8,15 @@
 
 namespace moesim {
 
-// pre += bias (every row); th = tanh(sqrt(2/pi) (pre + 0.044715 pre^3)); h = pre (1 + th) / 2.
+// In place: pre becomes h = GELU(pre + bias) (every row; tanh form), and slope = GELU'(pre +
+// bias), all that backward needs of the activation.
 template <class T>
-void bias_gelu_forward(MatMap<T> pre, const T* bias, MatMap<T> th, MatMap<T> h);
+void bias_gelu_forward(MatMap<T> pre, const T* bias, MatMap<T> slope);
 
-// dpre *= GELU'(pre) (from the kept th); bias_grad += the column sums of the new dpre, row
-// after row. bias and bias_grad hold one value per column.
+// dpre *= slope; bias_grad += the column sums of the new dpre, row after row. bias and
+// bias_grad hold one value per column.
 template <class T>
-void gelu_backward(MatMap<T> dpre, const ConstMatMap<T>& pre, const ConstMatMap<T>& th, T* bias_grad);
+void gelu_backward(MatMap<T> dpre, const ConstMatMap<T>& slope, T* bias_grad);
 
 // Tests: rows eight values at a time where the CPU has AVX (true) or four at a time (false);
 // returns the previous setting.

@@ -125,7 +125,7 @@ template <class T>
 void Ffn<T>::reserve_rows(Index rows) {
   const Index D = w1_.value.rows(), F = w1_.value.cols();
   x_.view(rows, D);
-  for (RowBuffer<T>* b : {&pre_, &tanh_, &h_, &dpre_}) b->view(rows, F);
+  for (RowBuffer<T>* b : {&h_, &slope_, &dpre_}) b->view(rows, F);
 }
 
 template <class T>
@@ -134,17 +134,16 @@ void Ffn<T>::keep_input(const ConstMatMap<T>& x) {
   x_.view(rows_, x.cols()) = x;
 }
 
-// Rows [b, b + r): x W1 into the kept pre-activations, bias + GELU in one pass that keeps the
-// tanh for backward (nn/gelu_rows), h W2 straight into y, then b2.
+// Rows [b, b + r): x W1 into the kept activations, bias + GELU over them in place in one pass
+// that keeps GELU's slope for backward (nn/gelu_rows), h W2 straight into y, then b2.
 template <class T>
 void Ffn<T>::forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r) {
   if (r == 0) return;
   const Index F = w1_.value.cols();
-  MatMap<T> pb(pre_.view(rows_, F).data() + b * F, r, F), tb(tanh_.view(rows_, F).data() + b * F, r, F);
-  MatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F);
+  MatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F), sb(slope_.view(rows_, F).data() + b * F, r, F);
   MatMap<T> yb(y.data() + b * y.cols(), r, y.cols());
-  pb.noalias() = x.middleRows(b, r) * w1_.value;
-  bias_gelu_forward<T>(pb, b1_.value.data(), tb, hb);
+  hb.noalias() = x.middleRows(b, r) * w1_.value;
+  bias_gelu_forward<T>(hb, b1_.value.data(), sb);
   yb.noalias() = hb * w2_.value;
   yb.rowwise() += b2_.value.row(0);
 }
@@ -184,8 +183,7 @@ void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Ind
   }
   const Index D = w1_.value.rows(), F = w1_.value.cols();
   const ConstMatMap<T> xb(x_.view(rows_, D).data() + b * D, r, D);
-  const ConstMatMap<T> pb(pre_.view(rows_, F).data() + b * F, r, F), tb(tanh_.view(rows_, F).data() + b * F, r, F);
-  const ConstMatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F);
+  const ConstMatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F), sb(slope_.view(rows_, F).data() + b * F, r, F);
   const auto dyb = dy.middleRows(b, r);
   MatMap<T> dpre = dpre_.view(r, F);
   MatMap<T> dxb(dx.data() + b * D, r, D);
@@ -202,12 +200,12 @@ void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Ind
   if (leaf) {
     MatMap<T> b1 = b1_.leaf();
     b1.setZero();
-    gelu_backward<T>(dpre, pb, tb, b1.data());
+    gelu_backward<T>(dpre, sb, b1.data());
     w1_.leaf().noalias() = xb.transpose() * dpre;
     w1_.tree.push();
     b1_.tree.push();
   } else {
-    gelu_backward<T>(dpre, pb, tb, b1_.grad.data());
+    gelu_backward<T>(dpre, sb, b1_.grad.data());
     w1_.grad.noalias() += xb.transpose() * dpre;
   }
   dxb.noalias() = dpre * w1_.value.transpose();

@@ -66,9 +66,9 @@ class Ffn {
  private:
   Param<T> w1_, b1_, w2_, b2_;
   std::shared_ptr<device::FfnEngine> engine_;
-  // The last forward's input, pre-activations, tanh and GELU output (rows_ rows), kept for
-  // backward; dpre_ is backward's per-block temporary.
-  RowBuffer<T> x_, pre_, tanh_, h_, dpre_;
+  // The last forward's input, GELU output and GELU's slope (rows_ rows), kept for backward;
+  // dpre_ is backward's per-block temporary.
+  RowBuffer<T> x_, h_, slope_, dpre_;
   Index rows_ = 0;
   void keep_input(const ConstMatMap<T>& x);
   void forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r);

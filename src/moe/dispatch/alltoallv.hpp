@@ -12,15 +12,24 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
  public:
   using DispatchAlgorithmOf<Derived>::DispatchAlgorithmOf;
 
+  // A rank's rows to itself skip the exchange: each is copied once, straight between the send
+  // order and its block, where MPI would copy it into the receive buffer first. Their bytes
+  // still count to this rank in the traffic matrix; the transfer seconds are the other ranks'.
   template <class T>
   MatMap<T> dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
                           CommStats& stats) const {
     const Index width = send_rows.cols();
+    const Own own = own_rows(L, width * static_cast<Index>(sizeof(T)), stats);
     MatMap<T> received = this->template scratch<T>(0).view(L.rows_received(), width);
-    self().exchange(send_rows.data(), L.send_counts, L.send_displs, received.data(), L.recv_counts, L.recv_displs,
+    self().exchange(send_rows.data(), others_send_, L.send_displs, received.data(), others_recv_, L.recv_displs,
                     width, stats);
     MatMap<T> blocks = out.view(L.rows_received(), width);
-    for (Index i = 0; i < L.rows_received(); ++i) blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]) = received.row(i);
+    for (Index i = 0; i < L.rows_received(); ++i) {
+      const Index k = i - own.recv_first;
+      auto to = blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]);
+      if (k >= 0 && k < own.rows) to = send_rows.row(own.send_first + k);
+      else to = received.row(i);
+    }
     return blocks;
   }
 
@@ -28,17 +37,39 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
   MatMap<T> combine_rows(const DispatchLayout& L, const ConstMatMap<T>& block_rows, RowBuffer<T>& out,
                          CommStats& stats) const {
     const Index width = block_rows.cols();
+    const Own own = own_rows(L, width * static_cast<Index>(sizeof(T)), stats);
     MatMap<T> outgoing = this->template scratch<T>(0).view(L.rows_received(), width);
-    for (Index i = 0; i < L.rows_received(); ++i)
-      outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
     MatMap<T> back = out.view(L.rows_sent(), width);
-    self().exchange(outgoing.data(), L.recv_counts, L.recv_displs, back.data(), L.send_counts, L.send_displs, width,
+    for (Index i = 0; i < L.rows_received(); ++i) {
+      const Index k = i - own.recv_first;
+      const auto row = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
+      if (k >= 0 && k < own.rows) back.row(own.send_first + k) = row;
+      else outgoing.row(i) = row;
+    }
+    self().exchange(outgoing.data(), others_recv_, L.recv_displs, back.data(), others_send_, L.send_displs, width,
                     stats);
     return back;
   }
 
  private:
   const Derived& self() const { return static_cast<const Derived&>(*this); }
+
+  // Where this rank's rows to itself sit in the send and the receive order.
+  struct Own {
+    Index send_first, recv_first, rows;
+  };
+  // The layout's row counts with this rank's own set to 0 (others_send_, others_recv_), and
+  // the own rows' bytes counted.
+  Own own_rows(const DispatchLayout& L, Index row_bytes, CommStats& stats) const {
+    const int me = this->comm_.rank();
+    const auto m = static_cast<std::size_t>(me);
+    others_send_ = L.send_counts;
+    others_recv_ = L.recv_counts;
+    others_send_[m] = others_recv_[m] = 0;
+    count_bytes(stats, me, me, static_cast<double>(L.send_counts[m]) * static_cast<double>(row_bytes));
+    return {L.send_displs[m], L.recv_displs[m], L.recv_counts[m]};
+  }
+  mutable std::vector<int> others_send_, others_recv_;  // kept from call to call
 };
 
 class AlltoallvDispatch : public FlatDispatch<AlltoallvDispatch> {
