@@ -8,6 +8,7 @@
 #include "core/blas.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
+#include "nn/gelu_rows.hpp"
 #include "support/moe_reference.hpp"
 
 namespace moesim {
@@ -44,6 +45,29 @@ void expert_forward(benchmark::State& state, bool token_by_token) {
 
 void BM_ExpertBlockGemm(benchmark::State& state) { expert_forward(state, false); }
 void BM_ExpertTokenByToken(benchmark::State& state) { expert_forward(state, true); }
+
+// Bias + GELU forward (keeping the slope) and its backward over a block of R x F values: the
+// elementwise work around an expert's GEMMs. Arg 2: the GeluPath (0 SSE, 1 AVX, 2 AVX2 + FMA).
+void BM_BiasGelu(benchmark::State& state) {
+  const Index R = state.range(0), F = state.range(1);
+  const auto wanted = static_cast<GeluPath>(state.range(2));
+  if (!gelu_path_supported(wanted)) {
+    state.SkipWithError("this CPU has no such GELU path");
+    return;
+  }
+  const GeluPath before = use_gelu_path(wanted);
+  const Mat<float> pre0 = random_tokens(R, F, 5), dy = random_tokens(R, F, 6), b = random_tokens(1, F, 7);
+  Mat<float> h(R, F), slope(R, F), d(R, F), bg = Mat<float>::Zero(1, F);
+  for (auto _ : state) {
+    h = pre0;
+    d = dy;
+    bias_gelu_forward<float>(MatMap<float>(h.data(), R, F), b.data(), MatMap<float>(slope.data(), R, F));
+    gelu_backward<float>(MatMap<float>(d.data(), R, F), ConstMatMap<float>(slope.data(), R, F), bg.data());
+    benchmark::DoNotOptimize(bg.data());
+  }
+  use_gelu_path(before);
+  state.SetItemsProcessed(state.iterations() * R * F);
+}
 
 // The layer of arguments T, D, F, E, K.
 MoeLayerConfig layer_config(const benchmark::State& state) {
@@ -125,6 +149,7 @@ void BM_ChunkGradientSum(benchmark::State& state) {
 BENCHMARK(BM_ExpertBlockGemm)->Args({256, 64, 256})->Args({1024, 128, 512});
 BENCHMARK(BM_ExpertTokenByToken)->Args({256, 64, 256})->Args({1024, 128, 512});
 // T, D, F, E, K
+BENCHMARK(BM_BiasGelu)->Args({1024, 256, 0})->Args({1024, 256, 1})->Args({1024, 256, 2});
 BENCHMARK(BM_MoeLayerFwdBwd)
     ->Args({1024, 32, 64, 8, 2})
     ->Args({2048, 64, 128, 16, 2})

@@ -41,51 +41,21 @@ inline void backward4(float* dpre, const float* slope, float* acc) {
   pstoreu(acc, padd(ploadu<P4>(acc), d));
 }
 
-// AVX, eight values at a time: Eigen's fast tanh (generic_fast_tanh_float, as built without
-// FMA) and the formula above, operation for operation, so every lane gives the 4-wide path's
-// bits. Raw intrinsics in functions built for AVX alone: no Eigen code is compiled for AVX,
-// so no inline function the rest of the program shares can come out of this file as AVX code.
-__attribute__((target("avx"))) inline __m256 madd(__m256 u, __m256 v, float c) {
-  return _mm256_add_ps(_mm256_mul_ps(u, v), _mm256_set1_ps(c));  // Eigen's pmadd without FMA
-}
-
-__attribute__((target("avx"))) inline __m256 tanh8(__m256 a) {
-  const __m256 x = _mm256_max_ps(_mm256_min_ps(a, _mm256_set1_ps(7.90531110763549805f)),
-                                 _mm256_set1_ps(-7.90531110763549805f));
-  const __m256 abs_a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a);
-  const __m256 tiny = _mm256_cmp_ps(abs_a, _mm256_set1_ps(0.0004f), _CMP_LT_OQ);
-  const __m256 x2 = _mm256_mul_ps(x, x);
-  __m256 p = madd(x2, _mm256_set1_ps(-2.76076847742355e-16f), 2.00018790482477e-13f);
-  p = madd(x2, p, -8.60467152213735e-11f);
-  p = madd(x2, p, 5.12229709037114e-08f);
-  p = madd(x2, p, 1.48572235717979e-05f);
-  p = madd(x2, p, 6.37261928875436e-04f);
-  p = madd(x2, p, 4.89352455891786e-03f);
-  p = _mm256_mul_ps(x, p);
-  __m256 q = madd(x2, _mm256_set1_ps(1.19825839466702e-06f), 1.18534705686654e-04f);
-  q = madd(x2, q, 2.26843463243900e-03f);
-  q = madd(x2, q, 4.89352518554385e-03f);
-  // A bitwise select, not _mm256_blendv_ps: GCC lowers that blend, in a function built for
-  // AVX by attribute, to a test and branch per lane (a third of this loop's time).
-  return _mm256_or_ps(_mm256_and_ps(tiny, x), _mm256_andnot_ps(tiny, _mm256_div_ps(p, q)));
-}
-
-__attribute__((target("avx"))) void forward_row8(float* pre_h, const float* b, float* slope, Index n) {
-  const __m256 k = _mm256_set1_ps(float(kSqrt2OverPi)), c = _mm256_set1_ps(float(kCubic));
-  const __m256 c3 = _mm256_set1_ps(float(3 * kCubic));
-  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
-  for (Index j = 0; j + 8 <= n; j += 8) {
-    const __m256 x = _mm256_add_ps(_mm256_loadu_ps(pre_h + j), _mm256_loadu_ps(b + j));
-    const __m256 t = tanh8(_mm256_mul_ps(k, _mm256_add_ps(x, _mm256_mul_ps(c, _mm256_mul_ps(_mm256_mul_ps(x, x), x)))));
-    const __m256 hx = _mm256_mul_ps(half, x), one_t = _mm256_add_ps(one, t);
-    const __m256 g = _mm256_add_ps(
-        _mm256_mul_ps(half, one_t),
-        _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(hx, _mm256_sub_ps(one, _mm256_mul_ps(t, t))), k),
-                      _mm256_add_ps(one, _mm256_mul_ps(c3, _mm256_mul_ps(x, x)))));
-    _mm256_storeu_ps(pre_h + j, _mm256_mul_ps(hx, one_t));
-    _mm256_storeu_ps(slope + j, g);
-  }
-}
+// The eight-wide kernels (gelu8_kernels.inc), once per instruction set.
+#define MOESIM_GELU8 "avx"
+#define MOESIM_GELU8_NS avx8
+#define MOESIM_GELU8_MADD(u, v, c) _mm256_add_ps(_mm256_mul_ps(u, v), c)  // Eigen's pmadd without FMA
+#include "nn/gelu8_kernels.inc"
+#undef MOESIM_GELU8
+#undef MOESIM_GELU8_NS
+#undef MOESIM_GELU8_MADD
+#define MOESIM_GELU8 "avx2,fma"
+#define MOESIM_GELU8_NS fma8
+#define MOESIM_GELU8_MADD(u, v, c) _mm256_fmadd_ps(u, v, c)
+#include "nn/gelu8_kernels.inc"
+#undef MOESIM_GELU8
+#undef MOESIM_GELU8_NS
+#undef MOESIM_GELU8_MADD
 
 __attribute__((target("avx"))) void backward_row8(float* dpre, const float* slope, float* acc, Index n) {
   for (Index j = 0; j + 8 <= n; j += 8) {
@@ -95,16 +65,33 @@ __attribute__((target("avx"))) void backward_row8(float* dpre, const float* slop
   }
 }
 
-// Whether rows go eight values at a time (the CPU has AVX, and no test asked for four).
-bool& use_avx() {
-  static bool on = __builtin_cpu_supports("avx");
-  return on;
+GeluPath best_path() {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return GeluPath::kFma8;
+  return __builtin_cpu_supports("avx") ? GeluPath::kAvx8 : GeluPath::kSse4;
+}
+
+GeluPath& path() {
+  static GeluPath p = best_path();
+  return p;
 }
 
 void forward_row(float* pre_h, const float* b, float* slope, Index n) {
   Index j = 0;
-  if (use_avx()) {
-    forward_row8(pre_h, b, slope, n);
+  if (path() == GeluPath::kFma8) {
+    // Every value through the same arithmetic: the tail padded into one more packet.
+    fma8::forward_row8(pre_h, b, slope, n);
+    j = n / 8 * 8;
+    if (j == n) return;
+    alignas(32) float in[8] = {}, bias[8] = {}, g[8];
+    std::copy(pre_h + j, pre_h + n, in);
+    std::copy(b + j, b + n, bias);
+    fma8::forward_row8(in, bias, g, 8);
+    std::copy(in, in + (n - j), pre_h + j);
+    std::copy(g, g + (n - j), slope + j);
+    return;
+  }
+  if (path() == GeluPath::kAvx8) {
+    avx8::forward_row8(pre_h, b, slope, n);
     j = n / 8 * 8;
   }
   for (; j + 4 <= n; j += 4) forward4(pre_h + j, b + j, pre_h + j, slope + j);
@@ -119,7 +106,7 @@ void forward_row(float* pre_h, const float* b, float* slope, Index n) {
 
 void backward_row(float* dpre, const float* slope, float* acc, Index n) {
   Index j = 0;
-  if (use_avx()) {
+  if (path() != GeluPath::kSse4) {  // multiplies and adds only: the same bits as four at a time
     backward_row8(dpre, slope, acc, n);
     j = n / 8 * 8;
   }
@@ -153,9 +140,19 @@ void backward_row(double* dpre, const double* slope, double* acc, Index n) {
 
 }  // namespace
 
-bool gelu_rows_wide(bool wide) {
-  const bool was = use_avx();
-  use_avx() = wide && __builtin_cpu_supports("avx");
+bool gelu_path_supported(GeluPath p) {
+  switch (p) {
+    case GeluPath::kSse4: return true;
+    case GeluPath::kAvx8: return __builtin_cpu_supports("avx");
+    case GeluPath::kFma8: return best_path() == GeluPath::kFma8;
+  }
+  return false;
+}
+
+GeluPath use_gelu_path(GeluPath p) {
+  MOESIM_REQUIRE(gelu_path_supported(p), "this CPU cannot run GELU path " << static_cast<int>(p));
+  const GeluPath was = path();
+  path() = p;
   return was;
 }
 

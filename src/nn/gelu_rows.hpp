@@ -1,9 +1,9 @@
 #pragma once
 // Bias + GELU and its backward over blocks of rows in one pass each, around the expert GEMMs.
-// fp32 goes through Eigen's SSE tanh four values at a time (eight at a time on CPUs with AVX,
-// the same operations lane for lane), the tail padded into one more packet, so every value
-// takes the same arithmetic wherever it sits in memory: the result of a row never depends on
-// the block, the alignment or the CPU it is computed on.
+// fp32 goes through packets of four or eight values (GeluPath below), a row's tail padded into
+// one more packet, so every value takes the same arithmetic wherever it sits in memory: the
+// result of a row never depends on the block or the alignment (only the CPU's instruction set
+// picks the path, as OpenBLAS's picks its GEMM kernels).
 #include "core/tensor.hpp"
 
 namespace moesim {
@@ -18,8 +18,13 @@ void bias_gelu_forward(MatMap<T> pre, const T* bias, MatMap<T> slope);
 template <class T>
 void gelu_backward(MatMap<T> dpre, const ConstMatMap<T>& slope, T* bias_grad);
 
-// Tests: rows eight values at a time where the CPU has AVX (true) or four at a time (false);
-// returns the previous setting.
-bool gelu_rows_wide(bool wide);
+// How fp32 rows are computed: four values at a time (SSE, Eigen's packet tanh), eight (AVX,
+// the same operations, so the same bits), or eight with the tanh's polynomials in fused
+// multiply-adds (AVX2 + FMA, the row tail padded into one more packet: fewer operations,
+// other last bits). The best the CPU has is used; tests and benchmarks pick one.
+enum class GeluPath { kSse4, kAvx8, kFma8 };
+bool gelu_path_supported(GeluPath p);
+// Returns the path used before.
+GeluPath use_gelu_path(GeluPath p);
 
 }  // namespace moesim

@@ -145,7 +145,8 @@ void Ffn<T>::forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index 
   hb.noalias() = x.middleRows(b, r) * w1_.value;
   bias_gelu_forward<T>(hb, b1_.value.data(), sb);
   yb.noalias() = hb * w2_.value;
-  yb.rowwise() += b2_.value.row(0);
+  // Row by row: Eigen's rowwise() broadcast over a row-major map compiles to a scalar loop.
+  for (Index i = 0; i < r; ++i) yb.row(i) += b2_.value.row(0);
 }
 
 template <class T>
