@@ -126,6 +126,15 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   }
   router_.forward(x, ctx, routing_);
   const int K = routing_.K;  // choice slots per token (E for expert choice)
+  // This rank's kept assignments (the send side's rows) move with the routing too: at most
+  // n K, and with a capacity at most E C in all; sized at the first step for up to twice
+  // their mean, as the experts' buffers (expert choice's vary around E C / P).
+  std::int64_t sent = static_cast<std::int64_t>(n) * K;
+  if (cap > 0) sent = std::min({sent, E * cap, 2 * ((E * cap + comm_.size() - 1) / comm_.size())});
+  if (sent > reserved_sent_) {
+    for (RowBuffer<T>* b : {&send_buf_, &combined_buf_, &dsend_buf_, &dx_rows_buf_}) b->view(static_cast<Index>(sent), D);
+    reserved_sent_ = sent;
+  }
 
   // --drop-policy probs: an expert over capacity keeps its assignments with the largest gate.
   DropByPriority by_gate;

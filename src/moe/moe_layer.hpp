@@ -152,6 +152,7 @@ class MoeLayer {
   CapacityDecision capacity_;  // the last forward's (its global assignments per expert: --balance bias)
   std::vector<double> drop_priority_;   // --drop-policy probs: the gate of each local assignment
   std::int64_t reserved_rows_ = 0;      // rows the experts' buffers were sized for (run_experts)
+  std::int64_t reserved_sent_ = 0;      // rows the send-side buffers were sized for (run_experts)
   bool training_ = true;
   std::int64_t step_ = 0;
   MoeLayerStats stats_;
