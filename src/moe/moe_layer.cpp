@@ -92,6 +92,8 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
     Rng erng(seed, Stream::kExpertInit, static_cast<std::uint64_t>(layer_id),
              static_cast<std::uint64_t>(e));
     experts_.back().init(erng);
+    // An expert's input is its block of blocks_buf_, which only the next forward rewrites.
+    experts_.back().borrow_input(true);
     if (cfg.on_gpu) experts_.back().use_device();
   }
   comm_stats_.first_rank = groups_->first_rank();

@@ -175,7 +175,7 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
       w_noise_.grad += leaf.template cast<T>();
     }
     if (jittered_) dxr.array() *= kept<R>(kJitter).array();  // through x * u
-    dx = dxr.template cast<T>();
+    give_dx(dxr, dx);
     return;
   }
   dxr.resize(n, w.rows());
@@ -194,7 +194,7 @@ void Router<T>::backward_as(const Routing<T>& r, const Mat<T>& dgate, const Mat<
     }
   });
   if (jittered_) dxr.array() *= kept<R>(kJitter).array();  // through x * u
-  dx = dxr.template cast<T>();
+  give_dx(dxr, dx);
 }
 
 template class Router<float>;

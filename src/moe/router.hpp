@@ -88,6 +88,13 @@ class Router {
     if constexpr (std::is_same_v<R, T>) return scratch_t_;
     else return scratch_d_;
   }
+  // The input gradient out of backward's kept buffer: in the model's precision the two swap
+  // memory (no copy; both keep their size from step to step), else a cast copy.
+  template <class R>
+  static void give_dx(Mat<R>& dxr, Mat<T>& dx) {
+    if constexpr (std::is_same_v<R, T>) dx.swap(dxr);
+    else dx = dxr.template cast<T>();
+  }
   // m in precision R: m itself, or a copy cast into slot i.
   template <class R>
   const Mat<R>& cast_into(const Mat<T>& m, Slot i) {

@@ -124,14 +124,20 @@ bool Ffn<T>::forward_on_device(const ConstMatMap<T>& x, MatMap<T> y) {
 template <class T>
 void Ffn<T>::reserve_rows(Index rows) {
   const Index D = w1_.value.rows(), F = w1_.value.cols();
-  x_.view(rows, D);
+  if (!borrow_input_) x_.view(rows, D);
   for (RowBuffer<T>* b : {&h_, &slope_, &dpre_}) b->view(rows, F);
 }
 
 template <class T>
 void Ffn<T>::keep_input(const ConstMatMap<T>& x) {
   rows_ = x.rows();
-  x_.view(rows_, x.cols()) = x;
+  if (borrow_input_) {
+    input_ = x.data();
+    return;
+  }
+  MatMap<T> kept = x_.view(rows_, x.cols());
+  kept = x;
+  input_ = kept.data();
 }
 
 // Rows [b, b + r): x W1 into the kept activations, bias + GELU over them in place in one pass
@@ -183,7 +189,7 @@ void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Ind
     }
   }
   const Index D = w1_.value.rows(), F = w1_.value.cols();
-  const ConstMatMap<T> xb(x_.view(rows_, D).data() + b * D, r, D);
+  const ConstMatMap<T> xb(input_ + b * D, r, D);
   const ConstMatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F), sb(slope_.view(rows_, F).data() + b * F, r, F);
   const auto dyb = dy.middleRows(b, r);
   MatMap<T> dpre = dpre_.view(r, F);

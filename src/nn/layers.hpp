@@ -55,6 +55,9 @@ class Ffn {
   Param<T>& w2() { return w2_; }
   Param<T>& b2() { return b2_; }
   static Index param_count(Index d_model, Index d_ff) { return 2 * d_model * d_ff + d_ff + d_model; }
+  // The caller leaves each forward's input as it is until the backward that follows (the MoE
+  // layer's dispatched rows): backward reads it where it lies instead of a copy.
+  void borrow_input(bool on) { borrow_input_ = on; }
   // Sizes the kept buffers for blocks of up to `rows` rows now, so that no later step grows
   // them (an expert's rows are at most its capacity; without this a load that keeps moving
   // reaches a new high-water mark, and an allocation, long after the first steps).
@@ -70,6 +73,8 @@ class Ffn {
   // dpre_ is backward's per-block temporary.
   RowBuffer<T> x_, h_, slope_, dpre_;
   Index rows_ = 0;
+  bool borrow_input_ = false;
+  const T* input_ = nullptr;  // the last forward's input: x_'s memory, or the caller's (borrowed)
   void keep_input(const ConstMatMap<T>& x);
   void forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r);
   void backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
