@@ -89,7 +89,7 @@ def harness_tables(rows_by_p: dict) -> list[str]:
     out = ["## 1. MoE layer and exchange (bench_moe_mpi)", "",
            "Expert FLOPs are 12 B K D F per forward + backward (kept rows only). `sgemm limit`: the same six "
            "products as bare sgemm calls (one OpenBLAS thread per rank, all ranks at once); a fraction is "
-           "the limit's time over ours on the same FLOPs. Seconds: the slowest rank's mean.", "",
+           "the limit's time over ours on the same FLOPs, the expert GEMMs and the layer each timed in turn with the limit (medians over those pairs; the limit's column: its pairs with the expert GEMMs). Seconds: the slowest rank's median.", "",
            "| shape D,F,E,K,B | P | layer tokens/s | layer s | expert GEMMs s | sgemm limit s | "
            "expert GEMMs / sgemm | layer / sgemm |", "|---|---|---|---|---|---|---|---|"]
     for P, rows in rows_by_p.items():
