@@ -42,12 +42,13 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
     MatMap<T> back = out.view(L.rows_sent(), width);
     for (Index i = 0; i < L.rows_received(); ++i) {
       const Index k = i - own.recv_first;
-      const auto row = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-      if (k >= 0 && k < own.rows) back.row(own.send_first + k) = row;
-      else outgoing.row(i) = row;
+      if (k < 0 || k >= own.rows) outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
     }
     self().exchange(outgoing.data(), others_recv_, L.recv_displs, back.data(), others_send_, L.send_displs, width,
                     stats);
+    // The own rows after the exchange: NCCL's host staging copies the whole receive range back.
+    for (Index k = 0; k < own.rows; ++k)
+      back.row(own.send_first + k) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(own.recv_first + k)]);
     return back;
   }
 
