@@ -75,33 +75,37 @@ GeluPath& path() {
   return p;
 }
 
+// The last n < W values of a row through a W-wide packet function f(a, b, c), zero-padded,
+// so that they take the arithmetic of the whole packets: a and c are written back, b is read.
+template <int W, class F>
+void padded_tail(float* a, const float* b, float* c, Index n, F&& f) {
+  alignas(32) float pa[W] = {}, pb[W] = {}, pc[W] = {};
+  std::copy(a, a + n, pa);
+  std::copy(b, b + n, pb);
+  std::copy(c, c + n, pc);
+  f(pa, pb, pc);
+  std::copy(pa, pa + n, a);
+  std::copy(pc, pc + n, c);
+}
+
+// h in place over the pre-activation, the slope beside it.
 void forward_row(float* pre_h, const float* b, float* slope, Index n) {
-  Index j = 0;
   if (path() == GeluPath::kFma8) {
-    // Every value through the same arithmetic: the tail padded into one more packet.
     fma8::forward_row8(pre_h, b, slope, n);
-    j = n / 8 * 8;
-    if (j == n) return;
-    alignas(32) float in[8] = {}, bias[8] = {}, g[8];
-    std::copy(pre_h + j, pre_h + n, in);
-    std::copy(b + j, b + n, bias);
-    fma8::forward_row8(in, bias, g, 8);
-    std::copy(in, in + (n - j), pre_h + j);
-    std::copy(g, g + (n - j), slope + j);
+    const Index j = n / 8 * 8;
+    if (j < n)
+      padded_tail<8>(pre_h + j, b + j, slope + j, n - j,
+                     [](float* h, const float* bb, float* g) { fma8::forward_row8(h, bb, g, 8); });
     return;
   }
+  Index j = 0;
   if (path() == GeluPath::kAvx8) {
     avx8::forward_row8(pre_h, b, slope, n);
     j = n / 8 * 8;
   }
   for (; j + 4 <= n; j += 4) forward4(pre_h + j, b + j, pre_h + j, slope + j);
-  if (j == n) return;
-  alignas(16) float in[4] = {}, bias[4] = {}, h[4], g[4];
-  std::copy(pre_h + j, pre_h + n, in);
-  std::copy(b + j, b + n, bias);
-  forward4(in, bias, h, g);
-  std::copy(h, h + (n - j), pre_h + j);
-  std::copy(g, g + (n - j), slope + j);
+  if (j < n)
+    padded_tail<4>(pre_h + j, b + j, slope + j, n - j, [](float* h, const float* bb, float* g) { forward4(h, bb, h, g); });
 }
 
 void backward_row(float* dpre, const float* slope, float* acc, Index n) {
@@ -111,14 +115,7 @@ void backward_row(float* dpre, const float* slope, float* acc, Index n) {
     j = n / 8 * 8;
   }
   for (; j + 4 <= n; j += 4) backward4(dpre + j, slope + j, acc + j);
-  if (j == n) return;
-  alignas(16) float d[4] = {}, g[4] = {}, s[4] = {};
-  std::copy(dpre + j, dpre + n, d);
-  std::copy(slope + j, slope + n, g);
-  std::copy(acc + j, acc + n, s);
-  backward4(d, g, s);
-  std::copy(d, d + (n - j), dpre + j);
-  std::copy(s, s + (n - j), acc + j);
+  if (j < n) padded_tail<4>(dpre + j, slope + j, acc + j, n - j, backward4);
 }
 
 // fp64 (the reference precision): the scalar formula, std::tanh.
