@@ -10,8 +10,8 @@
 // top-k, the capacity decision, the layout, the permutation into send order and the gate-
 // weighted unpermutation, each algorithm's dispatch and combine (whole call, and its MPI part
 // once the ranks are synchronised) against the primitive it uses on exactly its counts (a raw
-// MPI_Alltoallv each way; padded: a raw MPI_Alltoall of its slots), the
-// expert GEMMs (forward and backward), the same six GEMMs as bare sgemm calls (the machine's
+// MPI_Alltoallv each way; padded: a raw MPI_Alltoall of its slots; p2p: its messages by bare
+// MPI_Isend/MPI_Irecv), the expert GEMMs (forward and backward), the same six GEMMs as bare sgemm calls (the machine's
 // limit on the expert FLOPs), and the whole layer forward + backward.
 #include <mpi.h>
 
@@ -263,6 +263,79 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
                                       comm.raw()));
       };
       rep.row("raw MPI_Alltoall (padded slots)", h.time(base[0]));
+    }
+    // p2p's primitive: the same messages (one per rank and local expert, same sizes and
+    // tags) by bare MPI_Isend / MPI_Irecv between the same buffers, the own rows by memcpy
+    // as MPI_Alltoallv copies them; what is left over it is the algorithm's own cost.
+    Mat<float> p2p_blocks, p2p_back;
+    std::vector<MPI_Request> p2p_reqs;
+    if (algo == DispatchAlgo::kP2P) {
+      p2p_blocks.resize(lay.rows_received(), D);
+      p2p_back.resize(lay.rows_sent(), D);
+      const int me = comm.rank();
+      auto raw_p2p = [&, me](bool forward) {
+        float* to_blocks = p2p_blocks.data();
+        float* to_send = p2p_back.data();
+        const float* from_send = send.data();
+        const float* from_blocks = p2p_blocks.data();
+        for (int q = 0; q < P; ++q)
+          for (int le = 0; le < El; ++le) {
+            const int rows = lay.recv_expert_counts[static_cast<std::size_t>(q * El + le)];
+            // On the way back: this rank's rows for expert q * El + le.
+            const int back_rows = lay.send_expert_counts[static_cast<std::size_t>(q * El + le)];
+            MPI_Request r;
+            if (forward && rows > 0 && q != me) {
+              MOESIM_MPI_CHECK(MPI_Irecv(to_blocks + block_start(lay, q, le) * D, rows * static_cast<int>(D),
+                                         MPI_FLOAT, q, le, comm.raw(), &r));
+              p2p_reqs.push_back(r);
+            }
+            if (!forward && back_rows > 0 && q != me) {
+              MOESIM_MPI_CHECK(MPI_Irecv(to_send + send_start(lay, q * El + le) * D,
+                                         back_rows * static_cast<int>(D), MPI_FLOAT, q, le, comm.raw(), &r));
+              p2p_reqs.push_back(r);
+            }
+          }
+        for (int q = 0; q < P; ++q)
+          for (int le = 0; le < El; ++le) {
+            const int e = q * El + le;
+            const int send_rows = lay.send_expert_counts[static_cast<std::size_t>(e)];
+            const int block_rows = lay.recv_expert_counts[static_cast<std::size_t>(q * El + le)];
+            if (forward && send_rows > 0) {
+              const float* src = from_send + send_start(lay, e) * D;
+              if (q == me) {
+                std::copy_n(src, static_cast<std::size_t>(send_rows) * D, to_blocks + block_start(lay, me, le) * D);
+              } else {
+                MPI_Request r;
+                MOESIM_MPI_CHECK(MPI_Isend(src, send_rows * static_cast<int>(D), MPI_FLOAT, q, le, comm.raw(), &r));
+                p2p_reqs.push_back(r);
+              }
+            }
+            if (!forward && block_rows > 0) {
+              const float* src = from_blocks + block_start(lay, q, le) * D;
+              if (q == me) {
+                std::copy_n(src, static_cast<std::size_t>(block_rows) * D, to_send + send_start(lay, me * El + le) * D);
+              } else {
+                MPI_Request r;
+                MOESIM_MPI_CHECK(MPI_Isend(src, block_rows * static_cast<int>(D), MPI_FLOAT, q, le, comm.raw(), &r));
+                p2p_reqs.push_back(r);
+              }
+            }
+          }
+        MOESIM_MPI_CHECK(MPI_Waitall(static_cast<int>(p2p_reqs.size()), p2p_reqs.data(), MPI_STATUSES_IGNORE));
+        p2p_reqs.clear();
+      };
+      raw_p2p(true);
+      check(comm, p2p_blocks == ref_blocks, "raw point-to-point: the same expert blocks as the raw MPI_Alltoallv");
+      raw_p2p(false);
+      check(comm, p2p_back == send, "raw point-to-point: the rows come back unchanged");
+      base[0] = [raw_p2p] { raw_p2p(true); };
+      base[1] = [raw_p2p] { raw_p2p(false); };
+      // Many messages against one collective: what the p2p algorithm itself costs.
+      const Timing t_fwd = h.time(base[0]), t_back = h.time(base[1]);
+      rep.row("raw MPI_Isend/Irecv (p2p messages)", t_fwd,
+              fmt("%.2fx the raw MPI_Alltoallv", t_raw.max_s > 0 ? t_fwd.max_s / t_raw.max_s : 0.0));
+      rep.row("raw MPI_Isend/Irecv (p2p messages, back)", t_back,
+              fmt("%.2fx the raw MPI_Alltoallv (back)", t_raw_back.max_s > 0 ? t_back.max_s / t_raw_back.max_s : 0.0));
     }
     // As the layer calls them: into buffers kept from call to call.
     RowBuffer<float> blocks_out, back_out;

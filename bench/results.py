@@ -8,8 +8,9 @@ the machine, the load average during the run, the date and the revision.
 Sections (each measured in this one run; ratios are what compare across runs):
   1. bench_moe_mpi on 1 and 2 ranks (build/default/bench): per shape, the MoE layer forward +
      backward, its expert GEMMs and the bare sgemm limit on the same products; per dispatch
-     algorithm on 2 ranks, dispatch and combine against a raw MPI_Alltoallv of the same counts
-     (the MPI part once the ranks are synchronised, and the whole call).
+     algorithm on 2 ranks, dispatch and combine against the primitive it uses on the same counts
+     (MPI_Alltoallv; padded MPI_Alltoall; p2p its messages by bare MPI_Isend/Irecv): the MPI
+     part once the ranks are synchronised, and the whole call.
   2. compare_torch_moe.py: the same layer in PyTorch in its best thread split on 1 and 2 cores.
   3. The default job (experiments/quick.sweep.ini on one rank per core as README's first command
      runs it, and on 4 ranks): shares
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "default"
 SHAPES = "64,256,8,2,4096;256,1024,8,2,4096;256,1024,64,2,4096;512,2048,16,1,2048;1024,4096,8,2,1024"
 LARGEST = dict(d_model=1024, d_ff=4096, experts=8, top_k=2, batch_tokens=1024)
-ALGORITHMS = ("alltoallv", "allgather", "p2p", "padded")
+ALGORITHMS = ("alltoallv", "allgather", "p2p", "padded", "hierarchical")
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -112,7 +113,9 @@ def harness_tables(rows_by_p: dict) -> list[str]:
         out.append(f"| {key} | {w['router+topk']:.6f} | {w['capacity']:.6f} | {w['layout (local)']:.6f} | "
                    f"{w['permute']:.6f} | {w['unpermute (gate-weighted)']:.6f} | {w['alltoallv plan (counts)']:.6f} |")
     out += ["", "Exchange on 2 ranks against the primitive each algorithm uses, on the same counts (a raw "
-            "`MPI_Alltoallv` each way; padded: a raw `MPI_Alltoall` of its slots), each call right after the raw "
+            "`MPI_Alltoallv` each way; padded: a raw `MPI_Alltoall` of its slots; p2p: its own messages by bare "
+            "`MPI_Isend`/`MPI_Irecv`; hierarchical on one node: its intra stage is one `MPI_Alltoallv`), each call "
+            "right after the raw "
             "primitive, medians over the pairs. Ratio = ours / raw. MPI: the "
             "transfer, the least time any rank spent inside MPI (the last to arrive waits for no one), per pair "
             "over the raw call's slowest rank; call: "

@@ -60,8 +60,7 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
               L.send_expert_counts[static_cast<std::size_t>((m * G_ + lp) * El + le)];
     {
       StageScope s(stats, kIntra);
-      PhaseTimer timer(stats);
-      intra_->alltoall(to_local_.data(), from_local_.data(), nodes_ * El);
+      count_exchange(*intra_, to_local_.data(), from_local_.data(), nodes_ * El, stats);
     }
     // Relay: rows from local source ls for node m, and to node m the [ls][le] counts.
     L.relay_counts.assign(static_cast<std::size_t>(G_ * nodes_), 0);
@@ -77,8 +76,7 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
     // flat count exchange delivers them.
     {
       StageScope s(stats, kInter);
-      PhaseTimer timer(stats);
-      inter_->alltoall(to_node_.data(), L.recv_expert_counts.data(), G_ * El);
+      count_exchange(*inter_, to_node_.data(), L.recv_expert_counts.data(), G_ * El, stats);
     }
     complete_receive_side(L);
   }
@@ -229,6 +227,16 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
       }
   }
 
+  // One stage's equal-split count exchange over `sub`, `per_peer` ints to each rank.
+  static void count_exchange(const Communicator& sub, const int* send, int* recv, int per_peer, CommStats& stats) {
+    if (sub.size() == 1) {  // a stage of one rank: see exchange
+      std::copy_n(send, per_peer, recv);
+      return;
+    }
+    PhaseTimer timer(stats);
+    sub.alltoall(send, recv, per_peer);
+  }
+
   // One stage's alltoallv over `sub` (intra: the node's ranks; inter: the same local index on
   // every node), rows contiguous per peer in peer order.
   template <class T>
@@ -250,6 +258,12 @@ class HierarchicalDispatch : public DispatchAlgorithmOf<HierarchicalDispatch> {
     for (int p = 0; p < n; ++p) {
       const int dest = stage == kIntra ? node_ * G_ + p : p * G_ + local_;  // as a group rank
       count_bytes(stats, self, dest, static_cast<double>(sc[p]) * sizeof(T));
+    }
+    // A stage of one rank (one node, or one rank per node) moves nothing between ranks: its
+    // rows are copied, outside the MPI seconds, as the flat algorithms copy a rank's own rows.
+    if (n == 1) {
+      std::copy_n(send, static_cast<std::size_t>(sc[0]), recv);
+      return;
     }
     PhaseTimer timer(stats);
     sub.alltoallv(send, sc, sd, recv, rc, rd);
