@@ -4,7 +4,7 @@
 // the slowest rank's mean over the timed iterations.
 //
 //   mpirun -np 2 bench_moe_mpi [--shapes "64,256,8,2,4096;256,1024,8,2,4096"] [--iters 20]
-//                             [--warmup 3] [--json results.jsonl]
+//                             [--exchange-iters 50] [--warmup 3] [--json results.jsonl]
 //
 // A shape is D,F,E,K,B (B global tokens, B/P per rank). Per shape it times the router with
 // top-k, the capacity decision, the layout, the permutation into send order and the gate-
@@ -122,8 +122,9 @@ void dump_layer(const std::string& path, const Shape& s, double capacity_factor)
   h5::write_attr(f.id(), "dropped", layer.stats().dropped);
 }
 
+// `hx` times the exchanges: their calls are short, so more pairs keep a median steady.
 void bench_shape(const Communicator& comm, const Shape& s, double capacity_factor, int ranks_per_node,
-                 const Harness& h, std::ofstream* json) {
+                 const Harness& h, const Harness& hx, std::ofstream* json) {
   const int P = comm.size();
   // Nodes of G consecutive ranks (virtual with --ranks-per-node), else all on one node.
   std::vector<int> node_of(static_cast<std::size_t>(P), 0);
@@ -200,7 +201,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   for (int q = 0; q < P; ++q)
     if (q != comm.rank()) off_rank_bytes += static_cast<double>(sc[q]) * sizeof(float);
   const double bytes_max = comm.allreduce_max(off_rank_bytes);
-  const Timing t_raw = h.time(raw);
+  const Timing t_raw = hx.time(raw);
   rep.row("raw MPI_Alltoallv", t_raw, fmt("%.2f GB/s algbw (largest rank's bytes to others / time)",
                                            t_raw.max_s > 0 ? bytes_max / t_raw.max_s / 1e9 : 0.0));
   // The combine's direction: the same counts, reversed.
@@ -209,7 +210,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
     MOESIM_MPI_CHECK(MPI_Alltoallv(raw_recv.data(), rc.data(), rd.data(), MPI_FLOAT, raw_back.data(), sc.data(),
                                    sd.data(), MPI_FLOAT, comm.raw()));
   };
-  const Timing t_raw_back = h.time(raw_back_call);
+  const Timing t_raw_back = hx.time(raw_back_call);
   rep.row("raw MPI_Alltoallv (back)", t_raw_back);
   // The expert blocks as the reference permutation builds them from the raw receive.
   Mat<float> ref_blocks(ref.rows_received(), D);
@@ -247,7 +248,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
                   ",\"inter_stage_bytes\":" + std::to_string(nodes_sum[3]));
     }
     st.reset(P);
-    const Timing t_plan = h.time([&] { lay = d.plan(routing.expert, cd.kept, n, s.K, st, limits); });
+    const Timing t_plan = hx.time([&] { lay = d.plan(routing.expert, cd.kept, n, s.K, st, limits); });
     rep.row(name + " plan (counts)", t_plan);
     // Each algorithm against the primitive it uses: padded moves fixed slots (a header row and
     // S rows per local expert) by one equal-split MPI_Alltoall; the others the counts' rows.
@@ -262,7 +263,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
         MOESIM_MPI_CHECK(MPI_Alltoall(slots_out.data(), per_rank, MPI_FLOAT, slots_in.data(), per_rank, MPI_FLOAT,
                                       comm.raw()));
       };
-      rep.row("raw MPI_Alltoall (padded slots)", h.time(base[0]));
+      rep.row("raw MPI_Alltoall (padded slots)", hx.time(base[0]));
     }
     // p2p's primitive: the same messages (one per rank and local expert, same sizes and
     // tags) by bare MPI_Isend / MPI_Irecv between the same buffers, the own rows by memcpy
@@ -331,7 +332,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
       base[0] = [raw_p2p] { raw_p2p(true); };
       base[1] = [raw_p2p] { raw_p2p(false); };
       // Many messages against one collective: what the p2p algorithm itself costs.
-      const Timing t_fwd = h.time(base[0]), t_back = h.time(base[1]);
+      const Timing t_fwd = hx.time(base[0]), t_back = hx.time(base[1]);
       rep.row("raw MPI_Isend/Irecv (p2p messages)", t_fwd,
               fmt("%.2fx the raw MPI_Alltoallv", t_raw.max_s > 0 ? t_fwd.max_s / t_raw.max_s : 0.0));
       rep.row("raw MPI_Isend/Irecv (p2p messages, back)", t_back,
@@ -346,14 +347,14 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
       // copies) waits for no one, so the least of any rank is the transfer (as in the run
       // files' a2a_seconds); the most adds the wait.
       st.reset(P);
-      const Harness::Paired pr = h.paired(base[verb], [&] {
+      const Harness::Paired pr = hx.paired(base[verb], [&] {
         const double before = st.seconds;
         if (verb == 0) d.dispatch(lay, send_map, blocks_out, st);
         else d.combine(lay, blocks_map, back_out, st);
         return st.seconds - before;
       });
       const Timing t_base = pr.base, t_call = pr.f, mpi = pr.part;
-      const int calls = h.warmup() + h.iters();  // stage seconds of every call since the reset
+      const int calls = hx.warmup() + hx.iters();  // stage seconds of every call since the reset
       const Timing intra = h.reduce(st.stage_seconds[0] / calls);
       const Timing inter = h.reduce(st.stage_seconds[1] / calls);
       const std::string verb_name = verb == 0 ? " dispatch" : " combine";
@@ -491,10 +492,12 @@ int main(int argc, char** argv) {
     po::options_description desc("bench_moe_mpi options");
     std::string shapes, json_path, dump_path;
     double capacity_factor = 1.25;
-    int iters = 20, warmup = 3, blas_threads = 1, ranks_per_node = 0;
+    int iters = 20, exchange_iters = 50, warmup = 3, blas_threads = 1, ranks_per_node = 0;
     desc.add_options()("help", "this text")(
         "shapes", po::value(&shapes)->default_value(kDefaultShapes),
         "D,F,E,K,B;... (B global tokens)")("iters", po::value(&iters)->default_value(20), "timed iterations")(
+        "exchange-iters", po::value(&exchange_iters)->default_value(50),
+        "timed iterations of each exchange and its raw primitive (short calls: more of them for a steady median)")(
         "warmup", po::value(&warmup)->default_value(3), "untimed iterations first")(
         "blas-threads", po::value(&blas_threads)->default_value(1), "OpenBLAS threads per rank")(
         "json", po::value(&json_path), "also append one JSON object per figure to this file")(
@@ -510,7 +513,8 @@ int main(int argc, char** argv) {
       if (world.rank() == 0) std::cout << desc << "\n";
       return 0;
     }
-    if (iters < 1 || warmup < 0) throw ConfigError("--iters must be >= 1 and --warmup >= 0");
+    if (iters < 1 || exchange_iters < 1 || warmup < 0)
+      throw ConfigError("--iters and --exchange-iters must be >= 1 and --warmup >= 0");
     set_blas_threads(blas_threads);
     std::ofstream json;
     if (world.rank() == 0 && !json_path.empty()) {
@@ -525,9 +529,9 @@ int main(int argc, char** argv) {
       dump_layer(dump_path, parse_shapes(shapes).front(), capacity_factor);
       return 0;
     }
-    const Harness h(world, warmup, iters);
+    const Harness h(world, warmup, iters), hx(world, warmup, exchange_iters);
     for (const Shape& s : parse_shapes(shapes))
-      bench_shape(world, s, capacity_factor, ranks_per_node, h, json.is_open() ? &json : nullptr);
+      bench_shape(world, s, capacity_factor, ranks_per_node, h, hx, json.is_open() ? &json : nullptr);
   } catch (const std::exception& e) {
     if (world.rank() == 0) std::fprintf(stderr, "bench_moe_mpi: error: %s\n", e.what());
     return 2;

@@ -37,14 +37,16 @@ def test_every_figure_after_the_checks(bench, tmp_path, np_):
     # Dropping (capacity 1.0) and dropless; K = 1 and 2; an expert count of one per rank.
     shapes = "16,32,8,2,256;8,16,4,1,64"
     for cf in ("1.0", "0"):
-        p = run_bench(bench, np_, "--shapes", shapes, "--iters", "1", "--warmup", "0", "--capacity-factor", cf,
-                      "--json", str(js))
+        p = run_bench(bench, np_, "--shapes", shapes, "--iters", "1", "--exchange-iters", "1", "--warmup", "0",
+                      "--capacity-factor", cf, "--json", str(js))
         assert p.returncode == 0, p.stderr
     rows = [json.loads(line) for line in js.read_text().splitlines()]
     whats = {r["what"] for r in rows}
     for a in ALGORITHMS:
         assert {f"{a} dispatch", f"{a} combine", f"{a} plan (counts)"} <= whats
     assert {"raw MPI_Alltoallv", "expert GEMMs fwd+bwd", "sgemm limit (6 GEMMs)", "layer fwd+bwd"} <= whats
+    # p2p against its own messages by bare MPI_Isend/Irecv, each way.
+    assert {"raw MPI_Isend/Irecv (p2p messages)", "raw MPI_Isend/Irecv (p2p messages, back)"} <= whats
     # Two shapes at two capacity factors, every figure once each.
     assert len(rows) == 4 * len(whats)
     assert all(r["P"] == np_ and r["max_s"] >= r["min_s"] >= 0 for r in rows)
@@ -55,6 +57,10 @@ def test_bad_shape_is_one_error_line(bench):
     assert p.returncode == 2
     errors = [line for line in p.stderr.splitlines() if "error:" in line]
     assert errors == ["bench_moe_mpi: error: --shapes: '16,32,8' is not D,F,E,K,B with 1 <= K <= E"], p.stderr
+    p = run_bench(bench, 2, "--exchange-iters", "0")
+    assert p.returncode == 2
+    assert [line for line in p.stderr.splitlines() if "error:" in line] == [
+        "bench_moe_mpi: error: --iters and --exchange-iters must be >= 1 and --warmup >= 0"], p.stderr
     p = run_bench(bench, 2, "--shapes", "16,32,3,1,64")
     assert p.returncode == 2 and "E must be divisible by the ranks" in p.stderr
 
