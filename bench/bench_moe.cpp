@@ -47,7 +47,7 @@ void BM_ExpertBlockGemm(benchmark::State& state) { expert_forward(state, false);
 void BM_ExpertTokenByToken(benchmark::State& state) { expert_forward(state, true); }
 
 // Bias + GELU forward (keeping the slope) and its backward over a block of R x F values: the
-// elementwise work around an expert's GEMMs. Arg 2: the GeluPath (0 SSE, 1 AVX, 2 AVX2 + FMA).
+// elementwise work around an expert's GEMMs. Arg 2: the GeluPath (0 SSE, 1 AVX, 2 AVX2 + FMA, 3 AVX-512F).
 void BM_BiasGelu(benchmark::State& state) {
   const Index R = state.range(0), F = state.range(1);
   const auto wanted = static_cast<GeluPath>(state.range(2));
@@ -149,7 +149,7 @@ void BM_ChunkGradientSum(benchmark::State& state) {
 BENCHMARK(BM_ExpertBlockGemm)->Args({256, 64, 256})->Args({1024, 128, 512});
 BENCHMARK(BM_ExpertTokenByToken)->Args({256, 64, 256})->Args({1024, 128, 512});
 // T, D, F, E, K
-BENCHMARK(BM_BiasGelu)->Args({1024, 256, 0})->Args({1024, 256, 1})->Args({1024, 256, 2});
+BENCHMARK(BM_BiasGelu)->Args({1024, 256, 0})->Args({1024, 256, 1})->Args({1024, 256, 2})->Args({1024, 256, 3});
 BENCHMARK(BM_MoeLayerFwdBwd)
     ->Args({1024, 32, 64, 8, 2})
     ->Args({2048, 64, 128, 16, 2})

@@ -21,8 +21,9 @@ void gelu_backward(MatMap<T> dpre, const ConstMatMap<T>& slope, T* bias_grad);
 // How fp32 rows are computed: four values at a time (SSE, Eigen's packet tanh), eight (AVX,
 // the same operations, so the same bits), or eight with the tanh's polynomials in fused
 // multiply-adds (AVX2 + FMA, the row tail padded into one more packet: fewer operations,
-// other last bits). The best the CPU has is used; tests and benchmarks pick one.
-enum class GeluPath { kSse4, kAvx8, kFma8 };
+// other last bits), or sixteen (AVX-512F: the FMA path's operations, so its bits). The best
+// the CPU has is used; tests and benchmarks pick one.
+enum class GeluPath { kSse4, kAvx8, kFma8, kFma16 };
 bool gelu_path_supported(GeluPath p);
 // Returns the path used before.
 GeluPath use_gelu_path(GeluPath p);

@@ -1,5 +1,5 @@
 // The fused bias + GELU kernels against the scalar formula (nn/activations), on every path the
-// CPU has (four at a time, eight, eight with FMA), and the properties the rank-count
+// CPU has (four at a time, eight, eight with FMA, sixteen with FMA), and the properties the rank-count
 // invariance needs: a value's result depends neither on where its row sits in memory nor on
 // where the value sits in its row (packet or padded tail).
 #include <gtest/gtest.h>
@@ -28,7 +28,7 @@ std::vector<T> normal_values(Index n, std::uint64_t stream) {
 // The CPU's paths; the test body runs once per path with that path in use.
 std::vector<GeluPath> paths() {
   std::vector<GeluPath> out;
-  for (GeluPath p : {GeluPath::kSse4, GeluPath::kAvx8, GeluPath::kFma8})
+  for (GeluPath p : {GeluPath::kSse4, GeluPath::kAvx8, GeluPath::kFma8, GeluPath::kFma16})
     if (gelu_path_supported(p)) out.push_back(p);
   return out;
 }
@@ -163,6 +163,29 @@ TEST(GeluRows, EightAtATimeGivesTheFourWidePathsBits) {
     for (const GeluPath p : {GeluPath::kSse4, GeluPath::kAvx8}) {
       const GeluPath before = use_gelu_path(p);
       out[p == GeluPath::kAvx8 ? 1 : 0] = run_rows(pre, bias, dy, rows, cols);
+      use_gelu_path(before);
+    }
+    EXPECT_TRUE(same_bits(out[0].h, out[1].h)) << "cols " << cols;
+    EXPECT_TRUE(same_bits(out[0].slope, out[1].slope)) << "cols " << cols;
+    EXPECT_TRUE(same_bits(out[0].d, out[1].d)) << "cols " << cols;
+    EXPECT_TRUE(same_bits(out[0].bias_grad, out[1].bias_grad)) << "cols " << cols;
+  }
+}
+
+// Sixteen values at a time (AVX-512) give the eight-wide FMA path's bits, lane for lane, with
+// rows of whole 16-packets, an 8-packet after them, and padded tails.
+TEST(GeluRows, SixteenAtATimeGivesTheEightWideFmaPathsBits) {
+  if (!gelu_path_supported(GeluPath::kFma16)) GTEST_SKIP() << "this CPU has no AVX-512F";
+  for (const Index cols : {Index{1}, Index{9}, Index{16}, Index{24}, Index{37}, Index{256}}) {
+    const Index rows = 9;
+    const auto pre = awkward_values(rows * cols, 60 + static_cast<std::uint64_t>(cols));
+    auto bias = normal_values<float>(cols, 61);
+    for (std::size_t j = 0; j < bias.size(); j += 3) bias[j] = 0.0f;
+    const auto dy = normal_values<float>(rows * cols, 62);
+    GeluOut out[2];
+    for (const GeluPath p : {GeluPath::kFma8, GeluPath::kFma16}) {
+      const GeluPath before = use_gelu_path(p);
+      out[p == GeluPath::kFma16 ? 1 : 0] = run_rows(pre, bias, dy, rows, cols);
       use_gelu_path(before);
     }
     EXPECT_TRUE(same_bits(out[0].h, out[1].h)) << "cols " << cols;
