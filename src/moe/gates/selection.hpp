@@ -25,19 +25,26 @@ void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>& order, std
     if (depth <= 8) {
       // Few slots: one pass keeping the best `depth` in order (a heap per token cost more than
       // the router's GEMM at E = 64). An expert enters only when strictly better than a kept
-      // one, after those it ties with, so ties still go to the lower index.
+      // one, after those it ties with, so ties still go to the lower index. The kept values
+      // sit beside their experts, so the usual case (not better than the last kept) compares
+      // with a value in a register, not one reloaded through `order`.
+      R best[8];
+      int who[8];
       int kept = 0;
       for (int e = 0; e < E; ++e) {
         const R v = row(e);
-        if (kept == depth && !(v > row(order[static_cast<std::size_t>(depth - 1)]))) continue;
+        if (kept == depth && !(v > best[depth - 1])) continue;
         int at = std::min(kept, depth - 1);
-        while (at > 0 && v > row(order[static_cast<std::size_t>(at - 1)])) {
-          order[static_cast<std::size_t>(at)] = order[static_cast<std::size_t>(at - 1)];
+        while (at > 0 && v > best[at - 1]) {
+          best[at] = best[at - 1];
+          who[at] = who[at - 1];
           --at;
         }
-        order[static_cast<std::size_t>(at)] = e;
+        best[at] = v;
+        who[at] = e;
         kept = std::min(kept + 1, depth);
       }
+      std::copy(who, who + depth, order.begin());
     } else {
       std::iota(order.begin(), order.end(), 0);
       std::partial_sort(order.begin(), order.begin() + depth, order.end(), [&](int a, int b) {
