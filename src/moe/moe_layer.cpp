@@ -162,10 +162,14 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
     bool routed = false;
     for (int j = 0; j < K; ++j) routed |= cd.kept[static_cast<std::size_t>(t * K + j)] != 0;
     S[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
-    for (int e = 0; e < E; ++e) {
-      const double p = routing_.probs(t, e);
-      S[static_cast<std::size_t>(e)] += p;
-      if (p > 0) S[static_cast<std::size_t>(E) + 1] -= p * std::log(p);
+    for (int e = 0; e < E; ++e) S[static_cast<std::size_t>(e)] += static_cast<double>(routing_.probs(t, e));
+    if (!routing_.entropy.empty()) {
+      S[static_cast<std::size_t>(E) + 1] += routing_.entropy[static_cast<std::size_t>(t)];
+    } else {
+      for (int e = 0; e < E; ++e) {
+        const double p = routing_.probs(t, e);
+        if (p > 0) S[static_cast<std::size_t>(E) + 1] -= p * std::log(p);
+      }
     }
     S[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }

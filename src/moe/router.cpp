@@ -103,6 +103,7 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   r.gate = Mat<T>::Zero(n, K_);
   r.probs.resize(n, E);
   r.lse.assign(static_cast<std::size_t>(n), 0.0);
+  r.entropy.assign(static_cast<std::size_t>(n), 0.0);
   r.preselected.clear();
   r.importance_loss = r.load_loss = 0;
 
@@ -121,7 +122,12 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
       probs_(t, e) = static_cast<double>(p(e));
       r.probs(t, e) = static_cast<T>(p(e));
     }
-    r.lse[static_cast<std::size_t>(t)] = static_cast<double>(mx) + std::log(static_cast<double>(z));
+    // -sum_e p_e log p_e with log p_e = (logit_e - mx) - log z.
+    const double log_z = std::log(static_cast<double>(z));
+    double h = log_z;
+    for (int e = 0; e < E; ++e) h -= static_cast<double>(p(e)) * static_cast<double>(row(e) - mx);
+    r.lse[static_cast<std::size_t>(t)] = static_cast<double>(mx) + log_z;
+    r.entropy[static_cast<std::size_t>(t)] = h;
   }
   RouteContext c = ctx;
   c.chunk = chunk_;

@@ -17,6 +17,9 @@ struct Routing {
   Mat<T> gate;              // n x K gate weights
   Mat<T> probs;             // n x E, softmax over all logits (load-balancing loss)
   std::vector<double> lse;  // n, log-sum-exp of the logits (router z-loss)
+  // n, each token's entropy of `probs` (nats) while they are the softmax of the logits, from
+  // its logits and lse with no log per expert; empty where a gate made probs something else.
+  std::vector<double> entropy;
   // Expert choice: the router already decided which slots are kept (capacity exactly
   // applied); empty otherwise.
   std::vector<char> preselected;

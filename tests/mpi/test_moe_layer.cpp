@@ -91,6 +91,36 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerVsReference,
                                            LayerCase{8, 1, 1.0, 0.01, 48, true},
                                            LayerCase{4, 2, 1.0, 0.01, 33, false, 0.1}));
 
+// The logged gate entropy is the mean over the global batch of -sum_e p log p of the router's
+// probabilities: from the logits and lse (no log per expert) while they are the softmax, by
+// the logs where the sigmoid scores replace them. fp32, the production precision: the two
+// forms differ by the rounding of p.
+TEST(MoeLayerStats, GateEntropyIsThatOfTheRoutersProbabilities) {
+  const Communicator& comm = world();
+  for (const ScoreFunction score : {ScoreFunction::kSoftmax, ScoreFunction::kSigmoid}) {
+    SCOPED_TRACE(score == ScoreFunction::kSoftmax ? "softmax" : "sigmoid");
+    MoeLayerConfig cfg = make_cfg(LayerCase{8, 2, 1.25, 0.01, 64});
+    cfg.router_init_scale = 1.0;  // neither uniform nor one-hot
+    cfg.router.score = score;
+    if (cfg.experts % comm.size() != 0) GTEST_SKIP();
+    MoeLayer<float> layer(comm, "moe", cfg, 5, 1);
+    const std::int64_t B = 64;
+    const Mat<float> xg = test::random_matrix(B, cfg.d_model, 401).cast<float>();
+    const Shard sh = shard_of(B, comm.rank(), comm.size());
+    Mat<float> y;
+    layer.forward(xg.middleRows(sh.first, sh.count), y);
+    const Mat<float>& p = layer.routing().probs;
+    double h = 0;
+    for (Index t = 0; t < p.rows(); ++t)
+      for (Index e = 0; e < p.cols(); ++e)
+        if (p(t, e) > 0) h -= double(p(t, e)) * std::log(double(p(t, e)));
+    const double want = comm.allreduce_sum(h) / static_cast<double>(B);
+    EXPECT_GT(want, 0.1);
+    EXPECT_LT(want, std::log(8.0) - 0.01);
+    EXPECT_NEAR(layer.stats().gate_entropy, want, 1e-6);
+  }
+}
+
 // Every dispatch algorithm gives bit-identical outputs and gradients (each expert sees
 // the same rows in the same order), and they match the reference.
 TEST(MoeLayerDispatch, AllAlgorithmsAgreeBitForBit) {

@@ -64,6 +64,7 @@ class TopKGate final : public GateOf<T, TopKGate<T>> {
       for (int e = 0; e < E; ++e) s(t, e) = R(1) / (R(1) + std::exp(-f.logits(t, e)));
     select_top_k(f.biased(s), r, f.scratch.order);
     scores_ = s.template cast<double>();
+    r.entropy.clear();  // probs become the normalised scores below
     for (Index t = 0; t < r.n; ++t) {
       R all = static_cast<R>(kSigmoidSumEps), chosen = static_cast<R>(kSigmoidSumEps);
       for (int e = 0; e < E; ++e) all += s(t, e);
