@@ -52,7 +52,9 @@ inline constexpr auto kStepMetrics = std::to_array<MetricSpec>({
     {"z_loss", "", false, "1", MetricWhen::kAlways,
      "router z-loss (mean over tokens of logsumexp(logits)^2), mean over MoE layers, before its weight"},
     {"gate_entropy", "", false, "nats", MetricWhen::kAlways,
-     "mean entropy of the router softmax per token, mean over MoE layers"},
+     "mean entropy of the router softmax per token, mean over MoE layers (per token log z - sum_e p_e "
+     "(logit_e - max logit), the same as -sum_e p_e log p_e but for p's rounding; with `--score-function "
+     "sigmoid` -sum_e p_e log p_e of the normalised scores)"},
     {"max_over_mean_load", "", false, "ratio", MetricWhen::kAlways,
      "max/mean of the kept assignments per expert, mean over MoE layers"},
     {"load_cv", "", false, "ratio", MetricWhen::kAlways,
