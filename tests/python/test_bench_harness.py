@@ -44,7 +44,12 @@ def test_every_figure_after_the_checks(bench, tmp_path, np_):
     whats = {r["what"] for r in rows}
     for a in ALGORITHMS:
         assert {f"{a} dispatch", f"{a} combine", f"{a} plan (counts)"} <= whats
-    assert {"raw MPI_Alltoallv", "expert GEMMs fwd+bwd", "sgemm limit (6 GEMMs)", "layer fwd+bwd"} <= whats
+    assert {"raw MPI_Alltoallv", "expert GEMMs fwd+bwd", "sgemm limit (6 GEMMs)", "sgemm limit in layer order",
+            "layer fwd+bwd"} <= whats
+    # The layer against both limits, each from its own pairs.
+    for r in rows:
+        if r["what"] == "layer fwd+bwd":
+            assert r["sgemm_max_s"] > 0 and r["layer_order_sgemm_max_s"] > 0 and r["layer_order_pair_max_s"] > 0
     # p2p against its own messages by bare MPI_Isend/Irecv, each way.
     assert {"raw MPI_Isend/Irecv (p2p messages)", "raw MPI_Isend/Irecv (p2p messages, back)"} <= whats
     # Two shapes at two capacity factors, every figure once each.
