@@ -484,15 +484,13 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   Mat<float> y2, dx2;
   layer.forward(x, y2);
   check(comm, y2 == y, "layer forward: deterministic");
-  const Harness::Paired pl = h.paired(sgemm, timed([&] {
+  const auto layer_step = timed([&] {
     layer.forward(x, y2);
     layer.backward(dy, dx2);
-  }));
+  });
+  const Harness::Paired pl = h.paired(sgemm, layer_step);
   const Timing t_layer = pl.f;
-  const Harness::Paired po = h.paired(sgemm_layer_order, timed([&] {
-    layer.forward(x, y2);
-    layer.backward(dy, dx2);
-  }));
+  const Harness::Paired po = h.paired(sgemm_layer_order, layer_step);
   const double tok_s = t_layer.max_s > 0 ? static_cast<double>(s.B) / t_layer.max_s : 0;
   rep.row("sgemm limit in layer order", po.base,
           fmt("%.1f GFLOP/s per rank", po.base.max_s > 0 ? flops_max / po.base.max_s / 1e9 : 0.0));

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -150,19 +151,19 @@ TEST(GeluRows, ResultDoesNotDependOnThePositionInTheRow) {
   });
 }
 
-// Eight values at a time (AVX) give the four-at-a-time path's bits, lane for lane.
-TEST(GeluRows, EightAtATimeGivesTheFourWidePathsBits) {
-  if (!gelu_path_supported(GeluPath::kAvx8)) GTEST_SKIP() << "this CPU has no AVX";
-  for (const Index cols : {Index{1}, Index{7}, Index{8}, Index{37}, Index{256}}) {
+// Paths `a` and `b` give each other's bits, lane for lane, on rows of these widths (whole
+// packets of either, and padded tails), awkward values included.
+void expect_same_bits(GeluPath a, GeluPath b, std::initializer_list<Index> widths, std::uint64_t stream) {
+  for (const Index cols : widths) {
     const Index rows = 9;
-    const auto pre = awkward_values(rows * cols, 10 + static_cast<std::uint64_t>(cols));
-    auto bias = normal_values<float>(cols, 20);
+    const auto pre = awkward_values(rows * cols, stream + static_cast<std::uint64_t>(cols));
+    auto bias = normal_values<float>(cols, stream + 1000);
     for (std::size_t j = 0; j < bias.size(); j += 3) bias[j] = 0.0f;
-    const auto dy = normal_values<float>(rows * cols, 30);
+    const auto dy = normal_values<float>(rows * cols, stream + 2000);
     GeluOut out[2];
-    for (const GeluPath p : {GeluPath::kSse4, GeluPath::kAvx8}) {
-      const GeluPath before = use_gelu_path(p);
-      out[p == GeluPath::kAvx8 ? 1 : 0] = run_rows(pre, bias, dy, rows, cols);
+    for (int i = 0; i < 2; ++i) {
+      const GeluPath before = use_gelu_path(i == 0 ? a : b);
+      out[i] = run_rows(pre, bias, dy, rows, cols);
       use_gelu_path(before);
     }
     EXPECT_TRUE(same_bits(out[0].h, out[1].h)) << "cols " << cols;
@@ -172,27 +173,17 @@ TEST(GeluRows, EightAtATimeGivesTheFourWidePathsBits) {
   }
 }
 
-// Sixteen values at a time (AVX-512) give the eight-wide FMA path's bits, lane for lane, with
-// rows of whole 16-packets, an 8-packet after them, and padded tails.
+// Eight values at a time (AVX) give the four-at-a-time path's bits.
+TEST(GeluRows, EightAtATimeGivesTheFourWidePathsBits) {
+  if (!gelu_path_supported(GeluPath::kAvx8)) GTEST_SKIP() << "this CPU has no AVX";
+  expect_same_bits(GeluPath::kSse4, GeluPath::kAvx8, {1, 7, 8, 37, 256}, 10);
+}
+
+// Sixteen values at a time (AVX-512) give the eight-wide FMA path's bits, with rows of whole
+// 16-packets, an 8-packet after them, and padded tails.
 TEST(GeluRows, SixteenAtATimeGivesTheEightWideFmaPathsBits) {
   if (!gelu_path_supported(GeluPath::kFma16)) GTEST_SKIP() << "this CPU has no AVX-512F";
-  for (const Index cols : {Index{1}, Index{9}, Index{16}, Index{24}, Index{37}, Index{256}}) {
-    const Index rows = 9;
-    const auto pre = awkward_values(rows * cols, 60 + static_cast<std::uint64_t>(cols));
-    auto bias = normal_values<float>(cols, 61);
-    for (std::size_t j = 0; j < bias.size(); j += 3) bias[j] = 0.0f;
-    const auto dy = normal_values<float>(rows * cols, 62);
-    GeluOut out[2];
-    for (const GeluPath p : {GeluPath::kFma8, GeluPath::kFma16}) {
-      const GeluPath before = use_gelu_path(p);
-      out[p == GeluPath::kFma16 ? 1 : 0] = run_rows(pre, bias, dy, rows, cols);
-      use_gelu_path(before);
-    }
-    EXPECT_TRUE(same_bits(out[0].h, out[1].h)) << "cols " << cols;
-    EXPECT_TRUE(same_bits(out[0].slope, out[1].slope)) << "cols " << cols;
-    EXPECT_TRUE(same_bits(out[0].d, out[1].d)) << "cols " << cols;
-    EXPECT_TRUE(same_bits(out[0].bias_grad, out[1].bias_grad)) << "cols " << cols;
-  }
+  expect_same_bits(GeluPath::kFma8, GeluPath::kFma16, {1, 9, 16, 24, 37, 256}, 60);
 }
 
 // The FMA path computes the same function to within a few ulp of the four-wide path.
