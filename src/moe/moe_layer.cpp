@@ -85,6 +85,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
   if (cfg.on_gpu) bind_gpu(comm_);
   const int El = dispatcher_.experts_per_rank();
   experts_.reserve(static_cast<std::size_t>(El));
+  auto dpre = std::make_shared<RowBuffer<T>>();
   for (int le = 0; le < El; ++le) {
     const int e = dispatcher_.global_expert(le);
     experts_.emplace_back(name + ".expert" + std::to_string(e), cfg.d_model, cfg.d_ff,
@@ -94,6 +95,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
     experts_.back().init(erng);
     // An expert's input is its block of blocks_buf_, which only the next forward rewrites.
     experts_.back().borrow_input(true);
+    experts_.back().share_backward_scratch(dpre);
     if (cfg.on_gpu) experts_.back().use_device();
   }
   comm_stats_.first_rank = groups_->first_rank();

@@ -125,7 +125,7 @@ template <class T>
 void Ffn<T>::reserve_rows(Index rows) {
   const Index D = w1_.value.rows(), F = w1_.value.cols();
   if (!borrow_input_) x_.view(rows, D);
-  for (RowBuffer<T>* b : {&h_, &slope_, &dpre_}) b->view(rows, F);
+  for (RowBuffer<T>* b : {&h_, &slope_, dpre_.get()}) b->view(rows, F);
 }
 
 template <class T>
@@ -192,7 +192,7 @@ void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Ind
   const ConstMatMap<T> xb(input_ + b * D, r, D);
   const ConstMatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F), sb(slope_.view(rows_, F).data() + b * F, r, F);
   const auto dyb = dy.middleRows(b, r);
-  MatMap<T> dpre = dpre_.view(r, F);
+  MatMap<T> dpre = dpre_->view(r, F);
   MatMap<T> dxb(dx.data() + b * D, r, D);
   if (leaf) {
     w2_.leaf().noalias() = hb.transpose() * dyb;
