@@ -136,7 +136,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   std::int64_t sent = static_cast<std::int64_t>(n) * K;
   if (cap > 0) sent = std::min({sent, E * cap, 2 * ((E * cap + comm_.size() - 1) / comm_.size())});
   if (sent > reserved_sent_) {
-    for (RowBuffer<T>* b : {&send_buf_, &combined_buf_, &dsend_buf_, &dx_rows_buf_}) b->view(static_cast<Index>(sent), D);
+    for (RowBuffer<T>* b : {&send_buf_, &combined_buf_}) b->view(static_cast<Index>(sent), D);
     reserved_sent_ = sent;
   }
 
@@ -304,7 +304,7 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   const Index n = dy.rows(), D = dy.cols();
   Mat<T>& dgate = dgate_;
   dgate.setZero(n, routing_.K);
-  MatMap<T> dsend = dsend_buf_.view(layout_.rows_sent(), D);
+  MatMap<T> dsend = send_buf_.view(layout_.rows_sent(), D);
   const MatMap<T> comb = combined();
   for (Index s = 0; s < layout_.rows_sent(); ++s) {
     const Index t = layout_.send_token[s];
@@ -319,7 +319,7 @@ template <class T>
 void MoeLayer<T>::backward_branches(const Mat<T>& drows, const Mat<T>& dgates, Mat<T>& dx) {
   const Index n = dgates.rows(), D = drows.cols();
   const int K = routing_.K;
-  MatMap<T> dsend = dsend_buf_.view(layout_.rows_sent(), D);
+  MatMap<T> dsend = send_buf_.view(layout_.rows_sent(), D);
   for (Index s = 0; s < layout_.rows_sent(); ++s)
     dsend.row(s) = drows.row(layout_.send_token[s] * K + layout_.send_choice[s]);
   Mat<T> dshared = Mat<T>::Zero(n, D);
@@ -335,7 +335,7 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   const int E = cfg_.experts;
   comm_stats_.phase = kBackwardDispatch;
   const MatMap<T> dblocks = dispatcher_.dispatch(layout_, ConstMatMap<T>(dsend.data(), dsend.rows(), D),
-                                                 dblocks_buf_, comm_stats_);
+                                                 out_blocks_buf_, comm_stats_);
   MatMap<T> dx_blocks = dx_blocks_buf_.view(dblocks.rows(), D);
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
@@ -346,8 +346,9 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
     else experts_[le].backward(dy, dxb);
   }
   comm_stats_.phase = kBackwardCombine;
+  // Into send_buf_: dsend, which it holds, is no longer needed.
   const MatMap<T> dx_rows = dispatcher_.combine(layout_, ConstMatMap<T>(dx_blocks.data(), dx_blocks.rows(), D),
-                                                dx_rows_buf_, comm_stats_);
+                                                send_buf_, comm_stats_);
   dx = Mat<T>::Zero(n, D);
   rows_by_expert([&](Index s) { dx.row(layout_.send_token[s]) += dx_rows.row(s); });
 

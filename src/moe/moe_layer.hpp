@@ -134,10 +134,12 @@ class MoeLayer {
   // Saved by forward for backward.
   Routing<T> routing_;
   DispatchLayout layout_;
-  // The exchanges' rows, kept from step to step (core/row_buffer.hpp): send order, expert
-  // blocks in and out, forward's combined outputs; backward's the same for the gradients.
-  RowBuffer<T> send_buf_, blocks_buf_, out_blocks_buf_, combined_buf_;
-  RowBuffer<T> dsend_buf_, dblocks_buf_, dx_blocks_buf_, dx_rows_buf_;
+  // The exchanges' rows, kept from step to step (core/row_buffer.hpp). Kept for backward: the
+  // expert blocks in (blocks_buf_, the experts' inputs) and the combined outputs. The others
+  // are each dead before the next use of their buffer, so they share two (fewer bytes through
+  // the cache a step): send_buf_ holds send-order rows (x's, then the gated dy's, then the
+  // returned dx's), out_blocks_buf_ expert blocks (the forward's outputs, then the dy blocks).
+  RowBuffer<T> send_buf_, blocks_buf_, out_blocks_buf_, combined_buf_, dx_blocks_buf_;
   Mat<T> shared_out_;  // n x D, sum of the shared experts' outputs
   // Backward's temporaries, kept: a step of the same shapes allocates nothing.
   Mat<T> dgate_, dprobs_, dx_router_, shared_tmp_;
