@@ -375,8 +375,9 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   // and writes what the experts do (one pair shared by all experts had stayed in cache: at
   // E = 64 a rank's experts hold 64 MB). Twice: each expert's forward and backward back to
   // back (as the expert GEMMs row runs them), and in a layer's order, every expert's forward,
-  // then every backward (a step cannot begin its backward before its forward is done, so an
-  // expert's weights and hidden rows come back from memory; the layer's limit).
+  // then every backward, last expert first (a step cannot begin its backward before its
+  // forward is done, so an expert's weights and hidden rows come back from memory; the
+  // layer's limit).
   Dispatcher d(comm, s.E, DispatchAlgo::kAlltoallv);
   CommStats st;
   st.reset(P);
@@ -423,7 +424,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   };
   auto sgemm_layer_order = [&] {
     for (int le = 0; le < El; ++le) forward_gemms(le);
-    for (int le = 0; le < El; ++le) backward_gemms(le);
+    for (int le = El - 1; le >= 0; --le) backward_gemms(le);  // the last forwarded first, as the layer
   };
   // The experts and the whole layer are each timed in turn with the bare GEMMs (Harness::paired,
   // medians): a fraction of two means measured apart moved by +-0.03 between runs here.

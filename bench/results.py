@@ -91,7 +91,7 @@ def harness_tables(rows_by_p: dict) -> list[str]:
            "Expert FLOPs are 12 B K D F per forward + backward (kept rows only). `sgemm limit`: the same six "
            "products as bare sgemm calls on each expert's own weights and gradient accumulators (one OpenBLAS "
            "thread per rank, all ranks at once), each expert's forward and backward back to back; `in layer "
-           "order`: every expert's forward, then every backward, as a step must run them (its weights and "
+           "order`: every expert's forward, then every backward (last expert first), as a step must run them (its weights and "
            "hidden rows come back from memory). A fraction is the limit's time over ours on the same FLOPs, "
            "the expert GEMMs timed in turn with the back-to-back limit, the layer in turn with each limit "
            "(medians over those pairs; the limits' columns: their pairs with the expert GEMMs and with the "

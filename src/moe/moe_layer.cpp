@@ -337,7 +337,8 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   const MatMap<T> dblocks = dispatcher_.dispatch(layout_, ConstMatMap<T>(dsend.data(), dsend.rows(), D),
                                                  out_blocks_buf_, comm_stats_);
   MatMap<T> dx_blocks = dx_blocks_buf_.view(dblocks.rows(), D);
-  for (int le = 0; le < local_experts(); ++le) {
+  // Last expert first: the forward left its weights and kept rows the most recently in cache.
+  for (int le = local_experts() - 1; le >= 0; --le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
     const ConstMatMap<T> dy(dblocks.data() + off * D, rows, D);
