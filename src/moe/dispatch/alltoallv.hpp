@@ -3,6 +3,8 @@
 // before the combine's): `FlatDispatch<Derived>` holds that, Derived's `exchange` moves the
 // rows. AlltoallvDispatch moves them by MPI_Alltoallv with the counts by MPI_Alltoall
 // (allgather.cpp gathers the counts instead; nccl.cpp moves the rows by NCCL).
+#include <algorithm>
+
 #include "moe/dispatch/algorithm.hpp"
 
 namespace moesim {
@@ -24,12 +26,11 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
     self().exchange(send_rows.data(), others_send_, L.send_displs, received.data(), others_recv_, L.recv_displs,
                     width, stats);
     MatMap<T> blocks = out.view(L.rows_received(), width);
-    for (Index i = 0; i < L.rows_received(); ++i) {
-      const Index k = i - own.recv_first;
-      auto to = blocks.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-      if (k >= 0 && k < own.rows) to = send_rows.row(own.send_first + k);
-      else to = received.row(i);
-    }
+    for_each_run(L, own, [&](Index i, Index n, Index block_row, bool is_own) {
+      const T* from = is_own ? send_rows.data() + (own.send_first + i - own.recv_first) * width
+                             : received.data() + i * width;
+      std::copy_n(from, n * width, blocks.data() + block_row * width);
+    });
     return blocks;
   }
 
@@ -40,15 +41,18 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
     const Own own = own_rows(L, width * static_cast<Index>(sizeof(T)), stats);
     MatMap<T> outgoing = this->template scratch<T>(0).view(L.rows_received(), width);
     MatMap<T> back = out.view(L.rows_sent(), width);
-    for (Index i = 0; i < L.rows_received(); ++i) {
-      const Index k = i - own.recv_first;
-      if (k < 0 || k >= own.rows) outgoing.row(i) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(i)]);
-    }
+    auto gather = [&](bool own_rows) {
+      for_each_run(L, own, [&](Index i, Index n, Index block_row, bool is_own) {
+        if (is_own != own_rows) return;
+        T* to = is_own ? back.data() + (own.send_first + i - own.recv_first) * width : outgoing.data() + i * width;
+        std::copy_n(block_rows.data() + block_row * width, n * width, to);
+      });
+    };
+    gather(false);
     self().exchange(outgoing.data(), others_recv_, L.recv_displs, back.data(), others_send_, L.send_displs, width,
                     stats);
     // The own rows after the exchange: NCCL's host staging copies the whole receive range back.
-    for (Index k = 0; k < own.rows; ++k)
-      back.row(own.send_first + k) = block_rows.row(L.recv_to_block[static_cast<std::size_t>(own.recv_first + k)]);
+    gather(true);
     return back;
   }
 
@@ -59,6 +63,22 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
   struct Own {
     Index send_first, recv_first, rows;
   };
+  // f(i, n, block_row, own) for each run of n received rows from row i that land on
+  // consecutive block rows from block_row, all this rank's own or all another's: one copy
+  // per (source, expert) run instead of one per row.
+  template <class F>
+  static void for_each_run(const DispatchLayout& L, const Own& own, F f) {
+    const Index rows = L.rows_received(), own_end = own.recv_first + own.rows;
+    const Index* to = L.recv_to_block.data();
+    for (Index i = 0; i < rows;) {
+      const bool is_own = i >= own.recv_first && i < own_end;
+      const Index stop = is_own ? own_end : i < own.recv_first ? std::min(own.recv_first, rows) : rows;
+      Index j = i + 1;
+      while (j < stop && to[j] == to[i] + (j - i)) ++j;
+      f(i, j - i, to[i], is_own);
+      i = j;
+    }
+  }
   // The layout's row counts with this rank's own set to 0 (others_send_, others_recv_), and
   // the own rows' bytes counted.
   Own own_rows(const DispatchLayout& L, Index row_bytes, CommStats& stats) const {
