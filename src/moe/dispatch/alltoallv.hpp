@@ -26,10 +26,11 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
     self().exchange(send_rows.data(), others_send_, L.send_displs, received.data(), others_recv_, L.recv_displs,
                     width, stats);
     MatMap<T> blocks = out.view(L.rows_received(), width);
-    for_each_run(L, own, [&](Index i, Index n, Index block_row, bool is_own) {
-      const T* from = is_own ? send_rows.data() + (own.send_first + i - own.recv_first) * width
-                             : received.data() + i * width;
-      std::copy_n(from, n * width, blocks.data() + block_row * width);
+    own.for_each_other_run(L, [&](Index i, Index n, Index block_row) {
+      std::copy_n(received.data() + i * width, n * width, blocks.data() + block_row * width);
+    });
+    own.for_each_run(L, [&](Index i, Index n, Index block_row) {
+      std::copy_n(send_rows.data() + own.send_row(i) * width, n * width, blocks.data() + block_row * width);
     });
     return blocks;
   }
@@ -41,18 +42,15 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
     const Own own = own_rows(L, width * static_cast<Index>(sizeof(T)), stats);
     MatMap<T> outgoing = this->template scratch<T>(0).view(L.rows_received(), width);
     MatMap<T> back = out.view(L.rows_sent(), width);
-    auto gather = [&](bool own_rows) {
-      for_each_run(L, own, [&](Index i, Index n, Index block_row, bool is_own) {
-        if (is_own != own_rows) return;
-        T* to = is_own ? back.data() + (own.send_first + i - own.recv_first) * width : outgoing.data() + i * width;
-        std::copy_n(block_rows.data() + block_row * width, n * width, to);
-      });
-    };
-    gather(false);
+    own.for_each_other_run(L, [&](Index i, Index n, Index block_row) {
+      std::copy_n(block_rows.data() + block_row * width, n * width, outgoing.data() + i * width);
+    });
     self().exchange(outgoing.data(), others_recv_, L.recv_displs, back.data(), others_send_, L.send_displs, width,
                     stats);
     // The own rows after the exchange: NCCL's host staging copies the whole receive range back.
-    gather(true);
+    own.for_each_run(L, [&](Index i, Index n, Index block_row) {
+      std::copy_n(block_rows.data() + block_row * width, n * width, back.data() + own.send_row(i) * width);
+    });
     return back;
   }
 
@@ -62,23 +60,29 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
   // Where this rank's rows to itself sit in the send and the receive order.
   struct Own {
     Index send_first, recv_first, rows;
-  };
-  // f(i, n, block_row, own) for each run of n received rows from row i that land on
-  // consecutive block rows from block_row, all this rank's own or all another's: one copy
-  // per (source, expert) run instead of one per row.
-  template <class F>
-  static void for_each_run(const DispatchLayout& L, const Own& own, F f) {
-    const Index rows = L.rows_received(), own_end = own.recv_first + own.rows;
-    const Index* to = L.recv_to_block.data();
-    for (Index i = 0; i < rows;) {
-      const bool is_own = i >= own.recv_first && i < own_end;
-      const Index stop = is_own ? own_end : i < own.recv_first ? std::min(own.recv_first, rows) : rows;
-      Index j = i + 1;
-      while (j < stop && to[j] == to[i] + (j - i)) ++j;
-      f(i, j - i, to[i], is_own);
-      i = j;
+    // The send row of own received row i.
+    Index send_row(Index i) const { return send_first + i - recv_first; }
+    // f(i, n, block_row) for each run of n received rows from row i that land on consecutive
+    // block rows from block_row (a source's rows for one expert): one copy per run, not per
+    // row. The own rows, or the other ranks' (those before them and after).
+    template <class F>
+    void for_each_run(const DispatchLayout& L, F f) const { runs(L, recv_first, recv_first + rows, f); }
+    template <class F>
+    void for_each_other_run(const DispatchLayout& L, F f) const {
+      runs(L, 0, recv_first, f);
+      runs(L, recv_first + rows, L.rows_received(), f);
     }
-  }
+    template <class F>
+    static void runs(const DispatchLayout& L, Index begin, Index end, F f) {
+      const Index* to = L.recv_to_block.data();
+      for (Index i = begin; i < end;) {
+        Index j = i + 1;
+        while (j < end && to[j] == to[i] + (j - i)) ++j;
+        f(i, j - i, to[i]);
+        i = j;
+      }
+    }
+  };
   // The layout's row counts with this rank's own set to 0 (others_send_, others_recv_), and
   // the own rows' bytes counted.
   Own own_rows(const DispatchLayout& L, Index row_bytes, CommStats& stats) const {
