@@ -33,6 +33,7 @@
 #include "core/blas.hpp"
 #include "core/heap.hpp"
 #include "core/rng.hpp"
+#include "core/row_buffer.hpp"
 #include "core/timer.hpp"
 #include "moe/capacity.hpp"
 #include "moe/dispatcher.hpp"
@@ -382,8 +383,15 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   CommStats st;
   st.reset(P);
   DispatchLayout lay = d.plan(routing.expert, cd.kept, n, s.K, st);
-  Mat<float> blocks = d.dispatch(lay, send, st);
-  Mat<float> out_blocks(blocks.rows(), D), dblocks = random_rows(blocks.rows(), D, 300), dxb(blocks.rows(), D);
+  // Every row matrix of the experts and of the limit in RowBuffers, the memory the layer's own
+  // rows use (huge pages), so that neither side gains from its pages.
+  const Mat<float> dispatched = d.dispatch(lay, send, st);
+  const Index R = dispatched.rows();
+  std::vector<RowBuffer<float>> mem(8);
+  MatMap<float> blocks = mem[0].view(R, D), out_blocks = mem[1].view(R, D), dblocks = mem[2].view(R, D),
+                dxb = mem[3].view(R, D);
+  blocks = dispatched;
+  dblocks = random_rows(R, D, 300);
   auto experts = [&] {
     for (int le = 0; le < El; ++le) {
       const Index off = lay.block_offset[le], rows = lay.block_offset[le + 1] - off;
@@ -395,7 +403,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   };
   const double flops = 12.0 * static_cast<double>(blocks.rows()) * static_cast<double>(D) * static_cast<double>(s.F);
   const double flops_max = comm.allreduce_max(flops);
-  Mat<float> hid(blocks.rows(), s.F), dh(blocks.rows(), s.F), outp(blocks.rows(), D), dxp(blocks.rows(), D);
+  MatMap<float> hid = mem[4].view(R, s.F), dh = mem[5].view(R, s.F), outp = mem[6].view(R, D), dxp = mem[7].view(R, D);
   std::vector<Mat<float>> gw1(static_cast<std::size_t>(El), Mat<float>::Zero(D, s.F)),
       gw2(static_cast<std::size_t>(El), Mat<float>::Zero(s.F, D));
   auto rows_of = [&](int le) { return std::pair{lay.block_offset[le], lay.block_offset[le + 1] - lay.block_offset[le]}; };

@@ -1,6 +1,12 @@
 // RowBuffer: the exchanges' rows stay in the same memory from step to step, whatever the
-// row count of each step (the property the dispatch algorithms' kept buffers rely on).
+// row count of each step (the property the dispatch algorithms' kept buffers rely on); large
+// ones on memory advised for huge pages.
 #include <gtest/gtest.h>
+
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 #include "core/row_buffer.hpp"
 
@@ -28,6 +34,55 @@ TEST(RowBuffer, KeepsItsMemoryWhenTheRowCountChanges) {
   d.setZero();
   EXPECT_EQ(d(999, 7), 0.0f);
   EXPECT_EQ(buf.view(0, 8).rows(), 0);
+}
+
+TEST(RowBuffer, GrowsKeepingItsValues) {
+  RowBuffer<float> buf;
+  MatMap<float> a = buf.view(3, 4);
+  for (Index i = 0; i < a.size(); ++i) a.data()[i] = static_cast<float>(i);
+  MatMap<float> b = buf.view(1 << 20, 4);  // 16 MiB: on pages of its own
+  for (Index i = 0; i < 12; ++i) EXPECT_EQ(b.data()[i], static_cast<float>(i));
+  EXPECT_EQ(b.data()[12], 0.0f);  // new memory reads as zero
+  RowBuffer<float> copy = buf;
+  EXPECT_NE(copy.view(1 << 20, 4).data(), b.data());
+  EXPECT_EQ(copy.view(1 << 20, 4).data()[11], 11.0f);
+}
+
+// The VmFlags line of /proc/self/smaps for the mapping that holds `p` ("" if none).
+std::string vm_flags_of(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    std::uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-') inside = lo <= at && at < hi;
+    else if (inside && line.rfind("VmFlags:", 0) == 0) return line;
+  }
+  return "";
+}
+
+TEST(PageBlock, LargeBlocksAreHugePageMappingsSmallOnesHeap) {
+  const PageBlock small(PageBlock::kHugePageBlock - 1);
+  EXPECT_FALSE(small.mapped());
+  PageBlock large(3 * PageBlock::kHugePageBlock + 5);
+#if defined(__SANITIZE_ADDRESS__)
+  EXPECT_FALSE(large.mapped());  // the heap, whose guard zones AddressSanitizer checks
+  GTEST_SKIP() << "AddressSanitizer build: every block on the heap";
+#endif
+  ASSERT_TRUE(large.mapped());
+  if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "kernel without huge pages";
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(large.data()) % (std::uintptr_t{2} << 20), 0u);
+  const auto* bytes = static_cast<const unsigned char*>(large.data());
+  for (std::size_t i = 0; i < large.size(); i += 4093) EXPECT_EQ(bytes[i], 0);
+  // The kernel was asked for huge pages ("hg": VM_HUGEPAGE), whether or not it has one free.
+  EXPECT_NE(vm_flags_of(large.data()).find(" hg"), std::string::npos) << vm_flags_of(large.data());
+  const void* where = large.data();
+  PageBlock moved = std::move(large);
+  EXPECT_EQ(moved.data(), where);
+  EXPECT_EQ(large.data(), nullptr);
 }
 
 }  // namespace

@@ -1,0 +1,88 @@
+#include "core/huge_pages.hpp"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "core/error.hpp"
+
+namespace moesim {
+
+namespace {
+
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kHeapOnly = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kHeapOnly = true;
+#else
+constexpr bool kHeapOnly = false;
+#endif
+#else
+constexpr bool kHeapOnly = false;
+#endif
+
+std::string errno_text() { return std::strerror(errno); }
+
+// `bytes` (a multiple of kHugePage) at a 2 MiB boundary: map one page more, unmap the ends.
+void* map_aligned(std::size_t bytes) {
+  void* raw = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  MOESIM_REQUIRE(raw != MAP_FAILED, "mmap of " << bytes + kHugePage << " bytes: " << errno_text());
+  const auto start = reinterpret_cast<std::uintptr_t>(raw);
+  const std::uintptr_t aligned = (start + kHugePage - 1) & ~(kHugePage - 1);
+  const std::size_t head = aligned - start, tail = kHugePage - head;
+  if (head > 0) MOESIM_REQUIRE(munmap(raw, head) == 0, "munmap: " << errno_text());
+  if (tail > 0) MOESIM_REQUIRE(munmap(reinterpret_cast<void*>(aligned + bytes), tail) == 0, "munmap: " << errno_text());
+  void* p = reinterpret_cast<void*>(aligned);
+  // EINVAL: a kernel built without transparent huge pages; the pages are then small ones.
+  MOESIM_REQUIRE(madvise(p, bytes, MADV_HUGEPAGE) == 0 || errno == EINVAL, "madvise(MADV_HUGEPAGE): " << errno_text());
+  return p;
+}
+
+}  // namespace
+
+PageBlock::PageBlock(std::size_t bytes) : size_(bytes) {
+  if (bytes == 0) return;
+  if (!kHeapOnly && bytes >= kHugePageBlock) {
+    mapped_bytes_ = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    data_ = map_aligned(mapped_bytes_);  // anonymous: zeroed
+    mapped_ = true;
+    return;
+  }
+  data_ = std::calloc(bytes, 1);
+  MOESIM_REQUIRE(data_ != nullptr, "calloc of " << bytes << " bytes failed");
+}
+
+PageBlock::~PageBlock() { release(); }
+
+PageBlock::PageBlock(PageBlock&& o) noexcept
+    : data_(std::exchange(o.data_, nullptr)),
+      size_(std::exchange(o.size_, 0)),
+      mapped_bytes_(std::exchange(o.mapped_bytes_, 0)),
+      mapped_(std::exchange(o.mapped_, false)) {}
+
+PageBlock& PageBlock::operator=(PageBlock&& o) noexcept {
+  if (this != &o) {
+    release();
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    mapped_bytes_ = std::exchange(o.mapped_bytes_, 0);
+    mapped_ = std::exchange(o.mapped_, false);
+  }
+  return *this;
+}
+
+void PageBlock::release() noexcept {
+  if (data_ == nullptr) return;
+  if (mapped_) munmap(data_, mapped_bytes_);  // can fail only for a range this block never held
+  else std::free(data_);
+  data_ = nullptr;
+}
+
+}  // namespace moesim
