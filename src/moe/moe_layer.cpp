@@ -85,7 +85,6 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
   if (cfg.on_gpu) bind_gpu(comm_);
   const int El = dispatcher_.experts_per_rank();
   experts_.reserve(static_cast<std::size_t>(El));
-  auto dpre = std::make_shared<RowBuffer<T>>();
   for (int le = 0; le < El; ++le) {
     const int e = dispatcher_.global_expert(le);
     experts_.emplace_back(name + ".expert" + std::to_string(e), cfg.d_model, cfg.d_ff,
@@ -95,7 +94,7 @@ MoeLayer<T>::MoeLayer(std::shared_ptr<const ExpertGroups> groups, const std::str
     experts_.back().init(erng);
     // An expert's input is its block of blocks_buf_, which only the next forward rewrites.
     experts_.back().borrow_input(true);
-    experts_.back().share_backward_scratch(dpre);
+    experts_.back().share_backward_scratch(dpre_scratch_);
     if (cfg.on_gpu) experts_.back().use_device();
   }
   comm_stats_.first_rank = groups_->first_rank();
@@ -120,7 +119,9 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   // twice the mean load only: a capacity near B would keep B rows per expert for good.
   const std::int64_t reserve = std::min<std::int64_t>(cap, 2 * ((B * cfg_.top_k + E - 1) / E));
   if (reserve > reserved_rows_) {
-    for (auto& ex : experts_) ex.reserve_rows(static_cast<Index>(reserve));
+    const Index F = cfg_.d_ff, r = static_cast<Index>(reserve);
+    dpre_scratch_->view(r, F);
+    for (RowBuffer<T>* b : {&hidden_buf_, &slope_buf_}) b->view(r * local_experts(), F);
     reserved_rows_ = reserve;
   }
   const bool by_probs = cfg_.drop_policy == DropPolicy::kProbs && cap > 0;
@@ -223,12 +224,16 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   const MatMap<T> blocks = dispatcher_.dispatch(layout_, ConstMatMap<T>(send.data(), send.rows(), D), blocks_buf_,
                                                 comm_stats_);
   MatMap<T> out_blocks = out_blocks_buf_.view(blocks.rows(), D);
+  const Index F = cfg_.d_ff;
+  T* const hidden = hidden_buf_.view(blocks.rows(), F).data();
+  T* const slopes = slope_buf_.view(blocks.rows(), F).data();
   if (chunk_ > 0) plan_expert_chunks(chunk_counts);
   for (int le = 0; le < local_experts(); ++le) {
     const Index off = layout_.block_offset[le];
     const Index rows = layout_.block_offset[le + 1] - off;
     const ConstMatMap<T> in(blocks.data() + off * D, rows, D);
     const MatMap<T> out(out_blocks.data() + off * D, rows, D);
+    experts_[le].keep_rows_at(hidden + off * F, slopes + off * F);
     if (chunk_ > 0) experts_[le].forward(in, out, expert_chunks_[static_cast<std::size_t>(le)]);
     else experts_[le].forward(in, out);
   }

@@ -140,6 +140,10 @@ class MoeLayer {
   // the cache a step): send_buf_ holds send-order rows (x's, then the gated dy's, then the
   // returned dx's), out_blocks_buf_ expert blocks (the forward's outputs, then the dy blocks).
   RowBuffer<T> send_buf_, blocks_buf_, out_blocks_buf_, combined_buf_, dx_blocks_buf_;
+  // The experts' hidden rows and GELU slopes (Ffn::keep_rows_at), F wide, laid out as the
+  // blocks; dpre_scratch_ their shared backward temporary.
+  RowBuffer<T> hidden_buf_, slope_buf_;
+  std::shared_ptr<RowBuffer<T>> dpre_scratch_ = std::make_shared<RowBuffer<T>>();
   Mat<T> shared_out_;  // n x D, sum of the shared experts' outputs
   // Backward's temporaries, kept: a step of the same shapes allocates nothing.
   Mat<T> dgate_, dprobs_, dx_router_, shared_tmp_;

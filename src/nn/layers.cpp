@@ -90,6 +90,7 @@ template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, Index chunk) {
   if (forward_on_device(x, y)) return;
   keep_input(x);
+  place_kept_rows();
   for_row_chunks(x.rows(), chunk, [&](Index b, Index r) { forward_block(x, y, b, r); });
 }
 
@@ -97,6 +98,7 @@ template <class T>
 void Ffn<T>::forward(const ConstMatMap<T>& x, MatMap<T> y, const std::vector<Index>& blocks) {
   if (forward_on_device(x, y)) return;
   keep_input(x);
+  place_kept_rows();
   Index b = 0;
   for (const Index r : blocks) {
     forward_block(x, y, b, r);
@@ -140,13 +142,21 @@ void Ffn<T>::keep_input(const ConstMatMap<T>& x) {
   input_ = kept.data();
 }
 
+template <class T>
+void Ffn<T>::place_kept_rows() {
+  const Index F = w1_.value.cols();
+  hidden_ = next_hidden_ ? next_hidden_ : h_.view(rows_, F).data();
+  slopes_ = next_slope_ ? next_slope_ : slope_.view(rows_, F).data();
+  next_hidden_ = next_slope_ = nullptr;
+}
+
 // Rows [b, b + r): x W1 into the kept activations, bias + GELU over them in place in one pass
 // that keeps GELU's slope for backward (nn/gelu_rows), h W2 straight into y, then b2.
 template <class T>
 void Ffn<T>::forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r) {
   if (r == 0) return;
   const Index F = w1_.value.cols();
-  MatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F), sb(slope_.view(rows_, F).data() + b * F, r, F);
+  MatMap<T> hb(hidden_ + b * F, r, F), sb(slopes_ + b * F, r, F);
   MatMap<T> yb(y.data() + b * y.cols(), r, y.cols());
   hb.noalias() = x.middleRows(b, r) * w1_.value;
   bias_gelu_forward<T>(hb, b1_.value.data(), sb);
@@ -190,7 +200,7 @@ void Ffn<T>::backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Ind
   }
   const Index D = w1_.value.rows(), F = w1_.value.cols();
   const ConstMatMap<T> xb(input_ + b * D, r, D);
-  const ConstMatMap<T> hb(h_.view(rows_, F).data() + b * F, r, F), sb(slope_.view(rows_, F).data() + b * F, r, F);
+  const ConstMatMap<T> hb(hidden_ + b * F, r, F), sb(slopes_ + b * F, r, F);
   const auto dyb = dy.middleRows(b, r);
   MatMap<T> dpre = dpre_->view(r, F);
   MatMap<T> dxb(dx.data() + b * D, r, D);

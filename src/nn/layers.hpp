@@ -66,6 +66,15 @@ class Ffn {
   // experts, whose backwards run one after another): one buffer that stays in cache instead
   // of one per expert (at E = 64 on 2 ranks, 16 MB a rank written once a step).
   void share_backward_scratch(std::shared_ptr<RowBuffer<T>> scratch) { dpre_ = std::move(scratch); }
+  // The next forward (that one only) keeps its hidden rows and GELU's slopes (rows x F each)
+  // at these, the caller's memory, left as it is until the backward that follows; without it
+  // a forward keeps them in the Ffn's own buffers. The MoE layer keeps all its experts' in two
+  // buffers laid out as the expert blocks, each large enough for huge pages at any E
+  // (core/huge_pages), where E/P buffers of their own were under 1 MiB each at E = 64.
+  void keep_rows_at(T* hidden, T* slope) {
+    next_hidden_ = hidden;
+    next_slope_ = slope;
+  }
   // Computes on this rank's GPU from now on (--device cuda; device/ffn_engine): the same blocks,
   // gradients and parameters, the products on the GPU. fp32 only; ConfigError otherwise.
   void use_device();
@@ -80,6 +89,11 @@ class Ffn {
   Index rows_ = 0;
   bool borrow_input_ = false;
   const T* input_ = nullptr;  // the last forward's input: x_'s memory, or the caller's (borrowed)
+  T* next_hidden_ = nullptr;   // keep_rows_at's, for the next forward
+  T* next_slope_ = nullptr;
+  T* hidden_ = nullptr;        // where the last forward kept its hidden rows and slopes
+  T* slopes_ = nullptr;
+  void place_kept_rows();
   void keep_input(const ConstMatMap<T>& x);
   void forward_block(const ConstMatMap<T>& x, MatMap<T> y, Index b, Index r);
   void backward_block(const ConstMatMap<T>& dy, MatMap<T> dx, Index b, Index r, bool leaf);
