@@ -30,6 +30,16 @@ constexpr bool kHeapOnly = false;
 
 std::string errno_text() { return std::strerror(errno); }
 
+// Advises the whole 2 MiB pages inside [p, p + bytes).
+void advise_huge(void* p, std::size_t bytes) {
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t lo = (at + kHugePage - 1) & ~(kHugePage - 1), hi = (at + bytes) & ~(kHugePage - 1);
+  if (hi <= lo) return;
+  // EINVAL: a kernel built without transparent huge pages; the pages are then small ones.
+  MOESIM_REQUIRE(madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE) == 0 || errno == EINVAL,
+                 "madvise(MADV_HUGEPAGE): " << errno_text());
+}
+
 // `bytes` (a multiple of kHugePage) at a 2 MiB boundary: map one page more, unmap the ends.
 void* map_aligned(std::size_t bytes) {
   void* raw = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -40,12 +50,23 @@ void* map_aligned(std::size_t bytes) {
   if (head > 0) MOESIM_REQUIRE(munmap(raw, head) == 0, "munmap: " << errno_text());
   if (tail > 0) MOESIM_REQUIRE(munmap(reinterpret_cast<void*>(aligned + bytes), tail) == 0, "munmap: " << errno_text());
   void* p = reinterpret_cast<void*>(aligned);
-  // EINVAL: a kernel built without transparent huge pages; the pages are then small ones.
-  MOESIM_REQUIRE(madvise(p, bytes, MADV_HUGEPAGE) == 0 || errno == EINVAL, "madvise(MADV_HUGEPAGE): " << errno_text());
+  advise_huge(p, bytes);
   return p;
 }
 
 }  // namespace
+
+void advise_heap_for_huge_pages(std::size_t bytes) {
+#if defined(__GLIBC__)
+  if (kHeapOnly) return;
+  void* p = std::malloc(bytes);
+  MOESIM_REQUIRE(p != nullptr, "malloc of " << bytes << " bytes failed");
+  advise_huge(p, bytes);
+  std::free(p);  // back into the heap's top, which the trim threshold keeps
+#else
+  (void)bytes;
+#endif
+}
 
 PageBlock::PageBlock(std::size_t bytes) : size_(bytes) {
   if (bytes == 0) return;

@@ -36,4 +36,11 @@ class PageBlock {
   bool mapped_ = false;
 };
 
+// Grows the heap by `bytes` now, advises them for huge pages and gives them back to malloc,
+// which carves its next allocations out of them: the step's heap matrices (layer inputs and
+// outputs, the router's, the parameters') on huge pages too. glibc's heap only, and only while
+// its trim threshold is above `bytes` (keep_freed_memory sets both); nothing elsewhere and
+// under AddressSanitizer.
+void advise_heap_for_huge_pages(std::size_t bytes);
+
 }  // namespace moesim

@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
 
+#include "core/heap.hpp"
 #include "core/row_buffer.hpp"
 
 namespace moesim {
@@ -83,6 +85,19 @@ TEST(PageBlock, LargeBlocksAreHugePageMappingsSmallOnesHeap) {
   PageBlock moved = std::move(large);
   EXPECT_EQ(moved.data(), where);
   EXPECT_EQ(large.data(), nullptr);
+}
+
+TEST(PageBlock, TheHeapCarvesItsNextBlocksFromAdvisedMemory) {
+#if defined(__SANITIZE_ADDRESS__) || !defined(__GLIBC__)
+  GTEST_SKIP() << "glibc's heap only, and not under AddressSanitizer";
+#endif
+  if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "kernel without huge pages";
+  keep_freed_memory();  // advises the heap's next 48 MiB, as moesim's main does
+  void* p = std::malloc(std::size_t{8} << 20);
+  ASSERT_NE(p, nullptr);
+  const void* inside = static_cast<char*>(p) + (std::size_t{4} << 20);
+  EXPECT_NE(vm_flags_of(inside).find(" hg"), std::string::npos) << vm_flags_of(inside);
+  std::free(p);
 }
 
 }  // namespace
