@@ -17,8 +17,13 @@ template <class T>
 class RowBuffer {
  public:
   RowBuffer() = default;
-  RowBuffer(RowBuffer&&) noexcept = default;
-  RowBuffer& operator=(RowBuffer&&) noexcept = default;
+  // A moved-from buffer is empty (and grows again on its next view).
+  RowBuffer(RowBuffer&& o) noexcept : block_(std::move(o.block_)), capacity_(std::exchange(o.capacity_, 0)) {}
+  RowBuffer& operator=(RowBuffer&& o) noexcept {
+    block_ = std::move(o.block_);
+    capacity_ = std::exchange(o.capacity_, 0);
+    return *this;
+  }
   // A copy holds the same values in memory of its own.
   RowBuffer(const RowBuffer& o) { copy_from(o); }
   RowBuffer& operator=(const RowBuffer& o) {

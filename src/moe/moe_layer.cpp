@@ -114,9 +114,10 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   const std::int64_t cap =
       gate_uses_all_experts(cfg_.gate) ? 0 : expert_capacity(cf, B, cfg_.top_k, E, cfg_.min_capacity);
   RouteContext ctx{&comm_, B, 0, step_, training_, cap};
-  // An expert processes at most `cap` rows: its buffers sized for them now, so that a load
-  // that keeps moving does not grow them (and allocate) long after the first steps. Up to
-  // twice the mean load only: a capacity near B would keep B rows per expert for good.
+  // An expert processes at most `cap` rows: the experts' kept rows and backward temporary
+  // sized for them now, so that a load that keeps moving does not grow them (and allocate)
+  // long after the first steps. Up to twice the mean load only: a capacity near B would keep
+  // B rows per expert for good.
   const std::int64_t reserve = std::min<std::int64_t>(cap, 2 * ((B * cfg_.top_k + E - 1) / E));
   if (reserve > reserved_rows_) {
     const Index F = cfg_.d_ff, r = static_cast<Index>(reserve);

@@ -122,14 +122,6 @@ bool Ffn<T>::forward_on_device(const ConstMatMap<T>& x, MatMap<T> y) {
   return false;
 }
 
-// Kept buffers only grow, so a step after the first allocates nothing here.
-template <class T>
-void Ffn<T>::reserve_rows(Index rows) {
-  const Index D = w1_.value.rows(), F = w1_.value.cols();
-  if (!borrow_input_) x_.view(rows, D);
-  for (RowBuffer<T>* b : {&h_, &slope_, dpre_.get()}) b->view(rows, F);
-}
-
 template <class T>
 void Ffn<T>::keep_input(const ConstMatMap<T>& x) {
   rows_ = x.rows();

@@ -58,10 +58,6 @@ class Ffn {
   // The caller leaves each forward's input as it is until the backward that follows (the MoE
   // layer's dispatched rows): backward reads it where it lies instead of a copy.
   void borrow_input(bool on) { borrow_input_ = on; }
-  // Sizes the kept buffers for blocks of up to `rows` rows now, so that no later step grows
-  // them (an expert's rows are at most its capacity; without this a load that keeps moving
-  // reaches a new high-water mark, and an allocation, long after the first steps).
-  void reserve_rows(Index rows);
   // Backward's per-block temporary from `scratch`, which other Ffns may share (the MoE layer's
   // experts, whose backwards run one after another): one buffer that stays in cache instead
   // of one per expert (at E = 64 on 2 ranks, 16 MB a rank written once a step).

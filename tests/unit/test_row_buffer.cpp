@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "core/heap.hpp"
 #include "core/row_buffer.hpp"
@@ -48,6 +49,12 @@ TEST(RowBuffer, GrowsKeepingItsValues) {
   RowBuffer<float> copy = buf;
   EXPECT_NE(copy.view(1 << 20, 4).data(), b.data());
   EXPECT_EQ(copy.view(1 << 20, 4).data()[11], 11.0f);
+  // Moved: the memory goes along; the moved-from buffer starts over.
+  RowBuffer<float> moved = std::move(buf);
+  EXPECT_EQ(moved.view(1 << 20, 4).data(), b.data());
+  MatMap<float> again = buf.view(2, 2);  // NOLINT(bugprone-use-after-move): reuse is allowed
+  ASSERT_NE(again.data(), nullptr);
+  EXPECT_NE(again.data(), b.data());
 }
 
 // The VmFlags line of /proc/self/smaps for the mapping that holds `p` ("" if none).
