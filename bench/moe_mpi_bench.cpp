@@ -388,8 +388,8 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   const Mat<float> dispatched = d.dispatch(lay, send, st);
   const Index R = dispatched.rows();
   std::vector<RowBuffer<float>> mem(8);
-  MatMap<float> blocks = mem[0].view(R, D), out_blocks = mem[1].view(R, D), dblocks = mem[2].view(R, D),
-                dxb = mem[3].view(R, D);
+  auto rows_wide = [&, next = std::size_t{0}](Index cols) mutable { return mem.at(next++).view(R, cols); };
+  MatMap<float> blocks = rows_wide(D), out_blocks = rows_wide(D), dblocks = rows_wide(D), dxb = rows_wide(D);
   blocks = dispatched;
   dblocks = random_rows(R, D, 300);
   auto experts = [&] {
@@ -403,7 +403,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   };
   const double flops = 12.0 * static_cast<double>(blocks.rows()) * static_cast<double>(D) * static_cast<double>(s.F);
   const double flops_max = comm.allreduce_max(flops);
-  MatMap<float> hid = mem[4].view(R, s.F), dh = mem[5].view(R, s.F), outp = mem[6].view(R, D), dxp = mem[7].view(R, D);
+  MatMap<float> hid = rows_wide(s.F), dh = rows_wide(s.F), outp = rows_wide(D), dxp = rows_wide(D);
   std::vector<Mat<float>> gw1(static_cast<std::size_t>(El), Mat<float>::Zero(D, s.F)),
       gw2(static_cast<std::size_t>(El), Mat<float>::Zero(s.F, D));
   auto rows_of = [&](int le) { return std::pair{lay.block_offset[le], lay.block_offset[le + 1] - lay.block_offset[le]}; };

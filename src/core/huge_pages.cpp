@@ -16,18 +16,6 @@ namespace {
 
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kHeapOnly = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kHeapOnly = true;
-#else
-constexpr bool kHeapOnly = false;
-#endif
-#else
-constexpr bool kHeapOnly = false;
-#endif
-
 std::string errno_text() { return std::strerror(errno); }
 
 // Advises the whole 2 MiB pages inside [p, p + bytes).
@@ -58,7 +46,7 @@ void* map_aligned(std::size_t bytes) {
 
 void advise_heap_for_huge_pages(std::size_t bytes) {
 #if defined(__GLIBC__)
-  if (kHeapOnly) return;
+  if (!PageBlock::kMapsLargeBlocks) return;
   void* p = std::malloc(bytes);
   MOESIM_REQUIRE(p != nullptr, "malloc of " << bytes << " bytes failed");
   advise_huge(p, bytes);
@@ -68,12 +56,12 @@ void advise_heap_for_huge_pages(std::size_t bytes) {
 #endif
 }
 
-PageBlock::PageBlock(std::size_t bytes) : size_(bytes) {
+PageBlock::PageBlock(std::size_t bytes) {
   if (bytes == 0) return;
-  if (!kHeapOnly && bytes >= kHugePageBlock) {
-    mapped_bytes_ = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    data_ = map_aligned(mapped_bytes_);  // anonymous: zeroed
-    mapped_ = true;
+  if (kMapsLargeBlocks && bytes >= kHugePageBlock) {
+    const std::size_t whole = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    data_ = map_aligned(whole);  // anonymous: zeroed
+    mapped_bytes_ = whole;
     return;
   }
   data_ = std::calloc(bytes, 1);
@@ -83,27 +71,23 @@ PageBlock::PageBlock(std::size_t bytes) : size_(bytes) {
 PageBlock::~PageBlock() { release(); }
 
 PageBlock::PageBlock(PageBlock&& o) noexcept
-    : data_(std::exchange(o.data_, nullptr)),
-      size_(std::exchange(o.size_, 0)),
-      mapped_bytes_(std::exchange(o.mapped_bytes_, 0)),
-      mapped_(std::exchange(o.mapped_, false)) {}
+    : data_(std::exchange(o.data_, nullptr)), mapped_bytes_(std::exchange(o.mapped_bytes_, 0)) {}
 
 PageBlock& PageBlock::operator=(PageBlock&& o) noexcept {
   if (this != &o) {
     release();
     data_ = std::exchange(o.data_, nullptr);
-    size_ = std::exchange(o.size_, 0);
     mapped_bytes_ = std::exchange(o.mapped_bytes_, 0);
-    mapped_ = std::exchange(o.mapped_, false);
   }
   return *this;
 }
 
 void PageBlock::release() noexcept {
   if (data_ == nullptr) return;
-  if (mapped_) munmap(data_, mapped_bytes_);  // can fail only for a range this block never held
+  if (mapped_bytes_ > 0) munmap(data_, mapped_bytes_);  // fails only for a range never held
   else std::free(data_);
   data_ = nullptr;
+  mapped_bytes_ = 0;
 }
 
 }  // namespace moesim

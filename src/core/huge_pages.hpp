@@ -8,6 +8,14 @@
 
 namespace moesim {
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MOESIM_HEAP_ONLY 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOESIM_HEAP_ONLY 1
+#endif
+#endif
+
 // At least `bytes` of zeroed memory, owned. From `kHugePageBlock` bytes up it is its own
 // anonymous mapping, whole 2 MiB pages, advised for huge pages (the kernel's "madvise" mode
 // gives them only to memory that asks; where it gives none the advice is a no-op). Smaller
@@ -16,6 +24,12 @@ namespace moesim {
 class PageBlock {
  public:
   static constexpr std::size_t kHugePageBlock = std::size_t{1} << 20;
+#ifdef MOESIM_HEAP_ONLY
+  static constexpr bool kMapsLargeBlocks = false;  // AddressSanitizer: the heap, always
+#else
+  static constexpr bool kMapsLargeBlocks = true;
+#endif
+#undef MOESIM_HEAP_ONLY
 
   PageBlock() = default;
   explicit PageBlock(std::size_t bytes);
@@ -26,14 +40,12 @@ class PageBlock {
   PageBlock& operator=(const PageBlock&) = delete;
 
   void* data() const { return data_; }
-  std::size_t size() const { return size_; }  // the bytes asked for
-  bool mapped() const { return mapped_; }      // its own huge-page mapping (else the heap's)
+  bool mapped() const { return mapped_bytes_ > 0; }  // its own huge-page mapping (else the heap's)
 
  private:
   void release() noexcept;
   void* data_ = nullptr;
-  std::size_t size_ = 0, mapped_bytes_ = 0;
-  bool mapped_ = false;
+  std::size_t mapped_bytes_ = 0;  // 0: from the heap
 };
 
 // Grows the heap by `bytes` now, advises them for huge pages and gives them back to malloc,

@@ -76,16 +76,17 @@ std::string vm_flags_of(const void* p) {
 TEST(PageBlock, LargeBlocksAreHugePageMappingsSmallOnesHeap) {
   const PageBlock small(PageBlock::kHugePageBlock - 1);
   EXPECT_FALSE(small.mapped());
-  PageBlock large(3 * PageBlock::kHugePageBlock + 5);
-#if defined(__SANITIZE_ADDRESS__)
-  EXPECT_FALSE(large.mapped());  // the heap, whose guard zones AddressSanitizer checks
-  GTEST_SKIP() << "AddressSanitizer build: every block on the heap";
-#endif
+  const std::size_t size = 3 * PageBlock::kHugePageBlock + 5;
+  PageBlock large(size);
+  if (!PageBlock::kMapsLargeBlocks) {
+    EXPECT_FALSE(large.mapped());  // the heap, whose guard zones AddressSanitizer checks
+    GTEST_SKIP() << "AddressSanitizer build: every block on the heap";
+  }
   ASSERT_TRUE(large.mapped());
   if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "kernel without huge pages";
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(large.data()) % (std::uintptr_t{2} << 20), 0u);
   const auto* bytes = static_cast<const unsigned char*>(large.data());
-  for (std::size_t i = 0; i < large.size(); i += 4093) EXPECT_EQ(bytes[i], 0);
+  for (std::size_t i = 0; i < size; i += 4093) EXPECT_EQ(bytes[i], 0);
   // The kernel was asked for huge pages ("hg": VM_HUGEPAGE), whether or not it has one free.
   EXPECT_NE(vm_flags_of(large.data()).find(" hg"), std::string::npos) << vm_flags_of(large.data());
   const void* where = large.data();
@@ -95,9 +96,10 @@ TEST(PageBlock, LargeBlocksAreHugePageMappingsSmallOnesHeap) {
 }
 
 TEST(PageBlock, TheHeapCarvesItsNextBlocksFromAdvisedMemory) {
-#if defined(__SANITIZE_ADDRESS__) || !defined(__GLIBC__)
-  GTEST_SKIP() << "glibc's heap only, and not under AddressSanitizer";
+#if !defined(__GLIBC__)
+  GTEST_SKIP() << "glibc's heap only";
 #endif
+  if (!PageBlock::kMapsLargeBlocks) GTEST_SKIP() << "AddressSanitizer build: its own heap";
   if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "kernel without huge pages";
   keep_freed_memory();  // advises the heap's next 48 MiB, as moesim's main does
   void* p = std::malloc(std::size_t{8} << 20);
