@@ -73,6 +73,10 @@ class Dispatcher {
     return expert_order_.empty() ? slot : expert_order_[static_cast<std::size_t>(slot)];
   }
   DispatchAlgo algorithm() const { return algo_; }
+  // Whether the algorithm honours DispatchLayout::own_in_blocks (layout.hpp).
+  bool can_leave_own_rows() const { return impl_->can_leave_own_rows(); }
+  // This rank in the exchanging group.
+  int rank() const { return comm_.rank(); }
   const std::vector<int>& node_of() const { return node_of_; }
   // Why the algorithm cannot run on this placement ("" when it can).
   std::string unusable() const { return impl_->unusable(); }

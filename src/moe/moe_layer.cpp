@@ -219,8 +219,10 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   stats_.expert_tokens = cd.processed;
 
   dispatcher_.plan_into(layout_, routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap, comm_.size()});
+  layout_.own_in_blocks = layout_.recv_known && dispatcher_.can_leave_own_rows();
   MatMap<T> send = send_buf_.view(layout_.rows_sent(), D);
-  for (Index s = 0; s < layout_.rows_sent(); ++s) send.row(s) = x.row(layout_.send_token[s]);
+  const MatMap<T> own_blocks = blocks_buf_.view(layout_.rows_received(), D);
+  rows_by_slot([&](Index s, Index b) { row_at(send, own_blocks, s, b) = x.row(layout_.send_token[s]); });
   comm_stats_.phase = kForwardDispatch;
   const MatMap<T> blocks = dispatcher_.dispatch(layout_, ConstMatMap<T>(send.data(), send.rows(), D), blocks_buf_,
                                                 comm_stats_);
@@ -240,9 +242,14 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   }
   comm_stats_.phase = kForwardCombine;
   dispatcher_.combine(layout_, ConstMatMap<T>(out_blocks.data(), out_blocks.rows(), D), combined_buf_, comm_stats_);
-  shared_out_ = Mat<T>::Zero(n, D);
+  // Without shared experts their sum stays empty: the outputs start from zero instead.
+  if (shared_.empty()) {
+    shared_out_.resize(0, D);
+    return;
+  }
+  shared_out_.setZero(n, D);
   Mat<T>& s_out = shared_tmp_;
-  if (!shared_.empty()) s_out.resize(n, D);
+  s_out.resize(n, D);
   for (auto& se : shared_) {
     se.forward(ConstMatMap<T>(x.data(), n, D), MatMap<T>(s_out.data(), n, D), chunk_);
     shared_out_ += s_out;
@@ -283,11 +290,12 @@ void MoeLayer<T>::plan_expert_chunks(const std::vector<std::int64_t>& counts) {
 template <class T>
 void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   run_experts(x);
-  y = shared_out_;
-  const MatMap<T> comb = combined();
-  rows_by_expert([&](Index s) {
+  if (shared_.empty()) y.setZero(x.rows(), x.cols());
+  else y = shared_out_;
+  const MatMap<T> comb = combined(), outs = expert_outputs();
+  rows_by_expert([&](Index s, Index b) {
     const Index t = layout_.send_token[s];
-    y.row(t) += routing_.gate(t, layout_.send_choice[s]) * comb.row(s);
+    y.row(t) += routing_.gate(t, layout_.send_choice[s]) * row_at(comb, outs, s, b);
   });
 }
 
@@ -296,12 +304,17 @@ void MoeLayer<T>::forward_branches(const Mat<T>& x, Mat<T>& rows, Mat<T>& gates)
   MOESIM_REQUIRE(gate_uses_all_experts(cfg_.gate), "a mixture of expert predictions needs the dense or constant gate");
   run_experts(x);
   const int K = routing_.K;
-  rows.resize(x.rows() * K, x.cols());
-  for (Index t = 0; t < x.rows(); ++t)
-    for (int j = 0; j < K; ++j) rows.row(t * K + j) = shared_out_.row(t);
-  const MatMap<T> comb = combined();
-  for (Index s = 0; s < layout_.rows_sent(); ++s)
-    rows.row(layout_.send_token[s] * K + layout_.send_choice[s]) += comb.row(s);
+  if (shared_.empty()) {
+    rows.setZero(x.rows() * K, x.cols());
+  } else {
+    rows.resize(x.rows() * K, x.cols());
+    for (Index t = 0; t < x.rows(); ++t)
+      for (int j = 0; j < K; ++j) rows.row(t * K + j) = shared_out_.row(t);
+  }
+  const MatMap<T> comb = combined(), outs = expert_outputs();
+  rows_by_slot([&](Index s, Index b) {
+    rows.row(layout_.send_token[s] * K + layout_.send_choice[s]) += row_at(comb, outs, s, b);
+  });
   gates = routing_.gate;
 }
 
@@ -311,13 +324,15 @@ void MoeLayer<T>::backward(const Mat<T>& dy, Mat<T>& dx) {
   Mat<T>& dgate = dgate_;
   dgate.setZero(n, routing_.K);
   MatMap<T> dsend = send_buf_.view(layout_.rows_sent(), D);
-  const MatMap<T> comb = combined();
-  for (Index s = 0; s < layout_.rows_sent(); ++s) {
+  // An own row's gradient overwrites its output in the blocks, where the backward dispatch
+  // leaves it (the same row, read first).
+  const MatMap<T> comb = combined(), outs = expert_outputs();
+  rows_by_slot([&](Index s, Index b) {
     const Index t = layout_.send_token[s];
     const int j = layout_.send_choice[s];
-    dgate(t, j) = dy.row(t).dot(comb.row(s));
-    dsend.row(s) = routing_.gate(t, j) * dy.row(t);
-  }
+    dgate(t, j) = dy.row(t).dot(row_at(comb, outs, s, b).row(0));
+    row_at(dsend, outs, s, b) = routing_.gate(t, j) * dy.row(t);
+  });
   backprop(dsend, dgate, dy, dx);
 }
 
@@ -326,8 +341,10 @@ void MoeLayer<T>::backward_branches(const Mat<T>& drows, const Mat<T>& dgates, M
   const Index n = dgates.rows(), D = drows.cols();
   const int K = routing_.K;
   MatMap<T> dsend = send_buf_.view(layout_.rows_sent(), D);
-  for (Index s = 0; s < layout_.rows_sent(); ++s)
-    dsend.row(s) = drows.row(layout_.send_token[s] * K + layout_.send_choice[s]);
+  const MatMap<T> own_blocks = expert_outputs();  // where the backward dispatch leaves own rows
+  rows_by_slot([&](Index s, Index b) {
+    row_at(dsend, own_blocks, s, b) = drows.row(layout_.send_token[s] * K + layout_.send_choice[s]);
+  });
   Mat<T> dshared = Mat<T>::Zero(n, D);
   for (Index t = 0; t < n; ++t)
     for (int j = 0; j < K; ++j) dshared.row(t) += drows.row(t * K + j);
@@ -357,7 +374,7 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   const MatMap<T> dx_rows = dispatcher_.combine(layout_, ConstMatMap<T>(dx_blocks.data(), dx_blocks.rows(), D),
                                                 send_buf_, comm_stats_);
   dx = Mat<T>::Zero(n, D);
-  rows_by_expert([&](Index s) { dx.row(layout_.send_token[s]) += dx_rows.row(s); });
+  rows_by_expert([&](Index s, Index b) { dx.row(layout_.send_token[s]) += row_at(dx_rows, dx_blocks, s, b); });
 
   Mat<T>& dprobs = dprobs_;  // empty: no gradient through the probabilities
   // Noisy top-k's own losses replace the Switch loss; gates without a learned

@@ -99,15 +99,32 @@ class MoeLayer {
   const ExpertGroups& expert_groups() const { return *groups_; }
 
  private:
-  // Calls f(send row) for every send row in (global expert, token) order: a token's choices are
-  // summed in the same order whatever the placement puts first in the send order.
+  // f(s, block_row) for the send rows of one slot; block_row is -1, or, for a row this rank
+  // sends itself while the layout leaves those in the expert blocks
+  // (DispatchLayout::own_in_blocks), the block row that holds its values instead of the
+  // send-order buffers. Then every slot in send order, or in (global expert, token) order: a
+  // token's choices are summed in the same order whatever the placement puts first in the
+  // send order.
+  template <class F>
+  void slot_rows(int slot, F&& f) const {
+    const int me = dispatcher_.rank(), El = layout_.E_local;
+    const bool own = layout_.own_in_blocks && slot / El == me;
+    const Index shift = own ? own_block_shift(layout_, me, slot % El) : 0;
+    for (Index s = layout_.slot_start[static_cast<std::size_t>(slot)]; s < layout_.slot_start[static_cast<std::size_t>(slot) + 1]; ++s)
+      f(s, own ? s + shift : Index{-1});
+  }
+  template <class F>
+  void rows_by_slot(F&& f) const {
+    for (int slot = 0; slot < cfg_.experts; ++slot) slot_rows(slot, f);
+  }
   template <class F>
   void rows_by_expert(F&& f) const {
-    for (int e = 0; e < cfg_.experts; ++e) {
-      const int slot = slot_of(layout_, e);
-      for (Index s = layout_.slot_start[static_cast<std::size_t>(slot)]; s < layout_.slot_start[static_cast<std::size_t>(slot) + 1]; ++s)
-        f(s);
-    }
+    for (int e = 0; e < cfg_.experts; ++e) slot_rows(slot_of(layout_, e), f);
+  }
+  // Send row s of `send_order`, or block row b of `blocks` (b >= 0), as a row.
+  static MatMap<T> row_at(MatMap<T> send_order, MatMap<T> blocks, Index s, Index b) {
+    return b < 0 ? MatMap<T>(send_order.data() + s * send_order.cols(), 1, send_order.cols())
+                 : MatMap<T>(blocks.data() + b * blocks.cols(), 1, blocks.cols());
   }
 
   std::shared_ptr<const ExpertGroups> groups_;
@@ -128,8 +145,10 @@ class MoeLayer {
   std::vector<std::vector<Index>> expert_chunks_;
   // The rest of backward given the send rows' and gates' gradients.
   void backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
-  // Expert outputs in send order, from forward's combine (for the gate gradients).
+  // Expert outputs in send order, from forward's combine (for the gate gradients); the own
+  // rows' are in expert_outputs() when the layout leaves them there.
   MatMap<T> combined() { return combined_buf_.view(layout_.rows_sent(), cfg_.d_model); }
+  MatMap<T> expert_outputs() { return out_blocks_buf_.view(layout_.rows_received(), cfg_.d_model); }
 
   // Saved by forward for backward.
   Routing<T> routing_;

@@ -91,16 +91,18 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   }
   const Mat<R>& xr = jittered_ ? kept<R>(kJittered) : cast_into<R>(x, kInput);
   Mat<R>& logits = kept<R>(kLogits);
-  logits.setZero(n, E);
   if (gate_traits(opt_.gate).matrices > 0) {
+    logits.resize(n, E);  // every row written by its block's product
     const Mat<R>& w = cast_into<R>(w_.value, kWeights);
     for_row_chunks(n, chunk_, [&](Index b, Index rows) { logits.middleRows(b, rows).noalias() = xr.middleRows(b, rows) * w; });
+  } else {
+    logits.setZero(n, E);
   }
   r.n = n;
   r.K = K_;
   r.E = E;
   r.expert.assign(static_cast<std::size_t>(n * K_), 0);
-  r.gate = Mat<T>::Zero(n, K_);
+  r.gate.setZero(n, K_);
   r.probs.resize(n, E);
   r.lse.assign(static_cast<std::size_t>(n), 0.0);
   r.entropy.assign(static_cast<std::size_t>(n), 0.0);

@@ -103,6 +103,43 @@ TEST_P(DispatchRoundTrip, RowsReachTheirExpertsAndReturnExactly) {
   Mat<float> xb = disp.combine(L, disp.dispatch(L, xs, stats), stats);
   EXPECT_EQ(comm.allreduce_sum(static_cast<long>((xb.array() != xs.array()).count())), 0);
 
+  // Own rows left to the caller (DispatchLayout::own_in_blocks): it writes them into their
+  // blocks before dispatch and finds them there after combine; the algorithm neither reads
+  // them from the send order nor writes them back into it.
+  EXPECT_EQ(disp.can_leave_own_rows(), algo != DispatchAlgo::kPadded);
+  if (disp.can_leave_own_rows()) {
+    CommStats own_stats;
+    own_stats.reset(P);
+    DispatchLayout O = disp.plan(expert, cd.kept, sh.count, c.K, own_stats, {c.B, cap});
+    ASSERT_TRUE(O.recv_known);
+    O.own_in_blocks = true;
+    constexpr std::int64_t kUnread = -9, kUnwritten = -5;
+    Mat<std::int64_t> send_others = send;
+    RowBuffer<std::int64_t> block_buf, back_buf;
+    MatMap<std::int64_t> placed = block_buf.view(O.rows_received(), 4);
+    placed.setConstant(kUnwritten);
+    for (int le = 0; le < O.E_local; ++le) {
+      const Index shift = own_block_shift(O, r, le);
+      for (Index s = send_start(O, r * O.E_local + le); s < send_start(O, r * O.E_local + le + 1); ++s) {
+        placed.row(s + shift) = send.row(s);
+        send_others.row(s).setConstant(kUnread);
+      }
+    }
+    const MatMap<std::int64_t> got_blocks =
+        disp.dispatch(O, ConstMatMap<std::int64_t>(send_others.data(), send_others.rows(), 4), block_buf, own_stats);
+    EXPECT_EQ(comm.allreduce_sum(static_cast<long>((got_blocks.array() != blocks.array()).count())), 0)
+        << "own rows placed by the caller: other blocks than the plain dispatch's";
+    back_buf.view(O.rows_sent(), 4).setConstant(kUnwritten);
+    const MatMap<std::int64_t> got_back =
+        disp.combine(O, ConstMatMap<std::int64_t>(got_blocks.data(), got_blocks.rows(), 4), back_buf, own_stats);
+    long bad = 0;
+    for (Index s = 0; s < O.rows_sent(); ++s) {
+      const bool own = s >= O.send_displs[r] && s < O.send_displs[r] + O.send_counts[r];
+      bad += own ? (got_back.row(s).array() != kUnwritten).count() : (got_back.row(s).array() != send.row(s).array()).count();
+    }
+    EXPECT_EQ(comm.allreduce_sum(bad), 0) << "combine wrote own rows back, or lost another rank's";
+  }
+
   // Traffic accounting: what this rank sent per destination, in bytes (the padded
   // exchange sends whole slots: S rows plus a header per (rank, expert) pair).
   double expect_bytes = 0, useful_remote = 0;

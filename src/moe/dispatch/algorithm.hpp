@@ -40,6 +40,9 @@ class DispatchAlgorithm {
   // Why this algorithm cannot run on its ranks' placement ("" when it can); the layer
   // refuses a run with it on every rank before any exchange.
   virtual std::string unusable() const { return ""; }
+  // Whether dispatch and combine honour DispatchLayout::own_in_blocks (leave the rows a rank
+  // sends itself to the caller, in the expert blocks).
+  virtual bool can_leave_own_rows() const { return false; }
   // COLLECTIVE. `L` has its send side; fill its receive side, or leave recv_known
   // false for the first dispatch to complete.
   virtual void plan(DispatchLayout& L, const DispatchLimits& limits, CommStats& stats) const = 0;

@@ -13,10 +13,12 @@ template <class Derived>
 class FlatDispatch : public DispatchAlgorithmOf<Derived> {
  public:
   using DispatchAlgorithmOf<Derived>::DispatchAlgorithmOf;
+  bool can_leave_own_rows() const override { return true; }
 
   // A rank's rows to itself skip the exchange: each is copied once, straight between the send
-  // order and its block, where MPI would copy it into the receive buffer first. Their bytes
-  // still count to this rank in the traffic matrix; the transfer seconds are the other ranks'.
+  // order and its block, where MPI would copy it into the receive buffer first (not at all
+  // with L.own_in_blocks: the caller put them there). Their bytes still count to this rank in
+  // the traffic matrix; the transfer seconds are the other ranks'.
   template <class T>
   MatMap<T> dispatch_rows(DispatchLayout& L, const ConstMatMap<T>& send_rows, RowBuffer<T>& out,
                           CommStats& stats) const {
@@ -29,9 +31,10 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
     own.for_each_other_run(L, [&](Index i, Index n, Index block_row) {
       std::copy_n(received.data() + i * width, n * width, blocks.data() + block_row * width);
     });
-    own.for_each_run(L, [&](Index i, Index n, Index block_row) {
-      std::copy_n(send_rows.data() + own.send_row(i) * width, n * width, blocks.data() + block_row * width);
-    });
+    if (!L.own_in_blocks)
+      own.for_each_run(L, [&](Index i, Index n, Index block_row) {
+        std::copy_n(send_rows.data() + own.send_row(i) * width, n * width, blocks.data() + block_row * width);
+      });
     return blocks;
   }
 
@@ -48,9 +51,10 @@ class FlatDispatch : public DispatchAlgorithmOf<Derived> {
     self().exchange(outgoing.data(), others_recv_, L.recv_displs, back.data(), others_send_, L.send_displs, width,
                     stats);
     // The own rows after the exchange: NCCL's host staging copies the whole receive range back.
-    own.for_each_run(L, [&](Index i, Index n, Index block_row) {
-      std::copy_n(block_rows.data() + block_row * width, n * width, back.data() + own.send_row(i) * width);
-    });
+    if (!L.own_in_blocks)
+      own.for_each_run(L, [&](Index i, Index n, Index block_row) {
+        std::copy_n(block_rows.data() + block_row * width, n * width, back.data() + own.send_row(i) * width);
+      });
     return back;
   }
 

@@ -16,6 +16,7 @@ void send_layout_into(DispatchLayout& L, const std::vector<int>& expert, const s
   L.E_local = E / P;
   L.slot_rows = 0;
   L.recv_known = false;
+  L.own_in_blocks = false;
   L.expert_slot.assign(expert_slot.begin(), expert_slot.end());
 
   // Bucket kept assignments by slot; within a bucket tokens stay in ascending order.

@@ -23,6 +23,11 @@ struct DispatchLayout {
   std::vector<Index> slot_start;
   Index slot_rows = 0;             // fixed-slot algorithms (padded): rows per (source, expert) slot
   bool recv_known = false;         // false until the receive side is known (padded: first dispatch)
+  // Set by the caller after plan, where the algorithm allows it (Dispatcher::can_leave_own_rows):
+  // the rows a rank sends itself skip the send order both ways. The caller writes them into
+  // their expert block before dispatch and reads them from the blocks after combine
+  // (own_block_shift), so each is copied once, not twice, per exchange.
+  bool own_in_blocks = false;
   // Token-owner side: one row per kept assignment, ordered by (expert, token).
   std::vector<Index> send_token;   // local token of each send row
   std::vector<int> send_choice;    // which of the token's K choices
@@ -57,5 +62,9 @@ void complete_receive_side(DispatchLayout& L);
 Index block_start(const DispatchLayout& L, int q, int le);
 // Rows this rank sends to slot e (the expert's, slot_of) start at this row of the send order.
 Index send_start(const DispatchLayout& L, int e);
+// Rank `me`'s rows to its own local expert le: send row s of them is block row s + this.
+inline Index own_block_shift(const DispatchLayout& L, int me, int le) {
+  return block_start(L, me, le) - send_start(L, me * L.E_local + le);
+}
 
 }  // namespace moesim

@@ -11,6 +11,7 @@ namespace {
 class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
  public:
   using DispatchAlgorithmOf::DispatchAlgorithmOf;
+  bool can_leave_own_rows() const override { return true; }
 
   void plan(DispatchLayout& L, const DispatchLimits&, CommStats& stats) const override {
     counts_by_alltoall(L, stats);
@@ -37,9 +38,11 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
       const int q = e / El, le = e % El;
       const T* src = send_rows.data() + send_start(L, e) * width;
       count_bytes(stats, me, q, static_cast<double>(rows) * static_cast<double>(width) * sizeof(T));
-      if (q == me)
-        std::memcpy(blocks.data() + block_start(L, me, le) * width, src, sizeof(T) * static_cast<std::size_t>(rows * width));
-      else
+      if (q == me) {
+        if (!L.own_in_blocks)
+          std::memcpy(blocks.data() + block_start(L, me, le) * width, src,
+                      sizeof(T) * static_cast<std::size_t>(rows * width));
+      } else
         reqs.push_back(comm_.isend(src, checked_int(rows * width, "p2p message"), q, le));
     }
     comm_.waitall(reqs);
@@ -66,10 +69,11 @@ class P2PDispatch final : public DispatchAlgorithmOf<P2PDispatch> {
         if (rows == 0) continue;
         const T* src = blocks.data() + block_start(L, q, le) * width;
         count_bytes(stats, me, q, static_cast<double>(rows) * static_cast<double>(width) * sizeof(T));
-        if (q == me)
-          std::memcpy(back.data() + send_start(L, me * El + le) * width, src,
-                      sizeof(T) * static_cast<std::size_t>(rows * width));
-        else
+        if (q == me) {
+          if (!L.own_in_blocks)
+            std::memcpy(back.data() + send_start(L, me * El + le) * width, src,
+                        sizeof(T) * static_cast<std::size_t>(rows * width));
+        } else
           reqs.push_back(comm_.isend(src, checked_int(rows * width, "p2p message"), q, le));
       }
     comm_.waitall(reqs);
