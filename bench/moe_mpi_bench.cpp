@@ -145,6 +145,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
   cfg.capacity_factor = capacity_factor;
   cfg.ranks_per_node = ranks_per_node;
   MoeLayer<float> layer(comm, "moe", cfg, 1, 1);
+  layer.borrow_input(true);  // as the model runs it: x stays until backward
   const Mat<float> x = random_rows(n, D, 100 + static_cast<std::uint64_t>(comm.rank()));
   const Mat<float> dy = random_rows(n, D, 200 + static_cast<std::uint64_t>(comm.rank()));
   Report rep(comm, s, json);

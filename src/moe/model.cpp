@@ -67,6 +67,7 @@ Model<T>::Model(const Communicator& comm, const ModelConfig& cfg)
     b.norm = RmsNorm<T>(name + ".norm", cfg.d_model, Placement::kReplicated);
     if (cfg.is_moe_block(l)) {
       b.moe = std::make_unique<MoeLayer<T>>(groups_, name + ".moe", cfg_.moe, cfg.seed, l + 1);
+      b.moe->borrow_input(true);  // its input, b.normed, stays until the block's backward
     } else {
       b.dense = std::make_unique<Ffn<T>>(name + ".ffn", cfg.d_model, cfg.d_ff,
                                          Placement::kReplicated);

@@ -1,6 +1,7 @@
 #include "moe/router.hpp"
 
 #include <cmath>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "core/row_chunks.hpp"
@@ -72,7 +73,6 @@ void Router<T>::backward(const Routing<T>& r, const Mat<T>& dgate, const Mat<T>&
 template <class T>
 template <class R>
 void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>& r) {
-  x_ = x;
   const Index n = x.rows();
   const int E = static_cast<int>(w_.value.cols());
   // Kept from step to step (same shapes, so no allocation); in the model's precision the
@@ -80,6 +80,9 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   // --router-jitter (training only): the router reads x times U(1 - eps, 1 + eps) per
   // (global token, feature), drawn from the counter-based RNG, so the same on any layout.
   jittered_ = opt_.jitter > 0 && ctx.training;
+  // Only an unjittered router in the model's precision reads x itself in backward.
+  borrowed_ = borrow_input_ ? &x : nullptr;
+  if (std::is_same_v<R, T> && !jittered_ && !borrow_input_) x_ = x;
   if (jittered_) {
     const Mat<R>& x0 = cast_into<R>(x, kInput);
     Mat<R>& u = kept<R>(kJitter);

@@ -52,6 +52,9 @@ class Router {
   bool needs_token_index() const { return gate_->needs_token_index() || opt_.jitter > 0; }
   // Rows per product block (core/row_chunks.hpp); gradients go to the parameters' trees.
   void set_chunk(Index chunk) { chunk_ = chunk; }
+  // Backward reads forward's input where the caller keeps it, unchanged until then, instead
+  // of a copy (the model keeps each MoE block's normed input).
+  void borrow_input(bool on) { borrow_input_ = on; }
 
  private:
   template <class R> void forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>& r);
@@ -64,8 +67,11 @@ class Router {
   RouterOptions opt_;
   std::vector<double> bias_;
   GatePtr<T> gate_;
-  // Saved by forward for backward (values exactly as computed, held in double).
+  // Saved by forward for backward (values exactly as computed, held in double). Backward reads
+  // x as x_, forward's copy of it, or where the caller keeps it (borrowed_, borrow_input).
   Mat<T> x_;
+  const Mat<T>* borrowed_ = nullptr;
+  bool borrow_input_ = false;
   Mat<double> probs_;  // n x E softmax in the router's precision
   // Temporaries kept from step to step (the same shapes each step: no allocation), in the
   // precision R of the router's arithmetic. kInput and kWeights hold forward's casts of x and
@@ -108,7 +114,7 @@ class Router {
   // Forward's input and weights in precision R, as forward cast them.
   template <class R>
   const Mat<R>& input() {
-    if constexpr (std::is_same_v<R, T>) return x_;
+    if constexpr (std::is_same_v<R, T>) return borrowed_ ? *borrowed_ : x_;
     else return kept_d_[kInput];
   }
   template <class R>

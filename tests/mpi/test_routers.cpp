@@ -275,6 +275,30 @@ TEST(RouterPrecision, Fp64RouterInFp32Model) {
   EXPECT_LT(err64, err32) << "fp32 " << err32;
 }
 
+// A router that borrows its input (the model's MoE layers) gives the gradients of one that
+// copies it; one that copies keeps them when the caller's x changes before backward.
+TEST(RouterInput, BorrowedGivesTheCopysGradientsCopiedOutlivesTheCaller) {
+  const int E = 8, D = 16, K = 2;
+  const Mat<float> x0 = test::random_matrix(64, D, 703, 2.0).cast<float>();
+  Router<float> lent("r", D, E, K, GateKind::kTopK), copied("r", D, E, K, GateKind::kTopK);
+  Rng rng(704);
+  lent.init(rng, 10.0);
+  copied.weight().value = lent.weight().value;
+  lent.borrow_input(true);
+  Mat<float> x_lent = x0, x_copied = x0;
+  Routing<float> r_lent, r_copied;
+  lent.forward(x_lent, r_lent);
+  copied.forward(x_copied, r_copied);
+  x_copied.setConstant(1e6f);  // the caller reuses its matrix before backward
+  const Mat<float> dgate = test::random_matrix(64, K, 705, 1.0).cast<float>();
+  Mat<float> dx_lent, dx_copied;
+  lent.backward(r_lent, dgate, Mat<float>(), dx_lent);
+  copied.backward(r_copied, dgate, Mat<float>(), dx_copied);
+  EXPECT_TRUE(dx_lent == dx_copied);
+  EXPECT_TRUE(lent.weight().grad == copied.weight().grad) << "the weight gradient reads forward's x";
+  EXPECT_GT(lent.weight().grad.cwiseAbs().maxCoeff(), 0.0f);
+}
+
 // Finite differences through the distributed layer: noisy top-k (both router matrices,
 // importance and load losses), expert choice and S-BASE.
 class GateGradients : public ::testing::TestWithParam<GateCase> {};
