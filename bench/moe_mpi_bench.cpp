@@ -17,6 +17,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -125,9 +126,11 @@ void dump_layer(const std::string& path, const Shape& s, double capacity_factor)
   h5::write_attr(f.id(), "dropped", layer.stats().dropped);
 }
 
-// `hx` times the exchanges: their calls are short, so more pairs keep a median steady.
+// `hx` times the exchanges: their calls are short, so more pairs keep a median steady. The
+// experts' and the layer's pairs with the bare GEMMs take `h`'s iterations, or as many more as
+// fill `min_seconds` each.
 void bench_shape(const Communicator& comm, const Shape& s, double capacity_factor, int ranks_per_node,
-                 const Harness& h, const Harness& hx, std::ofstream* json) {
+                 const Harness& h, const Harness& hx, double min_seconds, std::ofstream* json) {
   const int P = comm.size();
   // Nodes of G consecutive ranks (virtual with --ranks-per-node), else all on one node.
   std::vector<int> node_of(static_cast<std::size_t>(P), 0);
@@ -444,7 +447,18 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
       return sw.seconds();
     };
   };
-  const Harness::Paired pe = h.paired(sgemm, timed(experts));
+  // Pairs for at least min_seconds: one pair of the bare GEMMs and a layer step timed here,
+  // the slowest rank's taken, so every rank runs the same count.
+  const Harness hp = [&] {
+    Stopwatch sw;
+    sgemm();
+    layer.forward(x, y);
+    layer.backward(dy, dx);
+    const double pair_s = comm.allreduce_max(sw.seconds());
+    const double wanted = pair_s > 0 ? std::ceil(min_seconds / pair_s) : 0.0;
+    return Harness(comm, h.warmup(), std::max(h.iters(), static_cast<int>(std::min(wanted, 1e6))));
+  }();
+  const Harness::Paired pe = hp.paired(sgemm, timed(experts));
   const Timing t_sgemm = pe.base, t_exp = pe.f;
   const double gf_limit = t_sgemm.max_s > 0 ? flops_max / t_sgemm.max_s / 1e9 : 0;
   rep.row("sgemm limit (6 GEMMs)", t_sgemm, fmt("%.1f GFLOP/s per rank (largest rank's expert FLOPs)", gf_limit));
@@ -498,9 +512,9 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
     layer.forward(x, y2);
     layer.backward(dy, dx2);
   });
-  const Harness::Paired pl = h.paired(sgemm, layer_step);
+  const Harness::Paired pl = hp.paired(sgemm, layer_step);
   const Timing t_layer = pl.f;
-  const Harness::Paired po = h.paired(sgemm_layer_order, layer_step);
+  const Harness::Paired po = hp.paired(sgemm_layer_order, layer_step);
   const double tok_s = t_layer.max_s > 0 ? static_cast<double>(s.B) / t_layer.max_s : 0;
   rep.row("sgemm limit in layer order", po.base,
           fmt("%.1f GFLOP/s per rank", po.base.max_s > 0 ? flops_max / po.base.max_s / 1e9 : 0.0));
@@ -510,7 +524,7 @@ void bench_shape(const Communicator& comm, const Shape& s, double capacity_facto
               po.f.max_s > 0 ? po.base.max_s / po.f.max_s : 0.0),
           ",\"tokens_per_s\":" + std::to_string(tok_s) + ",\"sgemm_max_s\":" + std::to_string(pl.base.max_s) +
               ",\"layer_order_sgemm_max_s\":" + std::to_string(po.base.max_s) +
-              ",\"layer_order_pair_max_s\":" + std::to_string(po.f.max_s));
+              ",\"layer_order_pair_max_s\":" + std::to_string(po.f.max_s) + ",\"pairs\":" + std::to_string(hp.iters()));
 }
 
 }  // namespace
@@ -525,7 +539,7 @@ int main(int argc, char** argv) {
   try {
     po::options_description desc("bench_moe_mpi options");
     std::string shapes, json_path, dump_path;
-    double capacity_factor = 1.25;
+    double capacity_factor = 1.25, min_seconds = 0;
     int iters = 20, exchange_iters = 50, warmup = 3, blas_threads = 1, ranks_per_node = 0;
     desc.add_options()("help", "this text")(
         "shapes", po::value(&shapes)->default_value(kDefaultShapes),
@@ -533,6 +547,9 @@ int main(int argc, char** argv) {
         "exchange-iters", po::value(&exchange_iters)->default_value(50),
         "timed iterations of each exchange and its raw primitive (short calls: more of them for a steady median)")(
         "warmup", po::value(&warmup)->default_value(3), "untimed iterations first")(
+        "min-seconds", po::value(&min_seconds)->default_value(0),
+        "time each pairing of the experts or the layer with the bare GEMMs for at least this long: more "
+        "iterations than --iters for small shapes, whose fractions move most from pair to pair")(
         "blas-threads", po::value(&blas_threads)->default_value(1), "OpenBLAS threads per rank")(
         "json", po::value(&json_path), "also append one JSON object per figure to this file")(
         "capacity-factor", po::value(&capacity_factor)->default_value(1.25), "as moesim moe's (0: dropless)")(
@@ -547,8 +564,8 @@ int main(int argc, char** argv) {
       if (world.rank() == 0) std::cout << desc << "\n";
       return 0;
     }
-    if (iters < 1 || exchange_iters < 1 || warmup < 0)
-      throw ConfigError("--iters and --exchange-iters must be >= 1 and --warmup >= 0");
+    if (iters < 1 || exchange_iters < 1 || warmup < 0 || !(min_seconds >= 0))
+      throw ConfigError("--iters and --exchange-iters must be >= 1, --warmup and --min-seconds >= 0");
     set_blas_threads(blas_threads);
     std::ofstream json;
     if (world.rank() == 0 && !json_path.empty()) {
@@ -565,7 +582,7 @@ int main(int argc, char** argv) {
     }
     const Harness h(world, warmup, iters), hx(world, warmup, exchange_iters);
     for (const Shape& s : parse_shapes(shapes))
-      bench_shape(world, s, capacity_factor, ranks_per_node, h, hx, json.is_open() ? &json : nullptr);
+      bench_shape(world, s, capacity_factor, ranks_per_node, h, hx, min_seconds, json.is_open() ? &json : nullptr);
   } catch (const std::exception& e) {
     if (world.rank() == 0) std::fprintf(stderr, "bench_moe_mpi: error: %s\n", e.what());
     return 2;

@@ -75,10 +75,16 @@ def machine() -> dict:
                 revision=rev, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
+# Each pairing of the experts or the layer with the bare GEMMs runs at least this long: the
+# small shapes' fractions moved by +-0.02 between runs of 10 pairs.
+PAIR_SECONDS = 2.0
+
+
 def harness(P: int, iters: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         js = Path(tmp) / "h.jsonl"
-        run(mpiexec_prefix() + ["-np", str(P), BUILD / "bench" / "bench_moe_mpi", "--shapes", SHAPES, "--iters", iters, "--json", js])
+        run(mpiexec_prefix() + ["-np", str(P), BUILD / "bench" / "bench_moe_mpi", "--shapes", SHAPES, "--iters", iters,
+                                "--min-seconds", PAIR_SECONDS, "--json", js])
         return [json.loads(line) for line in js.read_text().splitlines()]
 
 
@@ -94,7 +100,8 @@ def harness_tables(rows_by_p: dict) -> list[str]:
            "order`: every expert's forward, then every backward (last expert first), as a step must run them (its weights and "
            "hidden rows come back from memory). A fraction is the limit's time over ours on the same FLOPs, "
            "the expert GEMMs timed in turn with the back-to-back limit, the layer in turn with each limit "
-           "(medians over those pairs; the limits' columns: their pairs with the expert GEMMs and with the "
+           "(medians over those pairs, at least `--iters` of them and as many as fill "
+           f"{PAIR_SECONDS:g} s; the limits' columns: their pairs with the expert GEMMs and with the "
            "layer). Seconds: the slowest rank's median.", "",
            "| shape D,F,E,K,B | P | layer tokens/s | layer s | expert GEMMs s | sgemm limit s | "
            "sgemm limit in layer order s | expert GEMMs / sgemm | layer / sgemm | layer / sgemm in layer order |",

@@ -46,15 +46,27 @@ def test_every_figure_after_the_checks(bench, tmp_path, np_):
         assert {f"{a} dispatch", f"{a} combine", f"{a} plan (counts)"} <= whats
     assert {"raw MPI_Alltoallv", "expert GEMMs fwd+bwd", "sgemm limit (6 GEMMs)", "sgemm limit in layer order",
             "layer fwd+bwd"} <= whats
-    # The layer against both limits, each from its own pairs.
+    # The layer against both limits, each from its own pairs (--iters of them).
     for r in rows:
         if r["what"] == "layer fwd+bwd":
             assert r["sgemm_max_s"] > 0 and r["layer_order_sgemm_max_s"] > 0 and r["layer_order_pair_max_s"] > 0
+            assert r["pairs"] == 1
     # p2p against its own messages by bare MPI_Isend/Irecv, each way.
     assert {"raw MPI_Isend/Irecv (p2p messages)", "raw MPI_Isend/Irecv (p2p messages, back)"} <= whats
     # Two shapes at two capacity factors, every figure once each.
     assert len(rows) == 4 * len(whats)
     assert all(r["P"] == np_ and r["max_s"] >= r["min_s"] >= 0 for r in rows)
+
+
+def test_min_seconds_adds_pairs_to_small_shapes(bench, tmp_path):
+    # A pair of this shape takes well under 10 ms: 0.2 s of them is more than --iters 2,
+    # the same count on every rank (it ran: a rank with fewer pairs would hang the others).
+    js = tmp_path / "r.jsonl"
+    p = run_bench(bench, 2, "--shapes", "16,32,4,2,128", "--iters", "2", "--exchange-iters", "1", "--warmup", "0",
+                  "--min-seconds", "0.2", "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    layer = [json.loads(line) for line in js.read_text().splitlines() if '"layer fwd+bwd"' in line]
+    assert len(layer) == 1 and layer[0]["pairs"] > 2
 
 
 def test_bad_shape_is_one_error_line(bench):
@@ -65,7 +77,7 @@ def test_bad_shape_is_one_error_line(bench):
     p = run_bench(bench, 2, "--exchange-iters", "0")
     assert p.returncode == 2
     assert [line for line in p.stderr.splitlines() if "error:" in line] == [
-        "bench_moe_mpi: error: --iters and --exchange-iters must be >= 1 and --warmup >= 0"], p.stderr
+        "bench_moe_mpi: error: --iters and --exchange-iters must be >= 1, --warmup and --min-seconds >= 0"], p.stderr
     p = run_bench(bench, 2, "--shapes", "16,32,3,1,64")
     assert p.returncode == 2 and "E must be divisible by the ranks" in p.stderr
 
