@@ -42,8 +42,9 @@ void round_trip() {
   const std::string& dir = tmp.path();
   const std::string path = dir + "/ckpt.h5";
   Model<T> a(comm, small_config(1));
-  // Moments that differ per element and per rank's experts, as after training.
-  Rng rng(7, Stream::kTest, static_cast<std::uint64_t>(comm.rank()), 0);
+  // Moments that differ per element and per expert, as after training: the same on the ranks
+  // that hold the same experts (one place in each expert group: replicas when E < P).
+  Rng rng(7, Stream::kTest, static_cast<std::uint64_t>(a.expert_groups().group().rank()), 0);
   ParamList<T> rep_a = a.replicated_params(), exp_a = a.expert_params();
   Rng shared(8, Stream::kTest, 0, 0);  // replicated moments identical on every rank
   for (Param<T>* p : rep_a) {
