@@ -221,6 +221,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   dispatcher_.plan_into(layout_, routing_.expert, cd.kept, n, K, comm_stats_, DispatchLimits{B, cap, comm_.size()});
   layout_.own_in_blocks = layout_.recv_known && dispatcher_.can_leave_own_rows();
   MatMap<T> send = send_buf_.view(layout_.rows_sent(), D);
+  // The dispatch returns its blocks in blocks_buf_: this rank's own rows go there directly.
   const MatMap<T> own_blocks = blocks_buf_.view(layout_.rows_received(), D);
   rows_by_slot([&](Index s, Index b) { row_at(send, own_blocks, s, b) = x.row(layout_.send_token[s]); });
   comm_stats_.phase = kForwardDispatch;

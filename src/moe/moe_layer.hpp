@@ -66,14 +66,14 @@ class MoeLayer {
     training_ = training;
     step_ = step;
   }
+  // Backward reads forward's x where the caller keeps it, unchanged until then
+  // (Router::borrow_input), instead of a copy.
+  void borrow_input(bool on) { router_.borrow_input(on); }
   // Token rows per product block (core/row_chunks.hpp) of the router and the shared
   // experts; their gradients then go to the parameters' trees. The experts' blocks are
   // coarser: `expert_chunks` leaves per whole batch (0: one per token chunk), each a run
   // of consecutive token chunks, so that an expert's few rows per token chunk do not each
   // cost a product and a tree node (see plan_expert_chunks).
-  // Backward reads forward's x where the caller keeps it, unchanged until then
-  // (Router::borrow_input), instead of a copy.
-  void borrow_input(bool on) { router_.borrow_input(on); }
   void set_chunk(Index chunk, Index expert_chunks = 0) {
     chunk_ = chunk;
     expert_leaves_ = expert_chunks;
