@@ -243,11 +243,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   }
   comm_stats_.phase = kForwardCombine;
   dispatcher_.combine(layout_, ConstMatMap<T>(out_blocks.data(), out_blocks.rows(), D), combined_buf_, comm_stats_);
-  // Without shared experts their sum stays empty: the outputs start from zero instead.
-  if (shared_.empty()) {
-    shared_out_.resize(0, D);
-    return;
-  }
+  if (shared_.empty()) return;  // forward and forward_branches then start from zero
   shared_out_.setZero(n, D);
   Mat<T>& s_out = shared_tmp_;
   s_out.resize(n, D);

@@ -166,7 +166,7 @@ class MoeLayer {
   // blocks; dpre_scratch_ their shared backward temporary.
   RowBuffer<T> hidden_buf_, slope_buf_;
   std::shared_ptr<RowBuffer<T>> dpre_scratch_ = std::make_shared<RowBuffer<T>>();
-  Mat<T> shared_out_;  // n x D, sum of the shared experts' outputs
+  Mat<T> shared_out_;  // n x D, sum of the shared experts' outputs (unused without them)
   // Backward's temporaries, kept: a step of the same shapes allocates nothing.
   Mat<T> dgate_, dprobs_, dx_router_, shared_tmp_;
   std::vector<double> dlse_;
