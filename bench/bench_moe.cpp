@@ -94,6 +94,26 @@ void BM_MoeLayerFwdBwd(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * T);
 }
 
+// The router alone, forward + backward over T tokens (softmax gate, K of E): its three
+// GEMMs and the per-token softmax, top-k and gate work around them.
+void BM_RouterFwdBwd(benchmark::State& state) {
+  const Index T = state.range(0), D = state.range(1);
+  const int E = static_cast<int>(state.range(2)), K = static_cast<int>(state.range(3));
+  Router<float> router("router", D, E, K, GateKind::kTopK);
+  Rng rng(8);
+  router.init(rng, 1.0);
+  const Mat<float> x = random_tokens(T, D, 9), dgate = random_tokens(T, K, 10), dprobs = random_tokens(T, E, 11);
+  Routing<float> r;
+  Mat<float> dx;
+  const std::vector<double> dlse(static_cast<std::size_t>(T), 1e-3);
+  for (auto _ : state) {
+    router.forward(x, r);
+    router.backward(r, dgate, dprobs, dx, dlse);
+    benchmark::DoNotOptimize(dx.data());
+  }
+  state.SetItemsProcessed(state.iterations() * T);
+}
+
 // Baseline: the serial token-by-token reference layer (double), forward + backward.
 void BM_ReferenceMoeFwdBwd(benchmark::State& state) {
   Communicator self(MPI_COMM_SELF);
@@ -155,6 +175,8 @@ BENCHMARK(BM_MoeLayerFwdBwd)
     ->Args({2048, 64, 128, 16, 2})
     ->Args({4096, 64, 256, 8, 2})  // the performance issue's D64 shape
     ->Unit(benchmark::kMillisecond);
+// T, D, E, K (the performance issue's E = 64 shape: one rank's tokens of two)
+BENCHMARK(BM_RouterFwdBwd)->Args({2048, 256, 64, 2})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ReferenceMoeFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
 // values (an expert's 2 D F + F + D at D = 64, F = 128), chunks, method
 BENCHMARK(BM_ChunkGradientSum)->Args({16576, 8, 0})->Args({16576, 8, 1})->Args({16576, 8, 2});

@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/row_chunks.hpp"
+#include "moe/router_rows.hpp"
 
 namespace moesim {
 
@@ -112,28 +113,44 @@ void Router<T>::forward_as(const Mat<T>& x, const RouteContext& ctx, Routing<T>&
   r.preselected.clear();
   r.importance_loss = r.load_loss = 0;
 
-  // Softmax over all logits in R (balancing loss, gates weighted by it) and its lse.
+  // Softmax over all logits in R (balancing loss, gates weighted by it) and its lse: sixteen
+  // tokens at a time in lanes where they give these loops' bits (moe/router_rows.hpp).
   probs_.resize(n, E);
   RouteScratch<R>& scratch = route_scratch<R>();
   RowVec<R>& p = scratch.probs;
   p.resize(E);
-  for (Index t = 0; t < n; ++t) {
-    const auto row = logits.row(t);
-    const R mx = row.maxCoeff();
-    R z = 0;
-    for (int e = 0; e < E; ++e) z += (p(e) = std::exp(row(e) - mx));
-    p /= z;
-    for (int e = 0; e < E; ++e) {
-      probs_(t, e) = static_cast<double>(p(e));
-      r.probs(t, e) = static_cast<T>(p(e));
+  const auto reference_rows = [&](Index t0, Index t1) {
+    for (Index t = t0; t < t1; ++t) {
+      const auto row = logits.row(t);
+      const R mx = row.maxCoeff();
+      R z = 0;
+      for (int e = 0; e < E; ++e) z += (p(e) = std::exp(row(e) - mx));
+      p /= z;
+      for (int e = 0; e < E; ++e) {
+        probs_(t, e) = static_cast<double>(p(e));
+        r.probs(t, e) = static_cast<T>(p(e));
+      }
+      // -sum_e p_e log p_e with log p_e = (logit_e - mx) - log z.
+      const double log_z = std::log(static_cast<double>(z));
+      double h = log_z;
+      for (int e = 0; e < E; ++e) h -= static_cast<double>(p(e)) * static_cast<double>(row(e) - mx);
+      r.lse[static_cast<std::size_t>(t)] = static_cast<double>(mx) + log_z;
+      r.entropy[static_cast<std::size_t>(t)] = h;
     }
-    // -sum_e p_e log p_e with log p_e = (logit_e - mx) - log z.
-    const double log_z = std::log(static_cast<double>(z));
-    double h = log_z;
-    for (int e = 0; e < E; ++e) h -= static_cast<double>(p(e)) * static_cast<double>(row(e) - mx);
-    r.lse[static_cast<std::size_t>(t)] = static_cast<double>(mx) + log_z;
-    r.entropy[static_cast<std::size_t>(t)] = h;
+  };
+  Index t = 0;
+  if constexpr (std::is_same_v<R, float> && std::is_same_v<T, float>) {
+    if (router_lanes_enabled()) {
+      scratch.lanes.resize(static_cast<std::size_t>(32 * E));
+      for (; t + 16 <= n; t += 16) {
+        const auto u = static_cast<std::size_t>(t);
+        if (!softmax_block16(logits.row(t).data(), E, r.probs.row(t).data(), probs_.row(t).data(), &r.lse[u],
+                             &r.entropy[u], scratch.lanes.data()))
+          reference_rows(t, t + 16);
+      }
+    }
   }
+  reference_rows(t, n);
   RouteContext c = ctx;
   c.chunk = chunk_;
   GateForward<T, R> f{x, xr, logits, probs_, c, opt_, bias_, w_noise_.value, r, scratch};

@@ -29,6 +29,7 @@ template <class R>
 struct RouteScratch {
   Mat<R> selection;          // biased(): the scores plus the selection bias
   std::vector<int> order;    // select_top_k: one token's experts by score
+  std::vector<float> lanes;  // moe/router_rows' blocks of sixteen tokens
   RowVec<R> chosen;          // one token's values over its K choices (gates, their gradients)
   RowVec<R> probs, dprobs;   // the router's: one token's softmax over all experts, its gradient
   // A gate's own work, n x E or per expert or token (noisy top-k, sigmoid scores, S-BASE).

@@ -4,23 +4,22 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 
 #include "comm/exact_sum.hpp"
 #include "core/row_chunks.hpp"
 #include "moe/gates/gate.hpp"
+#include "moe/router_rows.hpp"
 
 namespace moesim {
 
-// Each token's K best experts by `sel`, ties to the lower expert index so routing is a
-// pure function of the scores; `next` (if given) gets the (K+1)-th (-1 when K = E).
-// `order`: the caller's scratch (RouteScratch::order).
-template <class T, class R>
-void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>& order, std::vector<int>* next = nullptr) {
-  const int E = r.E, K = r.K;
-  order.resize(static_cast<std::size_t>(E));
-  const int depth = std::min(E, K + 1);
-  if (next) next->assign(static_cast<std::size_t>(r.n), -1);
-  for (Index t = 0; t < r.n; ++t) {
+// select_top_k's one-token-at-a-time loop over tokens [t0, t1): keep(t, who, 1) gets each
+// token's `depth` best experts in order.
+template <class T, class R, class Keep>
+void select_top_k_rows(const Mat<R>& sel, const Routing<T>& r, std::vector<int>& order, int depth, Index t0,
+                       Index t1, const Keep& keep) {
+  const int E = r.E;
+  for (Index t = t0; t < t1; ++t) {
     const auto row = sel.row(t);
     if (depth <= 8) {
       // Few slots: one pass keeping the best `depth` in order (a heap per token cost more than
@@ -51,9 +50,39 @@ void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>& order, std
         return row(a) > row(b) || (row(a) == row(b) && a < b);
       });
     }
-    if (next && K < E) (*next)[static_cast<std::size_t>(t)] = order[static_cast<std::size_t>(K)];
-    for (int j = 0; j < K; ++j) r.expert[static_cast<std::size_t>(t * K + j)] = order[static_cast<std::size_t>(j)];
+    keep(t, order.data(), 1);
   }
+}
+
+// Each token's K best experts by `sel`, ties to the lower expert index so routing is a
+// pure function of the scores; `next` (if given) gets the (K+1)-th (-1 when K = E).
+// `order`: the caller's scratch (RouteScratch::order).
+template <class T, class R>
+void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>& order, std::vector<int>* next = nullptr) {
+  const int E = r.E, K = r.K;
+  order.resize(static_cast<std::size_t>(E));
+  const int depth = std::min(E, K + 1);
+  if (next) next->assign(static_cast<std::size_t>(r.n), -1);
+  const auto keep = [&](Index t, const int* who, std::size_t stride) {
+    if (next && K < E) (*next)[static_cast<std::size_t>(t)] = who[static_cast<std::size_t>(K) * stride];
+    for (int j = 0; j < K; ++j) r.expert[static_cast<std::size_t>(t * K + j)] = who[static_cast<std::size_t>(j) * stride];
+  };
+  Index t0 = 0;
+  if constexpr (std::is_same_v<R, float>) {
+    // Sixteen tokens in lanes, the same choices (moe/router_rows.hpp); a block they cannot
+    // take goes through the loop below.
+    int who[8 * 16];
+    if (depth <= 8 && router_lanes_enabled()) {
+      for (; t0 + 16 <= r.n; t0 += 16) {
+        if (!top_k_block16(sel.row(t0).data(), E, depth, who)) {
+          select_top_k_rows(sel, r, order, depth, t0, t0 + 16, keep);
+          continue;
+        }
+        for (int l = 0; l < 16; ++l) keep(t0 + l, who + l, 16);
+      }
+    }
+  }
+  select_top_k_rows(sel, r, order, depth, t0, r.n, keep);
 }
 
 // gate = softmax over the chosen experts' h (without the selection bias); `gk`: scratch.
