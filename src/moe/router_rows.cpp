@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "core/error.hpp"
 
@@ -153,34 +154,46 @@ MOESIM_AVX512 bool softmax16(const float* logits, Index E, float* probs, double*
   return true;
 }
 
+// The largest of sixteen values in every lane (max is exact: any order gives the same value).
+MOESIM_AVX512 inline __m512 broadcast_max(__m512 m) {
+  m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_maskz_shuffle_f32x4(0xFFFF, m, m, 0x4E));
+  m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_maskz_shuffle_f32x4(0xFFFF, m, m, 0xB1));
+  m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_maskz_permute_ps(0xFFFF, m, 0x4E));
+  return _mm512_maskz_max_ps(0xFFFF, m, _mm512_maskz_permute_ps(0xFFFF, m, 0xB1));
+}
+
+// One token at a time over its row (the lanes hold experts here): each pass takes the largest
+// score left and, of the experts holding it, the lowest (select_top_k's order: ties to the
+// lower expert), then removes it (-inf, below every finite score). Cheaper than a pass per
+// expert over sixteen tokens, where most experts enter some token's best few.
 MOESIM_AVX512 bool top_k16(const float* scores, Index E, int depth, int* who) {
-  __m512 best[8];
-  __m512i id[8];
-  for (int j = 0; j < depth; ++j) {
-    best[j] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    id[j] = _mm512_set1_epi32(-1);
-  }
-  const __m512i rows = row_offsets(E);
+  const Index chunks = (E + 15) / 16;
+  const __mmask16 tail = E % 16 == 0 ? __mmask16(0xFFFF) : __mmask16((1u << (E % 16)) - 1);
+  const auto mask_of = [&](Index c) { return c + 1 < chunks ? __mmask16(0xFFFF) : tail; };
   __mmask16 bad = 0;
-  for (Index e = 0; e < E; ++e) {
-    const __m512 v = gather16(rows, scores + e);
-    bad |= not_finite(v);
-    // Strictly better only, so ties stay with the lower expert, as in select_top_k; each slot
-    // takes the one above it where v beats that, else v where v beats it (old values first).
-    if (!_mm512_cmp_ps_mask(v, best[depth - 1], _CMP_GT_OQ)) continue;
-    const __m512i ev = _mm512_set1_epi32(static_cast<int>(e));
-    for (int j = depth - 1; j >= 1; --j) {
-      const __mmask16 above = _mm512_cmp_ps_mask(v, best[j - 1], _CMP_GT_OQ);
-      const __mmask16 here = _mm512_cmp_ps_mask(v, best[j], _CMP_GT_OQ);
-      best[j] = _mm512_mask_blend_ps(above, _mm512_mask_blend_ps(here, best[j], v), best[j - 1]);
-      id[j] = _mm512_mask_blend_epi32(above, _mm512_mask_blend_epi32(here, id[j], ev), id[j - 1]);
+  for (Index l = 0; l < 16; ++l)
+    for (Index c = 0; c < chunks; ++c) bad |= not_finite(_mm512_maskz_loadu_ps(mask_of(c), scores + l * E + 16 * c));
+  if (bad) return false;  // before any arithmetic, which a NaN would make raise FE_INVALID
+  thread_local std::vector<float> row;  // grows once to the widest E
+  row.resize(static_cast<std::size_t>(16 * chunks));
+  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (Index l = 0; l < 16; ++l) {
+    for (Index c = 0; c < chunks; ++c)
+      _mm512_storeu_ps(row.data() + 16 * c, _mm512_mask_loadu_ps(minus_inf, mask_of(c), scores + l * E + 16 * c));
+    for (int j = 0; j < depth; ++j) {
+      __m512 m = _mm512_loadu_ps(row.data());
+      for (Index c = 1; c < chunks; ++c) m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_loadu_ps(row.data() + 16 * c));
+      const __m512 best = broadcast_max(m);
+      for (Index c = 0; c < chunks; ++c) {
+        const __mmask16 at = _mm512_cmp_ps_mask(_mm512_loadu_ps(row.data() + 16 * c), best, _CMP_EQ_OQ);
+        if (at == 0) continue;
+        const Index e = 16 * c + std::countr_zero(static_cast<unsigned>(at));
+        row[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
+        who[16 * j + l] = static_cast<int>(e);
+        break;
+      }
     }
-    const __mmask16 top = _mm512_cmp_ps_mask(v, best[0], _CMP_GT_OQ);
-    best[0] = _mm512_mask_blend_ps(top, best[0], v);
-    id[0] = _mm512_mask_blend_epi32(top, id[0], ev);
   }
-  if (bad) return false;
-  for (int j = 0; j < depth; ++j) _mm512_storeu_si512(who + 16 * j, id[j]);
   return true;
 }
 
