@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "comm/exact_sum.hpp"
+#include "core/fixed_sum_columns.hpp"
 #include "device/runtime.hpp"
 
 namespace moesim {
@@ -166,7 +168,8 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
     bool routed = false;
     for (int j = 0; j < K; ++j) routed |= cd.kept[static_cast<std::size_t>(t * K + j)] != 0;
     S[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
-    for (int e = 0; e < E; ++e) S[static_cast<std::size_t>(e)] += static_cast<double>(routing_.probs(t, e));
+    if constexpr (!std::is_same_v<T, float>)
+      for (int e = 0; e < E; ++e) S[static_cast<std::size_t>(e)] += static_cast<double>(routing_.probs(t, e));
     if (!routing_.entropy.empty()) {
       S[static_cast<std::size_t>(E) + 1] += routing_.entropy[static_cast<std::size_t>(t)];
     } else {
@@ -177,6 +180,8 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
     }
     S[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
+  // fp32 probabilities: the same exact sums, eight experts at a time (n x E values a step).
+  if constexpr (std::is_same_v<T, float>) add_columns(routing_.probs.data(), n, E, S.data());
   // Chunked runs also count kept assignments per (global token chunk, expert), in the same
   // all-reduce: the expert owners cut their blocks at chunk boundaries with them.
   std::vector<std::int64_t>& chunk_counts = chunk_counts_;
