@@ -8,6 +8,7 @@
 #include "core/blas.hpp"
 #include "moe/moe_layer.hpp"
 #include "moe/reference_moe.hpp"
+#include "moe/router_rows.hpp"
 #include "nn/gelu_rows.hpp"
 #include "support/moe_reference.hpp"
 
@@ -95,8 +96,14 @@ void BM_MoeLayerFwdBwd(benchmark::State& state) {
 }
 
 // The router alone, forward + backward over T tokens (softmax gate, K of E): its three
-// GEMMs and the per-token softmax, top-k and gate work around them.
-void BM_RouterFwdBwd(benchmark::State& state) {
+// GEMMs and the per-token softmax, top-k and gate work around them; with its sixteen-token
+// lanes (moe/router_rows, where the CPU has them) or, the baseline, its one-token loops.
+void router_fwd_bwd(benchmark::State& state, bool lanes) {
+  if (lanes && !router_lanes_available()) {
+    state.SkipWithError("this CPU has no router lanes");
+    return;
+  }
+  const bool before = use_router_lanes(lanes);
   const Index T = state.range(0), D = state.range(1);
   const int E = static_cast<int>(state.range(2)), K = static_cast<int>(state.range(3));
   Router<float> router("router", D, E, K, GateKind::kTopK);
@@ -111,8 +118,12 @@ void BM_RouterFwdBwd(benchmark::State& state) {
     router.backward(r, dgate, dprobs, dx, dlse);
     benchmark::DoNotOptimize(dx.data());
   }
+  use_router_lanes(before);
   state.SetItemsProcessed(state.iterations() * T);
 }
+
+void BM_RouterFwdBwd(benchmark::State& state) { router_fwd_bwd(state, true); }
+void BM_RouterLoopsFwdBwd(benchmark::State& state) { router_fwd_bwd(state, false); }
 
 // Baseline: the serial token-by-token reference layer (double), forward + backward.
 void BM_ReferenceMoeFwdBwd(benchmark::State& state) {
@@ -176,7 +187,8 @@ BENCHMARK(BM_MoeLayerFwdBwd)
     ->Args({4096, 64, 256, 8, 2})  // the performance issue's D64 shape
     ->Unit(benchmark::kMillisecond);
 // T, D, E, K (the performance issue's E = 64 shape: one rank's tokens of two)
-BENCHMARK(BM_RouterFwdBwd)->Args({2048, 256, 64, 2})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RouterFwdBwd)->Args({2048, 256, 64, 2})->Args({2048, 64, 8, 2})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RouterLoopsFwdBwd)->Args({2048, 256, 64, 2})->Args({2048, 64, 8, 2})->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ReferenceMoeFwdBwd)->Args({1024, 32, 64, 8, 2})->Args({2048, 64, 128, 16, 2});
 // values (an expert's 2 D F + F + D at D = 64, F = 128), chunks, method
 BENCHMARK(BM_ChunkGradientSum)->Args({16576, 8, 0})->Args({16576, 8, 1})->Args({16576, 8, 2});

@@ -15,6 +15,7 @@ import sys
 PAIRS = [
     ("BM_ExpertBlockGemm", "BM_ExpertTokenByToken", "expert FFN: contiguous block GEMM vs token by token"),
     ("BM_MoeLayerFwdBwd", "BM_ReferenceMoeFwdBwd", "MoE layer fwd+bwd: fast layer vs serial reference"),
+    ("BM_RouterFwdBwd", "BM_RouterLoopsFwdBwd", "router fwd+bwd: sixteen-token lanes vs one-token loops"),
     ("BM_KnnPredictFloatGemm", "BM_KnnPredictDoubleGemm", "KNN predict: float vs double distance GEMM"),
     ("BM_KnnPredictFused", "BM_KnnPredictFloatGemm", "KNN predict: fused screen vs float distance GEMM"),
     ("BM_KnnPredictFusedBf16", "BM_KnnPredictFused", "KNN predict: bf16 vs float fused screen"),
