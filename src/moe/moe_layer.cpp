@@ -248,6 +248,7 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
   }
   comm_stats_.phase = kForwardCombine;
   dispatcher_.combine(layout_, ConstMatMap<T>(out_blocks.data(), out_blocks.rows(), D), combined_buf_, comm_stats_);
+  if (sums_by_token()) index_token_rows();
   if (shared_.empty()) return;  // forward and forward_branches then start from zero
   shared_out_.setZero(n, D);
   Mat<T>& s_out = shared_tmp_;
@@ -290,11 +291,33 @@ void MoeLayer<T>::plan_expert_chunks(const std::vector<std::int64_t>& counts) {
 }
 
 template <class T>
+void MoeLayer<T>::index_token_rows() {
+  const int K = routing_.K;
+  token_rows_.assign(static_cast<std::size_t>(routing_.n * K), {Index{-1}, Index{-1}});
+  rows_by_slot([&](Index s, Index b) {
+    token_rows_[static_cast<std::size_t>(layout_.send_token[s] * K + layout_.send_choice[s])] = {s, b};
+  });
+}
+
+template <class T>
 void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   run_experts(x);
+  const MatMap<T> comb = combined(), outs = expert_outputs();
+  if (sums_by_token()) {
+    const int K = routing_.K;
+    y.resize(x.rows(), x.cols());
+    for (Index t = 0; t < x.rows(); ++t) {
+      auto yt = y.row(t);
+      yt.setZero();
+      for (int j = 0; j < K; ++j) {
+        const auto [s, b] = token_rows_[static_cast<std::size_t>(t * K + j)];
+        if (s >= 0) yt += routing_.gate(t, j) * row_at(comb, outs, s, b);
+      }
+    }
+    return;
+  }
   if (shared_.empty()) y.setZero(x.rows(), x.cols());
   else y = shared_out_;
-  const MatMap<T> comb = combined(), outs = expert_outputs();
   rows_by_expert([&](Index s, Index b) {
     const Index t = layout_.send_token[s];
     y.row(t) += routing_.gate(t, layout_.send_choice[s]) * row_at(comb, outs, s, b);
@@ -375,9 +398,51 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   // Into send_buf_: dsend, which it holds, is no longer needed.
   const MatMap<T> dx_rows = dispatcher_.combine(layout_, ConstMatMap<T>(dx_blocks.data(), dx_blocks.rows(), D),
                                                 send_buf_, comm_stats_);
-  dx = Mat<T>::Zero(n, D);
-  rows_by_expert([&](Index s, Index b) { dx.row(layout_.send_token[s]) += row_at(dx_rows, dx_blocks, s, b); });
+  // The router's gradient first (it reads no dx): token by token it is added in the same pass.
+  router_backward(dgate);
+  if (sums_by_token()) {
+    const int K = routing_.K;
+    dx.resize(n, D);
+    for (Index t = 0; t < n; ++t) {
+      auto dt = dx.row(t);
+      dt.setZero();
+      for (int j = 0; j < K; ++j) {
+        const auto [s, b] = token_rows_[static_cast<std::size_t>(t * K + j)];
+        if (s >= 0) dt += row_at(dx_rows, dx_blocks, s, b);
+      }
+      dt += dx_router_.row(t);
+    }
+  } else {
+    dx = Mat<T>::Zero(n, D);
+    rows_by_expert([&](Index s, Index b) { dx.row(layout_.send_token[s]) += row_at(dx_rows, dx_blocks, s, b); });
+    dx += dx_router_;
+  }
+  Mat<T>& ds = shared_tmp_;
+  if (!shared_.empty()) ds.resize(n, D);
+  for (auto& se : shared_) {
+    se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D), chunk_);
+    dx += ds;
+  }
 
+  if (cfg_.balance == BalanceKind::kBias) {
+    // DeepSeek-V3: raise the bias of underloaded experts, lower it for overloaded ones,
+    // from the global load before dropping (identical on every rank).
+    double mean = 0;
+    for (std::int64_t a : capacity_.assigned) mean += static_cast<double>(a) / E;
+    std::vector<double>& b = router_.bias();
+    for (int e = 0; e < E; ++e) {
+      const double load = static_cast<double>(capacity_.assigned[static_cast<std::size_t>(e)]);
+      b[static_cast<std::size_t>(e)] += cfg_.bias_update_rate * (load < mean ? 1.0 : load > mean ? -1.0 : 0.0);
+    }
+  }
+}
+
+// The router's backward into dx_router_: the Switch loss's and the z-loss's gradients through
+// the probabilities and the lse, and the gates' dgate.
+template <class T>
+void MoeLayer<T>::router_backward(const Mat<T>& dgate) {
+  const Index n = dgate.rows();
+  const int E = cfg_.experts;
   Mat<T>& dprobs = dprobs_;  // empty: no gradient through the probabilities
   // Noisy top-k's own losses replace the Switch loss; gates without a learned
   // per-token choice are balanced by construction.
@@ -400,25 +465,6 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
           2.0 * cfg_.z_loss_weight * routing_.lse[static_cast<std::size_t>(t)] / static_cast<double>(stats_.tokens);
   }
   router_.backward(routing_, dgate, dprobs, dx_router_, dlse);
-  dx += dx_router_;
-  Mat<T>& ds = shared_tmp_;
-  if (!shared_.empty()) ds.resize(n, D);
-  for (auto& se : shared_) {
-    se.backward(ConstMatMap<T>(dshared.data(), n, D), MatMap<T>(ds.data(), n, D), chunk_);
-    dx += ds;
-  }
-
-  if (cfg_.balance == BalanceKind::kBias) {
-    // DeepSeek-V3: raise the bias of underloaded experts, lower it for overloaded ones,
-    // from the global load before dropping (identical on every rank).
-    double mean = 0;
-    for (std::int64_t a : capacity_.assigned) mean += static_cast<double>(a) / E;
-    std::vector<double>& b = router_.bias();
-    for (int e = 0; e < E; ++e) {
-      const double load = static_cast<double>(capacity_.assigned[static_cast<std::size_t>(e)]);
-      b[static_cast<std::size_t>(e)] += cfg_.bias_update_rate * (load < mean ? 1.0 : load > mean ? -1.0 : 0.0);
-    }
-  }
 }
 
 template class MoeLayer<float>;

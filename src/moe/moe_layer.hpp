@@ -124,6 +124,14 @@ class MoeLayer {
   void rows_by_expert(F&& f) const {
     for (int e = 0; e < cfg_.experts; ++e) slot_rows(slot_of(layout_, e), f);
   }
+  // With at most two choices per token and no shared experts a token's output (and input
+  // gradient) is zero plus its one or two rows: that sum is the same bits in either order (0 + a
+  // is a, or +0 for -0, and one addition commutes), so it is summed token by token, each row of
+  // y (dx) written once in order, instead of zeroing the matrix and adding rows in expert order.
+  bool sums_by_token() const { return shared_.empty() && routing_.K <= 2; }
+  // (s, block_row) of each kept (token, choice), (-1, -1) for a dropped one: token_rows_.
+  void index_token_rows();
+  std::vector<std::pair<Index, Index>> token_rows_;
   // Send row s of `send_order`, or block row b of `blocks` (b >= 0), as a row.
   static MatMap<T> row_at(MatMap<T> send_order, MatMap<T> blocks, Index s, Index b) {
     return b < 0 ? MatMap<T>(send_order.data() + s * send_order.cols(), 1, send_order.cols())
@@ -148,6 +156,9 @@ class MoeLayer {
   std::vector<std::vector<Index>> expert_chunks_;
   // The rest of backward given the send rows' and gates' gradients.
   void backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Mat<T>& dshared, Mat<T>& dx);
+  // The router's backward into dx_router_, from the gates' gradients and the losses on its
+  // probabilities and lse.
+  void router_backward(const Mat<T>& dgate);
   // Expert outputs in send order, from forward's combine (for the gate gradients); the own
   // rows' are in expert_outputs() when the layout leaves them there.
   MatMap<T> combined() { return combined_buf_.view(layout_.rows_sent(), cfg_.d_model); }
