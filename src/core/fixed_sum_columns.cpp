@@ -63,6 +63,11 @@ void add_columns_reference(const float* m, Index rows, Index cols, FixedSum* sum
     for (Index c = 0; c < cols; ++c) sums[c] += static_cast<double>(m[r * cols + c]);
 }
 
+void add_columns(const double* m, Index rows, Index cols, FixedSum* sums) {
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) sums[c] += m[r * cols + c];
+}
+
 void add_columns(const float* m, Index rows, Index cols, FixedSum* sums) {
   static const bool lanes = __builtin_cpu_supports("avx512f");
   if (lanes) add_columns16(m, rows, cols, sums);

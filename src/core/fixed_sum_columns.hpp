@@ -12,6 +12,8 @@ namespace moesim {
 
 // sums[c] += m[r * cols + c] for every row r < rows and column c < cols (row-major m).
 void add_columns(const float* m, Index rows, Index cols, FixedSum* sums);
+// The same for doubles, one value at a time (FixedSum's += on each).
+void add_columns(const double* m, Index rows, Index cols, FixedSum* sums);
 
 // The same, one value at a time through FixedSum's += (the reference; tests compare the two).
 void add_columns_reference(const float* m, Index rows, Index cols, FixedSum* sums);

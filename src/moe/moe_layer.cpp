@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 
 #include "comm/exact_sum.hpp"
 #include "core/fixed_sum_columns.hpp"
@@ -168,8 +167,6 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
     bool routed = false;
     for (int j = 0; j < K; ++j) routed |= cd.kept[static_cast<std::size_t>(t * K + j)] != 0;
     S[static_cast<std::size_t>(E) + 2] += routed ? 0.0 : 1.0;
-    if constexpr (!std::is_same_v<T, float>)
-      for (int e = 0; e < E; ++e) S[static_cast<std::size_t>(e)] += static_cast<double>(routing_.probs(t, e));
     if (!routing_.entropy.empty()) {
       S[static_cast<std::size_t>(E) + 1] += routing_.entropy[static_cast<std::size_t>(t)];
     } else {
@@ -180,8 +177,8 @@ void MoeLayer<T>::run_experts(const Mat<T>& x) {
     }
     S[static_cast<std::size_t>(E)] += routing_.lse[static_cast<std::size_t>(t)] * routing_.lse[static_cast<std::size_t>(t)];
   }
-  // fp32 probabilities: the same exact sums, eight experts at a time (n x E values a step).
-  if constexpr (std::is_same_v<T, float>) add_columns(routing_.probs.data(), n, E, S.data());
+  // Each expert's probability mass (exact: in any order; fp32 eight experts at a time).
+  add_columns(routing_.probs.data(), n, E, S.data());
   // Chunked runs also count kept assignments per (global token chunk, expert), in the same
   // all-reduce: the expert owners cut their blocks at chunk boundaries with them.
   std::vector<std::int64_t>& chunk_counts = chunk_counts_;
@@ -304,15 +301,11 @@ void MoeLayer<T>::forward(const Mat<T>& x, Mat<T>& y) {
   run_experts(x);
   const MatMap<T> comb = combined(), outs = expert_outputs();
   if (sums_by_token()) {
-    const int K = routing_.K;
     y.resize(x.rows(), x.cols());
     for (Index t = 0; t < x.rows(); ++t) {
       auto yt = y.row(t);
       yt.setZero();
-      for (int j = 0; j < K; ++j) {
-        const auto [s, b] = token_rows_[static_cast<std::size_t>(t * K + j)];
-        if (s >= 0) yt += routing_.gate(t, j) * row_at(comb, outs, s, b);
-      }
+      token_rows(t, [&](int j, Index s, Index b) { yt += routing_.gate(t, j) * row_at(comb, outs, s, b); });
     }
     return;
   }
@@ -401,15 +394,11 @@ void MoeLayer<T>::backprop(const MatMap<T>& dsend, const Mat<T>& dgate, const Ma
   // The router's gradient first (it reads no dx): token by token it is added in the same pass.
   router_backward(dgate);
   if (sums_by_token()) {
-    const int K = routing_.K;
     dx.resize(n, D);
     for (Index t = 0; t < n; ++t) {
       auto dt = dx.row(t);
       dt.setZero();
-      for (int j = 0; j < K; ++j) {
-        const auto [s, b] = token_rows_[static_cast<std::size_t>(t * K + j)];
-        if (s >= 0) dt += row_at(dx_rows, dx_blocks, s, b);
-      }
+      token_rows(t, [&](int, Index s, Index b) { dt += row_at(dx_rows, dx_blocks, s, b); });
       dt += dx_router_.row(t);
     }
   } else {

@@ -132,6 +132,15 @@ class MoeLayer {
   // (s, block_row) of each kept (token, choice), (-1, -1) for a dropped one: token_rows_.
   void index_token_rows();
   std::vector<std::pair<Index, Index>> token_rows_;
+  // f(j, s, block_row) for token t's kept choices j, in choice order.
+  template <class F>
+  void token_rows(Index t, F&& f) const {
+    const int K = routing_.K;
+    for (int j = 0; j < K; ++j) {
+      const auto [s, b] = token_rows_[static_cast<std::size_t>(t * K + j)];
+      if (s >= 0) f(j, s, b);
+    }
+  }
   // Send row s of `send_order`, or block row b of `blocks` (b >= 0), as a row.
   static MatMap<T> row_at(MatMap<T> send_order, MatMap<T> blocks, Index s, Index b) {
     return b < 0 ? MatMap<T>(send_order.data() + s * send_order.cols(), 1, send_order.cols())

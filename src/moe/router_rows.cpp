@@ -162,36 +162,32 @@ MOESIM_AVX512 inline __m512 broadcast_max(__m512 m) {
   return _mm512_maskz_max_ps(0xFFFF, m, _mm512_maskz_permute_ps(0xFFFF, m, 0xB1));
 }
 
-// One token at a time over its row (the lanes hold experts here): each pass takes the largest
-// score left and, of the experts holding it, the lowest (select_top_k's order: ties to the
-// lower expert), then removes it (-inf, below every finite score). Cheaper than a pass per
-// expert over sixteen tokens, where most experts enter some token's best few.
-MOESIM_AVX512 bool top_k16(const float* scores, Index E, int depth, int* who) {
+// Passes over one token's row (the lanes hold experts): each takes the largest score left
+// and, of the experts holding it, the lowest (select_top_k's order: ties to the lower
+// expert), then removes it (-inf, below every finite score).
+MOESIM_AVX512 bool top_k_row16(const float* scores, Index E, int depth, int* who) {
   const Index chunks = (E + 15) / 16;
   const __mmask16 tail = E % 16 == 0 ? __mmask16(0xFFFF) : __mmask16((1u << (E % 16)) - 1);
   const auto mask_of = [&](Index c) { return c + 1 < chunks ? __mmask16(0xFFFF) : tail; };
   __mmask16 bad = 0;
-  for (Index l = 0; l < 16; ++l)
-    for (Index c = 0; c < chunks; ++c) bad |= not_finite(_mm512_maskz_loadu_ps(mask_of(c), scores + l * E + 16 * c));
+  for (Index c = 0; c < chunks; ++c) bad |= not_finite(_mm512_maskz_loadu_ps(mask_of(c), scores + 16 * c));
   if (bad) return false;  // before any arithmetic, which a NaN would make raise FE_INVALID
   thread_local std::vector<float> row;  // grows once to the widest E
   row.resize(static_cast<std::size_t>(16 * chunks));
   const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (Index l = 0; l < 16; ++l) {
-    for (Index c = 0; c < chunks; ++c)
-      _mm512_storeu_ps(row.data() + 16 * c, _mm512_mask_loadu_ps(minus_inf, mask_of(c), scores + l * E + 16 * c));
-    for (int j = 0; j < depth; ++j) {
-      __m512 m = _mm512_loadu_ps(row.data());
-      for (Index c = 1; c < chunks; ++c) m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_loadu_ps(row.data() + 16 * c));
-      const __m512 best = broadcast_max(m);
-      for (Index c = 0; c < chunks; ++c) {
-        const __mmask16 at = _mm512_cmp_ps_mask(_mm512_loadu_ps(row.data() + 16 * c), best, _CMP_EQ_OQ);
-        if (at == 0) continue;
-        const Index e = 16 * c + std::countr_zero(static_cast<unsigned>(at));
-        row[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
-        who[16 * j + l] = static_cast<int>(e);
-        break;
-      }
+  for (Index c = 0; c < chunks; ++c)
+    _mm512_storeu_ps(row.data() + 16 * c, _mm512_mask_loadu_ps(minus_inf, mask_of(c), scores + 16 * c));
+  for (int j = 0; j < depth; ++j) {
+    __m512 m = _mm512_loadu_ps(row.data());
+    for (Index c = 1; c < chunks; ++c) m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_loadu_ps(row.data() + 16 * c));
+    const __m512 best = broadcast_max(m);
+    for (Index c = 0; c < chunks; ++c) {
+      const __mmask16 at = _mm512_cmp_ps_mask(_mm512_loadu_ps(row.data() + 16 * c), best, _CMP_EQ_OQ);
+      if (at == 0) continue;
+      const Index e = 16 * c + std::countr_zero(static_cast<unsigned>(at));
+      row[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
+      who[j] = static_cast<int>(e);
+      break;
     }
   }
   return true;
@@ -199,11 +195,12 @@ MOESIM_AVX512 bool top_k16(const float* scores, Index E, int depth, int* who) {
 
 #undef MOESIM_AVX512
 
-// The lanes' exp against this process's std::exp(float) over [-88, 88] (every 4093rd float,
-// and the boundaries), before the fast path is trusted.
+// The lanes' exp against this process's std::exp(float) over [-88, 88] (every 65537th float,
+// and the boundaries), before the fast path is trusted: a different expf differs on a large
+// share of values (tests/unit/test_router_rows.cpp checks many more, and every float opt-in).
 bool exp_matches_libm() {
   std::vector<float> x, y;
-  for (std::uint32_t b = 0; b < kExpSpecialBits; b += 4093) {
+  for (std::uint32_t b = 0; b < kExpSpecialBits; b += 65537) {
     x.push_back(std::bit_cast<float>(b));
     x.push_back(-std::bit_cast<float>(b));
   }
@@ -251,9 +248,9 @@ bool softmax_block16(const float* logits, Index E, float* probs, double* probs64
   return enabled() && softmax16(logits, E, probs, probs64, lse, entropy, scratch);
 }
 
-bool top_k_block16(const float* scores, Index E, int depth, int* who) {
-  MOESIM_REQUIRE(depth >= 1 && depth <= 8 && depth <= E, "top_k_block16: depth " << depth << " of " << E);
-  return enabled() && top_k16(scores, E, depth, who);
+bool top_k_row(const float* scores, Index E, int depth, int* who) {
+  MOESIM_REQUIRE(depth >= 1 && depth <= E, "top_k_row: depth " << depth << " of " << E);
+  return enabled() && top_k_row16(scores, E, depth, who);
 }
 
 }  // namespace moesim

@@ -1,14 +1,15 @@
 #pragma once
-// The router's per-token work over all E experts, sixteen tokens side by side: each AVX-512
-// lane runs one token's reference arithmetic in the reference's order (sums stay serial per
-// token), and its exp is glibc's expf algorithm (the FMA variant libm picks on such a CPU),
-// so a block's results are the bits of the one-token-at-a-time loops. At E = 64 those loops
-// cost a third of the router: serial sums and a libm call per value, one token at a time.
+// The router's per-token work over all E experts in AVX-512 lanes, with the bits of its
+// one-token loops. The softmax puts sixteen tokens side by side, one per lane: each runs its
+// token's reference arithmetic in the reference's order (sums stay serial per token), and its
+// exp is glibc's expf algorithm (the FMA variant libm picks on such a CPU). Top-k takes one
+// token at a time, its experts in the lanes. At E = 64 the loops cost a third of the router:
+// serial sums and a libm call per value, one token at a time.
 //
-// A block the lanes cannot match (a NaN or infinity, or an exp argument past expf's ordinary
-// range) is left to the caller's reference loop, which then does those sixteen tokens.
+// A block (or row) the lanes cannot match (a NaN or infinity, or an exp argument past expf's
+// ordinary range) is left to the caller's reference loop.
 // The fast path runs only on a CPU with AVX-512F whose std::exp gave the lanes' bits in a
-// check at first use; elsewhere every block is left to the reference.
+// check at first use; elsewhere everything is left to the reference.
 #include <vector>
 
 #include "core/tensor.hpp"
@@ -32,9 +33,9 @@ void exp_lanes(const float* x, float* y, Index n);
 bool softmax_block16(const float* logits, Index E, float* probs, double* probs64, double* lse, double* entropy,
                      float* scratch);
 
-// The `depth` best experts of rows t0 .. t0 + 15 of the n x E row-major scores, best first,
-// ties to the lower expert (select_top_k's order): who[j * 16 + lane]. depth <= 8. Returns
-// false, writing nothing, where a score is not finite.
-bool top_k_block16(const float* scores, Index E, int depth, int* who);
+// The `depth` best experts of one token's E scores, best first, ties to the lower expert
+// (select_top_k's order): who[0 .. depth - 1]. Returns false, writing nothing, where a score is
+// not finite.
+bool top_k_row(const float* scores, Index E, int depth, int* who);
 
 }  // namespace moesim

@@ -13,8 +13,8 @@
 
 namespace moesim {
 
-// select_top_k's one-token-at-a-time loop over tokens [t0, t1): keep(t, who, 1) gets each
-// token's `depth` best experts in order.
+// select_top_k's one-token-at-a-time loop over tokens [t0, t1): keep(t, who) gets each token's
+// `depth` best experts in order.
 template <class T, class R, class Keep>
 void select_top_k_rows(const Mat<R>& sel, const Routing<T>& r, std::vector<int>& order, int depth, Index t0,
                        Index t1, const Keep& keep) {
@@ -50,7 +50,7 @@ void select_top_k_rows(const Mat<R>& sel, const Routing<T>& r, std::vector<int>&
         return row(a) > row(b) || (row(a) == row(b) && a < b);
       });
     }
-    keep(t, order.data(), 1);
+    keep(t, order.data());
   }
 }
 
@@ -63,26 +63,21 @@ void select_top_k(const Mat<R>& sel, Routing<T>& r, std::vector<int>& order, std
   order.resize(static_cast<std::size_t>(E));
   const int depth = std::min(E, K + 1);
   if (next) next->assign(static_cast<std::size_t>(r.n), -1);
-  const auto keep = [&](Index t, const int* who, std::size_t stride) {
-    if (next && K < E) (*next)[static_cast<std::size_t>(t)] = who[static_cast<std::size_t>(K) * stride];
-    for (int j = 0; j < K; ++j) r.expert[static_cast<std::size_t>(t * K + j)] = who[static_cast<std::size_t>(j) * stride];
+  const auto keep = [&](Index t, const int* who) {
+    if (next && K < E) (*next)[static_cast<std::size_t>(t)] = who[K];
+    for (int j = 0; j < K; ++j) r.expert[static_cast<std::size_t>(t * K + j)] = who[j];
   };
-  Index t0 = 0;
   if constexpr (std::is_same_v<R, float>) {
-    // Sixteen tokens in lanes, the same choices (moe/router_rows.hpp); a block they cannot
-    // take goes through the loop below.
-    int who[8 * 16];
-    if (depth <= 8 && router_lanes_enabled()) {
-      for (; t0 + 16 <= r.n; t0 += 16) {
-        if (!top_k_block16(sel.row(t0).data(), E, depth, who)) {
-          select_top_k_rows(sel, r, order, depth, t0, t0 + 16, keep);
-          continue;
-        }
-        for (int l = 0; l < 16; ++l) keep(t0 + l, who + l, 16);
-      }
+    // The row in AVX-512 lanes, the same choices (moe/router_rows.hpp); a row they cannot take
+    // goes through the loop.
+    if (router_lanes_enabled()) {
+      for (Index t = 0; t < r.n; ++t)
+        if (!top_k_row(sel.row(t).data(), E, depth, order.data())) select_top_k_rows(sel, r, order, depth, t, t + 1, keep);
+        else keep(t, order.data());
+      return;
     }
   }
-  select_top_k_rows(sel, r, order, depth, t0, r.n, keep);
+  select_top_k_rows(sel, r, order, depth, 0, r.n, keep);
 }
 
 // gate = softmax over the chosen experts' h (without the selection bias); `gk`: scratch.
